@@ -1,0 +1,1 @@
+"""Baseline trainers (SPO, Diffusion-DPO) on the shared harness. Installed as ``lpo.baselines``."""

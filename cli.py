@@ -1,0 +1,181 @@
+"""The ``lpo`` command line (Typer). Installed as ``lpo.cli``; ``lpo/cli.py`` links here.
+
+Each command: arguments -> config -> one harness call -> rich output. Heavy imports
+(torch, diffusers) happen inside commands so that ``lpo --help`` is instant. User
+mistakes (``LpoError``) print one line and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from pathlib import Path
+from typing import Callable, List, Optional
+
+import typer
+
+from lpo.errors import LpoError
+
+app = typer.Typer(
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    help="lpo: preference optimisation of text-to-image diffusion models (LPO, SPO, Diffusion-DPO), evaluation first.",
+)
+world_app = typer.Typer(no_args_is_help=True, help="The embedded synthetic world: pretrain its model, evaluate with its judges.")
+app.add_typer(world_app, name="world")
+
+
+def user_errors(fn: Callable) -> Callable:
+    """Turn an LpoError into one red line and exit status 2 (no traceback)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        import lpo
+
+        lpo.quiet_libraries()
+        try:
+            return fn(*args, **kwargs)
+        except LpoError as err:
+            from rich.console import Console
+
+            Console(stderr=True).print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+def _console():
+    from rich.console import Console
+
+    return Console()
+
+
+SetOption = typer.Option([], "--set", help="Override a config value, e.g. --set unet_steps=500 (repeatable).")
+
+
+@app.command()
+@user_errors
+def version() -> None:
+    """Print the lpo version."""
+    import lpo
+
+    typer.echo(lpo.__version__)
+
+
+@world_app.command("pretrain")
+@user_errors
+def world_pretrain(
+    preset: str = typer.Option("quick", help="quick (~5 min on 2 cores), full, or tiny (tests)."),
+    overrides: List[str] = SetOption,
+    output: Optional[Path] = typer.Option(None, help="Folder to write; default: the cache ($LPO_HOME/world/PRESET-HASH)."),
+    force: bool = typer.Option(False, help="Retrain even if the cache holds this model."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the resolved config and exit."),
+) -> None:
+    """Pretrain the world's tiny latent diffusion model and save it as a StableDiffusionPipeline folder."""
+    from lpo.config import apply_overrides, config_to_dict
+    from lpo.world.pretrain import WORLD_MARKER, pretrain_preset, world_model_dir
+
+    config = apply_overrides(pretrain_preset(preset), overrides)
+    target = output or world_model_dir(config)
+    console = _console()
+    if dry_run:
+        console.print_json(json.dumps({"output": str(target), "config": config_to_dict(config)}))
+        return
+    if (target / WORLD_MARKER).exists() and not force:
+        console.print(f"world model already pretrained: [bold]{target}[/] (use --force to retrain)")
+        return
+    from lpo.progress import stage_progress
+    from lpo.world.pretrain import pretrain_world
+
+    console.print(
+        f"pretraining world model [bold]{preset}[/]: {config.num_images} images, "
+        f"VAE {config.vae_steps} steps × {config.vae_batch_size}, U-Net {config.unet_steps} steps × {config.unet_batch_size}"
+    )
+    with stage_progress(console) as progress:
+        out = pretrain_world(config, target, progress)
+    total = sum(out.seconds.values())
+    console.print(
+        f"saved [bold]{out.folder}[/] in {total:.0f} s "
+        f"(render {out.seconds['render']:.0f} s, VAE {out.seconds['vae']:.0f} s, U-Net {out.seconds['unet']:.0f} s); "
+        f"VAE MSE {out.vae_mse:.4f}, U-Net loss {out.unet_loss:.4f}"
+    )
+
+
+@world_app.command("eval")
+@user_errors
+def world_eval(
+    model: str = typer.Argument("world", help="world, world:PRESET, a pipeline folder or hub id, or a reference: ground-truth, noise."),
+    split: str = typer.Option("test", help="Prompt split: test, test_heldout, val, train."),
+    images_per_prompt: int = typer.Option(4, help="Images per prompt (all are scored)."),
+    guidance_scale: float = typer.Option(5.0, "--cfg", help="Classifier-free guidance scale."),
+    steps: int = typer.Option(20, help="DDIM steps."),
+    seed: int = typer.Option(42, help="Protocol seed (per-image seeds derive from it)."),
+    max_prompts: Optional[int] = typer.Option(None, help="Evaluate only this many prompts (round-robin over categories)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    output: Optional[Path] = typer.Option(None, help="Also write the JSON result to this file (atomically)."),
+) -> None:
+    """Score a model with the world judges: a per-category table with 95% confidence intervals."""
+    from lpo.world.benchmark import WorldEvalProtocol
+    from lpo.world.evaluate import evaluate_named_source, render_world_table
+
+    protocol = WorldEvalProtocol(
+        split=split, images_per_prompt=images_per_prompt, num_inference_steps=steps,
+        guidance_scale=guidance_scale, seed=seed, max_prompts=max_prompts,
+    )
+    console = _console() if not as_json else None
+    result = evaluate_named_source(model, protocol, console=console)
+    payload = result.as_dict()
+    if output is not None:
+        from lpo.io import atomic_write_json
+
+        atomic_write_json(output, payload)
+    if as_json:
+        typer.echo(json.dumps(payload, indent=2))
+    else:
+        render_world_table(result, _console())
+
+
+@world_app.command("prompts")
+@user_errors
+def world_prompts_cmd(split: str = typer.Option("test", help="train, val, test or test_heldout.")) -> None:
+    """List the world's prompts of one split with their categories."""
+    from lpo.world.grammar import make_splits
+
+    for spec in make_splits().get(split):
+        typer.echo(f"{spec.category}\t{spec.text()}")
+
+
+@app.command()
+@user_errors
+def sample(
+    model: str = typer.Argument(..., help="world, world:PRESET, a pipeline folder or a hub id (SD1.5 / SDXL)."),
+    prompts: List[str] = typer.Option([], "--prompt", help="A prompt (repeatable). Default for world models: test prompts."),
+    prompts_file: Optional[Path] = typer.Option(None, help="A text file with one prompt per line."),
+    num_prompts: int = typer.Option(8, help="How many default prompts to draw when none are given."),
+    images_per_prompt: int = typer.Option(1, help="Images per prompt."),
+    guidance_scale: float = typer.Option(5.0, "--cfg", help="Classifier-free guidance scale."),
+    steps: int = typer.Option(20, help="DDIM steps."),
+    seed: int = typer.Option(42, help="Base seed; image i of a prompt always gets the same seed."),
+    out: Path = typer.Option(Path("samples.png"), help="Where to write the PNG grid."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:1, ..."),
+    dtype: str = typer.Option("fp32", help="fp32, fp16 or bf16."),
+) -> None:
+    """Sample a model with fixed seeds into a PNG grid captioned with the prompts."""
+    from lpo.generate import run_sample
+
+    path = run_sample(
+        model=model, prompts=list(prompts), prompts_file=prompts_file, num_prompts=num_prompts,
+        images_per_prompt=images_per_prompt, guidance_scale=guidance_scale, steps=steps, seed=seed,
+        out=out, device=device, dtype=dtype, console=_console(),
+    )
+    _console().print(f"wrote [bold]{path}[/]")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

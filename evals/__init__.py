@@ -1,0 +1,4 @@
+"""Evaluation: metrics, benchmarks, the generate-once harness and the results store.
+
+Installed as ``lpo.evals``.
+"""

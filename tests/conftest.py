@@ -1,0 +1,39 @@
+"""Shared pytest fixtures: tiny seeded pipelines saved once per test session.
+
+Building and saving takes about a second each; session scope shares one folder between
+all tests, which must therefore treat it as read-only (copy it to modify it).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tiny_models import tiny_sd15_pipeline, tiny_sdxl_pipeline
+
+
+@pytest.fixture(scope="session")
+def tiny_sd15_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny SD1.5-style diffusers pipeline folder (see tests/tiny_models.py)."""
+    return tiny_sd15_pipeline(tmp_path_factory.mktemp("tiny-sd15"))
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny SDXL-style diffusers pipeline folder (see tests/tiny_models.py)."""
+    return tiny_sdxl_pipeline(tmp_path_factory.mktemp("tiny-sdxl"))
+
+
+@pytest.fixture(scope="session")
+def tiny_world_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A world pipeline from the `tiny` pretrain preset (seconds; samples are blobs)."""
+    from lpo.world.pretrain import pretrain_preset, pretrain_world
+
+    return pretrain_world(pretrain_preset("tiny"), tmp_path_factory.mktemp("world") / "tiny").folder
+
+
+@pytest.fixture(autouse=True)
+def _isolated_lpo_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests never read or write the user's cache."""
+    monkeypatch.setenv("LPO_HOME", str(tmp_path_factory.getbasetemp() / "lpo-home"))

@@ -1,0 +1,99 @@
+"""The CLI through Typer's runner: help, dry runs, the world commands, one-line errors."""
+
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+from typer.testing import CliRunner
+
+from lpo.cli import app
+
+runner = CliRunner()
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def test_help_lists_commands_and_is_fast():
+    result = invoke("--help")
+    assert result.exit_code == 0
+    for name in ("world", "sample", "version"):
+        assert name in result.output
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-c", "import lpo.cli, sys; assert 'torch' not in sys.modules"], capture_output=True)
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert time.perf_counter() - start < 10
+
+
+def test_world_prompts_lists_a_split():
+    result = invoke("world", "prompts", "--split", "test_heldout")
+    assert result.exit_code == 0
+    lines = result.output.strip().splitlines()
+    assert len(lines) >= 6 and all("\t" in line for line in lines)
+
+
+def test_pretrain_dry_run_prints_resolved_config():
+    result = invoke("world", "pretrain", "--preset", "tiny", "--set", "unet_steps=9", "--dry-run")
+    assert result.exit_code == 0
+    payload = json.loads(result.output)
+    assert payload["config"]["unet_steps"] == 9 and payload["config"]["preset"] == "tiny"
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (("world", "pretrain", "--preset", "huge"), "unknown world pretrain preset 'huge'"),
+        (("world", "pretrain", "--set", "nope=1", "--dry-run"), "unknown config key 'nope'"),
+        (("world", "eval", "/no/such/folder"), "/no/such/folder does not exist"),
+        (("world", "eval", "ground-truth", "--split", "dev"), "unknown prompt split 'dev'"),
+        (("world", "eval", "world:full"), "lpo world pretrain --preset full"),
+        (("sample", "world", "--prompts-file", "/no/prompts.txt"), "prompt file /no/prompts.txt does not exist"),
+        (("sample", "/no/such/folder"), "/no/such/folder does not exist"),
+    ],
+)
+def test_user_errors_are_one_line(args, message):
+    result = invoke(*args)
+    assert result.exit_code == 2, result.output
+    text = " ".join(result.output.split())
+    assert message in text
+    assert "Traceback" not in result.output
+
+
+def test_world_eval_references_json():
+    gt = invoke("world", "eval", "ground-truth", "--max-prompts", "12", "--images-per-prompt", "2", "--json")
+    noise = invoke("world", "eval", "noise", "--max-prompts", "12", "--images-per-prompt", "2", "--json")
+    assert gt.exit_code == 0 and noise.exit_code == 0
+    gt, noise = json.loads(gt.output), json.loads(noise.output)
+    assert set(gt["categories"]) == {"colour", "shape", "texture", "spatial", "numeracy", "complex"}
+    assert gt["overall"]["alignment"] == 1.0 and noise["overall"]["alignment"] == 0.0
+    assert gt["prompt_set_hash"] == noise["prompt_set_hash"]
+
+
+def test_world_eval_and_sample_on_a_pretrained_folder(tiny_world_dir, tmp_path):
+    out_json = tmp_path / "eval.json"
+    result = invoke("world", "eval", tiny_world_dir, "--max-prompts", "6", "--images-per-prompt", "1", "--steps", "2", "--output", out_json)
+    assert result.exit_code == 0, result.output
+    assert "complex" in result.output
+    assert json.loads(out_json.read_text())["protocol"]["num_inference_steps"] == 2
+
+    grid = tmp_path / "grid.png"
+    result = invoke("sample", tiny_world_dir, "--prompt", "a red circle", "--prompt", "two blue squares", "--steps", "2", "--out", grid)
+    assert result.exit_code == 0, result.output
+    from PIL import Image
+
+    assert Image.open(grid).size[0] > 128
+
+
+def test_world_alias_resolves_to_the_cache(tiny_world_dir, monkeypatch, tmp_path):
+    import shutil
+
+    from lpo.world.pretrain import pretrain_preset, world_model_dir
+
+    monkeypatch.setenv("LPO_HOME", str(tmp_path))
+    shutil.copytree(tiny_world_dir, world_model_dir(pretrain_preset("tiny")))
+    result = invoke("world", "eval", "world:tiny", "--max-prompts", "6", "--images-per-prompt", "1", "--steps", "2", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["source"] == "world:tiny"

@@ -1,0 +1,40 @@
+"""Dotted, type-checked config overrides and the registry."""
+
+import pytest
+
+from lpo.config import apply_overrides
+from lpo.errors import LpoError
+from lpo.registry import Registry
+from lpo.world.pretrain import pretrain_preset
+
+
+def test_overrides_parse_to_declared_types():
+    cfg = apply_overrides(pretrain_preset("quick"), ["unet_steps=7", "unet_lr=0.5", "model.unet_channels=16,32", "seed=3"])
+    assert cfg.unet_steps == 7 and cfg.unet_lr == 0.5 and cfg.model.unet_channels == (16, 32) and cfg.seed == 3
+    assert cfg.fingerprint() != pretrain_preset("quick").fingerprint()
+
+
+@pytest.mark.parametrize(
+    "override, match",
+    [
+        ("unet_stpes=3", "unknown config key 'unet_stpes'"),
+        ("unet_steps=many", "expects int"),
+        ("unet_steps", "key=value"),
+        ("model=3", "is a section"),
+        ("unet_steps=0", "unet_steps must be >= 1"),
+    ],
+)
+def test_bad_overrides_are_user_errors(override, match):
+    with pytest.raises(LpoError, match=match):
+        apply_overrides(pretrain_preset("quick"), [override])
+
+
+def test_registry_rejects_duplicates_and_lists_known_names():
+    reg: Registry[int] = Registry("metric")
+    reg.register("b")(2)
+    reg.add("a", 1)
+    assert reg.names() == ["a", "b"] and reg.get("a") == 1 and "b" in reg
+    with pytest.raises(ValueError):
+        reg.add("a", 3)
+    with pytest.raises(LpoError, match="unknown metric 'c'; known: a, b"):
+        reg.get("c")

@@ -1,0 +1,48 @@
+"""World pretraining writes a standard, loadable, reproducible pipeline folder."""
+
+import json
+
+import torch
+from safetensors.torch import load_file
+
+from lpo.models import load_components
+from lpo.world.pretrain import WORLD_MARKER, pretrain_preset, pretrain_world
+
+
+def test_tiny_world_pipeline_loads_like_sd15(tiny_world_dir):
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(tiny_world_dir)
+    assert pipe.unet.config.sample_size * pipe.vae_scale_factor == 32
+    components = load_components(tiny_world_dir)
+    assert components.kind == "world"
+    assert components.vae.config.scaling_factor > 0
+    marker = json.loads((tiny_world_dir / WORLD_MARKER).read_text())
+    assert marker["config"]["preset"] == "tiny" and marker["fingerprint"] == pretrain_preset("tiny").fingerprint()
+    images = pipe(["a red circle", "two blue squares"], num_inference_steps=2, output_type="np",
+                  generator=torch.Generator().manual_seed(0)).images
+    assert images.shape == (2, 32, 32, 3)
+
+
+def test_pretraining_is_deterministic(tmp_path, tiny_world_dir):
+    again = pretrain_world(pretrain_preset("tiny"), tmp_path / "again").folder
+    for sub, name in (("unet", "diffusion_pytorch_model.safetensors"), ("vae", "diffusion_pytorch_model.safetensors"), ("text_encoder", "model.safetensors")):
+        a, b = load_file(tiny_world_dir / sub / name), load_file(again / sub / name)
+        assert a.keys() == b.keys()
+        assert all(torch.equal(a[k], b[k]) for k in a), sub
+
+
+def test_failed_pretraining_leaves_no_folder(tmp_path, monkeypatch):
+    import lpo.world.pretrain as pretrain
+
+    def boom(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pretrain, "train_unet", boom)
+    target = tmp_path / "world"
+    try:
+        pretrain_world(pretrain_preset("tiny"), target)
+    except KeyboardInterrupt:
+        pass
+    assert not target.exists()
+    assert not [p for p in tmp_path.iterdir()]  # no temporary leftovers either

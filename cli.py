@@ -106,19 +106,20 @@ def world_pretrain(
 @world_app.command("eval")
 @user_errors
 def world_eval(
-    model: str = typer.Argument("world", help="world, world:PRESET, a pipeline folder or hub id, or a reference: ground-truth, noise."),
+    model: str = typer.Argument("world", help="world, world:PRESET, a pipeline folder, or a reference: ground-truth, shuffled (another prompt's ground truth: chance level), noise."),
     split: str = typer.Option("test", help="Prompt split: test, test_heldout, val, train."),
     images_per_prompt: int = typer.Option(4, help="Images per prompt (all are scored)."),
     guidance_scale: float = typer.Option(5.0, "--cfg", help="Classifier-free guidance scale."),
     steps: int = typer.Option(20, help="DDIM steps."),
     seed: int = typer.Option(42, help="Protocol seed (per-image seeds derive from it)."),
     max_prompts: Optional[int] = typer.Option(None, help="Evaluate only this many prompts (round-robin over categories)."),
+    references: bool = typer.Option(False, "--references", help="Also score ground-truth, shuffled and noise images of the same prompts and seeds, side by side."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
     output: Optional[Path] = typer.Option(None, help="Also write the JSON result to this file (atomically)."),
 ) -> None:
     """Score a model with the world judges: a per-category table with 95% confidence intervals."""
-    from lpo.world.benchmark import WorldEvalProtocol
-    from lpo.world.evaluate import evaluate_named_source, render_world_table
+    from lpo.world.benchmark import REFERENCE_SOURCES, WorldEvalProtocol
+    from lpo.world.evaluate import evaluate_named_source, render_comparison_table, render_world_table
 
     protocol = WorldEvalProtocol(
         split=split, images_per_prompt=images_per_prompt, num_inference_steps=steps,
@@ -127,6 +128,10 @@ def world_eval(
     console = _console() if not as_json else None
     result = evaluate_named_source(model, protocol, console=console)
     payload = result.as_dict()
+    extra = []
+    if references:
+        extra = [evaluate_named_source(name, protocol, console=console) for name in REFERENCE_SOURCES if name != model]
+        payload["references"] = {r.source: r.as_dict() for r in extra}
     if output is not None:
         from lpo.io import atomic_write_json
 
@@ -135,6 +140,8 @@ def world_eval(
         typer.echo(json.dumps(payload, indent=2))
     else:
         render_world_table(result, _console())
+        if extra:
+            render_comparison_table([result, *extra], _console())
 
 
 @world_app.command("prompts")

@@ -62,6 +62,7 @@ def build_pipeline(components):
             tokenizer_2=components.tokenizer_2,
             unet=components.unet,
             scheduler=components.scheduler,
+            force_zeros_for_empty_prompt=components.force_zeros_for_empty_prompt,
         )
     return StableDiffusionPipeline(
         vae=components.vae,

@@ -48,6 +48,20 @@ logger = logging.getLogger(__name__)
 ModelKind = Literal["sd15", "sdxl", "world"]
 
 WORLD_MARKER = "lpo_world.json"
+
+# SD1.5's noise schedule as a DDIM config ("leading" spacing, offset 1: 951, 901, …, 1).
+# The world model uses it too, so the published step thresholds and β transfer.
+SD15_SCHEDULER_CONFIG = dict(
+    num_train_timesteps=1000,
+    beta_start=0.00085,
+    beta_end=0.012,
+    beta_schedule="scaled_linear",
+    clip_sample=False,
+    set_alpha_to_one=False,
+    steps_offset=1,
+    timestep_spacing="leading",
+    prediction_type="epsilon",
+)
 PIPELINE_KINDS: dict[str, ModelKind] = {
     "StableDiffusionPipeline": "sd15",
     "StableDiffusionXLPipeline": "sdxl",

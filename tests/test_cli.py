@@ -74,10 +74,13 @@ def test_world_eval_references_json():
 
 def test_world_eval_and_sample_on_a_pretrained_folder(tiny_world_dir, tmp_path):
     out_json = tmp_path / "eval.json"
-    result = invoke("world", "eval", tiny_world_dir, "--max-prompts", "6", "--images-per-prompt", "1", "--steps", "2", "--output", out_json)
+    result = invoke("world", "eval", tiny_world_dir, "--max-prompts", "6", "--images-per-prompt", "1", "--steps", "2", "--output", out_json, "--references")
     assert result.exit_code == 0, result.output
-    assert "complex" in result.output
-    assert json.loads(out_json.read_text())["protocol"]["num_inference_steps"] == 2
+    assert "complex" in result.output and "side by side" in result.output
+    payload = json.loads(out_json.read_text())
+    assert payload["protocol"]["num_inference_steps"] == 2
+    assert set(payload["references"]) == {"ground-truth", "shuffled", "noise"}
+    assert payload["references"]["ground-truth"]["overall"]["alignment"] == 1.0
 
     grid = tmp_path / "grid.png"
     result = invoke("sample", tiny_world_dir, "--prompt", "a red circle", "--prompt", "two blue squares", "--steps", "2", "--out", grid)
@@ -97,3 +100,16 @@ def test_world_alias_resolves_to_the_cache(tiny_world_dir, monkeypatch, tmp_path
     result = invoke("world", "eval", "world:tiny", "--max-prompts", "6", "--images-per-prompt", "1", "--steps", "2", "--json")
     assert result.exit_code == 0, result.output
     assert json.loads(result.output)["source"] == "world:tiny"
+
+
+@pytest.mark.parametrize("fixture", ["tiny_sd15_dir", "tiny_sdxl_dir"])
+def test_sample_runs_on_real_mode_pipeline_folders(fixture, request, tmp_path):
+    """The real-mode path (SD1.5- and SDXL-shaped folders) through the same command."""
+    folder = request.getfixturevalue(fixture)
+    grid = tmp_path / "grid.png"
+    result = invoke("sample", folder, "--prompt", "a red cat", "--images-per-prompt", "2", "--steps", "2", "--cfg", "7.5", "--out", grid)
+    assert result.exit_code == 0, result.output
+    assert grid.exists()
+    # Real-mode models have no default prompts: a clear error, not a crash.
+    result = invoke("sample", folder, "--steps", "2", "--out", tmp_path / "x.png")
+    assert result.exit_code == 2 and "--prompt" in result.output

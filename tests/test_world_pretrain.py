@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 import torch
 from safetensors.torch import load_file
 
@@ -46,3 +48,20 @@ def test_failed_pretraining_leaves_no_folder(tmp_path, monkeypatch):
         pass
     assert not target.exists()
     assert not [p for p in tmp_path.iterdir()]  # no temporary leftovers either
+
+
+@pytest.mark.slow
+def test_quick_preset_reproduces_the_shipped_world_model(tmp_path):
+    """~5 minutes: `lpo world pretrain` must rebuild the checkpoint that ships in the repo."""
+    from pathlib import Path
+
+    import lpo.world.pretrain as pretrain
+
+    shipped = Path(pretrain.__file__).parent / "assets" / "quick"
+    if not (shipped / WORLD_MARKER).exists():
+        pytest.skip("no shipped world model")
+    rebuilt = pretrain_world(pretrain_preset("quick"), tmp_path / "quick").folder
+    for sub, name in (("unet", "diffusion_pytorch_model.safetensors"), ("vae", "diffusion_pytorch_model.safetensors"), ("text_encoder", "model.safetensors")):
+        a, b = load_file(shipped / sub / name), load_file(rebuilt / sub / name)
+        # Same machine kind, same thread count: bitwise; elsewhere float reductions may differ slightly.
+        assert all(torch.allclose(a[k], b[k], atol=1e-4) for k in a), sub

@@ -31,6 +31,8 @@ from pathlib import Path
 
 import torch
 
+from lpo.models import SD15_SCHEDULER_CONFIG
+
 SEED = 0
 MAX_LENGTH = 16  # tokenizer model_max_length == text encoder max_position_embeddings
 TEXT_HIDDEN = 32  # width of each tiny CLIP text encoder
@@ -43,15 +45,7 @@ WORDS = (
     "circle square triangle star on left right above below next to big small two three"
 ).split()
 
-SD15_SCHEDULER = dict(  # stable-diffusion-v1-5 scheduler values, as a DDIM config
-    num_train_timesteps=1000,
-    beta_start=0.00085,
-    beta_end=0.012,
-    beta_schedule="scaled_linear",
-    clip_sample=False,
-    set_alpha_to_one=False,
-    steps_offset=1,
-)
+SD15_SCHEDULER = SD15_SCHEDULER_CONFIG
 SDXL_SCHEDULER = dict(  # stable-diffusion-xl-base-1.0 scheduler_config.json (Euler)
     num_train_timesteps=1000,
     beta_start=0.00085,

@@ -16,11 +16,11 @@ import numpy as np
 
 from lpo.errors import LpoError
 from lpo.generate import generate_images, image_seed
-from lpo.world.grammar import CATEGORIES, PromptSpec, make_splits, prompt_set_hash
+from lpo.world.grammar import CATEGORIES, WORLD_VERSION, PromptSpec, make_splits, prompt_set_hash
 from lpo.world.judges import SCORE_NAMES, judge
 from lpo.world.render import IMAGE_SIZE, render_prompt
 
-REFERENCE_SOURCES = ("ground-truth", "noise")
+REFERENCE_SOURCES = ("ground-truth", "shuffled", "noise")
 
 
 @dataclass(frozen=True)
@@ -62,6 +62,24 @@ class GroundTruthSource:
         from lpo.world.grammar import parse_prompt
 
         return np.stack([render_prompt(parse_prompt(p), np.random.default_rng(s)) for p, s in zip(prompts, seeds)])
+
+
+@dataclass
+class ShuffledSource:
+    """Ground truth of a different prompt of the same split: each score's chance level."""
+
+    prompts: list[str]
+    name: str = "shuffled"
+
+    def images(self, prompts, seeds):
+        from lpo.world.grammar import parse_prompt
+
+        out = []
+        for prompt, seed in zip(prompts, seeds):
+            rng = np.random.default_rng(seed)
+            others = [p for p in self.prompts if p != prompt]
+            out.append(render_prompt(parse_prompt(others[rng.integers(len(others))]), rng))
+        return np.stack(out)
 
 
 @dataclass
@@ -119,6 +137,7 @@ class WorldEvalResult:
         from dataclasses import asdict
 
         return {
+            "world_version": WORLD_VERSION,
             "source": self.source,
             "protocol": asdict(self.protocol),
             "prompt_set_hash": self.prompt_set_hash,

@@ -8,9 +8,11 @@ from lpo.world.benchmark import (
     GroundTruthSource,
     NoiseSource,
     PipelineSource,
+    ShuffledSource,
     WorldEvalProtocol,
     WorldEvalResult,
     evaluate_source,
+    world_prompts,
 )
 from lpo.world.judges import SCORE_NAMES
 
@@ -22,6 +24,8 @@ def evaluate_named_source(name: str, protocol: WorldEvalProtocol, console=None, 
         source = GroundTruthSource()
     elif name == "noise":
         source = NoiseSource()
+    elif name == "shuffled":
+        source = ShuffledSource([s.text() for s in world_prompts(protocol)])
     else:
         from lpo.generate import load_pipeline
 
@@ -50,7 +54,7 @@ def render_world_table(result: WorldEvalResult, console) -> None:
     for key in SCORE_NAMES:
         table.add_column(labels[key], justify="right")
     for category, res in result.categories.items():
-        table.add_row(category, str(res.n_prompts), *(f"{res.mean[k]:.3f}±{res.ci95[k]:.3f}" for k in SCORE_NAMES))
+        table.add_row(category, str(res.n_prompts), *(f"{res.mean[k]:.2f}±{res.ci95[k]:.2f}" for k in SCORE_NAMES))
     overall = result.overall
     table.add_row("[bold]mean", "", *(f"[bold]{overall[k]:.3f}" for k in SCORE_NAMES))
     console.print(table)
@@ -59,3 +63,26 @@ def render_world_table(result: WorldEvalResult, console) -> None:
         "clip: CLIP-score proxy · utility: hidden true preference"
     )
     console.print(f"n = prompts; ± = 95% interval over prompts; prompt set {result.prompt_set_hash}")
+
+
+def render_comparison_table(results: list[WorldEvalResult], console) -> None:
+    """One row per source: the category score per category, then the mean scores."""
+    from rich.table import Table
+
+    from lpo.world.grammar import CATEGORIES
+
+    table = Table(title="world · category scores (align) and means, side by side")
+    table.add_column("source")
+    short = {"colour": "col", "shape": "shape", "texture": "tex", "spatial": "spat", "numeracy": "num", "complex": "cplx"}
+    for category in CATEGORIES:
+        table.add_column(short[category], justify="right")
+    means = {"alignment": "align", "soft_alignment": "soft", "aesthetic": "aesth", "utility": "util"}
+    for label in means.values():
+        table.add_column(label, justify="right", style="bold")
+    for result in results:
+        table.add_row(
+            result.source,
+            *(f"{result.categories[c].mean['alignment']:.2f}" if c in result.categories else "—" for c in CATEGORIES),
+            *(f"{result.overall[k]:.2f}" for k in means),
+        )
+    console.print(table)

@@ -269,7 +269,8 @@ def judge(image: np.ndarray, prompt: PromptSpec | str) -> JudgeScores:
     prompt_bag = _attribute_bag(
         [p.colour for p in spec.phrases for _ in range(p.count)],
         [p.shape for p in spec.phrases for _ in range(p.count)],
-        [p.texture for p in spec.phrases for _ in range(p.count) if p.texture],
+        # An unstated texture is drawn solid; count it so that ground truth scores 1.
+        [p.texture or "solid" for p in spec.phrases for _ in range(p.count)] if mentions_texture else [],
     )
     image_bag = _attribute_bag(
         [o.colour for o in objects], [o.shape for o in objects], [o.texture for o in objects] if mentions_texture else []

@@ -33,24 +33,10 @@ import torch.nn.functional as F
 from lpo.config import config_to_dict
 from lpo.errors import LpoError
 from lpo.io import atomic_directory, atomic_write_json, run_metadata
-from lpo.world.grammar import CATEGORIES, PromptSpec, make_splits
+from lpo.models import SD15_SCHEDULER_CONFIG, WORLD_MARKER
+from lpo.world.grammar import CATEGORIES, WORLD_VERSION, PromptSpec, make_splits
 from lpo.world.render import IMAGE_SIZE, render_prompt
 from lpo.world.tokenizer import MODEL_MAX_LENGTH, build_world_tokenizer
-
-WORLD_MARKER = "lpo_world.json"
-
-# SD1.5's noise schedule, so that the published step thresholds and β transfer.
-SD15_SCHEDULER_CONFIG = dict(
-    num_train_timesteps=1000,
-    beta_start=0.00085,
-    beta_end=0.012,
-    beta_schedule="scaled_linear",
-    clip_sample=False,
-    set_alpha_to_one=False,
-    steps_offset=1,
-    timestep_spacing="leading",
-    prediction_type="epsilon",
-)
 
 
 @dataclass(frozen=True)
@@ -62,7 +48,9 @@ class WorldModelConfig:
     vae_channels: tuple[int, ...] = (16, 32, 64)  # 3 blocks: 32 px -> 8 px latents
     unet_channels: tuple[int, ...] = (32, 64)
     unet_layers_per_block: int = 1
-    unet_attention_head_dim: int = 8
+    # diffusers' legacy name: this is the number of heads. Two heads (widths 16 and 32)
+    # learned binding far faster than eight narrow ones in the same 200 s (measured).
+    unet_attention_head_dim: int = 2
     text_hidden_size: int = 64
     text_layers: int = 2
     text_heads: int = 4
@@ -81,13 +69,14 @@ class WorldPretrainConfig:
     preset: str = "quick"
     model: WorldModelConfig = field(default_factory=WorldModelConfig)
     num_images: int = 20000
-    vae_steps: int = 650
+    vae_steps: int = 550
     vae_batch_size: int = 32
     vae_lr: float = 2e-3
     vae_kl_weight: float = 1e-6
-    unet_steps: int = 1100
-    unet_batch_size: int = 64
-    unet_lr: float = 1e-3
+    unet_steps: int = 1950
+    unet_batch_size: int = 32
+    unet_lr: float = 2e-3
+    snr_gamma: float | None = 5.0  # Min-SNR-γ loss weighting (Hang et al. 2023); None: plain MSE
     warmup_steps: int = 100
     caption_dropout: float = 0.1
     ema_decay: float = 0.995
@@ -99,12 +88,14 @@ class WorldPretrainConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 0 <= self.caption_dropout < 1:
             raise ValueError(f"caption_dropout must be in [0, 1), got {self.caption_dropout}")
+        if self.snr_gamma is not None and self.snr_gamma <= 0:
+            raise ValueError(f"snr_gamma must be > 0 or None, got {self.snr_gamma}")
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
 
     def fingerprint(self) -> str:
         """Hash of everything that changes the weights (names the cache folder)."""
-        payload = json.dumps(config_to_dict(self), sort_keys=True)
+        payload = json.dumps({"world": WORLD_VERSION, **config_to_dict(self)}, sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:10]
 
 
@@ -112,7 +103,7 @@ PRETRAIN_PRESETS: dict[str, WorldPretrainConfig] = {
     # ~5 minutes on 2 CPU cores; the default world model.
     "quick": WorldPretrainConfig(),
     # Longer training: a stronger (still imperfect) base model.
-    "full": WorldPretrainConfig(preset="full", num_images=40000, vae_steps=2500, unet_steps=5000),
+    "full": WorldPretrainConfig(preset="full", num_images=40000, vae_steps=1500, unet_steps=10000),
     # Seconds; for tests of the machinery only (samples are blobs).
     "tiny": WorldPretrainConfig(preset="tiny", num_images=256, vae_steps=4, unet_steps=4, warmup_steps=2, vae_batch_size=16, unet_batch_size=16),
 }
@@ -286,6 +277,8 @@ def train_unet(
     from diffusers import DDPMScheduler
 
     noise_scheduler = DDPMScheduler(**{k: v for k, v in SD15_SCHEDULER_CONFIG.items() if k != "set_alpha_to_one"})
+    alphas_cumprod = noise_scheduler.alphas_cumprod
+    snr_table = alphas_cumprod / (1 - alphas_cumprod)
     params = list(unet.parameters()) + list(text_encoder.parameters())
     opt = torch.optim.AdamW(params, lr=config.unet_lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(config.warmup_steps, config.unet_steps))
@@ -306,7 +299,13 @@ def train_unet(
         noisy = noise_scheduler.add_noise(latents, noise, timesteps)
         prompt_embeds = text_encoder(ids)[0]
         pred = unet(noisy, timesteps, encoder_hidden_states=prompt_embeds).sample
-        loss = F.mse_loss(pred, noise)
+        per_sample = (pred - noise).pow(2).mean(dim=(1, 2, 3))
+        if config.snr_gamma is not None:
+            # Min-SNR-γ: ε-loss weight min(SNR, γ)/SNR stops easy low-noise steps from
+            # dominating; it converged markedly faster in this world.
+            snr = snr_table[timesteps]
+            per_sample = per_sample * snr.clamp(max=config.snr_gamma) / snr
+        loss = per_sample.mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)

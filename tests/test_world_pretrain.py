@@ -65,3 +65,21 @@ def test_quick_preset_reproduces_the_shipped_world_model(tmp_path):
         a, b = load_file(shipped / sub / name), load_file(rebuilt / sub / name)
         # Same machine kind, same thread count: bitwise; elsewhere float reductions may differ slightly.
         assert all(torch.allclose(a[k], b[k], atol=1e-4) for k in a), sub
+
+
+def test_shipped_quick_model_is_imperfect_but_recognisable():
+    """The committed world model: clearly above chance, clearly below ground truth."""
+    from pathlib import Path
+
+    from lpo.world.benchmark import PipelineSource, WorldEvalProtocol, evaluate_source
+    from lpo.generate import load_pipeline
+    from lpo.world.pretrain import resolve_world_alias
+
+    folder = resolve_world_alias("world")  # LPO_HOME is empty in tests: the shipped copy
+    assert folder == Path(pretrain_world.__code__.co_filename).parent / "assets" / "quick"
+    pipe, components = load_pipeline("world", device="cpu")
+    assert components.kind == "world"
+    protocol = WorldEvalProtocol(max_prompts=24, images_per_prompt=2)
+    result = evaluate_source(PipelineSource(pipe, protocol), protocol)
+    assert 0.1 < result.overall["alignment"] < 0.7, result.overall
+    assert 0.4 < result.overall["soft_alignment"] < 0.9, result.overall

@@ -552,3 +552,23 @@ def pooled_text_embedding(components: DiffusionComponents, prompts: str | Sequen
         ids = _token_ids(c.tokenizer_2, prompts, c.text_encoder_2.device)
         return c.text_encoder_2(ids).text_embeds
     return _run_sd15_encoder(c, prompts).pooler_output
+
+
+def encode_prompts_and_pooled(
+    components: DiffusionComponents,
+    prompts: str | Sequence[str],
+    *,
+    resolution: int | tuple[int, int] | None = None,
+) -> tuple[TextConditioning, Tensor]:
+    """:func:`encode_prompts` and :func:`pooled_text_embedding` from one run of each text encoder.
+
+    The LRM needs both for the same prompts, with gradients through the text encoders;
+    calling the two functions would run (and backpropagate through) every encoder twice.
+    """
+    prompts = _as_list(prompts)
+    c = components
+    if c.kind == "sdxl":  # the pooled text_embeds are already part of the U-Net conditioning
+        cond = encode_prompts(c, prompts, resolution=resolution)
+        return cond, cond.pooled_prompt_embeds
+    out = _run_sd15_encoder(c, prompts)
+    return TextConditioning(prompt_embeds=out.last_hidden_state.to(device=c.device)), out.pooler_output

@@ -180,6 +180,28 @@ def sample(
     _console().print(f"wrote [bold]{path}[/]")
 
 
+@app.command()
+@user_errors
+def pairs(
+    out: Path = typer.Option(Path("pairs/world-train.parquet"), help="Parquet file to write (Pick-a-Pic columns)."),
+    model: str = typer.Option("world", help="World model: world, world:PRESET or a world pipeline folder."),
+    num_prompts: int = typer.Option(64, help="Train-split prompts to draw."),
+    pairs_per_prompt: int = typer.Option(4, help="Labelled image pairs per prompt."),
+    seed: int = typer.Option(0, help="Seed for prompts, images and annotators."),
+    steps: int = typer.Option(20, help="DDIM steps."),
+    guidance_scale: float = typer.Option(5.0, "--cfg", help="Classifier-free guidance scale."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda, ..."),
+) -> None:
+    """Generate world image pairs from a model and label them with the simulated annotators."""
+    from lpo.world.pairs import run_pairs
+
+    summary = run_pairs(
+        model, out, num_prompts, pairs_per_prompt, seed, _console(),
+        steps=steps, guidance_scale=guidance_scale, device=device,
+    )
+    _console().print_json(json.dumps(summary, default=str))
+
+
 def main() -> None:
     app()
 

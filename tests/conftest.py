@@ -28,9 +28,18 @@ def tiny_sdxl_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_world_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A world pipeline from the `tiny` pretrain preset (seconds; samples are blobs)."""
+    import torch
+
     from lpo.world.pretrain import pretrain_preset, pretrain_world
 
-    return pretrain_world(pretrain_preset("tiny"), tmp_path_factory.mktemp("world") / "tiny").folder
+    # One thread: session fixtures run before per-module thread settings, and on two
+    # shared cores OpenMP spin-waiting made this 4-5x slower (measured).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return pretrain_world(pretrain_preset("tiny"), tmp_path_factory.mktemp("world") / "tiny").folder
+    finally:
+        torch.set_num_threads(threads)
 
 
 @pytest.fixture(autouse=True)

@@ -113,3 +113,18 @@ def test_sample_runs_on_real_mode_pipeline_folders(fixture, request, tmp_path):
     # Real-mode models have no default prompts: a clear error, not a crash.
     result = invoke("sample", folder, "--steps", "2", "--out", tmp_path / "x.png")
     assert result.exit_code == 2 and "--prompt" in result.output
+
+
+def test_pairs_command_writes_a_labelled_parquet(tiny_world_dir, tmp_path):
+    out = tmp_path / "pairs.parquet"
+    result = invoke("pairs", "--model", tiny_world_dir, "--out", out, "--num-prompts", "2", "--pairs-per-prompt", "2", "--steps", "2")
+    assert result.exit_code == 0, result.output
+    from lpo.pairs import load_pairs
+
+    loaded = load_pairs(out)
+    assert len(loaded.pairs) == 4 and {p.label_0 for p in loaded.pairs} <= {0.0, 0.5, 1.0}
+
+
+def test_pairs_command_rejects_a_non_world_model(tiny_sd15_dir, tmp_path):
+    result = invoke("pairs", "--model", tiny_sd15_dir, "--out", tmp_path / "p.parquet", "--num-prompts", "1")
+    assert result.exit_code == 2 and "Traceback" not in result.output

@@ -202,6 +202,34 @@ def pairs(
     _console().print_json(json.dumps(summary, default=str))
 
 
+@app.command()
+@user_errors
+def mpcf(
+    pairs_path: str = typer.Argument(..., help="Pairs: a parquet file from `lpo pairs`, a folder of parquets, or a dataset id."),
+    out: Path = typer.Option(..., help="Parquet file for the kept pairs."),
+    preset: str = typer.Option("world", help="Threshold preset: world or paper."),
+    strategy: Optional[str] = typer.Option(None, help="none, 1, 2 or 3 (default: the preset's, 2)."),
+    overrides: List[str] = SetOption,
+    split: Optional[str] = typer.Option(None, help="Split of a dataset id or parquet folder."),
+    limit: Optional[int] = typer.Option(None, help="Read at most this many rows."),
+    cache_dir: Optional[Path] = typer.Option(None, help="Score cache (default: next to --out)."),
+) -> None:
+    """Multi-preference consistent filtering: score every pair's gaps, keep the consistent ones, report each rule."""
+    from lpo.config import apply_overrides
+    from lpo.mpcf import build_gap_scorers, compute_gap_scores, filter_pairs, mpcf_preset
+    from lpo.pairs import load_pairs, save_pairs
+
+    config = apply_overrides(mpcf_preset(preset), overrides + ([f"strategy={strategy}"] if strategy else []))
+    console = _console()
+    loaded = load_pairs(pairs_path, split=split, limit=limit)
+    console.print(loaded.summary())
+    scores = compute_gap_scores(loaded.pairs, build_gap_scorers(config), cache_dir or out.parent / f".{out.stem}-scores")
+    result = filter_pairs(loaded.pairs, config, scores)
+    save_pairs(result.pairs, out, provenance={"mpcf": result.report.as_dict(), "input": str(pairs_path)})
+    console.print(result.report.as_table())
+    console.print(f"kept {len(result.pairs)} of {len(loaded.pairs)} pairs -> [bold]{out}[/]")
+
+
 def main() -> None:
     app()
 

@@ -128,3 +128,29 @@ def test_pairs_command_writes_a_labelled_parquet(tiny_world_dir, tmp_path):
 def test_pairs_command_rejects_a_non_world_model(tiny_sd15_dir, tmp_path):
     result = invoke("pairs", "--model", tiny_sd15_dir, "--out", tmp_path / "p.parquet", "--num-prompts", "1")
     assert result.exit_code == 2 and "Traceback" not in result.output
+
+
+def test_mpcf_command_filters_and_reports(tmp_path):
+    import numpy as np
+
+    from lpo.pairs import PreferencePair, load_pairs, save_pairs
+    from lpo.world.grammar import make_splits
+    from lpo.world.render import render_prompt
+
+    rng = np.random.default_rng(0)
+    specs = make_splits().train[:6]
+    pairs = []
+    for i, spec in enumerate(specs):
+        good = render_prompt(spec, rng)
+        other = render_prompt(specs[(i + 1) % len(specs)], rng)
+        # Half the labels agree with the judges, half contradict them.
+        pairs.append(PreferencePair(f"p{i}", spec.text(), good, other, 1.0 if i % 2 == 0 else 0.0, "test"))
+    src = tmp_path / "pairs.parquet"
+    save_pairs(pairs, src)
+    out = tmp_path / "kept.parquet"
+    result = invoke("mpcf", src, "--out", out, "--strategy", "1")
+    assert result.exit_code == 0, result.output
+    kept = load_pairs(out).pairs
+    assert sorted(p.pair_id for p in kept) == ["p0", "p2", "p4"]
+    bad = invoke("mpcf", src, "--out", out, "--preset", "paper")
+    assert bad.exit_code == 2 and "laion-aesthetic" in bad.output

@@ -25,6 +25,8 @@ app = typer.Typer(
 )
 world_app = typer.Typer(no_args_is_help=True, help="The embedded synthetic world: pretrain its model, evaluate with its judges.")
 app.add_typer(world_app, name="world")
+lrm_app = typer.Typer(no_args_is_help=True, help="Step reward models: the Latent Reward Model and SPO's pixel step model.")
+app.add_typer(lrm_app, name="lrm")
 
 
 def user_errors(fn: Callable) -> Callable:
@@ -188,6 +190,7 @@ def pairs(
     num_prompts: int = typer.Option(64, help="Train-split prompts to draw."),
     pairs_per_prompt: int = typer.Option(4, help="Labelled image pairs per prompt."),
     seed: int = typer.Option(0, help="Seed for prompts, images and annotators."),
+    prompt_split: str = typer.Option("train", help="World prompt split to draw from (val for held-out pairs)."),
     steps: int = typer.Option(20, help="DDIM steps."),
     guidance_scale: float = typer.Option(5.0, "--cfg", help="Classifier-free guidance scale."),
     device: str = typer.Option("auto", help="auto, cpu, cuda, ..."),
@@ -197,7 +200,7 @@ def pairs(
 
     summary = run_pairs(
         model, out, num_prompts, pairs_per_prompt, seed, _console(),
-        steps=steps, guidance_scale=guidance_scale, device=device,
+        steps=steps, guidance_scale=guidance_scale, device=device, prompt_split=prompt_split,
     )
     _console().print_json(json.dumps(summary, default=str))
 
@@ -228,6 +231,52 @@ def mpcf(
     save_pairs(result.pairs, out, provenance={"mpcf": result.report.as_dict(), "input": str(pairs_path)})
     console.print(result.report.as_table())
     console.print(f"kept {len(result.pairs)} of {len(loaded.pairs)} pairs -> [bold]{out}[/]")
+
+
+@lrm_app.command("train")
+@user_errors
+def lrm_train(
+    pairs_path: str = typer.Argument(..., help="Training pairs (parquet from `lpo pairs` / `lpo mpcf`, or a dataset id)."),
+    model: str = typer.Option("world", help="Base diffusion model: world, a pipeline folder or a hub id."),
+    preset: str = typer.Option("lrm-world", help="lrm-world, lrm-sd15, lrm-sdxl, spo-pixel-world, spo-pixel-sd15, spo-pixel-sdxl."),
+    overrides: List[str] = SetOption,
+    run_dir: Optional[Path] = typer.Option(None, help="Run folder (default runs/PRESET-TIMESTAMP)."),
+    resume: bool = typer.Option(False, help="Continue the run in --run-dir from its last checkpoint."),
+    eval_pairs: Optional[str] = typer.Option(None, help="Held-out pairs evaluated during training."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the resolved config and exit."),
+) -> None:
+    """Train a step reward model (LRM, or SPO's pixel model with a spo-pixel preset) on preference pairs."""
+    if dry_run:
+        from lpo.config import apply_overrides, config_to_dict
+        from lpo.reward_training import reward_training_preset
+
+        _console().print_json(json.dumps(config_to_dict(apply_overrides(reward_training_preset(preset), overrides))))
+        return
+    from lpo.reward_jobs import train_reward_job
+
+    result = train_reward_job(model, pairs_path, preset, overrides, run_dir, resume, eval_pairs, console=_console())
+    _console().print(
+        f"trained {result.steps} steps; final loss {result.final_loss:.4f}, train accuracy {result.final_accuracy:.3f}; "
+        f"model [bold]{result.model_folder}[/]"
+    )
+
+
+@lrm_app.command("eval")
+@user_errors
+def lrm_eval(
+    pairs_path: str = typer.Argument(..., help="Held-out pairs (e.g. `lpo pairs --prompt-split val`)."),
+    model: str = typer.Option("world", help="Base diffusion model the reward models were built on."),
+    lrm: Optional[Path] = typer.Option(None, help="An LRM folder (a run's model/)."),
+    pixel: Optional[Path] = typer.Option(None, help="An SPO pixel step model folder."),
+    out: Path = typer.Option(Path("results/lrm-eval"), help="Folder for accuracy_by_timestep.json and .png."),
+    seed: int = typer.Option(0, help="Seed of the noise (the same for every model)."),
+) -> None:
+    """Held-out preference accuracy at every DDIM timestep: LRM vs pixel model on x̂0 (vs true utility in the world)."""
+    from lpo.reward_jobs import eval_reward_job, render_accuracy_table
+
+    result = eval_reward_job(model, pairs_path, out, lrm_dir=lrm, pixel_dir=pixel, seed=seed, console=_console())
+    render_accuracy_table(result, _console())
+    _console().print(f"wrote [bold]{out}/accuracy_by_timestep.json[/] and .png")
 
 
 def main() -> None:

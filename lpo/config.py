@@ -60,30 +60,42 @@ def _parse_value(raw: str, typ: Any, key: str) -> Any:
 
 
 def apply_overrides(cfg: Any, overrides: list[str]) -> Any:
-    """New config with ``key.sub=value`` overrides applied (validated by __post_init__)."""
+    """New config with ``key.sub=value`` overrides applied, then validated once.
+
+    All overrides are parsed first and applied together, so their order does not matter
+    (``max_steps=2 warmup_steps=1`` works although the first alone would fail validation).
+    """
+    changes: dict[str, Any] = {}
     for item in overrides:
         if "=" not in item:
             raise LpoError(f"override {item!r} must look like key=value (e.g. unet_steps=500)")
         key, raw = item.split("=", 1)
-        cfg = _set(cfg, key.strip().split("."), raw.strip(), key.strip())
-    return cfg
+        key = key.strip()
+        node, target = cfg, changes
+        path = key.split(".")
+        for depth, name in enumerate(path):
+            names = [f.name for f in dataclasses.fields(node)]
+            if name not in names:
+                raise LpoError(f"unknown config key {key!r}; {type(node).__name__} has: {', '.join(names)}")
+            current = getattr(node, name)
+            last = depth == len(path) - 1
+            if not last:
+                if not dataclasses.is_dataclass(current):
+                    raise LpoError(f"config key {key!r}: {name} is not a section")
+                node, target = current, target.setdefault(name, {})
+            elif dataclasses.is_dataclass(current):
+                raise LpoError(f"config key {key!r} is a section; set one of its fields, e.g. {key}.<field>=...")
+            else:
+                target[name] = _parse_value(raw.strip(), _field_types(type(node))[name], key)
+    return _replace(cfg, changes, overrides)
 
 
-def _set(cfg: Any, path: list[str], raw: str, full_key: str) -> Any:
-    names = [f.name for f in dataclasses.fields(cfg)]
-    head = path[0]
-    if head not in names:
-        raise LpoError(f"unknown config key {full_key!r}; {type(cfg).__name__} has: {', '.join(names)}")
-    current = getattr(cfg, head)
-    if len(path) > 1:
-        if not dataclasses.is_dataclass(current):
-            raise LpoError(f"config key {full_key!r}: {head} is not a section")
-        value = _set(current, path[1:], raw, full_key)
-    else:
-        if dataclasses.is_dataclass(current):
-            raise LpoError(f"config key {full_key!r} is a section; set one of its fields, e.g. {full_key}.<field>=...")
-        value = _parse_value(raw, _field_types(type(cfg))[head], full_key)
+def _replace(cfg: Any, changes: dict[str, Any], overrides: list[str]) -> Any:
+    values = {
+        name: _replace(getattr(cfg, name), value, overrides) if isinstance(value, dict) else value
+        for name, value in changes.items()
+    }
     try:
-        return dataclasses.replace(cfg, **{head: value})
+        return dataclasses.replace(cfg, **values)
     except (ValueError, TypeError) as err:
-        raise LpoError(f"invalid override {full_key}={raw}: {err}") from None
+        raise LpoError(f"invalid override {' '.join(overrides)}: {err}") from None

@@ -38,3 +38,12 @@ def test_registry_rejects_duplicates_and_lists_known_names():
         reg.add("a", 3)
     with pytest.raises(LpoError, match="unknown metric 'c'; known: a, b"):
         reg.get("c")
+
+
+def test_overrides_apply_together_so_order_does_not_matter():
+    cfg = apply_overrides(pretrain_preset("quick"), ["warmup_steps=1", "unet_steps=2"])
+    assert (cfg.warmup_steps, cfg.unet_steps) == (1, 2)
+    from lpo.reward_training import reward_training_preset
+
+    cfg = apply_overrides(reward_training_preset("lrm-world"), ["max_steps=2", "warmup_steps=1"])
+    assert (cfg.max_steps, cfg.warmup_steps) == (2, 1)

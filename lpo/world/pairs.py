@@ -196,6 +196,7 @@ def run_pairs(
     eta: float = 1.0,
     batch_size: int = 32,
     device: str = "auto",
+    prompt_split: str = "train",
 ) -> dict[str, Any]:
     """`lpo pairs`: generate and label world pairs, save them; returns a summary for display."""
     from lpo.progress import count_progress
@@ -209,6 +210,7 @@ def run_pairs(
         guidance_scale=guidance_scale,
         eta=eta,
         batch_size=batch_size,
+        prompt_split=prompt_split,
     )
     with count_progress(console, f"pairs from {model}") as progress:
         output = generate_world_pairs(model, config, device=device, progress=progress)

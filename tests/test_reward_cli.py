@@ -1,0 +1,57 @@
+"""`lpo pairs` -> `lpo lrm train` (LRM and SPO pixel model) -> `lpo lrm eval`, end to end on the tiny world."""
+
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from lpo.cli import app
+
+runner = CliRunner()
+SMALL = ["--set", "max_steps=2", "--set", "batch_size=4", "--set", "warmup_steps=1", "--set", "save_every=0",
+         "--set", "eval_every=0", "--set", "log_every=1"]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def test_train_both_step_rewards_and_compare_them_by_timestep(tiny_world_dir, tmp_path):
+    pairs = tmp_path / "pairs.parquet"
+    held = tmp_path / "held.parquet"
+    for path, split in ((pairs, "train"), (held, "val")):
+        r = invoke("pairs", "--model", tiny_world_dir, "--out", path, "--num-prompts", "3", "--pairs-per-prompt", "2",
+                   "--steps", "2", "--prompt-split", split)
+        assert r.exit_code == 0, r.output
+    runs = {}
+    for preset in ("lrm-world", "spo-pixel-world"):
+        run_dir = tmp_path / preset
+        r = invoke("lrm", "train", pairs, "--model", tiny_world_dir, "--preset", preset, "--run-dir", run_dir, *SMALL)
+        assert r.exit_code == 0, r.output
+        assert (run_dir / "config.json").exists() and (run_dir / "cost.json").exists()
+        cost = json.loads((run_dir / "cost.json").read_text())
+        assert cost["device_type"] == "cpu"
+        runs[preset] = run_dir / "model"
+    out = tmp_path / "eval"
+    r = invoke("lrm", "eval", held, "--model", tiny_world_dir, "--lrm", runs["lrm-world"], "--pixel", runs["spo-pixel-world"], "--out", out)
+    assert r.exit_code == 0, r.output
+    result = json.loads((out / "accuracy_by_timestep.json").read_text())
+    assert set(result["accuracy"]) == {"LRM (latent)", "SPO pixel model on x̂0", "true utility on x̂0 (ceiling)"}
+    for by_t in result["accuracy"].values():
+        assert sorted(int(t) for t in by_t) == list(range(1, 1000, 50))
+        assert all(0.0 <= acc <= 1.0 for acc, _ in by_t.values())
+    assert (out / "accuracy_by_timestep.png").stat().st_size > 1000
+
+
+def test_lrm_eval_without_models_is_a_user_error(tiny_world_dir, tmp_path):
+    r = invoke("lrm", "eval", tmp_path / "missing.parquet", "--model", tiny_world_dir)
+    assert r.exit_code == 2 and "Traceback" not in r.output

@@ -25,21 +25,28 @@ def tiny_sdxl_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tiny_sdxl_pipeline(tmp_path_factory.mktemp("tiny-sdxl"))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _one_torch_thread():
+    """One intra-op thread for the whole suite.
+
+    Tiny models gain nothing from more; on a busy 2-core machine OpenMP spin-waiting made
+    them 4-5x slower (measured), and float results depend on the thread count, so one
+    count for every test keeps determinism checks meaningful.
+    """
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def tiny_world_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A world pipeline from the `tiny` pretrain preset (seconds; samples are blobs)."""
-    import torch
-
     from lpo.world.pretrain import pretrain_preset, pretrain_world
 
-    # One thread: session fixtures run before per-module thread settings, and on two
-    # shared cores OpenMP spin-waiting made this 4-5x slower (measured).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        return pretrain_world(pretrain_preset("tiny"), tmp_path_factory.mktemp("world") / "tiny").folder
-    finally:
-        torch.set_num_threads(threads)
+    return pretrain_world(pretrain_preset("tiny"), tmp_path_factory.mktemp("world") / "tiny").folder
 
 
 @pytest.fixture(autouse=True)

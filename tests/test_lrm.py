@@ -36,14 +36,6 @@ PROMPTS = ["a red cat on the left of a blue square", "two small green trees"]
 LOGIT_SCALE_INIT = 2.6592
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    """Tiny models gain nothing from intra-op threads; on a busy 2-core machine they cost seconds."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.fixture(scope="module")
 def sd15(tiny_sd15_dir: Path) -> DiffusionComponents:

@@ -41,16 +41,6 @@ from tiny_models import LATENT_SIZE, MAX_LENGTH, PROJECTION_DIM, TEXT_HIDDEN, bu
 PROMPTS = ["a red cat on the left of a blue square", "two small green trees"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    """Tiny models gain nothing from intra-op threads, and on a busy 2-core machine OpenMP
-    spin-waiting made each tiny U-Net call take seconds instead of milliseconds."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def sd15(tiny_sd15_dir: Path) -> DiffusionComponents:
     return load_components(tiny_sd15_dir)

@@ -26,13 +26,6 @@ from lpo.pairs import (
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def _image(seed: int, size: int = 16) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, size=(size, size, 3), dtype=np.uint8)

@@ -39,14 +39,6 @@ PROMPTS = ["a red cat on the left of a blue square", "two small green trees", "a
 CLIP_IMAGE_SIZE = 30  # tiny SD1.5 images are 16×16: the resize upsamples, as 512 -> 224 downsamples for real
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    """Tiny models gain nothing from intra-op threads; on a busy 2-core machine they cost seconds."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.fixture(scope="module")
 def tiny_clip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:

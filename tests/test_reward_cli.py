@@ -13,13 +13,6 @@ SMALL = ["--set", "max_steps=2", "--set", "batch_size=4", "--set", "warmup_steps
          "--set", "eval_every=0", "--set", "log_every=1"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def invoke(*args):
     return runner.invoke(app, [str(a) for a in args])

@@ -79,16 +79,6 @@ def tiny_unet(sdxl: bool = False) -> UNet2DConditionModel:
     ).eval()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    # Tiny U-Nets gain nothing from intra-op threads, and with the 2 cores shared by other
-    # processes OpenMP's spin-waiting made the trajectory tests ~50x slower (0.1 s -> 14 s).
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
 def unet():
     return tiny_unet()

@@ -309,7 +309,8 @@ def image_to_tensor(image: np.ndarray, resolution: int, what: str = "image") -> 
         pil = pil.resize(size, Image.BICUBIC)
         left, top = (size[0] - resolution) // 2, (size[1] - resolution) // 2
         image = np.array(pil.crop((left, top, left + resolution, top + resolution)))
-    return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float() / 127.5 - 1.0
+    # A copy: decoded images can be read-only arrays, which torch warns about.
+    return torch.from_numpy(np.array(image, dtype=np.float32)).permute(2, 0, 1) / 127.5 - 1.0
 
 
 @torch.no_grad()

@@ -46,7 +46,7 @@ def train_reward_job(
     """Train an LRM or an SPO pixel step model on pairs; returns the TrainingResult."""
     from lpo.config import apply_overrides
     from lpo.progress import stage_progress
-    from lpo.reward_training import reward_training_preset, split_by_prompt, train_step_reward
+    from lpo.reward_training import reward_training_preset, train_step_reward
     from lpo.runs import RunFolder
 
     config = apply_overrides(reward_training_preset(preset), overrides)
@@ -54,12 +54,8 @@ def train_reward_job(
     loaded = _pairs(pairs_path, "pairs file")
     if console is not None:
         console.print(loaded.summary())
-    if eval_pairs_path is not None:
-        train_pairs, eval_pairs = loaded.pairs, _pairs(eval_pairs_path, "eval pairs file").pairs
-    elif config.eval_fraction > 0:
-        train_pairs, eval_pairs = split_by_prompt(loaded.pairs, config.eval_fraction, config.seed)
-    else:
-        train_pairs, eval_pairs = loaded.pairs, None
+    # With eval_fraction > 0 the trainer holds out prompts itself (split_by_prompt).
+    eval_pairs = None if eval_pairs_path is None else _pairs(eval_pairs_path, "eval pairs file").pairs
     reward_model, save_fn = build_reward_model(config, components)
     extra = {"base_model": model, "pairs": str(pairs_path), "reward_model": config.reward_model}
     if resume:
@@ -74,7 +70,7 @@ def train_reward_job(
         console.print(f"run folder [bold]{run.path}[/]")
     with stage_progress(console) as progress:
         return train_step_reward(
-            reward_model, components, train_pairs, config, run,
+            reward_model, components, loaded.pairs, config, run,
             save_model=save_fn, progress=progress, eval_pairs=eval_pairs, resume=resume,
         )
 

@@ -1,7 +1,7 @@
 """lpo.reward_training: the step reward model training loop (SPEC §4.1 data, loss, optimisation).
 
 Runs on the shipped world model (lpo.generate.resolve_model_name("world")): its VAE
-separates colours, so an LRM can learn "reddish beats bluish" in a few steps. The tiny
+separates colours, so an LRM learns "the image in the prompt's colour wins" in a few steps. The tiny
 test pipeline's VAE (4 training steps) does not: its posterior noise swamps the colour.
 Expectations are computed independently of the code under test (the noising formula from
 ᾱ, the soft-label cross-entropy from log-sigmoids, the DDIM set as range(1, 1000, 50)).
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -45,14 +44,6 @@ DDIM_20 = list(range(1, 1000, 50))  # {1, 51, …, 951}: SD's "leading" spacing 
 PROMPT = "a red circle"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def world():
     from lpo.generate import resolve_model_name
@@ -76,6 +67,20 @@ def _red_blue_pairs(n: int, seed: int = 0, prefix: str = "p") -> list[Preference
             pairs.append(PreferencePair(f"{prefix}{i}", PROMPT, red, blue, 1.0, "test"))
         else:
             pairs.append(PreferencePair(f"{prefix}{i}", PROMPT, blue, red, 0.0, "test"))
+    return pairs
+
+
+def _colour_matches_prompt_pairs(n: int, seed: int = 0, prefix: str = "c") -> list[PreferencePair]:
+    """"a red circle" prefers the reddish image, "a blue circle" the bluish one: learnable only
+    by a model that reads each latent together with ITS prompt."""
+    rng = np.random.default_rng(seed)
+    pairs = []
+    for i in range(n):
+        red, blue = _image((200, 40, 40), rng), _image((40, 40, 200), rng)
+        prompt = "a red circle" if i % 4 < 2 else "a blue circle"
+        image_0, image_1 = (red, blue) if i % 2 else (blue, red)
+        label_0 = float((prompt == "a red circle") == (i % 2 == 1))
+        pairs.append(PreferencePair(f"{prefix}{i}", prompt, image_0, image_1, label_0, "test"))
     return pairs
 
 
@@ -275,7 +280,7 @@ def test_overrides_are_type_checked():
 # --------------------------------------------------------------------------- training
 
 
-def test_training_learns_the_preference_and_leaves_the_vae_alone(world, train_pairs, tmp_path):
+def test_training_learns_the_preference_and_leaves_the_vae_alone(world, tmp_path):
     model = _lrm(world)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     vae_before = {n: p.detach().clone() for n, p in world.vae.named_parameters()}
@@ -284,12 +289,13 @@ def test_training_learns_the_preference_and_leaves_the_vae_alone(world, train_pa
     run = RunFolder.create(config, name="lrm", root=tmp_path)
     calls = []
 
-    result = train_step_reward(model, world, train_pairs, config, run, save_model=save_lrm,
+    pairs = _colour_matches_prompt_pairs(32)
+    result = train_step_reward(model, world, pairs, config, run, save_model=save_lrm,
                                progress=lambda *args: calls.append(args))
 
     losses = [row["loss"] for row in result.history]
     assert len(losses) == 6 and all(math.isfinite(x) for x in losses)
-    assert np.mean(losses[3:]) < 0.75 * losses[0]  # first window ≈ 0.4 (already learning), later ≈ 0.2
+    assert losses[0] > 0.5 and np.mean(losses[3:]) < 0.6 * losses[0]  # measured: ≈ 0.6–0.7, then ≈ 0.15–0.25
     assert result.final_accuracy >= 0.75
     assert [c[1] for c in calls] == list(range(1, 25)) and calls[-1][2] == 24
     changed = [n for n, p in model.named_parameters() if not torch.equal(p, before[n])]
@@ -310,7 +316,7 @@ def test_training_learns_the_preference_and_leaves_the_vae_alone(world, train_pa
     assert cost["seconds"]["reward_model_training"] > 0
     assert len((run.path / "metrics.jsonl").read_text().splitlines()) == 6
     # held-out accuracy by t: new pairs, fixed t, the same noise for every t
-    held_out = _red_blue_pairs(12, seed=1, prefix="h")
+    held_out = _colour_matches_prompt_pairs(12, seed=1, prefix="h")
     table = pairwise_accuracy_by_timestep(model, world, held_out, [1, 501, 951], batch_size=8, seed=0)
     assert list(table) == [1, 501, 951] and all(n == 12 for _, n in table.values())
     assert table[1][0] >= 0.9

@@ -8,19 +8,10 @@ import time
 from dataclasses import dataclass
 
 import pytest
-import torch
 
 from lpo.config import config_to_dict
 from lpo.errors import LpoError
 from lpo.runs import STAGES, DeviceMeter, RunFolder, read_cost
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @dataclass

@@ -116,3 +116,38 @@ def hardware() -> dict[str, Any]:
 
 def run_metadata() -> dict[str, Any]:
     return {"argv": sys.argv, "git": git_state(), "versions": package_versions(), "hardware": hardware()}
+
+
+def one_line(err: BaseException) -> str:
+    """An exception as ``Type: first line`` (at most 200 characters) for one-line errors."""
+    lines = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {(lines[0] if lines else '')[:200]}"
+
+
+def load_safetensors_strict(module, path: Path, *, what: str, config_name: str, fix: str) -> None:
+    """Load ``path`` into ``module`` (whose weights may be meta) strictly.
+
+    Every failure is an ``LpoError`` naming the path: unreadable file, missing or
+    unexpected tensors, shape mismatch. ``what`` names the model ("LRM weights"),
+    ``config_name`` the file that described its architecture.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from lpo.errors import LpoError
+
+    try:
+        state = load_file(str(path))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+        raise LpoError(f"could not read {what} {path} ({one_line(err)}); {fix}") from err
+    expected = set(module.state_dict())
+    missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
+    if missing or unexpected:
+        parts = [f"{len(missing)} missing (e.g. {missing[0]})"] if missing else []
+        parts += [f"{len(unexpected)} unexpected (e.g. {unexpected[0]})"] if unexpected else []
+        raise LpoError(f"{what} {path} do not match its {config_name}: {', '.join(parts)} tensors; {fix}")
+    try:
+        # assign=True adopts the loaded tensors in place of the meta placeholders
+        module.load_state_dict(state, strict=True, assign=True)
+    except RuntimeError as err:  # shape mismatches
+        raise LpoError(f"{what} {path} do not match its {config_name} ({one_line(err)}); {fix}") from err

@@ -56,7 +56,7 @@ from torch import Tensor, nn
 
 from lpo.conditioning import GuidedConditioning, TextConditioning
 from lpo.errors import LpoError
-from lpo.io import atomic_directory
+from lpo.io import atomic_directory, load_safetensors_strict, one_line
 from lpo.models import DiffusionComponents, ModelKind, encode_negative, encode_prompts_and_pooled
 
 LRM_CONFIG_NAME = "lrm_config.json"
@@ -553,7 +553,7 @@ def load_lrm(
         if config.kind is None or config.base_model is None:
             raise ValueError("base_model and kind must be set")
     except (KeyError, TypeError, ValueError, AttributeError) as err:
-        raise LpoError(f"{config_path} has an invalid LRM config ({_one_line(err)}); train the LRM again") from err
+        raise LpoError(f"{config_path} has an invalid LRM config ({one_line(err)}); train the LRM again") from err
     expected = expected_base if expected_base is not None else (components.source if components is not None else None)
     if expected is not None and not same_base_model(config.base_model, expected):
         raise LpoError(
@@ -588,7 +588,7 @@ def load_lrm(
             )
     except (KeyError, TypeError, ValueError, OSError) as err:
         raise LpoError(
-            f"could not rebuild the LRM described by {config_path} ({_one_line(err)}); train the LRM again"
+            f"could not rebuild the LRM described by {config_path} ({one_line(err)}); train the LRM again"
         ) from err
     pairs = (("tokenizer", tokenizer, text_encoder), ("tokenizer_2", tokenizer_2, text_encoder_2))
     for name, tokenizer_, encoder in pairs:
@@ -600,7 +600,10 @@ def load_lrm(
             )
 
     # 3. the weights, strictly
-    _load_weights(model, weights_path)
+    load_safetensors_strict(
+        model, weights_path, what="LRM weights", config_name=LRM_CONFIG_NAME,
+        fix="the file is damaged or from another LRM: train the LRM again or restore the folder",
+    )
     model.eval()
     if device is None and components is not None:
         device = components.device
@@ -616,17 +619,12 @@ def same_base_model(a: str, b: str) -> bool:
     return path_a.exists() and path_b.exists() and path_a.resolve() == path_b.resolve()
 
 
-def _one_line(err: BaseException) -> str:
-    lines = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {(lines[0] if lines else '')[:200]}"
-
-
 def _read_meta(path: Path) -> dict[str, Any]:
     try:
         meta = json.loads(path.read_text())
     except (OSError, ValueError) as err:
         raise LpoError(
-            f"could not read {path} ({_one_line(err)}); the LRM folder is damaged: train the LRM again"
+            f"could not read {path} ({one_line(err)}); the LRM folder is damaged: train the LRM again"
         ) from err
     if not isinstance(meta, dict) or meta.get("format") != LRM_FORMAT:
         raise LpoError(
@@ -661,26 +659,3 @@ def _build_text_encoder(spec: dict[str, Any]) -> nn.Module:
     if spec["class"] not in classes:
         raise ValueError(f"text encoder class {spec['class']!r} is not one of {', '.join(classes)}")
     return classes[spec["class"]](CLIPTextConfig.from_dict(spec["config"]))
-
-
-def _load_weights(model: LatentRewardModel, path: Path) -> None:
-    """Load ``path`` into ``model`` (whose weights may be meta) strictly; LpoError naming the path."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    fix = "the file is damaged or from another LRM: train the LRM again or restore the folder"
-    try:
-        state = load_file(str(path))
-    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
-        raise LpoError(f"could not read LRM weights {path} ({_one_line(err)}); {fix}") from err
-    expected = set(model.state_dict())
-    missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
-    if missing or unexpected:
-        parts = [f"{len(missing)} missing (e.g. {missing[0]})"] if missing else []
-        parts += [f"{len(unexpected)} unexpected (e.g. {unexpected[0]})"] if unexpected else []
-        raise LpoError(f"LRM weights {path} do not match its lrm_config.json: {', '.join(parts)} tensors; {fix}")
-    try:
-        # assign=True adopts the loaded tensors in place of the meta placeholders
-        model.load_state_dict(state, strict=True, assign=True)
-    except RuntimeError as err:  # shape mismatches
-        raise LpoError(f"LRM weights {path} do not match its lrm_config.json ({_one_line(err)}); {fix}") from err

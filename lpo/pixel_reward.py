@@ -88,7 +88,7 @@ from torch import Tensor, nn
 
 from lpo.conditioning import GuidedConditioning, predict_noise
 from lpo.errors import LpoError
-from lpo.io import atomic_directory
+from lpo.io import atomic_directory, load_safetensors_strict, one_line
 from lpo.models import DiffusionComponents, ModelKind, guided_conditioning
 
 PIXEL_REWARD_CONFIG_NAME = "pixel_reward_config.json"
@@ -980,11 +980,6 @@ class PixelStepReward(nn.Module):
 # --------------------------------------------------------------------------- loading helpers
 
 
-def _one_line(err: BaseException) -> str:
-    lines = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {(lines[0] if lines else '')[:200]}"
-
-
 def _load_errors() -> tuple[type[BaseException], ...]:
     from huggingface_hub.errors import EntryNotFoundError
     from safetensors import SafetensorError
@@ -996,7 +991,7 @@ def _guarded_load(load: Any, what: str, hint: str) -> Any:
     try:
         return load()
     except _load_errors() as err:
-        raise LpoError(f"could not load {what} ({_one_line(err)}); {hint}") from err
+        raise LpoError(f"could not load {what} ({one_line(err)}); {hint}") from err
 
 
 def _read_processor_dict(processor: str | Path) -> dict[str, Any] | None:
@@ -1017,13 +1012,13 @@ def _read_processor_dict(processor: str | Path) -> dict[str, Any] | None:
             return None
         except _load_errors() as err:
             raise LpoError(
-                f"could not get {name} of {processor} ({_one_line(err)}); pass a local processor folder "
+                f"could not get {name} of {processor} ({one_line(err)}); pass a local processor folder "
                 "or allow hub access"
             ) from err
     try:
         data = json.loads(file.read_text())
     except (OSError, ValueError) as err:
-        raise LpoError(f"could not read {file} ({_one_line(err)}); re-save the processor") from err
+        raise LpoError(f"could not read {file} ({one_line(err)}); re-save the processor") from err
     if not isinstance(data, dict):
         raise LpoError(f"{file} is not a JSON object; re-save the processor")
     return data
@@ -1097,7 +1092,7 @@ def load_pixel_reward(
         preprocess = ImagePreprocessConfig(**spec["preprocess"])
         adaln = AdaLNConfig(**spec["adaln"])
     except (KeyError, TypeError, ValueError, AttributeError) as err:
-        raise LpoError(f"{config_path} has an invalid pixel reward config ({_one_line(err)}); train it again") from err
+        raise LpoError(f"{config_path} has an invalid pixel reward config ({one_line(err)}); train it again") from err
     expected = expected_base if expected_base is not None else components.source
     if not same_base_model(config.base_model, expected):
         raise LpoError(
@@ -1127,7 +1122,7 @@ def load_pixel_reward(
             scorer = TimestepConditionedScorer(clip, tokenizer, preprocess, adaln, source=source)
     except (KeyError, TypeError, ValueError, OSError) as err:
         raise LpoError(
-            f"could not rebuild the scorer described by {config_path} ({_one_line(err)}); train it again"
+            f"could not rebuild the scorer described by {config_path} ({one_line(err)}); train it again"
         ) from err
     vocab_size = clip.config.text_config.vocab_size
     # transformers builds a 2-token default tokenizer from a folder without vocabulary files
@@ -1136,7 +1131,10 @@ def load_pixel_reward(
             f"{folder / 'tokenizer'} has {len(tokenizer)} tokens but the text tower has {vocab_size}; "
             "the tokenizer files are missing or damaged: train it again"
         )
-    _load_weights(scorer, weights_path)
+    load_safetensors_strict(
+        scorer, weights_path, what="pixel reward weights", config_name=PIXEL_REWARD_CONFIG_NAME,
+        fix="the file is damaged or from another scorer: train it again or restore the folder",
+    )
     scorer.eval()
     device = components.device if device is None else device
     scorer.to(**{k: v for k, v in (("device", device), ("dtype", dtype)) if v is not None})
@@ -1148,7 +1146,7 @@ def _read_meta(path: Path) -> dict[str, Any]:
         meta = json.loads(path.read_text())
     except (OSError, ValueError) as err:
         raise LpoError(
-            f"could not read {path} ({_one_line(err)}); the pixel reward folder is damaged: train it again"
+            f"could not read {path} ({one_line(err)}); the pixel reward folder is damaged: train it again"
         ) from err
     if not isinstance(meta, dict) or meta.get("format") != PIXEL_REWARD_FORMAT:
         raise LpoError(
@@ -1161,30 +1159,3 @@ def _read_meta(path: Path) -> dict[str, Any]:
             f"{PIXEL_REWARD_FORMAT_VERSION}: upgrade lpo or train it again"
         )
     return meta
-
-
-def _load_weights(scorer: TimestepConditionedScorer, path: Path) -> None:
-    """Load ``path`` into ``scorer`` (whose weights may be meta) strictly; LpoError naming the path."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    fix = "the file is damaged or from another scorer: train it again or restore the folder"
-    try:
-        state = load_file(str(path))
-    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
-        raise LpoError(f"could not read pixel reward weights {path} ({_one_line(err)}); {fix}") from err
-    expected = set(scorer.state_dict())
-    missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
-    if missing or unexpected:
-        parts = [f"{len(missing)} missing (e.g. {missing[0]})"] if missing else []
-        parts += [f"{len(unexpected)} unexpected (e.g. {unexpected[0]})"] if unexpected else []
-        raise LpoError(
-            f"pixel reward weights {path} do not match its {PIXEL_REWARD_CONFIG_NAME}: "
-            f"{', '.join(parts)} tensors; {fix}"
-        )
-    try:
-        scorer.load_state_dict(state, strict=True, assign=True)  # assign: adopt tensors in place of meta placeholders
-    except RuntimeError as err:  # shape mismatches
-        raise LpoError(
-            f"pixel reward weights {path} do not match its {PIXEL_REWARD_CONFIG_NAME} ({_one_line(err)}); {fix}"
-        ) from err

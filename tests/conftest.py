@@ -53,3 +53,25 @@ def tiny_world_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _isolated_lpo_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
     """Tests never read or write the user's cache."""
     monkeypatch.setenv("LPO_HOME", str(tmp_path_factory.getbasetemp() / "lpo-home"))
+
+
+@pytest.fixture(scope="module")
+def sd15(tiny_sd15_dir: Path):
+    """The tiny SD1.5 folder loaded through lpo.models.load_components."""
+    from lpo.models import load_components
+
+    return load_components(tiny_sd15_dir)
+
+
+@pytest.fixture(scope="module")
+def sdxl(tiny_sdxl_dir: Path):
+    """The tiny SDXL folder loaded through lpo.models.load_components."""
+    from lpo.models import load_components
+
+    return load_components(tiny_sdxl_dir)
+
+
+@pytest.fixture(params=["sd15", "sdxl"])
+def components(request):
+    """Each tiny real-mode pipeline in turn."""
+    return request.getfixturevalue(request.param)

@@ -37,21 +37,6 @@ LOGIT_SCALE_INIT = 2.6592
 
 
 
-@pytest.fixture(scope="module")
-def sd15(tiny_sd15_dir: Path) -> DiffusionComponents:
-    return load_components(tiny_sd15_dir)
-
-
-@pytest.fixture(scope="module")
-def sdxl(tiny_sdxl_dir: Path) -> DiffusionComponents:
-    return load_components(tiny_sdxl_dir)
-
-
-@pytest.fixture(params=["sd15", "sdxl"])
-def components(request) -> DiffusionComponents:
-    return request.getfixturevalue(request.param)
-
-
 def _latents(batch: int = 2, seed: int = 0) -> torch.Tensor:
     generator = torch.Generator().manual_seed(seed)
     return torch.randn(batch, 4, LATENT_SIZE, LATENT_SIZE, generator=generator)

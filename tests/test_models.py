@@ -41,21 +41,6 @@ from tiny_models import LATENT_SIZE, MAX_LENGTH, PROJECTION_DIM, TEXT_HIDDEN, bu
 PROMPTS = ["a red cat on the left of a blue square", "two small green trees"]
 
 
-@pytest.fixture(scope="module")
-def sd15(tiny_sd15_dir: Path) -> DiffusionComponents:
-    return load_components(tiny_sd15_dir)
-
-
-@pytest.fixture(scope="module")
-def sdxl(tiny_sdxl_dir: Path) -> DiffusionComponents:
-    return load_components(tiny_sdxl_dir)
-
-
-@pytest.fixture(params=["sd15", "sdxl"])
-def components(request) -> DiffusionComponents:
-    return request.getfixturevalue(request.param)
-
-
 def _copy(folder: Path, tmp_path: Path) -> Path:
     """A writable copy of a session-scoped pipeline folder (those are shared, read-only)."""
     return Path(shutil.copytree(folder, tmp_path / folder.name))

@@ -20,12 +20,16 @@ from lpo.registry import Registry
 @dataclass(frozen=True)
 class MetricSpec:
     """How to build a metric: ``weights`` is a hub id or a local folder/file (None: the
-    metric's official default); ``device``/``dtype`` as torch understands them."""
+    metric's official default); ``processor`` is the hub id or local folder its
+    tokenizer / image processor come from (None: the official one; for the LAION
+    aesthetic predictor, the CLIP image tower too); ``device``/``dtype`` as torch
+    understands them."""
 
     weights: str | None = None
     device: str = "cpu"
     dtype: str = "float32"
     batch_size: int = 16
+    processor: str | None = None  # last, so that positional construction keeps working
 
 
 @runtime_checkable

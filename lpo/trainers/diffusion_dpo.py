@@ -1,0 +1,330 @@
+"""Diffusion-DPO (SPEC §5.3; Wallace et al. 2023 and the official DiffusionDPO code).
+
+Per optimiser step s (read top to bottom in :meth:`DiffusionDPOTrainer.train`):
+
+1. ``train.batch_size`` pairs from the shuffled stream of epochs (position-keyed, so the
+   batch does not depend on what came before) and, for the whole batch, every random draw
+   from ``keyed_generator(seed, STREAM_DPO, s)`` in a fixed order: horizontal flips (one
+   per image, as the official per-image transform), caption dropout to "" (one per pair),
+   the VAE posterior samples, t ~ U{0, …, T−1} (ONE per pair) and the noise ε (ONE per
+   pair, shared by winner and loser);
+2. each process takes its micro-batches of that batch (micro-batch m of process p starts
+   at (m·P + p)·micro), so the result does not depend on the number of processes;
+3. per micro-batch: VAE-encode winner and loser (frozen, no grad), x_t = add_noise(x_0, ε, t),
+   the policy's and the reference's prediction (text conditioning without CFG), per-image
+   mse against the target (ε, or v for v-prediction models), and the loss
+   :func:`lpo.losses.diffusion_dpo_loss` (−log σ(−½β[(mse_w − mse_l) − (ref_w − ref_l)])).
+   The implicit accuracy mean(inside > 0) is logged.
+
+Ties are not used (Diffusion-DPO trains on Pick-a-Pic v2 without ties); they are counted
+and skipped. The LoRA variant (``policy.mode=lora``) is labelled ``diffusion-dpo-lora``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import asdict, dataclass
+from typing import Any, Callable, ClassVar, Sequence
+
+import torch
+
+from lpo.config import config_to_dict
+from lpo.errors import LpoError
+from lpo.losses import diffusion_dpo_loss, per_sample_mse
+from lpo.models import DiffusionComponents, encode_prompts
+from lpo.pairs import PreferencePair
+from lpo.reward_training import image_to_tensor, keyed_generator, pair_indices
+from lpo.runs import DeviceMeter, RunFolder
+from lpo.trainers.config import DiffusionDPOConfig
+from lpo.trainers.harness import (
+    OPTIMISATION_STAGE,
+    TRAINER_STATE_VERSION,
+    CheckpointCallback,
+    CheckpointEvent,
+    Policy,
+    ProgressFn,
+    TrainResult,
+    accumulated_step,
+    build_lr_schedule,
+    build_optimizer,
+    finish_run,
+    make_accelerator,
+    reduce_logs,
+    register_policy_checkpointing,
+    resume_from_checkpoint,
+    start_trackers,
+    write_checkpoint,
+    write_metrics,
+)
+
+STREAM_DPO = 12
+PROGRESS_LABEL = "diffusion-dpo"
+
+
+@dataclass(frozen=True)
+class DPOPlan:
+    num_pairs: int
+    num_ties_skipped: int
+    num_processes: int
+    batch_size: int
+    gradient_accumulation_steps: int
+    micro_batch_size: int
+    max_steps: int
+    resolution: int
+
+    @property
+    def epochs(self) -> float:
+        return self.max_steps * self.batch_size / self.num_pairs
+
+    def describe(self) -> str:
+        return (
+            f"{self.num_pairs} pairs ({self.num_ties_skipped} ties skipped) at {self.resolution} px; batch "
+            f"{self.batch_size} = {self.micro_batch_size} per forward × {self.gradient_accumulation_steps} accumulation × "
+            f"{self.num_processes} processes; {self.max_steps} steps = {self.epochs:.2f} epochs"
+        )
+
+
+@dataclass
+class DPOBatch:
+    """The draws of one optimiser step for the whole (global) batch; tensors on the CPU.
+
+    pair_rows: (B,) indices into the pairs.  flips: (B, 2) bool, winner / loser.
+    drop_caption: (B,) bool.  posterior_noise: (B, 2, C, h, w).  timesteps: (B,) long.
+    noise: (B, C, h, w) ε shared by the pair's two images.
+    """
+
+    pair_rows: torch.Tensor
+    flips: torch.Tensor
+    drop_caption: torch.Tensor
+    posterior_noise: torch.Tensor
+    timesteps: torch.Tensor
+    noise: torch.Tensor
+
+
+def draw_batch(config: DiffusionDPOConfig, num_pairs: int, step: int, latent_shape: tuple[int, int, int],
+               num_train_timesteps: int) -> DPOBatch:
+    """Step ``step``'s pairs and random draws, in a fixed order from one keyed generator."""
+    batch = config.train.batch_size
+    generator = keyed_generator(config.run.seed, STREAM_DPO, step)
+    rows = pair_indices(num_pairs, step * batch, batch, config.run.seed)
+    flips = torch.rand((batch, 2), generator=generator) < 0.5
+    if not config.data.random_flip:
+        flips = torch.zeros_like(flips)
+    drop = torch.rand((batch,), generator=generator) < config.data.caption_dropout
+    posterior_noise = torch.randn((batch, 2, *latent_shape), generator=generator)
+    timesteps = torch.randint(0, num_train_timesteps, (batch,), generator=generator)
+    noise = torch.randn((batch, *latent_shape), generator=generator)
+    return DPOBatch(rows, flips, drop, posterior_noise, timesteps, noise)
+
+
+def pairs_fingerprint(pairs: Sequence[PreferencePair]) -> str:
+    h = hashlib.sha256()
+    for pair in pairs:
+        h.update(f"{pair.pair_id}\x1f{pair.prompt}\x1f{pair.label_0}\x1e".encode())
+    return h.hexdigest()[:16]
+
+
+class DiffusionDPOTrainer:
+    """Diffusion-DPO with its parts handed in: components, policy (full or LoRA), decisive pairs."""
+
+    method: ClassVar[str] = "diffusion-dpo"
+    config_class: ClassVar[type] = DiffusionDPOConfig
+
+    def __init__(
+        self,
+        config: DiffusionDPOConfig,
+        components: DiffusionComponents,
+        policy: Policy,
+        pairs: Sequence[PreferencePair],
+        *,
+        run: RunFolder | None = None,
+        accelerator: Any = None,
+        callbacks: Sequence[CheckpointCallback] = (),
+        progress: ProgressFn | None = None,
+        log: Callable[[str], None] | None = None,
+    ) -> None:
+        if policy.unet is not components.unet:
+            raise ValueError("policy.unet must be components.unet (build the policy on the components' U-Net)")
+        self.config = config
+        self.components = components
+        self.policy = policy
+        self.pairs = [p for p in pairs if not p.is_tie]
+        self.num_ties = len(pairs) - len(self.pairs)
+        if not self.pairs:
+            raise LpoError(f"all {len(pairs)} pairs are ties; Diffusion-DPO needs pairs with a winner")
+        self.run = run
+        self.accelerator = make_accelerator(config.optim, config.run, accelerator)
+        self.callbacks = list(callbacks)
+        self.progress = progress
+        self.log = log
+
+    @property
+    def label(self) -> str:
+        return self.config.label
+
+    @property
+    def resolution(self) -> int:
+        return self.config.data.resolution or self.components.default_resolution
+
+    def plan(self) -> DPOPlan:
+        acc, cfg = self.accelerator, self.config
+        per_step = cfg.optim.gradient_accumulation_steps * acc.num_processes
+        if cfg.train.batch_size % per_step:
+            raise LpoError(
+                f"train.batch_size {cfg.train.batch_size} does not split into {cfg.optim.gradient_accumulation_steps} "
+                f"accumulation steps × {acc.num_processes} processes; use a multiple of {per_step}"
+            )
+        return DPOPlan(
+            num_pairs=len(self.pairs), num_ties_skipped=self.num_ties, num_processes=acc.num_processes,
+            batch_size=cfg.train.batch_size, gradient_accumulation_steps=cfg.optim.gradient_accumulation_steps,
+            micro_batch_size=cfg.train.batch_size // per_step, max_steps=cfg.train.max_steps, resolution=self.resolution,
+        )
+
+    # ----------------------------------------------------------------- one micro-batch
+
+    @torch.no_grad()
+    def _encode(self, draws: DPOBatch, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, Any, torch.Tensor, torch.Tensor]:
+        """(x_t of winners, x_t of losers, text conditioning, timesteps, target) for batch rows ``rows``."""
+        c, device = self.components, self.accelerator.device
+        pairs = [self.pairs[int(i)] for i in draws.pair_rows[rows]]
+        images = []
+        for k, pair in enumerate(pairs):
+            for side, image in enumerate((pair.winner, pair.loser)):
+                pixels = image_to_tensor(image, self.resolution, f"image of pair {pair.pair_id}")
+                images.append(pixels.flip(-1) if bool(draws.flips[rows[k], side]) else pixels)
+        pixels = torch.stack(images).to(device=device, dtype=c.vae.dtype)  # (2b, 3, R, R): w0, l0, w1, l1, ...
+        posterior = c.vae.encode(pixels).latent_dist
+        eps = draws.posterior_noise[rows].reshape(-1, *draws.posterior_noise.shape[2:]).to(device)
+        latents = posterior.mean.float() + posterior.std.float() * eps
+        shift = getattr(c.vae.config, "shift_factor", None)
+        if shift is not None:
+            latents = latents - shift
+        latents = (latents * c.vae.config.scaling_factor).reshape(len(pairs), 2, *latents.shape[1:])  # (b, 2, C, h, w)
+        timesteps = draws.timesteps[rows].to(device)
+        noise = draws.noise[rows].to(device)
+        x_t_w = c.scheduler.add_noise(latents[:, 0], noise, timesteps)
+        x_t_l = c.scheduler.add_noise(latents[:, 1], noise, timesteps)
+        captions = ["" if bool(draws.drop_caption[r]) else self.pairs[int(draws.pair_rows[r])].prompt for r in rows]
+        conditioning = encode_prompts(c, captions, resolution=self.resolution)
+        if c.scheduler.config.prediction_type == "v_prediction":
+            target = torch.stack([c.scheduler.get_velocity(latents[:, i], noise, timesteps) for i in (0, 1)], dim=1)
+        else:
+            target = torch.stack([noise, noise], dim=1)
+        return x_t_w, x_t_l, conditioning, timesteps, target
+
+    def _loss_fn(self, model: Any, draws: DPOBatch) -> Callable[[torch.Tensor], tuple[torch.Tensor, dict]]:
+        beta = self.config.loss.beta
+        unet_dtype = self.components.unet.dtype
+
+        def predict(unet: Any, latents: torch.Tensor, timesteps: torch.Tensor, conditioning: Any) -> torch.Tensor:
+            return unet(latents.to(unet_dtype), timesteps, **conditioning.unet_kwargs()).sample
+
+        def loss_fn(rows: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+            x_t_w, x_t_l, conditioning, timesteps, target = self._encode(draws, rows)
+            both = torch.cat([x_t_w, x_t_l])  # (2b, C, h, w): winners first
+            both_t = torch.cat([timesteps, timesteps])
+            both_cond = type(conditioning).cat([conditioning, conditioning])
+            pred_w, pred_l = predict(model, both, both_t, both_cond).chunk(2)
+            with self.policy.reference() as reference:
+                ref_w, ref_l = predict(reference, both, both_t, both_cond).chunk(2)
+            out = diffusion_dpo_loss(
+                per_sample_mse(pred_w, target[:, 0]), per_sample_mse(pred_l, target[:, 1]),
+                per_sample_mse(ref_w, target[:, 0]), per_sample_mse(ref_l, target[:, 1]), beta,
+            )
+            logs = {
+                "implicit_accuracy": (out.inside > 0).float(), "inside": out.inside,
+                "model_mse_diff": out.model_diff, "ref_mse_diff": out.ref_diff,
+            }
+            return out.losses, logs
+
+        return loss_fn
+
+    # ----------------------------------------------------------------- the loop
+
+    def train(self, resume: bool = False) -> TrainResult:
+        config, acc, run, c = self.config, self.accelerator, self.run, self.components
+        if resume and run is None:
+            raise LpoError("resume needs the run folder to resume from")
+        is_main = acc.is_main_process
+        say = self.log if (self.log is not None and is_main) else (lambda message: None)
+        plan = self.plan()
+        say(plan.describe())
+        fingerprint = pairs_fingerprint(self.pairs)
+        latent_size = self.resolution // c.vae_scale_factor
+        latent_shape = (c.latent_channels, latent_size, latent_size)
+        num_train_timesteps = int(c.scheduler.config.num_train_timesteps)
+
+        meter = DeviceMeter(accelerator=acc)
+        register_policy_checkpointing(acc, self.policy)
+        params = self.policy.trainable_parameters()
+        optimizer = build_optimizer(params, config.optim)
+        lr_schedule = build_lr_schedule(optimizer, config.optim, config.train.max_steps)
+        model, optimizer = acc.prepare(self.policy.unet, optimizer)
+        acc.register_for_checkpointing(lr_schedule)
+        start_trackers(acc, run, "lpo-diffusion-dpo", config)
+
+        step, resumed_from = 0, None
+        history: list[dict[str, Any]] = []
+        saved = resume_from_checkpoint(acc, run, config, fingerprint) if resume else None
+        if saved is not None:
+            step = resumed_from = int(saved["step"])
+            history = [row for row in saved["history"] if row["step"] <= step]
+            say(f"resumed from {saved['folder']} at step {step}")
+        elif resume:
+            say(f"no checkpoint in {run.checkpoints_dir}; starting at step 0")
+        previous = run.read_cost() if (resume and run is not None) else None
+        if previous is not None:
+            meter.restore(previous)
+
+        def trainer_state() -> dict[str, Any]:
+            return {
+                "version": TRAINER_STATE_VERSION, "method": self.method, "step": step, "unit": "steps",
+                "optimizer_steps": step, "config": config_to_dict(config), "plan": asdict(plan),
+                "data_fingerprint": fingerprint, "history": history, "cost": meter.as_dict(),
+            }
+
+        P, rank, micro = acc.num_processes, acc.process_index, plan.micro_batch_size
+        window: list[Any] = []
+        window_start = time.perf_counter()
+        model.train()
+        with meter.stage(OPTIMISATION_STAGE):
+            while step < config.train.max_steps:
+                draws = draw_batch(config, len(self.pairs), step, latent_shape, num_train_timesteps)
+                group = [
+                    torch.arange((m * P + rank) * micro, (m * P + rank + 1) * micro)
+                    for m in range(config.optim.gradient_accumulation_steps)
+                ]
+                window.append(accumulated_step(
+                    acc, model, optimizer, lr_schedule, params, group, self._loss_fn(model, draws),
+                    config.train.batch_size, config.optim.grad_clip,
+                ))
+                step += 1
+                if (step % config.run.log_every == 0) or step == config.train.max_steps:
+                    row = {"step": step, **reduce_logs(acc, window), "lr": window[-1].lr,
+                           "grad_norm": window[-1].grad_norm, "seconds": time.perf_counter() - window_start}
+                    history.append(row)
+                    window, window_start = [], time.perf_counter()
+                    acc.log({k: v for k, v in row.items() if isinstance(v, (int, float)) and v is not None}, step=step)
+                    if is_main and run is not None:
+                        write_metrics(run, history)
+                        run.write_cost(meter)
+                    say(f"step {step}/{config.train.max_steps}: loss {row['loss']:.4f}, implicit accuracy "
+                        f"{row['implicit_accuracy']:.3f}, lr {row['lr']:.2e}")
+                if is_main and self.progress is not None:
+                    last = history[-1]["loss"] if history else float("nan")
+                    self.progress(PROGRESS_LABEL, step, config.train.max_steps, last)
+                if run is not None and config.run.save_every and step % config.run.save_every == 0 \
+                        and step < config.train.max_steps:
+                    folder = write_checkpoint(acc, run, step, self.policy, c.kind, trainer_state(), config.run.keep_checkpoints)
+                    if is_main:
+                        run.write_cost(meter)
+                        event = CheckpointEvent(step, folder, folder / "model", False, c.kind, self.label, self.policy.is_lora)
+                        for callback in self.callbacks:
+                            callback(event)
+        model.eval()
+        result = TrainResult(
+            method=self.method, label=self.label, steps=step, optimizer_steps=step, history=history, cost={},
+            resumed_from=resumed_from, run_folder=None if run is None else run.path,
+        )
+        return finish_run(acc, run, self.policy, c, result, meter, config.run.save_merged_pipeline, self.callbacks, history)

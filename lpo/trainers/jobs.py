@@ -1,0 +1,192 @@
+"""`lpo train`: resolve the config, load the parts a trainer is handed, run it.
+
+This is the only trainer module that loads things by name (the base model, the reward
+model, prompts, pairs); the trainers themselves get their parts handed in.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from lpo.errors import LpoError
+
+
+def resolve_config(method: str, preset: str, overrides: Sequence[str]) -> Any:
+    """The preset's config for ``method`` with the type-checked ``--set`` overrides applied."""
+    from lpo.config import apply_overrides
+    from lpo.trainers import TRAINERS
+    from lpo.trainers.presets import trainer_preset
+
+    TRAINERS.get(method)  # unknown method -> one-line error listing the known ones
+    return apply_overrides(trainer_preset(preset, method), list(overrides))
+
+
+def load_prompts(spec: str | None) -> list[str]:
+    """Training prompts from ``world:SPLIT``, a text file (one per line) or a pairs parquet (captions, deduplicated)."""
+    if spec is None:
+        raise LpoError("no training prompts: set train.prompts=world:train, a .txt file or a pairs .parquet")
+    if spec.startswith("world:"):
+        from lpo.world.grammar import SPLIT_NAMES, make_splits
+
+        split = spec.split(":", 1)[1]
+        if split not in SPLIT_NAMES:
+            raise LpoError(f"unknown world prompt split {split!r}; known: {', '.join(SPLIT_NAMES)}")
+        return [s.text() for s in make_splits().get(split)]
+    path = Path(spec)
+    if not path.exists():
+        raise LpoError(f"prompt source {spec} does not exist; use world:SPLIT, a .txt file or a pairs .parquet")
+    if path.suffix == ".parquet" or path.is_dir():
+        import pyarrow.parquet as pq
+
+        files = [path] if path.is_file() else sorted(path.glob("*.parquet"))
+        captions: list[str] = []
+        for file in files:
+            try:
+                column = pq.read_table(file, columns=["caption"]).column("caption").to_pylist()
+            except (OSError, KeyError, ValueError) as err:
+                raise LpoError(f"could not read captions from {file} ({err}); pass a pairs parquet with a caption column") from err
+            captions.extend(c for c in column if isinstance(c, str) and c.strip())
+        prompts = list(dict.fromkeys(captions))
+        if not prompts:
+            raise LpoError(f"{spec} holds no captions")
+        return prompts
+    from lpo.generate import read_prompts_file
+
+    return read_prompts_file(path)
+
+
+def _check_resumable(run_dir: Path, config: Any) -> None:
+    """Refuse before touching run.json / config.json when the newest checkpoint has another config."""
+    import json
+
+    from lpo.config import config_to_dict
+    from lpo.runs import RunFolder
+    from lpo.trainers.harness import TRAINER_STATE_NAME, config_changes, list_checkpoints
+
+    checkpoints = list_checkpoints(RunFolder.open(run_dir))
+    if checkpoints:
+        saved = json.loads((checkpoints[-1][1] / TRAINER_STATE_NAME).read_text())
+        changes = config_changes(saved.get("config", {}), config_to_dict(config))
+        if changes:
+            raise LpoError(
+                f"cannot resume {run_dir}: the config differs from its checkpoint's ({'; '.join(changes)}); "
+                "resume with the same preset and --set values, or start a new run"
+            )
+
+
+def _open_run(config: Any, run_dir: Path | None, resume: bool, accelerator: Any, extra: dict[str, Any]) -> Any:
+    from lpo.runs import RunFolder
+
+    if resume:
+        if run_dir is None:
+            raise LpoError("--resume needs --run-dir pointing at the run to continue")
+        _check_resumable(run_dir, config)
+        return RunFolder.resume(run_dir, config, accelerator=accelerator)
+    if run_dir is not None:
+        return RunFolder.create(config, folder=run_dir, accelerator=accelerator, extra=extra)
+    return RunFolder.create(config, name=config.preset, accelerator=accelerator, extra=extra)
+
+
+def check_parts(config: Any) -> None:
+    """The parts a method needs are named (checked before a run folder is made)."""
+    if config.method == "diffusion-dpo":
+        if config.data.pairs is None:
+            raise LpoError("diffusion-dpo needs preference pairs: set data.pairs to a parquet from `lpo pairs` or a dataset id")
+        return
+    if config.reward.path is None:
+        what = "an LRM folder (lpo lrm train ... ; its run's model/)" if config.method == "lpo" else \
+            "an SPO pixel model folder (lpo lrm train --preset spo-pixel-...)"
+        raise LpoError(f"{config.method} needs a step reward: set reward.path to {what}")
+    if not Path(config.reward.path).exists():
+        raise LpoError(f"reward.path {config.reward.path} does not exist; train the step reward first (lpo lrm train)")
+    if config.train.prompts is None:
+        raise LpoError("no training prompts: set train.prompts=world:train, a .txt file or a pairs .parquet")
+
+
+def _load_step_reward(config: Any, components: Any, policy: Any) -> Any:
+    path = config.reward.path
+    if config.method == "lpo":
+        from lpo.lrm import load_lrm
+
+        reward = load_lrm(path, components)
+    else:
+        from lpo.pixel_reward import load_pixel_reward
+
+        # The pixel model predicts x̂0 with the BASE U-Net: the policy's own U-Net with its
+        # adapters off (LoRA), or the frozen reference copy (full fine-tune).
+        base = components if policy.reference_unet is None else replace(components, unet=policy.reference_unet)
+        reward = load_pixel_reward(path, base, expected_base=components.source)
+    reward.requires_grad_(False)
+    return reward.eval()
+
+
+def _reward_cost(path: str, say: Callable[[str], None]) -> dict[str, Any] | None:
+    from lpo.runs import read_cost
+
+    try:
+        return read_cost(path)
+    except LpoError as err:
+        say(f"warning: {err}; this run's cost will not include the reward model's training")
+        return None
+
+
+def run_training(
+    method: str,
+    preset: str,
+    overrides: Sequence[str] = (),
+    run_dir: Path | None = None,
+    resume: bool = False,
+    console: Any = None,
+    callbacks: Sequence[Callable] = (),
+) -> Any:
+    """Train ``method`` from ``preset`` + overrides in ``run_dir`` (or runs/PRESET-TIMESTAMP); a TrainResult."""
+    import torch
+
+    from lpo.generate import resolve_model_name
+    from lpo.models import load_components
+    from lpo.progress import stage_progress
+    from lpo.trainers import TRAINERS
+    from lpo.trainers.harness import build_policy, make_accelerator
+
+    config = resolve_config(method, preset, overrides)
+    check_parts(config)
+    trainer_cls = TRAINERS.get(method)
+    accelerator = make_accelerator(config.optim, config.run)
+    is_main = accelerator.is_main_process
+    say = (lambda message: console.print(message, highlight=False)) if (console is not None and is_main) else (lambda m: None)
+
+    # 1. the run folder (refused before anything is loaded when a resume does not fit)
+    extra = {"method": method, "label": getattr(config, "label", method), "preset": preset,
+             "base_model": config.model.base}
+    if method != "diffusion-dpo":
+        extra["reward"] = config.reward.path
+    run = _open_run(config, run_dir, resume, accelerator, extra)
+    say(f"run folder [bold]{run.path}[/]")
+
+    # 2. the base model on this process's device; frozen parts frozen
+    dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[config.model.dtype]
+    components = load_components(resolve_model_name(config.model.base), dtype=dtype, device=accelerator.device,
+                                 vae=config.model.vae)
+    for module in (components.vae, *components.text_encoders):
+        module.requires_grad_(False)
+    policy = build_policy(components.unet, config.policy, config.run.seed, config.model.dtype)
+
+    # 3. the method's own parts, then the trainer
+    common = dict(run=run, accelerator=accelerator, callbacks=list(callbacks), log=say)
+    if method == "diffusion-dpo":
+        from lpo.pairs import load_pairs
+
+        loaded = load_pairs(config.data.pairs, split=config.data.split, limit=config.data.limit)
+        say(loaded.summary())
+        trainer = trainer_cls(config, components, policy, loaded.pairs, **common)
+    else:
+        reward = _load_step_reward(config, components, policy)
+        prompts = load_prompts(config.train.prompts)
+        cost = _reward_cost(config.reward.path, say)  # used only when the run has no cost record yet
+        trainer = trainer_cls(config, components, policy, reward, prompts, reward_cost=cost,
+                              reward_source=str(config.reward.path), **common)
+    with stage_progress(console if is_main else None) as progress:
+        trainer.progress = progress if is_main else None
+        return trainer.train(resume=resume)

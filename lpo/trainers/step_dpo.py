@@ -1,0 +1,381 @@
+"""LPO (SPEC §5.1) and SPO (§5.2): online step-level DPO rounds on one loop.
+
+Per round (one loop iteration, read top to bottom in :meth:`StepDPOTrainer.train`):
+
+1. each process takes ``sampler.sample_batch_size`` prompts of the shuffled prompt stream
+   and rolls out that many trajectories with the policy (:func:`lpo.step_rollout.step_rollout`:
+   K candidates per trained step, the frozen step reward, the threshold, a random
+   continuation);
+2. the kept samples of every process are gathered, shuffled with one permutation shared by
+   all processes, and split evenly (the remainder of M mod P is dropped, as the official
+   code does);
+3. one pass over them in micro-batches of ``train.train_batch_size``,
+   ``optim.gradient_accumulation_steps`` micro-batches per optimiser step; per sample, the
+   log-probs of x_w and x_l given x_t under the policy (through the accelerate-wrapped
+   U-Net, with CFG) and the reference (adapters off, or the frozen copy), and the clipped
+   step DPO loss (:func:`lpo.losses.clipped_step_dpo_loss`). x_w and x_l share x_t, t and
+   the prompt, so one policy and one reference forward serve both;
+4. the lr schedule advances once per round (warmup counts rounds).
+
+LPO and SPO differ only in their config (reward, skipped steps, thresholds, β) and in
+which reward model the job hands in. Reproducibility: round r's rollout on process p draws
+from ``keyed_generator(seed, STREAM_ROLLOUT, r, p)`` and the shuffle from
+``keyed_generator(seed, STREAM_SHUFFLE, r)``, so a resumed run needs only the weights,
+optimiser and schedule of its checkpoint to produce the weights of an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from dataclasses import asdict, dataclass
+from typing import Any, Callable, ClassVar, Sequence
+
+import torch
+
+from lpo.config import config_to_dict
+from lpo.errors import LpoError
+from lpo.losses import clipped_step_dpo_loss
+from lpo.models import DiffusionComponents, guided_conditioning
+from lpo.reward_training import keyed_generator, pair_indices
+from lpo.runs import DeviceMeter, RunFolder
+from lpo.sampling import ddim_step_with_logprob, initial_latents
+from lpo.conditioning import predict_noise
+from lpo.step_rollout import KeptSteps, StepReward, StepRolloutSettings, step_rollout
+from lpo.trainers.config import StepTrainerConfig
+from lpo.trainers.harness import (
+    OPTIMISATION_STAGE,
+    TRAINER_STATE_VERSION,
+    CheckpointCallback,
+    CheckpointEvent,
+    Policy,
+    ProgressFn,
+    TrainResult,
+    accumulated_step,
+    build_lr_schedule,
+    build_optimizer,
+    finish_run,
+    make_accelerator,
+    reduce_logs,
+    register_policy_checkpointing,
+    resume_from_checkpoint,
+    start_trackers,
+    write_checkpoint,
+    write_metrics,
+)
+
+# Purposes of the keyed random streams (reward_training uses 0-3).
+STREAM_ROLLOUT, STREAM_SHUFFLE = 10, 11
+PROGRESS_LABEL = "rounds"
+
+
+@dataclass(frozen=True)
+class StepPlan:
+    """Derived totals, printed before the first round and stored with the run."""
+
+    num_prompts: int
+    num_processes: int
+    prompts_per_round: int  # over all processes
+    rounds: int
+    epochs: float
+    train_batch_size: int  # per process per micro-batch
+    gradient_accumulation_steps: int
+    trained_timesteps: tuple[int, ...]
+    num_candidates: int
+
+    def describe(self) -> str:
+        ts = self.trained_timesteps
+        span = f"{len(ts)} steps t = {ts[0]} … {ts[-1]}" if ts else "no step"
+        return (
+            f"{self.num_prompts} prompts; {self.rounds} rounds × {self.prompts_per_round} trajectories "
+            f"({self.prompts_per_round // self.num_processes} per process × {self.num_processes}) = {self.epochs:.2f} epochs; "
+            f"K = {self.num_candidates} candidates at {span}; training micro-batches of {self.train_batch_size} per "
+            f"process, {self.gradient_accumulation_steps} per optimiser step (effective batch "
+            f"{self.train_batch_size * self.gradient_accumulation_steps * self.num_processes} kept samples)"
+        )
+
+
+def plan_rounds(config: StepTrainerConfig, num_prompts: int, num_processes: int, trained_timesteps: Sequence[int]) -> StepPlan:
+    if num_prompts < 1:
+        raise LpoError("no training prompts; set train.prompts to world:train, a .txt file or a pairs parquet")
+    per_round = config.sampler.sample_batch_size * num_processes
+    rounds = math.ceil(config.train.epochs * num_prompts / per_round)
+    if config.train.max_rounds is not None:
+        rounds = min(rounds, config.train.max_rounds)
+    return StepPlan(
+        num_prompts=num_prompts, num_processes=num_processes, prompts_per_round=per_round, rounds=rounds,
+        epochs=rounds * per_round / num_prompts, train_batch_size=config.train.train_batch_size,
+        gradient_accumulation_steps=config.optim.gradient_accumulation_steps,
+        trained_timesteps=tuple(int(t) for t in trained_timesteps), num_candidates=config.sampler.num_candidates,
+    )
+
+
+def prompts_fingerprint(prompts: Sequence[str]) -> str:
+    h = hashlib.sha256()
+    for prompt in prompts:
+        h.update(prompt.encode() + b"\x1e")
+    return h.hexdigest()[:16]
+
+
+def rollout_settings(config: StepTrainerConfig) -> StepRolloutSettings:
+    s = config.sampler
+    return StepRolloutSettings(
+        num_inference_steps=s.num_inference_steps, eta=s.eta, num_candidates=s.num_candidates,
+        skip_first_steps=s.skip_first_steps, min_timestep=s.min_timestep, reward_timestep=s.reward_timestep,
+        threshold_min=s.threshold_min, threshold_max=s.threshold_max,
+    )
+
+
+def gather_kept(accelerator: Any, kept: KeptSteps) -> KeptSteps:
+    """Every process's kept samples, concatenated in process order (on the CPU)."""
+    local = kept.to("cpu")
+    if accelerator.num_processes == 1:
+        return local
+    from accelerate.utils import gather_object
+
+    return KeptSteps.cat(gather_object([local]))
+
+
+class StepDPOTrainer:
+    """The step-level DPO loop (LPO / SPO) with its parts handed in.
+
+    components: the base model's parts (U-Net = ``policy.unet``, scheduler, text encoders).
+    policy: from :func:`lpo.trainers.harness.build_policy` on ``components.unet``.
+    reward: the frozen step reward (:class:`lpo.step_rollout.StepReward`), in eval mode.
+    prompts: the training prompts.  reward_cost: the reward model's own cost record
+    (:func:`lpo.runs.read_cost`), folded into this run's cost.
+    """
+
+    method: ClassVar[str] = "lpo"
+    config_class: ClassVar[type] = StepTrainerConfig
+
+    def __init__(
+        self,
+        config: StepTrainerConfig,
+        components: DiffusionComponents,
+        policy: Policy,
+        reward: StepReward,
+        prompts: Sequence[str],
+        *,
+        run: RunFolder | None = None,
+        accelerator: Any = None,
+        reward_cost: dict[str, Any] | None = None,
+        reward_source: str = "reward model",
+        callbacks: Sequence[CheckpointCallback] = (),
+        progress: ProgressFn | None = None,
+        log: Callable[[str], None] | None = None,
+    ) -> None:
+        if config.method != self.method:
+            raise LpoError(f"{type(self).__name__} trains {self.method}, but the config is for {config.method}")
+        if policy.unet is not components.unet:
+            raise ValueError("policy.unet must be components.unet (build the policy on the components' U-Net)")
+        self.config = config
+        self.components = components
+        self.policy = policy
+        self.reward = reward
+        self.prompts = list(prompts)
+        self.run = run
+        self.accelerator = make_accelerator(config.optim, config.run, accelerator)
+        self.reward_cost = reward_cost
+        self.reward_source = reward_source
+        self.callbacks = list(callbacks)
+        self.progress = progress
+        self.log = log
+
+    @property
+    def label(self) -> str:
+        return self.method
+
+    # ----------------------------------------------------------------- one round's pieces
+
+    def _round_prompts(self, round_index: int) -> list[str]:
+        acc, size = self.accelerator, self.config.sampler.sample_batch_size
+        start = (round_index * acc.num_processes + acc.process_index) * size
+        return [self.prompts[i] for i in pair_indices(len(self.prompts), start, size, self.config.run.seed).tolist()]
+
+    @torch.no_grad()
+    def _rollout(self, round_index: int, prompts: list[str]) -> Any:
+        c, s = self.components, self.config.sampler
+        generator = keyed_generator(self.config.run.seed, STREAM_ROLLOUT, round_index, self.accelerator.process_index)
+        conditioning = guided_conditioning(c, prompts, s.guidance_scale, s.negative_prompt)
+        reward_text = self.reward.encode_text(prompts)
+        height = width = c.default_resolution // c.vae_scale_factor
+        latents = initial_latents(len(prompts), c.latent_channels, height, width, generator, c.scheduler,
+                                  device=c.device, dtype=c.unet.dtype)
+        with self.accelerator.autocast():
+            return step_rollout(c.unet, c.scheduler, conditioning, self.reward, reward_text, latents,
+                                rollout_settings(self.config), generator, prompts)
+
+    def _loss_fn(self, model: Any, samples: KeptSteps) -> Callable[[torch.Tensor], tuple[torch.Tensor, dict]]:
+        scheduler, eta = self.components.scheduler, self.config.sampler.eta
+        beta, epsilon = self.config.loss.beta, self.config.loss.clip_epsilon
+
+        def loss_fn(rows: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+            batch = samples.select(rows)
+            conditioning = batch.row_conditioning()
+            latents_t, timesteps = batch.latents_t, batch.timesteps
+            # μ_θ and μ_ref at (x_t, t) with CFG; x_w and x_l are both scored against them
+            noise_pred = predict_noise(model, latents_t, timesteps, conditioning)
+            with self.policy.reference() as reference:
+                ref_noise_pred = predict_noise(reference, latents_t, timesteps, conditioning)
+
+            def log_prob(pred: torch.Tensor, sample: torch.Tensor) -> torch.Tensor:
+                return ddim_step_with_logprob(scheduler, pred, timesteps, latents_t, eta=eta, prev_sample=sample).log_prob
+
+            out = clipped_step_dpo_loss(
+                log_prob(noise_pred, batch.latents_w), log_prob(noise_pred, batch.latents_l),
+                log_prob(ref_noise_pred, batch.latents_w), log_prob(ref_noise_pred, batch.latents_l),
+                beta, epsilon,
+            )
+            logs = {
+                "log_ratio_w": out.log_ratio_w, "log_ratio_l": out.log_ratio_l,
+                "abs_log_ratio": (out.log_ratio_w.abs() + out.log_ratio_l.abs()) / 2,
+                "clip_fraction": (out.clipped_w.float() + out.clipped_l.float()) / 2,
+                "implicit_accuracy": (out.margin > 0).float(),
+            }
+            return out.losses, logs
+
+        return loss_fn
+
+    # ----------------------------------------------------------------- the loop
+
+    def train(self, resume: bool = False) -> TrainResult:
+        """Run the remaining rounds (all of them, or from the newest checkpoint with ``resume``)."""
+        config, acc, run = self.config, self.accelerator, self.run
+        if resume and run is None:
+            raise LpoError("resume needs the run folder to resume from")
+        is_main = acc.is_main_process
+        say = self.log if (self.log is not None and is_main) else (lambda message: None)
+        settings = rollout_settings(config)
+        scheduler = self.components.scheduler
+        scheduler.set_timesteps(settings.num_inference_steps)
+        from lpo.step_rollout import trained_steps
+        from lpo.sampling import ddim_timesteps
+
+        timesteps = ddim_timesteps(scheduler, settings.num_inference_steps)
+        trained = timesteps[trained_steps(timesteps, settings)].tolist()
+        plan = plan_rounds(config, len(self.prompts), acc.num_processes, trained)
+        fingerprint = prompts_fingerprint(self.prompts)
+        say(plan.describe())
+
+        # 1. the meter (with the reward model's own training cost), optimiser, accelerate
+        meter = DeviceMeter(accelerator=acc)
+        register_policy_checkpointing(acc, self.policy)
+        params = self.policy.trainable_parameters()
+        optimizer = build_optimizer(params, config.optim)
+        lr_schedule = build_lr_schedule(optimizer, config.optim, plan.rounds)
+        model, optimizer = acc.prepare(self.policy.unet, optimizer)
+        acc.register_for_checkpointing(lr_schedule)
+        start_trackers(acc, run, f"lpo-{self.method}", config)
+
+        # 2. resume
+        start, optimizer_steps, resumed_from = 0, 0, None
+        history: list[dict[str, Any]] = []
+        saved = resume_from_checkpoint(acc, run, config, fingerprint) if resume else None
+        if saved is not None:
+            start = resumed_from = int(saved["step"])
+            optimizer_steps = int(saved["optimizer_steps"])
+            history = [row for row in saved["history"] if row["round"] <= start]
+            say(f"resumed from {saved['folder']} after round {start}")
+        elif resume:
+            say(f"no checkpoint in {run.checkpoints_dir}; starting at round 0")
+        previous = run.read_cost() if (resume and run is not None) else None
+        if previous is not None:
+            meter.restore(previous)  # already holds the reward model's cost
+        elif self.reward_cost is not None:
+            meter.include(self.reward_cost, source=self.reward_source)
+
+        def trainer_state(round_done: int) -> dict[str, Any]:
+            return {
+                "version": TRAINER_STATE_VERSION, "method": self.method, "step": round_done, "unit": "rounds",
+                "optimizer_steps": optimizer_steps, "config": config_to_dict(config), "plan": asdict(plan),
+                "data_fingerprint": fingerprint, "history": history, "cost": meter.as_dict(),
+            }
+
+        # 3. the rounds
+        P, rank = acc.num_processes, acc.process_index
+        micro, accumulation = config.train.train_batch_size, config.optim.gradient_accumulation_steps
+        with meter.stage(OPTIMISATION_STAGE):
+            for round_index in range(start, plan.rounds):
+                began = time.perf_counter()
+                # 3a. roll out this process's trajectories with the current policy
+                model.eval()
+                prompts = self._round_prompts(round_index)
+                out = self._rollout(round_index, prompts)
+                # 3b. gather every process's kept samples; one shared shuffle; an even split
+                kept = gather_kept(acc, out.kept).to(acc.device)
+                total = len(kept)
+                per_process = total // P
+                order = torch.randperm(total, generator=keyed_generator(config.run.seed, STREAM_SHUFFLE, round_index))
+                mine = order[rank * per_process:(rank + 1) * per_process]
+                # 3c. one pass in micro-batches; accumulation groups form optimiser steps
+                model.train()
+                chunks = list(torch.split(torch.arange(per_process), micro))
+                step_logs = []
+                for first in range(0, len(chunks), accumulation):
+                    group = [mine[c] for c in chunks[first:first + accumulation]]
+                    global_count = P * sum(len(g) for g in group)
+                    step_logs.append(accumulated_step(
+                        acc, model, optimizer, None, params, group, self._loss_fn(model, kept), global_count,
+                        config.optim.grad_clip,
+                    ))
+                    optimizer_steps += 1
+                lr_schedule.step()  # the schedule counts rounds
+                model.eval()
+                # 3d. the round's record
+                counts = acc.reduce(torch.tensor([out.branched, len(out.kept)], dtype=torch.float64, device=acc.device), "sum")
+                row = {
+                    "round": round_index + 1, "optimizer_steps": optimizer_steps, "kept": total,
+                    "trained_on": per_process * P, "branched": int(counts[0]),
+                    "keep_rate": float(counts[1] / counts[0]) if counts[0] else 0.0,
+                    "kept_by_timestep": {str(int(t)): int(n) for t, n in zip(*kept.timesteps.unique(return_counts=True))},
+                    "mean_gap": float(kept.gaps.mean()) if total else None,
+                    "lr": float(optimizer.param_groups[0]["lr"]), "seconds": time.perf_counter() - began,
+                }
+                if step_logs:
+                    row.update(reduce_logs(acc, step_logs))
+                    norms = [s.grad_norm for s in step_logs if s.grad_norm is not None]
+                    row["grad_norm"] = norms[-1] if norms else None
+                history.append(row)
+                if (round_index + 1) % config.run.log_every == 0 or round_index + 1 == plan.rounds:
+                    numeric = {k: v for k, v in row.items() if isinstance(v, (int, float)) and v is not None}
+                    acc.log(numeric, step=round_index + 1)
+                    if is_main and run is not None:
+                        write_metrics(run, history)
+                        run.write_cost(meter)
+                    loss = row.get("loss")
+                    say(f"round {round_index + 1}/{plan.rounds}: kept {total} ({row['keep_rate']:.2f} of branched), "
+                        f"loss {'n/a' if loss is None else format(loss, '.4f')}, |log r| "
+                        f"{row.get('abs_log_ratio', float('nan')):.2e}, {row['seconds']:.1f} s")
+                if is_main and self.progress is not None:
+                    self.progress(PROGRESS_LABEL, round_index + 1, plan.rounds, float(row.get("loss") or float("nan")))
+                done = round_index + 1
+                if run is not None and config.run.save_every and done % config.run.save_every == 0 and done < plan.rounds:
+                    folder = write_checkpoint(acc, run, done, self.policy, self.components.kind, trainer_state(done),
+                                              config.run.keep_checkpoints)
+                    if is_main:
+                        run.write_cost(meter)
+                        event = CheckpointEvent(done, folder, folder / "model", False, self.components.kind, self.label,
+                                                self.policy.is_lora)
+                        for callback in self.callbacks:
+                            callback(event)
+
+        result = TrainResult(
+            method=self.method, label=self.label, steps=plan.rounds, optimizer_steps=optimizer_steps, history=history,
+            cost={}, resumed_from=resumed_from, run_folder=None if run is None else run.path,
+        )
+        return finish_run(acc, run, self.policy, self.components, result, meter, config.run.save_merged_pipeline,
+                          self.callbacks, history)
+
+
+class LPOTrainer(StepDPOTrainer):
+    """LPO (SPEC §5.1): the LRM scores the candidate latents."""
+
+    method = "lpo"
+
+
+class SPOTrainer(StepDPOTrainer):
+    """SPO (SPEC §5.2): the step-aware pixel model scores the candidates' decoded x̂0."""
+
+    method = "spo"

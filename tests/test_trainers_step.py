@@ -1,0 +1,238 @@
+"""lpo.trainers: registry, presets, the shared contract of every trainer, LPO / SPO runs on the
+tiny world and a LoRA run on the tiny SD1.5 pipeline whose output plain diffusers reloads.
+
+Runs go through lpo.trainers.jobs.run_training, the body of `lpo train`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from lpo.errors import LpoError
+from lpo.io import atomic_write_json
+from lpo.runs import DeviceMeter, RunFolder, read_cost
+from lpo.trainers import TRAINERS
+from lpo.trainers.jobs import resolve_config, run_training
+from lpo.trainers.presets import PRESET_METHOD, PRESETS, trainer_preset
+
+REWARD_SECONDS = 12.5
+# One round of 4 trajectories, pairs at the 4 highest t, every branched row kept, one update.
+QUICK_STEP = ["train.max_rounds=1", "sampler.sample_batch_size=4", "train.train_batch_size=64",
+              "sampler.threshold_min=0.0", "sampler.threshold_max=0.0", "sampler.min_timestep=801",
+              "run.save_every=0"]
+
+
+def _with_cost(folder: Path, seconds: float = REWARD_SECONDS) -> Path:
+    meter = DeviceMeter()
+    meter.add("reward_model_training", seconds)
+    atomic_write_json(folder / "cost.json", meter.as_dict())
+    return folder
+
+
+def _lrm_folder(base: Path, out: Path) -> Path:
+    from lpo.lrm import LatentRewardModel, LRMConfig, save_lrm
+    from lpo.models import load_components
+
+    torch.manual_seed(0)
+    save_lrm(LatentRewardModel.from_components(load_components(base), LRMConfig(vfe_scale=1.0)), out)
+    return _with_cost(out)
+
+
+@pytest.fixture(scope="module")
+def world_lrm(tiny_world_dir, tmp_path_factory) -> Path:
+    return _lrm_folder(tiny_world_dir, tmp_path_factory.mktemp("rewards") / "lrm")
+
+
+@pytest.fixture(scope="module")
+def world_pixel(tiny_world_dir, tmp_path_factory) -> Path:
+    from lpo.models import load_components
+    from lpo.pixel_reward import PixelStepReward, save_pixel_reward
+
+    components = load_components(tiny_world_dir)  # its own copy: the reward freezes the U-Net it is given
+    out = tmp_path_factory.mktemp("rewards") / "pixel"
+    save_pixel_reward(PixelStepReward.from_components(components), out)
+    return _with_cost(out, 3.0)
+
+
+@pytest.fixture(scope="module")
+def world_pairs(tmp_path_factory) -> Path:
+    from lpo.pairs import PreferencePair, save_pairs
+
+    rng = np.random.default_rng(0)
+    pairs = [
+        PreferencePair(f"p{i}", ("a red circle", "a blue square")[i % 2],
+                       rng.integers(0, 255, (32, 32, 3), dtype=np.uint8), rng.integers(0, 255, (32, 32, 3), dtype=np.uint8),
+                       (1.0, 0.0, 0.5)[i % 3], "test")
+        for i in range(24)
+    ]
+    path = tmp_path_factory.mktemp("pairs") / "pairs.parquet"
+    save_pairs(pairs, path)
+    return path
+
+
+# --------------------------------------------------------------------------- registry and presets
+
+
+def test_registry_and_presets():
+    assert TRAINERS.names() == ["diffusion-dpo", "lpo", "spo"]
+    with pytest.raises(LpoError, match="unknown trainer 'ppo'; known: diffusion-dpo, lpo, spo"):
+        TRAINERS.get("ppo")
+    for name in PRESETS:  # every preset builds and validates
+        config = trainer_preset(name)
+        assert config.preset == name and type(config) is TRAINERS.get(PRESET_METHOD[name]).config_class
+    lpo15, lpoxl = trainer_preset("lpo-sd15"), trainer_preset("lpo-sdxl")
+    assert (lpo15.loss.beta, lpo15.loss.clip_epsilon, lpo15.sampler.num_candidates) == (500.0, 0.1, 4)
+    assert (lpo15.sampler.threshold_min, lpo15.sampler.threshold_max) == (0.35, 0.5)
+    assert (lpoxl.sampler.threshold_min, lpoxl.sampler.threshold_max, lpoxl.policy.lora_rank) == (0.45, 0.6, 64)
+    assert (lpo15.optim.lr, lpoxl.optim.lr, lpo15.optim.weight_decay) == (6e-5, 1e-5, 1e-4)
+    assert (lpo15.sampler.num_inference_steps, lpo15.sampler.eta, lpo15.sampler.guidance_scale) == (20, 1.0, 5.0)
+    assert lpo15.sampler.reward_timestep == "current" and lpo15.policy.mode == "lora"
+    spo15, spoxl = trainer_preset("spo-sd15"), trainer_preset("spo-sdxl")
+    assert (spo15.loss.beta, spo15.sampler.skip_first_steps, spo15.sampler.threshold_min, spo15.sampler.threshold_max) \
+        == (10.0, 4, 0.3, 0.3)
+    assert (spoxl.sampler.num_candidates, spoxl.sampler.threshold_min, spoxl.policy.lora_rank) == (2, 0.4, 64)
+    dpo15, dpoxl = trainer_preset("dpo-sd15"), trainer_preset("dpo-sdxl")
+    assert (dpo15.loss.beta, dpoxl.loss.beta, dpo15.train.batch_size, dpo15.train.max_steps) == (2000.0, 5000.0, 2048, 2000)
+    assert (dpo15.optim.lr, dpo15.optim.warmup_steps, dpoxl.optim.optimizer) == (2.048e-5, 500, "adafactor")
+    assert (dpo15.data.caption_dropout, dpo15.policy.mode, dpo15.label) == (0.2, "full", "diffusion-dpo")
+    # world presets: SPEC §5.5's lessons
+    for name in ("lpo-world", "spo-world", "dpo-world"):
+        world = trainer_preset(name)
+        assert world.policy.mode == "full" and set(world.policy.full_trainable) == {"attentions", "resnets"}
+        assert world.optim.lr == 1e-4
+    assert trainer_preset("lpo-world").loss.beta == 50.0 and trainer_preset("lpo-world").sampler.min_timestep == 501
+
+
+def test_overrides_are_type_checked_and_presets_fit_their_method():
+    config = resolve_config("lpo", "lpo-world", ["loss.beta=250", "policy.mode=lora", "loss.clip_epsilon=none"])
+    assert (config.loss.beta, config.policy.mode, config.loss.clip_epsilon) == (250.0, "lora", None)
+    with pytest.raises(LpoError, match="unknown config key 'loss.gamma'"):
+        resolve_config("lpo", "lpo-world", ["loss.gamma=1"])
+    with pytest.raises(LpoError, match="beta expects float"):
+        resolve_config("lpo", "lpo-world", ["loss.beta=big"])
+    with pytest.raises(LpoError, match="mode must be one of lora, full"):
+        resolve_config("lpo", "lpo-world", ["policy.mode=half"])
+    with pytest.raises(LpoError, match="threshold_min <= threshold_max"):
+        resolve_config("spo", "spo-world", ["sampler.threshold_min=0.5"])
+    with pytest.raises(LpoError, match="preset dpo-world is for diffusion-dpo, not lpo"):
+        resolve_config("lpo", "dpo-world", [])
+    with pytest.raises(LpoError, match="needs optim.mixed_precision"):
+        resolve_config("lpo", "lpo-world", ["model.dtype=fp16"])
+
+
+# --------------------------------------------------------------------------- the shared contract
+
+
+def _unet_state(folder: Path) -> dict[str, torch.Tensor]:
+    from diffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel.from_pretrained(folder).state_dict()
+
+
+@pytest.mark.parametrize("method", ["lpo", "spo", "diffusion-dpo"])
+def test_one_step_of_every_trainer_trains_the_chosen_weights_only(method, tiny_world_dir, world_lrm, world_pixel,
+                                                                  world_pairs, tmp_path):
+    preset = {"lpo": "lpo-world", "spo": "spo-world", "diffusion-dpo": "dpo-world"}[method]
+    overrides = [f"model.base={tiny_world_dir}"]
+    if method == "diffusion-dpo":
+        overrides += [f"data.pairs={world_pairs}", "train.max_steps=1", "train.batch_size=8", "optim.warmup_steps=0",
+                      "run.save_every=0"]
+    else:
+        reward = world_lrm if method == "lpo" else world_pixel
+        overrides += [f"reward.path={reward}", *QUICK_STEP]
+        if method == "spo":
+            overrides += ["sampler.min_timestep=601"]  # SPO trains from t = 751 down
+    result = run_training(method, preset, overrides, run_dir=tmp_path / "run")
+
+    assert result.optimizer_steps == 1 and math.isfinite(result.final_loss)
+    assert result.final_loss == pytest.approx(math.log(2), abs=1e-6)  # policy == reference before the update
+    before, after = _unet_state(tiny_world_dir / "unet"), _unet_state(result.model_folder)
+    changed = {n for n in before if not torch.equal(before[n], after[n])}
+    assert changed and all(".attentions." in n or ".resnets." in n for n in changed)  # full_trainable parts only
+    untouched = [n for n in before if ".attentions." not in n and ".resnets." not in n]
+    assert untouched and all(torch.equal(before[n], after[n]) for n in untouched)
+    # the run folder: resolved config, provenance, cost with the reward model's own training cost
+    run = RunFolder.open(tmp_path / "run")
+    assert run.read_config()["method"] == method and run.read_config()["model"]["base"] == str(tiny_world_dir)
+    meta = run.read_run()
+    assert meta["git"]["commit"] and meta["versions"]["peft"] and meta["argv"] and meta["preset"] == preset
+    cost = read_cost(tmp_path / "run")
+    assert cost["seconds"]["optimisation"] > 0 and cost["device_type"] == "cpu" and cost["device_count"] == 1
+    included = {r["source"]: r["seconds"] for r in cost["included"]}
+    if method == "diffusion-dpo":
+        assert included == {}
+    else:
+        assert included == {str(reward): {"reward_model_training": REWARD_SECONDS if method == "lpo" else 3.0}}
+    assert json.loads((result.model_folder / "cost.json").read_text()) == cost
+
+
+def test_lpo_round_records_kept_pairs_and_log_ratios(tiny_world_dir, world_lrm, tmp_path):
+    result = run_training("lpo", "lpo-world", [f"model.base={tiny_world_dir}", f"reward.path={world_lrm}", *QUICK_STEP,
+                                               "train.max_rounds=2", "train.train_batch_size=4"],
+                          run_dir=tmp_path / "run")
+    first, second = result.history
+    assert first["kept"] == first["branched"] == 4 * 4  # 4 prompts × 4 trained steps, all kept at threshold 0
+    assert set(first["kept_by_timestep"]) == {"951", "901", "851", "801"}
+    assert first["optimizer_steps"] == 4 and second["optimizer_steps"] == 8  # 16 kept / micro-batches of 4
+    assert 0 < second["abs_log_ratio"] < 1 and second["implicit_accuracy"] >= 0
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in rows] == [1, 2]
+
+
+def test_spo_trains_after_its_skipped_steps_only(tiny_world_dir, world_pixel, tmp_path):
+    result = run_training("spo", "spo-world", [f"model.base={tiny_world_dir}", f"reward.path={world_pixel}", *QUICK_STEP,
+                                               "sampler.min_timestep=0", "sampler.num_inference_steps=10"],
+                          run_dir=tmp_path / "run")
+    kept_t = {int(t) for t in result.history[0]["kept_by_timestep"]}
+    assert max(kept_t) == 501 and min(kept_t) == 1  # 10 steps: 901 … 1, the first 4 skipped
+
+
+def test_a_lora_run_writes_a_diffusers_lora_that_reproduces_the_policy(tiny_sd15_dir, tmp_path):
+    """Real-mode path on the tiny SD1.5 pipeline: LoRA policy, LRM reward, `load_lora_weights` parity."""
+    from diffusers import StableDiffusionPipeline
+
+    from lpo.generate import build_pipeline
+    from lpo.lora import LORA_WEIGHTS_NAME
+    from lpo.models import ddim_from_config, load_components
+
+    lrm = _lrm_folder(tiny_sd15_dir, tmp_path / "lrm")
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red circle\na blue square\na green cat\n")
+    overrides = [f"model.base={tiny_sd15_dir}", "model.dtype=fp32", "optim.mixed_precision=no", f"reward.path={lrm}",
+                 f"train.prompts={prompts}", *QUICK_STEP, "optim.lr=0.05", "run.save_merged_pipeline=true"]
+    result = run_training("lpo", "lpo-sd15", overrides, run_dir=tmp_path / "run")
+    assert (result.model_folder / LORA_WEIGHTS_NAME).is_file() and result.label == "lpo"
+
+    def samples(pipe):
+        pipe.set_progress_bar_config(disable=True)
+        gens = [torch.Generator().manual_seed(s) for s in (1, 2)]
+        return pipe(prompt=["a red circle", "a dog"], num_inference_steps=4, guidance_scale=5.0, eta=1.0,
+                    generator=gens, output_type="np").images
+
+    pipe = StableDiffusionPipeline.from_pretrained(tiny_sd15_dir, safety_checker=None, requires_safety_checker=False)
+    pipe.scheduler = ddim_from_config(pipe.scheduler.config)
+    base = samples(pipe)
+    pipe.load_lora_weights(result.model_folder)
+    trained = samples(pipe)
+    assert not np.allclose(trained, base, atol=1e-4)  # the update moved the policy
+    # the merged pipeline folder is the same policy, loadable by lpo and by diffusers alone
+    merged = load_components(result.pipeline_folder)
+    assert np.allclose(samples(build_pipeline(merged)), trained, atol=1e-4)
+
+
+def test_missing_parts_are_one_line_errors(tiny_world_dir, tmp_path):
+    with pytest.raises(LpoError, match="needs a step reward: set reward.path"):
+        run_training("lpo", "lpo-world", [f"model.base={tiny_world_dir}"], run_dir=tmp_path / "a")
+    with pytest.raises(LpoError, match="needs preference pairs: set data.pairs"):
+        run_training("diffusion-dpo", "dpo-world", [f"model.base={tiny_world_dir}"], run_dir=tmp_path / "b")
+    with pytest.raises(LpoError, match="reward.path nowhere does not exist"):
+        run_training("lpo", "lpo-world", ["reward.path=nowhere"], run_dir=tmp_path / "c")
+    assert not any((tmp_path / d).exists() for d in "abc")  # refused before a run folder was made
+    with pytest.raises(LpoError, match="--resume needs --run-dir"):
+        run_training("lpo", "lpo-world", [f"reward.path={tmp_path}"], resume=True)

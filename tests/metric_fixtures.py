@@ -284,3 +284,55 @@ def tiny_blip_architecture(vocab_size: int):
         text_mlp=37,
         max_positions=40,
     )
+
+
+# --------------------------------------------------------- official-layout checkpoints
+
+
+def write_hps_checkpoints(root: Path):
+    """``HPS_v2_compressed.pt`` and ``HPS_v2.1_compressed.pt`` (different weights, each a
+    training checkpoint with the open_clip weights under ``state_dict``) and a tokenizer
+    folder; returns (tokenizer, architecture, {file name: reference model})."""
+    tokenizer = clip_tokenizer_folder(root / "tokenizer")
+    arch = tiny_open_clip_architecture(len(tokenizer))
+    refs = {}
+    for seed, filename in [(1, "HPS_v2_compressed.pt"), (2, "HPS_v2.1_compressed.pt")]:
+        ref = tiny_open_clip(arch, seed)
+        torch.save({"state_dict": ref.state_dict(), "epoch": 3}, root / filename)
+        refs[filename] = ref
+    return tokenizer, arch, refs
+
+
+def write_image_reward_checkpoint(root: Path):
+    """``ImageReward.pt`` in ImageReward's key layout (BLIP ViT + BERT + MLP, plus the
+    tensors upstream never uses for the reward) and a BERT tokenizer folder; returns
+    (tokenizer, architecture, (vit, text encoder, head linears), state dict)."""
+    from transformers import BlipTextModel
+
+    tokenizer = bert_tokenizer_folder(root / "tokenizer")
+    arch = tiny_blip_architecture(len(tokenizer) + 2)  # + BLIP's [DEC] and [ENC]
+    vit = randomise(RefVit(arch), seed=3, std=0.2).eval()
+    text = randomise(BlipTextModel(arch.text_config(), add_pooling_layer=False), seed=4, std=0.2).eval()
+    widths = (TEXT_WIDTH, 1024, 128, 64, 16, 1)
+    head = [randomise(nn.Linear(widths[n], widths[n + 1]), seed=10 + n, std=0.3) for n in range(5)]
+    state = {f"blip.visual_encoder.{k}": v for k, v in vit.state_dict().items()}
+    state.update({f"blip.text_encoder.{k}": v for k, v in text.state_dict().items()})
+    state["blip.text_encoder.embeddings.position_ids"] = torch.arange(arch.max_positions)[None]  # med.py's persistent buffer
+    state.update({"blip.vision_proj.weight": torch.zeros(8, VISION_WIDTH), "blip.vision_proj.bias": torch.zeros(8)})
+    state.update({"blip.text_proj.weight": torch.zeros(8, TEXT_WIDTH), "blip.text_proj.bias": torch.zeros(8)})
+    for index, linear in zip((0, 2, 4, 6, 7), head):
+        state[f"mlp.layers.{index}.weight"], state[f"mlp.layers.{index}.bias"] = linear.weight.data, linear.bias.data
+    torch.save(state, root / "ImageReward.pt")
+    return tokenizer, arch, (vit, text, head), state
+
+
+def write_aesthetic_head(root: Path, seed: int = 20) -> dict[str, torch.Tensor]:
+    """``sac+logos+ava1-l14-linearMSE.pth`` for a tiny CLIP (input width EMBED)."""
+    widths = (EMBED, 1024, 128, 64, 16, 1)
+    state = {}
+    for n, index in enumerate((0, 2, 4, 6, 7)):
+        linear = randomise(nn.Linear(widths[n], widths[n + 1]), seed + n, std=0.3)
+        state[f"layers.{index}.weight"], state[f"layers.{index}.bias"] = linear.weight.data, linear.bias.data
+    root.mkdir(parents=True, exist_ok=True)
+    torch.save(state, root / "sac+logos+ava1-l14-linearMSE.pth")
+    return state

@@ -7,28 +7,17 @@ import pytest
 import torch
 from PIL import Image
 
-from metric_fixtures import EMBED, IMAGE, normalise_pixels, random_image, randomise, tiny_clip_folder
+from metric_fixtures import IMAGE, normalise_pixels, random_image, tiny_clip_folder, write_aesthetic_head
 from lpo.errors import LpoError
 from lpo.evals.metrics import METRICS, MetricSpec
 from lpo.evals.metrics.gap import GAP_SCORER_METRICS, MetricGapScorer, gap_scorer
-
-
-def head_state(seed: int) -> dict[str, torch.Tensor]:
-    widths = (EMBED, 1024, 128, 64, 16, 1)
-    state = {}
-    for n, index in enumerate((0, 2, 4, 6, 7)):
-        linear = randomise(torch.nn.Linear(widths[n], widths[n + 1]), seed + n, std=0.3)
-        state[f"layers.{index}.weight"], state[f"layers.{index}.bias"] = linear.weight.data, linear.bias.data
-    return state
 
 
 @pytest.fixture(scope="module")
 def aesthetic_setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("aesthetic")
     clip = tiny_clip_folder(root / "clip", seed=5)
-    state = head_state(20)
-    torch.save(state, root / "sac+logos+ava1-l14-linearMSE.pth")
-    return root, clip, state
+    return root, clip, write_aesthetic_head(root)
 
 
 def build(root, clip, **spec):

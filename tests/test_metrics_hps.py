@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from metric_fixtures import IMAGE, clip_tokenizer_folder, normalise_pixels, random_image, tiny_open_clip, tiny_open_clip_architecture
+from metric_fixtures import IMAGE, normalise_pixels, random_image, tiny_open_clip_architecture, write_hps_checkpoints
 from lpo.errors import LpoError
 from lpo.evals.metrics import METRICS, MetricSpec
 from lpo.evals.metrics.hps import HPSv2, HPSv21
@@ -22,14 +22,7 @@ PROMPTS = ["a photo of a red cat", "a blue square above a green circle", "two sm
 def hps_setup(tmp_path_factory):
     """A folder holding both official file names (different weights) and a tokenizer."""
     root = tmp_path_factory.mktemp("hps")
-    tokenizer = clip_tokenizer_folder(root / "tokenizer")
-    arch = tiny_open_clip_architecture(len(tokenizer))
-    refs = {}
-    for seed, filename in [(1, "HPS_v2_compressed.pt"), (2, "HPS_v2.1_compressed.pt")]:
-        ref = tiny_open_clip(arch, seed)
-        # HPSv2's files are training checkpoints: the weights under "state_dict".
-        torch.save({"state_dict": ref.state_dict(), "epoch": 3}, root / filename)
-        refs[filename] = ref
+    tokenizer, arch, refs = write_hps_checkpoints(root)
     return root, tokenizer, arch, refs
 
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from metric_fixtures import IMAGE, RefVit, bert_tokenizer_folder, normalise_pixels, random_image, randomise, tiny_blip_architecture
+from metric_fixtures import IMAGE, normalise_pixels, random_image, write_image_reward_checkpoint
 from lpo.errors import LpoError
 from lpo.evals.metrics import METRICS, MetricSpec
 from lpo.evals.metrics.image_reward import REWARD_MEAN, REWARD_STD, ImageReward
@@ -19,23 +19,9 @@ PROMPTS = ["a red cat", "two small blue birds above a green tree", "a house"]
 
 @pytest.fixture(scope="module")
 def ir_setup(tmp_path_factory):
-    from transformers import BlipTextModel
-
     root = tmp_path_factory.mktemp("image-reward")
-    tokenizer = bert_tokenizer_folder(root / "tokenizer")
-    arch = tiny_blip_architecture(len(tokenizer) + 2)  # + BLIP's [DEC] and [ENC]
-    vit = randomise(RefVit(arch), seed=3, std=0.2).eval()
-    text = randomise(BlipTextModel(arch.text_config(), add_pooling_layer=False), seed=4, std=0.2).eval()
-    head = [randomise(torch.nn.Linear(i, o), seed=10 + n, std=0.3) for n, (i, o) in enumerate(zip((24, 1024, 128, 64, 16), (1024, 128, 64, 16, 1)))]
-    state = {f"blip.visual_encoder.{k}": v for k, v in vit.state_dict().items()}
-    state.update({f"blip.text_encoder.{k}": v for k, v in text.state_dict().items()})
-    state["blip.text_encoder.embeddings.position_ids"] = torch.arange(arch.max_positions)[None]  # med.py's persistent buffer
-    state.update({"blip.vision_proj.weight": torch.zeros(8, 40), "blip.vision_proj.bias": torch.zeros(8)})  # unused by the reward
-    state.update({"blip.text_proj.weight": torch.zeros(8, 24), "blip.text_proj.bias": torch.zeros(8)})
-    for index, linear in zip((0, 2, 4, 6, 7), head):
-        state[f"mlp.layers.{index}.weight"], state[f"mlp.layers.{index}.bias"] = linear.weight.data, linear.bias.data
-    torch.save(state, root / "ImageReward.pt")
-    return root, tokenizer, arch, (vit, text, head), state
+    tokenizer, arch, parts, state = write_image_reward_checkpoint(root)
+    return root, tokenizer, arch, parts, state
 
 
 def build(root, arch, **spec):

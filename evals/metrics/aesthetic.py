@@ -82,9 +82,8 @@ class LaionAesthetic(BatchedMetric):
             what="CLIP image tower",
             fix=fix,
             config=vision_config,
-            dtype=self.dtype,
         )
-        self.clip.to(self.device).eval()
+        self.clip.to(device=self.device, dtype=self.dtype).eval()
         self.head = aesthetic_head(self.clip.config.projection_dim)
         layout = "the aesthetic MLP (layers.{0,2,4,6,7})"
         load_into(self.head, state, metric=self.name, source=str(path), layout=layout, fix=fix)

@@ -42,10 +42,17 @@ def tokenize(
 
 
 def load_clip_image_processor(ref: str, *, metric: str, fix: str):
-    """transformers' CLIP image processor, PIL backend (its default needs torchvision)."""
-    from transformers import CLIPImageProcessorPil
+    """transformers' CLIP image processor on its PIL backend, the one upstream scorers ran.
 
-    return from_pretrained(CLIPImageProcessorPil.from_pretrained, ref, metric=metric, what="CLIP image processor", fix=fix)
+    transformers 5 defaults to a torchvision backend (not installed here, and resizing
+    differently); 4.x's ``CLIPImageProcessor`` is the PIL one.
+    """
+    try:
+        from transformers import CLIPImageProcessorPil as processor_class
+    except ImportError:  # transformers 4.x
+        from transformers import CLIPImageProcessor as processor_class
+
+    return from_pretrained(processor_class.from_pretrained, ref, metric=metric, what="CLIP image processor", fix=fix)
 
 
 def load_clip_tokenizer(ref: str, *, metric: str, fix: str):
@@ -61,8 +68,8 @@ class TransformersClip:
     def __init__(self, weights: str, processor: str, *, metric: str, fix: str, device: torch.device, dtype: torch.dtype):
         from transformers import CLIPModel
 
-        self.model = model_from_pretrained(CLIPModel, weights, metric=metric, what="CLIP model", fix=fix, dtype=dtype)
-        self.model.to(device).eval()
+        self.model = model_from_pretrained(CLIPModel, weights, metric=metric, what="CLIP model", fix=fix)
+        self.model.to(device=device, dtype=dtype).eval()
         self.image_processor = load_clip_image_processor(processor, metric=metric, fix=fix)
         self.tokenizer = load_clip_tokenizer(processor, metric=metric, fix=fix)
         self.device, self.dtype = device, dtype

@@ -268,7 +268,6 @@ def test_prompt_set_hash_is_the_world_convention():
 # --------------------------------------------------------------------------- processes
 
 
-@pytest.mark.slow
 def test_two_processes_give_the_records_of_one(tmp_path):
     """torchrun with 2 CPU processes: jobs sharded, scores gathered, one set of records."""
     import os

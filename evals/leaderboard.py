@@ -1,0 +1,572 @@
+"""Leaderboard: result records rendered as Markdown, CSV or an HTML report with plots.
+
+Tables are views of the records (:mod:`lpo.evals.store`), never edited by hand:
+
+- one table per benchmark version and prompt set (rows on different prompts are not
+  comparable; the prompt-set hash is in the heading);
+- one row per (checkpoint hash, protocol, images per prompt); its method, base model,
+  protocol and training cost (device-hours of reward-model training + optimisation, per
+  device type, SPEC §8) beside the scores;
+- one column per ``metric@version``. Two versions of a metric are two columns; a cell
+  of another version is refused (:meth:`Table.put`). When a row has several records for
+  a column (re-evaluations), the latest is shown;
+- cells are ``mean ± half-width of the 95% interval`` over prompts (images of a prompt
+  averaged first, computed from the per-image scores at evaluation time);
+- with ``reported=True`` the published rows of SPEC §7 (:mod:`lpo.evals.reported`) follow
+  in a table of their own, marked "reported": other scorer code, other hardware.
+
+CSV is long (one line per cell, version in its own column), so nothing can mix there.
+The HTML report embeds PNG plots (scores with intervals per metric, and quality against
+training device-hours when rows carry a cost) and, when the image cache is on this
+machine, a strip of each row's first images.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import io
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from lpo.errors import LpoError
+from lpo.evals.reported import ReportedRow, reported_rows
+from lpo.evals.store import ResultRecord
+
+FORMATS = ("md", "csv", "html")
+TRAINING_STAGES = ("reward_model_training", "optimisation")
+
+
+@dataclass(frozen=True)
+class Column:
+    metric: str
+    version: str
+    higher_is_better: bool
+    formula: str | None = None
+
+    @property
+    def key(self) -> str:
+        return f"{self.metric}@{self.version}"
+
+    @property
+    def header(self) -> str:
+        return f"{self.key} {'↑' if self.higher_is_better else '↓'}"
+
+
+@dataclass
+class Row:
+    key: tuple[str, str, int]
+    label: str
+    method: str
+    base_model: str | None
+    checkpoint_hash: str
+    protocol: dict[str, Any]
+    run_id: str | None = None
+    training_cost: dict[str, Any] | None = None
+    optimised_reward: str | None = None
+    cells: dict[str, ResultRecord] = field(default_factory=dict)
+
+    @property
+    def protocol_summary(self) -> str:
+        p = self.protocol
+        size = p.get("image_size")
+        res = f"{size[0]}px" if size else ("native" if p.get("resolution") is None else f"{p['resolution']}px")
+        return (
+            f"{str(p.get('sampler', '?')).upper()} {p.get('steps')} · CFG {p.get('guidance_scale'):g} · "
+            f"{p.get('images_per_prompt')} img/prompt · seed {p.get('seed')} · {res} · {p.get('dtype')}"
+        )
+
+    def training_hours(self) -> dict[str, float]:
+        """Training device-hours per device type (reward model + optimisation; evaluation excluded)."""
+        cost = self.training_cost or {}
+        by_type = cost.get("device_hours_by_type") or {}
+        return {t: sum(float(h.get(s, 0.0)) for s in TRAINING_STAGES) for t, h in by_type.items()}
+
+
+@dataclass
+class Table:
+    """One benchmark version on one prompt set."""
+
+    benchmark: str
+    benchmark_version: str
+    prompt_set_hash: str
+    prompt_source: str
+    n_prompts: int
+    columns: dict[str, Column] = field(default_factory=dict)
+    rows: dict[tuple[str, str, int], Row] = field(default_factory=dict)
+
+    @property
+    def title(self) -> str:
+        return f"{self.benchmark}@{self.benchmark_version} · prompt set {self.prompt_set_hash} ({self.n_prompts} prompts, {self.prompt_source})"
+
+    def add(self, record: ResultRecord) -> None:
+        if (record.benchmark, record.benchmark_version, record.prompt_set_hash) != (
+            self.benchmark, self.benchmark_version, self.prompt_set_hash
+        ):
+            raise ValueError(f"record {record.record_id} belongs to another table")
+        column = Column(record.metric, record.metric_version, record.higher_is_better, record.metric_formula)
+        existing = self.columns.setdefault(column.key, column)
+        if existing.higher_is_better != column.higher_is_better:
+            raise LpoError(
+                f"records of {column.key} disagree on whether higher is better; a scoring change needs a new metric version"
+            )
+        key = (record.checkpoint["hash"], record.protocol_hash, int(record.protocol.get("images_per_prompt", 0)))
+        row = self.rows.get(key)
+        if row is None:
+            row = self.rows[key] = Row(
+                key=key,
+                label=record.checkpoint.get("label") or record.checkpoint.get("spec"),
+                method=record.method,
+                base_model=record.base_model,
+                checkpoint_hash=record.checkpoint["hash"],
+                protocol=record.protocol,
+            )
+        self.put(row, existing, record)
+
+    def put(self, row: Row, column: Column, record: ResultRecord) -> None:
+        """Place ``record`` in ``row`` under ``column``; a record of another metric version is refused."""
+        if record.metric_key != column.key:
+            raise LpoError(
+                f"refusing to put {record.metric_key} (record {record.record_id}) in column {column.key}: "
+                "metric versions are never mixed in one column"
+            )
+        current = row.cells.get(column.key)
+        if current is None or record.created >= current.created:
+            row.cells[column.key] = record
+        # Run information belongs to the checkpoint (same hash); take what any record knows.
+        row.run_id = row.run_id or record.run_id
+        row.training_cost = row.training_cost or record.training_cost
+        row.optimised_reward = row.optimised_reward or record.optimised_reward
+
+    def sorted_rows(self) -> list[Row]:
+        return sorted(self.rows.values(), key=lambda r: (r.base_model or "", r.method != "base", r.label))
+
+
+def build_tables(records: Sequence[ResultRecord]) -> list[Table]:
+    tables: dict[tuple[str, str, str], Table] = {}
+    for record in records:
+        key = (record.benchmark, record.benchmark_version, record.prompt_set_hash)
+        if key not in tables:
+            tables[key] = Table(record.benchmark, record.benchmark_version, record.prompt_set_hash, record.prompt_source, record.n_prompts)
+        tables[key].add(record)
+    return sorted(tables.values(), key=lambda t: (t.benchmark, t.benchmark_version, -t.n_prompts, t.prompt_set_hash))
+
+
+# --------------------------------------------------------------------------- formatting
+
+
+def format_cell(record: ResultRecord | None) -> str:
+    if record is None:
+        return "—"
+    if record.ci95 is None:
+        return f"{record.value:.4g}"
+    half = (record.ci95[1] - record.ci95[0]) / 2
+    return f"{record.value:.4g} ± {half:.2g}"
+
+
+def format_cost(row: Row) -> str:
+    hours = row.training_hours()
+    if not hours:
+        return "—"
+    return ", ".join(f"{h:.3g} h {t}" for t, h in sorted(hours.items()))
+
+
+def _md_table(header: list[str], rows: list[list[str]], align_right_from: int) -> list[str]:
+    def esc(text: str) -> str:
+        return str(text).replace("|", "\\|")
+
+    lines = ["| " + " | ".join(esc(h) for h in header) + " |"]
+    lines.append("|" + "|".join("---:" if i >= align_right_from else "---" for i in range(len(header))) + "|")
+    lines += ["| " + " | ".join(esc(c) for c in row) + " |" for row in rows]
+    return lines
+
+
+def _main_rows(table: Table) -> tuple[list[str], list[list[str]]]:
+    columns = list(table.columns.values())
+    header = ["checkpoint", "method", "base model", "protocol", "training cost"] + [c.header for c in columns]
+    rows = []
+    for row in table.sorted_rows():
+        label = row.label + (f" (run {row.run_id})" if row.run_id and row.run_id not in row.label else "")
+        method = row.method + (f", optimised {row.optimised_reward}" if row.optimised_reward else "")
+        rows.append(
+            [label, method, row.base_model or "—", row.protocol_summary, format_cost(row)]
+            + [format_cell(row.cells.get(c.key)) for c in columns]
+        )
+    return header, rows
+
+
+def _breakdown_rows(table: Table, column: Column) -> tuple[list[str], list[list[str]]] | None:
+    cells = [(row, row.cells.get(column.key)) for row in table.sorted_rows()]
+    categories: list[str] = []
+    for _, record in cells:
+        for entry in (record.breakdown if record is not None else None) or []:
+            if entry["category"] not in categories:
+                categories.append(entry["category"])
+    if not categories:
+        return None
+    header = ["checkpoint"] + categories
+    rows = []
+    for row, record in cells:
+        if record is None or not record.breakdown:
+            continue
+        values = {entry["category"]: entry["value"] for entry in record.breakdown}
+        rows.append([row.label] + [f"{values[c]:.3g}" if c in values else "—" for c in categories])
+    return header, rows
+
+
+def _reported_rows(benchmark: str) -> tuple[list[str], list[list[str]], list[ReportedRow]] | None:
+    published = reported_rows(benchmark)
+    if not published:
+        return None
+    metrics: list[str] = []
+    for r in published:
+        metrics += [m for m in r.values if m not in metrics]
+    header = ["model (reported)", "method", "base model"] + metrics + ["A100-hours (RM + opt)"]
+    rows = []
+    for r in published:
+        cost = "—" if r.a100_hours is None else f"{r.a100_hours[0]:g} + {r.a100_hours[1]:g} = {r.total_a100_hours:g}"
+        rows.append([r.model, r.method, r.base_model] + [f"{r.values[m]:g}" if m in r.values else "—" for m in metrics] + [cost])
+    return header, rows, published
+
+
+def _footnotes(table: Table) -> list[str]:
+    notes = [
+        "± = half-width of the 95% confidence interval over prompts (images of a prompt averaged first); "
+        "training cost = device-hours of reward-model training + optimisation."
+    ]
+    for c in table.columns.values():
+        if c.formula:
+            notes.append(f"{c.key}: {c.formula}")
+    return notes
+
+
+def _grouped(tables: Sequence[Table], reported: Sequence[str]) -> list[tuple[str, list[Table]]]:
+    """(benchmark, its tables) in order, plus benchmarks with only reported rows at the end."""
+    groups: dict[str, list[Table]] = {}
+    for table in tables:
+        groups.setdefault(table.benchmark, []).append(table)
+    for benchmark in reported:
+        groups.setdefault(benchmark, [])
+    return list(groups.items())
+
+
+def render_markdown(tables: Sequence[Table], reported: Sequence[str] = ()) -> str:
+    """Markdown; ``reported`` names the benchmarks whose published rows follow their tables."""
+    lines = ["# lpo leaderboard", ""]
+    for benchmark, group in _grouped(tables, reported):
+        for table in group:
+            header, rows = _main_rows(table)
+            lines += [f"## {table.title}", ""] + _md_table(header, rows, 5) + [""]
+            for column in table.columns.values():
+                breakdown = _breakdown_rows(table, column)
+                if breakdown:
+                    lines += [f"### {column.key} by category", ""] + _md_table(breakdown[0], breakdown[1], 1) + [""]
+            lines += [f"- {n}" for n in _footnotes(table)] + [""]
+        if benchmark in reported:
+            lines += _reported_markdown(benchmark)
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _all_reported() -> list[ReportedRow]:
+    from lpo.evals.reported import REPORTED
+
+    return list(REPORTED)
+
+
+def _reported_markdown(benchmark: str) -> list[str]:
+    rep = _reported_rows(benchmark)
+    if rep is None:
+        return []
+    header, rows, published = rep
+    sources = sorted({f"{r.source}; {r.protocol}" for r in published})
+    return [f"### {benchmark}: reported (published, not measured here)", ""] + _md_table(header, rows, 3) + [""] + [
+        f"- source: {s}" for s in sources
+    ] + [""]
+
+
+# --------------------------------------------------------------------------- CSV
+
+
+CSV_FIELDS = (
+    "source", "benchmark", "benchmark_version", "prompt_set_hash", "checkpoint", "checkpoint_hash", "method",
+    "base_model", "run_id", "protocol", "metric", "metric_version", "category", "value", "stderr", "ci95_low",
+    "ci95_high", "n_prompts", "n_images", "training_device_hours", "record_id", "reference",
+)
+
+
+def render_csv(tables: Sequence[Table], reported: Sequence[str] = ()) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=CSV_FIELDS, lineterminator="\n")
+    writer.writeheader()
+    for table in tables:
+        for row in table.sorted_rows():
+            for column in table.columns.values():
+                record = row.cells.get(column.key)
+                if record is None:
+                    continue
+                base = {
+                    "source": "measured",
+                    "benchmark": table.benchmark,
+                    "benchmark_version": table.benchmark_version,
+                    "prompt_set_hash": table.prompt_set_hash,
+                    "checkpoint": row.label,
+                    "checkpoint_hash": row.checkpoint_hash,
+                    "method": row.method,
+                    "base_model": row.base_model or "",
+                    "run_id": row.run_id or "",
+                    "protocol": json.dumps(row.protocol, sort_keys=True),
+                    "metric": column.metric,
+                    "metric_version": column.version,
+                    "training_device_hours": json.dumps(row.training_hours(), sort_keys=True) if row.training_cost else "",
+                    "record_id": record.record_id,
+                }
+                writer.writerow({**base, **_summary_csv(record.__dict__), "category": ""})
+                for entry in record.breakdown or []:
+                    writer.writerow({**base, **_summary_csv(entry), "category": entry["category"]})
+    for r in _all_reported():
+        if r.benchmark in reported:
+            for metric, value in r.values.items():
+                writer.writerow(
+                    {
+                        "source": "reported",
+                        "benchmark": r.benchmark,
+                        "checkpoint": r.model,
+                        "method": r.method,
+                        "base_model": r.base_model,
+                        "protocol": r.protocol,
+                        "metric": metric,
+                        "metric_version": "reported",
+                        "value": value,
+                        "training_device_hours": json.dumps({"A100": r.total_a100_hours}) if r.a100_hours else "",
+                        "reference": r.source,
+                    }
+                )
+    return buffer.getvalue()
+
+
+def _summary_csv(summary: dict[str, Any]) -> dict[str, Any]:
+    ci = summary.get("ci95")
+    return {
+        "value": summary["value"],
+        "stderr": "" if summary.get("stderr") is None else summary["stderr"],
+        "ci95_low": "" if ci is None else ci[0],
+        "ci95_high": "" if ci is None else ci[1],
+        "n_prompts": summary["n_prompts"],
+        "n_images": summary["n_images"],
+    }
+
+
+# --------------------------------------------------------------------------- HTML
+
+
+def _png_base64(figure) -> str:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def _scores_figure(table: Table):
+    """One panel per metric column: each row's mean with its 95% interval."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    columns = list(table.columns.values())
+    rows = table.sorted_rows()
+    n = len(columns)
+    cols = min(n, 3)
+    fig, axes = plt.subplots(math.ceil(n / cols), cols, figsize=(4.2 * cols, 0.5 + 0.45 * len(rows) * math.ceil(n / cols) + 1.2), squeeze=False)
+    for ax, column in zip(axes.flat, columns):
+        ys, xs, errs, labels = [], [], [], []
+        for y, row in enumerate(rows):
+            record = row.cells.get(column.key)
+            if record is None:
+                continue
+            ys.append(y)
+            xs.append(record.value)
+            errs.append(0.0 if record.ci95 is None else (record.ci95[1] - record.ci95[0]) / 2)
+            labels.append(row.label)
+        ax.errorbar(xs, ys, xerr=errs, fmt="o", capsize=3)
+        ax.set_yticks(range(len(rows)), [r.label for r in rows], fontsize=8)
+        ax.set_ylim(-0.5, len(rows) - 0.5)
+        ax.invert_yaxis()
+        ax.set_title(column.header, fontsize=9)
+        ax.grid(axis="x", alpha=0.3)
+    for ax in list(axes.flat)[n:]:
+        ax.axis("off")
+    fig.tight_layout()
+    data = _png_base64(fig)
+    plt.close(fig)
+    return data
+
+
+def _cost_figure(table: Table) -> str | None:
+    """Quality against training device-hours (SPEC §8), one panel per metric, one device type."""
+    rows = [r for r in table.sorted_rows() if r.training_hours()]
+    if not rows:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    device_types = sorted({t for r in rows for t in r.training_hours()})
+    columns = list(table.columns.values())
+    fig, axes = plt.subplots(1, len(columns), figsize=(4 * len(columns), 3.2), squeeze=False)
+    for ax, column in zip(axes.flat, columns):
+        for device_type in device_types:
+            points = [(r.training_hours()[device_type], r.cells[column.key], r.label) for r in rows if device_type in r.training_hours() and column.key in r.cells]
+            if not points:
+                continue
+            ax.errorbar(
+                [p[0] for p in points],
+                [p[1].value for p in points],
+                yerr=[0.0 if p[1].ci95 is None else (p[1].ci95[1] - p[1].ci95[0]) / 2 for p in points],
+                fmt="o",
+                capsize=3,
+                label=device_type,
+            )
+            for x, rec, label in points:
+                ax.annotate(label, (x, rec.value), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        ax.set_xlabel("training device-hours")
+        ax.set_title(column.header, fontsize=9)
+        ax.grid(alpha=0.3)
+    axes.flat[0].legend(fontsize=7)
+    fig.tight_layout()
+    data = _png_base64(fig)
+    plt.close(fig)
+    return data
+
+
+def _sample_strip(record: ResultRecord, results_dir: Path | None, count: int = 8) -> str | None:
+    """The first images of a row, from the image cache, when it is on this machine."""
+    if not record.image_cache or not record.per_prompt or results_dir is None:
+        return None
+    folder, side = Path(record.image_cache), Path(results_dir) / record.per_prompt
+    if not folder.is_dir() or not side.is_file():
+        return None
+    import numpy as np
+    from PIL import Image
+
+    from lpo.evals.benchmarks.base import prompt_hash
+    from lpo.grid import make_grid
+
+    prompts = json.loads(side.read_text())["prompts"][:count]
+    images, captions = [], []
+    for prompt in prompts:
+        path = folder / prompt_hash(prompt) / "0000.png"
+        if path.is_file():
+            with Image.open(path) as image:
+                images.append(np.asarray(image.convert("RGB")))
+            captions.append(prompt)
+    if not images or len({i.shape for i in images}) != 1:
+        return None
+    grid = make_grid(np.stack(images), captions, columns=len(images), cell=96 if images[0].shape[0] <= 128 else 160)
+    buffer = io.BytesIO()
+    grid.save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def _html_table(header: list[str], rows: list[list[str]]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def render_html(tables: Sequence[Table], reported: Sequence[str] = (), results_dir: Path | None = None) -> str:
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'><title>lpo leaderboard</title><style>"
+        "body{font-family:sans-serif;max-width:1200px;margin:2em auto;}table{border-collapse:collapse;margin:1em 0;}"
+        "td,th{border:1px solid #ccc;padding:3px 8px;font-size:13px;}th{background:#f3f3f3;}"
+        ".note{color:#555;font-size:12px;}</style></head><body>",
+        "<h1>lpo leaderboard</h1>",
+    ]
+    for benchmark, group in _grouped(tables, reported):
+        for table in group:
+            header, rows = _main_rows(table)
+            parts += [f"<h2>{html.escape(table.title)}</h2>", _html_table(header, rows)]
+            parts += [f"<p class='note'>{html.escape(n)}</p>" for n in _footnotes(table)]
+            for column in table.columns.values():
+                breakdown = _breakdown_rows(table, column)
+                if breakdown:
+                    parts += [f"<h3>{html.escape(column.key)} by category</h3>", _html_table(*breakdown)]
+            parts.append(f"<h3>scores with 95% intervals</h3><img src='data:image/png;base64,{_scores_figure(table)}'>")
+            cost = _cost_figure(table)
+            if cost:
+                parts.append(f"<h3>quality against training cost</h3><img src='data:image/png;base64,{cost}'>")
+            strips = []
+            for row in table.sorted_rows():
+                strip = _sample_strip(next(iter(row.cells.values())), results_dir)
+                if strip:
+                    strips.append(f"<p>{html.escape(row.label)}</p><img src='data:image/png;base64,{strip}'>")
+            if strips:
+                parts += ["<h3>samples (image 0 of the first prompts)</h3>"] + strips
+        if benchmark in reported:
+            parts += _reported_html(benchmark)
+    parts.append("</body></html>")
+    return "\n".join(parts) + "\n"
+
+
+def _reported_html(benchmark: str) -> list[str]:
+    rep = _reported_rows(benchmark)
+    if rep is None:
+        return []
+    header, rows, published = rep
+    sources = sorted({f"{r.source}; {r.protocol}" for r in published})
+    return [f"<h3>{html.escape(benchmark)}: reported (published, not measured here)</h3>", _html_table(header, rows)] + [
+        f"<p class='note'>source: {html.escape(s)}</p>" for s in sources
+    ]
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def reported_benchmarks() -> list[str]:
+    """Benchmarks with published rows in :mod:`lpo.evals.reported`."""
+    return sorted({r.benchmark for r in _all_reported()})
+
+
+def render_leaderboard(
+    records: Sequence[ResultRecord], fmt: str = "md", reported: Sequence[str] = (), results_dir: Path | None = None
+) -> str:
+    """Render ``records``; ``reported`` names the benchmarks whose published rows are added."""
+    if fmt not in FORMATS:
+        raise LpoError(f"unknown leaderboard format {fmt!r}; use one of {', '.join(FORMATS)}")
+    tables = build_tables(records)
+    if fmt == "md":
+        return render_markdown(tables, reported)
+    if fmt == "csv":
+        return render_csv(tables, reported)
+    return render_html(tables, reported, results_dir)
+
+
+def leaderboard(
+    results_dir: Path, benchmarks: Sequence[str] | None = None, fmt: str = "md", reported: bool = False, out: Path | None = None
+) -> str:
+    """`lpo leaderboard`: load the records, render them, write ``out`` atomically when given."""
+    from lpo.evals.store import load_records
+
+    if fmt not in FORMATS:
+        raise LpoError(f"unknown leaderboard format {fmt!r}; use one of {', '.join(FORMATS)}")
+    if benchmarks:
+        from lpo.evals.benchmarks import BENCHMARKS
+
+        for name in benchmarks:
+            if name not in BENCHMARKS and name not in reported_benchmarks():
+                BENCHMARKS.get(name)  # unknown -> LpoError listing the known ones
+    records = load_records(results_dir, benchmarks) if Path(results_dir).is_dir() or not reported else []
+    if not records and not reported:
+        where = f" for {', '.join(benchmarks)}" if benchmarks else ""
+        raise LpoError(f"no result records under {results_dir}{where}; run `lpo eval` first (or pass --reported)")
+    shown = [b for b in reported_benchmarks() if not benchmarks or b in benchmarks] if reported else []
+    text = render_leaderboard(records, fmt, shown, results_dir)
+    if out is not None:
+        from lpo.io import atomic_write_text
+
+        atomic_write_text(Path(out), text)
+    return text

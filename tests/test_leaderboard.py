@@ -1,0 +1,111 @@
+"""Leaderboard: tables as views of the records; versions never share a column."""
+
+from __future__ import annotations
+
+import csv
+import io
+
+import pytest
+
+from lpo.errors import LpoError
+from lpo.evals.leaderboard import Column, build_tables, leaderboard, render_leaderboard
+from lpo.evals.reported import REPORTED
+from lpo.evals.store import append_records
+from test_results_store import make_record
+
+
+def _ckpt(name: str) -> dict:
+    return {"spec": name, "label": name, "hash": (name * 16)[:16], "kind": "pipeline", "path": None, "hub_id": None}
+
+
+def test_two_metric_versions_are_two_columns():
+    records = [
+        make_record(checkpoint=_ckpt("base"), metric_version="v1+lpo1", value=20.5),
+        make_record(checkpoint=_ckpt("base"), metric_version="v1+lpo2", value=20.9),
+    ]
+    (table,) = build_tables(records)
+    assert list(table.columns) == ["pickscore@v1+lpo1", "pickscore@v1+lpo2"]
+    (row,) = table.rows.values()
+    assert row.cells["pickscore@v1+lpo1"].value == 20.5 and row.cells["pickscore@v1+lpo2"].value == 20.9
+    header = render_leaderboard(records, "md").splitlines()[4]
+    assert "pickscore@v1+lpo1 ↑" in header and "pickscore@v1+lpo2 ↑" in header
+
+
+def test_a_record_of_another_version_is_refused_in_a_column():
+    records = [make_record(metric_version="v1+lpo1")]
+    (table,) = build_tables(records)
+    (row,) = table.rows.values()
+    with pytest.raises(LpoError, match="never mixed in one column"):
+        table.put(row, table.columns["pickscore@v1+lpo1"], make_record(metric_version="v1+lpo2"))
+    with pytest.raises(LpoError, match="higher is better"):
+        table.add(make_record(metric_version="v1+lpo1", higher_is_better=False))
+
+
+def test_rows_columns_and_tables():
+    records = [
+        make_record(checkpoint=_ckpt("base"), value=20.5, ci95=(20.3, 20.7)),
+        make_record(checkpoint=_ckpt("lpo"), method="lpo", value=21.5, ci95=None, stderr=None,
+                    training_cost={"device_hours_by_type": {"NVIDIA A100": {"reward_model_training": 15.0, "optimisation": 8.0, "evaluation": 1.0}}}),
+        make_record(checkpoint=_ckpt("lpo"), method="lpo", metric="hpsv2", metric_version="v2.0+lpo1", value=27.6),
+        # another prompt set: a table of its own
+        make_record(checkpoint=_ckpt("base"), prompt_set_hash="ffffffffffff", n_prompts=10, value=19.0),
+        # a re-evaluation: the latest record is shown
+        make_record(checkpoint=_ckpt("base"), value=20.6, ci95=(20.4, 20.8), created="2026-02-01T00:00:00+00:00"),
+    ]
+    tables = build_tables(records)
+    assert [t.n_prompts for t in tables] == [500, 10]
+    md = render_leaderboard(records, "md")
+    assert "| base | base | — |" in md and "20.6 ± 0.2" in md and "20.5 ±" not in md
+    assert "| 21.5 | 27.6 ± 0.2 |" in md  # no interval when the record has none
+    assert "23 h NVIDIA A100" in md  # training cost excludes evaluation
+    assert md.count("## pickapic@1") == 2
+
+
+def test_csv_is_long_with_versions_and_reported_rows():
+    records = [make_record(breakdown=[{"category": "anime", "value": 21.0, "stderr": 0.2, "ci95": (20.6, 21.4), "n_prompts": 250, "n_images": 1000}])]
+    rows = list(csv.DictReader(io.StringIO(render_leaderboard(records, "csv", reported=["pickapic"]))))
+    measured = [r for r in rows if r["source"] == "measured"]
+    assert [(r["metric"], r["metric_version"], r["category"]) for r in measured] == [
+        ("pickscore", "v1+lpo1", ""), ("pickscore", "v1+lpo1", "anime")
+    ]
+    assert float(measured[0]["value"]) == 21.0 and float(measured[0]["ci95_low"]) == 20.804
+    reported = [r for r in rows if r["source"] == "reported"]
+    published = [r for r in REPORTED if r.benchmark == "pickapic"]
+    assert len(reported) == sum(len(r.values) for r in published)
+    sd15_lpo = next(r for r in reported if r["checkpoint"] == "SD1.5 LPO" and r["metric"] == "pickscore")
+    assert float(sd15_lpo["value"]) == 21.69 and sd15_lpo["metric_version"] == "reported"
+
+
+def test_reported_rows_are_a_table_of_their_own():
+    md = render_leaderboard([make_record()], "md", reported=["pickapic"])
+    measured, published = md.split("### pickapic: reported", 1)
+    assert "SD1.5 LPO" not in measured and "| SD1.5 LPO | lpo | sd15 | 21.69 |" in published
+    assert "15 + 8 = 23" in published and "arXiv 2502.01051" in published
+
+
+def test_html_embeds_plots(tmp_path):
+    records = [
+        make_record(checkpoint=_ckpt("base")),
+        make_record(checkpoint=_ckpt("lpo"), method="lpo", value=21.6,
+                    training_cost={"device_hours_by_type": {"cpu": {"optimisation": 0.2}}}),
+    ]
+    html = render_leaderboard(records, "html", reported=["pickapic"])
+    assert html.count("data:image/png;base64,") == 2  # scores + quality-vs-cost
+    assert "reported" in html and "<table>" in html
+
+
+def test_leaderboard_reads_the_results_folder(tmp_path):
+    append_records(tmp_path, [make_record()])
+    out = tmp_path / "board.md"
+    text = leaderboard(tmp_path, ["pickapic"], "md", reported=True, out=out)
+    assert out.read_text() == text and "reported" in text and "t2i-compbench" not in text
+    with pytest.raises(LpoError, match="no result records"):
+        leaderboard(tmp_path, ["world"])
+    with pytest.raises(LpoError, match="unknown benchmark"):
+        leaderboard(tmp_path, ["nope"])
+    with pytest.raises(LpoError, match="format"):
+        leaderboard(tmp_path, None, "pdf")
+
+
+def test_column_header_marks_direction():
+    assert Column("x", "1", False).header == "x@1 ↓"

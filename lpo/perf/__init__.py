@@ -1,0 +1,1 @@
+"""Performance benchmarks: commands that print ratios measured side by side in one run."""

@@ -1,0 +1,114 @@
+"""`lpo perf reward-cost`: build each architecture, time both step rewards, print and save."""
+
+from __future__ import annotations
+
+import gc
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from lpo.errors import LpoError
+from lpo.io import atomic_write_json, run_metadata
+from lpo.perf.reward_cost import PARTS, RewardCostResult, measure_reward_cost
+
+REWARD_COST_ARCHITECTURES = ("world", "sd15", "sdxl")
+BENCH_PROMPT = "a red circle left of a blue square"  # any prompt: cost does not depend on words
+
+
+def _build(architecture: str, device: torch.device, dtype: torch.dtype) -> tuple[Any, Any, Any]:
+    from lpo.lrm import LatentRewardModel
+    from lpo.pixel_reward import PixelStepReward
+
+    if architecture == "world":
+        from lpo.generate import resolve_model_name
+        from lpo.models import load_components
+
+        components = load_components(resolve_model_name("world"), dtype=dtype, device=device)
+        scorer = None  # PixelStepReward picks the world's own scorer
+    else:
+        from lpo.perf.architectures import random_components, random_pickscore_scorer
+
+        components = random_components(architecture, device=device, dtype=dtype)
+        scorer = random_pickscore_scorer(device=device, dtype=dtype)
+    lrm = LatentRewardModel.from_components(components).to(device=device, dtype=dtype).eval()
+    pixel = PixelStepReward.from_components(components, scorer).eval()
+    pixel.scorer.to(device=device, dtype=dtype)
+    return components, lrm, pixel
+
+
+def run_reward_cost(
+    architectures: Sequence[str],
+    *,
+    device: str = "cpu",
+    dtype: str = "fp32",
+    prompts: int = 1,
+    candidates: int = 4,
+    repeats: int = 5,
+    warmup: int = 2,
+    out: Path | None = None,
+) -> list[RewardCostResult]:
+    from lpo.generate import resolve_device, resolve_dtype
+
+    unknown = [a for a in architectures if a not in REWARD_COST_ARCHITECTURES]
+    if unknown:
+        raise LpoError(f"unknown architecture {unknown[0]!r}; choose from {', '.join(REWARD_COST_ARCHITECTURES)}")
+    if prompts < 1 or candidates < 1 or repeats < 1 or warmup < 0:
+        raise LpoError("--prompts, --candidates and --repeats must be >= 1 and --warmup >= 0")
+    torch_device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype)
+    results = []
+    for architecture in architectures:
+        components, lrm, pixel = _build(architecture, torch_device, torch_dtype)
+        results.append(
+            measure_reward_cost(
+                components, lrm, pixel, [BENCH_PROMPT] * prompts,
+                candidates=candidates, repeats=repeats, warmup=warmup,
+            )
+        )
+        print_reward_cost([results[-1]])
+        del components, lrm, pixel
+        gc.collect()
+        if torch_device.type == "cuda":
+            torch.cuda.empty_cache()
+    if out is not None:
+        payload = {"results": [r.to_dict() for r in results], "meta": run_metadata()}
+        atomic_write_json(out, payload)
+    return results
+
+
+def print_reward_cost(results: Sequence[RewardCostResult]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    labels = {
+        "denoise": "policy step (CFG, B latents)",
+        "x0_unet": "pixel: x̂0 U-Net call (CFG)",
+        "vae_decode": "pixel: VAE decode",
+        "pixel_scorer": "pixel: image scorer",
+        "lrm": "LRM (truncated U-Net, VFE)",
+    }
+    console = Console()
+    for r in results:
+        s = r.setup
+        n = s.prompts * s.candidates
+        table = Table(
+            title=f"{s.architecture} · {s.resolution}px · {s.dtype} · {s.device} · B={s.prompts} K={s.candidates}",
+            caption=f"median of {s.repeats} calls after {s.warmup} warm-up",
+        )
+        table.add_column("part")
+        table.add_column("ms per step", justify="right")
+        table.add_column("ms per candidate", justify="right")
+        if r.peak_memory_mib:
+            table.add_column("peak MiB", justify="right")
+        for part in PARTS:
+            row = [labels[part], f"{1000 * r.seconds[part]:.2f}", "" if part == "denoise" else f"{1000 * r.seconds[part] / n:.2f}"]
+            if r.peak_memory_mib:
+                row.append(f"{r.peak_memory_mib[part]:.0f}")
+            table.add_row(*row)
+        table.add_row("pixel reward total", f"{1000 * r.pixel_seconds:.2f}", f"{1000 * r.pixel_seconds / n:.2f}")
+        console.print(table)
+        console.print(
+            f"  pixel / LRM per candidate: [bold]{r.pixel_to_lrm:.1f}×[/]   "
+            f"SPO / LPO per step (policy call + {s.candidates} candidates): [bold]{r.step_ratio:.1f}×[/]"
+        )

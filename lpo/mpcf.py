@@ -110,9 +110,80 @@ GAP_SCORERS.add("world-clip", functools.partial(WorldJudgeScorer, "world-clip", 
 GAP_SCORERS.add("world-vqa", functools.partial(WorldJudgeScorer, "world-vqa", "soft_alignment"))
 
 
-def build_gap_scorers(config: MPCFConfig) -> dict[str, GapScorer]:
-    """The registered scorers that ``config`` names, one per role."""
-    return {role: GAP_SCORERS.get(name)() for role, name in config.scorer_names().items()}
+class _MetricGapScorerFactory:
+    """Builds a real-mode gap scorer from an evaluation metric (lpo.evals.metrics.gap).
+
+    Imported lazily so that world-mode filtering never touches transformers' CLIP code;
+    weights load when the factory is called, on CUDA when one is available.
+    """
+
+    def __init__(self, gap_name: str):
+        self.gap_name = gap_name
+
+    def __call__(self, weights: str | None = None, processor: str | None = None) -> GapScorer:
+        import torch
+
+        from lpo.evals.metrics.base import MetricSpec
+        from lpo.evals.metrics.gap import gap_scorer
+
+        cuda = torch.cuda.is_available()
+        spec = MetricSpec(
+            weights=weights, processor=processor,
+            device="cuda" if cuda else "cpu", dtype="float16" if cuda else "float32",
+        )
+        return gap_scorer(self.gap_name, spec)
+
+
+def _vqascore_unavailable() -> GapScorer:
+    raise LpoError(
+        "the VQAScore gap scorer (clip-flan-t5-xxl, 11B) is not built into lpo; pick another alignment "
+        "scorer with --set vqa_scorer=NAME (a gap scorer or an evaluation metric, e.g. image_reward)"
+    )
+
+
+# Real mode (SPEC §4.2): the evaluation metrics fill the aesthetic and CLIP roles.
+GAP_SCORERS.add("laion-aesthetic", _MetricGapScorerFactory("laion-aesthetic"))
+GAP_SCORERS.add("clip-score", _MetricGapScorerFactory("clip-score"))
+GAP_SCORERS.add("vqascore", _vqascore_unavailable)
+
+
+def _gap_scorer_factory(name: str) -> Callable[[], GapScorer]:
+    """A registered gap scorer, or else any evaluation metric by its registry name."""
+    if name in GAP_SCORERS:
+        return GAP_SCORERS.get(name)
+    from lpo.evals.metrics import METRICS
+
+    if name in METRICS:
+        return _MetricGapScorerFactory(name)
+    known = ", ".join(GAP_SCORERS.names())
+    raise LpoError(f"unknown gap scorer {name!r}; known: {known}, or any metric: {', '.join(METRICS.names())}")
+
+
+def build_gap_scorers(
+    config: MPCFConfig,
+    weights: Mapping[str, str] | None = None,
+    processors: Mapping[str, str] | None = None,
+) -> dict[str, GapScorer]:
+    """The scorers that ``config`` names, one per role (gap scorers or evaluation metrics).
+
+    ``weights`` / ``processors`` map a scorer name to a local path or hub id for the
+    metric-backed (real-mode) scorers, e.g. ``{"laion-aesthetic": "/models/aesthetic.pth"}``.
+    """
+    weights, processors = dict(weights or {}), dict(processors or {})
+    scorers = {}
+    for role, name in config.scorer_names().items():
+        factory = _gap_scorer_factory(name)
+        if isinstance(factory, _MetricGapScorerFactory):
+            scorers[role] = factory(weights.pop(name, None), processors.pop(name, None))
+        else:
+            scorers[role] = factory()
+    unused = sorted({*weights, *processors})
+    if unused:
+        raise LpoError(
+            f"--metric-weights/--metric-processor given for {', '.join(unused)}, which no metric-backed "
+            f"scorer of this config uses; name one of: {', '.join(config.scorer_names().values())}"
+        )
+    return scorers
 
 
 # -------------------------------------------------------------------------- config

@@ -393,3 +393,39 @@ def test_world_scorers_see_alignment_and_aesthetic_gaps(tmp_path):
         again = filter_pairs(flipped, dataclasses.replace(config, strategy=strategy), scores)
         assert _kept_ids(again) == ["align"] and again.report.decisive_failed_only["aesthetic"] == 1
     assert _kept_ids(filter_pairs(flipped, dataclasses.replace(config, strategy="3"), scores)) == ["align", "looks"]
+
+
+# ------------------------------------------------------------------ real-mode scorers
+
+
+def test_real_mode_scorers_come_from_the_evaluation_metrics(tmp_path):
+    from metric_fixtures import tiny_clip_folder, write_aesthetic_head
+
+    from lpo.evals.metrics.gap import MetricGapScorer
+    from lpo.mpcf import build_gap_scorers
+
+    clip = tiny_clip_folder(tmp_path / "clip", seed=5)
+    write_aesthetic_head(tmp_path)
+    config = MPCFConfig(aesthetic_scorer="laion-aesthetic", clip_scorer="world-clip", vqa_scorer="world-vqa")
+    scorers = build_gap_scorers(config, {"laion-aesthetic": str(tmp_path)}, {"laion-aesthetic": str(clip)})
+    assert isinstance(scorers["aesthetic"], MetricGapScorer)
+    assert scorers["aesthetic"].name == "laion_aesthetic"  # the metric's name and version key the cache
+    images = [np.full((32, 32, 3), v, dtype=np.uint8) for v in (10, 200)]
+    assert scorers["aesthetic"].score(images, ["a", "b"]).shape == (2,)
+
+
+def test_any_metric_name_can_fill_a_role_and_unknown_names_fail(tmp_path):
+    from metric_fixtures import tiny_clip_folder
+
+    from lpo.mpcf import build_gap_scorers
+
+    clip = tiny_clip_folder(tmp_path / "clip", seed=1)
+    config = MPCFConfig(aesthetic_scorer="world-aesthetic", clip_scorer="clip_score", vqa_scorer="world-vqa")
+    scorers = build_gap_scorers(config, {"clip_score": str(clip)})
+    assert scorers["clip"].name.startswith("clip_score")
+    with pytest.raises(LpoError, match="unknown gap scorer 'nope'"):
+        build_gap_scorers(MPCFConfig(aesthetic_scorer="nope"))
+    with pytest.raises(LpoError, match="VQAScore"):
+        build_gap_scorers(MPCFConfig(aesthetic_scorer="world-aesthetic", clip_scorer="world-clip"))
+    with pytest.raises(LpoError, match="no metric-backed scorer"):
+        build_gap_scorers(mpcf_preset("world"), {"laion-aesthetic": "/x"})

@@ -84,13 +84,31 @@ def test_blip_vit_mapping_matches_timm(tmp_path):
 def test_clip_score_matches_torchmetrics(tmp_path):
     multimodal = pytest.importorskip("torchmetrics.functional.multimodal")
     pytest.importorskip("torchvision")
+    from transformers import CLIPModel, CLIPProcessor
+
     from lpo.evals.metrics import METRICS, MetricSpec
 
+    class TensorFeatures(torch.nn.Module):
+        """transformers 5 returns output objects from get_*_features; torchmetrics 1.9 wants tensors."""
+
+        def __init__(self, model):
+            super().__init__()
+            self.model, self.config = model, model.config
+
+        def get_image_features(self, *args, **kwargs):
+            out = self.model.get_image_features(*args, **kwargs)
+            return getattr(out, "pooler_output", out)
+
+        def get_text_features(self, *args, **kwargs):
+            out = self.model.get_text_features(*args, **kwargs)
+            return getattr(out, "pooler_output", out)
+
     folder = tiny_clip_folder(tmp_path / "clip", seed=4)
+    load = lambda: (TensorFeatures(CLIPModel.from_pretrained(folder)), CLIPProcessor.from_pretrained(folder))  # noqa: E731
     prompts = ["a photo of a red cat", "two small blue birds", "a green tree", "a house on the left"]
     images = [random_image(s) for s in range(4)]
     ours = METRICS.get("clip_score")(MetricSpec(weights=str(folder))).score(images, prompts)
     for image, prompt, value in zip(images, prompts, ours):
-        pixels = torch.from_numpy(np.asarray(image)).permute(2, 0, 1)  # uint8 (3, H, W), as torchmetrics takes
-        expected = multimodal.clip_score(pixels, prompt, model_name_or_path=str(folder))
-        torch.testing.assert_close(value, expected.float().reshape(()), atol=1e-3, rtol=1e-4)
+        pixels = torch.from_numpy(np.array(image)).permute(2, 0, 1)  # uint8 (3, H, W), as torchmetrics takes
+        expected = multimodal.clip_score(pixels, prompt, model_name_or_path=load)
+        torch.testing.assert_close(value, expected.float().cpu().reshape(()), atol=1e-3, rtol=1e-4)

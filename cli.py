@@ -27,6 +27,8 @@ world_app = typer.Typer(no_args_is_help=True, help="The embedded synthetic world
 app.add_typer(world_app, name="world")
 lrm_app = typer.Typer(no_args_is_help=True, help="Step reward models: the Latent Reward Model and SPO's pixel step model.")
 app.add_typer(lrm_app, name="lrm")
+perf_app = typer.Typer(no_args_is_help=True, help="Performance benchmarks that print ratios measured side by side in one run.")
+app.add_typer(perf_app, name="perf")
 
 
 def user_errors(fn: Callable) -> Callable:
@@ -146,6 +148,40 @@ def world_eval(
             render_comparison_table([result, *extra], _console())
 
 
+@world_app.command("guided-eval")
+@user_errors
+def world_guided_eval(
+    lrm: Path = typer.Option(..., help="LRM folder trained on the world model (a `lpo lrm train` run's model/)."),
+    model: str = typer.Option("world", help="World model: world, world:PRESET or a world pipeline folder."),
+    split: str = typer.Option("test", help="Prompt split: test, test_heldout, val, train."),
+    num_prompts: int = typer.Option(64, help="Prompts (round-robin over categories)."),
+    seeds: int = typer.Option(2, help="Seeds (images) per prompt; every method uses the same ones."),
+    candidates: int = typer.Option(4, help="K: candidates per step (guided) and final images (best-of-K)."),
+    temperature: float = typer.Option(1.0, help="τ of guided-softmax."),
+    lrm_timestep: str = typer.Option("current", help="Timestep told to the LRM: current (official LPO code) or prev."),
+    methods: Optional[str] = typer.Option(None, help="Comma-separated subset of plain, guided-best, guided-softmax, guided-random, guided-worst, best-of-k-lrm, best-of-k-judge (default: all but guided-softmax)."),
+    steps: int = typer.Option(20, help="DDIM steps."),
+    guidance_scale: float = typer.Option(5.0, "--cfg", help="Classifier-free guidance scale."),
+    seed: int = typer.Option(42, help="Base seed (per-image seeds derive from it)."),
+    batch_size: int = typer.Option(32, help="Images per U-Net batch."),
+    out: Optional[Path] = typer.Option(None, help="Write the JSON result here (atomically)."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda, ..."),
+) -> None:
+    """LRM-guided sampling vs plain, random-pick and best-of-K final images: true utility, alignment, U-Net/LRM calls."""
+    from lpo.world.guided_eval import GuidedEvalProtocol, guided_eval_job, render_guided_eval
+
+    protocol = GuidedEvalProtocol(
+        split=split, num_prompts=num_prompts, seeds_per_prompt=seeds, num_candidates=candidates,
+        temperature=temperature, lrm_timestep=lrm_timestep, num_inference_steps=steps,
+        guidance_scale=guidance_scale, seed=seed, batch_size=batch_size,
+        **({} if methods is None else {"methods": tuple(m.strip() for m in methods.split(",") if m.strip())}),
+    )
+    result = guided_eval_job(model, lrm, protocol, out, device=device, console=_console())
+    render_guided_eval(result, _console())
+    if out is not None:
+        _console().print(f"wrote [bold]{out}[/]")
+
+
 @world_app.command("prompts")
 @user_errors
 def world_prompts_cmd(split: str = typer.Option("test", help="train, val, test or test_heldout.")) -> None:
@@ -170,8 +206,33 @@ def sample(
     out: Path = typer.Option(Path("samples.png"), help="Where to write the PNG grid."),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:1, ..."),
     dtype: str = typer.Option("fp32", help="fp32, fp16 or bf16."),
+    guide: Optional[str] = typer.Option(None, help="lrm: LRM-guided sampling (branch K candidates per step, keep the LRM's pick)."),
+    lrm: Optional[Path] = typer.Option(None, help="LRM folder for --guide lrm (a `lpo lrm train` run's model/)."),
+    candidates: int = typer.Option(4, help="K candidates per step with --guide (>= 2)."),
+    select: str = typer.Option("best", help="With --guide: best, softmax (∝ exp(S/τ)), random (control) or worst."),
+    temperature: float = typer.Option(1.0, help="τ of --select softmax."),
+    lrm_timestep: str = typer.Option("current", help="With --guide: timestep told to the LRM, current (official LPO code) or prev."),
+    eta: Optional[float] = typer.Option(None, help="DDIM η with --guide (default 1; must be > 0)."),
 ) -> None:
-    """Sample a model with fixed seeds into a PNG grid captioned with the prompts."""
+    """Sample a model with fixed seeds into a PNG grid captioned with the prompts (optionally LRM-guided)."""
+    from lpo.guided import check_guided_options
+
+    check_guided_options(guide, lrm, candidates, eta)
+    if guide is not None:
+        from lpo.guided import GuidanceConfig, run_guided_sample
+
+        config = GuidanceConfig(candidates, select, temperature, lrm_timestep)
+        path, counts = run_guided_sample(
+            model=model, lrm_path=lrm, prompts=list(prompts), prompts_file=prompts_file, num_prompts=num_prompts,
+            images_per_prompt=images_per_prompt, guidance_scale=guidance_scale, steps=steps, seed=seed,
+            out=out, config=config, eta=1.0 if eta is None else eta, device=device, dtype=dtype, console=_console(),
+        )
+        per_image = counts.per_image()
+        _console().print(
+            f"wrote [bold]{path}[/] ({counts.images} images; per image {per_image['unet_calls']:g} U-Net calls "
+            f"(CFG pair = 1), {per_image['lrm_calls']:g} LRM calls)"
+        )
+        return
     from lpo.generate import run_sample
 
     path = run_sample(
@@ -216,9 +277,12 @@ def mpcf(
     split: Optional[str] = typer.Option(None, help="Split of a dataset id or parquet folder."),
     limit: Optional[int] = typer.Option(None, help="Read at most this many rows."),
     cache_dir: Optional[Path] = typer.Option(None, help="Score cache (default: next to --out)."),
+    metric_weights: List[str] = typer.Option([], "--metric-weights", help="SCORER=REF: weights of a metric-backed scorer (real mode), e.g. laion-aesthetic=/models/sac+logos+ava1-l14-linearMSE.pth."),
+    metric_processors: List[str] = typer.Option([], "--metric-processor", help="SCORER=REF: its tokenizer / image processor (local folder or hub id)."),
 ) -> None:
     """Multi-preference consistent filtering: score every pair's gaps, keep the consistent ones, report each rule."""
     from lpo.config import apply_overrides
+    from lpo.evals.harness import named_refs
     from lpo.mpcf import build_gap_scorers, compute_gap_scores, filter_pairs, mpcf_preset
     from lpo.pairs import load_pairs, save_pairs
 
@@ -226,7 +290,10 @@ def mpcf(
     console = _console()
     loaded = load_pairs(pairs_path, split=split, limit=limit)
     console.print(loaded.summary())
-    scores = compute_gap_scores(loaded.pairs, build_gap_scorers(config), cache_dir or out.parent / f".{out.stem}-scores")
+    scorers = build_gap_scorers(
+        config, named_refs(metric_weights, "--metric-weights"), named_refs(metric_processors, "--metric-processor")
+    )
+    scores = compute_gap_scores(loaded.pairs, scorers, cache_dir or out.parent / f".{out.stem}-scores")
     result = filter_pairs(loaded.pairs, config, scores)
     save_pairs(result.pairs, out, provenance={"mpcf": result.report.as_dict(), "input": str(pairs_path)})
     console.print(result.report.as_table())
@@ -277,6 +344,117 @@ def lrm_eval(
     result = eval_reward_job(model, pairs_path, out, lrm_dir=lrm, pixel_dir=pixel, seed=seed, console=_console())
     render_accuracy_table(result, _console())
     _console().print(f"wrote [bold]{out}/accuracy_by_timestep.json[/] and .png")
+
+
+@perf_app.command("reward-cost")
+@user_errors
+def perf_reward_cost(
+    arch: list[str] = typer.Option(["world", "sd15"], "--arch", help="world, sd15 or sdxl (repeatable); sd15/sdxl use random weights at full size."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
+    dtype: str = typer.Option("fp32", help="fp32, fp16 or bf16."),
+    prompts: int = typer.Option(1, help="Prompts per step (B)."),
+    candidates: int = typer.Option(4, help="Candidates per prompt (K)."),
+    repeats: int = typer.Option(5, help="Timed calls per part (the median is reported)."),
+    warmup: int = typer.Option(2, help="Untimed calls before timing."),
+    out: Optional[Path] = typer.Option(None, help="Also write the measurements as JSON here."),
+) -> None:
+    """Cost per candidate of the LRM vs SPO's pixel step reward (x̂0 U-Net + VAE decode + scorer)."""
+    from lpo.perf.jobs import run_reward_cost
+
+    run_reward_cost(arch, device=device, dtype=dtype, prompts=prompts, candidates=candidates,
+                    repeats=repeats, warmup=warmup, out=out)
+
+
+@app.command("eval")
+@user_errors
+def eval_command(
+    checkpoint: str = typer.Argument(..., help="world, world:PRESET, a diffusers pipeline folder, a run folder, a hub id; on world benchmarks also ground-truth, shuffled, noise."),
+    benchmark: str = typer.Option("world", help="world, world-heldout, pickapic, hpsv2, partiprompts, prompts-file."),
+    prompts: Optional[str] = typer.Option(None, help="The benchmark's prompt source: a local file/folder or a dataset id (prompts-file needs one)."),
+    metrics: List[str] = typer.Option([], "--metric", help="A metric (repeatable); default: the benchmark's metrics."),
+    images_per_prompt: int = typer.Option(4, help="Images per prompt (all are scored)."),
+    max_prompts: Optional[int] = typer.Option(None, help="Only the first N prompts (round-robin over categories)."),
+    guidance_scale: float = typer.Option(5.0, "--cfg", help="Classifier-free guidance scale."),
+    steps: int = typer.Option(20, help="DDIM steps."),
+    seed: int = typer.Option(42, help="Protocol seed (per-image seeds derive from it)."),
+    resolution: Optional[int] = typer.Option(None, help="Image side in pixels (default: the model's native size)."),
+    dtype: str = typer.Option("fp32", help="Generation precision: fp32, fp16 or bf16."),
+    batch_size: int = typer.Option(8, help="Images per generation batch."),
+    metric_weights: List[str] = typer.Option([], "--metric-weights", help="NAME=REF: a metric's weights (local folder/file or hub id); repeatable."),
+    metric_processors: List[str] = typer.Option([], "--metric-processor", help="NAME=REF: a metric's tokenizer / image processor; repeatable."),
+    metric_dtype: str = typer.Option("float32", help="Metric precision: float32, float16 or bfloat16."),
+    metric_batch_size: int = typer.Option(16, help="Images per metric batch."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:1, ... (under accelerate launch: each process's device)."),
+    label: Optional[str] = typer.Option(None, help="Row label in the leaderboard (default: CHECKPOINT)."),
+    cache_dir: Optional[Path] = typer.Option(None, help="Image cache (default $LPO_HOME/eval-images)."),
+    results_dir: Path = typer.Option(Path("results"), help="Results folder the records are appended to."),
+    no_save: bool = typer.Option(False, "--no-save", help="Print the scores without writing records."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the resolved config and exit."),
+) -> None:
+    """Generate each image once (cached), score it with every metric, append one record per metric to the results."""
+    from lpo.evals.harness import EvalConfig, EvalProtocol, named_refs, render_eval, run_eval
+
+    config = EvalConfig(
+        checkpoint=checkpoint, benchmark=benchmark, prompts=prompts, metrics=tuple(metrics), max_prompts=max_prompts,
+        protocol=EvalProtocol(
+            steps=steps, guidance_scale=guidance_scale, resolution=resolution, dtype=dtype,
+            images_per_prompt=images_per_prompt, seed=seed, batch_size=batch_size,
+        ),
+        metric_weights=named_refs(metric_weights, "--metric-weights"), metric_processors=named_refs(metric_processors, "--metric-processor"),
+        metric_dtype=metric_dtype, metric_batch_size=metric_batch_size, device=device, label=label,
+        cache_dir=cache_dir, results_dir=None if no_save else results_dir,
+    )
+    if dry_run:
+        _console().print_json(json.dumps(config.as_dict()))
+        return
+    render_eval(run_eval(config, console=_console()), _console())
+
+
+@app.command("leaderboard")
+@user_errors
+def leaderboard_command(
+    benchmarks: List[str] = typer.Option([], "--benchmark", help="Only these benchmarks (repeatable); default: all with records."),
+    fmt: str = typer.Option("md", "--format", help="md, csv or html (tables, plots with intervals, sample strips)."),
+    reported: bool = typer.Option(False, "--reported", help="Add the published rows (SPEC §7), marked reported."),
+    out: Optional[Path] = typer.Option(None, help="Write here (atomically) instead of printing; html defaults to RESULTS/leaderboard.html."),
+    results_dir: Path = typer.Option(Path("results"), help="Results folder holding the records."),
+) -> None:
+    """Render the result records: one table per benchmark and prompt set, one column per metric@version."""
+    from lpo.evals.leaderboard import leaderboard
+
+    if fmt == "html" and out is None:
+        out = results_dir / "leaderboard.html"
+    text = leaderboard(results_dir, list(benchmarks) or None, fmt, reported, out)
+    if out is None:
+        typer.echo(text, nl=False)
+    else:
+        _console().print(f"wrote [bold]{out}[/]")
+
+
+@app.command("train")
+@user_errors
+def train_command(
+    method: str = typer.Option(..., help="lpo, spo or diffusion-dpo."),
+    preset: str = typer.Option(..., help="lpo-sd15, lpo-sdxl, lpo-world, spo-sd15, spo-sdxl, spo-world, dpo-sd15, dpo-sdxl, dpo-world."),
+    overrides: List[str] = typer.Option([], "--set", help="Override a config value, e.g. --set loss.beta=250 --set reward.path=RUN/model (repeatable)."),
+    run_dir: Optional[Path] = typer.Option(None, help="Run folder (default runs/PRESET-TIMESTAMP)."),
+    resume: bool = typer.Option(False, help="Continue the run in --run-dir from its last checkpoint."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the resolved config and exit."),
+) -> None:
+    """Preference-optimise a diffusion model with LPO, SPO or Diffusion-DPO (multi-GPU: accelerate launch -m lpo.cli train ...)."""
+    from lpo.trainers.jobs import resolve_config, run_training
+
+    if dry_run:
+        from lpo.config import config_to_dict
+
+        _console().print_json(json.dumps(config_to_dict(resolve_config(method, preset, overrides))))
+        return
+    result = run_training(method, preset, overrides, run_dir, resume, console=_console())
+    _console().print(
+        f"{result.label}: {result.steps} {'steps' if method == 'diffusion-dpo' else 'rounds'}, {result.optimizer_steps} "
+        f"optimiser steps, final loss {result.final_loss if result.final_loss is None else format(result.final_loss, '.4f')}; "
+        f"model [bold]{result.model_folder}[/]"
+    )
 
 
 def main() -> None:

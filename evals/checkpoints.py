@@ -8,10 +8,13 @@ Accepted, in this order:
 3. a diffusers pipeline folder (``model_index.json``); when it sits inside a run folder
    (``run.json`` in it or its parent) the run's id, method, base model and training cost
    come along;
-4. a run folder: its exported pipeline (``pipeline/`` or ``final/``). Trainers save U-Net
-   LoRA checkpoints under ``checkpoints/``; evaluating those directly is the hook
-   :func:`_run_folder_pipeline` (build the pipeline from the run's base model + adapter)
-   and lands with the trainers;
+4. a run folder (or its ``model/``): the merged pipeline it exported (``pipeline/``) if
+   any, else its final policy ``model/`` applied to the run's base model
+   (``config.json`` ``model.base``): a diffusers LoRA folder
+   (``pytorch_lora_weights.safetensors``, loaded with ``load_lora_weights``) or a
+   ``UNet2DConditionModel`` folder (a full fine-tune, swapped in). Intermediate
+   checkpoints (``checkpoints/step-N/``) are evaluated the same way once a trainer writes
+   a ``model/`` inside them (:func:`_from_run_folder` is the one place to extend);
 5. a hub id ``owner/name`` (real mode).
 
 The checkpoint hash keys the image cache and goes into every record: two records with
@@ -29,8 +32,11 @@ from pathlib import Path
 from typing import Any
 
 from lpo.errors import LpoError
+from lpo.models import _HUB_ID  # the same shape test the loader applies
 
-RUN_PIPELINE_SUBFOLDERS = ("pipeline", "final")
+RUN_PIPELINE_SUBFOLDERS = ("pipeline",)  # lpo.trainers.harness.PIPELINE_DIR
+RUN_MODEL_DIR = "model"  # lpo.trainers.harness.MODEL_DIR
+LORA_WEIGHTS = "pytorch_lora_weights.safetensors"  # lpo.lora.LORA_WEIGHTS_NAME
 
 
 @dataclass
@@ -43,6 +49,10 @@ class Checkpoint:
     kind: str  # "pipeline" | "reference"
     path: str | None = None
     hub_id: str | None = None
+    # A run's policy on top of a base pipeline: "lora" (diffusers LoRA folder) or "unet".
+    base: str | None = None
+    adapter_kind: str | None = None
+    adapter_path: str | None = None
     method: str = "base"
     base_model: str | None = None
     run_id: str | None = None
@@ -59,14 +69,41 @@ class Checkpoint:
             "kind": self.kind,
             "path": self.path,
             "hub_id": self.hub_id,
+            **({"base": self.base, "adapter_kind": self.adapter_kind, "adapter_path": self.adapter_path} if self.adapter_kind else {}),
         }
 
     @property
     def model(self) -> str:
-        """What :func:`lpo.generate.load_pipeline` takes."""
+        """The pipeline :func:`lpo.generate.load_pipeline` takes (the base one under an adapter)."""
         if self.kind != "pipeline":
             raise ValueError(f"{self.spec} is a reference source, not a pipeline")
-        return self.path or self.hub_id  # type: ignore[return-value]
+        return self.base or self.path or self.hub_id  # type: ignore[return-value]
+
+    def load_pipeline(self, device: str, dtype: str):
+        """The diffusers pipeline to sample: the folder / hub model, or the base with the run's policy."""
+        from lpo.generate import build_pipeline, load_pipeline, resolve_device, resolve_dtype, resolve_model_name
+
+        if self.adapter_kind == "unet":
+            from lpo.models import load_components
+
+            components = load_components(
+                resolve_model_name(self.model), dtype=resolve_dtype(dtype), device=resolve_device(device), unet=self.adapter_path
+            )
+            pipe = build_pipeline(components)
+            pipe.set_progress_bar_config(disable=True)
+            return pipe
+        pipe, _ = load_pipeline(self.model, device=device, dtype=dtype)
+        if self.adapter_kind == "lora":
+            try:
+                pipe.load_lora_weights(self.adapter_path)
+            except (OSError, ValueError, RuntimeError, KeyError) as err:
+                from lpo.io import one_line
+
+                raise LpoError(
+                    f"could not apply the LoRA in {self.adapter_path} to {self.model} ({one_line(err)}); "
+                    "the run's model.base must be the pipeline it was trained on"
+                ) from err
+        return pipe
 
 
 # --------------------------------------------------------------------------- hashing
@@ -143,13 +180,13 @@ def resolve_checkpoint(spec: str, benchmark=None, prompts=None) -> Checkpoint:
         if (path / "model_index.json").is_file():
             return _pipeline_folder(spec, path)
         if (path / "run.json").is_file():
-            return _pipeline_folder(spec, _run_folder_pipeline(path))
+            return _from_run_folder(spec, path)
+        if path.name == RUN_MODEL_DIR and (path.parent / "run.json").is_file():
+            return _from_run_folder(spec, path.parent)
         raise LpoError(
             f"{spec} is not a diffusers pipeline (no model_index.json); pass a folder saved with save_pretrained, "
             "world, a run folder, or a hub id such as stable-diffusion-v1-5/stable-diffusion-v1-5"
         )
-
-    from lpo.models import _HUB_ID  # the same shape test the loader applies
 
     if _HUB_ID.match(spec):
         digest, commit = _hub_hash(spec)
@@ -170,17 +207,50 @@ def _pipeline_folder(spec: str, folder: Path) -> Checkpoint:
     return ckpt
 
 
-def _run_folder_pipeline(run_dir: Path) -> Path:
-    """The pipeline folder a run exported. Hook: U-Net / LoRA checkpoints of a run
-    (``checkpoints/step-N``) will be turned into a pipeline here once trainers save them."""
+def _from_run_folder(spec: str, run_dir: Path) -> Checkpoint:
+    """A run's final policy: its merged ``pipeline/``, else ``model/`` on the run's base model."""
     for name in RUN_PIPELINE_SUBFOLDERS:
         if (run_dir / name / "model_index.json").is_file():
-            return run_dir / name
-    looked = ", ".join(f"{run_dir / n}/" for n in RUN_PIPELINE_SUBFOLDERS)
-    raise LpoError(
-        f"run folder {run_dir} has no exported pipeline (looked for {looked}); "
-        "pass the pipeline folder the trainer saved (evaluating U-Net/LoRA checkpoints directly is not supported yet)"
+            return _pipeline_folder(spec, run_dir / name)
+    model = run_dir / RUN_MODEL_DIR
+    if (model / LORA_WEIGHTS).is_file():
+        adapter_kind = "lora"
+    elif (model / "config.json").is_file() and (model / "diffusion_pytorch_model.safetensors").is_file():
+        adapter_kind = "unet"
+    else:
+        looked = ", ".join(f"{run_dir / n}/" for n in (*RUN_PIPELINE_SUBFOLDERS, RUN_MODEL_DIR))
+        raise LpoError(
+            f"run folder {run_dir} has no final model yet (looked for {looked}); "
+            "let the run finish (or resume it), or pass a pipeline folder"
+        )
+    base = _run_base_model(run_dir)
+    from lpo.generate import resolve_model_name
+
+    base_path = Path(resolve_model_name(base))
+    if base_path.is_dir():
+        base_hash = folder_hash(base_path)
+    elif _HUB_ID.match(base):
+        base_hash = _hub_hash(base)[0]
+    else:
+        raise LpoError(f"run {run_dir} was trained on {base!r}, which is not here; restore it or pass a pipeline folder")
+    digest = hashlib.sha256(f"{base_hash}|{adapter_kind}|{folder_hash(model)}".encode()).hexdigest()[:16]
+    ckpt = Checkpoint(
+        spec=spec, label=spec, content_hash=digest, kind="pipeline", base=base if not base_path.is_dir() else str(base_path.resolve()),
+        adapter_kind=adapter_kind, adapter_path=str(model.resolve()),
     )
+    _read_run(ckpt, run_dir)
+    return ckpt
+
+
+def _run_base_model(run_dir: Path) -> str:
+    from lpo.runs import RunFolder
+
+    config = RunFolder.open(run_dir).read_config()
+    model = config.get("model")
+    base = model.get("base") if isinstance(model, dict) else model
+    if not base:
+        raise LpoError(f"{run_dir}/config.json names no base model (model.base); the run folder is damaged")
+    return str(base)
 
 
 def _read_run(ckpt: Checkpoint, run_dir: Path) -> None:
@@ -197,10 +267,13 @@ def _read_run(ckpt: Checkpoint, run_dir: Path) -> None:
     ckpt.run_path = str(run_dir.resolve())
     ckpt.method = str(meta.get("method") or config.get("method") or config.get("trainer") or ckpt.method)
     model = meta.get("base_model") or config.get("base_model") or config.get("model")
-    if isinstance(model, dict):  # nested model config
-        model = model.get("name") or model.get("model")
+    if isinstance(model, dict):  # the trainers' nested model config
+        model = model.get("base")
     ckpt.base_model = str(model) if model else ckpt.base_model
+    ckpt.label = str(meta.get("label") or ckpt.label) if ckpt.label == ckpt.spec else ckpt.label
     reward = meta.get("reward") or config.get("reward")
+    if isinstance(reward, dict):  # the step reward the run optimised (LPO's LRM, SPO's pixel model)
+        reward = reward.get("path")
     ckpt.optimised_reward = str(reward) if reward else None
     try:
         ckpt.training_cost = read_cost(run_dir)

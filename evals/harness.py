@@ -256,9 +256,7 @@ class _PipelineImages:
 
     def images(self, prompts: list[str], seeds: list[int]):
         if self.pipeline is None:
-            from lpo.generate import load_pipeline
-
-            self.pipeline, _ = load_pipeline(self.checkpoint.model, device=str(self.device), dtype=self.protocol.dtype)
+            self.pipeline = self.checkpoint.load_pipeline(str(self.device), self.protocol.dtype)
         p = self.protocol
         return generate_images(
             self.pipeline, prompts, seeds, num_inference_steps=p.steps, guidance_scale=p.guidance_scale,

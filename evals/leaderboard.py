@@ -235,8 +235,8 @@ def _reported_rows(benchmark: str) -> tuple[list[str], list[list[str]], list[Rep
 
 def _footnotes(table: Table) -> list[str]:
     notes = [
-        "± = half-width of the 95% confidence interval over prompts (images of a prompt averaged first); "
-        "training cost = device-hours of reward-model training + optimisation."
+        "cells: mean over prompts of each prompt's mean score ± half-width of the 95% confidence interval over "
+        "prompts; training cost = device-hours of reward-model training + optimisation."
     ]
     for c in table.columns.values():
         if c.formula:

@@ -9,7 +9,7 @@ Why one JSONL file per benchmark, rewritten whole: a single file is what people 
 commit and load with one line of pandas, and replacing it through a temporary file and
 one rename (:func:`lpo.io.atomic_write_text`) means a reader never sees half a line and a
 crash leaves the old file intact. The read-modify-rename runs under an exclusive
-``flock`` on a sibling lock file so two concurrent ``lpo eval`` runs cannot drop each
+``flock`` on the benchmark's folder so two concurrent ``lpo eval`` runs cannot drop each
 other's records. Appending with ``open("a")`` would be cheaper but can leave a torn last
 line after a crash; one file per record would need no lock but makes thousands of files.
 Records are never edited: the whole old content is kept byte for byte and new lines go
@@ -160,19 +160,23 @@ def now() -> str:
 
 
 @contextmanager
-def _locked(lock_path: Path) -> Iterator[None]:
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_path, "a") as fh:
-        try:
-            import fcntl
-        except ImportError:  # not POSIX: the rename is still atomic, only concurrency is unguarded
-            yield
-            return
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+def _locked(folder: Path) -> Iterator[None]:
+    """An exclusive flock on the benchmark's folder itself (no lock file left behind)."""
+    import os
+
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: the rename is still atomic, only concurrency is unguarded
+        yield
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
 
 
 def write_per_prompt(results_dir: Path, benchmark: str, eval_id: str, data: dict[str, Any]) -> tuple[str, str]:
@@ -191,7 +195,7 @@ def append_records(results_dir: Path, records: Sequence[ResultRecord]) -> list[P
     written = []
     for benchmark, group in by_benchmark.items():
         path = records_path(results_dir, benchmark)
-        with _locked(path.with_name(f".{path.name}.lock")):
+        with _locked(path.parent):
             old = path.read_text() if path.is_file() else ""
             if old and not old.endswith("\n"):
                 raise LpoError(f"{path} does not end with a newline: it was edited by hand; restore it from version control")

@@ -155,6 +155,51 @@ def test_interrupted_generation_leaves_no_records_and_resumes(tmp_path, tiny_wor
     assert len(load_records(tmp_path / "results")) == 1
 
 
+def test_a_run_folder_lora_is_sampled_on_its_base_model(tmp_path, tiny_world_dir):
+    """A trainer's LoRA output (run/model/) gives the images of the merged policy."""
+    from PIL import Image
+
+    from lpo.lora import add_lora, save_lora, save_merged_pipeline
+    from lpo.models import load_components
+    from lpo.runs import RunFolder
+
+    components = load_components(tiny_world_dir)
+    add_lora(components.unet, rank=4)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, param in components.unet.named_parameters():
+            if "lora_B" in name:
+                param.copy_(torch.randn(param.shape, generator=generator))
+    run = RunFolder.create({"method": "lpo", "model": {"base": str(tiny_world_dir)}, "reward": {"path": "runs/lrm/model"}},
+                           folder=tmp_path / "run", extra={"method": "lpo", "label": "lpo-world"})
+    save_lora(components.unet, run.path / "model", "world")
+    merged = save_merged_pipeline(components, components.unet, tmp_path / "merged")
+
+    kwargs = dict(max_prompts=4, metrics=("world_soft_alignment",))
+    lora = run_eval(_config(run.path / "model", tmp_path, **kwargs))
+    policy = run_eval(_config(merged, tmp_path, **kwargs))
+    base = run_eval(_config(tiny_world_dir, tmp_path, **kwargs))
+    record = lora.records[0]
+    assert (record.method, record.checkpoint["label"], record.optimised_reward) == ("lpo", "lpo-world", "runs/lrm/model")
+    assert record.checkpoint["adapter_kind"] == "lora" and record.run_id == "run"
+    assert len({lora.checkpoint.content_hash, policy.checkpoint.content_hash, base.checkpoint.content_hash}) == 3
+
+    def images(out):
+        return np.stack([np.asarray(Image.open(p)).astype(int) for p in sorted(out.image_folder.rglob("*.png"))])
+
+    assert np.abs(images(lora) - images(policy)).max() <= 2
+    assert np.abs(images(lora) - images(base)).max() > 10  # the adapter does change the images
+
+    # A full fine-tune's output (a U-Net folder) is swapped into the base pipeline.
+    from lpo.lora import save_unet
+
+    full = RunFolder.create({"method": "diffusion-dpo", "model": {"base": str(tiny_world_dir)}}, folder=tmp_path / "full")
+    save_unet(components.unet, full.path / "model")
+    unet = run_eval(_config(full.path, tmp_path, **kwargs))
+    assert unet.records[0].checkpoint["adapter_kind"] == "unet" and unet.records[0].method == "diffusion-dpo"
+    assert np.abs(images(unet) - images(policy)).max() <= 2
+
+
 class _Exploding:
     name, version, higher_is_better = "test_exploding", "0", True
 

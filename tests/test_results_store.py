@@ -140,9 +140,9 @@ def test_run_folder_checkpoints_carry_run_id_method_and_training_cost(tmp_path, 
     assert record.training_cost["device_hours"] == pytest.approx({"reward_model_training": 0.5, "optimisation": 1.0})
     assert record.checkpoint["path"] == str((run.path / "pipeline").resolve())
 
-    # A run folder without an exported pipeline names what it looked for.
+    # A run folder without a final model names what it looked for.
     shutil.rmtree(run.path / "pipeline")
-    with pytest.raises(LpoError, match="no exported pipeline"):
+    with pytest.raises(LpoError, match="no final model yet"):
         run_eval(config)
 
 

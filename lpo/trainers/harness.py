@@ -105,9 +105,28 @@ def make_accelerator(optim: OptimConfig, run: RunConfig, accelerator: Any = None
 
     trackers = resolve_trackers(run.trackers)
     try:
-        return Accelerator(mixed_precision=optim.mixed_precision, log_with=trackers or None)
+        accelerator = Accelerator(mixed_precision=optim.mixed_precision, log_with=trackers or None)
     except ValueError as err:
         raise LpoError(f"could not set up accelerate with mixed_precision={optim.mixed_precision}: {err}") from err
+    _check_world_size(accelerator)
+    return accelerator
+
+
+def _check_world_size(accelerator: Any) -> None:
+    """Refuse N launched processes that each think they are alone (they would all write one run).
+
+    It happens on machines without GPUs: ``accelerate launch --multi_gpu`` marks the processes
+    as non-CPU and finds no CUDA, and ``accelerate launch --cpu --num_processes N`` starts a
+    single process unless an MPI hostfile is given.
+    """
+    import os
+
+    world_size = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if world_size > 1 and accelerator.num_processes != world_size:
+        raise LpoError(
+            f"{world_size} processes were launched (WORLD_SIZE) but accelerate sees {accelerator.num_processes}; "
+            "on a machine without GPUs launch with ACCELERATE_USE_CPU=1 torchrun --nproc_per_node N -m lpo.cli train ..."
+        )
 
 
 def flat_config(config: Any) -> dict[str, Any]:
@@ -506,5 +525,8 @@ def finish_run(
         result.cost = meter.as_dict()
     if run is not None:
         accelerator.wait_for_everyone()
-    accelerator.end_training()
+    # Trackers only: accelerator.end_training() would also destroy the process group, and a
+    # second job in the same processes (tests, notebooks) could not run.
+    for tracker in accelerator.trackers:
+        tracker.finish()
     return result

@@ -161,7 +161,9 @@ def resolve_checkpoint(spec: str, benchmark=None, prompts=None) -> Checkpoint:
     if benchmark is not None and benchmark.reference_source(spec, prompts or []) is not None:
         from lpo.world.grammar import WORLD_VERSION
 
-        digest = hashlib.sha256(f"reference|{spec}|world{WORLD_VERSION}".encode()).hexdigest()[:16]
+        # The prompt list is part of it: "shuffled" draws each image from the other prompts.
+        prompt_list = hashlib.sha256("\n".join(prompts or []).encode()).hexdigest()
+        digest = hashlib.sha256(f"reference|{spec}|world{WORLD_VERSION}|{prompt_list}".encode()).hexdigest()[:16]
         return Checkpoint(spec=spec, label=spec, content_hash=digest, kind="reference", method="reference", base_model=None)
 
     # 2. World aliases.

@@ -71,6 +71,13 @@ def test_world_records_match_lpo_world_eval(tmp_path, source):
         assert record.value == pytest.approx(old.overall[key], abs=1e-6)
 
 
+def test_shuffled_reference_images_are_keyed_by_their_prompt_set(tmp_path):
+    """"shuffled" draws from the other prompts, so a smaller set must not reuse its images."""
+    small = run_eval(_config("shuffled", tmp_path, max_prompts=6, metrics=("world_clip",)))
+    large = run_eval(_config("shuffled", tmp_path, max_prompts=12, metrics=("world_clip",)))
+    assert small.checkpoint.content_hash != large.checkpoint.content_hash and large.images_cached == 0
+
+
 def test_record_statistics_follow_the_per_image_scores(tmp_path):
     """value / stderr / ci95 recomputed independently from the stored per-image scores."""
     out = run_eval(_config("noise", tmp_path, max_prompts=6, metrics=("world_aesthetic",)))

@@ -174,7 +174,14 @@ def build_gap_scorers(
     for role, name in config.scorer_names().items():
         factory = _gap_scorer_factory(name)
         if isinstance(factory, _MetricGapScorerFactory):
-            scorers[role] = factory(weights.pop(name, None), processors.pop(name, None))
+            # Keyed by the scorer name or by its metric's name (what the metric's own errors print).
+            from lpo.evals.metrics.gap import GAP_SCORER_METRICS
+
+            keys = (name, GAP_SCORER_METRICS.get(name, name))
+            scorers[role] = factory(
+                next((weights.pop(k) for k in keys if k in weights), None),
+                next((processors.pop(k) for k in keys if k in processors), None),
+            )
         else:
             scorers[role] = factory()
     unused = sorted({*weights, *processors})

@@ -6,6 +6,12 @@ all tests, which must therefore treat it as read-only (copy it to modify it).
 
 from __future__ import annotations
 
+import os
+
+# Tests never download: any hub access fails at once instead of retrying for seconds.
+# Set before anything imports huggingface_hub, which reads it at import.
+os.environ["HF_HUB_OFFLINE"] = "1"
+
 from pathlib import Path
 
 import pytest

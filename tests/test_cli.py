@@ -152,5 +152,5 @@ def test_mpcf_command_filters_and_reports(tmp_path):
     assert result.exit_code == 0, result.output
     kept = load_pairs(out).pairs
     assert sorted(p.pair_id for p in kept) == ["p0", "p2", "p4"]
-    bad = invoke("mpcf", src, "--out", out, "--preset", "paper")
-    assert bad.exit_code == 2 and "laion-aesthetic" in bad.output
+    bad = invoke("mpcf", src, "--out", out, "--preset", "paper")  # real-mode scorers, no weights here
+    assert bad.exit_code == 2 and "--metric-weights" in bad.output and "Traceback" not in bad.output

@@ -407,7 +407,8 @@ def test_real_mode_scorers_come_from_the_evaluation_metrics(tmp_path):
     clip = tiny_clip_folder(tmp_path / "clip", seed=5)
     write_aesthetic_head(tmp_path)
     config = MPCFConfig(aesthetic_scorer="laion-aesthetic", clip_scorer="world-clip", vqa_scorer="world-vqa")
-    scorers = build_gap_scorers(config, {"laion-aesthetic": str(tmp_path)}, {"laion-aesthetic": str(clip)})
+    # keyed by the scorer's name or by its metric's name (the one the metric's errors print)
+    scorers = build_gap_scorers(config, {"laion-aesthetic": str(tmp_path)}, {"laion_aesthetic": str(clip)})
     assert isinstance(scorers["aesthetic"], MetricGapScorer)
     assert scorers["aesthetic"].name == "laion_aesthetic"  # the metric's name and version key the cache
     images = [np.full((32, 32, 3), v, dtype=np.uint8) for v in (10, 200)]

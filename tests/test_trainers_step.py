@@ -173,9 +173,15 @@ def test_one_step_of_every_trainer_trains_the_chosen_weights_only(method, tiny_w
 
 
 def test_lpo_round_records_kept_pairs_and_log_ratios(tiny_world_dir, world_lrm, tmp_path):
+    events = []
     result = run_training("lpo", "lpo-world", [f"model.base={tiny_world_dir}", f"reward.path={world_lrm}", *QUICK_STEP,
-                                               "train.max_rounds=2", "train.train_batch_size=4"],
-                          run_dir=tmp_path / "run")
+                                               "train.max_rounds=2", "train.train_batch_size=4", "run.save_every=1"],
+                          run_dir=tmp_path / "run", callbacks=[events.append])
+    # the evaluation hook: one event per checkpoint and one for the final model, each loadable
+    assert [(e.step, e.final) for e in events] == [(1, False), (2, True)]
+    assert events[0].folder == tmp_path / "run" / "checkpoints" / "step-000001"
+    assert events[1].model_folder == result.model_folder and events[1].label == "lpo" and events[1].kind == "world"
+    assert all(_unet_state(e.model_folder) for e in events) and not events[0].lora
     first, second = result.history
     assert first["kept"] == first["branched"] == 4 * 4  # 4 prompts × 4 trained steps, all kept at threshold 0
     assert set(first["kept_by_timestep"]) == {"951", "901", "851", "801"}
@@ -236,3 +242,64 @@ def test_missing_parts_are_one_line_errors(tiny_world_dir, tmp_path):
     assert not any((tmp_path / d).exists() for d in "abc")  # refused before a run folder was made
     with pytest.raises(LpoError, match="--resume needs --run-dir"):
         run_training("lpo", "lpo-world", [f"reward.path={tmp_path}"], resume=True)
+
+
+def test_cli_train_help_dry_run_and_errors():
+    from typer.testing import CliRunner
+
+    from lpo.cli import app
+
+    runner = CliRunner()
+    assert runner.invoke(app, ["train", "--help"]).exit_code == 0
+    out = runner.invoke(app, ["train", "--method", "spo", "--preset", "spo-world", "--dry-run", "--set", "loss.beta=20"])
+    assert out.exit_code == 0 and json.loads(out.stdout)["loss"]["beta"] == 20.0
+    bad = runner.invoke(app, ["train", "--method", "ppo", "--preset", "lpo-world"])
+    assert bad.exit_code == 2 and "unknown trainer 'ppo'" in bad.output and "Traceback" not in bad.output
+    bad = runner.invoke(app, ["train", "--method", "lpo", "--preset", "lpo-world", "--set", "optim.lr=-1"])
+    assert bad.exit_code == 2 and "lr must be a finite number > 0" in bad.output
+
+
+def test_trackers_resolve_to_installed_ones():
+    from accelerate.utils import is_tensorboard_available, is_wandb_available
+
+    from lpo.trainers.harness import resolve_trackers
+
+    assert resolve_trackers(["auto"]) == (["tensorboard"] if is_tensorboard_available() else [])
+    assert resolve_trackers(["none"]) == []
+    if not is_wandb_available():
+        with pytest.raises(LpoError, match="tracker wandb is not installed"):
+            resolve_trackers(["wandb"])
+
+
+def test_sdxl_runs_and_writes_an_sdxl_lora(tiny_sdxl_dir, tmp_path):
+    """SDXL conditioning (pooled embeds, time ids) through the rollout, the gather and both losses."""
+    from diffusers import StableDiffusionXLPipeline
+
+    from lpo.models import ddim_from_config
+    from lpo.pairs import PreferencePair, save_pairs
+
+    lrm = _lrm_folder(tiny_sdxl_dir, tmp_path / "lrm")
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red circle\na blue square\n")
+    common = [f"model.base={tiny_sdxl_dir}", "model.dtype=fp32", "model.vae=none", "optim.mixed_precision=no",
+              "policy.gradient_checkpointing=false", "optim.lr=0.05"]
+    lpo = run_training("lpo", "lpo-sdxl", [*common, f"reward.path={lrm}", f"train.prompts={prompts}", *QUICK_STEP],
+                       run_dir=tmp_path / "lpo")
+    rng = np.random.default_rng(0)
+    pairs = [PreferencePair(f"p{i}", "a red circle", rng.integers(0, 255, (16, 16, 3), dtype=np.uint8),
+                            rng.integers(0, 255, (16, 16, 3), dtype=np.uint8), 1.0, "test") for i in range(4)]
+    save_pairs(pairs, tmp_path / "pairs.parquet")
+    dpo = run_training("diffusion-dpo", "dpo-sdxl", [
+        *common, f"data.pairs={tmp_path / 'pairs.parquet'}", "policy.mode=lora", "train.max_steps=1", "train.batch_size=4",
+        "optim.gradient_accumulation_steps=1", "optim.warmup_steps=0", "run.save_every=0",  # Adafactor, as the preset
+    ], run_dir=tmp_path / "dpo")
+    assert math.isfinite(lpo.final_loss) and math.isfinite(dpo.final_loss) and dpo.label == "diffusion-dpo-lora"
+    for result in (lpo, dpo):
+        pipe = StableDiffusionXLPipeline.from_pretrained(tiny_sdxl_dir)
+        pipe.scheduler = ddim_from_config(pipe.scheduler.config)
+        pipe.set_progress_bar_config(disable=True)
+        run = lambda: pipe(prompt=["a red circle"], num_inference_steps=3, generator=torch.Generator().manual_seed(0),  # noqa: E731
+                           output_type="np").images
+        base = run()
+        pipe.load_lora_weights(result.model_folder)
+        assert not np.allclose(run(), base, atol=1e-5)

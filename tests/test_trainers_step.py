@@ -259,6 +259,36 @@ def test_cli_train_help_dry_run_and_errors():
     assert bad.exit_code == 2 and "lr must be a finite number > 0" in bad.output
 
 
+def test_trackers_get_the_config_and_every_round(tiny_world_dir, world_lrm, tmp_path):
+    from accelerate.tracking import GeneralTracker
+
+    class Recorder(GeneralTracker):
+        name, requires_logging_directory, main_process_only = "recorder", False, True
+
+        def __init__(self):
+            super().__init__()
+            self.config, self.rows, self.finished = None, [], False
+
+        @property
+        def tracker(self):
+            return self
+
+        def store_init_configuration(self, values):
+            self.config = values
+
+        def log(self, values, step=None, **kwargs):
+            self.rows.append((step, values))
+
+        def finish(self):
+            self.finished = True
+
+    recorder = Recorder()
+    run_training("lpo", "lpo-world", [f"model.base={tiny_world_dir}", f"reward.path={world_lrm}", *QUICK_STEP,
+                                      "train.max_rounds=2"], run_dir=tmp_path / "run", trackers=[recorder])
+    assert recorder.config["loss.beta"] == 50.0 and recorder.config["reward.path"] == str(world_lrm)
+    assert [step for step, _ in recorder.rows] == [1, 2] and "loss" in recorder.rows[0][1] and recorder.finished
+
+
 def test_trackers_resolve_to_installed_ones():
     from accelerate.utils import is_tensorboard_available, is_wandb_available
 

@@ -49,6 +49,7 @@ from lpo.trainers.harness import (
     build_lr_schedule,
     build_optimizer,
     finish_run,
+    finite_or_none,
     make_accelerator,
     reduce_logs,
     register_policy_checkpointing,
@@ -141,6 +142,7 @@ class DiffusionDPOTrainer:
         run: RunFolder | None = None,
         accelerator: Any = None,
         callbacks: Sequence[CheckpointCallback] = (),
+        trackers: Sequence[Any] = (),
         progress: ProgressFn | None = None,
         log: Callable[[str], None] | None = None,
     ) -> None:
@@ -156,6 +158,7 @@ class DiffusionDPOTrainer:
         self.run = run
         self.accelerator = make_accelerator(config.optim, config.run, accelerator)
         self.callbacks = list(callbacks)
+        self.trackers = list(trackers)  # extra accelerate GeneralTracker objects, besides config.run.trackers
         self.progress = progress
         self.log = log
 
@@ -262,7 +265,7 @@ class DiffusionDPOTrainer:
         lr_schedule = build_lr_schedule(optimizer, config.optim, config.train.max_steps)
         model, optimizer = acc.prepare(self.policy.unet, optimizer)
         acc.register_for_checkpointing(lr_schedule)
-        start_trackers(acc, run, "lpo-diffusion-dpo", config)
+        start_trackers(acc, run, "lpo-diffusion-dpo", config, self.trackers)
 
         step, resumed_from = 0, None
         history: list[dict[str, Any]] = []
@@ -302,7 +305,7 @@ class DiffusionDPOTrainer:
                 step += 1
                 if (step % config.run.log_every == 0) or step == config.train.max_steps:
                     row = {"step": step, **reduce_logs(acc, window), "lr": window[-1].lr,
-                           "grad_norm": window[-1].grad_norm, "seconds": time.perf_counter() - window_start}
+                           "grad_norm": finite_or_none(window[-1].grad_norm), "seconds": time.perf_counter() - window_start}
                     history.append(row)
                     window, window_start = [], time.perf_counter()
                     acc.log({k: v for k, v in row.items() if isinstance(v, (int, float)) and v is not None}, step=step)

@@ -89,10 +89,12 @@ def resolve_trackers(names: Sequence[str]) -> list[str]:
 
 
 def make_accelerator(optim: OptimConfig, run: RunConfig, accelerator: Any = None) -> Any:
-    """An ``Accelerator`` for ``optim.mixed_precision`` with ``run``'s trackers, or the given one checked.
+    """An ``Accelerator`` for ``optim.mixed_precision``, or the given one checked.
 
     Gradient accumulation is done by :func:`accumulated_step` (micro-batches of a round have
-    uneven sizes), so accelerate's own counter stays at 1.
+    uneven sizes), so accelerate's own counter stays at 1. Trackers are attached later by
+    :func:`start_trackers`, once the run folder (their logging directory) exists: accelerate
+    refuses tensorboard without one.
     """
     if accelerator is not None:
         if str(accelerator.mixed_precision) != optim.mixed_precision:
@@ -103,9 +105,9 @@ def make_accelerator(optim: OptimConfig, run: RunConfig, accelerator: Any = None
         return accelerator
     from accelerate import Accelerator
 
-    trackers = resolve_trackers(run.trackers)
+    resolve_trackers(run.trackers)  # fail now, not after the model is loaded, when one is missing
     try:
-        accelerator = Accelerator(mixed_precision=optim.mixed_precision, log_with=trackers or None)
+        accelerator = Accelerator(mixed_precision=optim.mixed_precision)
     except ValueError as err:
         raise LpoError(f"could not set up accelerate with mixed_precision={optim.mixed_precision}: {err}") from err
     _check_world_size(accelerator)
@@ -144,10 +146,18 @@ def flat_config(config: Any) -> dict[str, Any]:
     return out
 
 
-def start_trackers(accelerator: Any, run: RunFolder | None, name: str, config: Any) -> None:
-    if run is None or not accelerator.log_with:
+def start_trackers(accelerator: Any, run: RunFolder | None, name: str, config: Any, extra: Sequence[Any] = ()) -> None:
+    """Start ``config.run.trackers`` (plus ``extra`` accelerate ``GeneralTracker`` objects) with
+    the run folder as their logging directory, and log the flattened config as hyperparameters."""
+    if run is None:
+        return
+    from accelerate.tracking import filter_trackers
+
+    wanted = [*resolve_trackers(config.run.trackers), *extra]
+    if not wanted:
         return
     accelerator.project_configuration.set_directories(str(run.path))
+    accelerator.log_with = filter_trackers(wanted, accelerator.logging_dir)
     accelerator.init_trackers(name, config=flat_config(config))
 
 
@@ -274,12 +284,14 @@ def build_lr_schedule(optimizer: torch.optim.Optimizer, config: OptimConfig, tot
 
 @dataclass
 class StepLogs:
-    """Sums over one optimiser step's local samples: ``sums[name]`` and ``count``; grad norm; lr used."""
+    """Sums over one optimiser step's local samples: ``sums[name]`` and ``count``; grad norm; lr used;
+    ``skipped``: the update was skipped (fp16 loss scaling found inf/NaN gradients)."""
 
     sums: dict[str, float]
     count: int
     grad_norm: float | None
     lr: float
+    skipped: bool = False
 
 
 def accumulated_step(
@@ -316,10 +328,11 @@ def accumulated_step(
         grad_norm = float(accelerator.clip_grad_norm_(params, grad_clip))
     lr = float(optimizer.param_groups[0]["lr"])
     optimizer.step()
-    if lr_schedule is not None and not accelerator.optimizer_step_was_skipped:  # fp16 overflow: keep the schedule
+    skipped = bool(accelerator.optimizer_step_was_skipped)
+    if lr_schedule is not None and not skipped:  # fp16 overflow: keep the schedule where it was
         lr_schedule.step()
     optimizer.zero_grad(set_to_none=True)
-    return StepLogs(sums=sums, count=count, grad_norm=grad_norm, lr=lr)
+    return StepLogs(sums=sums, count=count, grad_norm=grad_norm, lr=lr, skipped=skipped)
 
 
 def reduce_logs(accelerator: Any, logs: Sequence[StepLogs]) -> dict[str, float]:
@@ -329,7 +342,11 @@ def reduce_logs(accelerator: Any, logs: Sequence[StepLogs]) -> dict[str, float]:
                          dtype=torch.float64, device=accelerator.device)
     total = accelerator.reduce(local, "sum").tolist()
     count = total[-1]
-    return {n: (total[i] / count if count else float("nan")) for i, n in enumerate(names)}
+    out = {n: (total[i] / count if count else float("nan")) for i, n in enumerate(names)}
+    # Updates skipped by fp16 loss scaling (the same on every process): the first few steps of
+    # an fp16 run are normal casualties while the scale comes down.
+    out["skipped_updates"] = sum(log.skipped for log in logs)
+    return out
 
 
 # --------------------------------------------------------------------------- checkpoints

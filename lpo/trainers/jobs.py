@@ -140,8 +140,14 @@ def run_training(
     resume: bool = False,
     console: Any = None,
     callbacks: Sequence[Callable] = (),
+    trackers: Sequence[Any] = (),
 ) -> Any:
-    """Train ``method`` from ``preset`` + overrides in ``run_dir`` (or runs/PRESET-TIMESTAMP); a TrainResult."""
+    """Train ``method`` from ``preset`` + overrides in ``run_dir`` (or runs/PRESET-TIMESTAMP); a TrainResult.
+
+    callbacks: called with a :class:`~lpo.trainers.harness.CheckpointEvent` after every
+    checkpoint and for the final model (main process), e.g. to evaluate it.
+    trackers: extra accelerate ``GeneralTracker`` objects, besides ``run.trackers``.
+    """
     import torch
 
     from lpo.generate import resolve_model_name
@@ -174,7 +180,7 @@ def run_training(
     policy = build_policy(components.unet, config.policy, config.run.seed, config.model.dtype)
 
     # 3. the method's own parts, then the trainer
-    common = dict(run=run, accelerator=accelerator, callbacks=list(callbacks), log=say)
+    common = dict(run=run, accelerator=accelerator, callbacks=list(callbacks), trackers=list(trackers), log=say)
     if method == "diffusion-dpo":
         from lpo.pairs import load_pairs
 

@@ -56,6 +56,7 @@ from lpo.trainers.harness import (
     build_lr_schedule,
     build_optimizer,
     finish_run,
+    finite_or_none,
     make_accelerator,
     reduce_logs,
     register_policy_checkpointing,
@@ -163,6 +164,7 @@ class StepDPOTrainer:
         reward_cost: dict[str, Any] | None = None,
         reward_source: str = "reward model",
         callbacks: Sequence[CheckpointCallback] = (),
+        trackers: Sequence[Any] = (),
         progress: ProgressFn | None = None,
         log: Callable[[str], None] | None = None,
     ) -> None:
@@ -180,6 +182,7 @@ class StepDPOTrainer:
         self.reward_cost = reward_cost
         self.reward_source = reward_source
         self.callbacks = list(callbacks)
+        self.trackers = list(trackers)  # extra accelerate GeneralTracker objects, besides config.run.trackers
         self.progress = progress
         self.log = log
 
@@ -267,7 +270,7 @@ class StepDPOTrainer:
         lr_schedule = build_lr_schedule(optimizer, config.optim, plan.rounds)
         model, optimizer = acc.prepare(self.policy.unet, optimizer)
         acc.register_for_checkpointing(lr_schedule)
-        start_trackers(acc, run, f"lpo-{self.method}", config)
+        start_trackers(acc, run, f"lpo-{self.method}", config, self.trackers)
 
         # 2. resume
         start, optimizer_steps, resumed_from = 0, 0, None
@@ -336,7 +339,7 @@ class StepDPOTrainer:
                 if step_logs:
                     row.update(reduce_logs(acc, step_logs))
                     norms = [s.grad_norm for s in step_logs if s.grad_norm is not None]
-                    row["grad_norm"] = norms[-1] if norms else None
+                    row["grad_norm"] = finite_or_none(norms[-1]) if norms else None  # NaN after an fp16 overflow
                 history.append(row)
                 if (round_index + 1) % config.run.log_every == 0 or round_index + 1 == plan.rounds:
                     numeric = {k: v for k, v in row.items() if isinstance(v, (int, float)) and v is not None}

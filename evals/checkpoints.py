@@ -12,9 +12,9 @@ Accepted, in this order:
    any, else its final policy ``model/`` applied to the run's base model
    (``config.json`` ``model.base``): a diffusers LoRA folder
    (``pytorch_lora_weights.safetensors``, loaded with ``load_lora_weights``) or a
-   ``UNet2DConditionModel`` folder (a full fine-tune, swapped in). Intermediate
-   checkpoints (``checkpoints/step-N/``) are evaluated the same way once a trainer writes
-   a ``model/`` inside them (:func:`_from_run_folder` is the one place to extend);
+   ``UNet2DConditionModel`` folder (a full fine-tune, swapped in);
+   an intermediate checkpoint ``RUN/checkpoints/step-N/`` the same way from its own
+   ``model/``, with the cost snapshot written with it;
 5. a hub id ``owner/name`` (real mode).
 
 The checkpoint hash keys the image cache and goes into every record: two records with
@@ -70,6 +70,7 @@ class Checkpoint:
             "path": self.path,
             "hub_id": self.hub_id,
             **({"base": self.base, "adapter_kind": self.adapter_kind, "adapter_path": self.adapter_path} if self.adapter_kind else {}),
+            **self.extra,  # e.g. an intermediate checkpoint's training step, a hub commit
         }
 
     @property
@@ -185,6 +186,8 @@ def resolve_checkpoint(spec: str, benchmark=None, prompts=None) -> Checkpoint:
             return _from_run_folder(spec, path)
         if path.name == RUN_MODEL_DIR and (path.parent / "run.json").is_file():
             return _from_run_folder(spec, path.parent)
+        if (path / RUN_MODEL_DIR).is_dir() and (path.parent.parent / "run.json").is_file():
+            return _from_run_checkpoint(spec, path)
         raise LpoError(
             f"{spec} is not a diffusers pipeline (no model_index.json); pass a folder saved with save_pretrained, "
             "world, a run folder, or a hub id such as stable-diffusion-v1-5/stable-diffusion-v1-5"
@@ -209,12 +212,31 @@ def _pipeline_folder(spec: str, folder: Path) -> Checkpoint:
     return ckpt
 
 
-def _from_run_folder(spec: str, run_dir: Path) -> Checkpoint:
-    """A run's final policy: its merged ``pipeline/``, else ``model/`` on the run's base model."""
-    for name in RUN_PIPELINE_SUBFOLDERS:
-        if (run_dir / name / "model_index.json").is_file():
-            return _pipeline_folder(spec, run_dir / name)
-    model = run_dir / RUN_MODEL_DIR
+def _from_run_checkpoint(spec: str, folder: Path) -> Checkpoint:
+    """An intermediate checkpoint ``RUN/checkpoints/step-N``: its ``model/`` on the run's base
+    model, with the cost snapshot the trainer wrote at that step (not the finished run's)."""
+    from lpo.runs import read_cost
+
+    run_dir = folder.parent.parent
+    ckpt = _from_run_folder(spec, run_dir, model=folder / RUN_MODEL_DIR)
+    try:
+        ckpt.training_cost = read_cost(folder)  # folder/cost.json (its parent has none)
+    except LpoError:
+        ckpt.training_cost = None  # an older trainer wrote no snapshot: no cost beats a wrong one
+    step = folder.name.rpartition("-")[2]
+    ckpt.extra["step"] = int(step) if step.isdigit() else step
+    ckpt.label = f"{ckpt.label}@{ckpt.extra['step']}" if ckpt.label != spec else ckpt.label
+    return ckpt
+
+
+def _from_run_folder(spec: str, run_dir: Path, model: Path | None = None) -> Checkpoint:
+    """A run's final policy: its merged ``pipeline/``, else ``model/`` on the run's base model
+    (or ``model``, an intermediate checkpoint's policy folder)."""
+    if model is None:
+        for name in RUN_PIPELINE_SUBFOLDERS:
+            if (run_dir / name / "model_index.json").is_file():
+                return _pipeline_folder(spec, run_dir / name)
+    model = model if model is not None else run_dir / RUN_MODEL_DIR
     if (model / LORA_WEIGHTS).is_file():
         adapter_kind = "lora"
     elif (model / "config.json").is_file() and (model / "diffusion_pytorch_model.safetensors").is_file():

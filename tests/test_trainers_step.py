@@ -180,6 +180,16 @@ def test_lpo_round_records_kept_pairs_and_log_ratios(tiny_world_dir, world_lrm, 
     # the evaluation hook: one event per checkpoint and one for the final model, each loadable
     assert [(e.step, e.final) for e in events] == [(1, False), (2, True)]
     assert events[0].folder == tmp_path / "run" / "checkpoints" / "step-000001"
+    # each checkpoint carries what it cost to reach: less than the finished run
+    snapshot = read_cost(events[0].folder)
+    assert 0 < snapshot["seconds"]["optimisation"] < read_cost(tmp_path / "run")["seconds"]["optimisation"]
+    # and the evaluator takes it as a checkpoint of its own, at its own step and cost
+    from lpo.evals.checkpoints import resolve_checkpoint
+
+    ckpt = resolve_checkpoint(str(events[0].folder))
+    assert ckpt.adapter_path == str((events[0].folder / "model").resolve()) and ckpt.as_dict()["step"] == 1
+    assert ckpt.training_cost == snapshot and ckpt.method == "lpo" and ckpt.label == "lpo@1"
+    assert ckpt.content_hash != resolve_checkpoint(str(tmp_path / "run")).content_hash
     assert events[1].model_folder == result.model_folder and events[1].label == "lpo" and events[1].kind == "world"
     assert all(_unet_state(e.model_folder) for e in events) and not events[0].lora
     first, second = result.history

@@ -56,6 +56,7 @@ from lpo.trainers.harness import (
     resume_from_checkpoint,
     start_trackers,
     write_checkpoint,
+    write_checkpoint_cost,
     write_metrics,
 )
 
@@ -322,6 +323,7 @@ class DiffusionDPOTrainer:
                     folder = write_checkpoint(acc, run, step, self.policy, c.kind, trainer_state(), config.run.keep_checkpoints)
                     if is_main:
                         run.write_cost(meter)
+                        write_checkpoint_cost(folder, run)
                         event = CheckpointEvent(step, folder, folder / "model", False, c.kind, self.label, self.policy.is_lora)
                         for callback in self.callbacks:
                             callback(event)

@@ -411,6 +411,19 @@ def write_checkpoint(
     return final
 
 
+def write_checkpoint_cost(folder: Path, run: RunFolder) -> None:
+    """Snapshot the run's cost record into a checkpoint: what this checkpoint cost to reach.
+
+    An evaluation of ``checkpoints/step-N`` reads it, so quality-vs-compute curves place
+    intermediate checkpoints at their own device-seconds, not the finished run's.
+    """
+    from lpo.runs import COST_NAME
+
+    cost = run.read_cost()
+    if cost is not None:
+        atomic_write_json(folder / COST_NAME, cost)
+
+
 def config_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     """'key: old -> new' for every dotted key that differs, bookkeeping fields excepted."""
 

@@ -63,6 +63,7 @@ from lpo.trainers.harness import (
     resume_from_checkpoint,
     start_trackers,
     write_checkpoint,
+    write_checkpoint_cost,
     write_metrics,
 )
 
@@ -359,6 +360,7 @@ class StepDPOTrainer:
                                               config.run.keep_checkpoints)
                     if is_main:
                         run.write_cost(meter)
+                        write_checkpoint_cost(folder, run)
                         event = CheckpointEvent(done, folder, folder / "model", False, self.components.kind, self.label,
                                                 self.policy.is_lora)
                         for callback in self.callbacks:

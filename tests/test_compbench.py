@@ -15,7 +15,7 @@ from PIL import Image
 from detection_fixtures import compbench_roles, tiny_blip_folder
 from metric_fixtures import random_image
 from lpo.errors import LpoError
-from lpo.evals.benchmarks import BENCHMARKS
+from lpo.evals.benchmarks import BENCHMARKS, prompt_hash
 from lpo.evals.benchmarks import t2i_compbench as bench
 from lpo.evals.metrics import METRICS, MetricSpec
 from lpo.evals.metrics import compbench_rules as rules
@@ -532,3 +532,29 @@ def test_benchmark_missing_files_and_download(tmp_path, monkeypatch):
     with pytest.raises(LpoError, match="could not download complex_val_action.txt") as err:
         BENCHMARKS.get("t2i-compbench")("complex").prompt_set()
     assert "\n" not in str(err.value)
+
+
+def test_harness_evaluates_each_category_with_its_rule(tmp_path, tiny_sd15_dir, roles):
+    """lpo eval's path: the benchmark records each prompt's category before the metric
+    scores, and the record's breakdown is the per-category table row."""
+    from lpo.evals.harness import EvalConfig, EvalProtocol, run_eval
+
+    folder = write_dataset(tmp_path / "dataset")
+    out = run_eval(
+        EvalConfig(
+            checkpoint=str(tiny_sd15_dir), benchmark="t2i-compbench", prompts=f"color,numeracy,non_spatial@{folder}",
+            protocol=EvalProtocol(steps=2, images_per_prompt=1, batch_size=4), metric_weights={"t2i_compbench": str(roles)},
+            device="cpu", cache_dir=tmp_path / "cache", results_dir=tmp_path / "results",
+        )
+    )
+    (record,) = out.records
+    assert record.metric == "t2i_compbench" and record.metric_weights and "blip" in record.metric_weights
+    assert [entry["category"] for entry in record.breakdown] == ["color", "numeracy", "non_spatial"]
+    prompts = list(out.prompt_set.prompts)
+    images = [Image.open(out.image_folder / prompt_hash(p) / "0000.png").convert("RGB") for p in prompts]
+    metric = METRICS.get("t2i_compbench")(MetricSpec(weights=str(roles)))
+    direct = metric.score(images, prompts).tolist()
+    key = record.metric_key
+    assert [row[0] for row in out.scores[key]] == pytest.approx(direct, abs=1e-6)
+    color = [v for v, c in zip(direct, out.prompt_set.categories) if c == "color"]
+    assert record.breakdown[0]["value"] == pytest.approx(float(np.mean(color)), abs=1e-6)

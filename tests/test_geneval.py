@@ -370,3 +370,29 @@ def test_benchmark_errors_and_download(tmp_path, monkeypatch):
     with pytest.raises(LpoError, match="could not download evaluation_metadata.jsonl") as err:
         BENCHMARKS.get("geneval")(None).prompt_set()
     assert "\n" not in str(err.value)
+
+
+def test_harness_breaks_geneval_down_by_task(tmp_path, tiny_sd15_dir, roles):
+    """lpo eval's path: the benchmark records each prompt's metadata, the metric scores
+    0/1 per image, the record breaks down by task; GenEval's overall is their mean."""
+    from lpo.evals.benchmarks import prompt_hash
+    from lpo.evals.harness import EvalConfig, EvalProtocol, run_eval
+
+    path = write_metadata(tmp_path / "evaluation_metadata.jsonl")
+    out = run_eval(
+        EvalConfig(
+            checkpoint=str(tiny_sd15_dir), benchmark="geneval", prompts=str(path),
+            protocol=EvalProtocol(steps=2, images_per_prompt=1, batch_size=6), metric_weights={"geneval": str(roles)},
+            device="cpu", cache_dir=tmp_path / "cache", results_dir=tmp_path / "results",
+        )
+    )
+    (record,) = out.records
+    assert [entry["category"] for entry in record.breakdown] == list(rules.TAGS)
+    prompts = list(out.prompt_set.prompts)
+    images = [Image.open(out.image_folder / prompt_hash(p) / "0000.png").convert("RGB") for p in prompts]
+    metric = METRICS.get("geneval")(MetricSpec(weights=str(roles)))
+    direct = metric.score(images, prompts).tolist()
+    assert [row[0] for row in out.scores[record.metric_key]] == direct
+    tasks = {entry["category"]: entry["value"] for entry in record.breakdown}
+    assert tasks == {tag: v for tag, v in zip(rules.TAGS, direct)}
+    assert rules.overall_score(tasks) == pytest.approx(float(np.mean(direct)))  # one image per task here

@@ -64,12 +64,13 @@ DEFAULT_WEIGHTS = {"blip": BLIP_VQA_DEFAULT, "detector": OWLV2_DEFAULT, "depth":
 NAMESPACE = "t2i-compbench"  # prompt_info namespace the benchmark fills
 CATEGORIES = ("color", "shape", "texture", "spatial", "3d_spatial", "numeracy", "non_spatial", "complex")
 
-_DETECTOR_TAG = "owlv2-b16-ens-t0.1-nms0.5"
+# The detector is a labelled variant: OWLv2 standing in for the official UniDet.
+_DETECTOR_TAG = "owlv2-b16ens-t0.1-nms0.5-for-unidet"
 VERSIONS = {
     "blip": "blip-vqa-capfilt-large-480+np-rule1+lpo1",
-    "spatial": f"{_DETECTOR_TAG}+unidet-2d-rules+lpo1",
-    "3d_spatial": f"{_DETECTOR_TAG}+dpt-hybrid-midas-480+unidet-3d-rules+lpo1",
-    "numeracy": f"{_DETECTOR_TAG}+unidet-count-rules+lpo1",
+    "spatial": f"{_DETECTOR_TAG}+official-2d-rules+lpo1",
+    "3d_spatial": f"{_DETECTOR_TAG}+dpt-hybrid-midas-480+official-3d-rules+lpo1",
+    "numeracy": f"{_DETECTOR_TAG}+official-count-rules+lpo1",
     "clip": "clip-b32-cos+lpo1",
     "complex": f"3in1(blip,{_DETECTOR_TAG},clip-b32)+lpo1",
 }
@@ -218,11 +219,11 @@ def _category_metric(metric_name: str, category: str, roles: tuple[str, ...], pr
     @METRICS.register(metric_name)
     class CategoryMetric(_CompBenchMetric):
         name = metric_name
-        __qualname__ = f"CompBench[{metric_name}]"
 
         def score_batch(self, images, prompts) -> torch.Tensor:
             return torch.tensor(self.scorer.rule(category)(images, prompts), dtype=torch.float32)
 
+    CategoryMetric.__name__ = CategoryMetric.__qualname__ = "".join(w.title() for w in metric_name.split("_"))
     CategoryMetric.version = version
     CategoryMetric.formula = formula
     CategoryMetric.roles = roles

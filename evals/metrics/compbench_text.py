@@ -1,18 +1,22 @@
 """Reading T2I-CompBench++ prompts without spaCy: noun phrases, spatial objects, counts.
 
 The official scorers parse each prompt with spaCy's ``en_core_web_sm`` (a model that is
-downloaded separately and not installable here). Each reading below is a plain rule that
-gives spaCy's answer on the benchmark's own prompt grammar, and an approximation on the
-free-form captions some categories also hold:
+downloaded separately and not installable here). Each reading below is a plain rule
+written to give spaCy's answer on the benchmark's own prompt grammar, and an
+approximation on the free-form captions some categories also hold:
 
 - :func:`noun_chunks` (BLIP-VQA questions, colour / shape / texture / complex): spaCy's
   ``doc.noun_chunks``. A chunk is a maximal run of words between boundaries:
-  punctuation, conjunctions, prepositions, auxiliaries and pronouns, and verbs (a closed
-  list holding the verbs of the official validation prompts, plus an ``-ed`` / ``-ing``
-  word that follows a noun and is followed by a determiner, preposition or the end).
-  Chunks made only of determiners, numbers or pronouns are dropped. On the templated
-  prompts ("a green bench and a blue bowl", "an oblong cucumber and a teardrop plum",
-  "a triangular slice of cheese ...") this is exactly spaCy's segmentation; on free-form
+  punctuation, digits, conjunctions, prepositions, auxiliaries and pronouns, and verbs
+  (a closed list holding the verbs of the official validation prompts, plus an ``-ed`` /
+  ``-ing`` word that follows a noun and precedes a determiner, preposition or the end);
+  an article opens a new chunk; "and", "or" or a comma between two adjectives does not
+  split one ("the white and yellow clock", "the soft, gentle touch"). Chunks made only of
+  determiners, numbers or pronouns are dropped, and each chunk is spelled as in the
+  prompt. The templated prompts ("a green bench and a blue bowl", "an oblong cucumber
+  and a teardrop plum", "a triangular slice of cheese ...") are determiner + modifiers +
+  noun phrases joined by "and" / "of", which this splits as spaCy's noun chunks do (by
+  construction: spaCy is not installable here to compare against); on free-form
   captions a verb missing from the list joins the phrase before it, and spaCy's
   adjective-only or adverb-led chunks may differ.
 - :func:`spatial_objects` (2D / 3D spatial): the first and last nouns (spaCy

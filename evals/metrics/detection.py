@@ -115,8 +115,8 @@ class Owlv2Detector:
 
     def detect(self, images: Sequence[Image.Image], labels_per_image: Sequence[Sequence[str]]) -> list[list[Detection]]:
         images = list(images)
-        if not images:
-            return []
+        if not any(labels_per_image):
+            return [[] for _ in images]
         input_ids, attention_mask, num_queries = self._queries(labels_per_image)
         with torch.no_grad():
             out = self.model(input_ids=input_ids, pixel_values=self.pixel_values(images), attention_mask=attention_mask)

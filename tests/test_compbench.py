@@ -90,9 +90,12 @@ def test_spatial_relations_and_objects():
     assert text.spatial_objects("a bird on side of a airplane", "on side of") == ("bird", "airplane")
     assert text.spatial_objects("a chair hidden by a mouse", "hidden") == ("chair", "mouse")
     assert text.spatial_objects("A Girl on the left of a Horse.", "on the left of") == ("girl", "horse")
-    assert text.complex_spatial_objects("The red hat was on top of the brown coat rack.") == ("hat", "rack")
+    # the nearest noun before, the first noun after (the compound's first noun, as spaCy tags it)
+    assert text.complex_spatial_objects("The red hat was on top of the brown coat rack.") == ("hat", "coat")
     assert text.complex_spatial_objects("The green plant was on the right of the white wall.") == ("plant", "wall")
     assert text.complex_spatial_objects("The white cat is lying on the brown sofa.") is None
+    # two prepositions: four objects, which the official parser discards
+    assert text.complex_spatial_objects("The cat was near the dog and next to the bird.") is None
 
 
 def test_numeracy_targets():

@@ -22,9 +22,9 @@ approximation on the free-form captions some categories also hold:
 - :func:`spatial_objects` (2D / 3D spatial): the first and last nouns (spaCy
   ``pos_ == 'NOUN'``). Those prompts are "a/an X RELATION a/an Y" with one-word X and
   Y, so the head word before the relation and the last word are those nouns.
-- :func:`complex_spatial_objects` (the complex category's spatial part): the nouns
-  nearest before and after the first preposition of the official list, read as the
-  head words of the noun phrases on either side.
+- :func:`complex_spatial_objects` (the complex category's spatial part): the noun
+  before and after each preposition of the official list, kept only when exactly two
+  are found, as upstream; nouns read from the neighbouring noun phrases.
 - :func:`numeracy_targets`: the official word scan (a number word followed by an object
   from the official singular/plural list, one or two words long), with the count taken
   from the number word. The official loop also miscounts a few forms (a plural after
@@ -208,25 +208,33 @@ def spatial_objects(prompt: str, relation: str | None) -> tuple[str, str] | None
 
 
 def complex_spatial_objects(prompt: str) -> tuple[str, str] | None:
-    """The nouns on either side of the first complex-category preposition, or None.
+    """The two objects the official complex-category parser finds, or None.
 
-    The official parser walks from the preposition to the nearest NOUN on each side; here
-    the nearest noun phrase's head word (its last word) on each side.
+    Upstream scans the tokens; at every preposition of :data:`COMPLEX_PREPOSITIONS`
+    (three-, then two-, then one-word matches) it takes the nearest noun before it and
+    the first noun after it, and uses the result only if it found exactly two objects
+    (so a prompt with two such prepositions scores 0). Here the noun before is the head
+    (last word) of the nearest noun phrase, the noun after the first word of the next
+    noun phrase that is neither a determiner nor an attribute adjective ("the brown
+    coat rack" -> "coat", as spaCy tags the compound).
     """
-    lower = prompt.lower()
-    best: tuple[int, str] | None = None
-    for preposition in COMPLEX_PREPOSITIONS:
-        at = re.search(r"\b" + re.escape(preposition) + r"\b", lower)
-        if at and (best is None or at.start() < best[0]):
-            best = (at.start(), preposition)
-    if best is None:
-        return None
-    start, preposition = best
-    before, after = prompt[:start], prompt[start + len(preposition) :]
-    left, right = noun_chunks(before), noun_chunks(after)
-    if not left or not right:
-        return None
-    return left[-1].split()[-1].lower(), right[0].split()[-1].lower()
+    words = [w for w in tokens(prompt)]
+    lower = [w.lower() for w in words]
+    by_length = {n: {p for p in COMPLEX_PREPOSITIONS if len(p.split()) == n} for n in (3, 2, 1)}
+    objects: list[str] = []
+    for i in range(len(words)):
+        k = next((n for n in (3, 2, 1) if " ".join(lower[i : i + n]) in by_length[n]), 0)
+        if not k:
+            continue
+        before = noun_chunks(" ".join(words[:i]))
+        if before:
+            objects.append(before[-1].split()[-1].lower())
+        after = noun_chunks(" ".join(words[i + k :]))
+        if after:
+            head = [w for w in after[0].split() if w.lower() not in _FUNCTION_ONLY and w.lower() not in ATTRIBUTE_ADJECTIVES]
+            if head:
+                objects.append(head[0].lower())
+    return (objects[0], objects[1]) if len(objects) == 2 else None
 
 
 # ------------------------------------------------------------------------- numeracy

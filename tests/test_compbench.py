@@ -442,6 +442,8 @@ def test_dispatching_metric_uses_each_prompts_category(roles):
 
 
 def test_loading_errors_are_one_line_with_the_fix(tmp_path, roles):
+    with pytest.raises(LpoError, match="takes no processor"):
+        METRICS.get("t2i_compbench")(MetricSpec(weights=str(roles), processor=str(roles)))
     with pytest.raises(LpoError) as err:
         METRICS.get("compbench_blip_vqa")(MetricSpec(weights=str(tmp_path / "nothing-here")))
     assert "\n" not in str(err.value) and "--metric-weights compbench_blip_vqa=" in str(err.value)
@@ -561,3 +563,16 @@ def test_harness_evaluates_each_category_with_its_rule(tmp_path, tiny_sd15_dir, 
     assert [row[0] for row in out.scores[key]] == pytest.approx(direct, abs=1e-6)
     color = [v for v, c in zip(direct, out.prompt_set.categories) if c == "color"]
     assert record.breakdown[0]["value"] == pytest.approx(float(np.mean(color)), abs=1e-6)
+
+
+def test_role_refs(tmp_path):
+    from lpo.evals.metrics.model_roles import role_refs
+
+    defaults = {"blip": "Salesforce/blip", "detector": "google/owl"}
+    assert role_refs(None, defaults, "blip") == defaults
+    assert role_refs("me/my-blip", defaults, "blip") == {"blip": "me/my-blip", "detector": "google/owl"}
+    (tmp_path / "detector").mkdir()
+    assert role_refs(str(tmp_path), defaults, "blip") == {"blip": "Salesforce/blip", "detector": str(tmp_path / "detector")}
+    plain = tmp_path / "plain-model"
+    plain.mkdir()
+    assert role_refs(str(plain), defaults, "detector") == {"blip": "Salesforce/blip", "detector": str(plain)}

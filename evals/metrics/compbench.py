@@ -53,7 +53,7 @@ from lpo.evals.metrics.base import METRICS, MetricSpec
 from lpo.evals.metrics.blip_vqa import BLIP_VQA_DEFAULT, BlipVqa, phrase_product
 from lpo.evals.metrics.clip_common import image_embeds, load_clip_tokenizer, text_embeds, tokenize
 from lpo.evals.metrics.detection import DPT_DEFAULT, OWLV2_DEFAULT, MidasDepth, Owlv2Detector, to_unidet_frame
-from lpo.evals.metrics.model_roles import role_refs
+from lpo.evals.metrics.model_roles import no_processor, role_refs
 from lpo.evals.metrics.preprocess import resize_shorter_center_crop, to_pixel_values
 from lpo.evals.metrics.prompt_info import lookup
 from lpo.evals.metrics.scoring import BatchedMetric
@@ -208,6 +208,7 @@ class _CompBenchMetric(BatchedMetric):
 
     def __init__(self, spec: MetricSpec):
         super().__init__(spec)
+        no_processor(spec.processor, self.name)
         refs = role_refs(spec.weights, DEFAULT_WEIGHTS, self.primary)
         self.scorer = CompBenchScorer(refs, metric=self.name, device=self.device, dtype=self.dtype)
         for role in self.roles:  # load now: the harness times loading apart from scoring

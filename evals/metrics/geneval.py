@@ -44,7 +44,7 @@ from lpo.errors import LpoError
 from lpo.evals.metrics import geneval_rules as rules
 from lpo.evals.metrics.base import METRICS, MetricSpec
 from lpo.evals.metrics.clip_common import image_embeds, load_clip_tokenizer, normalise, text_embeds, tokenize
-from lpo.evals.metrics.model_roles import role_refs
+from lpo.evals.metrics.model_roles import no_processor, role_refs
 from lpo.evals.metrics.preprocess import resize_shorter_center_crop, to_pixel_values, to_rgb
 from lpo.evals.metrics.prompt_info import lookup
 from lpo.evals.metrics.scoring import BatchedMetric
@@ -277,6 +277,7 @@ class GenEval(BatchedMetric):
 
     def __init__(self, spec: MetricSpec):
         super().__init__(spec)
+        no_processor(spec.processor, self.name)
         refs = role_refs(spec.weights, DEFAULT_WEIGHTS, "detector")
         fix = weights_fix(self.name, f"{MASK2FORMER_DEFAULT} (or a folder with detector/ and clip/ subfolders)")
         kwargs = dict(metric=self.name, fix=fix, device=self.device, dtype=self.dtype)

@@ -14,7 +14,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Mapping
 
+from lpo.errors import LpoError
 from lpo.evals.metrics.weights import looks_local
+
+
+def no_processor(processor: str | None, metric: str) -> None:
+    """These metrics read each model's tokenizer from its own folder and preprocess images
+    as their upstream scorers do: a separate processor would be ignored, so it is refused."""
+    if processor is not None:
+        raise LpoError(
+            f"{metric} takes no processor (each of its models brings its tokenizer); drop --metric-processor {metric}=..."
+        )
 
 
 def role_refs(weights: str | None, defaults: Mapping[str, str], primary: str) -> dict[str, str]:

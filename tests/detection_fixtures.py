@@ -4,8 +4,8 @@ Nothing is downloaded: each builder makes a transformers model from a config, ra
 it and saves it in the hub repository's layout, so the metrics load it through their own
 ``from_pretrained`` paths:
 
-- BLIP VQA (``BlipForQuestionAnswering`` + a BERT WordPiece tokenizer with BLIP's added
-  ``[DEC]`` / ``[ENC]`` tokens);
+- BLIP VQA (``BlipForQuestionAnswering`` + a plain BERT WordPiece tokenizer; BLIP's
+  ``[DEC]`` / ``[ENC]`` are the two ids after its vocabulary, as on the hub);
 - OWLv2 (``Owlv2ForObjectDetection`` + a CLIP BPE tokenizer whose id 0 is "!", OWLv2's
   padding token: OWLv2 treats a query whose first id is 0 as padding);
 - DPT-hybrid (``DPTForDepthEstimation`` with a three-stage BiT backbone, as
@@ -35,7 +35,8 @@ EXTRA_WORDS = (
 
 
 def blip_tokenizer_folder(folder: Path):
-    """BERT WordPiece vocabulary (BLIP's base) plus [DEC] (bos) and [ENC], saved to ``folder``."""
+    """A plain BERT WordPiece tokenizer, as the hub BLIP repositories ship (BLIP's [DEC] and
+    [ENC] are the two ids after the vocabulary, known to the model, not the tokenizer)."""
     from transformers import BertTokenizer
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -43,7 +44,6 @@ def blip_tokenizer_folder(folder: Path):
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + sorted(set(WORDS) | set(EXTRA_WORDS)) + chars + ["##" + c for c in chars]
     (folder / "vocab.txt").write_text("\n".join(dict.fromkeys(vocab)) + "\n")
     tokenizer = BertTokenizer.from_pretrained(folder, do_lower_case=True)
-    tokenizer.add_special_tokens({"bos_token": "[DEC]", "additional_special_tokens": ["[ENC]"]})
     tokenizer.save_pretrained(folder)
     return tokenizer
 
@@ -54,10 +54,10 @@ def tiny_blip_folder(folder: Path, seed: int = 3) -> Path:
     from transformers import BlipConfig, BlipForQuestionAnswering
 
     tokenizer = blip_tokenizer_folder(folder)
-    dec = tokenizer.convert_tokens_to_ids("[DEC]")
+    dec = len(tokenizer)  # [DEC]; [ENC] = dec + 1
     config = BlipConfig(
         text_config=dict(
-            vocab_size=len(tokenizer), hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=2,
+            vocab_size=len(tokenizer) + 2, hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=2,
             max_position_embeddings=64, encoder_hidden_size=32, bos_token_id=dec, pad_token_id=tokenizer.pad_token_id,
             sep_token_id=tokenizer.sep_token_id,
         ),

@@ -251,10 +251,11 @@ def test_blip_yes_probability_matches_the_models_own_forward(tmp_path):
         pixels = vqa.pixel_values([image])
         for question, p in zip(qs, probs):
             ids = tok([pre_question(question)], return_tensors="pt")
-            ids["input_ids"][:, 0] = tok.convert_tokens_to_ids("[ENC]")
+            dec = len(tok)  # BLIP's [DEC]; [ENC] follows it (the hub tokenizer names neither)
+            ids["input_ids"][:, 0] = dec + 1
             losses = {}
             for answer in ("yes", "no"):
-                decoder = torch.tensor([[tok.convert_tokens_to_ids("[DEC]"), tok.convert_tokens_to_ids(answer)]])
+                decoder = torch.tensor([[dec, tok.convert_tokens_to_ids(answer)]])
                 with torch.no_grad():
                     out = model(
                         input_ids=ids["input_ids"], attention_mask=ids["attention_mask"], pixel_values=pixels,

@@ -89,12 +89,18 @@ class BlipVqa:
         self.model = model_from_pretrained(BlipForQuestionAnswering, ref, metric=metric, what="BLIP VQA model", fix=fix)
         self.model.to(device=device, dtype=dtype).eval()
         self.tokenizer = from_pretrained(AutoTokenizer.from_pretrained, ref, metric=metric, what="BLIP tokenizer", fix=fix)
-        ids = {}
-        for name, token in (("enc", "[ENC]"), ("dec", "[DEC]"), ("yes", "yes"), ("no", "no")):
-            ids[name] = self.tokenizer.convert_tokens_to_ids(token)
-            if ids[name] is None or ids[name] == self.tokenizer.unk_token_id:
-                raise LpoError(f"{metric}: the BLIP tokenizer at {ref!r} has no {token!r} token; {fix}")
-        self.enc_id, self.dec_id, self.yes_id, self.no_id = ids["enc"], ids["dec"], ids["yes"], ids["no"]
+        # BLIP appends [DEC] (the decoder's start, config bos_token_id = 30522) and [ENC]
+        # (the question encoder's first token, 30523) to BERT's 30,522 words; the hub
+        # tokenizer is plain bert-base-uncased, so [ENC] is the id after [DEC] unless the
+        # tokenizer names it.
+        text_config = self.model.config.text_config
+        vocab = self.tokenizer.get_vocab()
+        self.dec_id = text_config.bos_token_id
+        self.enc_id = vocab["[ENC]"] if "[ENC]" in vocab else (self.dec_id + 1 if self.dec_id is not None else None)
+        self.yes_id, self.no_id = vocab.get("yes"), vocab.get("no")
+        for token, token_id in (("[DEC]", self.dec_id), ("[ENC]", self.enc_id), ("yes", self.yes_id), ("no", self.no_id)):
+            if token_id is None or not 0 <= token_id < text_config.vocab_size:
+                raise LpoError(f"{metric}: the BLIP model/tokenizer at {ref!r} has no {token} token; {fix}")
         self.device, self.dtype, self.image_size = device, dtype, image_size
 
     def pixel_values(self, images: Sequence[Image.Image]) -> torch.Tensor:

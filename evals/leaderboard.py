@@ -254,20 +254,27 @@ def _grouped(tables: Sequence[Table], reported: Sequence[str]) -> list[tuple[str
     return list(groups.items())
 
 
-def render_markdown(tables: Sequence[Table], reported: Sequence[str] = ()) -> str:
-    """Markdown; ``reported`` names the benchmarks whose published rows follow their tables."""
-    lines = ["# lpo leaderboard", ""]
+def render_markdown(
+    tables: Sequence[Table], reported: Sequence[str] = (), *, title: str | None = "lpo leaderboard", level: int = 1
+) -> str:
+    """Markdown; ``reported`` names the benchmarks whose published rows follow their tables.
+
+    ``title`` (None: no title line) and ``level`` (the title's heading level; tables one
+    below) let a larger report (:mod:`lpo.bench.report`) embed the leaderboard as a section.
+    """
+    lines = [f"{'#' * level} {title}", ""] if title else []
+    sub, subsub = "#" * (level + 1), "#" * (level + 2)
     for benchmark, group in _grouped(tables, reported):
         for table in group:
             header, rows = _main_rows(table)
-            lines += [f"## {table.title}", ""] + _md_table(header, rows, 5) + [""]
+            lines += [f"{sub} {table.title}", ""] + _md_table(header, rows, 5) + [""]
             for column in table.columns.values():
                 breakdown = _breakdown_rows(table, column)
                 if breakdown:
-                    lines += [f"### {column.key} by category", ""] + _md_table(breakdown[0], breakdown[1], 1) + [""]
+                    lines += [f"{subsub} {column.key} by category", ""] + _md_table(breakdown[0], breakdown[1], 1) + [""]
             lines += [f"- {n}" for n in _footnotes(table)] + [""]
         if benchmark in reported:
-            lines += _reported_markdown(benchmark)
+            lines += _reported_markdown(benchmark, subsub)
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -277,13 +284,13 @@ def _all_reported() -> list[ReportedRow]:
     return list(REPORTED)
 
 
-def _reported_markdown(benchmark: str) -> list[str]:
+def _reported_markdown(benchmark: str, heading: str = "###") -> list[str]:
     rep = _reported_rows(benchmark)
     if rep is None:
         return []
     header, rows, published = rep
     sources = sorted({f"{r.source}; {r.protocol}" for r in published})
-    return [f"### {benchmark}: reported (published, not measured here)", ""] + _md_table(header, rows, 3) + [""] + [
+    return [f"{heading} {benchmark}: reported (published, not measured here)", ""] + _md_table(header, rows, 3) + [""] + [
         f"- source: {s}" for s in sources
     ] + [""]
 
@@ -478,8 +485,13 @@ def _html_table(header: list[str], rows: list[list[str]]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def render_html(tables: Sequence[Table], reported: Sequence[str] = (), results_dir: Path | None = None) -> str:
-    parts = [
+def render_html(
+    tables: Sequence[Table], reported: Sequence[str] = (), results_dir: Path | None = None, *, fragment: bool = False, level: int = 1
+) -> str:
+    """A standalone HTML page; with ``fragment`` only its body content without the title, for
+    a larger report (:mod:`lpo.bench.report`), table headings at ``level`` + 1."""
+    sub, subsub = f"h{min(level + 1, 6)}", f"h{min(level + 2, 6)}"
+    parts = [] if fragment else [
         "<!doctype html><html><head><meta charset='utf-8'><title>lpo leaderboard</title><style>"
         "body{font-family:sans-serif;max-width:1200px;margin:2em auto;}table{border-collapse:collapse;margin:1em 0;}"
         "td,th{border:1px solid #ccc;padding:3px 8px;font-size:13px;}th{background:#f3f3f3;}"
@@ -489,36 +501,37 @@ def render_html(tables: Sequence[Table], reported: Sequence[str] = (), results_d
     for benchmark, group in _grouped(tables, reported):
         for table in group:
             header, rows = _main_rows(table)
-            parts += [f"<h2>{html.escape(table.title)}</h2>", _html_table(header, rows)]
+            parts += [f"<{sub}>{html.escape(table.title)}</{sub}>", _html_table(header, rows)]
             parts += [f"<p class='note'>{html.escape(n)}</p>" for n in _footnotes(table)]
             for column in table.columns.values():
                 breakdown = _breakdown_rows(table, column)
                 if breakdown:
-                    parts += [f"<h3>{html.escape(column.key)} by category</h3>", _html_table(*breakdown)]
-            parts.append(f"<h3>scores with 95% intervals</h3><img src='data:image/png;base64,{_scores_figure(table)}'>")
+                    parts += [f"<{subsub}>{html.escape(column.key)} by category</{subsub}>", _html_table(*breakdown)]
+            parts.append(f"<{subsub}>scores with 95% intervals</{subsub}><img src='data:image/png;base64,{_scores_figure(table)}'>")
             cost = _cost_figure(table)
             if cost:
-                parts.append(f"<h3>quality against training cost</h3><img src='data:image/png;base64,{cost}'>")
+                parts.append(f"<{subsub}>quality against training cost</{subsub}><img src='data:image/png;base64,{cost}'>")
             strips = []
             for row in table.sorted_rows():
                 strip = _sample_strip(next(iter(row.cells.values())), results_dir)
                 if strip:
                     strips.append(f"<p>{html.escape(row.label)}</p><img src='data:image/png;base64,{strip}'>")
             if strips:
-                parts += ["<h3>samples (image 0 of the first prompts)</h3>"] + strips
+                parts += [f"<{subsub}>samples (image 0 of the first prompts)</{subsub}>"] + strips
         if benchmark in reported:
-            parts += _reported_html(benchmark)
-    parts.append("</body></html>")
+            parts += _reported_html(benchmark, subsub)
+    if not fragment:
+        parts.append("</body></html>")
     return "\n".join(parts) + "\n"
 
 
-def _reported_html(benchmark: str) -> list[str]:
+def _reported_html(benchmark: str, heading: str = "h3") -> list[str]:
     rep = _reported_rows(benchmark)
     if rep is None:
         return []
     header, rows, published = rep
     sources = sorted({f"{r.source}; {r.protocol}" for r in published})
-    return [f"<h3>{html.escape(benchmark)}: reported (published, not measured here)</h3>", _html_table(header, rows)] + [
+    return [f"<{heading}>{html.escape(benchmark)}: reported (published, not measured here)</{heading}>", _html_table(header, rows)] + [
         f"<p class='note'>source: {html.escape(s)}</p>" for s in sources
     ]
 

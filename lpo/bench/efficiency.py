@@ -1,0 +1,647 @@
+"""The efficiency view (SPEC §8, issue 6): quality against training device-seconds.
+
+From the result records of one benchmark and one metric, each method gets a curve of
+(training device-seconds, value ± 95% half-width, step) over its evaluated checkpoints
+(intermediate ``step-N`` ones and the final model), and the bench's two questions get
+explicit verdicts with their numbers:
+
+- does LPO reach Diffusion-DPO's best score with at most 1/10 of the device-seconds
+  Diffusion-DPO needed to reach it?
+- does LPO reach SPO's best score with at most 1/3.5 of SPO's?
+
+What is counted (:func:`training_seconds`). A checkpoint's ``training_cost`` is the cost
+record (:meth:`lpo.runs.DeviceMeter.as_dict`) its run had written when the checkpoint was
+saved. Its training device-seconds are
+
+    Σ over the record itself and every record in its ``included`` list
+      Σ over the stages ``reward_model_training`` and ``optimisation``
+        seconds[stage] × device_count
+
+so LPO's and SPO's totals contain the training of their step reward model (folded into
+the run with :meth:`DeviceMeter.include`; the reward model's own includes are flattened
+into the same list) and Diffusion-DPO's contain none because it has none. Not counted:
+the ``evaluation`` stage (periodic evaluation during training, and the bench's own
+evaluations), and the bench stages every method shares (pair generation, MPCF) — they
+are the same for all three methods and are listed with the bench's stage timings
+instead. Device-seconds of different device types are never silently treated as one:
+every point carries the device types it sums, and a comparison across types says so.
+
+Reaching a target. The first checkpoint (ordered by device-seconds) whose value is at
+least the target "reaches" it. Because each value is a mean over prompts with a 95%
+interval, a second, noise-tolerant answer is given beside the strict one: a checkpoint
+reaches the target *within noise* when value ≥ target − √(h² + h_target²), h being the
+two 95% half-widths. The bands are treated as independent, which is conservative: the
+records share prompts and seeds, so a paired comparison would be tighter. The base
+model is not a checkpoint of any method; it is the curves' starting value (at x = the
+method's reward-model seconds, what the method spent before its first update) and it
+never "reaches" anything. For a metric where lower is better, "at least" reads "at most".
+
+Published numbers. SPEC §7's A100-hour table (:data:`lpo.evals.reported.A100_HOURS`) is
+shown as rows marked *reported*, beside the measured device-seconds: other hardware,
+other units, other models; only the ratios can be set side by side, and the published
+ones are ratios of total training cost, not of cost-to-reach.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any, Sequence
+
+from lpo.evals.store import ResultRecord
+
+COUNTED_STAGES = ("reward_model_training", "optimisation")
+METHOD_ORDER = ("lpo", "spo", "diffusion-dpo")
+METHOD_NAMES = {"lpo": "LPO", "spo": "SPO", "diffusion-dpo": "Diffusion-DPO", "base": "base model"}
+
+
+@dataclass(frozen=True)
+class Claim:
+    """LPO reaches ``reference``'s best with at most ``ratio`` of ``reference``'s device-seconds."""
+
+    challenger: str
+    reference: str
+    ratio: float
+    ratio_text: str
+
+
+CLAIMS = (Claim("lpo", "diffusion-dpo", 1 / 10, "1/10"), Claim("lpo", "spo", 1 / 3.5, "1/3.5"))
+
+
+# --------------------------------------------------------------------------- cost
+
+
+@dataclass(frozen=True)
+class TrainingSeconds:
+    """Training device-seconds of one cost record, split by stage (see the module docstring)."""
+
+    reward_model: float
+    optimisation: float
+    device_types: tuple[str, ...]
+
+    @property
+    def total(self) -> float:
+        return self.reward_model + self.optimisation
+
+
+def training_seconds(cost: dict[str, Any]) -> TrainingSeconds:
+    """Device-seconds of reward-model training and of optimisation in a cost record, includes counted."""
+    seconds = {stage: 0.0 for stage in COUNTED_STAGES}
+    types: list[str] = []
+    for part in [cost, *cost.get("included", [])]:
+        count = int(part.get("device_count", 1))
+        counted = False
+        for stage in COUNTED_STAGES:
+            value = float((part.get("seconds") or {}).get(stage, 0.0))
+            seconds[stage] += value * count
+            counted = counted or value > 0
+        if counted and part.get("device_type") not in types:
+            types.append(str(part.get("device_type")))
+    return TrainingSeconds(seconds["reward_model_training"], seconds["optimisation"], tuple(sorted(types)))
+
+
+# --------------------------------------------------------------------------- curves
+
+
+@dataclass(frozen=True)
+class CurvePoint:
+    """One evaluated checkpoint of a method: its training device-seconds and its score."""
+
+    label: str
+    step: int | str | None  # None: the run's final model
+    device_seconds: float
+    reward_model_seconds: float
+    optimisation_seconds: float
+    device_types: tuple[str, ...]
+    value: float
+    ci_half: float | None  # half-width of the 95% interval over prompts; None when unknown
+    checkpoint_hash: str
+    record_id: str
+
+    @property
+    def final(self) -> bool:
+        return self.step is None
+
+    def as_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["device_types"] = list(self.device_types)
+        data["final"] = self.final
+        return data
+
+
+@dataclass
+class MethodCurve:
+    """A method's points ordered by device-seconds (ties: intermediate before final, then step)."""
+
+    name: str  # the series name: the method, or "method (run id)" when a method has several runs
+    method: str
+    run_id: str | None
+    points: list[CurvePoint]
+    protocol_hashes: tuple[str, ...] = ()
+
+    @property
+    def reward_model_seconds(self) -> float:
+        """What the method spent before its first update (the curve's starting offset)."""
+        return self.points[0].reward_model_seconds if self.points else 0.0
+
+    @property
+    def final(self) -> CurvePoint | None:
+        finals = [p for p in self.points if p.final]
+        return finals[-1] if finals else None
+
+    @property
+    def device_types(self) -> tuple[str, ...]:
+        return tuple(sorted({t for p in self.points for t in p.device_types}))
+
+
+@dataclass
+class EfficiencyData:
+    benchmark: str
+    metric: str
+    metric_key: str | None
+    higher_is_better: bool
+    base: CurvePoint | None
+    curves: dict[str, MethodCurve]
+    notes: list[str] = field(default_factory=list)
+
+
+def _half(record: ResultRecord) -> float | None:
+    if record.ci95 is None:
+        return None
+    return (float(record.ci95[1]) - float(record.ci95[0])) / 2
+
+
+def _point(record: ResultRecord, cost: TrainingSeconds | None) -> CurvePoint:
+    ckpt = record.checkpoint
+    return CurvePoint(
+        label=str(ckpt.get("label") or ckpt.get("spec") or ckpt.get("hash")),
+        step=ckpt.get("step"),
+        device_seconds=cost.total if cost else 0.0,
+        reward_model_seconds=cost.reward_model if cost else 0.0,
+        optimisation_seconds=cost.optimisation if cost else 0.0,
+        device_types=cost.device_types if cost else (),
+        value=float(record.value),
+        ci_half=_half(record),
+        checkpoint_hash=str(ckpt.get("hash")),
+        record_id=record.record_id,
+    )
+
+
+def _step_order(step: Any) -> tuple[int, float]:
+    if step is None:
+        return (1, 0.0)
+    try:
+        return (0, float(step))
+    except (TypeError, ValueError):
+        return (0, 0.0)
+
+
+def collect_curves(records: Sequence[ResultRecord], benchmark: str = "world", metric: str = "world_utility") -> EfficiencyData:
+    """Per method, the (device-seconds, value) points of ``metric`` on ``benchmark``.
+
+    Records of other benchmark versions, prompt sets or metric versions are not mixed in:
+    the group with the most records is used and the others are named in ``notes``. A
+    checkpoint evaluated twice keeps its latest record. Checkpoints without a cost record
+    are left out (named in ``notes``): no cost beats a wrong one.
+    """
+    notes: list[str] = []
+    chosen = [r for r in records if r.benchmark == benchmark and r.metric == metric]
+    if not chosen:
+        return EfficiencyData(benchmark, metric, None, True, None, {}, [f"no {metric} records on {benchmark}"])
+    groups: dict[tuple[str, str, str], list[ResultRecord]] = {}
+    for r in chosen:
+        groups.setdefault((r.benchmark_version, r.prompt_set_hash, r.metric_version), []).append(r)
+    key = max(groups, key=lambda k: (len(groups[k]), max(r.created for r in groups[k])))
+    for other, group in groups.items():
+        if other != key:
+            notes.append(
+                f"{len(group)} {metric} record(s) of {benchmark}@{other[0]} / prompt set {other[1]} / {metric}@{other[2]} "
+                f"left out: not comparable with {benchmark}@{key[0]} / {key[1]} / {metric}@{key[2]}"
+            )
+    group = groups[key]
+    higher = group[-1].higher_is_better
+
+    # the latest record per evaluated checkpoint (label + hash + step: a final model may share its
+    # hash with the last intermediate checkpoint, and they are two points of the curve)
+    latest: dict[tuple[Any, ...], ResultRecord] = {}
+    for r in group:
+        ckpt = r.checkpoint
+        k = (r.method, r.run_id, ckpt.get("label"), ckpt.get("hash"), str(ckpt.get("step")), r.protocol_hash)
+        if k not in latest or r.created >= latest[k].created:
+            latest[k] = r
+
+    base_record: ResultRecord | None = None
+    by_series: dict[tuple[str, str | None], list[ResultRecord]] = {}
+    for r in latest.values():
+        if r.method == "base":
+            if base_record is None or r.created >= base_record.created:
+                base_record = r
+            continue
+        if r.method == "reference":  # ground truth / shuffled / noise: not trained, not a curve
+            continue
+        by_series.setdefault((r.method, r.run_id), []).append(r)
+
+    base = None if base_record is None else _point(base_record, None)
+    runs_per_method: dict[str, int] = {}
+    for method, _ in by_series:
+        runs_per_method[method] = runs_per_method.get(method, 0) + 1
+    curves: dict[str, MethodCurve] = {}
+    for (method, run_id), group_records in sorted(by_series.items(), key=lambda kv: (_method_rank(kv[0][0]), str(kv[0][1]))):
+        name = method if runs_per_method[method] == 1 else f"{method} ({run_id})"
+        points = []
+        for r in group_records:
+            if not r.training_cost:
+                notes.append(f"{name}: checkpoint {r.checkpoint.get('label')} has no training cost record; left out of the curve")
+                continue
+            points.append(_point(r, training_seconds(r.training_cost)))
+        points.sort(key=lambda p: (p.device_seconds, *_step_order(p.step)))
+        curves[name] = MethodCurve(name, method, run_id, points, tuple(sorted({r.protocol_hash for r in group_records})))
+
+    protocols = {h for c in curves.values() for h in c.protocol_hashes}
+    if len(protocols) > 1:
+        notes.append(
+            "the methods were evaluated under different protocols ("
+            + "; ".join(f"{c.name}: {', '.join(c.protocol_hashes)}" for c in curves.values())
+            + "), e.g. another CFG scale"
+        )
+    types = {t for c in curves.values() for t in c.device_types}
+    if len(types) > 1:
+        notes.append(
+            f"device-seconds of different device types ({', '.join(sorted(types))}) are compared below; "
+            "ratios across hardware are not a like-for-like comparison"
+        )
+    return EfficiencyData(benchmark, metric, f"{metric}@{key[2]}", higher, base, curves, notes)
+
+
+def _method_rank(method: str) -> tuple[int, str]:
+    return (METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER), method)
+
+
+# --------------------------------------------------------------------------- targets
+
+
+def _sign(higher_is_better: bool) -> float:
+    return 1.0 if higher_is_better else -1.0
+
+
+def best_point(curve: MethodCurve, higher_is_better: bool = True) -> CurvePoint | None:
+    """The checkpoint with the best value; among equals, the cheapest."""
+    if not curve.points:
+        return None
+    s = _sign(higher_is_better)
+    return max(curve.points, key=lambda p: (s * p.value, -p.device_seconds))
+
+
+def noise_band(point: CurvePoint, target_half: float | None) -> float:
+    """√(h² + h_target²) of the two 95% half-widths (0 for an unknown one)."""
+    return math.hypot(point.ci_half or 0.0, target_half or 0.0)
+
+
+def first_reaching(
+    curve: MethodCurve, target: float, higher_is_better: bool = True, target_half: float | None = None, within_noise: bool = False
+) -> CurvePoint | None:
+    """The cheapest checkpoint whose value reaches ``target`` (or reaches it within noise); None if none does."""
+    s = _sign(higher_is_better)
+    for point in curve.points:  # ordered by device-seconds
+        slack = noise_band(point, target_half) if within_noise else 0.0
+        if s * (point.value - target) >= -slack:
+            return point
+    return None
+
+
+def seconds_to_reach(
+    curve: MethodCurve, target: float, higher_is_better: bool = True, target_half: float | None = None, within_noise: bool = False
+) -> float | None:
+    """Training device-seconds of :func:`first_reaching`, or None when the target is never reached."""
+    point = first_reaching(curve, target, higher_is_better, target_half, within_noise)
+    return None if point is None else point.device_seconds
+
+
+# --------------------------------------------------------------------------- verdicts
+
+
+def _fmt_value(value: float, half: float | None) -> str:
+    return f"{value:.4g}" if half is None else f"{value:.4g} ± {half:.2g}"
+
+
+def _fmt_seconds(seconds: float | None) -> str:
+    if seconds is None:
+        return "never"
+    return f"{seconds:,.0f} device-s" if seconds >= 100 else f"{seconds:.3g} device-s"
+
+
+def _name(curve: MethodCurve | None, method: str) -> str:
+    if curve is None or curve.name == curve.method:
+        return METHOD_NAMES.get(method, method)
+    return f"{METHOD_NAMES.get(curve.method, curve.method)} ({curve.run_id})"
+
+
+def claim_verdict(data: EfficiencyData, claim: Claim) -> list[dict[str, Any]]:
+    """The verdicts on ``claim``: one per (challenger run, reference run), usually exactly one."""
+    challengers = [c for c in data.curves.values() if c.method == claim.challenger]
+    references = [c for c in data.curves.values() if c.method == claim.reference]
+    question = (
+        f"Does {METHOD_NAMES.get(claim.challenger, claim.challenger)} reach {METHOD_NAMES.get(claim.reference, claim.reference)}'s "
+        f"best {data.metric} with at most {claim.ratio_text} of its device-seconds?"
+    )
+    if not challengers or not references:
+        missing = [m for m, c in ((claim.challenger, challengers), (claim.reference, references)) if not c]
+        return [{
+            "claim": asdict(claim), "question": question, "answer": "cannot answer", "answer_within_noise": "cannot answer",
+            "text": f"{question} Cannot answer: no {' and no '.join(missing)} checkpoints with a training cost on {data.benchmark}.",
+        }]
+    return [_one_verdict(data, claim, question, ch, ref) for ch in challengers for ref in references]
+
+
+def _one_verdict(data: EfficiencyData, claim: Claim, question: str, challenger: MethodCurve, reference: MethodCurve) -> dict[str, Any]:
+    higher = data.higher_is_better
+    ch_name, ref_name = _name(challenger, claim.challenger), _name(reference, claim.reference)
+    if not challenger.points or not reference.points:
+        empty = ch_name if not challenger.points else ref_name
+        return {"claim": asdict(claim), "question": question, "answer": "cannot answer", "answer_within_noise": "cannot answer",
+                "text": f"{question} Cannot answer: {empty} has no checkpoint with a training cost."}
+    target_point = best_point(reference, higher)
+    assert target_point is not None
+    target, target_half = target_point.value, target_point.ci_half
+    budget = target_point.device_seconds  # the reference's seconds to reach its own best
+    strict = first_reaching(challenger, target, higher)
+    noisy = first_reaching(challenger, target, higher, target_half, within_noise=True)
+    own_best = best_point(challenger, higher)
+    assert own_best is not None
+
+    def ratio(point: CurvePoint | None) -> float | None:
+        if point is None or budget <= 0:
+            return None
+        return point.device_seconds / budget
+
+    def answer(point: CurvePoint | None) -> str:
+        r = ratio(point)
+        if point is None:
+            return "no (never reached)"
+        if r is None:
+            return "cannot answer"
+        return "yes" if r <= claim.ratio else "no"
+
+    r_strict, r_noisy = ratio(strict), ratio(noisy)
+    target_text = (
+        f"{ref_name}'s best {data.metric} ({_fmt_value(target, target_half)}; {ref_name} needed {_fmt_seconds(budget)} "
+        f"to reach it, at {target_point.label})"
+    )
+    if strict is not None:
+        text = (
+            f"{ch_name} reached {target_text} after {_fmt_seconds(strict.device_seconds)} at {strict.label} "
+            f"({_fmt_value(strict.value, strict.ci_half)}): ratio {_fmt_ratio(r_strict)} "
+            f"{'≤' if r_strict is not None and r_strict <= claim.ratio else '>'} {claim.ratio_text} ({claim.ratio:.3g})."
+        )
+    else:
+        text = (
+            f"{ch_name} never reached {target_text}; its best was {_fmt_value(own_best.value, own_best.ci_half)} "
+            f"after {_fmt_seconds(own_best.device_seconds)} at {own_best.label}."
+        )
+    if noisy is not None and noisy is not strict:
+        text += (
+            f" Within noise (value ≥ target − √(h² + h_target²)) it reached it after {_fmt_seconds(noisy.device_seconds)} "
+            f"at {noisy.label}: ratio {_fmt_ratio(r_noisy)} {'≤' if r_noisy is not None and r_noisy <= claim.ratio else '>'} {claim.ratio_text}."
+        )
+    elif noisy is None:
+        text += " Not even within noise."
+    if budget <= 0:
+        text += f" {ref_name}'s best has zero training device-seconds, so no ratio can be formed."
+    base = data.base
+    if base is not None:
+        s = _sign(higher)
+        if s * (target - base.value) <= noise_band(target_point, base.ci_half):
+            text += (
+                f" Note: {ref_name}'s best is within noise of the base model ({_fmt_value(base.value, base.ci_half)}), "
+                "so reaching it says little."
+            )
+    ch_final, ref_final = challenger.final, reference.final
+    total_ratio = None
+    if ch_final is not None and ref_final is not None and ref_final.device_seconds > 0:
+        total_ratio = ch_final.device_seconds / ref_final.device_seconds
+        text += (
+            f" Total training cost of the final models (as in the paper's table): {_fmt_seconds(ch_final.device_seconds)} vs "
+            f"{_fmt_seconds(ref_final.device_seconds)} = {_fmt_ratio(total_ratio)}."
+        )
+    return {
+        "claim": asdict(claim),
+        "question": question,
+        "challenger": challenger.name,
+        "reference": reference.name,
+        "target": target,
+        "target_ci_half": target_half,
+        "target_checkpoint": target_point.label,
+        "reference_seconds_to_best": budget,
+        "challenger_seconds_to_reach": None if strict is None else strict.device_seconds,
+        "challenger_checkpoint": None if strict is None else strict.label,
+        "ratio": r_strict,
+        "challenger_seconds_to_reach_within_noise": None if noisy is None else noisy.device_seconds,
+        "challenger_checkpoint_within_noise": None if noisy is None else noisy.label,
+        "ratio_within_noise": r_noisy,
+        "challenger_best": own_best.value,
+        "challenger_best_ci_half": own_best.ci_half,
+        "total_cost_ratio": total_ratio,
+        "answer": answer(strict),
+        "answer_within_noise": answer(noisy),
+        "text": text,
+    }
+
+
+def _fmt_ratio(ratio: float | None) -> str:
+    if ratio is None:
+        return "—"
+    return f"{ratio:.3g} (1/{1 / ratio:.3g})" if ratio > 0 else "0"
+
+
+# --------------------------------------------------------------------------- report
+
+
+def reported_cost_rows() -> list[dict[str, Any]]:
+    """SPEC §7's A100-hour table as rows marked reported (other hardware and models than the bench)."""
+    from lpo.evals.reported import A100_HOURS, LPO_PAPER_COST
+
+    rows = []
+    for (base, method), (rm, opt) in A100_HOURS.items():
+        rows.append({"source": "reported", "reference": LPO_PAPER_COST, "base_model": base, "method": method,
+                     "reward_model_a100_hours": rm, "optimisation_a100_hours": opt, "total_a100_hours": rm + opt})
+    return rows
+
+
+def reported_ratios() -> dict[str, dict[str, float]]:
+    """LPO's published total A100-hours over Diffusion-DPO's and SPO's, per base model."""
+    from lpo.evals.reported import A100_HOURS
+
+    out = {}
+    for base in sorted({b for b, _ in A100_HOURS}):
+        lpo = sum(A100_HOURS[(base, "lpo")])
+        out[base] = {ref: lpo / sum(A100_HOURS[(base, ref)]) for ref in ("diffusion-dpo", "spo")}
+    return out
+
+
+def efficiency_report(records: Sequence[ResultRecord], benchmark: str = "world", metric: str = "world_utility") -> dict[str, Any]:
+    """Curves, best values, device-seconds to reach every method's best, verdicts and the
+    reported cost rows, as one JSON-able dict (:func:`render_efficiency_markdown` renders it)."""
+    data = collect_curves(records, benchmark, metric)
+    higher = data.higher_is_better
+    methods: dict[str, Any] = {}
+    for name, curve in data.curves.items():
+        best = best_point(curve, higher)
+        final = curve.final
+        methods[name] = {
+            "method": curve.method,
+            "run_id": curve.run_id,
+            "device_types": list(curve.device_types),
+            "reward_model_seconds": curve.reward_model_seconds,
+            "start": None if data.base is None else {"device_seconds": curve.reward_model_seconds, "value": data.base.value},
+            "curve": [p.as_dict() for p in curve.points],
+            "best": None if best is None else best.as_dict(),
+            "final": None if final is None else final.as_dict(),
+        }
+    # device-seconds for every method to reach every method's best (and the base model's value)
+    targets: dict[str, dict[str, Any]] = {}
+    for target_name, target_curve in data.curves.items():
+        best = best_point(target_curve, higher)
+        if best is None:
+            continue
+        targets[target_name] = {
+            "target": best.value,
+            "target_ci_half": best.ci_half,
+            "seconds": {
+                name: {
+                    "strict": seconds_to_reach(curve, best.value, higher),
+                    "within_noise": seconds_to_reach(curve, best.value, higher, best.ci_half, within_noise=True),
+                }
+                for name, curve in data.curves.items()
+            },
+        }
+    verdicts = [v for claim in CLAIMS for v in claim_verdict(data, claim)]
+    return {
+        "benchmark": data.benchmark,
+        "metric": data.metric,
+        "metric_key": data.metric_key,
+        "higher_is_better": higher,
+        "counted": {
+            "stages": list(COUNTED_STAGES),
+            "formula": "Σ over the checkpoint's cost record and its included records (the reward model's training) of "
+            "seconds[stage] × device_count, stage ∈ {reward_model_training, optimisation}",
+            "not_counted": "evaluation (also periodic evaluation during training) and the stages every method shares "
+            "(pair generation, MPCF)",
+            "within_noise": "value ≥ target − √(h² + h_target²), h = half-width of the 95% interval over prompts",
+        },
+        "base": None if data.base is None else data.base.as_dict(),
+        "methods": methods,
+        "targets": targets,
+        "verdicts": verdicts,
+        "reported_a100_hours": reported_cost_rows(),
+        "reported_total_cost_ratios": reported_ratios(),
+        "notes": data.notes,
+    }
+
+
+def _md(header: list[str], rows: list[list[str]]) -> list[str]:
+    def esc(text: Any) -> str:
+        return str(text).replace("|", "\\|")
+
+    lines = ["| " + " | ".join(esc(h) for h in header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    return lines + ["| " + " | ".join(esc(c) for c in row) + " |" for row in rows]
+
+
+def curve_table(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """Every point of every curve: checkpoint, step, device-seconds split, value ± half-width."""
+    header = ["method", "checkpoint", "step", "reward-model device-s", "optimisation device-s", "total device-s",
+              f"{report['metric_key'] or report['metric']} {'↑' if report['higher_is_better'] else '↓'}"]
+    rows = []
+    base = report.get("base")
+    if base is not None:
+        rows.append(["base", base["label"], "—", "0", "0", "0", _fmt_value(base["value"], base["ci_half"])])
+    for name, m in report["methods"].items():
+        for p in m["curve"]:
+            rows.append([name, p["label"], "final" if p["final"] else str(p["step"]), f"{p['reward_model_seconds']:.1f}",
+                         f"{p['optimisation_seconds']:.1f}", f"{p['device_seconds']:.1f}", _fmt_value(p["value"], p["ci_half"])])
+    return header, rows
+
+
+def reach_table(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """Rows: methods; columns: their best, and device-seconds to reach each method's best."""
+    names = list(report["targets"])
+    header = ["method", "best (at device-s)"] + [f"to reach {n}'s best ({_fmt_value(report['targets'][n]['target'], report['targets'][n]['target_ci_half'])})" for n in names]
+    rows = []
+    for name, m in report["methods"].items():
+        best = m["best"]
+        cells = [name, "—" if best is None else f"{_fmt_value(best['value'], best['ci_half'])} (at {best['device_seconds']:.1f})"]
+        for target in names:
+            s = report["targets"][target]["seconds"][name]
+            cell = _fmt_seconds(s["strict"])
+            if s["strict"] != s["within_noise"]:
+                cell += f" (within noise: {_fmt_seconds(s['within_noise'])})"
+            cells.append(cell)
+        rows.append(cells)
+    return header, rows
+
+
+def cost_table(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """Measured training device-seconds of the final models beside the published A100-hours (reported)."""
+    reported = {(r["base_model"], r["method"]): r for r in report["reported_a100_hours"]}
+    header = ["method", f"measured ({report['benchmark']}): RM + optimisation = total device-s",
+              "reported SD1.5: RM + opt = total A100-h", "reported SDXL: RM + opt = total A100-h"]
+    rows = []
+    for method in METHOD_ORDER:
+        measured = [m for m in report["methods"].values() if m["method"] == method]
+        cells = []
+        for m in measured:
+            f = m["final"]
+            if f is not None:
+                cells.append(f"{f['reward_model_seconds']:.1f} + {f['optimisation_seconds']:.1f} = {f['device_seconds']:.1f} "
+                             f"({', '.join(f['device_types']) or '?'})")
+        row = [METHOD_NAMES[method], "; ".join(cells) or "—"]
+        for base in ("sd15", "sdxl"):
+            r = reported.get((base, method))
+            row.append("—" if r is None else f"{r['reward_model_a100_hours']:g} + {r['optimisation_a100_hours']:g} = {r['total_a100_hours']:g}")
+        rows.append(row)
+    ratios = report["reported_total_cost_ratios"]
+    measured_ratio = {}
+    for v in report["verdicts"]:
+        if v.get("total_cost_ratio") is not None:
+            measured_ratio.setdefault(v["claim"]["reference"], v["total_cost_ratio"])
+    for ref in ("diffusion-dpo", "spo"):
+        rows.append([
+            f"LPO / {METHOD_NAMES[ref]} (total)",
+            _fmt_ratio(measured_ratio.get(ref)),
+            _fmt_ratio(ratios.get("sd15", {}).get(ref)),
+            _fmt_ratio(ratios.get("sdxl", {}).get(ref)),
+        ])
+    return header, rows
+
+
+def verdict_markdown(verdict: dict[str, Any]) -> str:
+    """One verdict as a Markdown line: the question, both answers in bold, then the numbers."""
+    return (
+        f"**{verdict['question']}** strict: **{verdict['answer']}**; within noise: **{verdict['answer_within_noise']}**. "
+        f"{verdict['text']}"
+    )
+
+
+def efficiency_notes(report: dict[str, Any]) -> list[str]:
+    """The footnotes of the efficiency tables: what is counted, what "within noise" means, what reported means."""
+    counted = report["counted"]
+    return [
+        f"counted: {counted['formula']}; not counted: {counted['not_counted']}.",
+        f"within noise: {counted['within_noise']} (the bands are treated as independent: conservative, the records "
+        "share prompts and seeds).",
+        "reported columns: the LPO paper's A100-hours on SD1.5 / SDXL (published, not measured here; other hardware, "
+        "models and units). Only ratios compare, and the published ones are of total training cost, not of cost to "
+        "reach a score.",
+    ] + [f"note: {n}" for n in report["notes"]]
+
+
+def render_efficiency_markdown(report: dict[str, Any], level: int = 2) -> str:
+    """The efficiency section: verdicts, curve table, reach table, measured vs reported cost."""
+    h = "#" * level
+    lines = [f"{h} Efficiency: {report['metric_key'] or report['metric']} on {report['benchmark']} against training device-seconds", ""]
+    lines += [f"{h}# Verdicts", ""]
+    lines += [f"- {verdict_markdown(v)}" for v in report["verdicts"]] + [""]
+    lines += [f"{h}# Quality against training device-seconds", ""] + _md(*curve_table(report)) + [""]
+    lines += [f"{h}# Device-seconds to reach a target", ""] + _md(*reach_table(report)) + [""]
+    lines += [f"{h}# Training cost: measured here vs published (reported)", ""] + _md(*cost_table(report)) + [""]
+    lines += [f"- {n}" for n in efficiency_notes(report)]
+    return "\n".join(lines) + "\n"

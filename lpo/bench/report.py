@@ -1,0 +1,441 @@
+"""The bench report: one static HTML file and its Markdown twin, from a bench folder.
+
+Reads (every piece optional; a missing one is named in the report, never an error)::
+
+    BENCH/bench.json                          config, stage timings, metadata
+    BENCH/results/<benchmark>/records-v1.jsonl    result records (base, final and step-N checkpoints)
+    BENCH/reward-eval/accuracy_by_timestep.{json,png}
+    BENCH/guided/<model>.json                 `lpo world guided-eval` output per model
+    BENCH/samples/<model>.png                 sample grids (same prompts and seeds for every model)
+    BENCH/ablations/<name>/{ablation.json,results/}
+
+Writes ``BENCH/report/index.html`` (a single file: plots and grids embedded as base64 PNG,
+no server, no network), ``BENCH/report/summary.md`` (the same tables and verdicts; it
+links the PNGs beside it), ``efficiency.json`` (:func:`lpo.bench.efficiency.efficiency_report`)
+and ``quality_vs_cost.png``.
+
+The leaderboard tables are :mod:`lpo.evals.leaderboard`'s own rendering (final models
+and the base model; the intermediate checkpoints appear in the efficiency section).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+from lpo.bench.efficiency import (
+    METHOD_ORDER,
+    cost_table,
+    curve_table,
+    efficiency_notes,
+    efficiency_report,
+    reach_table,
+    verdict_markdown,
+)
+from lpo.errors import LpoError
+from lpo.io import atomic_write_bytes, atomic_write_json, atomic_write_text
+
+REPORT_DIR = "report"
+HTML_NAME = "index.html"
+MARKDOWN_NAME = "summary.md"
+EFFICIENCY_NAME = "efficiency.json"
+PLOT_NAME = "quality_vs_cost.png"
+GUIDED_LABELS = {
+    "plain": "plain sampling",
+    "guided-best": "LRM-guided (best of K per step)",
+    "guided-softmax": "LRM-guided (softmax pick)",
+    "guided-random": "random pick per step (control)",
+    "guided-worst": "LRM-guided worst (control)",
+    "best-of-k-lrm": "best of K final images (LRM)",
+    "best-of-k-judge": "best of K final images (oracle: true utility)",
+}
+
+CSS = (
+    "body{font-family:sans-serif;max-width:1250px;margin:2em auto;padding:0 1em;color:#222;}"
+    "table{border-collapse:collapse;margin:0.8em 0;}td,th{border:1px solid #ccc;padding:3px 8px;font-size:13px;}"
+    "th{background:#f3f3f3;}.note{color:#555;font-size:12px;}.skip{color:#8a5a00;font-style:italic;}"
+    ".verdict{background:#f6f8fa;border-left:4px solid #4a7;padding:0.5em 1em;margin:0.5em 0;font-size:14px;}"
+    ".grids{display:flex;flex-wrap:wrap;gap:12px;}figure{margin:0;}figcaption{font-weight:bold;font-size:13px;}"
+    "pre{background:#f6f8fa;padding:0.8em;font-size:12px;overflow-x:auto;}img{max-width:100%;}"
+)
+
+
+class _Doc:
+    """The report built twice in step: Markdown lines and HTML parts."""
+
+    def __init__(self) -> None:
+        self.md: list[str] = []
+        self.html: list[str] = []
+
+    def heading(self, level: int, text: str) -> None:
+        self.md += [f"{'#' * level} {text}", ""]
+        self.html.append(f"<h{level}>{html.escape(text)}</h{level}>")
+
+    def para(self, text: str, css: str | None = None) -> None:
+        self.md += [text if css != "skip" else f"_{text}_", ""]
+        cls = f" class='{css}'" if css else ""
+        self.html.append(f"<p{cls}>{html.escape(text)}</p>")
+
+    def skip(self, text: str) -> None:
+        self.para(f"skipped: {text}", "skip")
+
+    def bullets(self, items: Sequence[str], css: str | None = "note") -> None:
+        if not items:
+            return
+        self.md += [f"- {i}" for i in items] + [""]
+        cls = f" class='{css}'" if css else ""
+        self.html.append(f"<ul{cls}>" + "".join(f"<li>{html.escape(i)}</li>" for i in items) + "</ul>")
+
+    def table(self, header: list[str], rows: list[list[str]]) -> None:
+        def esc(text: Any) -> str:
+            return str(text).replace("|", "\\|").replace("\n", " ")
+
+        self.md += ["| " + " | ".join(esc(h) for h in header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+        self.md += ["| " + " | ".join(esc(c) for c in row) + " |" for row in rows] + [""]
+        head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
+        body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
+        self.html.append(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
+
+    def image(self, png: bytes, alt: str, md_link: str | None) -> None:
+        if md_link:
+            self.md += [f"![{alt}]({md_link})", ""]
+        self.html.append(f"<img alt='{html.escape(alt)}' src='data:image/png;base64,{base64.b64encode(png).decode()}'>")
+
+    def code(self, text: str, lang: str = "") -> None:
+        self.md += [f"```{lang}", text, "```", ""]
+        self.html.append(f"<pre>{html.escape(text)}</pre>")
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def _read_json(path: Path, notes: list[str]) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        notes.append(f"could not read {path} ({type(err).__name__}: {err}); left out")
+        return None
+
+
+def _model_order(name: str) -> tuple[int, str]:
+    order = ("base", *METHOD_ORDER)
+    return (order.index(name) if name in order else len(order), name)
+
+
+def _load_records(results_dir: Path) -> list:
+    from lpo.evals.store import load_records
+
+    if not results_dir.is_dir():
+        return []
+    return load_records(results_dir)
+
+
+# --------------------------------------------------------------------------- sections
+
+
+def _leaderboard(doc: _Doc, records: list, results_dir: Path) -> None:
+    from lpo.evals.leaderboard import build_tables, render_html, render_markdown
+
+    doc.heading(2, "Leaderboard (final models)")
+    final = [r for r in records if "step" not in r.checkpoint]
+    if not final:
+        doc.skip(f"no result records under {results_dir}")
+        return
+    doc.para("Final models and the base model; intermediate checkpoints are in the efficiency section.", "note")
+    tables = build_tables(final)
+    doc.md += render_markdown(tables, title=None, level=2).splitlines() + [""]
+    doc.html.append(render_html(tables, fragment=True, level=2))
+
+
+def _verdicts(doc: _Doc, report: dict[str, Any]) -> None:
+    doc.heading(2, "Verdicts")
+    for v in report["verdicts"]:
+        doc.md.append(f"- {verdict_markdown(v)}")
+        doc.html.append(
+            f"<div class='verdict'><b>{html.escape(v['question'])}</b> strict: <b>{html.escape(v['answer'])}</b>; "
+            f"within noise: <b>{html.escape(v['answer_within_noise'])}</b>. {html.escape(v['text'])}</div>"
+        )
+    doc.md.append("")
+
+
+def quality_cost_figure(report: dict[str, Any]) -> bytes | None:
+    """Quality against training device-seconds: one line per method from its starting offset
+    (the reward model's training, at the base model's value) through its checkpoints, 95% bars."""
+    if not report["methods"]:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 4.4))
+    base = report.get("base")
+    if base is not None:
+        ax.axhline(base["value"], color="grey", ls="--", lw=1, label=f"base model {base['value']:.3g}")
+        if base["ci_half"]:
+            ax.axhspan(base["value"] - base["ci_half"], base["value"] + base["ci_half"], color="grey", alpha=0.12)
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, (name, m) in enumerate(report["methods"].items()):
+        colour = colours[i % len(colours)]
+        curve = m["curve"]
+        if not curve:
+            continue
+        xs, ys = [p["device_seconds"] for p in curve], [p["value"] for p in curve]
+        errs = [p["ci_half"] or 0.0 for p in curve]
+        if m["start"] is not None:  # the starting offset: reward-model training done, policy = base model
+            ax.plot([m["start"]["device_seconds"], xs[0]], [m["start"]["value"], ys[0]], color=colour, lw=1, ls=":")
+            ax.plot([m["start"]["device_seconds"]], [m["start"]["value"]], marker="o", mfc="white", color=colour, ms=7)
+        ax.errorbar(xs, ys, yerr=errs, color=colour, marker="o", ms=4, capsize=3, lw=1.3,
+                    label=f"{name} (reward model {m['reward_model_seconds']:.3g} s)")
+        finals = [p for p in curve if p["final"]]
+        if finals:
+            ax.plot([finals[-1]["device_seconds"]], [finals[-1]["value"]], marker="*", ms=13, color=colour, ls="none")
+        best = m["best"]
+        if m["method"] in ("diffusion-dpo", "spo") and best is not None:
+            ax.axhline(best["value"], color=colour, lw=0.7, ls="-.", alpha=0.6)
+    ax.set_xlabel("training device-seconds (reward model + optimisation)")
+    ax.set_ylabel(f"{report['metric_key'] or report['metric']} ({report['benchmark']})")
+    ax.set_title("quality vs training cost · ○ start (reward model trained) · ★ final · -. best of the baselines", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def _efficiency(doc: _Doc, report: dict[str, Any], out_dir: Path) -> None:
+    doc.heading(2, f"Efficiency: {report['metric_key'] or report['metric']} on {report['benchmark']} against training device-seconds")
+    if not report["methods"]:
+        doc.skip(f"no trained checkpoints with a training cost for {report['metric']} on {report['benchmark']}")
+        doc.bullets(report["notes"])
+        return
+    png = quality_cost_figure(report)
+    if png is not None:
+        atomic_write_bytes(out_dir / PLOT_NAME, png)
+        doc.image(png, "quality against training device-seconds", PLOT_NAME)
+    doc.heading(3, "Quality against training device-seconds")
+    doc.table(*curve_table(report))
+    doc.heading(3, "Device-seconds to reach a target")
+    doc.table(*reach_table(report))
+    doc.heading(3, "Training cost: measured here vs published (reported)")
+    doc.table(*cost_table(report))
+    doc.bullets(efficiency_notes(report))
+
+
+def _reward_eval(doc: _Doc, bench: Path, notes: list[str]) -> None:
+    doc.heading(2, "Step reward models: held-out accuracy by timestep")
+    folder = bench / "reward-eval"
+    data = _read_json(folder / "accuracy_by_timestep.json", notes) if (folder / "accuracy_by_timestep.json").is_file() else None
+    png_path = folder / "accuracy_by_timestep.png"
+    if data is None and not png_path.is_file():
+        doc.skip(f"no {folder}/accuracy_by_timestep.json (run `lpo lrm eval`)")
+        return
+    png = png_path.read_bytes() if png_path.is_file() else None
+    if png is None and data is not None:  # draw it from the JSON
+        from lpo.reward_jobs import plot_accuracy
+
+        png = plot_accuracy(_accuracy_table(data), bench / REPORT_DIR / "accuracy_by_timestep.png").read_bytes()
+    if png is not None:
+        link = "../reward-eval/accuracy_by_timestep.png" if png_path.is_file() else "accuracy_by_timestep.png"
+        doc.image(png, "held-out accuracy by timestep", link)
+    if data is not None:
+        table = _accuracy_table(data)
+        names = list(table)
+        ts = sorted({t for by_t in table.values() for t in by_t}, reverse=True)
+        rows = [[str(t)] + [f"{table[n][t][0]:.3f}" if t in table[n] else "—" for n in names] for t in ts]
+        doc.table(["t"] + names, rows)
+        n = next((cell[1] for by_t in table.values() for cell in by_t.values()), None)
+        doc.bullets([f"held-out pairs: {data.get('pairs')}; n = {n} decisive pairs per cell; noise: {data.get('noise')}, seed {data.get('seed')}"])
+
+
+def _accuracy_table(data: dict[str, Any]) -> dict[str, dict[int, list]]:
+    return {name: {int(t): cell for t, cell in by_t.items()} for name, by_t in data.get("accuracy", {}).items()}
+
+
+def _fmt(mean: Any, se: Any, signed: bool = False) -> str:
+    if mean is None:
+        return "—"
+    text = f"{mean:+.3f}" if signed else f"{mean:.3f}"
+    return text if se is None or se != se else f"{text} ± {se:.3f}"
+
+
+def _guided(doc: _Doc, bench: Path, notes: list[str]) -> None:
+    doc.heading(2, "LRM-guided sampling")
+    folder = bench / "guided"
+    files = sorted(folder.glob("*.json"), key=lambda p: _model_order(p.stem)) if folder.is_dir() else []
+    if not files:
+        doc.skip(f"no guided-sampling results in {folder} (run `lpo world guided-eval`, or set guided_prompts > 0)")
+        return
+    rows, protocols = [], []
+    for path in files:
+        data = _read_json(path, notes)
+        if not isinstance(data, dict) or "methods" not in data:
+            continue
+        methods, diffs = data["methods"], data.get("differences", {})
+        plain_calls = (methods.get("plain") or {}).get("unet_calls_per_image")
+        for method, row in methods.items():
+            delta = diffs.get(f"{method} - plain", {}).get("utility") if method != "plain" else None
+            calls = row.get("unet_calls_per_image")
+            lrm = row.get("lrm_calls_per_image", 0.0)
+            rows.append([
+                path.stem,
+                GUIDED_LABELS.get(method, method),
+                _fmt(row.get("utility"), row.get("utility_se")),
+                "—" if method == "plain" else (_fmt(delta["mean"], delta["se"], signed=True) if delta else "—"),
+                _fmt(row.get("alignment"), row.get("alignment_se")),
+                "—" if calls is None else f"{calls:g}",
+                "—" if calls is None or not plain_calls else f"{calls / plain_calls:g}×",
+                f"{lrm:g}" if "judge_calls_per_image" not in row else f"0 ({row['judge_calls_per_image']:g} judge)",
+            ])
+        step_vs_final = diffs.get("guided-best - best-of-k-lrm", {}).get("utility")
+        p = data.get("protocol", {})
+        protocols.append(
+            f"{path.stem}: {data.get('n_prompts')} {p.get('split')} prompts × {p.get('seeds_per_prompt')} seeds, "
+            f"K = {p.get('num_candidates')}, DDIM {p.get('num_inference_steps')} η = {p.get('eta')}, CFG {p.get('guidance_scale')}, "
+            f"LRM {data.get('lrm')}"
+            + ("" if step_vs_final is None else f"; guided-best − best-of-K final: {_fmt(step_vs_final['mean'], step_vs_final['se'], True)}")
+        )
+    if not rows:
+        doc.skip(f"no readable guided-sampling results in {folder}")
+        return
+    doc.table(["model", "sampling", "utility", "Δ utility vs plain", "alignment", "U-Net calls / image", "vs plain",
+               "LRM calls / image"], rows)
+    doc.bullets(protocols + [
+        "± = standard error over prompts; Δ paired on identical prompts and seeds; a CFG pair counts as one U-Net call; "
+        "the oracle row reads the hidden true utility (a ceiling, not a method)."
+    ])
+
+
+def _samples(doc: _Doc, bench: Path) -> None:
+    doc.heading(2, "Samples (same prompts and seeds for every model)")
+    folder = bench / "samples"
+    grids = sorted(folder.glob("*.png"), key=lambda p: _model_order(p.stem)) if folder.is_dir() else []
+    if not grids:
+        doc.skip(f"no sample grids in {folder}")
+        return
+    figures = []
+    for path in grids:
+        png = path.read_bytes()
+        figures.append(
+            f"<figure><figcaption>{html.escape(path.stem)}</figcaption>"
+            f"<img alt='{html.escape(path.stem)}' src='data:image/png;base64,{base64.b64encode(png).decode()}'></figure>"
+        )
+        doc.md += [f"**{path.stem}**", "", f"![{path.stem}](../samples/{path.name})", ""]
+    doc.html.append("<div class='grids'>" + "".join(figures) + "</div>")
+
+
+def _ablations(doc: _Doc, bench: Path, notes: list[str]) -> None:
+    from lpo.evals.leaderboard import build_tables, render_html, render_markdown
+
+    doc.heading(2, "Ablations")
+    folder = bench / "ablations"
+    entries = sorted(p for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
+    if not entries:
+        doc.skip(f"no ablations in {folder}")
+        return
+    for entry in entries:
+        meta = _read_json(entry / "ablation.json", notes) if (entry / "ablation.json").is_file() else None
+        meta = meta if isinstance(meta, dict) else {}
+        doc.heading(3, f"Ablation: {meta.get('name') or entry.name}")
+        if meta.get("description"):
+            doc.para(str(meta["description"]))
+        variants = meta.get("variants") or []
+        if variants:
+            doc.table(["variant", "overrides"], [[str(v.get("label")), " ".join(map(str, v.get("overrides") or [])) or "(defaults)"] for v in variants])
+        records = _load_records(entry / "results")
+        if not records:
+            doc.skip(f"no result records in {entry / 'results'}")
+            continue
+        tables = build_tables(records)
+        doc.md += render_markdown(tables, title=None, level=3).splitlines() + [""]
+        doc.html.append(render_html(tables, fragment=True, level=3))
+
+
+def _config(doc: _Doc, summary: dict[str, Any] | None, bench: Path) -> None:
+    doc.heading(2, "Bench config and stage timings")
+    if summary is None:
+        doc.skip(f"no {bench / 'bench.json'}")
+        return
+    stages = summary.get("stages") or {}
+    if stages:
+        rows = []
+        for name, timing in stages.items():
+            timing = timing if isinstance(timing, dict) else {"seconds": timing}
+            seconds = timing.get("seconds")
+            extra = ", ".join(f"{k}={v}" for k, v in timing.items() if k != "seconds")
+            rows.append([name, "—" if seconds is None else f"{float(seconds):.1f}", extra])
+        doc.table(["stage", "wall seconds", ""], rows)
+        # Not summed: stages nest (the per-checkpoint evaluations run inside the evaluate stage).
+        doc.bullets([
+            "wall seconds of each bench stage (skipped = done by an earlier invocation, with that one's time); stages "
+            "may nest, so they are not summed."
+        ])
+    doc.code(json.dumps(summary.get("config", {}), indent=2, sort_keys=True), "json")
+    meta = summary.get("meta") or {}
+    if meta:
+        doc.heading(3, "Environment")
+        doc.code(json.dumps(meta, indent=2, sort_keys=True, default=str), "json")
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def render_report(bench_dir: str | Path, *, benchmark: str = "world", metric: str = "world_utility") -> dict[str, Path]:
+    """Write BENCH/report/{index.html, summary.md, efficiency.json, quality_vs_cost.png}; their paths.
+
+    ``benchmark`` / ``metric``: the score of the efficiency view and its verdicts (the
+    world's hidden true utility on its test split by default).
+    """
+    bench = Path(bench_dir)
+    if not bench.is_dir():
+        raise LpoError(f"bench folder {bench} does not exist; run `lpo bench` first or pass the folder it wrote")
+    out_dir = bench / REPORT_DIR
+    out_dir.mkdir(parents=True, exist_ok=True)
+    notes: list[str] = []
+    summary = _read_json(bench / "bench.json", notes) if (bench / "bench.json").is_file() else None
+    summary = summary if isinstance(summary, dict) else None
+    results_dir = bench / "results"
+    records = _load_records(results_dir)
+    efficiency = efficiency_report(records, benchmark, metric)
+
+    doc = _Doc()
+    doc.heading(1, f"lpo bench report: {bench.name}")
+    preset = ((summary or {}).get("config") or {}).get("preset")
+    doc.para(
+        f"bench folder {bench.resolve()}" + (f" · preset {preset}" if preset else "")
+        + f" · efficiency score {efficiency['metric_key'] or metric} on {benchmark}",
+        "note",
+    )
+    _verdicts(doc, efficiency)
+    _leaderboard(doc, records, results_dir)
+    _efficiency(doc, efficiency, out_dir)
+    _reward_eval(doc, bench, notes)
+    _guided(doc, bench, notes)
+    _samples(doc, bench)
+    _ablations(doc, bench, notes)
+    _config(doc, summary, bench)
+    if notes:
+        doc.heading(2, "Notes")
+        doc.bullets(notes)
+
+    page = (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>lpo bench report: {html.escape(bench.name)}</title>"
+        f"<style>{CSS}</style></head><body>\n" + "\n".join(doc.html) + "\n</body></html>\n"
+    )
+    paths = {
+        "html": out_dir / HTML_NAME,
+        "markdown": out_dir / MARKDOWN_NAME,
+        "efficiency": out_dir / EFFICIENCY_NAME,
+    }
+    atomic_write_text(paths["html"], page)
+    atomic_write_text(paths["markdown"], "\n".join(doc.md).rstrip() + "\n")
+    atomic_write_json(paths["efficiency"], efficiency)
+    if (out_dir / PLOT_NAME).is_file() and efficiency["methods"]:
+        paths["plot"] = out_dir / PLOT_NAME
+    return paths

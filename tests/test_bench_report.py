@@ -277,7 +277,7 @@ def make_bench(folder: Path, *, full: bool = True) -> Path:
     (folder / "reward-eval" / "accuracy_by_timestep.png").write_bytes(_png(1))
     (folder / "guided").mkdir()
     for model, gain in (("base", 0.03), ("lpo", 0.01)):
-        (folder / "guided" / f"{model}.json").write_text(json.dumps(_guided_json(model, gain)))
+        (folder / "guided" / f"{model}.json").write_text(json.dumps(_guided_json(model, gain), sort_keys=True))  # as atomic_write_json
     (folder / "samples").mkdir()
     for i, model in enumerate(("lpo", "base", "spo", "diffusion-dpo")):
         (folder / "samples" / f"{model}.png").write_bytes(_png(10 + i))
@@ -315,6 +315,9 @@ def test_report_html_and_markdown(tmp_path):
     assert "| base | LRM-guided (best of K per step) | 0.530 ± 0.010 | +0.030 ± 0.004 | 0.400 ± 0.020 | 20 | 1× | 80 |" in summary
     assert "| lpo | best of K final images (LRM) | 0.505 ± 0.010 | +0.005 ± 0.004 | 0.400 ± 0.020 | 80 | 4× | 4 |" in summary
     assert "guided-best − best-of-K final: +0.015 ± 0.003" in summary
+    guided = summary.split("## LRM-guided sampling")[1]
+    assert guided.index("| base | plain sampling") < guided.index("| base | LRM-guided") < guided.index(
+        "| base | random pick") < guided.index("| base | best of K final") < guided.index("| lpo | plain sampling")
     # accuracy table, samples in model order, ablation, config and stage timings
     assert "| 981 | 0.610 | 0.520 |" in summary
     assert summary.index("**base**") < summary.index("**lpo**") < summary.index("**spo**") < summary.index("**diffusion-dpo**")

@@ -450,7 +450,9 @@ def _one_verdict(data: EfficiencyData, claim: Claim, question: str, challenger: 
 def _fmt_ratio(ratio: float | None) -> str:
     if ratio is None:
         return "—"
-    return f"{ratio:.3g} (1/{1 / ratio:.3g})" if ratio > 0 else "0"
+    if ratio <= 0:
+        return "0"
+    return f"{ratio:.3g} (1/{1 / ratio:.3g})" if ratio < 1 else f"{ratio:.3g}"
 
 
 # --------------------------------------------------------------------------- report

@@ -279,7 +279,9 @@ def _guided(doc: _Doc, bench: Path, notes: list[str]) -> None:
             continue
         methods, diffs = data["methods"], data.get("differences", {})
         plain_calls = (methods.get("plain") or {}).get("unet_calls_per_image")
-        for method, row in methods.items():
+        # the sampling methods in lpo.world.guided_eval's order (the JSON's keys are sorted)
+        order = list(GUIDED_LABELS)
+        for method, row in sorted(methods.items(), key=lambda kv: (order.index(kv[0]) if kv[0] in order else len(order), kv[0])):
             delta = diffs.get(f"{method} - plain", {}).get("utility") if method != "plain" else None
             calls = row.get("unet_calls_per_image")
             lrm = row.get("lrm_calls_per_image", 0.0)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Callable, List, Optional
 
@@ -344,6 +345,26 @@ def lrm_eval(
     result = eval_reward_job(model, pairs_path, out, lrm_dir=lrm, pixel_dir=pixel, seed=seed, console=_console())
     render_accuracy_table(result, _console())
     _console().print(f"wrote [bold]{out}/accuracy_by_timestep.json[/] and .png")
+
+
+@app.command()
+@user_errors
+def bench(
+    preset: str = typer.Option("quick", help="quick (about 10 minutes on 2 CPU cores) or full."),
+    out: Optional[Path] = typer.Option(None, help="Bench folder (default: bench-PRESET); rerunning continues it."),
+    overrides: List[str] = SetOption,
+) -> None:
+    """The whole study on the embedded world: pairs → MPCF → LRM / pixel model → LPO, SPO, Diffusion-DPO → eval → report."""
+    from lpo.bench.config import bench_preset
+    from lpo.bench.runner import run_bench
+    from lpo.config import apply_overrides
+
+    config = apply_overrides(bench_preset(preset), overrides)
+    folder = out or Path(f"bench-{preset}")
+    started = time.perf_counter()
+    result = run_bench(folder, config, console=_console())
+    minutes = (time.perf_counter() - started) / 60
+    _console().print(f"bench finished in {minutes:.1f} min: report [bold]{result.folder / 'report' / 'index.html'}[/]")
 
 
 @perf_app.command("reward-cost")

@@ -343,3 +343,11 @@ def test_sdxl_runs_and_writes_an_sdxl_lora(tiny_sdxl_dir, tmp_path):
         base = run()
         pipe.load_lora_weights(result.model_folder)
         assert not np.allclose(run(), base, atol=1e-5)
+
+
+def test_a_round_that_keeps_nothing_trains_nothing(tiny_world_dir, world_lrm, tmp_path):
+    # a softmax gap can never exceed 1: nothing is kept, so no optimiser step, and no crash
+    result = run_training("lpo", "lpo-world", [f"model.base={tiny_world_dir}", f"reward.path={world_lrm}", *QUICK_STEP,
+                                               "train.max_rounds=1", "sampler.threshold_min=0.999",
+                                               "sampler.threshold_max=0.999"], run_dir=tmp_path / "run")
+    assert result.history[0]["kept"] == 0 and result.optimizer_steps == 0

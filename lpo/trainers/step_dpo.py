@@ -315,7 +315,8 @@ class StepDPOTrainer:
                 mine = order[rank * per_process:(rank + 1) * per_process]
                 # 3c. one pass in micro-batches; accumulation groups form optimiser steps
                 model.train()
-                chunks = list(torch.split(torch.arange(per_process), micro))
+                # a round that kept nothing trains nothing (torch.split of an empty range yields one empty chunk)
+                chunks = [c for c in torch.split(torch.arange(per_process), micro) if len(c)]
                 step_logs = []
                 for first in range(0, len(chunks), accumulation):
                     group = [mine[c] for c in chunks[first:first + accumulation]]

@@ -219,15 +219,22 @@ def run_guided_eval(
     }
 
 
-def guided_eval_job(model: str, lrm_path: Path, protocol: GuidedEvalProtocol, out: Path | None, device: str = "auto", console=None) -> dict:
-    """Load the world model and the LRM (which must be built on it), run, and write the JSON atomically."""
+def guided_eval_job(
+    model: str, lrm_path: Path, protocol: GuidedEvalProtocol, out: Path | None, device: str = "auto", console=None,
+    unet: Path | None = None,
+) -> dict:
+    """Load the world model and the LRM (which must be built on it), run, and write the JSON atomically.
+
+    ``unet``: a trained U-Net folder (a full fine-tune's ``model/``) sampled in place of the
+    base one; the LRM stays the one built on the base model, as in training.
+    """
     from lpo.generate import resolve_device, resolve_model_name
     from lpo.io import atomic_write_json
     from lpo.lrm import load_lrm
     from lpo.models import load_components
     from rich.progress import Progress
 
-    components = load_components(resolve_model_name(model), device=resolve_device(device))
+    components = load_components(resolve_model_name(model), device=resolve_device(device), unet=unet)
     if components.kind != "world":
         raise LpoError(f"{model!r} is a {components.kind} model; guided-eval judges world images: use world or a world folder")
     lrm = load_lrm(lrm_path, components)
@@ -241,6 +248,7 @@ def guided_eval_job(model: str, lrm_path: Path, protocol: GuidedEvalProtocol, ou
 
         result = run_guided_eval(components, lrm, protocol, progress=progress)
     result["lrm"] = str(lrm_path)
+    result["unet"] = None if unet is None else str(unet)
     if out is not None:
         atomic_write_json(out, result)
     return result

@@ -1,0 +1,99 @@
+"""What `lpo bench` runs: one dataclass, two presets, every value saved with the bench.
+
+The quick preset is sized to finish in about ten minutes on two CPU cores: fewer pairs,
+shorter reward-model and policy training, fewer evaluation prompts than the full one.
+Every method trains on the same prompts (the captions of the training pairs), so the
+comparison spends the same prompt budget; compute is what differs and what the
+efficiency view measures.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+from lpo.errors import LpoError
+
+METHODS = ("lpo", "spo", "diffusion-dpo")
+
+
+def _f(default, help: str):
+    if isinstance(default, (list, dict, set)):
+        raise TypeError("use a tuple for sequence defaults")
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    preset: str = _f("quick", "Name of the preset these values started from (recorded, not used).")
+    model: str = _f("world", "World base model: world, world:PRESET or a world pipeline folder.")
+    seed: int = _f(0, "Seed of pair generation and of every training run.")
+    # data
+    train_prompts: int = _f(300, "Training prompts (world train split) for the preference pairs.")
+    pairs_per_prompt: int = _f(2, "Image pairs per training prompt.")
+    val_prompts: int = _f(86, "Validation prompts for the held-out reward-model accuracy (world val split).")
+    val_pairs_per_prompt: int = _f(2, "Pairs per validation prompt.")
+    mpcf_strategy: str = _f("2", "MPCF strategy for the pairs every method trains on: none, 1, 2 or 3.")
+    # reward models
+    lrm_preset: str = _f("lrm-world", "Reward-training preset of the LRM.")
+    lrm_overrides: tuple[str, ...] = _f((), "--set overrides of the LRM training.")
+    pixel_preset: str = _f("spo-pixel-world", "Reward-training preset of SPO's pixel step model.")
+    pixel_overrides: tuple[str, ...] = _f((), "--set overrides of the pixel model's training.")
+    # policies
+    methods: tuple[str, ...] = _f(METHODS, "Which trainers run (lpo, spo, diffusion-dpo).")
+    lpo_overrides: tuple[str, ...] = _f((), "--set overrides of the lpo-world preset.")
+    spo_overrides: tuple[str, ...] = _f((), "--set overrides of the spo-world preset.")
+    dpo_overrides: tuple[str, ...] = _f((), "--set overrides of the dpo-world preset.")
+    checkpoints_per_run: int = _f(4, "Intermediate checkpoints evaluated per run (for quality vs compute).")
+    # evaluation
+    eval_prompts: int = _f(64, "World test prompts per evaluation (round-robin over categories).")
+    eval_images_per_prompt: int = _f(2, "Images per prompt per evaluation.")
+    eval_heldout: bool = _f(True, "Also evaluate final models on the held-out attribute combinations.")
+    guided_prompts: int = _f(32, "Test prompts of the LRM-guided sampling rows (0 skips them).")
+    guided_seeds: int = _f(2, "Seeds per prompt of the guided-sampling rows.")
+    guided_candidates: int = _f(4, "K of guided sampling and of best-of-K final images.")
+    device: str = _f("auto", "auto, cpu or cuda.")
+
+    def __post_init__(self) -> None:
+        unknown = [m for m in self.methods if m not in METHODS]
+        if unknown or not self.methods:
+            raise LpoError(f"unknown bench methods {unknown or '(none)'}; choose from {', '.join(METHODS)}")
+        if self.mpcf_strategy not in ("none", "1", "2", "3"):
+            raise LpoError(f"mpcf_strategy must be none, 1, 2 or 3, got {self.mpcf_strategy!r}")
+        for name in ("train_prompts", "pairs_per_prompt", "val_prompts", "val_pairs_per_prompt", "eval_prompts",
+                     "eval_images_per_prompt", "checkpoints_per_run", "guided_seeds"):
+            if getattr(self, name) < 1:
+                raise LpoError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.guided_prompts < 0 or self.guided_candidates < 2:
+            raise LpoError("guided_prompts must be >= 0 and guided_candidates >= 2")
+
+    def trainer_overrides(self, method: str) -> tuple[str, ...]:
+        return {"lpo": self.lpo_overrides, "spo": self.spo_overrides, "diffusion-dpo": self.dpo_overrides}[method]
+
+
+QUICK = BenchConfig(
+    preset="quick",
+    pixel_overrides=("max_steps=150",),
+    lpo_overrides=("train.max_rounds=16", "train.epochs=100"),  # max_rounds decides
+    spo_overrides=("train.max_rounds=16", "train.epochs=100"),
+    dpo_overrides=("train.max_steps=120",),
+)
+FULL = BenchConfig(
+    preset="full",
+    train_prompts=1500,
+    val_prompts=86,
+    val_pairs_per_prompt=4,
+    eval_prompts=128,
+    eval_images_per_prompt=4,
+    checkpoints_per_run=8,
+    guided_prompts=64,
+    lpo_overrides=("train.epochs=100",),  # the preset's max_rounds (40) decides
+    spo_overrides=("train.epochs=100",),
+)
+BENCH_PRESETS = {"quick": QUICK, "full": FULL}
+
+
+def bench_preset(name: str) -> BenchConfig:
+    try:
+        return replace(BENCH_PRESETS[name])
+    except KeyError:
+        raise LpoError(f"unknown bench preset {name!r}; known: {', '.join(BENCH_PRESETS)}") from None

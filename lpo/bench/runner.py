@@ -1,0 +1,331 @@
+"""`lpo bench`: the whole study on the embedded world, stage by stage, resumable.
+
+base model → preference pairs (train / val) → MPCF → LRM and SPO's pixel step model →
+held-out accuracy by timestep → LPO, SPO and Diffusion-DPO (same training prompts) →
+evaluation of the base model and of every run's intermediate and final checkpoints →
+LRM-guided sampling rows → sample grids → report.
+
+Each stage writes ``stages/<name>.json`` when it is done; a rerun skips finished stages,
+resumes an interrupted training run from its last checkpoint, and reuses cached eval
+images, so an interrupted bench continues where it stopped. Result records go to the
+bench's own ``results/`` (the evals store), which the report and ``lpo leaderboard
+--results-dir BENCH/results`` read.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Callable
+
+from lpo.bench.config import BenchConfig
+from lpo.errors import LpoError
+from lpo.io import atomic_write_json, run_metadata
+
+TRAINER_PRESETS = {"lpo": "lpo-world", "spo": "spo-world", "diffusion-dpo": "dpo-world"}
+STAGES_DIR = "stages"
+SAMPLE_GRID_SIZE = 8  # prompts per sample grid (image 0 of each, from the eval cache)
+
+
+class Bench:
+    """A bench folder: its config, its finished stages and the paths every stage shares."""
+
+    def __init__(self, folder: Path, config: BenchConfig, console: Any = None) -> None:
+        self.folder = Path(folder)
+        self.config = config
+        self.console = console
+        self.timings: dict[str, dict[str, Any]] = {}
+
+    # ----------------------------------------------------------------- paths
+
+    @property
+    def train_pairs(self) -> Path:
+        return self.folder / "pairs" / "train.parquet"
+
+    @property
+    def val_pairs(self) -> Path:
+        return self.folder / "pairs" / "val.parquet"
+
+    @property
+    def filtered_pairs(self) -> Path:
+        return self.folder / "pairs" / "train-mpcf.parquet"
+
+    def reward_run(self, name: str) -> Path:
+        return self.folder / "rewards" / name
+
+    def reward_model(self, name: str) -> Path:
+        return self.reward_run(name) / "model"
+
+    def policy_run(self, method: str) -> Path:
+        return self.folder / "runs" / method
+
+    @property
+    def results_dir(self) -> Path:
+        return self.folder / "results"
+
+    @property
+    def image_cache(self) -> Path:
+        return self.folder / "eval-images"
+
+    # ----------------------------------------------------------------- bookkeeping
+
+    def say(self, message: str) -> None:
+        if self.console is not None:
+            self.console.print(message, highlight=False)
+
+    def _marker(self, name: str) -> Path:
+        return self.folder / STAGES_DIR / f"{name}.json"
+
+    def done(self, name: str) -> dict[str, Any] | None:
+        marker = self._marker(name)
+        return json.loads(marker.read_text()) if marker.is_file() else None
+
+    def stage(self, name: str, fn: Callable[[], dict[str, Any] | None]) -> dict[str, Any]:
+        """Run ``fn`` unless the stage finished before; record its wall time."""
+        previous = self.done(name)
+        if previous is not None:
+            self.say(f"[dim]{name}: done earlier, skipped[/]")
+            self.timings[name] = {**previous.get("timing", {}), "skipped": True}
+            return previous
+        self.say(f"[bold]{name}[/]")
+        start = time.perf_counter()
+        output = fn() or {}
+        payload = {"output": output, "timing": {"seconds": round(time.perf_counter() - start, 2)}}
+        atomic_write_json(self._marker(name), payload)
+        self.timings[name] = payload["timing"]
+        self.write_summary()
+        return payload
+
+    def write_summary(self) -> None:
+        atomic_write_json(
+            self.folder / "bench.json",
+            {"config": asdict(self.config), "stages": self.timings, "meta": run_metadata()},
+        )
+
+
+# --------------------------------------------------------------------------- stages
+
+
+def _pairs(bench: Bench) -> dict[str, Any]:
+    from lpo.world.pairs import run_pairs
+
+    c = bench.config
+    train = run_pairs(c.model, bench.train_pairs, c.train_prompts, c.pairs_per_prompt, c.seed, bench.console,
+                      device=c.device)
+    val = run_pairs(c.model, bench.val_pairs, c.val_prompts, c.val_pairs_per_prompt, c.seed + 1, bench.console,
+                    device=c.device, prompt_split="val")
+    return {"train": _jsonable(train), "val": _jsonable(val)}
+
+
+def _mpcf(bench: Bench) -> dict[str, Any]:
+    from lpo.mpcf import build_gap_scorers, compute_gap_scores, filter_pairs, mpcf_preset
+    from lpo.pairs import load_pairs, save_pairs
+
+    config = mpcf_preset("world")
+    from dataclasses import replace
+
+    config = replace(config, strategy=bench.config.mpcf_strategy)
+    loaded = load_pairs(str(bench.train_pairs))
+    scores = compute_gap_scores(loaded.pairs, build_gap_scorers(config), bench.folder / "pairs" / ".mpcf-scores")
+    result = filter_pairs(loaded.pairs, config, scores)
+    save_pairs(result.pairs, bench.filtered_pairs, provenance={"mpcf": result.report.as_dict(), "input": str(bench.train_pairs)})
+    if bench.console is not None:
+        bench.console.print(result.report.as_table())
+    return {"kept": len(result.pairs), "of": len(loaded.pairs), "report": result.report.as_dict()}
+
+
+def _train_reward(bench: Bench, name: str, preset: str, overrides: tuple[str, ...]) -> dict[str, Any]:
+    from lpo.reward_jobs import train_reward_job
+
+    run_dir = bench.reward_run(name)
+    resume = _prepare_run_dir(run_dir)
+    result = train_reward_job(bench.config.model, str(bench.filtered_pairs), preset,
+                              [*overrides, f"seed={bench.config.seed}"], run_dir=run_dir, resume=resume,
+                              console=bench.console)
+    return {"model": str(result.model_folder), "steps": result.steps, "cost": result.cost}
+
+
+def _reward_eval(bench: Bench) -> dict[str, Any]:
+    from lpo.reward_jobs import eval_reward_job, render_accuracy_table
+
+    result = eval_reward_job(bench.config.model, str(bench.val_pairs), bench.folder / "reward-eval",
+                             lrm_dir=bench.reward_model("lrm"),
+                             pixel_dir=bench.reward_model("pixel") if "spo" in bench.config.methods else None,
+                             seed=bench.config.seed, console=bench.console)
+    if bench.console is not None:
+        render_accuracy_table(result, bench.console)
+    return {"accuracy_by_timestep": str(bench.folder / "reward-eval" / "accuracy_by_timestep.json")}
+
+
+def _train_policy(bench: Bench, method: str) -> dict[str, Any]:
+    from lpo.trainers.jobs import resolve_config, run_training
+
+    c = bench.config
+    preset = TRAINER_PRESETS[method]
+    overrides = [f"model.base={c.model}", f"run.seed={c.seed}", *c.trainer_overrides(method)]
+    if method == "diffusion-dpo":
+        overrides.append(f"data.pairs={bench.filtered_pairs}")
+    else:
+        reward = bench.reward_model("lrm" if method == "lpo" else "pixel")
+        overrides += [f"reward.path={reward}", f"train.prompts={bench.filtered_pairs}"]
+    length = _run_length(resolve_config(method, preset, overrides), method, bench.filtered_pairs)
+    # about checkpoints_per_run evenly spaced checkpoints before the final model, all kept
+    save_every = max(1, length // (c.checkpoints_per_run + 1))
+    overrides += [f"run.save_every={save_every}", f"run.keep_checkpoints={max(1, length // save_every)}",
+                  "run.trackers=none"]
+    run_dir = bench.policy_run(method)
+    resume = _prepare_run_dir(run_dir)
+    result = run_training(method, preset, overrides, run_dir=run_dir, resume=resume, console=bench.console)
+    return {"run": str(run_dir), "model": str(result.model_folder), "steps": result.steps,
+            "optimizer_steps": result.optimizer_steps, "final_loss": result.final_loss, "cost": result.cost,
+            "preset": preset, "overrides": overrides}
+
+
+def _run_length(config: Any, method: str, prompts_path: Path) -> int:
+    """Rounds (LPO/SPO) or optimiser steps (Diffusion-DPO) the run will take."""
+    if method == "diffusion-dpo":
+        return int(config.train.max_steps)
+    from lpo.trainers.jobs import load_prompts
+
+    prompts = len(load_prompts(str(prompts_path)))
+    rounds = max(1, math.ceil(config.train.epochs * prompts / config.sampler.sample_batch_size))
+    return rounds if config.train.max_rounds is None else min(rounds, int(config.train.max_rounds))
+
+
+def _prepare_run_dir(run_dir: Path) -> bool:
+    """True when an interrupted run can resume; a run folder with no checkpoint starts over."""
+    if not run_dir.exists():
+        return False
+    checkpoints = run_dir / "checkpoints"
+    if checkpoints.is_dir() and any(p.name.startswith("step-") for p in checkpoints.iterdir()):
+        return True
+    shutil.rmtree(run_dir)
+    return False
+
+
+def eval_targets(bench: Bench) -> list[tuple[str, str, bool]]:
+    """(name, checkpoint spec, final) for the base model and every run's checkpoints and final model."""
+    targets = [("base", bench.config.model, True)]
+    for method in bench.config.methods:
+        run = bench.policy_run(method)
+        steps = sorted((run / "checkpoints").glob("step-*")) if (run / "checkpoints").is_dir() else []
+        targets += [(f"{method}@{p.name.split('-')[-1].lstrip('0') or '0'}", str(p), False) for p in steps]
+        targets.append((method, str(run), True))
+    return targets
+
+
+def _evaluate(bench: Bench) -> dict[str, Any]:
+    from lpo.evals.harness import EvalConfig, EvalProtocol, run_eval
+
+    c = bench.config
+    protocol = EvalProtocol(guidance_scale=5.0, images_per_prompt=c.eval_images_per_prompt, batch_size=32)
+    done: dict[str, Any] = {}
+    for name, spec, final in eval_targets(bench):
+        benchmarks = ["world", "world-heldout"] if (final and c.eval_heldout) else ["world"]
+        for benchmark in benchmarks:
+            key = f"eval-{benchmark}-{name}"
+            if bench.done(key) is None:
+                def run_one(spec=spec, benchmark=benchmark, name=name):
+                    output = run_eval(EvalConfig(
+                        checkpoint=spec, benchmark=benchmark, max_prompts=c.eval_prompts, protocol=protocol,
+                        device=c.device, label=name, cache_dir=bench.image_cache, results_dir=bench.results_dir,
+                    ))
+                    utility = next((r for r in output.records if r.metric == "world_utility"), None)
+                    return {"eval_id": output.eval_id, "images": str(output.image_folder),
+                            "prompts": list(output.prompt_set.prompts[:SAMPLE_GRID_SIZE]),
+                            "utility": None if utility is None else utility.value,
+                            "generate_s": output.generate_s}
+                bench.stage(key, run_one)
+            done[key] = bench.done(key)["output"]
+    return {"evaluations": done}
+
+
+def _guided(bench: Bench) -> dict[str, Any]:
+    from lpo.world.guided_eval import GuidedEvalProtocol, guided_eval_job, render_guided_eval
+
+    c = bench.config
+    protocol = GuidedEvalProtocol(num_prompts=c.guided_prompts, seeds_per_prompt=c.guided_seeds,
+                                  num_candidates=c.guided_candidates,
+                                  methods=("plain", "guided-best", "guided-random", "best-of-k-lrm"))
+    models: list[tuple[str, Path | None]] = [("base", None)]
+    for method in c.methods:
+        unet = bench.policy_run(method) / "model"
+        if (unet / "config.json").is_file():  # full fine-tunes (the world presets); a LoRA run is skipped
+            models.append((method, unet))
+    out: dict[str, Any] = {}
+    for label, unet in models:
+        path = bench.folder / "guided" / f"{label}.json"
+        if not path.is_file():
+            result = guided_eval_job(c.model, bench.reward_model("lrm"), protocol, path, device=c.device,
+                                     console=bench.console, unet=unet)
+            if bench.console is not None:
+                render_guided_eval(result, bench.console)
+        out[label] = str(path)
+    return out
+
+
+def _samples(bench: Bench) -> dict[str, Any]:
+    """One grid per final model from its cached eval images: same prompts, same seeds, nothing regenerated."""
+    import numpy as np
+    from PIL import Image
+
+    from lpo.evals.benchmarks.base import prompt_hash
+    from lpo.grid import save_grid
+
+    written = {}
+    for name, _, final in eval_targets(bench):
+        marker = bench.done(f"eval-world-{name}")
+        if not final or marker is None:
+            continue
+        folder, prompts = Path(marker["output"]["images"]), marker["output"]["prompts"]
+        images = np.stack([np.asarray(Image.open(folder / prompt_hash(p) / "0000.png").convert("RGB")) for p in prompts])
+        written[name] = str(save_grid(bench.folder / "samples" / f"{name}.png", images, prompts))
+    return written
+
+
+def _report(bench: Bench) -> dict[str, Any]:
+    from lpo.bench.report import render_report
+
+    paths = render_report(bench.folder)
+    return {k: str(v) for k, v in (paths.items() if isinstance(paths, dict) else {"report": paths}.items())}
+
+
+def _jsonable(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=str))
+
+
+# --------------------------------------------------------------------------- the bench
+
+
+def run_bench(folder: Path, config: BenchConfig, console: Any = None) -> Bench:
+    """Run (or continue) the whole bench in ``folder``; returns the Bench."""
+    folder = Path(folder)
+    saved = folder / "bench.json"
+    if saved.is_file():
+        previous = json.loads(saved.read_text()).get("config", {})
+        if previous and previous != json.loads(json.dumps(asdict(config))):
+            raise LpoError(
+                f"{folder} holds a bench with another config; continue it with the same preset and --set values, "
+                "or pass a new --out folder"
+            )
+    bench = Bench(folder, config, console)
+    c = config
+    bench.stage("pairs", lambda: _pairs(bench))
+    bench.stage("mpcf", lambda: _mpcf(bench))
+    bench.stage("reward-lrm", lambda: _train_reward(bench, "lrm", c.lrm_preset, c.lrm_overrides))
+    if "spo" in c.methods:
+        bench.stage("reward-pixel", lambda: _train_reward(bench, "pixel", c.pixel_preset, c.pixel_overrides))
+    bench.stage("reward-eval", lambda: _reward_eval(bench))
+    for method in c.methods:
+        bench.stage(f"train-{method}", lambda method=method: _train_policy(bench, method))
+    bench.stage("evaluate", lambda: _evaluate(bench))
+    if c.guided_prompts:
+        bench.stage("guided", lambda: _guided(bench))
+    bench.stage("samples", lambda: _samples(bench))
+    bench.stage("report", lambda: _report(bench))
+    bench.write_summary()
+    return bench

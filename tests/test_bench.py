@@ -1,0 +1,76 @@
+"""`lpo bench` end to end on the tiny world model at micro size, and its resume."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from lpo.bench.config import BenchConfig, bench_preset
+from lpo.bench.runner import run_bench
+from lpo.errors import LpoError
+
+
+def _micro(model: str) -> BenchConfig:
+    return BenchConfig(
+        preset="micro", model=model, train_prompts=8, pairs_per_prompt=2, val_prompts=4, val_pairs_per_prompt=1,
+        mpcf_strategy="none",
+        lrm_overrides=("max_steps=4", "warmup_steps=1", "batch_size=8", "eval_every=0", "save_every=2"),
+        pixel_overrides=("max_steps=2", "warmup_steps=1", "batch_size=8", "eval_every=0", "save_every=2"),
+        lpo_overrides=("train.max_rounds=2", "train.epochs=100", "sampler.sample_batch_size=4", "sampler.num_inference_steps=4"),
+        spo_overrides=("train.max_rounds=2", "train.epochs=100", "sampler.sample_batch_size=4", "sampler.num_inference_steps=6",
+                       "sampler.min_timestep=0"),
+        dpo_overrides=("train.max_steps=2", "train.batch_size=4", "optim.warmup_steps=1"),
+        checkpoints_per_run=1, eval_prompts=6, eval_images_per_prompt=1, guided_prompts=2, guided_seeds=1,
+        device="cpu",
+    )
+
+
+@pytest.fixture(scope="module")
+def micro_bench(tiny_world_dir, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("bench")
+    bench = run_bench(folder, _micro(str(tiny_world_dir)))
+    return folder, bench
+
+
+def test_bench_runs_every_stage_and_writes_the_report(micro_bench):
+    folder, _ = micro_bench
+    summary = json.loads((folder / "bench.json").read_text())
+    stages = set(summary["stages"])
+    for stage in ("pairs", "mpcf", "reward-lrm", "reward-pixel", "reward-eval", "train-lpo", "train-spo",
+                  "train-diffusion-dpo", "evaluate", "guided", "samples", "report"):
+        assert stage in stages and (folder / "stages" / f"{stage}.json").is_file(), stage
+    assert summary["config"]["preset"] == "micro"
+    # every final model and the base on both world benchmarks; the intermediate checkpoint on world
+    from lpo.evals.store import load_records
+
+    records = load_records(folder / "results")
+    labels = {(r.benchmark, r.checkpoint["label"]) for r in records if r.metric == "world_utility"}
+    for name in ("base", "lpo", "spo", "diffusion-dpo"):
+        assert ("world", name) in labels and ("world-heldout", name) in labels
+    steps = [r for r in records if r.metric == "world_utility" and "step" in r.checkpoint]
+    assert {r.method for r in steps} >= {"lpo", "diffusion-dpo"}
+    assert all(r.training_cost is not None for r in records if r.method != "base")
+    for name in ("base", "lpo", "spo", "diffusion-dpo"):
+        assert (folder / "samples" / f"{name}.png").is_file()
+        assert (folder / "guided" / f"{name}.json").is_file()
+    html = (folder / "report" / "index.html").read_text()
+    assert "<img" in html and "lpo" in html
+
+
+def test_rerun_skips_finished_stages_and_refuses_another_config(micro_bench, tiny_world_dir):
+    folder, first = micro_bench
+    before = (folder / "results" / "world" / "records-v1.jsonl").read_text()
+    again = run_bench(folder, _micro(str(tiny_world_dir)))
+    assert all(t.get("skipped") for t in again.timings.values())
+    assert (folder / "results" / "world" / "records-v1.jsonl").read_text() == before  # nothing re-evaluated
+    with pytest.raises(LpoError, match="another config"):
+        run_bench(folder, BenchConfig(**{**_micro(str(tiny_world_dir)).__dict__, "eval_prompts": 7}))
+
+
+def test_presets_and_config_errors():
+    assert bench_preset("quick").preset == "quick" and bench_preset("full").train_prompts > bench_preset("quick").train_prompts
+    with pytest.raises(LpoError, match="unknown bench preset"):
+        bench_preset("huge")
+    with pytest.raises(LpoError, match="unknown bench methods"):
+        BenchConfig(methods=("ppo",))

@@ -15,7 +15,14 @@ Accepted, in this order:
    ``UNet2DConditionModel`` folder (a full fine-tune, swapped in);
    an intermediate checkpoint ``RUN/checkpoints/step-N/`` the same way from its own
    ``model/``, with the cost snapshot written with it;
-5. a hub id ``owner/name`` (real mode).
+5. a name from the checkpoint registry (:mod:`lpo.evals.checkpoint_registry`: the
+   released SD1.5 / SDXL, Diffusion-DPO, SPO and LPO models, plus the user's entries),
+   built as the entry says (whole pipeline, U-Net swapped in, or LoRA loaded; VAE
+   override); its CFG, training signals and published row come along;
+6. a hub id ``owner/name`` (real mode).
+
+An existing path wins over a registry name of the same spelling. Anything else is an
+error listing the known names.
 
 The checkpoint hash keys the image cache and goes into every record: two records with
 the same hash were produced by byte-identical weights. A folder's hash covers every file
@@ -60,8 +67,17 @@ class Checkpoint:
     training_cost: dict[str, Any] | None = None
     optimised_reward: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    adapter_subfolder: str | None = None
+    vae: str | None = None  # an AutoencoderKL replacing the pipeline's
+    vae_subfolder: str | None = None
+    guidance_scale: float | None = None  # the CFG of the checkpoint's original evaluation (registry)
+    trained_with: list[dict[str, Any]] | None = None  # declared training signals (registry)
+    registry: dict[str, Any] | None = None  # name, origin, source, published_as of a registry entry
 
     def as_dict(self) -> dict[str, Any]:
+        adapter = {"base": self.base, "adapter_kind": self.adapter_kind, "adapter_path": self.adapter_path}
+        if self.adapter_subfolder:
+            adapter["adapter_subfolder"] = self.adapter_subfolder
         return {
             "spec": self.spec,
             "label": self.label,
@@ -69,9 +85,15 @@ class Checkpoint:
             "kind": self.kind,
             "path": self.path,
             "hub_id": self.hub_id,
-            **({"base": self.base, "adapter_kind": self.adapter_kind, "adapter_path": self.adapter_path} if self.adapter_kind else {}),
+            **(adapter if self.adapter_kind else {}),
+            **({"vae": self.vae, "vae_subfolder": self.vae_subfolder} if self.vae else {}),
+            **({"registry": self.registry} if self.registry else {}),
             **self.extra,  # e.g. an intermediate checkpoint's training step, a hub commit
         }
+
+    @property
+    def published_as(self) -> str | None:
+        return (self.registry or {}).get("published_as")
 
     @property
     def model(self) -> str:
@@ -84,25 +106,30 @@ class Checkpoint:
         """The diffusers pipeline to sample: the folder / hub model, or the base with the run's policy."""
         from lpo.generate import build_pipeline, load_pipeline, resolve_device, resolve_dtype, resolve_model_name
 
-        if self.adapter_kind == "unet":
+        if self.adapter_kind == "unet" or self.vae:
             from lpo.models import load_components
 
+            unet = self.adapter_path if self.adapter_kind == "unet" else None
             components = load_components(
-                resolve_model_name(self.model), dtype=resolve_dtype(dtype), device=resolve_device(device), unet=self.adapter_path
+                resolve_model_name(self.model), dtype=resolve_dtype(dtype), device=resolve_device(device),
+                unet=unet, unet_subfolder=self.adapter_subfolder if unet else None,
+                vae=self.vae, vae_subfolder=self.vae_subfolder,
             )
             pipe = build_pipeline(components)
             pipe.set_progress_bar_config(disable=True)
-            return pipe
-        pipe, _ = load_pipeline(self.model, device=device, dtype=dtype)
+        else:
+            pipe, _ = load_pipeline(self.model, device=device, dtype=dtype)
         if self.adapter_kind == "lora":
             try:
-                pipe.load_lora_weights(self.adapter_path)
+                kwargs = {"subfolder": self.adapter_subfolder} if self.adapter_subfolder else {}
+                pipe.load_lora_weights(self.adapter_path, **kwargs)
             except (OSError, ValueError, RuntimeError, KeyError) as err:
                 from lpo.io import one_line
 
+                where = "the registry entry's base" if self.registry else "the run's model.base"
                 raise LpoError(
                     f"could not apply the LoRA in {self.adapter_path} to {self.model} ({one_line(err)}); "
-                    "the run's model.base must be the pipeline it was trained on"
+                    f"{where} must be the pipeline it was trained on"
                 ) from err
         return pipe
 
@@ -156,8 +183,9 @@ def folder_hash(folder: Path) -> str:
 # --------------------------------------------------------------------------- resolution
 
 
-def resolve_checkpoint(spec: str, benchmark=None, prompts=None) -> Checkpoint:
-    """The :class:`Checkpoint` named by ``spec`` (see the module docstring for the rules)."""
+def resolve_checkpoint(spec: str, benchmark=None, prompts=None, registry: Path | str | None = None) -> Checkpoint:
+    """The :class:`Checkpoint` named by ``spec`` (see the module docstring for the rules);
+    ``registry`` is a checkpoint registry file read after the shipped entries and the user's."""
     # 1. A reference source of the benchmark.
     if benchmark is not None and benchmark.reference_source(spec, prompts or []) is not None:
         from lpo.world.grammar import WORLD_VERSION
@@ -193,6 +221,11 @@ def resolve_checkpoint(spec: str, benchmark=None, prompts=None) -> Checkpoint:
             "world, a run folder, or a hub id such as stable-diffusion-v1-5/stable-diffusion-v1-5"
         )
 
+    from lpo.evals.checkpoint_registry import load_registry
+
+    entries = load_registry(registry)
+    if spec in entries:
+        return from_registry(entries[spec], entries)
     if _HUB_ID.match(spec):
         digest, commit = _hub_hash(spec)
         return Checkpoint(
@@ -200,8 +233,72 @@ def resolve_checkpoint(spec: str, benchmark=None, prompts=None) -> Checkpoint:
             extra={"hub_commit": commit},
         )
     raise LpoError(
-        f"no checkpoint {spec!r}: not a folder, not world, not a hub id; pass a diffusers pipeline folder, world, or owner/name"
+        f"unknown checkpoint {spec!r}: not a folder, not world, not a hub id, and no registry entry "
+        f"(known: {', '.join(sorted(entries))}; `lpo list checkpoints`)"
     )
+
+
+def _ref_hash(ref: str, subfolder: str | None = None) -> str:
+    """Content hash of a pipeline / component reference: a local folder's files (the
+    subfolder's when given), a world alias's folder, or a hub repository's commit."""
+    from lpo.generate import resolve_model_name
+
+    path = Path(resolve_model_name(ref)).expanduser()
+    if path.is_dir():
+        target = path / subfolder if subfolder else path
+        if not target.is_dir():
+            raise LpoError(f"{path} has no subfolder {subfolder!r}; fix the checkpoint entry's subfolder")
+        return folder_hash(target)
+    if _HUB_ID.match(ref):
+        digest = _hub_hash(ref)[0]
+        return hashlib.sha256(f"{digest}|{subfolder}".encode()).hexdigest()[:16] if subfolder else digest
+    raise LpoError(f"{ref!r} is neither a local folder nor a hub id; fix the checkpoint entry")
+
+
+def from_registry(entry, entries) -> Checkpoint:
+    """A registry entry as a :class:`Checkpoint` (hashes computed, nothing loaded).
+
+    The hash is the one the same parts get elsewhere: a plain pipeline entry hashes as the
+    folder / hub id itself, a U-Net or LoRA on a base as a run folder's policy does
+    (``base|kind|part``), so the image cache is shared; a VAE override is folded in.
+    """
+    from lpo.evals.checkpoint_registry import check_lora_fits, plan
+    from lpo.evals.signals import signal_record
+    from lpo.generate import resolve_model_name
+
+    p = plan(entry, entries)
+    digest = _ref_hash(p.pipeline)
+    part = p.unet or p.lora
+    if part:
+        kind = "unet" if p.unet else "lora"
+        digest = hashlib.sha256(f"{digest}|{kind}|{_ref_hash(part, p.unet_subfolder or p.lora_subfolder)}".encode()).hexdigest()[:16]
+    if p.vae:
+        digest = hashlib.sha256(f"{digest}|vae|{_ref_hash(p.vae, p.vae_subfolder)}".encode()).hexdigest()[:16]
+    if p.lora:
+        check_lora_fits(p.lora, p.lora_subfolder, p.pipeline, entry.name)
+    local = Path(resolve_model_name(p.pipeline)).expanduser()
+    pipeline_path = str(local.resolve()) if local.is_dir() else None
+
+    def local_or_hub(ref: str | None) -> str | None:
+        if ref is None:
+            return None
+        path = Path(resolve_model_name(ref)).expanduser()
+        return str(path.resolve()) if path.is_dir() else ref
+
+    ckpt = Checkpoint(
+        spec=entry.name, label=entry.label or entry.name, content_hash=digest, kind="pipeline",
+        path=pipeline_path if not part else None, hub_id=None if (pipeline_path or part) else p.pipeline,
+        base=(pipeline_path or p.pipeline) if part else None, adapter_kind=("unet" if p.unet else "lora") if part else None,
+        adapter_path=local_or_hub(part), adapter_subfolder=p.unet_subfolder or p.lora_subfolder,
+        vae=local_or_hub(p.vae), vae_subfolder=p.vae_subfolder, method=entry.method, base_model=p.base_model or p.pipeline,
+        guidance_scale=entry.cfg,
+        # declared signals; none declared: a base model has none, anything else is unknown
+        trained_with=[signal_record(s, f"checkpoint {entry.name!r}") for s in entry.trained_with]
+        if entry.trained_with else ([] if entry.method == "base" else None),
+        registry={"name": entry.name, "origin": entry.origin, "source": entry.source, "published_as": entry.published_as,
+                  "chain": list(p.chain)},
+    )
+    return ckpt
 
 
 def _pipeline_folder(spec: str, folder: Path) -> Checkpoint:

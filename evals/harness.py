@@ -31,7 +31,7 @@ import math
 import os
 import time
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Sequence
@@ -48,6 +48,10 @@ SAMPLERS = ("ddim",)  # the one sampler lpo's pipelines load with (lpo.models sw
 METRIC_DTYPES = ("float32", "float16", "bfloat16")
 
 
+DEFAULT_GUIDANCE_SCALE = 5.0  # SPEC §6.2: LPO/SPO's evaluation CFG
+DEFAULT_IMAGES_PER_PROMPT = 4  # the LPO paper's Pick-a-Pic protocol
+
+
 @dataclass(frozen=True)
 class EvalProtocol:
     """How images are made (SPEC §6.2); recorded in every result record.
@@ -55,15 +59,20 @@ class EvalProtocol:
     ``resolution`` None means the model's native size (the record also stores the size
     the images actually have). Only ``images_per_prompt`` and ``batch_size`` may change
     without changing any image.
+
+    ``guidance_scale`` None: the checkpoint's own CFG (a registry entry's original
+    evaluation CFG, :mod:`lpo.evals.checkpoint_registry`), else 5.0. ``images_per_prompt``
+    None: the benchmark's ``default_images_per_prompt`` (T2I-CompBench++ 10, GenEval 4),
+    else 4. :func:`resolve_protocol` fills both and says where each value came from.
     """
 
     sampler: str = "ddim"
     steps: int = 20
-    guidance_scale: float = 5.0
+    guidance_scale: float | None = None
     eta: float = 0.0
     resolution: int | None = None
     dtype: str = "fp32"
-    images_per_prompt: int = 4
+    images_per_prompt: int | None = None
     seed: int = 42
     batch_size: int = 8
 
@@ -73,15 +82,24 @@ class EvalProtocol:
         if self.dtype not in DTYPES:
             raise LpoError(f"unknown dtype {self.dtype!r}; use one of {', '.join(DTYPES)}")
         for name in ("steps", "images_per_prompt", "batch_size"):
-            if getattr(self, name) < 1:
-                raise LpoError(f"{name} must be >= 1, got {getattr(self, name)}")
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise LpoError(f"{name} must be >= 1, got {value}")
         if self.resolution is not None and (self.resolution < 8 or self.resolution % 8):
             raise LpoError(f"resolution must be a multiple of 8 (>= 8), got {self.resolution}")
         if not self.eta >= 0:
             raise LpoError(f"eta must be >= 0, got {self.eta}")
+        if self.guidance_scale is not None and not (math.isfinite(self.guidance_scale) and self.guidance_scale >= 0):
+            raise LpoError(f"guidance scale must be a finite number >= 0, got {self.guidance_scale}")
+
+    @property
+    def resolved(self) -> bool:
+        return self.guidance_scale is not None and self.images_per_prompt is not None
 
     def pixel_settings(self) -> dict[str, Any]:
         """The settings that change pixels (the image cache key)."""
+        if self.guidance_scale is None:
+            raise ValueError("the protocol's guidance scale is not resolved yet (resolve_protocol)")
         d = asdict(self)
         return {k: d[k] for k in ("sampler", "steps", "guidance_scale", "eta", "resolution", "dtype", "seed")}
 
@@ -90,10 +108,26 @@ class EvalProtocol:
 
     def summary(self) -> str:
         res = "native" if self.resolution is None else f"{self.resolution}px"
-        return (
-            f"{self.sampler.upper()} {self.steps} · CFG {self.guidance_scale:g} · {self.images_per_prompt} img/prompt · "
-            f"seed {self.seed} · {res} · {self.dtype}"
-        )
+        cfg = "own" if self.guidance_scale is None else f"{self.guidance_scale:g}"
+        n = "default" if self.images_per_prompt is None else self.images_per_prompt
+        return f"{self.sampler.upper()} {self.steps} · CFG {cfg} · {n} img/prompt · seed {self.seed} · {res} · {self.dtype}"
+
+
+def resolve_protocol(protocol: EvalProtocol, benchmark=None, checkpoint=None) -> tuple[EvalProtocol, dict[str, str]]:
+    """Fill the unset CFG and images per prompt; (protocol, where each value came from).
+
+    Sources: ``user`` (set explicitly), ``checkpoint`` (the registry entry's CFG of its
+    original evaluation), ``benchmark`` (its ``default_images_per_prompt``), ``default``.
+    """
+    sources = {"guidance_scale": "user", "images_per_prompt": "user"}
+    guidance, images = protocol.guidance_scale, protocol.images_per_prompt
+    if guidance is None:
+        own = getattr(checkpoint, "guidance_scale", None)
+        guidance, sources["guidance_scale"] = (own, "checkpoint") if own is not None else (DEFAULT_GUIDANCE_SCALE, "default")
+    if images is None:
+        own = getattr(benchmark, "default_images_per_prompt", None)
+        images, sources["images_per_prompt"] = (own, "benchmark") if own else (DEFAULT_IMAGES_PER_PROMPT, "default")
+    return replace(protocol, guidance_scale=float(guidance), images_per_prompt=int(images)), sources
 
 
 @dataclass
@@ -114,6 +148,7 @@ class EvalConfig:
     label: str | None = None
     cache_dir: Path | None = None  # None: $LPO_HOME/eval-images
     results_dir: Path | None = DEFAULT_RESULTS_DIR  # None: write nothing
+    registry: Path | None = None  # a checkpoint registry file besides the shipped one and $LPO_HOME/checkpoints.json
 
     def __post_init__(self) -> None:
         if self.max_prompts is not None and self.max_prompts < 1:
@@ -149,6 +184,7 @@ class EvalOutput:
     metric_timing: dict[str, MetricTiming]
     written: list[Path]
     image_folder: Path
+    protocol_sources: dict[str, str] = field(default_factory=dict)  # where CFG / images per prompt came from
 
 
 # --------------------------------------------------------------------------- processes
@@ -200,11 +236,29 @@ def _processes(device: str) -> _Processes:
 # --------------------------------------------------------------------------- resolution
 
 
-def _resolve_metrics(config: EvalConfig, benchmark) -> list[str]:
+# The diversity measure reported beside quality (SPEC §6 issue 7): per prompt across its
+# seeds. World benchmarks read the judges' attribute spread; the others CLIP embeddings.
+DEFAULT_DIVERSITY = {"world": "world_diversity", "world-heldout": "world_diversity"}
+REAL_DIVERSITY = "clip_diversity"
+
+
+def default_metrics(benchmark, images_per_prompt: int) -> list[str]:
+    """The benchmark's default metrics, plus its diversity measure when a prompt has >= 2 images."""
+    names = list(benchmark.default_metrics)
+    # a benchmark may name its own (``diversity_metric``); else the table above
+    diversity = getattr(benchmark, "diversity_metric", None) or DEFAULT_DIVERSITY.get(benchmark.name, REAL_DIVERSITY)
+    if images_per_prompt >= 2 and diversity not in names:
+        names.append(diversity)
+    return names
+
+
+def _resolve_metrics(config: EvalConfig, benchmark, protocol: EvalProtocol) -> list[str]:
     import lpo.evals.metrics  # noqa: F401  (registers the real-mode metrics)
+    import lpo.evals.metrics.diversity  # noqa: F401  (registers the diversity measures)
+    import lpo.evals.metrics.lrm_score  # noqa: F401  (registers the LRM's own score)
     import lpo.evals.metrics.world  # noqa: F401  (registers the world judges)
 
-    names = list(config.metrics) or list(benchmark.default_metrics)
+    names = list(config.metrics) or default_metrics(benchmark, protocol.images_per_prompt)
     for name in names:
         METRICS.get(name)  # unknown -> LpoError listing the known metrics
     if len(set(names)) != len(names):
@@ -217,6 +271,9 @@ def _resolve_metrics(config: EvalConfig, benchmark) -> list[str]:
                 raise LpoError(f"{what} given for metric {name!r}, which is not evaluated ({', '.join(names)}); fix the name")
             if not Path(ref).expanduser().exists() and not _HUB_ID.match(ref):
                 raise LpoError(f"{what} {ref!r} for metric {name!r}: no such file or folder, and not a hub id; fix the path")
+    for name in names:
+        if getattr(METRICS.get(name), "per_prompt", False) and protocol.images_per_prompt < 2:
+            raise LpoError(f"metric {name!r} compares the images of a prompt; use --images-per-prompt 2 or more")
     return names
 
 
@@ -279,9 +336,7 @@ def run_eval(config: EvalConfig, console=None) -> EvalOutput:
     """Evaluate ``config.checkpoint`` on ``config.benchmark``; see the module docstring."""
     from lpo.progress import count_progress
     from lpo.runs import DeviceMeter
-    from lpo.world.benchmark import prompt_unit_summary
 
-    protocol = config.protocol
     procs = _processes(config.device)
     device = _device(config, procs)
     meter = DeviceMeter(device, procs.count)
@@ -291,9 +346,10 @@ def run_eval(config: EvalConfig, console=None) -> EvalOutput:
         # 1. Everything that can be wrong, before any work.
         benchmark = BENCHMARKS.get(config.benchmark)(config.prompts)
         prompt_set = benchmark.prompt_set(config.max_prompts)
-        metric_names = _resolve_metrics(config, benchmark)
         prompts = list(prompt_set.prompts)
-        checkpoint = resolve_checkpoint(config.checkpoint, benchmark, prompts)
+        checkpoint = resolve_checkpoint(config.checkpoint, benchmark, prompts, registry=config.registry)
+        protocol, protocol_sources = resolve_protocol(config.protocol, benchmark, checkpoint)
+        metric_names = _resolve_metrics(config, benchmark, protocol)
         if config.label:
             checkpoint.label = config.label
         cache = ImageCache(config.cache_dir or default_cache_dir(), checkpoint.content_hash, protocol.pixel_hash())
@@ -323,26 +379,35 @@ def run_eval(config: EvalConfig, console=None) -> EvalOutput:
         generate_s = time.perf_counter() - started
         procs.wait()
 
-        # 3. Score every image with every metric, one metric loaded at a time.
+        # 3. Score every image with every metric, one metric loaded at a time. A set metric
+        # (diversity) scores the images of one prompt together: its jobs are prompts.
         scores: dict[str, list[list[float]]] = {}
         timing: dict[str, MetricTiming] = {}
         metrics_info: dict[str, dict[str, Any]] = {}
+        my_prompts = list(range(len(prompts)))[procs.index :: procs.count]
         for name in metric_names:
             spec = _metric_spec(config, name, device)
             t0 = time.perf_counter()
             metric = _build_metric(name, spec)
             load_s = time.perf_counter() - t0
+            per_prompt = bool(getattr(metric, "per_prompt", False))
             mine_scores: list[tuple[int, int, float]] = []
             t0 = time.perf_counter()
             with count_progress(show, f"scoring {name}") as progress:
-                for start in range(0, len(mine), spec.batch_size):
-                    batch = mine[start : start + spec.batch_size]
-                    values = metric.score([cache.load(prompts[i], k) for i, k in batch], [prompts[i] for i, _ in batch])
-                    values = [float(v) for v in values.detach().cpu().reshape(-1).tolist()]
-                    if len(values) != len(batch) or not all(math.isfinite(v) for v in values):
-                        raise RuntimeError(f"metric {name!r} returned {values[:4]}... for {len(batch)} images; expected one finite float each")
-                    mine_scores += [(i, k, v) for (i, k), v in zip(batch, values)]
-                    progress(start + len(batch), len(mine))
+                if per_prompt:
+                    for start in range(0, len(my_prompts), spec.batch_size):
+                        batch_ids = my_prompts[start : start + spec.batch_size]
+                        sets = [[cache.load(prompts[i], k) for k in range(protocol.images_per_prompt)] for i in batch_ids]
+                        values = _finite(name, metric.score_sets(sets, [prompts[i] for i in batch_ids]), len(batch_ids))
+                        mine_scores += [(i, 0, v) for i, v in zip(batch_ids, values)]
+                        progress(start + len(batch_ids), len(my_prompts))
+                else:
+                    for start in range(0, len(mine), spec.batch_size):
+                        batch = mine[start : start + spec.batch_size]
+                        values = metric.score([cache.load(prompts[i], k) for i, k in batch], [prompts[i] for i, _ in batch])
+                        values = _finite(name, values, len(batch))
+                        mine_scores += [(i, k, v) for (i, k), v in zip(batch, values)]
+                        progress(start + len(batch), len(mine))
             score_s = time.perf_counter() - t0
             key = f"{name}@{metric.version}"
             loaded = getattr(metric, "weights", None)  # the real metrics record what they loaded
@@ -352,8 +417,9 @@ def run_eval(config: EvalConfig, console=None) -> EvalOutput:
                 "higher_is_better": bool(metric.higher_is_better),
                 "formula": getattr(metric, "formula", None),
                 "weights": json.dumps(loaded, sort_keys=True) if isinstance(loaded, dict) and loaded else spec.weights,
+                "per_prompt": per_prompt,
             }
-            grid = [[math.nan] * protocol.images_per_prompt for _ in prompts]
+            grid = [[math.nan] * (1 if per_prompt else protocol.images_per_prompt) for _ in prompts]
             for i, k, v in procs.gather(mine_scores):
                 grid[i][k] = v
             scores[key] = grid
@@ -368,10 +434,18 @@ def run_eval(config: EvalConfig, console=None) -> EvalOutput:
     # 4. Summaries and records (main process only).
     eval_id = f"{datetime.now():%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}"
     first = cache.load(prompts[0], 0)
-    protocol_record = {**asdict(protocol), "image_size": list(first.size)}
+    protocol_record = {
+        **asdict(protocol),
+        "image_size": list(first.size),
+        **{f"{name}_from": source for name, source in protocol_sources.items()},
+    }
+    aggregation = aggregation_of(benchmark)
     records: list[ResultRecord] = []
     written: list[Path] = []
     if procs.is_main:
+        from lpo.evals.signals import training_signals
+
+        signals = training_signals(checkpoint)
         per_prompt_ref: tuple[str | None, str | None] = (None, None)
         if config.results_dir is not None:
             per_prompt_ref = write_per_prompt(
@@ -387,6 +461,8 @@ def run_eval(config: EvalConfig, console=None) -> EvalOutput:
                     "categories": list(prompt_set.categories) if prompt_set.categories else None,
                     "seeds": [[image_seed(protocol.seed, p, k) for k in range(protocol.images_per_prompt)] for p in prompts],
                     "scores": scores,
+                    # set metrics hold one value per prompt (scores[key][i] == [value])
+                    "per_prompt_metrics": [info["key"] for info in metrics_info.values() if info["per_prompt"]],
                 },
             )
         from lpo.io import run_metadata
@@ -396,12 +472,8 @@ def run_eval(config: EvalConfig, console=None) -> EvalOutput:
         for name in metric_names:
             info = metrics_info[name]
             grid = scores[info["key"]]
-            breakdown = None
-            if prompt_set.categories is not None:
-                breakdown = []  # a list keeps the benchmark's category order through JSON
-                for category in dict.fromkeys(prompt_set.categories):
-                    rows = [grid[i] for i, c in enumerate(prompt_set.categories) if c == category]
-                    breakdown.append({"category": category, **summary_fields(prompt_unit_summary(rows))})
+            n_images = len(prompts) * protocol.images_per_prompt if info["per_prompt"] else None
+            summary, breakdown = summarise(grid, prompt_set.categories, aggregation, n_images)
             t = timing[info["key"]]
             records.append(
                 ResultRecord(
@@ -416,13 +488,15 @@ def run_eval(config: EvalConfig, console=None) -> EvalOutput:
                     higher_is_better=info["higher_is_better"],
                     metric_weights=info["weights"],
                     metric_formula=info["formula"],
-                    **summary_fields(prompt_unit_summary(grid)),
+                    **summary,
                     breakdown=breakdown,
+                    aggregation=aggregation,
                     checkpoint=checkpoint.as_dict() | ({"hub_commit": checkpoint.extra["hub_commit"]} if "hub_commit" in checkpoint.extra else {}),
                     method=checkpoint.method,
                     base_model=checkpoint.base_model,
                     run_id=checkpoint.run_id,
                     optimised_reward=checkpoint.optimised_reward,
+                    training_signals=signals,
                     protocol=protocol_record,
                     protocol_hash=protocol.pixel_hash(),
                     per_prompt=per_prompt_ref[0],
@@ -457,7 +531,76 @@ def run_eval(config: EvalConfig, console=None) -> EvalOutput:
         metric_timing=timing,
         written=written,
         image_folder=cache.folder,
+        protocol_sources=protocol_sources,
     )
+
+
+def _finite(name: str, values, n: int) -> list[float]:
+    """One finite float per job, or a RuntimeError naming the metric (a metric bug, not the user's)."""
+    if hasattr(values, "detach"):
+        values = values.detach().cpu().reshape(-1).tolist()
+    values = [float(v) for v in values]
+    if len(values) != n or not all(math.isfinite(v) for v in values):
+        raise RuntimeError(f"metric {name!r} returned {values[:4]}... for {n} jobs; expected one finite float each")
+    return values
+
+
+# --------------------------------------------------------------------------- summaries
+
+AGGREGATIONS = ("prompt_mean", "category_mean")
+
+
+def aggregation_of(benchmark) -> str:
+    """How the benchmark's overall score is formed: ``prompt_mean`` (the mean over prompts of
+    each prompt's mean) unless the benchmark says ``overall = "category_mean"`` (GenEval)."""
+    overall = getattr(benchmark, "overall", None) or "prompt_mean"
+    if overall not in AGGREGATIONS:
+        raise ValueError(f"benchmark {benchmark.name} has overall={overall!r}; known: {', '.join(AGGREGATIONS)}")
+    return overall
+
+
+def summarise(
+    grid: Sequence[Sequence[float]], categories: Sequence[str] | None, aggregation: str = "prompt_mean", n_images: int | None = None
+) -> tuple[dict[str, Any], list[dict[str, Any]] | None]:
+    """(value / stderr / ci95 / n fields, per-category breakdown or None) of a score grid.
+
+    ``prompt_mean``: the prompt is the unit (:func:`lpo.world.benchmark.prompt_unit_summary`).
+    ``category_mean``: the unweighted mean of the category values
+    (:func:`lpo.evals.metrics.geneval_rules.overall_score`); categories hold disjoint
+    prompts, so its standard error is sqrt(Σ se_c²) / C. ``n_images`` overrides the image
+    count (a set metric's grid holds one value per prompt).
+    """
+    from lpo.world.benchmark import prompt_unit_summary
+
+    breakdown = None
+    if categories is not None:
+        breakdown = []  # a list keeps the benchmark's category order through JSON
+        for category in dict.fromkeys(categories):
+            rows = [grid[i] for i, c in enumerate(categories) if c == category]
+            entry = {"category": category, **summary_fields(prompt_unit_summary(rows))}
+            if n_images is not None:
+                entry["n_images"] = n_images * len(rows) // len(grid)
+            breakdown.append(entry)
+    overall = summary_fields(prompt_unit_summary(grid))
+    if aggregation == "category_mean":
+        if breakdown is None:
+            raise ValueError("category_mean needs the prompts' categories")
+        from lpo.evals.metrics.geneval_rules import overall_score
+
+        value = overall_score({e["category"]: e["value"] for e in breakdown})
+        ses = [e["stderr"] for e in breakdown]
+        stderr = math.sqrt(sum(s * s for s in ses)) / len(ses) if all(s is not None for s in ses) else None
+        overall = {
+            **overall,
+            "value": value,
+            "stderr": stderr,
+            "ci95": (value - 1.96 * stderr, value + 1.96 * stderr) if stderr is not None else None,
+        }
+    elif aggregation != "prompt_mean":
+        raise ValueError(f"unknown aggregation {aggregation!r}; known: {', '.join(AGGREGATIONS)}")
+    if n_images is not None:
+        overall["n_images"] = n_images
+    return overall, breakdown
 
 
 def _release_memory() -> None:
@@ -473,14 +616,19 @@ def render_eval(output: EvalOutput, console) -> None:
     from rich.table import Table
 
     ps = output.prompt_set
-    table = Table(title=f"{output.checkpoint.label} · {len(ps)} prompts ({ps.hash}) · {output.protocol.summary()}")
+    sources = output.protocol_sources
+    notes = [f"{what} from the {sources[key]}" for key, what in (("guidance_scale", "CFG"), ("images_per_prompt", "images per prompt"))
+             if sources.get(key) in ("checkpoint", "benchmark")]
+    title = f"{output.checkpoint.label} · {len(ps)} prompts ({ps.hash}) · {output.protocol.summary()}"
+    table = Table(title=title + (f" ({', '.join(notes)})" if notes else ""))
     table.add_column("metric")
     table.add_column("value", justify="right")
     table.add_column("95% CI", justify="right")
     table.add_column("n", justify="right")
     for r in output.records:
         ci = f"[{r.ci95[0]:.4g}, {r.ci95[1]:.4g}]" if r.ci95 else "—"
-        table.add_row(r.metric_key, f"{r.value:.4g}", ci, f"{r.n_prompts} × {r.n_images // max(r.n_prompts, 1)}")
+        key = r.metric_key + (" (mean of categories)" if r.aggregation == "category_mean" else "")
+        table.add_row(key, f"{r.value:.4g}", ci, f"{r.n_prompts} × {r.n_images // max(r.n_prompts, 1)}")
     console.print(table)
     breakdowns = [r for r in output.records if r.breakdown]
     if breakdowns:

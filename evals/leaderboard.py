@@ -12,8 +12,17 @@ Tables are views of the records (:mod:`lpo.evals.store`), never edited by hand:
   a column (re-evaluations), the latest is shown;
 - cells are ``mean ± half-width of the 95% interval`` over prompts (images of a prompt
   averaged first, computed from the per-image scores at evaluation time);
-- with ``reported=True`` the published rows of SPEC §7 (:mod:`lpo.evals.reported`) follow
-  in a table of their own, marked "reported": other scorer code, other hardware.
+- with ``reported=True`` the published numbers of SPEC §7 (:mod:`lpo.evals.reported`)
+  appear twice: in a "published" column right beside each measured column they
+  correspond to, filled for rows whose checkpoint the paper evaluated (a registry
+  entry's ``published_as``), and as a table of their own marked "reported" (other scorer
+  code, other hardware), with the same metric names, categories and units;
+- reward-hacking diagnostics: a "trained on" column lists each row's training signals
+  (:mod:`lpo.evals.signals`) and every metric cell of a trained row is marked
+  ``(optimised)``, ``(related)`` or ``(held out)``; diversity measures are columns like
+  any metric, beside quality;
+- a record whose overall is not the mean over prompts (GenEval: the mean of its task
+  scores, ``aggregation = category_mean``) says so in a footnote.
 
 CSV is long (one line per cell, version in its own column), so nothing can mix there.
 The HTML report embeds PNG plots (scores with intervals per metric, and quality against
@@ -34,7 +43,9 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from lpo.errors import LpoError
-from lpo.evals.reported import ReportedRow, reported_rows
+from lpo.evals.reported import ReportedRow, published_row, reported_rows
+from lpo.evals.signals import describe as describe_signals
+from lpo.evals.signals import mark as signal_mark
 from lpo.evals.store import ResultRecord
 
 FORMATS = ("md", "csv", "html")
@@ -68,6 +79,8 @@ class Row:
     run_id: str | None = None
     training_cost: dict[str, Any] | None = None
     optimised_reward: str | None = None
+    training_signals: list[dict[str, Any]] | None = None
+    published_as: str | None = None
     cells: dict[str, ResultRecord] = field(default_factory=dict)
 
     @property
@@ -75,10 +88,17 @@ class Row:
         p = self.protocol
         size = p.get("image_size")
         res = f"{size[0]}px" if size else ("native" if p.get("resolution") is None else f"{p['resolution']}px")
+        cfg = f"CFG {p.get('guidance_scale'):g}" + (" (own)" if p.get("guidance_scale_from") == "checkpoint" else "")
         return (
-            f"{str(p.get('sampler', '?')).upper()} {p.get('steps')} · CFG {p.get('guidance_scale'):g} · "
+            f"{str(p.get('sampler', '?')).upper()} {p.get('steps')} · {cfg} · "
             f"{p.get('images_per_prompt')} img/prompt · seed {p.get('seed')} · {res} · {p.get('dtype')}"
         )
+
+    def mark(self, column: "Column") -> str | None:
+        """``optimised`` / ``related`` / ``held out`` for a trained row; None for untrained or unknown rows."""
+        if not self.training_signals:
+            return None
+        return signal_mark(column.metric, column.version, self.training_signals)
 
     def training_hours(self) -> dict[str, float]:
         """Training device-hours per device type (reward model + optimisation; evaluation excluded)."""
@@ -141,6 +161,9 @@ class Table:
         row.run_id = row.run_id or record.run_id
         row.training_cost = row.training_cost or record.training_cost
         row.optimised_reward = row.optimised_reward or record.optimised_reward
+        if row.training_signals is None:
+            row.training_signals = record.training_signals
+        row.published_as = row.published_as or (record.checkpoint.get("registry") or {}).get("published_as")
 
     def sorted_rows(self) -> list[Row]:
         return sorted(self.rows.values(), key=lambda r: (r.base_model or "", r.method != "base", r.label))
@@ -159,13 +182,15 @@ def build_tables(records: Sequence[ResultRecord]) -> list[Table]:
 # --------------------------------------------------------------------------- formatting
 
 
-def format_cell(record: ResultRecord | None) -> str:
+def format_cell(record: ResultRecord | None, mark: str | None = None) -> str:
     if record is None:
         return "—"
     if record.ci95 is None:
-        return f"{record.value:.4g}"
-    half = (record.ci95[1] - record.ci95[0]) / 2
-    return f"{record.value:.4g} ± {half:.2g}"
+        text = f"{record.value:.4g}"
+    else:
+        half = (record.ci95[1] - record.ci95[0]) / 2
+        text = f"{record.value:.4g} ± {half:.2g}"
+    return f"{text} ({mark})" if mark else text
 
 
 def format_cost(row: Row) -> str:
@@ -185,21 +210,40 @@ def _md_table(header: list[str], rows: list[list[str]], align_right_from: int) -
     return lines
 
 
-def _main_rows(table: Table) -> tuple[list[str], list[list[str]]]:
+MAIN_COLUMNS = 6  # checkpoint, method, base model, protocol, training cost, trained on
+
+
+def _published_value(values: dict[str, float] | None, key: str) -> str:
+    return f"{values[key]:g}" if values and key in values else "—"
+
+
+def _main_rows(table: Table, published: Sequence[ReportedRow] | None = None) -> tuple[list[str], list[list[str]]]:
+    """The measured table; with ``published`` (the benchmark's published rows) a
+    "published" column follows each measured column that has published numbers."""
     columns = list(table.columns.values())
-    header = ["checkpoint", "method", "base model", "protocol", "training cost"] + [c.header for c in columns]
+    with_published = {c.key for c in columns if published and any(c.metric in r.values for r in published)}
+    header = ["checkpoint", "method", "base model", "protocol", "training cost", "trained on"]
+    for c in columns:
+        header.append(c.header)
+        if c.key in with_published:
+            header.append(f"{c.metric} published")
     rows = []
     for row in table.sorted_rows():
         label = row.label + (f" (run {row.run_id})" if row.run_id and row.run_id not in row.label else "")
         method = row.method + (f", optimised {row.optimised_reward}" if row.optimised_reward else "")
-        rows.append(
-            [label, method, row.base_model or "—", row.protocol_summary, format_cost(row)]
-            + [format_cell(row.cells.get(c.key)) for c in columns]
-        )
+        paper = published_row(table.benchmark, row.published_as) if with_published else None
+        cells = [label, method, row.base_model or "—", row.protocol_summary, format_cost(row), describe_signals(row.training_signals)]
+        for c in columns:
+            cells.append(format_cell(row.cells.get(c.key), row.mark(c)))
+            if c.key in with_published:
+                cells.append(_published_value(paper.values if paper else None, c.metric))
+        rows.append(cells)
     return header, rows
 
 
-def _breakdown_rows(table: Table, column: Column) -> tuple[list[str], list[list[str]]] | None:
+def _breakdown_rows(
+    table: Table, column: Column, published: Sequence[ReportedRow] | None = None
+) -> tuple[list[str], list[list[str]]] | None:
     cells = [(row, row.cells.get(column.key)) for row in table.sorted_rows()]
     categories: list[str] = []
     for _, record in cells:
@@ -208,32 +252,58 @@ def _breakdown_rows(table: Table, column: Column) -> tuple[list[str], list[list[
                 categories.append(entry["category"])
     if not categories:
         return None
-    header = ["checkpoint"] + categories
+    paper_categories = {k for r in (published or ()) for k in r.categories.get(column.metric, {})}
+    header = ["checkpoint"]
+    for c in categories:
+        header += [c] + ([f"{c} published"] if c in paper_categories else [])
     rows = []
     for row, record in cells:
         if record is None or not record.breakdown:
             continue
         values = {entry["category"]: entry["value"] for entry in record.breakdown}
-        rows.append([row.label] + [f"{values[c]:.3g}" if c in values else "—" for c in categories])
+        paper = published_row(table.benchmark, row.published_as) if paper_categories else None
+        line = [row.label]
+        for c in categories:
+            line.append(f"{values[c]:.3g}" if c in values else "—")
+            if c in paper_categories:
+                line.append(_published_value(paper.categories.get(column.metric) if paper else None, c))
+        rows.append(line)
     return header, rows
 
 
-def _reported_rows(benchmark: str) -> tuple[list[str], list[list[str]], list[ReportedRow]] | None:
+def _reported_tables(benchmark: str, metric_order: Sequence[str] = ()) -> list[tuple[str, list[str], list[list[str]]]]:
+    """(title, header, rows) of the published rows: one table of overall values, one per
+    metric with per-category values; measured metrics' order first."""
     published = reported_rows(benchmark)
     if not published:
-        return None
-    metrics: list[str] = []
+        return []
+    metrics: list[str] = [m for m in metric_order if any(m in r.values for r in published)]
     for r in published:
         metrics += [m for m in r.values if m not in metrics]
-    header = ["model (reported)", "method", "base model"] + metrics + ["A100-hours (RM + opt)"]
-    rows = []
+    out = []
+
+    def cost(r: ReportedRow) -> str:
+        return "—" if r.a100_hours is None else f"{r.a100_hours[0]:g} + {r.a100_hours[1]:g} = {r.total_a100_hours:g}"
+
+    head = ["model (reported)", "method", "base model"]
+    if metrics:
+        rows = [[r.model, r.method, r.base_model] + [_published_value(r.values, m) for m in metrics] + [cost(r)] for r in published]
+        out.append((f"{benchmark}: reported (published, not measured here)", head + metrics + ["A100-hours (RM + opt)"], rows))
+    by_metric: list[str] = []
     for r in published:
-        cost = "—" if r.a100_hours is None else f"{r.a100_hours[0]:g} + {r.a100_hours[1]:g} = {r.total_a100_hours:g}"
-        rows.append([r.model, r.method, r.base_model] + [f"{r.values[m]:g}" if m in r.values else "—" for m in metrics] + [cost])
-    return header, rows, published
+        by_metric += [m for m in r.categories if m not in by_metric]
+    for metric in by_metric:
+        categories: list[str] = []
+        for r in published:
+            categories += [c for c in r.categories.get(metric, {}) if c not in categories]
+        rows = [[r.model, r.method, r.base_model] + [_published_value(r.categories.get(metric), c) for c in categories] + [cost(r)]
+                for r in published]
+        out.append((f"{benchmark}: {metric} by category, reported (published, not measured here)",
+                    head + categories + ["A100-hours (RM + opt)"], rows))
+    return out
 
 
-def _footnotes(table: Table) -> list[str]:
+def _footnotes(table: Table, published: Sequence[ReportedRow] | None = None) -> list[str]:
     notes = [
         "cells: mean over prompts of each prompt's mean score ± half-width of the 95% confidence interval over "
         "prompts; training cost = device-hours of reward-model training + optimisation."
@@ -241,6 +311,24 @@ def _footnotes(table: Table) -> list[str]:
     for c in table.columns.values():
         if c.formula:
             notes.append(f"{c.key}: {c.formula}")
+        aggregations = {r.cells[c.key].aggregation for r in table.rows.values() if c.key in r.cells}
+        if "category_mean" in aggregations:
+            notes.append(
+                f"{c.key}: overall = unweighted mean of the category values (the benchmark's official overall); "
+                "± from sqrt(Σ se_c²)/C"
+            )
+    if any(row.training_signals for row in table.rows.values()):
+        notes.append(
+            "marks on trained rows (lpo.evals.signals): (optimised) the run's reward or pair filter is this metric's "
+            "scorer; (related) its reward was trained on this metric's training labels or initialised from it; "
+            "(held out) no training signal of the row touches it."
+        )
+    if published and any(row.published_as for row in table.rows.values()):
+        sources = sorted({r.source for r in published})
+        notes.append(
+            "“published” columns: the paper's number for the row's model (its registry entry's published_as), "
+            f"measured with the paper's own code and protocol ({'; '.join(sources)})."
+        )
     return notes
 
 
@@ -254,10 +342,17 @@ def _grouped(tables: Sequence[Table], reported: Sequence[str]) -> list[tuple[str
     return list(groups.items())
 
 
+def _metric_order(group: Sequence[Table]) -> list[str]:
+    order: list[str] = []
+    for table in group:
+        order += [c.metric for c in table.columns.values() if c.metric not in order]
+    return order
+
+
 def render_markdown(
     tables: Sequence[Table], reported: Sequence[str] = (), *, title: str | None = "lpo leaderboard", level: int = 1
 ) -> str:
-    """Markdown; ``reported`` names the benchmarks whose published rows follow their tables.
+    """Markdown; ``reported`` names the benchmarks whose published numbers are shown.
 
     ``title`` (None: no title line) and ``level`` (the title's heading level; tables one
     below) let a larger report (:mod:`lpo.bench.report`) embed the leaderboard as a section.
@@ -265,16 +360,17 @@ def render_markdown(
     lines = [f"{'#' * level} {title}", ""] if title else []
     sub, subsub = "#" * (level + 1), "#" * (level + 2)
     for benchmark, group in _grouped(tables, reported):
+        published = reported_rows(benchmark) if benchmark in reported else None
         for table in group:
-            header, rows = _main_rows(table)
-            lines += [f"{sub} {table.title}", ""] + _md_table(header, rows, 5) + [""]
+            header, rows = _main_rows(table, published)
+            lines += [f"{sub} {table.title}", ""] + _md_table(header, rows, MAIN_COLUMNS) + [""]
             for column in table.columns.values():
-                breakdown = _breakdown_rows(table, column)
+                breakdown = _breakdown_rows(table, column, published)
                 if breakdown:
                     lines += [f"{subsub} {column.key} by category", ""] + _md_table(breakdown[0], breakdown[1], 1) + [""]
-            lines += [f"- {n}" for n in _footnotes(table)] + [""]
+            lines += [f"- {n}" for n in _footnotes(table, published)] + [""]
         if benchmark in reported:
-            lines += _reported_markdown(benchmark, subsub)
+            lines += _reported_markdown(benchmark, subsub, _metric_order(group))
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -284,15 +380,22 @@ def _all_reported() -> list[ReportedRow]:
     return list(REPORTED)
 
 
-def _reported_markdown(benchmark: str, heading: str = "###") -> list[str]:
-    rep = _reported_rows(benchmark)
-    if rep is None:
-        return []
-    header, rows, published = rep
-    sources = sorted({f"{r.source}; {r.protocol}" for r in published})
-    return [f"{heading} {benchmark}: reported (published, not measured here)", ""] + _md_table(header, rows, 3) + [""] + [
-        f"- source: {s}" for s in sources
-    ] + [""]
+def _reported_notes(benchmark: str) -> list[str]:
+    rows = reported_rows(benchmark)
+    notes = [f"source: {s}" for s in sorted({f"{r.source}; {r.protocol}" for r in rows})]
+    examples = [f"{r.model} {metric}: {note}" for r in rows for metric, note in r.notes.items()]
+    if examples:
+        notes.append(f"values in lpo's units (e.g. {examples[0]})")
+    return notes
+
+
+def _reported_markdown(benchmark: str, heading: str = "###", metric_order: Sequence[str] = ()) -> list[str]:
+    lines: list[str] = []
+    for title, header, rows in _reported_tables(benchmark, metric_order):
+        lines += [f"{heading} {title}", ""] + _md_table(header, rows, 3) + [""]
+    if lines:
+        lines += [f"- {n}" for n in _reported_notes(benchmark)] + [""]
+    return lines
 
 
 # --------------------------------------------------------------------------- CSV
@@ -301,7 +404,8 @@ def _reported_markdown(benchmark: str, heading: str = "###") -> list[str]:
 CSV_FIELDS = (
     "source", "benchmark", "benchmark_version", "prompt_set_hash", "checkpoint", "checkpoint_hash", "method",
     "base_model", "run_id", "protocol", "metric", "metric_version", "category", "value", "stderr", "ci95_low",
-    "ci95_high", "n_prompts", "n_images", "training_device_hours", "record_id", "reference",
+    "ci95_high", "n_prompts", "n_images", "training_device_hours", "record_id", "reference", "aggregation",
+    "mark", "training_signals",
 )
 
 
@@ -330,13 +434,18 @@ def render_csv(tables: Sequence[Table], reported: Sequence[str] = ()) -> str:
                     "metric_version": column.version,
                     "training_device_hours": json.dumps(row.training_hours(), sort_keys=True) if row.training_cost else "",
                     "record_id": record.record_id,
+                    "aggregation": record.aggregation or "prompt_mean",
+                    "mark": row.mark(column) or "",
+                    "training_signals": describe_signals(row.training_signals),
                 }
                 writer.writerow({**base, **_summary_csv(record.__dict__), "category": ""})
                 for entry in record.breakdown or []:
                     writer.writerow({**base, **_summary_csv(entry), "category": entry["category"]})
     for r in _all_reported():
         if r.benchmark in reported:
-            for metric, value in r.values.items():
+            cells = [(metric, "", value) for metric, value in r.values.items()]
+            cells += [(metric, category, value) for metric, by in r.categories.items() for category, value in by.items()]
+            for metric, category, value in cells:
                 writer.writerow(
                     {
                         "source": "reported",
@@ -347,6 +456,7 @@ def render_csv(tables: Sequence[Table], reported: Sequence[str] = ()) -> str:
                         "protocol": r.protocol,
                         "metric": metric,
                         "metric_version": "reported",
+                        "category": category,
                         "value": value,
                         "training_device_hours": json.dumps({"A100": r.total_a100_hours}) if r.a100_hours else "",
                         "reference": r.source,
@@ -499,12 +609,13 @@ def render_html(
         "<h1>lpo leaderboard</h1>",
     ]
     for benchmark, group in _grouped(tables, reported):
+        published = reported_rows(benchmark) if benchmark in reported else None
         for table in group:
-            header, rows = _main_rows(table)
+            header, rows = _main_rows(table, published)
             parts += [f"<{sub}>{html.escape(table.title)}</{sub}>", _html_table(header, rows)]
-            parts += [f"<p class='note'>{html.escape(n)}</p>" for n in _footnotes(table)]
+            parts += [f"<p class='note'>{html.escape(n)}</p>" for n in _footnotes(table, published)]
             for column in table.columns.values():
-                breakdown = _breakdown_rows(table, column)
+                breakdown = _breakdown_rows(table, column, published)
                 if breakdown:
                     parts += [f"<{subsub}>{html.escape(column.key)} by category</{subsub}>", _html_table(*breakdown)]
             parts.append(f"<{subsub}>scores with 95% intervals</{subsub}><img src='data:image/png;base64,{_scores_figure(table)}'>")
@@ -519,21 +630,19 @@ def render_html(
             if strips:
                 parts += [f"<{subsub}>samples (image 0 of the first prompts)</{subsub}>"] + strips
         if benchmark in reported:
-            parts += _reported_html(benchmark, subsub)
+            parts += _reported_html(benchmark, subsub, _metric_order(group))
     if not fragment:
         parts.append("</body></html>")
     return "\n".join(parts) + "\n"
 
 
-def _reported_html(benchmark: str, heading: str = "h3") -> list[str]:
-    rep = _reported_rows(benchmark)
-    if rep is None:
-        return []
-    header, rows, published = rep
-    sources = sorted({f"{r.source}; {r.protocol}" for r in published})
-    return [f"<{heading}>{html.escape(benchmark)}: reported (published, not measured here)</{heading}>", _html_table(header, rows)] + [
-        f"<p class='note'>source: {html.escape(s)}</p>" for s in sources
-    ]
+def _reported_html(benchmark: str, heading: str = "h3", metric_order: Sequence[str] = ()) -> list[str]:
+    parts: list[str] = []
+    for title, header, rows in _reported_tables(benchmark, metric_order):
+        parts += [f"<{heading}>{html.escape(title)}</{heading}>", _html_table(header, rows)]
+    if parts:
+        parts += [f"<p class='note'>{html.escape(n)}</p>" for n in _reported_notes(benchmark)]
+    return parts
 
 
 # --------------------------------------------------------------------------- entry point

@@ -1,9 +1,19 @@
 """Published numbers (SPEC §7), for leaderboard rows marked "reported".
 
 These are other people's measurements with their own scorer code, so they are never
-placed in a measured column: the leaderboard shows them in a table of their own under
-the measured one, with the same metric names and units. HPSv2 / HPSv2.1 are 100·cosine,
-as in the papers' tables and as lpo's ``hpsv2`` / ``hpsv21`` metrics report them.
+mixed into a measured cell: the leaderboard puts each published number in a column of
+its own right beside the measured column it corresponds to (for a measured row whose
+checkpoint the paper evaluated: a registry entry's ``published_as``), and lists every
+published row in a table of its own, with the same metric names, categories and units.
+
+Keys are lpo's: metric names (``pickscore`` …, ``geneval``), and for T2I-CompBench++ the
+``t2i_compbench`` metric's per-category breakdown under the benchmark's official category
+stems (``color spatial 3d_spatial non_spatial`` …). Units are lpo's metrics' units:
+HPSv2 / HPSv2.1 are 100·cosine as in the papers' tables and lpo's ``hpsv2`` / ``hpsv21``;
+GenEval is a fraction in [0, 1] (the paper prints percent: 42.56 → 0.4256), as lpo's
+``geneval`` metric reports it. The GenEval numbers sit in the LPO paper's Table 2 beside
+the Pick-a-Pic scores but were measured on GenEval's own 553 prompts, so they belong to
+the ``geneval`` benchmark.
 """
 
 from __future__ import annotations
@@ -30,6 +40,8 @@ class ReportedRow:
     # Training cost in A100-hours: (reward model, optimisation); None for base models.
     a100_hours: tuple[float, float] | None = None
     notes: dict[str, str] = field(default_factory=dict)
+    # Per-category values of a metric, in the benchmark's category keys: metric -> category -> value.
+    categories: dict[str, dict[str, float]] = field(default_factory=dict)
 
     @property
     def total_a100_hours(self) -> float | None:
@@ -58,7 +70,11 @@ _TABLE2 = (
     ("SDXL LPO", "lpo", "sdxl", 22.86, 1.2166, 28.96, 31.89, 6.36, 59.27),
 )
 
-COMPBENCH_CATEGORIES = ("colour", "shape", "texture", "spatial-2d", "spatial-3d", "numeracy", "non-spatial", "complex")
+# The paper's column order (colour, shape, texture, 2D-spatial, 3D-spatial, numeracy,
+# non-spatial, complex) under the benchmark's official category stems
+# (lpo.evals.metrics.compbench.CATEGORIES).
+COMPBENCH_CATEGORIES = ("color", "shape", "texture", "spatial", "3d_spatial", "numeracy", "non_spatial", "complex")
+COMPBENCH_METRIC = "t2i_compbench"
 _COMPBENCH = (
     ("SD1.5", "base", "sd15", (0.3783, 0.3616, 0.4172, 0.1230, 0.2967, 0.4485, 0.3104, 0.2999)),
     ("SD1.5 Diffusion-DPO", "diffusion-dpo", "sd15", (0.4090, 0.3664, 0.4253, 0.1336, 0.3124, 0.4543, 0.3115, 0.3042)),
@@ -76,27 +92,33 @@ REPORTED: tuple[ReportedRow, ...] = tuple(
         model=model,
         method=method,
         base_model=base,
-        values={
-            "pickscore": pick,
-            "image_reward": ir,
-            "hpsv2": hps,
-            "hpsv21": hps21,
-            "laion_aesthetic": aes,
-            "geneval": geneval,
-        },
+        values={"pickscore": pick, "image_reward": ir, "hpsv2": hps, "hpsv21": hps21, "laion_aesthetic": aes},
         source=LPO_PAPER,
         protocol=PICKAPIC_PROTOCOL,
         a100_hours=A100_HOURS.get((base, method)),
-        notes={"geneval": "GenEval overall on its own 553 prompts, listed in the same paper table"},
     )
-    for model, method, base, pick, ir, hps, hps21, aes, geneval in _TABLE2
+    for model, method, base, pick, ir, hps, hps21, aes, _ in _TABLE2
+) + tuple(
+    ReportedRow(
+        benchmark="geneval",
+        model=model,
+        method=method,
+        base_model=base,
+        values={"geneval": round(geneval / 100, 6)},
+        source=LPO_PAPER,
+        protocol="GenEval, 553 prompts, 4 images each, overall = mean of the 6 task scores",
+        a100_hours=A100_HOURS.get((base, method)),
+        notes={"geneval": f"the paper prints {geneval:g} (percent)"},
+    )
+    for model, method, base, *_, geneval in _TABLE2
 ) + tuple(
     ReportedRow(
         benchmark="t2i-compbench",
         model=model,
         method=method,
         base_model=base,
-        values=dict(zip(COMPBENCH_CATEGORIES, scores)),
+        values={},
+        categories={COMPBENCH_METRIC: dict(zip(COMPBENCH_CATEGORIES, scores))},
         source=LPO_PAPER_COMPBENCH,
         protocol="T2I-CompBench++, 20 steps",
         a100_hours=A100_HOURS.get((base, method)),
@@ -107,3 +129,10 @@ REPORTED: tuple[ReportedRow, ...] = tuple(
 
 def reported_rows(benchmark: str) -> list[ReportedRow]:
     return [r for r in REPORTED if r.benchmark == benchmark]
+
+
+def published_row(benchmark: str, model: str | None) -> ReportedRow | None:
+    """The published row of ``model`` (its name in the paper) on ``benchmark``, if any."""
+    if model is None:
+        return None
+    return next((r for r in REPORTED if r.benchmark == benchmark and r.model == model), None)

@@ -56,6 +56,14 @@ class ResultRecord:
     results folder) with every image's score, ``per_prompt_sha256`` its content hash.
     ``metric_weights`` are the weights the metric reported loading (or were asked for),
     ``metric_formula`` its formula when it states one (CLIP-score variants do).
+
+    ``aggregation`` says how ``value`` was formed: ``prompt_mean`` (as above) or
+    ``category_mean`` (the unweighted mean of the breakdown's category values, GenEval's
+    official overall; stderr sqrt(Σ se_c²)/C); None in records written before it was
+    recorded (those are prompt means). ``training_signals`` lists the signals the
+    checkpoint was trained or filtered with (:mod:`lpo.evals.signals`): ``[]`` for a model
+    no preference signal touched, None when unknown; each names the metrics it optimised
+    and those it is related to, which the leaderboard marks per cell.
     """
 
     eval_id: str
@@ -82,6 +90,8 @@ class ResultRecord:
     run_id: str | None = None
     optimised_reward: str | None = None
     breakdown: list[dict[str, Any]] | None = None
+    aggregation: str | None = None
+    training_signals: list[dict[str, Any]] | None = None
     per_prompt: str | None = None
     per_prompt_sha256: str | None = None
     image_cache: str | None = None  # the image cache folder on the machine that evaluated

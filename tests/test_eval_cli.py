@@ -30,7 +30,7 @@ def test_eval_and_leaderboard_on_a_world_model(tmp_path, tiny_world_dir):
     assert result.exit_code == 0, result.output
     assert "world_alignment@1.1" in result.output and "generated 12 images" in result.output
     records = load_records(tmp_path / "results")
-    assert len(records) == 5 and {r.benchmark for r in records} == {"world"}
+    assert len(records) == 6 and {r.benchmark for r in records} == {"world"}  # 5 judges + world_diversity
     assert records[0].checkpoint["label"] == "tiny-world" and records[0].protocol["steps"] == 3
 
     again = _eval(tmp_path, "ground-truth", "--max-prompts", "6", "--images-per-prompt", "2", "--metric", "world_alignment")

@@ -59,7 +59,8 @@ def test_world_records_match_lpo_world_eval(tmp_path, source):
     out = run_eval(_config(source, tmp_path, max_prompts=12))
     assert out.prompt_set.hash == old.prompt_set_hash
     by_metric = {r.metric: r for r in out.records}
-    assert set(by_metric) == {f"world_{k}" for k in ("alignment", "soft_alignment", "aesthetic", "clip", "utility")}
+    # the five judges, plus the diversity measure reported beside them (2 images per prompt)
+    assert set(by_metric) == {f"world_{k}" for k in ("alignment", "soft_alignment", "aesthetic", "clip", "utility", "diversity")}
     for key in ("alignment", "soft_alignment", "aesthetic", "clip", "utility"):
         record = by_metric[f"world_{key}"]
         assert [b["category"] for b in record.breakdown] == list(old.categories)

@@ -81,6 +81,7 @@ class Row:
     optimised_reward: str | None = None
     training_signals: list[dict[str, Any]] | None = None
     published_as: str | None = None
+    step: int | None = None  # an intermediate checkpoint's training step
     cells: dict[str, ResultRecord] = field(default_factory=dict)
 
     @property
@@ -144,6 +145,7 @@ class Table:
                 base_model=record.base_model,
                 checkpoint_hash=record.checkpoint["hash"],
                 protocol=record.protocol,
+                step=record.checkpoint.get("step") if isinstance(record.checkpoint.get("step"), int) else None,
             )
         self.put(row, existing, record)
 
@@ -166,7 +168,11 @@ class Table:
         row.published_as = row.published_as or (record.checkpoint.get("registry") or {}).get("published_as")
 
     def sorted_rows(self) -> list[Row]:
-        return sorted(self.rows.values(), key=lambda r: (r.base_model or "", r.method != "base", r.label))
+        # a run's intermediate checkpoints in step order, its final model after them
+        return sorted(
+            self.rows.values(),
+            key=lambda r: (r.base_model or "", r.method != "base", r.run_id or r.label, r.step is None, r.step or 0, r.label),
+        )
 
 
 def build_tables(records: Sequence[ResultRecord]) -> list[Table]:

@@ -28,6 +28,7 @@ import dataclasses
 import json
 import time
 from contextlib import contextmanager
+from contextvars import ContextVar
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
@@ -236,7 +237,12 @@ class DeviceMeter:
     stage = its wall seconds × ``device_count`` / 3600.
 
     Build it from an ``accelerator`` (device type of ``accelerator.device``, count
-    ``num_processes``) or from ``device`` and ``device_count``.
+    ``num_processes``) or from ``device`` and ``device_count``; continue a written record
+    with :meth:`from_record`.
+
+    :func:`active_meter` is the meter whose stage is open around the running code, so a
+    hook called from inside a trainer's ``optimisation`` stage (a checkpoint callback that
+    evaluates) can count its own time as ``evaluation`` without being handed the meter.
     """
 
     def __init__(self, device: Any = "cpu", device_count: int = 1, *, accelerator: Any = None) -> None:
@@ -251,6 +257,18 @@ class DeviceMeter:
         self._stack: list[str] = []
         self._since = 0.0
 
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> "DeviceMeter":
+        """A meter continuing ``record`` (e.g. a finished run's cost.json) on its own device type
+        and count, which need not be this machine's."""
+        record = _check_record(record, "the cost record to continue")
+        meter = cls("cpu", int(record["device_count"]))
+        meter.device_type = str(record["device_type"])
+        for stage, seconds in record["seconds"].items():
+            meter.add(stage, seconds)
+        meter.included = list(record.get("included", []))
+        return meter
+
     def _close_interval(self) -> None:
         now = time.perf_counter()
         if self._stack:
@@ -262,11 +280,13 @@ class DeviceMeter:
         _check_stage(name)
         self._close_interval()  # the outer stage (if any) stops counting here
         self._stack.append(name)
+        token = _ACTIVE.set(self)
         try:
             yield
         finally:
             self._close_interval()
             self._stack.pop()
+            _ACTIVE.reset(token)
 
     def add(self, stage: str, seconds: float) -> None:
         """Add ``seconds`` of wall time on this meter's devices to ``stage``."""
@@ -323,6 +343,15 @@ class DeviceMeter:
             "included": list(self.included),
             "device_hours_by_type": by_type,
         }
+
+
+# The meter of the innermost open stage in this thread / task (set by DeviceMeter.stage).
+_ACTIVE: ContextVar["DeviceMeter | None"] = ContextVar("lpo_active_meter", default=None)
+
+
+def active_meter() -> DeviceMeter | None:
+    """The meter whose :meth:`DeviceMeter.stage` is open around the caller (the innermost), or None."""
+    return _ACTIVE.get()
 
 
 def _check_stage(name: str) -> None:

@@ -11,7 +11,7 @@ import pytest
 
 from lpo.config import config_to_dict
 from lpo.errors import LpoError
-from lpo.runs import STAGES, DeviceMeter, RunFolder, read_cost
+from lpo.runs import STAGES, DeviceMeter, RunFolder, active_meter, read_cost
 
 
 @dataclass
@@ -113,6 +113,43 @@ def test_restore_continues_the_same_runs_record():
     second.add("reward_model_training", 5.0)
     assert second.as_dict()["seconds"] == {"reward_model_training": 15.0}
     assert second.as_dict()["included"] == []
+
+
+def test_the_active_meter_is_the_innermost_open_stages():
+    outer, inner = DeviceMeter("cpu"), DeviceMeter("cpu")
+    assert active_meter() is None
+    with outer.stage("optimisation"):
+        assert active_meter() is outer
+        with inner.stage("evaluation"):  # e.g. the evaluation harness's own meter
+            assert active_meter() is inner
+        assert active_meter() is outer
+        # a hook that is not handed the meter counts itself as evaluation, pausing optimisation
+        with active_meter().stage("evaluation"):
+            time.sleep(0.05)
+    assert active_meter() is None
+    seconds = outer.as_dict()["seconds"]
+    assert seconds["evaluation"] >= 0.05 and seconds["optimisation"] < 0.05
+    with pytest.raises(RuntimeError):
+        with outer.stage("optimisation"):
+            raise RuntimeError("boom")
+    assert active_meter() is None  # reset on the way out of a failed stage too
+
+
+def test_a_written_record_is_continued_on_its_own_device_type():
+    gpu = {"device_type": "NVIDIA H100 80GB HBM3", "device_count": 4, "seconds": {"optimisation": 900.0},
+           "device_hours": {"optimisation": 1.0}, "included": [{"source": "lrm", "device_type": "cpu", "device_count": 1,
+                                                                "seconds": {"reward_model_training": 3600.0},
+                                                                "device_hours": {"reward_model_training": 1.0}}]}
+    meter = DeviceMeter.from_record(gpu)
+    meter.add("evaluation", 450.0)
+    record = meter.as_dict()
+    assert (record["device_type"], record["device_count"]) == ("NVIDIA H100 80GB HBM3", 4)
+    assert record["seconds"] == {"optimisation": 900.0, "evaluation": 450.0}
+    assert record["device_hours"] == {"optimisation": pytest.approx(1.0), "evaluation": pytest.approx(0.5)}
+    assert record["included"] == gpu["included"]
+    assert record["device_hours_by_type"]["cpu"] == {"reward_model_training": pytest.approx(1.0)}
+    with pytest.raises(LpoError, match="not an lpo cost record"):
+        DeviceMeter.from_record({"seconds": {}})
 
 
 # --------------------------------------------------------------------------- run folders

@@ -141,12 +141,15 @@ def run_training(
     console: Any = None,
     callbacks: Sequence[Callable] = (),
     trackers: Sequence[Any] = (),
+    auto_eval: Any = None,
 ) -> Any:
     """Train ``method`` from ``preset`` + overrides in ``run_dir`` (or runs/PRESET-TIMESTAMP); a TrainResult.
 
     callbacks: called with a :class:`~lpo.trainers.harness.CheckpointEvent` after every
     checkpoint and for the final model (main process), e.g. to evaluate it.
     trackers: extra accelerate ``GeneralTracker`` objects, besides ``run.trackers``.
+    auto_eval: an :class:`~lpo.trainers.auto_eval.AutoEvalConfig`: evaluate every checkpoint
+    and the final model inline (:mod:`lpo.trainers.auto_eval`); None: no evaluation.
     """
     import torch
 
@@ -158,6 +161,11 @@ def run_training(
 
     config = resolve_config(method, preset, overrides)
     check_parts(config)
+    evaluator = None
+    if auto_eval is not None:
+        from lpo.trainers.auto_eval import AutoEvaluator
+
+        evaluator = AutoEvaluator(auto_eval, console=console)  # unknown benchmark / metric names fail here
     trainer_cls = TRAINERS.get(method)
     accelerator = make_accelerator(config.optim, config.run)
     is_main = accelerator.is_main_process
@@ -178,6 +186,14 @@ def run_training(
     for module in (components.vae, *components.text_encoders):
         module.requires_grad_(False)
     policy = build_policy(components.unet, config.policy, config.run.seed, config.model.dtype)
+    if evaluator is not None:
+        evaluator.log, evaluator.console = say, (console if is_main else None)
+        evaluator.prepare(run.path, components.kind, record=is_main)  # every process: the same errors
+        if accelerator.num_processes > 1:
+            say(f"[yellow]note:[/] inline evaluation runs on the main process while the other {accelerator.num_processes - 1} "
+                "wait (a long one can exceed torch.distributed's collective timeout); for long evaluations train with --no-eval "
+                f"and run `lpo eval --watch {run.path}` elsewhere")
+        callbacks = [*callbacks, evaluator]
 
     # 3. the method's own parts, then the trainer
     common = dict(run=run, accelerator=accelerator, callbacks=list(callbacks), trackers=list(trackers), log=say)

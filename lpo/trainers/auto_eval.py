@@ -1,0 +1,633 @@
+"""Every checkpoint a training run saves, scored automatically (issue 4, item 5b).
+
+Two ways to run it, sharing one plan and one state file:
+
+- **inline** (``lpo train``'s default): :class:`AutoEvaluator` is a checkpoint callback
+  (:data:`lpo.trainers.harness.CheckpointCallback`); the trainer calls it on the main
+  process after each checkpoint (``checkpoints/step-N``) and for the final model. The
+  other processes of a multi-GPU run wait meanwhile, so their devices are held.
+- **watching** (``lpo eval --watch RUN``): :func:`watch_run` polls the run folder from a
+  separate process (another GPU, another machine sharing the folder) and evaluates each
+  complete checkpoint once, then the final model when ``result.json`` appears, so
+  training devices are never blocked.
+
+Each checkpoint goes through the evaluation harness (:func:`lpo.evals.harness.run_eval`)
+as ``RUN/checkpoints/step-N`` or as the run folder (the final model), so its records carry
+what the harness reads from the run: run id, method, base model, the step reward the run
+optimised, the checkpoint's step (intermediate ones) and its training-cost snapshot.
+
+What is evaluated (:class:`AutoEvalConfig`, resolved per base model by
+:func:`resolve_plan`): on a world model the ``world`` benchmark with its judges (and the
+diversity measure), 32 prompts × 2 images (a cheap curve: ~20 s per checkpoint on one
+CPU core); on SD1.5 / SDXL the Pick-a-Pic v1 ``validation_unique`` prompts (all 500),
+one image per prompt (the image the LPO paper's table scores; seeds match the full
+protocol, so a later 4-image evaluation reuses it from the image cache), scored with
+PickScore, HPSv2.1, ImageReward and the LAION aesthetic predictor (their weights and the
+prompts come from the hub unless given as local paths).
+
+Cost (SPEC §8). Inline, the evaluation of an intermediate checkpoint runs inside the
+trainer's ``optimisation`` stage; it opens an ``evaluation`` stage on that meter
+(:func:`lpo.runs.active_meter`), which pauses optimisation, so the run's ``cost.json``
+counts it as evaluation. The checkpoint's own cost snapshot was written before the
+callback, so it never contains its own evaluation. The final model's evaluation comes
+after the trainer's last cost write; its seconds are added to ``cost.json``'s
+``evaluation`` stage afterwards. A watcher does not write the run's ``cost.json`` (the
+trainer may be rewriting it); its cost is in each record's ``eval_cost`` and in the
+state file.
+
+State (``RUN/auto_eval.json``, written atomically after every evaluation): for each
+checkpoint (``step-000010``, ..., ``final``) and each evaluation job (one benchmark under
+one protocol, keyed by a hash of everything that changes its records) the eval id and
+seconds, or the error of a failed try. A job done is never run again for that checkpoint
+by either way, so a watcher after an inline run evaluates only what failed. It also keeps
+the config ``lpo train`` was given, which a watcher starts from. Running an inline
+evaluation and a watcher on the same run at the same time may evaluate a checkpoint twice.
+
+An evaluation that fails (no hub access for a metric's weights, a damaged checkpoint)
+does not stop training: it is reported, kept as failed in the state, and tried again by
+the next ``lpo eval --watch RUN``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from lpo.errors import LpoError
+
+logger = logging.getLogger(__name__)
+
+STATE_NAME = "auto_eval.json"
+STATE_VERSION = 1
+FINAL = "final"  # the state's name for the run's final model
+
+WORLD_BENCHMARKS = ("world",)
+WORLD_MAX_PROMPTS = 32
+WORLD_IMAGES_PER_PROMPT = 2  # two, so the diversity measure is reported beside quality
+SD_BENCHMARKS = ("pickapic",)
+SD_METRICS = ("pickscore", "hpsv21", "image_reward", "laion_aesthetic")
+SD_IMAGES_PER_PROMPT = 1
+
+Log = Callable[[str], None]
+
+
+# --------------------------------------------------------------------------- config and plan
+
+
+@dataclass
+class AutoEvalConfig:
+    """What each checkpoint is evaluated on; empty / None fields take the base model's defaults.
+
+    ``metrics`` apply to every benchmark; ``prompts`` maps a benchmark to its prompt source
+    (e.g. a local Pick-a-Pic mirror); ``metric_weights`` / ``metric_processors`` map a metric
+    to a local folder or hub id. The protocol fields are :class:`lpo.evals.harness.EvalProtocol`'s.
+    """
+
+    benchmarks: tuple[str, ...] = ()
+    metrics: tuple[str, ...] = ()
+    max_prompts: int | None = None
+    images_per_prompt: int | None = None
+    prompts: dict[str, str] = field(default_factory=dict)
+    steps: int = 20
+    guidance_scale: float | None = None
+    seed: int = 42
+    resolution: int | None = None
+    dtype: str = "fp32"
+    batch_size: int = 8
+    metric_weights: dict[str, str] = field(default_factory=dict)
+    metric_processors: dict[str, str] = field(default_factory=dict)
+    metric_dtype: str = "float32"
+    metric_batch_size: int = 16
+    device: str = "auto"
+    cache_dir: Path | None = None
+    results_dir: Path = Path("results")
+
+    def __post_init__(self) -> None:
+        self.benchmarks, self.metrics = tuple(self.benchmarks), tuple(self.metrics)
+        for name in ("max_prompts", "images_per_prompt"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise LpoError(f"evaluation {name.replace('_', ' ')} must be >= 1, got {value}")
+        for what, names in (("benchmark", self.benchmarks), ("metric", self.metrics)):
+            if len(set(names)) != len(names):
+                raise LpoError(f"evaluation {what} listed twice in {', '.join(names)}; list each once")
+        self.results_dir = Path(self.results_dir)
+        self.cache_dir = None if self.cache_dir is None else Path(self.cache_dir)
+
+    def as_dict(self) -> dict[str, Any]:
+        return json.loads(json.dumps(asdict(self), default=str))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "AutoEvalConfig":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+@dataclass(frozen=True)
+class EvalJob:
+    """One benchmark under the plan's protocol, for one checkpoint at a time."""
+
+    benchmark: str
+    prompts: str | None
+    metrics: tuple[str, ...]
+    max_prompts: int | None
+    images_per_prompt: int
+
+
+@dataclass(frozen=True)
+class AutoEvalPlan:
+    """:class:`AutoEvalConfig` resolved for one base-model kind: the jobs run on every checkpoint."""
+
+    kind: str
+    jobs: tuple[EvalJob, ...]
+    config: AutoEvalConfig
+
+    def job_key(self, job: EvalJob) -> str:
+        """A hash of what changes the job's records (not the device, batch sizes or image cache)."""
+        c = self.config
+        data = {
+            **asdict(job),
+            "protocol": {"steps": c.steps, "guidance_scale": c.guidance_scale, "seed": c.seed,
+                         "resolution": c.resolution, "dtype": c.dtype},
+            "metric_weights": {m: c.metric_weights[m] for m in job.metrics if m in c.metric_weights},
+            "metric_processors": {m: c.metric_processors[m] for m in job.metrics if m in c.metric_processors},
+            "metric_dtype": c.metric_dtype,
+            "results_dir": str(c.results_dir),
+        }
+        return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+    def job_record(self, job: EvalJob) -> dict[str, Any]:
+        c = self.config
+        return {**asdict(job), "steps": c.steps, "guidance_scale": c.guidance_scale, "seed": c.seed,
+                "resolution": c.resolution, "dtype": c.dtype, "results_dir": str(c.results_dir)}
+
+    def eval_config(self, job: EvalJob, checkpoint: str) -> Any:
+        from lpo.evals.harness import EvalConfig, EvalProtocol
+
+        c = self.config
+        return EvalConfig(
+            checkpoint=checkpoint, benchmark=job.benchmark, prompts=job.prompts, metrics=job.metrics,
+            max_prompts=job.max_prompts,
+            protocol=EvalProtocol(steps=c.steps, guidance_scale=c.guidance_scale, resolution=c.resolution, dtype=c.dtype,
+                                  images_per_prompt=job.images_per_prompt, seed=c.seed, batch_size=c.batch_size),
+            metric_weights={m: w for m, w in c.metric_weights.items() if m in job.metrics},
+            metric_processors={m: p for m, p in c.metric_processors.items() if m in job.metrics},
+            metric_dtype=c.metric_dtype, metric_batch_size=c.metric_batch_size, device=c.device,
+            cache_dir=c.cache_dir, results_dir=c.results_dir,
+        )
+
+    def describe(self) -> str:
+        parts = []
+        for job in self.jobs:
+            prompts = "all" if job.max_prompts is None else str(job.max_prompts)
+            parts.append(f"{job.benchmark} ({prompts} prompts × {job.images_per_prompt}: {', '.join(job.metrics)})")
+        return "; ".join(parts) + f" → {self.config.results_dir}"
+
+
+def _register_metrics() -> None:
+    import lpo.evals.metrics  # noqa: F401  (the real-mode metrics)
+    import lpo.evals.metrics.diversity  # noqa: F401
+    import lpo.evals.metrics.lrm_score  # noqa: F401
+    import lpo.evals.metrics.world  # noqa: F401
+
+
+def check_names(config: AutoEvalConfig) -> None:
+    """Unknown benchmark or metric names fail here, before a run folder is made."""
+    from lpo.evals.benchmarks import BENCHMARKS
+    from lpo.evals.metrics.base import METRICS
+
+    _register_metrics()
+    for name in config.benchmarks:
+        BENCHMARKS.get(name)  # LpoError listing the known ones
+    for name in config.metrics:
+        METRICS.get(name)
+    for name in config.prompts:
+        if config.benchmarks and name not in config.benchmarks:
+            raise LpoError(f"evaluation prompts given for benchmark {name!r}, which is not evaluated "
+                           f"({', '.join(config.benchmarks)}); fix the name")
+
+
+def resolve_plan(config: AutoEvalConfig, kind: str) -> AutoEvalPlan:
+    """The jobs for a base model of ``kind`` (world / sd15 / sdxl); see the module docstring for the defaults."""
+    from lpo.evals.benchmarks import BENCHMARKS
+    from lpo.evals.harness import default_metrics
+    from lpo.evals.metrics.base import METRICS
+
+    check_names(config)
+    world = kind == "world"
+    names = config.benchmarks or (WORLD_BENCHMARKS if world else SD_BENCHMARKS)
+    for name in config.prompts:
+        if name not in names:
+            raise LpoError(f"evaluation prompts given for benchmark {name!r}, which is not evaluated ({', '.join(names)})")
+    jobs = []
+    for name in names:
+        source = config.prompts.get(name)
+        benchmark = BENCHMARKS.get(name)(source)
+        images = (config.images_per_prompt or getattr(benchmark, "default_images_per_prompt", None)
+                  or (WORLD_IMAGES_PER_PROMPT if world else SD_IMAGES_PER_PROMPT))
+        if config.metrics:
+            metrics = config.metrics
+        elif not world and set(SD_METRICS) <= set(benchmark.default_metrics):
+            metrics = SD_METRICS
+        else:
+            metrics = tuple(default_metrics(benchmark, images))
+        for metric in metrics:
+            if getattr(METRICS.get(metric), "per_prompt", False) and images < 2:
+                raise LpoError(f"metric {metric!r} compares the images of a prompt; evaluate 2 or more images per prompt")
+        max_prompts = config.max_prompts if config.max_prompts is not None else (WORLD_MAX_PROMPTS if world else None)
+        jobs.append(EvalJob(name, source, tuple(metrics), max_prompts, int(images)))
+    evaluated = {m for job in jobs for m in job.metrics}
+    for what, refs in (("weights", config.metric_weights), ("processor", config.metric_processors)):
+        for metric in refs:
+            if metric not in evaluated:
+                raise LpoError(f"evaluation {what} given for metric {metric!r}, which is not evaluated "
+                               f"({', '.join(sorted(evaluated))}); fix the name")
+    resolved = replace(config, results_dir=config.results_dir.expanduser().resolve(),
+                       cache_dir=None if config.cache_dir is None else config.cache_dir.expanduser().resolve())
+    return AutoEvalPlan(kind, tuple(jobs), resolved)
+
+
+def model_kind(model: str) -> str:
+    """``world`` for a world pipeline (alias or folder with the world marker), else ``sd15`` /
+    ``sdxl`` from a local folder's model_index.json, else ``sd`` (a hub id: not looked up)."""
+    from lpo.generate import resolve_model_name
+    from lpo.models import PIPELINE_KINDS, WORLD_MARKER
+
+    path = Path(resolve_model_name(model)).expanduser()
+    if not path.is_dir():
+        return "sd"
+    if (path / WORLD_MARKER).is_file():
+        return "world"
+    try:
+        class_name = json.loads((path / "model_index.json").read_text()).get("_class_name")
+    except (OSError, ValueError):
+        return "sd"
+    return PIPELINE_KINDS.get(class_name, "sd")
+
+
+# --------------------------------------------------------------------------- state
+
+
+def state_path(run_dir: Path) -> Path:
+    return Path(run_dir) / STATE_NAME
+
+
+def read_state(run_dir: Path) -> dict[str, Any]:
+    """The run's auto-evaluation state (an empty one before the first evaluation)."""
+    path = state_path(run_dir)
+    if not path.is_file():
+        return {"version": STATE_VERSION, "config": None, "jobs": {}, "checkpoints": {}}
+    try:
+        state = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise LpoError(f"could not read {path} ({err}); delete it to evaluate every checkpoint again") from err
+    if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
+        raise LpoError(f"{path} is not an auto-evaluation state of version {STATE_VERSION}; delete it to start over")
+    return state
+
+
+def _write_state(run_dir: Path, state: dict[str, Any]) -> None:
+    from lpo.io import atomic_write_json
+
+    atomic_write_json(state_path(run_dir), state)
+
+
+def record_config(run_dir: Path, config: AutoEvalConfig) -> None:
+    """Keep the config ``lpo train`` was given: ``lpo eval --watch RUN`` starts from it."""
+    state = read_state(run_dir)
+    state["config"] = config.as_dict()
+    _write_state(run_dir, state)
+
+
+def done_jobs(state: dict[str, Any], name: str) -> set[str]:
+    return set(((state.get("checkpoints") or {}).get(name) or {}).get("done", {}))
+
+
+# --------------------------------------------------------------------------- one checkpoint
+
+
+@dataclass
+class CheckpointOutcome:
+    """What evaluating one checkpoint did: eval ids per benchmark, errors per benchmark, seconds."""
+
+    name: str
+    evaluated: dict[str, str] = field(default_factory=dict)
+    records: int = 0
+    failed: dict[str, str] = field(default_factory=dict)
+    skipped: int = 0
+    seconds: float = 0.0
+    values: dict[str, dict[str, float]] = field(default_factory=dict)  # benchmark -> metric -> value
+
+
+@contextlib.contextmanager
+def _alone() -> Iterator[None]:
+    """Evaluate in this process only.
+
+    The harness shards its work over the ``WORLD_SIZE`` processes of an ``accelerate
+    launch``; a checkpoint callback runs on the main training process alone, and the
+    others would never join its collectives.
+    """
+    old = os.environ.get("WORLD_SIZE")
+    if old in (None, "", "1"):
+        yield
+        return
+    os.environ["WORLD_SIZE"] = "1"
+    try:
+        yield
+    finally:
+        os.environ["WORLD_SIZE"] = old
+
+
+def evaluate_checkpoint(
+    run_dir: Path, name: str, spec: str, plan: AutoEvalPlan, *, mode: str, console: Any = None, log: Log | None = None,
+) -> CheckpointOutcome:
+    """Run every job of ``plan`` not yet done on checkpoint ``name`` (``spec``: what ``lpo eval`` takes);
+    the state is written after each job."""
+    from rich.markup import escape
+
+    from lpo.evals.harness import run_eval
+    from lpo.evals.store import now
+    from lpo.io import one_line
+
+    say = log or (lambda message: None)
+    outcome = CheckpointOutcome(name)
+    began = time.perf_counter()
+    for job in plan.jobs:
+        key = plan.job_key(job)
+        state = read_state(run_dir)
+        if key in done_jobs(state, name):
+            outcome.skipped += 1
+            continue
+        started = time.perf_counter()
+        try:
+            with _alone():
+                output = run_eval(plan.eval_config(job, spec), console=console)
+        except Exception as err:  # noqa: BLE001 - a failed evaluation must not end a training run
+            if not isinstance(err, LpoError):
+                logger.warning("evaluation of %s on %s failed", name, job.benchmark, exc_info=True)
+            outcome.failed[job.benchmark] = one_line(err) if not isinstance(err, LpoError) else str(err)
+            entry: dict[str, Any] = {"error": outcome.failed[job.benchmark], "time": now(), "mode": mode}
+            say(f"[yellow]evaluation of {name} on {job.benchmark} failed:[/] {escape(outcome.failed[job.benchmark])}; "
+                f"try again with `lpo eval --watch {escape(str(run_dir))} --until-done`")
+            slot = "failed"
+        else:
+            seconds = time.perf_counter() - started
+            outcome.evaluated[job.benchmark] = output.eval_id
+            outcome.records += len(output.records)
+            outcome.values[job.benchmark] = {r.metric: r.value for r in output.records}
+            entry = {"eval_id": output.eval_id, "records": len(output.records), "seconds": seconds,
+                     "eval_cost": output.records[0].eval_cost if output.records else None, "time": now(), "mode": mode}
+            slot = "done"
+        state = read_state(run_dir)  # re-read: another evaluator may have written meanwhile
+        state.setdefault("jobs", {})[key] = plan.job_record(job)
+        checkpoint = state.setdefault("checkpoints", {}).setdefault(name, {"done": {}, "failed": {}})
+        checkpoint.setdefault(slot, {})[key] = entry
+        if slot == "done":
+            checkpoint.get("failed", {}).pop(key, None)
+        _write_state(run_dir, state)
+    outcome.seconds = time.perf_counter() - began
+    return outcome
+
+
+def _summary(outcome: CheckpointOutcome, label: str) -> str:
+    parts = []
+    for benchmark, values in outcome.values.items():
+        shown = ", ".join(f"{metric} {value:.4g}" for metric, value in values.items())
+        parts.append(f"{benchmark}: {shown}")
+    return f"evaluated {label} in {outcome.seconds:.1f} s: " + ("; ".join(parts) or "nothing new")
+
+
+# --------------------------------------------------------------------------- inline
+
+
+class AutoEvaluator:
+    """A checkpoint callback that evaluates each checkpoint under ``config`` (inline mode).
+
+    :meth:`prepare` (called by ``lpo train`` once the base model is loaded) resolves the
+    plan for the model's kind and records the config in the run folder; otherwise the
+    plan is resolved on the first event from its ``kind``.
+    """
+
+    def __init__(self, config: AutoEvalConfig, *, console: Any = None, log: Log | None = None) -> None:
+        check_names(config)
+        self.config = config
+        self.console = console
+        self.log = log or (lambda message: None)
+        self.plan: AutoEvalPlan | None = None
+        self.outcomes: list[CheckpointOutcome] = []
+
+    def prepare(self, run_dir: Path, kind: str, record: bool = True) -> AutoEvalPlan:
+        """Resolve the plan for ``kind``; with ``record`` (the main process) keep the config in the run folder."""
+        self.plan = resolve_plan(self.config, kind)
+        if record:  # with absolute results / cache folders: a watcher may start elsewhere
+            record_config(run_dir, self.plan.config)
+            self.log(f"evaluating every checkpoint: {self.plan.describe()}")
+        return self.plan
+
+    def __call__(self, event: Any) -> None:
+        from lpo.runs import active_meter
+
+        if self.plan is None or self.plan.kind != event.kind:
+            self.plan = resolve_plan(self.config, event.kind)
+        if event.final:
+            run_dir, name, spec = Path(event.model_folder).parent, FINAL, str(Path(event.model_folder).parent)
+        else:
+            run_dir, name, spec = Path(event.folder).parent.parent, Path(event.folder).name, str(event.folder)
+        # Inside the trainer's optimisation stage: count this as evaluation on the run's meter.
+        meter = active_meter()
+        with meter.stage("evaluation") if meter is not None else contextlib.nullcontext(), _rng_preserved():
+            outcome = evaluate_checkpoint(run_dir, name, spec, self.plan, mode="inline", console=self.console,
+                                          log=self.log)
+        if meter is None:  # after the trainer's last cost write (the final model)
+            add_evaluation_seconds(run_dir, outcome.seconds)
+        self.outcomes.append(outcome)
+        if outcome.evaluated:
+            self.log(_summary(outcome, f"{event.label} at step {event.step}" + (" (final)" if event.final else "")))
+
+
+@contextlib.contextmanager
+def _rng_preserved() -> Iterator[None]:
+    """Restore every global random state afterwards: a run trains the same weights with or
+    without inline evaluation (loading a model may draw from them)."""
+    import random
+
+    import numpy as np
+    import torch
+
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+    try:
+        with torch.random.fork_rng(devices=devices):
+            yield
+    finally:
+        random.setstate(python_state)
+        np.random.set_state(numpy_state)
+
+
+def add_evaluation_seconds(run_dir: Path, seconds: float) -> None:
+    """Add ``seconds`` to the ``evaluation`` stage of the run's cost.json, on its own devices."""
+    from lpo.runs import DeviceMeter, RunFolder
+
+    run = RunFolder(run_dir)
+    record = run.read_cost()
+    if record is None:
+        return
+    meter = DeviceMeter.from_record(record)
+    meter.add("evaluation", seconds)
+    run.write_cost(meter)
+
+
+# --------------------------------------------------------------------------- watching
+
+
+def watch_config(run_dir: Path, overrides: dict[str, Any]) -> AutoEvalConfig:
+    """The config ``lpo train`` recorded for the run (else the defaults), with ``overrides`` applied."""
+    recorded = read_state(run_dir).get("config")
+    base = AutoEvalConfig.from_dict(recorded) if recorded else AutoEvalConfig()
+    return replace(base, **overrides)
+
+
+def run_kind(run_dir: Path) -> str:
+    """The base-model kind of a run folder (its config.json ``model.base``)."""
+    from lpo.runs import RunFolder
+
+    config = RunFolder.open(run_dir).read_config()
+    model = config.get("model")
+    base = model.get("base") if isinstance(model, dict) else model
+    if not base:
+        raise LpoError(f"{run_dir}/config.json names no base model (model.base); pass a run folder written by lpo train")
+    return model_kind(str(base))
+
+
+def ready_checkpoints(run_dir: Path, finished: bool) -> list[tuple[str, str]]:
+    """(name, spec) of what can be evaluated now: each complete checkpoint whose cost snapshot
+    is written (or the run has finished), then the final model once the run has finished."""
+    from lpo.runs import COST_NAME, RunFolder
+    from lpo.trainers.harness import list_checkpoints
+
+    out = [(folder.name, str(folder)) for _, folder in list_checkpoints(RunFolder.open(run_dir))
+           if finished or (folder / COST_NAME).is_file()]
+    if finished:
+        out.append((FINAL, str(Path(run_dir))))
+    return out
+
+
+@dataclass
+class WatchSummary:
+    outcomes: list[CheckpointOutcome]
+    polls: int
+
+    @property
+    def failed(self) -> list[CheckpointOutcome]:
+        return [o for o in self.outcomes if o.failed]
+
+
+def watch_run(
+    run_dir: Path, config: AutoEvalConfig, *, interval: float = 60.0, until_done: bool = False, console: Any = None,
+    log: Log | None = None, sleep: Callable[[float], None] = time.sleep, max_polls: int | None = None,
+) -> WatchSummary:
+    """Evaluate each new checkpoint of the run in ``run_dir`` once, polling every ``interval`` seconds.
+
+    With ``until_done``, return once the run has finished (``result.json``) and everything it
+    saved has been evaluated or has failed once in this watch; otherwise watch until
+    interrupted (or ``max_polls`` polls, for tests).
+    """
+    from lpo.runs import RunFolder
+    from lpo.trainers.harness import RESULT_NAME
+
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+        raise LpoError("lpo eval --watch runs as one process; start it without accelerate launch / torchrun")
+    if interval < 0:
+        raise LpoError(f"--interval must be >= 0 seconds, got {interval}")
+    run = RunFolder.open(run_dir)
+    say = log or (lambda message: None)
+    plan = resolve_plan(config, run_kind(run.path))
+    say(f"watching {run.path}: {plan.describe()}")
+    keys = [plan.job_key(job) for job in plan.jobs]
+    tried: set[str] = set()  # checkpoints that failed in this watch are not retried by it
+    outcomes: list[CheckpointOutcome] = []
+    polls = 0
+    while True:
+        polls += 1
+        # Read before listing: once the run has finished, this listing holds everything it saved.
+        finished = (run.path / RESULT_NAME).is_file()
+        for name, spec in ready_checkpoints(run.path, finished):
+            if name in tried or set(keys) <= done_jobs(read_state(run.path), name):
+                continue
+            if not Path(spec).exists():  # removed by the run's keep_checkpoints meanwhile
+                continue
+            outcome = evaluate_checkpoint(run.path, name, spec, plan, mode="watch", console=console, log=say)
+            outcomes.append(outcome)
+            if outcome.failed:
+                tried.add(name)
+            if outcome.evaluated:
+                say(_summary(outcome, name))
+        if until_done and finished:
+            break
+        if max_polls is not None and polls >= max_polls:
+            break
+        sleep(interval)
+    return WatchSummary(outcomes, polls)
+
+
+# --------------------------------------------------------------------------- lpo eval --watch
+
+# `lpo eval` option -> AutoEvalConfig field, for the options a watch takes from the command line.
+_EVAL_OPTIONS = {
+    "metrics": "metrics", "images_per_prompt": "images_per_prompt", "max_prompts": "max_prompts",
+    "guidance_scale": "guidance_scale", "steps": "steps", "seed": "seed", "resolution": "resolution", "dtype": "dtype",
+    "batch_size": "batch_size", "metric_dtype": "metric_dtype", "metric_batch_size": "metric_batch_size",
+    "device": "device", "cache_dir": "cache_dir", "results_dir": "results_dir",
+}
+_NOT_WITH_WATCH = {"checkpoint_arg": "a CHECKPOINT", "checkpoint_opt": "--checkpoint", "label": "--label",
+                   "registry": "--registry", "no_save": "--no-save"}
+
+
+def watch_overrides(given: dict[str, Any]) -> dict[str, Any]:
+    """:class:`AutoEvalConfig` fields from the ``lpo eval`` options given on the command line."""
+    from lpo.evals.harness import named_refs
+
+    for name, what in _NOT_WITH_WATCH.items():
+        if name in given:
+            raise LpoError(f"--watch evaluates the run's own checkpoints and records them; drop {what}")
+    out = {field_name: given[name] for name, field_name in _EVAL_OPTIONS.items() if name in given}
+    if "metrics" in out:
+        out["metrics"] = tuple(out["metrics"])
+    if "benchmark" in given:
+        out["benchmarks"] = (given["benchmark"],)
+    if "prompts" in given:
+        if "benchmark" not in given:
+            raise LpoError("--prompts with --watch needs the --benchmark it is for")
+        out["prompts"] = {given["benchmark"]: given["prompts"]}
+    if "metric_weights" in given:
+        out["metric_weights"] = named_refs(given["metric_weights"], "--metric-weights")
+    if "metric_processors" in given:
+        out["metric_processors"] = named_refs(given["metric_processors"], "--metric-processor")
+    return out
+
+
+def watch_command(run_dir: Path, given: dict[str, Any], *, interval: float, until_done: bool, dry_run: bool,
+                  console: Any) -> WatchSummary | None:
+    """The body of ``lpo eval --watch RUN``: ``given`` holds the options set on the command line."""
+    config = watch_config(run_dir, watch_overrides(given))
+    if dry_run:
+        plan = resolve_plan(config, run_kind(run_dir))
+        console.print_json(json.dumps({"run": str(run_dir), "kind": plan.kind, "config": plan.config.as_dict(),
+                                       "jobs": {plan.job_key(j): plan.job_record(j) for j in plan.jobs}}))
+        return None
+    say = lambda message: console.print(message, highlight=False)  # noqa: E731
+    summary = watch_run(run_dir, config, interval=interval, until_done=until_done, console=console, log=say)
+    evaluated = [o.name for o in summary.outcomes if o.evaluated]
+    say(f"evaluated {len(evaluated)} checkpoint(s) of {run_dir}" + (f": {', '.join(evaluated)}" if evaluated else
+                                                                    " (nothing new)"))
+    if summary.failed:
+        raise LpoError(f"evaluation failed for {', '.join(o.name for o in summary.failed)} (errors above and in "
+                       f"{state_path(run_dir)}); fix the cause and run `lpo eval --watch {run_dir} --until-done` again")
+    return summary

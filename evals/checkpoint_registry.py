@@ -47,7 +47,7 @@ import math
 import re
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from lpo.errors import LpoError
 

@@ -10,10 +10,17 @@ One evaluation = one checkpoint × one benchmark × some metrics under one
    checkpoint is compared on identical initial noise, and nothing already on disk is
    generated again (a new metric later, more images per prompt, a resumed run);
 3. score every image with every metric, one metric at a time (its weights loaded only
-   then, and released before the next), timing load and scoring apart from generation;
+   then, and released before the next), timing load and scoring apart from generation.
+   A *set* metric (``per_prompt = True``: the diversity measures of
+   :mod:`lpo.evals.metrics.diversity`) scores the images of one prompt together, one
+   value per prompt. With no ``--metric``, the benchmark's defaults are scored plus its
+   diversity measure (:func:`default_metrics`);
 4. summarise with the prompt as the unit (:func:`lpo.world.benchmark.prompt_unit_summary`:
    images of a prompt averaged first; standard error and 95% interval over prompts),
-   per benchmark category as well;
+   per benchmark category as well; a benchmark whose official overall is the mean of
+   its categories (GenEval: ``overall = "category_mean"``) gets that as the value
+   (:func:`summarise`), and every record says which aggregation it holds. Unset CFG and
+   images per prompt come from the checkpoint and the benchmark (:func:`resolve_protocol`);
 5. write the per-image scores and one record per metric (:mod:`lpo.evals.store`) in one
    atomic append, so an interrupted evaluation leaves no records.
 

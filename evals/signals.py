@@ -151,8 +151,10 @@ def training_signals(checkpoint) -> list[dict[str, Any]] | None:
         return [dict(s) for s in checkpoint.trained_with]
     if checkpoint.run_path:
         return run_signals(Path(checkpoint.run_path))
-    if checkpoint.method == "base" and (checkpoint.hub_id or (checkpoint.base_model or "").startswith("world")):
-        return []  # a base model straight from its source: no preference signal
+    if checkpoint.method == "base" and (checkpoint.base_model or "").startswith("world") and not checkpoint.adapter_kind:
+        return []  # the world's pretrained base model: no preference signal touched it
+    # A bare hub id or folder may hold anything (an SPO pipeline is just a hub id): unknown.
+    # Name it in the checkpoint registry with its trained_with to have it marked.
     return None
 
 

@@ -20,6 +20,16 @@ from pathlib import Path
 import torch
 
 
+def _shrink_vocab(clip, size: int) -> None:
+    """Keep the first ``size`` rows of a CLIPModel's token embedding (CLIPModel has no resize)."""
+    embeddings = clip.text_model.embeddings
+    old = embeddings.token_embedding
+    new = torch.nn.Embedding(size, old.embedding_dim, device=old.weight.device, dtype=old.weight.dtype)
+    new.weight.data.copy_(old.weight.data[:size])
+    embeddings.token_embedding = new
+    clip.config.text_config.vocab_size = size
+
+
 def build_folders(root: Path, tiny: bool, device: torch.device, dtype: torch.dtype) -> tuple[Path, Path, Path]:
     from diffusers import StableDiffusionPipeline
 
@@ -37,6 +47,8 @@ def build_folders(root: Path, tiny: bool, device: torch.device, dtype: torch.dty
         from lpo.perf.architectures import random_components
 
         c = random_components("sd15", device=device, dtype=dtype)
+        # the world BPE stands in for CLIP's tokenizer; a saved pipeline must agree with it
+        c.text_encoder.resize_token_embeddings(len(c.tokenizer))
         StableDiffusionPipeline(
             vae=c.vae, text_encoder=c.text_encoder, tokenizer=c.tokenizer, unet=c.unet, scheduler=c.scheduler,
             safety_checker=None, feature_extractor=None, requires_safety_checker=False,
@@ -51,6 +63,7 @@ def build_folders(root: Path, tiny: bool, device: torch.device, dtype: torch.dty
         from lpo.perf.architectures import random_pickscore_scorer
 
         scorer = random_pickscore_scorer(device=device, dtype=torch.float32)
+        _shrink_vocab(scorer.clip, len(scorer.tokenizer))  # world BPE for CLIP's, as above
     pixel = PixelStepReward.from_components(components, scorer)
     pixel_dir = save_pixel_reward(pixel, root / "pixel")
     del components, lrm, pixel, scorer

@@ -35,7 +35,8 @@ def _command(world: Path, lrm: Path, run_dir: Path, *extra: str) -> list[str]:
         "train.train_batch_size=8", "sampler.threshold_min=0.0", "sampler.threshold_max=0.0", "sampler.min_timestep=801",
         "optim.lr_scheduler=linear", "optim.warmup_steps=2", "run.save_every=2", "run.keep_checkpoints=2",
     ]
-    args = [sys.executable, "-m", "lpo.cli", "train", "--method", "lpo", "--preset", "lpo-world", "--run-dir", str(run_dir)]
+    args = [sys.executable, "-m", "lpo.cli", "train", "--method", "lpo", "--preset", "lpo-world", "--run-dir", str(run_dir),
+            "--no-eval"]  # `lpo train` evaluates every checkpoint by default (into ./results)
     for item in sets:
         args += ["--set", item]
     return args + list(extra)

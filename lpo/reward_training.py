@@ -206,11 +206,13 @@ def _preset(name: str, **values: Any) -> RewardTrainingConfig:
 
 # Real-mode presets keep the papers' values; the warmup (500 steps) is the official LRM
 # config's (the paper says only "warmup"). The world presets are sized for CPU (the world
-# model is ~1 M parameters with 4×8×8 latents) and are NOT tuned: lrm-world ran 400 steps in
-# ~70 s on one free core (VFE on), but with 1,200 sampled world pairs (one per train prompt)
-# held-out accuracy stayed ≈ 0.55 ± 0.03 for every lr tried (1e-4 … 5e-4), even with
-# noise-free labels; the SPEC §5.5 trial (single-object world) reached 0.75. More pairs per
-# prompt, not another lr, looks like the missing ingredient.
+# model is ~1 M parameters with 4×8×8 latents). lrm-world was tuned on 635 decisive held-out
+# val-split pairs (results/world/lrm-eval/COMMANDS.md has the 13 runs): lr 2e-4 … 1e-3, a 10×
+# head lr, VFE off, batch 64, 400 … 1,200 steps, t ≤ 251 only and noise-free labels all gave
+# 0.54–0.555 mean held-out accuracy over t (0.57–0.60 at t = 1; standard error ≈ 0.02), so the
+# settings stay. Data is what moved it: 1,600 pairs of 400 prompts 0.52, 4,600–7,600 pairs of
+# 1,900–3,400 prompts 0.55. More than ~3 epochs memorises images (1,200 steps on 4,600 pairs:
+# train 0.65, held-out 0.54). Use: 400 steps on MPCF strategy-2 pairs (~3,900 kept of 7,600).
 REWARD_TRAINING_PRESETS: dict[str, RewardTrainingConfig] = {
     # LRM-1.5: 4,000 steps × 128 pairs, 512 px, 15 A100-hours (SPEC §4.1)
     "lrm-sd15": _preset("lrm-sd15", reward_model="lrm", max_steps=4000, batch_size=128),

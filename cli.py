@@ -354,6 +354,7 @@ def lrm_eval(
 def bench(
     preset: str = typer.Option("quick", help="quick (about 10 minutes on 2 CPU cores) or full."),
     out: Optional[Path] = typer.Option(None, help="Bench folder (default: bench-PRESET); rerunning continues it."),
+    ablation: List[str] = typer.Option([], "--ablation", help="Also run an ablation (repeatable): mpcf, vfe, lrm-t0, lpo-timesteps, spo-all-t, beta."),
     overrides: List[str] = SetOption,
 ) -> None:
     """The whole study on the embedded world: pairs → MPCF → LRM / pixel model → LPO, SPO, Diffusion-DPO → eval → report."""
@@ -362,6 +363,14 @@ def bench(
     from lpo.config import apply_overrides
 
     config = apply_overrides(bench_preset(preset), overrides)
+    if ablation:
+        from dataclasses import replace
+
+        from lpo.bench.ablations import ablation as check_ablation
+
+        for name in ablation:
+            check_ablation(name)
+        config = replace(config, ablations=tuple(dict.fromkeys((*config.ablations, *ablation))))
     folder = out or Path(f"bench-{preset}")
     started = time.perf_counter()
     result = run_bench(folder, config, console=_console())

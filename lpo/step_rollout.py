@@ -15,8 +15,9 @@ x_prev^k, K            ``candidates`` (B, K, C, H, W) = μ + std·z_k; ``num_can
 S(x_prev^k)            the step reward's scores (B, K); LRM on the candidate latents, or
                        SPO's pixel model on their decoded one-step x̂0
 reward timestep        ``reward_timestep="current"``: the reward is told t although the
-                       candidates are at prev_t (the official LPO code; default), "prev":
-                       told prev_t (clamped at 0 after the last step), as SPO's code does
+                       candidates are at prev_t (the official LPO code; default); "prev":
+                       told prev_t (clamped at 0 after the last step), as SPO's code does;
+                       "zero": told t = 0 (the paper's ablation that hides the noise level)
 w, l                   argmax / argmin of S over the K candidates
 p_w − p_l              the 2-way softmax gap = tanh((S_w − S_l)/2)
 th_t                   ``step_thresholds``: rises linearly with σ_t from ``threshold_min``
@@ -43,7 +44,7 @@ from torch import Tensor
 from lpo.conditioning import GuidedConditioning, TextConditioning, predict_noise
 from lpo.sampling import branch_candidates, ddim_step_with_logprob, ddim_timesteps, sigma_schedule
 
-RewardTimestep = Literal["current", "prev"]
+RewardTimestep = Literal["current", "prev", "zero"]
 
 
 @runtime_checkable
@@ -80,8 +81,8 @@ class StepRolloutSettings:
             raise ValueError(
                 f"skip_first_steps must be in [0, {self.num_inference_steps - 1}], got {self.skip_first_steps}"
             )
-        if self.reward_timestep not in ("current", "prev"):
-            raise ValueError(f"reward_timestep must be current or prev, got {self.reward_timestep!r}")
+        if self.reward_timestep not in ("current", "prev", "zero"):
+            raise ValueError(f"reward_timestep must be current, prev or zero, got {self.reward_timestep!r}")
         if not 0 <= self.threshold_min <= self.threshold_max < 1:
             raise ValueError(
                 f"thresholds must satisfy 0 <= threshold_min <= threshold_max < 1, got "
@@ -260,7 +261,8 @@ def step_rollout(
         # 1a. K candidates from the one Gaussian
         candidates = branch_candidates(step.mean, step.std, num_candidates, generator).to(latents.dtype)  # (B, K, C, H, W)
         # 1b. score them (told t, or prev_t clamped at 0)
-        reward_t = t if settings.reward_timestep == "current" else max(t - step_size, 0)
+        # "zero": the paper's ablation that hides the noise level from the LRM (tells it t = 0)
+        reward_t = {"current": t, "prev": max(t - step_size, 0), "zero": 0}[settings.reward_timestep]
         flat = candidates.reshape(batch * num_candidates, *candidates.shape[2:])
         reward_timesteps = torch.full((batch * num_candidates,), reward_t, dtype=torch.long, device=flat.device)
         scores = reward.score_with_conditioning(flat, reward_timesteps, candidate_text).float().reshape(batch, num_candidates)

@@ -74,3 +74,24 @@ def test_presets_and_config_errors():
         bench_preset("huge")
     with pytest.raises(LpoError, match="unknown bench methods"):
         BenchConfig(methods=("ppo",))
+
+
+def test_an_ablation_reuses_the_bench_and_lands_in_the_report(micro_bench, tiny_world_dir):
+    from dataclasses import replace
+
+    from lpo.evals.store import load_records
+
+    folder, _ = micro_bench
+    bench = run_bench(folder, replace(_micro(str(tiny_world_dir)), ablations=("lrm-t0",)))
+    root = folder / "ablations" / "lrm-t0"
+    meta = json.loads((root / "ablation.json").read_text())
+    assert [v["label"] for v in meta["variants"]] == ["real t", "t=0"]
+    # the variants reused the main bench's pairs and LRM (no retraining) and trained LPO only
+    assert bench.timings["train-lpo"]["skipped"] and not (root / "t_0" / "runs" / "spo").exists()
+    variant_stages = json.loads((root / "t_0" / "bench.json").read_text())["stages"]
+    assert variant_stages["reward-lrm"].get("skipped") and "train-lpo" in variant_stages
+    labels = {r.checkpoint["label"] for r in load_records(root / "results") if r.metric == "world_utility"}
+    assert {"base", "lpo [real t]", "lpo [t=0]"} <= labels
+    config = json.loads((root / "t_0" / "runs" / "lpo" / "config.json").read_text())
+    assert config["sampler"]["reward_timestep"] == "zero"
+    assert "Ablation: lrm-t0" in (folder / "report" / "summary.md").read_text()

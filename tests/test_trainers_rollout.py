@@ -156,6 +156,13 @@ def test_spo_skips_the_first_steps_and_tells_the_reward_prev_t(world):
     assert int(out.kept.timesteps.max()) == 751 and out.branched == 16 * len(PROMPTS)
 
 
+def test_zero_tells_the_reward_t_0_at_every_step(world):
+    settings = StepRolloutSettings(reward_timestep="zero", threshold_min=0.0, threshold_max=0.0)
+    out, reward, _, _ = _rollout(world, settings)
+    assert {int(c[1][0]) for c in reward.calls} == {0} and len(reward.calls) == 20
+    assert sorted({int(t) for t in out.kept.timesteps})[-1] == 951  # pairs still at their real t
+
+
 def test_min_timestep_trains_only_high_t_and_stops_early(world):
     settings = StepRolloutSettings(min_timestep=501, threshold_min=0.0, threshold_max=0.0)
     out, reward, _, _ = _rollout(world, settings)

@@ -52,6 +52,7 @@ class BenchConfig:
     guided_seeds: int = _f(2, "Seeds per prompt of the guided-sampling rows.")
     guided_candidates: int = _f(4, "K of guided sampling and of best-of-K final images.")
     device: str = _f("auto", "auto, cpu or cuda.")
+    ablations: tuple[str, ...] = _f((), "Ablations to run after the main bench: mpcf, vfe, lrm-t0, lpo-timesteps, spo-all-t, beta.")
 
     def __post_init__(self) -> None:
         unknown = [m for m in self.methods if m not in METHODS]
@@ -65,6 +66,10 @@ class BenchConfig:
                 raise LpoError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.guided_prompts < 0 or self.guided_candidates < 2:
             raise LpoError("guided_prompts must be >= 0 and guided_candidates >= 2")
+        from lpo.bench.ablations import ablation
+
+        for name in self.ablations:
+            ablation(name)  # unknown name -> one-line error listing the known ones
 
     def trainer_overrides(self, method: str) -> tuple[str, ...]:
         return {"lpo": self.lpo_overrides, "spo": self.spo_overrides, "diffusion-dpo": self.dpo_overrides}[method]

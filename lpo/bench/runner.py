@@ -34,11 +34,17 @@ SAMPLE_GRID_SIZE = 8  # prompts per sample grid (image 0 of each, from the eval 
 class Bench:
     """A bench folder: its config, its finished stages and the paths every stage shares."""
 
-    def __init__(self, folder: Path, config: BenchConfig, console: Any = None) -> None:
+    def __init__(
+        self, folder: Path, config: BenchConfig, console: Any = None, *,
+        results_dir: Path | None = None, label_suffix: str = "", evaluate_base: bool = True,
+    ) -> None:
         self.folder = Path(folder)
         self.config = config
         self.console = console
         self.timings: dict[str, dict[str, Any]] = {}
+        self._results_dir = results_dir
+        self.label_suffix = label_suffix  # an ablation variant's " [label]"
+        self.evaluate_base = evaluate_base
 
     # ----------------------------------------------------------------- paths
 
@@ -65,7 +71,7 @@ class Bench:
 
     @property
     def results_dir(self) -> Path:
-        return self.folder / "results"
+        return self._results_dir or self.folder / "results"
 
     @property
     def image_cache(self) -> Path:
@@ -209,7 +215,7 @@ def _prepare_run_dir(run_dir: Path) -> bool:
 
 def eval_targets(bench: Bench) -> list[tuple[str, str, bool]]:
     """(name, checkpoint spec, final) for the base model and every run's checkpoints and final model."""
-    targets = [("base", bench.config.model, True)]
+    targets = [("base", bench.config.model, True)] if bench.evaluate_base else []
     for method in bench.config.methods:
         run = bench.policy_run(method)
         steps = sorted((run / "checkpoints").glob("step-*")) if (run / "checkpoints").is_dir() else []
@@ -230,9 +236,10 @@ def _evaluate(bench: Bench) -> dict[str, Any]:
             key = f"eval-{benchmark}-{name}"
             if bench.done(key) is None:
                 def run_one(spec=spec, benchmark=benchmark, name=name):
+                    label = name if name == "base" else name + bench.label_suffix
                     output = run_eval(EvalConfig(
                         checkpoint=spec, benchmark=benchmark, max_prompts=c.eval_prompts, protocol=protocol,
-                        device=c.device, label=name, cache_dir=bench.image_cache, results_dir=bench.results_dir,
+                        device=c.device, label=label, cache_dir=bench.image_cache, results_dir=bench.results_dir,
                     ))
                     utility = next((r for r in output.records if r.metric == "world_utility"), None)
                     return {"eval_id": output.eval_id, "images": str(output.image_folder),
@@ -301,31 +308,88 @@ def _jsonable(value: Any) -> Any:
 # --------------------------------------------------------------------------- the bench
 
 
+def _comparable(config: BenchConfig) -> dict[str, Any]:
+    """What must match to continue a bench (adding ablations later is allowed)."""
+    data = json.loads(json.dumps(asdict(config)))
+    data.pop("ablations", None)
+    return data
+
+
 def run_bench(folder: Path, config: BenchConfig, console: Any = None) -> Bench:
-    """Run (or continue) the whole bench in ``folder``; returns the Bench."""
+    """Run (or continue) the whole bench in ``folder``, then its ablations; returns the Bench."""
     folder = Path(folder)
     saved = folder / "bench.json"
     if saved.is_file():
         previous = json.loads(saved.read_text()).get("config", {})
-        if previous and previous != json.loads(json.dumps(asdict(config))):
+        previous.pop("ablations", None)
+        if previous and previous != _comparable(config):
             raise LpoError(
                 f"{folder} holds a bench with another config; continue it with the same preset and --set values, "
                 "or pass a new --out folder"
             )
     bench = Bench(folder, config, console)
+    _core_stages(bench)
     c = config
+    if c.guided_prompts:
+        bench.stage("guided", lambda: _guided(bench))
+    bench.stage("samples", lambda: _samples(bench))
+    for name in c.ablations:
+        bench.stage(f"ablation-{name}", lambda name=name: _run_ablation(bench, name))
+    bench.stage(f"report{'-' + '-'.join(c.ablations) if c.ablations else ''}", lambda: _report(bench))
+    bench.write_summary()
+    return bench
+
+
+def _core_stages(bench: Bench, reward_eval: bool = True) -> None:
+    c = bench.config
     bench.stage("pairs", lambda: _pairs(bench))
     bench.stage("mpcf", lambda: _mpcf(bench))
     bench.stage("reward-lrm", lambda: _train_reward(bench, "lrm", c.lrm_preset, c.lrm_overrides))
     if "spo" in c.methods:
         bench.stage("reward-pixel", lambda: _train_reward(bench, "pixel", c.pixel_preset, c.pixel_overrides))
-    bench.stage("reward-eval", lambda: _reward_eval(bench))
+    if reward_eval:
+        bench.stage("reward-eval", lambda: _reward_eval(bench))
     for method in c.methods:
         bench.stage(f"train-{method}", lambda method=method: _train_policy(bench, method))
     bench.stage("evaluate", lambda: _evaluate(bench))
-    if c.guided_prompts:
-        bench.stage("guided", lambda: _guided(bench))
-    bench.stage("samples", lambda: _samples(bench))
-    bench.stage("report", lambda: _report(bench))
-    bench.write_summary()
-    return bench
+
+
+def _run_ablation(main: Bench, name: str) -> dict[str, Any]:
+    """Each variant as a small bench of its own, reusing what it shares with the main bench."""
+    from lpo.bench.ablations import ablation, slug, variant_config
+
+    spec = ablation(name)
+    root = main.folder / "ablations" / name
+    variants = []
+    for index, (label, changes) in enumerate(spec.variants):
+        config = variant_config(main.config, spec, changes)
+        folder = root / slug(label)
+        _reuse(main, folder, config)
+        variant = Bench(folder, config, main.console, results_dir=root / "results", label_suffix=f" [{label}]",
+                        evaluate_base=index == 0)
+        main.say(f"[bold]ablation {name}: {label}[/]")
+        _core_stages(variant, reward_eval=False)
+        variants.append({"label": label, "overrides": [f"{k}={v}" for k, v in changes.items()]})
+    atomic_write_json(root / "ablation.json", {"name": name, "description": spec.description, "variants": variants})
+    return {"variants": variants, "results": str(root / "results")}
+
+
+def _reuse(main: Bench, folder: Path, config: BenchConfig) -> None:
+    """Copy the main bench's finished stages that ``config`` would redo identically."""
+    same_pairs = (config.model, config.seed, config.train_prompts, config.pairs_per_prompt) == (
+        main.config.model, main.config.seed, main.config.train_prompts, main.config.pairs_per_prompt)
+    same_mpcf = same_pairs and config.mpcf_strategy == main.config.mpcf_strategy
+    shared = [("pairs", "pairs", same_pairs), ("mpcf", "pairs", same_mpcf),
+              ("reward-lrm", "rewards/lrm", same_mpcf and config.lrm_overrides == main.config.lrm_overrides
+               and config.lrm_preset == main.config.lrm_preset),
+              ("reward-pixel", "rewards/pixel", same_mpcf and config.pixel_overrides == main.config.pixel_overrides
+               and config.pixel_preset == main.config.pixel_preset)]
+    for stage, path, same in shared:
+        marker = main._marker(stage)
+        if not same or not marker.is_file() or (folder / STAGES_DIR / f"{stage}.json").is_file():
+            continue
+        target = folder / path
+        if not target.exists():
+            shutil.copytree(main.folder / path, target, ignore=shutil.ignore_patterns("checkpoints"))
+        (folder / STAGES_DIR).mkdir(parents=True, exist_ok=True)
+        shutil.copy(marker, folder / STAGES_DIR / f"{stage}.json")

@@ -24,7 +24,7 @@ PolicyMode = Literal["lora", "full"]
 OptimizerName = Literal["adamw", "adafactor"]
 LrScheduler = Literal["constant", "linear", "cosine"]
 StepMethod = Literal["lpo", "spo"]
-RewardTimestep = Literal["current", "prev"]
+RewardTimestep = Literal["current", "prev", "zero"]
 
 
 def _field(default: Any, help: str) -> Any:
@@ -187,7 +187,7 @@ class StepSamplerConfig:
     num_candidates: int = _field(4, "K candidates x_prev branched at every trained step.")
     skip_first_steps: int = _field(0, "Steps at the start of each trajectory that keep no pairs (SPO: 4 of 20).")
     min_timestep: int = _field(0, "Keep pairs only at t >= this (0: every step); later steps are not even sampled.")
-    reward_timestep: RewardTimestep = _field("current", "Timestep told to the reward: current t (official LPO code) or prev t (the candidates').")
+    reward_timestep: RewardTimestep = _field("current", "Timestep told to the reward: current t (official LPO code), prev t (the candidates') or zero (ablation: the LRM is told t = 0).")
     threshold_min: float = _field(0.35, "Softmax-gap threshold at the smallest σ_t (t = 1).")
     threshold_max: float = _field(0.5, "Threshold at the largest σ_t (t = 951); equal to threshold_min: a fixed threshold (SPO).")
     sample_batch_size: int = _field(5, "Prompts per process per round (trajectories rolled out together).")

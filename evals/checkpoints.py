@@ -321,6 +321,7 @@ def _from_run_checkpoint(spec: str, folder: Path) -> Checkpoint:
     except LpoError:
         ckpt.training_cost = None  # an older trainer wrote no snapshot: no cost beats a wrong one
     step = folder.name.rpartition("-")[2]
+    ckpt.extra.pop("steps_trained", None)  # the finished run's, not this checkpoint's
     ckpt.extra["step"] = int(step) if step.isdigit() else step
     ckpt.label = f"{ckpt.label}@{ckpt.extra['step']}" if ckpt.label != spec else ckpt.label
     return ckpt
@@ -396,6 +397,16 @@ def _read_run(ckpt: Checkpoint, run_dir: Path) -> None:
     if isinstance(reward, dict):  # the step reward the run optimised (LPO's LRM, SPO's pixel model)
         reward = reward.get("path")
     ckpt.optimised_reward = str(reward) if reward else None
+    if meta.get("preset"):
+        ckpt.extra["preset"] = str(meta["preset"])
+    result = run_dir / "result.json"
+    if result.is_file():  # a finished run: how far it trained (intermediate checkpoints carry "step")
+        try:
+            steps = json.loads(result.read_text()).get("steps")
+        except (OSError, ValueError):
+            steps = None
+        if isinstance(steps, int):
+            ckpt.extra["steps_trained"] = steps
     try:
         ckpt.training_cost = read_cost(run_dir)
     except LpoError:

@@ -188,7 +188,10 @@ def test_lpo_round_records_kept_pairs_and_log_ratios(tiny_world_dir, world_lrm, 
 
     ckpt = resolve_checkpoint(str(events[0].folder))
     assert ckpt.adapter_path == str((events[0].folder / "model").resolve()) and ckpt.as_dict()["step"] == 1
+    assert "steps_trained" not in ckpt.as_dict()
     assert ckpt.training_cost == snapshot and ckpt.method == "lpo" and ckpt.label == "lpo@1"
+    final = resolve_checkpoint(str(tmp_path / "run")).as_dict()
+    assert final["preset"] == "lpo-world" and final["steps_trained"] == 2 and "step" not in final
     assert ckpt.content_hash != resolve_checkpoint(str(tmp_path / "run")).content_hash
     assert events[1].model_folder == result.model_folder and events[1].label == "lpo" and events[1].kind == "world"
     assert all(_unet_state(e.model_folder) for e in events) and not events[0].lora

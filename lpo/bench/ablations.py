@@ -10,10 +10,12 @@ its final models land in one results folder per ablation (what the report reads)
 from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from lpo.bench.config import BenchConfig
 from lpo.errors import LpoError
+
+if TYPE_CHECKING:  # config.py validates ablation names against this module at import
+    from lpo.bench.config import BenchConfig
 
 
 @dataclass(frozen=True)
@@ -56,7 +58,7 @@ def ablation(name: str) -> Ablation:
 def variant_config(base: BenchConfig, ablation: Ablation, changes: dict[str, Any]) -> BenchConfig:
     """The main config with ``changes``: tuples extended, scalars replaced; only the
     ablation's methods, no guided rows, no held-out split, one intermediate checkpoint."""
-    known = {f.name for f in fields(BenchConfig)}
+    known = {f.name for f in fields(base)}
     values: dict[str, Any] = {}
     for key, value in changes.items():
         if key not in known:
@@ -68,4 +70,6 @@ def variant_config(base: BenchConfig, ablation: Ablation, changes: dict[str, Any
 
 
 def slug(label: str) -> str:
-    return "".join(c if c.isalnum() or c in ".-" else "_" for c in label)
+    """A folder name for a variant label: ASCII letters, digits, '.', '-'; β spelled beta."""
+    label = label.replace("β", "beta")
+    return "".join(c if (c.isascii() and c.isalnum()) or c in ".-" else "_" for c in label)

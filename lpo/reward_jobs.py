@@ -76,11 +76,21 @@ def train_reward_job(
 
 
 def build_reward_model(config, components):
-    """(model, save function) for ``config.reward_model``."""
+    """(model, save function) for ``config.reward_model``.
+
+    The LRM's fresh projection is drawn from a generator seeded by ``config.seed`` (the
+    global RNG left untouched), so a run does not depend on what the process did before
+    it, e.g. the stages ahead of it in ``lpo bench``.
+    """
     if config.reward_model == "lrm":
+        import torch
+
         from lpo.lrm import LatentRewardModel, LRMConfig, save_lrm
 
-        return LatentRewardModel.from_components(components, LRMConfig(vfe_scale=config.vfe_scale)), save_lrm
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.seed)
+            model = LatentRewardModel.from_components(components, LRMConfig(vfe_scale=config.vfe_scale))
+        return model, save_lrm
     from lpo.pixel_reward import PixelStepReward, save_pixel_reward
 
     return PixelStepReward.from_components(components), save_pixel_reward

@@ -406,3 +406,18 @@ def test_resume_gives_the_weights_of_an_uninterrupted_run(world, train_pairs, tm
                           resume=True)
     with pytest.raises(LpoError, match="other pairs"):
         train_step_reward(_lrm(world), world, train_pairs[:10], config, run, resume=True)
+
+
+def test_a_new_lrm_does_not_depend_on_the_global_rng(world):
+    import torch
+
+    from lpo.reward_jobs import build_reward_model
+    from lpo.reward_training import reward_training_preset
+
+    config = reward_training_preset("lrm-world")
+    weights = []
+    for state in (1, 2):
+        torch.manual_seed(state)  # whatever ran before in the process
+        model, _ = build_reward_model(config, world)
+        weights.append(model.visual_projection.weight.detach().clone())
+    assert torch.equal(weights[0], weights[1])

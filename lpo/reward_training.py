@@ -46,8 +46,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-import re
-import shutil
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -62,15 +60,13 @@ from lpo.config import config_to_dict
 from lpo.errors import LpoError
 from lpo.io import atomic_write_json, atomic_write_text
 from lpo.pairs import TIE, PreferencePair
-from lpo.runs import DeviceMeter, RunFolder
+from lpo.runs import TRAINER_STATE_NAME, DeviceMeter, RunFolder, list_checkpoints, write_checkpoint
 
 logger = logging.getLogger(__name__)
 
 TRAINING_STAGE = "reward_model_training"
 EVALUATION_STAGE = "evaluation"
 PROGRESS_LABEL = "reward model"
-CHECKPOINT_PREFIX = "step-"
-TRAINER_STATE_NAME = "trainer_state.json"
 METRICS_NAME = "metrics.jsonl"
 RESULT_NAME = "result.json"
 MODEL_DIR = "model"
@@ -729,45 +725,13 @@ class TrainingResult:
 # Changing these between a run and its resume does not change the weights it produces.
 RESUME_FREE_FIELDS = frozenset({"log_every", "save_every", "keep_checkpoints", "eval_every", "eval_timesteps",
                                 "eval_batch_size", "encode_batch_size"})
-_CHECKPOINT = re.compile(rf"^{CHECKPOINT_PREFIX}(\d+)$")
-
-
-def list_checkpoints(run: RunFolder) -> list[tuple[int, Path]]:
-    """Complete checkpoints of ``run`` as (step, folder), oldest first."""
-    if not run.checkpoints_dir.is_dir():
-        return []
-    found = []
-    for path in run.checkpoints_dir.iterdir():
-        match = _CHECKPOINT.match(path.name)
-        if match and (path / TRAINER_STATE_NAME).is_file():  # written last: its presence means complete
-            found.append((int(match.group(1)), path))
-    return sorted(found)
-
-
 def _write_checkpoint(
     accelerator: Any, run: RunFolder, step: int, model: nn.Module, save_model: SaveFn | None,
     state: dict[str, Any], keep: int,
 ) -> Path:
-    """checkpoints/step-NNNNNN/ = state/ (accelerate: model, optimiser, lr schedule, RNG), model/
-    (``save_model``), trainer_state.json; built in a hidden sibling and renamed into place."""
-    final = run.checkpoints_dir / f"{CHECKPOINT_PREFIX}{step:06d}"
-    tmp = run.checkpoints_dir / f".{final.name}.tmp"  # a fixed name every process agrees on
-    if accelerator.is_main_process:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp / "state"))
-    if accelerator.is_main_process:
-        if save_model is not None:
-            save_model(accelerator.unwrap_model(model), tmp / MODEL_DIR)
-        atomic_write_json(tmp / TRAINER_STATE_NAME, state)
-        if final.exists():
-            shutil.rmtree(final)
-        tmp.rename(final)
-        for _, old in list_checkpoints(run)[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
-    accelerator.wait_for_everyone()
-    return final
+    """checkpoints/step-NNNNNN/ via :func:`lpo.runs.write_checkpoint`; ``model/`` by ``save_model``."""
+    save = None if save_model is None else (lambda folder: save_model(accelerator.unwrap_model(model), folder))
+    return write_checkpoint(accelerator, run, step, save, state, keep)
 
 
 def _check_resume(saved: dict[str, Any], config: RewardTrainingConfig, encoded: EncodedPairs, folder: Path) -> None:

@@ -8,7 +8,8 @@ Every training run (reward model, LPO, SPO, Diffusion-DPO) writes one folder:
                       versions, hardware (:func:`lpo.io.run_metadata`); each resume
                       appends its own argv / git / time under ``"resumes"``
 ``cost.json``         the :class:`DeviceMeter` record: wall seconds × devices per stage
-``checkpoints/``      written by the trainers (``step-000300/`` ...)
+``checkpoints/``      ``step-000300/`` ... written by :func:`write_checkpoint` for every
+                      trainer (reward models, LPO, SPO, Diffusion-DPO)
 ====================  ==================================================================
 
 Cost accounting (SPEC §8): wall time × number of devices, per device type ("cpu", or the
@@ -26,12 +27,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 import time
 from contextlib import contextmanager
 from contextvars import ContextVar
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from lpo.errors import LpoError
 from lpo.io import atomic_write_json, run_metadata
@@ -42,6 +44,9 @@ COST_NAME = "cost.json"
 CHECKPOINTS_DIR = "checkpoints"
 DEFAULT_RUNS_ROOT = Path("runs")
 COST_SCHEMA_VERSION = 1
+CHECKPOINT_PREFIX = "step-"
+TRAINER_STATE_NAME = "trainer_state.json"  # written last: its presence marks a checkpoint complete
+CHECKPOINT_MODEL_DIR = "model"
 
 # The stages of SPEC §8. A typo in a stage name would silently split the cost, so only
 # these are accepted.
@@ -381,3 +386,54 @@ def read_cost(folder: str | Path) -> dict[str, Any]:
         f"no cost record for {folder} (looked for {candidates[0]} and {candidates[1]}); "
         "it was not trained by lpo, or its run folder was moved without cost.json"
     )
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+def list_checkpoints(run: RunFolder) -> list[tuple[int, Path]]:
+    """Complete checkpoints of ``run`` as (step, folder), oldest first."""
+    if not run.checkpoints_dir.is_dir():
+        return []
+    found = []
+    for path in run.checkpoints_dir.iterdir():
+        number = path.name[len(CHECKPOINT_PREFIX):]
+        if path.name.startswith(CHECKPOINT_PREFIX) and number.isdigit() and (path / TRAINER_STATE_NAME).is_file():
+            found.append((int(number), path))
+    return sorted(found)
+
+
+def write_checkpoint(
+    accelerator: Any,
+    run: RunFolder,
+    step: int,
+    save_model: Callable[[Path], Any] | None,
+    state: dict[str, Any],
+    keep: int,
+) -> Path:
+    """Write ``checkpoints/step-NNNNNN/`` atomically and keep the newest ``keep``; returns it.
+
+    Layout: ``state/`` (accelerate: models, optimiser, schedule, RNG), ``model/``
+    (``save_model(folder)`` on the main process, if given) and ``trainer_state.json``
+    last. Everything is built in a hidden sibling with a name every process agrees on
+    and renamed into place, so a kill during a save leaves the previous checkpoint whole.
+    """
+    final = run.checkpoints_dir / f"{CHECKPOINT_PREFIX}{step:06d}"
+    tmp = run.checkpoints_dir / f".{final.name}.tmp"
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp / "state"))
+    if accelerator.is_main_process:
+        if save_model is not None:
+            save_model(tmp / CHECKPOINT_MODEL_DIR)
+        atomic_write_json(tmp / TRAINER_STATE_NAME, state)
+        if final.exists():
+            shutil.rmtree(final)
+        tmp.rename(final)
+        for _, old in list_checkpoints(run)[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return final
+

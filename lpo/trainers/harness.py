@@ -31,7 +31,6 @@ import copy
 import json
 import logging
 import math
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -43,13 +42,12 @@ from lpo.config import config_to_dict
 from lpo.errors import LpoError
 from lpo.io import atomic_write_json
 from lpo.lora import add_lora, adapters_disabled, save_lora, save_merged_pipeline, save_unet
-from lpo.runs import RunFolder
+from lpo.runs import TRAINER_STATE_NAME, RunFolder, list_checkpoints  # re-exported for the trainers
+from lpo.runs import write_checkpoint as write_run_checkpoint
 from lpo.trainers.config import OptimConfig, PolicyConfig, RunConfig
 
 logger = logging.getLogger(__name__)
 
-CHECKPOINT_PREFIX = "step-"
-TRAINER_STATE_NAME = "trainer_state.json"
 TRAINABLE_WEIGHTS_NAME = "trainable.safetensors"
 MODEL_DIR = "model"
 PIPELINE_DIR = "pipeline"
@@ -372,43 +370,11 @@ def register_policy_checkpointing(accelerator: Any, policy: Policy) -> None:
     accelerator.register_load_state_pre_hook(load_hook)
 
 
-_CHECKPOINT_NAME = f"{CHECKPOINT_PREFIX}%06d"
-
-
-def list_checkpoints(run: RunFolder) -> list[tuple[int, Path]]:
-    """Complete checkpoints of ``run`` as (N, folder), oldest first (trainer_state.json marks complete)."""
-    if not run.checkpoints_dir.is_dir():
-        return []
-    found = []
-    for path in run.checkpoints_dir.iterdir():
-        name = path.name
-        if name.startswith(CHECKPOINT_PREFIX) and name[len(CHECKPOINT_PREFIX):].isdigit():
-            if (path / TRAINER_STATE_NAME).is_file():
-                found.append((int(name[len(CHECKPOINT_PREFIX):]), path))
-    return sorted(found)
-
-
 def write_checkpoint(
     accelerator: Any, run: RunFolder, step: int, policy: Policy, kind: str, state: dict[str, Any], keep: int,
 ) -> Path:
-    """Write ``checkpoints/step-NNNNNN/`` atomically (see the module docstring); returns it."""
-    final = run.checkpoints_dir / (_CHECKPOINT_NAME % step)
-    tmp = run.checkpoints_dir / f".{final.name}.tmp"  # one name every process agrees on
-    if accelerator.is_main_process:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp / "state"))
-    if accelerator.is_main_process:
-        policy.save(tmp / MODEL_DIR, kind)
-        atomic_write_json(tmp / TRAINER_STATE_NAME, state)  # last: its presence marks the checkpoint complete
-        if final.exists():
-            shutil.rmtree(final)
-        tmp.rename(final)
-        for _, old in list_checkpoints(run)[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
-    accelerator.wait_for_everyone()
-    return final
+    """``checkpoints/step-NNNNNN/`` via :func:`lpo.runs.write_checkpoint`, the policy in ``model/``."""
+    return write_run_checkpoint(accelerator, run, step, lambda folder: policy.save(folder, kind), state, keep)
 
 
 def write_checkpoint_cost(folder: Path, run: RunFolder) -> None:

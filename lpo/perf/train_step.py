@@ -9,17 +9,15 @@ LoRA weights. Random weights and inputs: cost does not depend on values.
 
 from __future__ import annotations
 
-import math
-import statistics
-import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from lpo.conditioning import predict_noise
+from lpo.losses import clipped_step_dpo_loss
 from lpo.models import DiffusionComponents, guided_conditioning
+from lpo.perf.reward_cost import time_parts
 from lpo.sampling import ddim_step_with_logprob
 
 LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
@@ -38,12 +36,6 @@ class TrainStepResult:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def _step_dpo_loss(logp: torch.Tensor, logp_ref: torch.Tensor, beta: float, clip: float) -> torch.Tensor:
-    # logp: (2, B) rows winner, loser; clamp of the ratio as SPEC §5.1.3
-    log_ratio = torch.clamp(logp - logp_ref, min=math.log1p(-clip), max=math.log1p(clip))
-    return -F.logsigmoid(beta * (log_ratio[0] - log_ratio[1])).mean()
 
 
 def measure_train_step(
@@ -97,28 +89,14 @@ def measure_train_step(
                 logp_ref = log_probs()
             finally:
                 unet.enable_adapters()
-        loss = _step_dpo_loss(log_probs(), logp_ref, beta, clip)
+        logp = log_probs()  # rows: winner, loser
+        loss = clipped_step_dpo_loss(logp[0], logp[1], logp_ref[0], logp_ref[1], beta, clip).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    def sync() -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
-    for _ in range(warmup):
-        update()
-    sync()
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        update()
-        sync()
-        times.append(time.perf_counter() - start)
-    peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else 0.0
+    seconds, peaks = time_parts({"update": update}, device, repeats=repeats, warmup=warmup)
     return TrainStepResult(
         architecture=components.kind,
         device=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
@@ -126,6 +104,6 @@ def measure_train_step(
         batch=batch,
         lora_rank=lora_rank,
         trainable_parameters=sum(p.numel() for p in params),
-        seconds_per_update=statistics.median(times),
-        peak_memory_mib=peak,
+        seconds_per_update=seconds["update"],
+        peak_memory_mib=peaks.get("update", 0.0),
     )

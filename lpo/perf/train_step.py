@@ -15,12 +15,11 @@ from typing import Any
 import torch
 
 from lpo.conditioning import predict_noise
+from lpo.lora import add_lora
 from lpo.losses import clipped_step_dpo_loss
 from lpo.models import DiffusionComponents, guided_conditioning
 from lpo.perf.reward_cost import time_parts
 from lpo.sampling import ddim_step_with_logprob
-
-LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 
 
 @dataclass
@@ -51,17 +50,9 @@ def measure_train_step(
     num_inference_steps: int = 20,
 ) -> TrainStepResult:
     """Median seconds and peak memory of one update on ``batch`` transitions."""
-    from peft import LoraConfig
-
     unet = components.unet
     device = components.device
-    unet.requires_grad_(False)
-    unet.add_adapter(
-        LoraConfig(r=lora_rank, lora_alpha=lora_rank, init_lora_weights="gaussian", target_modules=LORA_TARGETS)
-    )
-    params = [p for p in unet.parameters() if p.requires_grad]
-    for p in params:  # trainable weights in float32 under autocast, as mixed precision keeps them
-        p.data = p.data.float()
+    params = add_lora(unet, lora_rank)  # the trainers' own LoRA: frozen U-Net, float32 adapters
     optimizer = torch.optim.AdamW(params, lr=6e-5, weight_decay=1e-4)
     scheduler = components.scheduler
     scheduler.set_timesteps(num_inference_steps)

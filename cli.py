@@ -286,19 +286,18 @@ def mpcf(
     """Multi-preference consistent filtering: score every pair's gaps, keep the consistent ones, report each rule."""
     from lpo.config import apply_overrides
     from lpo.evals.harness import named_refs
-    from lpo.mpcf import build_gap_scorers, compute_gap_scores, filter_pairs, mpcf_preset
-    from lpo.pairs import load_pairs, save_pairs
+    from lpo.mpcf import filter_pairs_file, mpcf_preset
+    from lpo.pairs import load_pairs
 
     config = apply_overrides(mpcf_preset(preset), overrides + ([f"strategy={strategy}"] if strategy else []))
     console = _console()
     loaded = load_pairs(pairs_path, split=split, limit=limit)
     console.print(loaded.summary())
-    scorers = build_gap_scorers(
-        config, named_refs(metric_weights, "--metric-weights"), named_refs(metric_processors, "--metric-processor")
+    result = filter_pairs_file(
+        loaded.pairs, config, out, str(pairs_path), cache_dir=cache_dir,
+        weights=named_refs(metric_weights, "--metric-weights"),
+        processors=named_refs(metric_processors, "--metric-processor"),
     )
-    scores = compute_gap_scores(loaded.pairs, scorers, cache_dir or out.parent / f".{out.stem}-scores")
-    result = filter_pairs(loaded.pairs, config, scores)
-    save_pairs(result.pairs, out, provenance={"mpcf": result.report.as_dict(), "input": str(pairs_path)})
     console.print(result.report.as_table())
     console.print(f"kept {len(result.pairs)} of {len(loaded.pairs)} pairs -> [bold]{out}[/]")
 

@@ -706,3 +706,26 @@ def _empty_message(config: MPCFConfig, report: MPCFReport) -> str:
         f"no pairs left after MPCF strategy {config.strategy} ({config.describe()}) "
         f"of {report.total_decisive} decisive pairs and {report.total_ties} ties; {suggestion}"
     )
+
+
+def filter_pairs_file(
+    pairs: Sequence[PreferencePair],
+    config: MPCFConfig,
+    out: str | Path,
+    source: str,
+    *,
+    cache_dir: str | Path | None = None,
+    weights: Mapping[str, str] | None = None,
+    processors: Mapping[str, str] | None = None,
+) -> MPCFResult:
+    """`lpo mpcf` as one call: score (cached), filter, save the kept pairs to ``out`` with
+    the report as provenance. ``source`` names the input in that provenance; the score
+    cache defaults to ``.OUT-STEM-scores`` beside ``out``."""
+    from lpo.pairs import save_pairs
+
+    out = Path(out)
+    scorers = build_gap_scorers(config, weights, processors)
+    scores = compute_gap_scores(pairs, scorers, cache_dir or out.parent / f".{out.stem}-scores")
+    result = filter_pairs(pairs, config, scores)
+    save_pairs(result.pairs, out, provenance={"mpcf": result.report.as_dict(), "input": source})
+    return result

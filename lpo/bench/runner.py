@@ -128,17 +128,15 @@ def _pairs(bench: Bench) -> dict[str, Any]:
 
 
 def _mpcf(bench: Bench) -> dict[str, Any]:
-    from lpo.mpcf import build_gap_scorers, compute_gap_scores, filter_pairs, mpcf_preset
-    from lpo.pairs import load_pairs, save_pairs
-
-    config = mpcf_preset("world")
     from dataclasses import replace
 
-    config = replace(config, strategy=bench.config.mpcf_strategy)
+    from lpo.mpcf import filter_pairs_file, mpcf_preset
+    from lpo.pairs import load_pairs
+
+    config = replace(mpcf_preset("world"), strategy=bench.config.mpcf_strategy)
     loaded = load_pairs(str(bench.train_pairs))
-    scores = compute_gap_scores(loaded.pairs, build_gap_scorers(config), bench.folder / "pairs" / ".mpcf-scores")
-    result = filter_pairs(loaded.pairs, config, scores)
-    save_pairs(result.pairs, bench.filtered_pairs, provenance={"mpcf": result.report.as_dict(), "input": str(bench.train_pairs)})
+    result = filter_pairs_file(loaded.pairs, config, bench.filtered_pairs, str(bench.train_pairs),
+                               cache_dir=bench.folder / "pairs" / ".mpcf-scores")
     if bench.console is not None:
         bench.console.print(result.report.as_table())
     return {"kept": len(result.pairs), "of": len(loaded.pairs), "report": result.report.as_dict()}
@@ -215,11 +213,13 @@ def _prepare_run_dir(run_dir: Path) -> bool:
 
 def eval_targets(bench: Bench) -> list[tuple[str, str, bool]]:
     """(name, checkpoint spec, final) for the base model and every run's checkpoints and final model."""
+    from lpo.runs import RunFolder, list_checkpoints
+
     targets = [("base", bench.config.model, True)] if bench.evaluate_base else []
     for method in bench.config.methods:
         run = bench.policy_run(method)
-        steps = sorted((run / "checkpoints").glob("step-*")) if (run / "checkpoints").is_dir() else []
-        targets += [(f"{method}@{p.name.split('-')[-1].lstrip('0') or '0'}", str(p), False) for p in steps]
+        if (run / "run.json").is_file():
+            targets += [(f"{method}@{step}", str(path), False) for step, path in list_checkpoints(RunFolder.open(run))]
         targets.append((method, str(run), True))
     return targets
 

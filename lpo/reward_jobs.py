@@ -108,7 +108,7 @@ def eval_reward_job(
 ) -> dict[str, Any]:
     """Held-out accuracy by timestep for each given step reward, side by side; table, JSON, plot."""
     from lpo.io import atomic_write_json
-    from lpo.reward_training import pairwise_accuracy_by_timestep
+    from lpo.reward_training import encode_pairs, pairwise_accuracy_by_timestep
     from lpo.sampling import ddim_timesteps
 
     components = _components(model)
@@ -129,10 +129,11 @@ def eval_reward_job(
     if not rewards:
         raise LpoError("nothing to evaluate: pass --lrm and/or --pixel (the utility ceiling exists only in the world)")
     timesteps = sorted(int(t) for t in ddim_timesteps(components.scheduler, 20))
+    encoded = encode_pairs(components, pairs)  # once: every model scores the same latents
     table: dict[str, dict[int, list]] = {}
     for name, reward in rewards.items():
         reward.eval()
-        accuracy = pairwise_accuracy_by_timestep(reward, components, pairs, timesteps, seed=seed)
+        accuracy = pairwise_accuracy_by_timestep(reward, components, encoded, timesteps, seed=seed)
         table[name] = {int(t): [float(a), int(n)] for t, (a, n) in accuracy.items()}
         if console is not None:
             console.print(f"scored {name}")

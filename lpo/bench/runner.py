@@ -297,8 +297,7 @@ def _samples(bench: Bench) -> dict[str, Any]:
 def _report(bench: Bench) -> dict[str, Any]:
     from lpo.bench.report import render_report
 
-    paths = render_report(bench.folder)
-    return {k: str(v) for k, v in (paths.items() if isinstance(paths, dict) else {"report": paths}.items())}
+    return {name: str(path) for name, path in render_report(bench.folder).items()}
 
 
 def _jsonable(value: Any) -> Any:

@@ -26,7 +26,8 @@ def _f(default, help: str):
 class BenchConfig:
     preset: str = _f("quick", "Name of the preset these values started from (recorded, not used).")
     model: str = _f("world", "World base model: world, world:PRESET or a world pipeline folder.")
-    seed: int = _f(0, "Seed of pair generation and of every training run.")
+    seed: int = _f(0, "Seed of pair generation, of the reward models and of training seed 0 of every method.")
+    seeds: int = _f(1, "Policy training seeds per method: seed i trains with seed + i in runs/METHOD/seed-i (seed 0 in runs/METHOD); reward models train once.")
     # data
     train_prompts: int = _f(300, "Training prompts (world train split) for the preference pairs.")
     pairs_per_prompt: int = _f(2, "Image pairs per training prompt.")
@@ -61,7 +62,7 @@ class BenchConfig:
         if self.mpcf_strategy not in ("none", "1", "2", "3"):
             raise LpoError(f"mpcf_strategy must be none, 1, 2 or 3, got {self.mpcf_strategy!r}")
         for name in ("train_prompts", "pairs_per_prompt", "val_prompts", "val_pairs_per_prompt", "eval_prompts",
-                     "eval_images_per_prompt", "checkpoints_per_run", "guided_seeds"):
+                     "eval_images_per_prompt", "checkpoints_per_run", "guided_seeds", "seeds"):
             if getattr(self, name) < 1:
                 raise LpoError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.guided_prompts < 0 or self.guided_candidates < 2:
@@ -70,6 +71,10 @@ class BenchConfig:
 
         for name in self.ablations:
             ablation(name)  # unknown name -> one-line error listing the known ones
+
+    def training_seed(self, index: int) -> int:
+        """The policy training seed of seed index ``index`` (0 .. seeds - 1): ``seed + index``."""
+        return self.seed + index
 
     def trainer_overrides(self, method: str) -> tuple[str, ...]:
         return {"lpo": self.lpo_overrides, "spo": self.spo_overrides, "diffusion-dpo": self.dpo_overrides}[method]

@@ -7,25 +7,23 @@ A's score is better (higher, or lower for a lower-is-better metric), 0 if worse 
 for a tie (``|a − b| <= tie_tolerance``; exact ties are common with the world's 0/1
 judges). The win-rate is the mean outcome; its interval treats the prompt as the unit,
 as every other number here: each prompt's mean outcome, then the mean, standard error
-and 95% interval (1.96 SE) over prompts. 0.5 means no difference.
+and 95% interval (Student t over prompts, :func:`lpo.evals.paired.mean_interval`) over
+prompts. 0.5 means no difference.
 
 Pairs come from the evaluations in memory (``lpo compare``) or from the per-prompt side
-files of two records (:func:`paired_from_records`), which must hold the same prompts
-with the same seeds.
+files of two records (:func:`paired_from_records`), which must be on one protocol: the
+same rule as the paired difference (:func:`lpo.evals.paired.check_pairable`).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
-from lpo.errors import LpoError
+from lpo.evals.paired import check_pairable, mean_interval, paired_grids, read_side_file
 
 
 @dataclass(frozen=True)
@@ -72,59 +70,17 @@ def paired_win_rate(
         outcome = np.where(tie, 0.5, win.astype(np.float64))
         per_prompt.append(float(outcome.mean()))
         wins, ties, losses = wins + int(win.sum()), ties + int(tie.sum()), losses + int((~win & ~tie).sum())
-    values = np.array(per_prompt)
-    mean = float(values.mean())
-    stderr = float(values.std(ddof=1) / math.sqrt(len(values))) if len(values) > 1 else None
-    ci = (mean - 1.96 * stderr, mean + 1.96 * stderr) if stderr is not None else None
-    return WinRate(mean, stderr, ci, wins, ties, losses, len(values), wins + ties + losses)
+    s = mean_interval(per_prompt)
+    return WinRate(s.mean, s.stderr, s.ci95, wins, ties, losses, s.n, wins + ties + losses)
 
 
 # --------------------------------------------------------------------------- from records
 
 
-def read_side_file(results_dir: Path, record) -> dict[str, Any]:
-    """A record's per-prompt side file, checked against the sha256 the record carries."""
-    if not record.per_prompt:
-        raise LpoError(f"record {record.record_id} has no per-image scores (evaluated with --no-save); evaluate it again")
-    path = Path(results_dir) / record.per_prompt
-    if not path.is_file():
-        raise LpoError(f"{path} (per-image scores of record {record.record_id}) is missing; restore the results folder")
-    data = path.read_bytes()
-    if record.per_prompt_sha256 and hashlib.sha256(data).hexdigest() != record.per_prompt_sha256:
-        raise LpoError(f"{path} does not match the sha256 in record {record.record_id}; the file was changed")
-    return json.loads(data)
-
-
-def paired_grids(side: dict[str, Any], reference: dict[str, Any], key: str) -> tuple[list[list[float]], list[list[float]]]:
-    """The paired score grids of metric ``key`` over the prompts both side files hold.
-
-    Image ``k`` of a prompt pairs with image ``k`` of the reference only when both were
-    made from the same seed; a prompt set or seed that differs is refused.
-    """
-    for name, data in (("checkpoint", side), ("reference", reference)):
-        if key not in data["scores"]:
-            raise LpoError(f"the {name}'s evaluation has no scores for {key}; evaluate it with that metric")
-        if key in data.get("per_prompt_metrics", []):
-            raise LpoError(f"{key} scores a prompt's images together; a win-rate needs per-image scores")
-    ref_index = {p: i for i, p in enumerate(reference["prompts"])}
-    a_grid, b_grid = [], []
-    for i, prompt in enumerate(side["prompts"]):
-        j = ref_index.get(prompt)
-        if j is None:
-            continue
-        n = min(len(side["seeds"][i]), len(reference["seeds"][j]))
-        if side["seeds"][i][:n] != reference["seeds"][j][:n]:
-            raise LpoError(f"prompt {prompt[:50]!r} was generated from other seeds for the reference; compare under one protocol seed")
-        a_grid.append(side["scores"][key][i][:n])
-        b_grid.append(reference["scores"][key][j][:n])
-    if not a_grid:
-        raise LpoError("the two evaluations share no prompt; compare them on the same benchmark and prompt set")
-    return a_grid, b_grid
-
-
 def paired_from_records(results_dir: Path, record, reference_record, tie_tolerance: float = 0.0) -> WinRate:
-    """Win-rate of ``record``'s checkpoint against ``reference_record``'s, same metric version."""
-    if record.metric_key != reference_record.metric_key:
-        raise LpoError(f"cannot pair {record.metric_key} with {reference_record.metric_key}: one metric version per win-rate")
-    a, b = paired_grids(read_side_file(results_dir, record), read_side_file(results_dir, reference_record), record.metric_key)
+    """Win-rate of ``record``'s checkpoint against ``reference_record``'s, paired as
+    :func:`lpo.evals.paired.paired_difference_records` pairs (one protocol, checked)."""
+    check_pairable(record, reference_record)
+    a, b = paired_grids(read_side_file(results_dir, record), read_side_file(results_dir, reference_record),
+                        record.metric_key, "the checkpoint", "the reference")
     return paired_win_rate(a, b, record.higher_is_better, tie_tolerance)

@@ -33,7 +33,8 @@ def test_win_rate_counts_pairs_and_ties_by_hand():
     w = paired_win_rate(c, d, tie_tolerance=0.0)
     assert w.value == pytest.approx(per_prompt.mean())
     assert w.stderr == pytest.approx(per_prompt.std(ddof=1) / math.sqrt(3))
-    assert w.ci95 == pytest.approx((w.value - 1.96 * w.stderr, w.value + 1.96 * w.stderr))
+    # Student t over prompts: t_{0.975, 2} = 4.3027 (a printed table's value), not 1.96
+    assert w.ci95 == pytest.approx((w.value - 4.3027 * w.stderr, w.value + 4.3027 * w.stderr), abs=1e-4)
     assert paired_win_rate(c, d, tie_tolerance=0.2).ties == 2  # |2 − 1.9| now a tie too
     with pytest.raises(ValueError):
         paired_win_rate([[1.0]], [[1.0], [2.0]])

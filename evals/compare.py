@@ -14,7 +14,10 @@ Beside the metric columns (cells marked optimised / related / held out for train
 checkpoints, :mod:`lpo.evals.signals`) each row has the win-rate against the reference
 checkpoint on the win metrics (PickScore where evaluated, the world's utility in the
 world), per image on identical prompts and seeds, ties ½, with a 95% interval over
-prompts (:mod:`lpo.evals.winrate`).
+prompts (:mod:`lpo.evals.winrate`), and the paired difference on the same metrics: per
+prompt the checkpoint's mean minus the reference's, its mean with a 95% Student-t interval
+over prompts and a word (better / worse / no detectable difference;
+:func:`lpo.evals.paired.paired_difference`).
 """
 
 from __future__ import annotations
@@ -26,11 +29,12 @@ from typing import Any, Sequence
 
 from lpo.errors import LpoError
 from lpo.evals.harness import EvalConfig, EvalOutput, EvalProtocol, run_eval
+from lpo.evals.paired import INTERVAL_METHOD, PRIMARY_METRICS, PairedDifference, paired_difference
 from lpo.evals.store import DEFAULT_RESULTS_DIR
 from lpo.evals.winrate import WinRate, paired_win_rate
 
 # The win metric of a benchmark: the first of these it evaluated, else its first per-image metric.
-WIN_METRIC_PREFERENCE = ("pickscore", "world_utility")
+WIN_METRIC_PREFERENCE = PRIMARY_METRICS
 
 
 @dataclass
@@ -110,6 +114,7 @@ class CompareResult:
     outputs: dict[str, dict[str, EvalOutput]]  # benchmark -> checkpoint spec -> evaluation
     win_rates: dict[str, dict[str, dict[str, WinRate]]]  # benchmark -> checkpoint spec -> metric key -> win-rate
     win_metrics: dict[str, list[str]]  # benchmark -> metric keys
+    differences: dict[str, dict[str, dict[str, PairedDifference]]] = field(default_factory=dict)  # like win_rates
 
     @property
     def images_generated(self) -> int:
@@ -132,6 +137,7 @@ class CompareResult:
                     "metrics": {r.metric_key: {"value": r.value, "ci95": list(r.ci95) if r.ci95 else None, "record_id": r.record_id}
                                 for r in output.records},
                     "win_rates": {k: w.as_dict() for k, w in self.win_rates[benchmark].get(spec, {}).items()},
+                    "differences": {k: d.as_dict() for k, d in self.differences.get(benchmark, {}).get(spec, {}).items()},
                     "images_generated": output.images_generated,
                 })
             out["benchmarks"][benchmark] = {
@@ -181,15 +187,16 @@ def run_compare(config: CompareConfig, console=None) -> CompareResult:
                 console.print(f"[bold]{benchmark}[/] · {spec}")
             outputs[benchmark][spec] = run_eval(config.eval_config(spec, benchmark), console=console)
 
-    # 3. Win-rates against the reference, per image on identical prompts and seeds.
+    # 3. Win-rates and paired differences against the reference, on identical prompts and seeds.
     win_rates: dict[str, dict[str, dict[str, WinRate]]] = {}
+    differences: dict[str, dict[str, dict[str, PairedDifference]]] = {}
     win_metrics: dict[str, list[str]] = {}
     ref = config.reference_spec
     for benchmark, by in outputs.items():
         reference = by[ref]
         keys = _win_metrics(config, reference)
         win_metrics[benchmark] = keys
-        win_rates[benchmark] = {}
+        win_rates[benchmark], differences[benchmark] = {}, {}
         for spec, output in by.items():
             if spec == ref:
                 continue
@@ -200,7 +207,12 @@ def run_compare(config: CompareConfig, console=None) -> CompareResult:
                 key: paired_win_rate(output.scores[key], reference.scores[key], higher.get(key, True), config.tie_tolerance)
                 for key in keys if key in output.scores
             }
-    return CompareResult(config, outputs, win_rates, win_metrics)
+            differences[benchmark][spec] = {
+                key: paired_difference(output.scores[key], reference.scores[key], higher.get(key, True),
+                                       a=output.checkpoint.label, b=reference.checkpoint.label, metric=key)
+                for key in keys if key in output.scores
+            }
+    return CompareResult(config, outputs, win_rates, win_metrics, differences)
 
 
 # --------------------------------------------------------------------------- rendering
@@ -236,6 +248,7 @@ def render_markdown(result: CompareResult, command: str | None = None) -> str:
             f"- {_cfg_line(result, benchmark)}",
             f"- win-rate: against {ref_label}, image k against image k (same prompt, same seed), ties ½, "
             "95% interval over prompts",
+            f"- Δ vs {ref_label}: {INTERVAL_METHOD}; the word says whether the interval excludes 0",
             "",
         ]
         columns: list[Column] = []
@@ -246,6 +259,7 @@ def render_markdown(result: CompareResult, command: str | None = None) -> str:
         keys = result.win_metrics[benchmark]
         header = ["checkpoint", "method", "CFG", "trained on"] + [c.header for c in columns]
         header += [f"win-rate vs {ref_label} ({k.split('@')[0]})" for k in keys]
+        header += [f"Δ {k.split('@')[0]} vs {ref_label} (paired, 95% t)" for k in keys]
         rows = []
         for spec, output in by.items():
             cells = {r.metric_key: r for r in output.records}
@@ -256,6 +270,9 @@ def render_markdown(result: CompareResult, command: str | None = None) -> str:
                 row.append(format_cell(cells.get(c.key), m))
             for k in keys:
                 row.append("reference" if spec == ref else (result.win_rates[benchmark][spec][k].format() if k in result.win_rates[benchmark][spec] else "—"))
+            for k in keys:
+                d = result.differences.get(benchmark, {}).get(spec, {}).get(k)
+                row.append("reference" if spec == ref else ("—" if d is None else f"{d.format()} ({d.word})"))
             rows.append(row)
         lines += _md_table(header, rows, 4) + [""]
         lines += [

@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 from lpo.cli import app
 from lpo.errors import LpoError
 from lpo.evals.compare import CompareConfig, render_markdown, run_compare
+from lpo.evals.paired import paired_difference_records
 from lpo.evals.store import load_records
 from lpo.evals.winrate import paired_from_records, paired_win_rate
 
@@ -69,7 +70,16 @@ def test_compare_pairs_images_reuses_the_cache_and_says_the_cfg(tmp_path, tiny_w
     assert win.value == pytest.approx(outcomes.mean()) and win.n_pairs == 8
     assert win == paired_from_records(tmp_path / "results", records[("tiny", "world_utility")],
                                       records[("ground-truth", "world_utility")])
+    # the paired difference: per prompt the mean over its images, minus the reference's; the same from the records
+    diff = result.differences["world"]["tiny"][key]
+    assert diff.per_prompt == pytest.approx(tuple(a.mean(axis=1) - b.mean(axis=1)))
+    assert diff.n_prompts == 4 and diff.b == "ground-truth"
+    from_records = paired_difference_records(tmp_path / "results", records[("tiny", "world_utility")],
+                                             records[("ground-truth", "world_utility")])
+    assert from_records.mean == pytest.approx(diff.mean) and from_records.half_width == pytest.approx(diff.half_width)
     md = render_markdown(result)
+    assert "Δ world_utility vs ground-truth (paired, 95% t)" in md and f"{diff.format()} ({diff.word})" in md
+    assert "95% Student t over prompts" in md
     assert "CFG: each checkpoint's own (ground-truth 5 (default), tiny 3 (checkpoint), noise 5 (default))" in md
     assert "win-rate vs ground-truth (world_utility)" in md and "| ground-truth | reference |" in md
     assert "world_diversity" in md

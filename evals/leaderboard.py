@@ -12,6 +12,11 @@ Tables are views of the records (:mod:`lpo.evals.store`), never edited by hand:
   a column (re-evaluations), the latest is shown;
 - cells are ``mean ± half-width of the 95% interval`` over prompts (images of a prompt
   averaged first, computed from the per-image scores at evaluation time);
+- a "Δ vs base" column (when the results folder is given, :func:`attach_deltas`): each
+  row's paired difference from the table's base-model row on its primary metric
+  (pickscore, else world_utility, else the first column), per prompt on identical
+  prompts and seeds, with its 95% Student-t interval and a word
+  (:mod:`lpo.evals.paired`); a row that cannot be paired shows "—" and a footnote why;
 - with ``reported=True`` the published numbers of SPEC §7 (:mod:`lpo.evals.reported`)
   appear twice: in a "published" column right beside each measured column they
   correspond to, filled for rows whose checkpoint the paper evaluated (a registry
@@ -32,17 +37,15 @@ machine, a strip of each row's first images.
 
 from __future__ import annotations
 
-import base64
-import csv
 import html
-import io
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 from lpo.errors import LpoError
+from lpo.evals.leaderboard_plots import cost_figure, sample_strip, scores_figure
+from lpo.evals.paired import INTERVAL_METHOD, PairedDifference, paired_difference_records, primary_metric
 from lpo.evals.reported import ReportedRow, published_row, reported_rows
 from lpo.evals.signals import describe as describe_signals
 from lpo.evals.signals import mark as signal_mark
@@ -119,6 +122,9 @@ class Table:
     n_prompts: int
     columns: dict[str, Column] = field(default_factory=dict)
     rows: dict[tuple[str, str, int], Row] = field(default_factory=dict)
+    delta_metric: str | None = None  # set by attach_deltas: the Δ vs base column's metric@version
+    deltas: dict[tuple[str, str, int], PairedDifference] = field(default_factory=dict)
+    delta_notes: list[str] = field(default_factory=list)
 
     @property
     def title(self) -> str:
@@ -185,6 +191,42 @@ def build_tables(records: Sequence[ResultRecord]) -> list[Table]:
     return sorted(tables.values(), key=lambda t: (t.benchmark, t.benchmark_version, -t.n_prompts, t.prompt_set_hash))
 
 
+def _base_row(table: Table, row: Row, key: str) -> Row | None:
+    """The base-model row ``row`` pairs with: same protocol seed and images per prompt, the same protocol preferred."""
+    bases = [r for r in table.sorted_rows() if r.method == "base" and key in r.cells
+             and (r.protocol.get("seed"), r.protocol.get("images_per_prompt"))
+             == (row.protocol.get("seed"), row.protocol.get("images_per_prompt"))]
+    same = [r for r in bases if r.key[1] == row.key[1]]
+    return (same or bases or [None])[0]
+
+
+def attach_deltas(tables: Sequence[Table], results_dir: Path) -> None:
+    """Fill every table's paired Δ vs its base-model row from the per-prompt side files under ``results_dir``."""
+    for table in tables:
+        key = primary_metric(list(table.columns))
+        if key is None or not any(r.method == "base" for r in table.rows.values()):
+            continue
+        table.delta_metric = key
+        for row in table.sorted_rows():
+            if row.method == "base" or key not in row.cells:
+                continue
+            base = _base_row(table, row, key)
+            if base is None:
+                table.delta_notes.append(f"{row.label}: no base-model row with its protocol seed and images per prompt")
+                continue
+            try:
+                table.deltas[row.key] = paired_difference_records(results_dir, row.cells[key], base.cells[key])
+            except LpoError as err:
+                table.delta_notes.append(f"{row.label}: {err}")
+
+
+def format_delta(table: Table, row: Row) -> str:
+    if row.method == "base":
+        return "base"
+    d = table.deltas.get(row.key)
+    return "—" if d is None else f"{d.format()} ({d.word})"
+
+
 # --------------------------------------------------------------------------- formatting
 
 
@@ -233,6 +275,8 @@ def _main_rows(table: Table, published: Sequence[ReportedRow] | None = None) -> 
         header.append(c.header)
         if c.key in with_published:
             header.append(f"{c.metric} published")
+    if table.delta_metric:
+        header.append(f"Δ {table.delta_metric} vs base (paired, 95% t)")
     rows = []
     for row in table.sorted_rows():
         label = row.label + (f" (run {row.run_id})" if row.run_id and row.run_id not in row.label else "")
@@ -243,6 +287,8 @@ def _main_rows(table: Table, published: Sequence[ReportedRow] | None = None) -> 
             cells.append(format_cell(row.cells.get(c.key), row.mark(c)))
             if c.key in with_published:
                 cells.append(_published_value(paper.values if paper else None, c.metric))
+        if table.delta_metric:
+            cells.append(format_delta(table, row))
         rows.append(cells)
     return header, rows
 
@@ -314,6 +360,10 @@ def _footnotes(table: Table, published: Sequence[ReportedRow] | None = None) -> 
         "cells: mean over prompts of each prompt's mean score ± half-width of the 95% confidence interval over "
         "prompts; training cost = device-hours of reward-model training + optimisation."
     ]
+    if table.delta_metric:
+        notes.append(f"Δ vs base: the row minus the base model on {table.delta_metric}, {INTERVAL_METHOD}; "
+                     "better / worse when the interval excludes 0, else no detectable difference.")
+        notes += [f"Δ not computed for {n}" for n in table.delta_notes]
     for c in table.columns.values():
         if c.formula:
             notes.append(f"{c.key}: {c.formula}")
@@ -404,195 +454,7 @@ def _reported_markdown(benchmark: str, heading: str = "###", metric_order: Seque
     return lines
 
 
-# --------------------------------------------------------------------------- CSV
-
-
-CSV_FIELDS = (
-    "source", "benchmark", "benchmark_version", "prompt_set_hash", "checkpoint", "checkpoint_hash", "method",
-    "base_model", "run_id", "protocol", "metric", "metric_version", "category", "value", "stderr", "ci95_low",
-    "ci95_high", "n_prompts", "n_images", "training_device_hours", "record_id", "reference", "aggregation",
-    "mark", "training_signals",
-)
-
-
-def render_csv(tables: Sequence[Table], reported: Sequence[str] = ()) -> str:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=CSV_FIELDS, lineterminator="\n")
-    writer.writeheader()
-    for table in tables:
-        for row in table.sorted_rows():
-            for column in table.columns.values():
-                record = row.cells.get(column.key)
-                if record is None:
-                    continue
-                base = {
-                    "source": "measured",
-                    "benchmark": table.benchmark,
-                    "benchmark_version": table.benchmark_version,
-                    "prompt_set_hash": table.prompt_set_hash,
-                    "checkpoint": row.label,
-                    "checkpoint_hash": row.checkpoint_hash,
-                    "method": row.method,
-                    "base_model": row.base_model or "",
-                    "run_id": row.run_id or "",
-                    "protocol": json.dumps(row.protocol, sort_keys=True),
-                    "metric": column.metric,
-                    "metric_version": column.version,
-                    "training_device_hours": json.dumps(row.training_hours(), sort_keys=True) if row.training_cost else "",
-                    "record_id": record.record_id,
-                    "aggregation": record.aggregation or "prompt_mean",
-                    "mark": row.mark(column) or "",
-                    "training_signals": describe_signals(row.training_signals),
-                }
-                writer.writerow({**base, **_summary_csv(record.__dict__), "category": ""})
-                for entry in record.breakdown or []:
-                    writer.writerow({**base, **_summary_csv(entry), "category": entry["category"]})
-    for r in _all_reported():
-        if r.benchmark in reported:
-            cells = [(metric, "", value) for metric, value in r.values.items()]
-            cells += [(metric, category, value) for metric, by in r.categories.items() for category, value in by.items()]
-            for metric, category, value in cells:
-                writer.writerow(
-                    {
-                        "source": "reported",
-                        "benchmark": r.benchmark,
-                        "checkpoint": r.model,
-                        "method": r.method,
-                        "base_model": r.base_model,
-                        "protocol": r.protocol,
-                        "metric": metric,
-                        "metric_version": "reported",
-                        "category": category,
-                        "value": value,
-                        "training_device_hours": json.dumps({"A100": r.total_a100_hours}) if r.a100_hours else "",
-                        "reference": r.source,
-                    }
-                )
-    return buffer.getvalue()
-
-
-def _summary_csv(summary: dict[str, Any]) -> dict[str, Any]:
-    ci = summary.get("ci95")
-    return {
-        "value": summary["value"],
-        "stderr": "" if summary.get("stderr") is None else summary["stderr"],
-        "ci95_low": "" if ci is None else ci[0],
-        "ci95_high": "" if ci is None else ci[1],
-        "n_prompts": summary["n_prompts"],
-        "n_images": summary["n_images"],
-    }
-
-
 # --------------------------------------------------------------------------- HTML
-
-
-def _png_base64(figure) -> str:
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
-    return base64.b64encode(buffer.getvalue()).decode()
-
-
-def _scores_figure(table: Table):
-    """One panel per metric column: each row's mean with its 95% interval."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    columns = list(table.columns.values())
-    rows = table.sorted_rows()
-    n = len(columns)
-    cols = min(n, 3)
-    fig, axes = plt.subplots(math.ceil(n / cols), cols, figsize=(4.2 * cols, 0.5 + 0.45 * len(rows) * math.ceil(n / cols) + 1.2), squeeze=False)
-    for ax, column in zip(axes.flat, columns):
-        ys, xs, errs, labels = [], [], [], []
-        for y, row in enumerate(rows):
-            record = row.cells.get(column.key)
-            if record is None:
-                continue
-            ys.append(y)
-            xs.append(record.value)
-            errs.append(0.0 if record.ci95 is None else (record.ci95[1] - record.ci95[0]) / 2)
-            labels.append(row.label)
-        ax.errorbar(xs, ys, xerr=errs, fmt="o", capsize=3)
-        ax.set_yticks(range(len(rows)), [r.label for r in rows], fontsize=8)
-        ax.set_ylim(-0.5, len(rows) - 0.5)
-        ax.invert_yaxis()
-        ax.set_title(column.header, fontsize=9)
-        ax.grid(axis="x", alpha=0.3)
-    for ax in list(axes.flat)[n:]:
-        ax.axis("off")
-    fig.tight_layout()
-    data = _png_base64(fig)
-    plt.close(fig)
-    return data
-
-
-def _cost_figure(table: Table) -> str | None:
-    """Quality against training device-hours (SPEC §8), one panel per metric, one device type."""
-    rows = [r for r in table.sorted_rows() if r.training_hours()]
-    if not rows:
-        return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    device_types = sorted({t for r in rows for t in r.training_hours()})
-    columns = list(table.columns.values())
-    fig, axes = plt.subplots(1, len(columns), figsize=(4 * len(columns), 3.2), squeeze=False)
-    for ax, column in zip(axes.flat, columns):
-        for device_type in device_types:
-            points = [(r.training_hours()[device_type], r.cells[column.key], r.label) for r in rows if device_type in r.training_hours() and column.key in r.cells]
-            if not points:
-                continue
-            ax.errorbar(
-                [p[0] for p in points],
-                [p[1].value for p in points],
-                yerr=[0.0 if p[1].ci95 is None else (p[1].ci95[1] - p[1].ci95[0]) / 2 for p in points],
-                fmt="o",
-                capsize=3,
-                label=device_type,
-            )
-            for x, rec, label in points:
-                ax.annotate(label, (x, rec.value), fontsize=7, xytext=(3, 3), textcoords="offset points")
-        ax.set_xlabel("training device-hours")
-        ax.set_title(column.header, fontsize=9)
-        ax.grid(alpha=0.3)
-    axes.flat[0].legend(fontsize=7)
-    fig.tight_layout()
-    data = _png_base64(fig)
-    plt.close(fig)
-    return data
-
-
-def _sample_strip(record: ResultRecord, results_dir: Path | None, count: int = 8) -> str | None:
-    """The first images of a row, from the image cache, when it is on this machine."""
-    if not record.image_cache or not record.per_prompt or results_dir is None:
-        return None
-    folder, side = Path(record.image_cache), Path(results_dir) / record.per_prompt
-    if not folder.is_dir() or not side.is_file():
-        return None
-    import numpy as np
-    from PIL import Image
-
-    from lpo.evals.benchmarks.base import prompt_hash
-    from lpo.grid import make_grid
-
-    prompts = json.loads(side.read_text())["prompts"][:count]
-    images, captions = [], []
-    for prompt in prompts:
-        path = folder / prompt_hash(prompt) / "0000.png"
-        if path.is_file():
-            with Image.open(path) as image:
-                images.append(np.asarray(image.convert("RGB")))
-            captions.append(prompt)
-    if not images or len({i.shape for i in images}) != 1:
-        return None
-    grid = make_grid(np.stack(images), captions, columns=len(images), cell=96 if images[0].shape[0] <= 128 else 160)
-    buffer = io.BytesIO()
-    grid.save(buffer, format="PNG")
-    return base64.b64encode(buffer.getvalue()).decode()
 
 
 def _html_table(header: list[str], rows: list[list[str]]) -> str:
@@ -624,13 +486,13 @@ def render_html(
                 breakdown = _breakdown_rows(table, column, published)
                 if breakdown:
                     parts += [f"<{subsub}>{html.escape(column.key)} by category</{subsub}>", _html_table(*breakdown)]
-            parts.append(f"<{subsub}>scores with 95% intervals</{subsub}><img src='data:image/png;base64,{_scores_figure(table)}'>")
-            cost = _cost_figure(table)
+            parts.append(f"<{subsub}>scores with 95% intervals</{subsub}><img src='data:image/png;base64,{scores_figure(table)}'>")
+            cost = cost_figure(table)
             if cost:
                 parts.append(f"<{subsub}>quality against training cost</{subsub}><img src='data:image/png;base64,{cost}'>")
             strips = []
             for row in table.sorted_rows():
-                strip = _sample_strip(next(iter(row.cells.values())), results_dir)
+                strip = sample_strip(next(iter(row.cells.values())), results_dir)
                 if strip:
                     strips.append(f"<p>{html.escape(row.label)}</p><img src='data:image/png;base64,{strip}'>")
             if strips:
@@ -666,9 +528,13 @@ def render_leaderboard(
     if fmt not in FORMATS:
         raise LpoError(f"unknown leaderboard format {fmt!r}; use one of {', '.join(FORMATS)}")
     tables = build_tables(records)
+    if results_dir is not None and Path(results_dir).is_dir():
+        attach_deltas(tables, Path(results_dir))
     if fmt == "md":
         return render_markdown(tables, reported)
     if fmt == "csv":
+        from lpo.evals.leaderboard_csv import render_csv
+
         return render_csv(tables, reported)
     return render_html(tables, reported, results_dir)
 

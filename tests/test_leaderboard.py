@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import csv
 import io
+import json
+from pathlib import Path
 
+import numpy as np
 import pytest
 
 from lpo.errors import LpoError
 from lpo.evals.leaderboard import Column, build_tables, leaderboard, render_leaderboard
 from lpo.evals.reported import REPORTED
-from lpo.evals.store import append_records
+from lpo.evals.store import append_records, load_records, write_per_prompt
 from test_results_store import make_record
 
 
@@ -109,3 +112,50 @@ def test_leaderboard_reads_the_results_folder(tmp_path):
 
 def test_column_header_marks_direction():
     assert Column("x", "1", False).header == "x@1 ↓"
+
+
+# --------------------------------------------------------------------------- Δ vs base (paired)
+
+REPO = Path(__file__).resolve().parents[1]
+QUICK = REPO / "results" / "bench-quick" / "results"
+
+
+def test_delta_vs_base_is_paired_on_the_committed_quick_bench():
+    text = leaderboard(QUICK, ["world"], "md")
+    assert "Δ world_utility@1.1 vs base (paired, 95% t)" in text
+    # independent recomputation from the side files: per prompt mean over images, LPO − base, t_{0.975, 63} = 1.9983
+    records = {(r.method, r.checkpoint.get("step")): r for r in load_records(QUICK, ["world"]) if r.metric == "world_utility"}
+    grids = {m: np.array(json.loads((QUICK / records[(m, None)].per_prompt).read_text())["scores"]["world_utility@1.1"])
+             for m in ("lpo", "base")}
+    per_prompt = grids["lpo"].mean(axis=1) - grids["base"].mean(axis=1)
+    half = 1.9983 * per_prompt.std(ddof=1) / 8
+    lpo_row = next(line for line in text.splitlines() if line.startswith("| lpo | lpo, optimised"))
+    assert lpo_row.endswith(f"| {per_prompt.mean():+.3f} ± {half:.3f} (better) |")
+    assert "+0.037 ± 0.037 (better)" in lpo_row  # the LPO − base, Student t instead of 1.96
+    assert "| base | base |" in text and text.count("(no detectable difference) |") >= 3
+    assert "paired per prompt (images averaged first), 95% Student t over prompts" in text
+    rows = list(csv.DictReader(io.StringIO(leaderboard(QUICK, ["world"], "csv"))))
+    lpo = next(r for r in rows if r["checkpoint"] == "lpo" and r["metric"] == "world_utility" and not r["category"])
+    assert float(lpo["delta_vs_base"]) == pytest.approx(per_prompt.mean())
+    assert float(lpo["delta_ci95_high"]) - float(lpo["delta_ci95_low"]) == pytest.approx(2 * half, rel=1e-3)
+    assert all(r["delta_vs_base"] == "" for r in rows if r["metric"] != "world_utility" or r["category"])
+
+
+def test_delta_refused_on_another_protocol_is_a_footnote(tmp_path):
+    def side(label, seeds, scores):
+        rel, sha = write_per_prompt(tmp_path, "pickapic", f"e-{label}", {
+            "prompts": ["a", "b"], "seeds": seeds, "scores": {"pickscore@v1+lpo1": scores}, "per_prompt_metrics": []})
+        return {"per_prompt": rel, "per_prompt_sha256": sha, "eval_id": f"e-{label}"}
+
+    protocol = {"sampler": "ddim", "steps": 20, "guidance_scale": 7.5, "images_per_prompt": 1, "seed": 42}
+    records = [
+        make_record(checkpoint=_ckpt("base"), protocol=protocol, **side("base", [[1], [2]], [[20.0], [21.0]])),
+        make_record(checkpoint=_ckpt("lpo"), method="lpo", protocol=protocol, **side("lpo", [[1], [2]], [[21.0], [21.5]])),
+        make_record(checkpoint=_ckpt("spo"), method="spo", protocol=protocol, **side("spo", [[1], [9]], [[21.0], [21.5]])),
+    ]
+    append_records(tmp_path, records)
+    text = leaderboard(tmp_path, ["pickapic"], "md")
+    # LPO − base per prompt: 1.0, 0.5 -> +0.750 ± 12.706 · 0.3536 / √2 = ± 3.177
+    assert "| +0.750 ± 3.177 (no detectable difference) |" in text
+    assert "Δ not computed for spo: cannot pair spo with base: prompt 1 ('b') has other image seeds" in text
+    assert text.splitlines()[[i for i, line in enumerate(text.splitlines()) if line.startswith("| spo")][0]].endswith("| — |")

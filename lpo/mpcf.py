@@ -46,6 +46,7 @@ from lpo.io import atomic_write_json
 from lpo.pairs import TIE, PreferencePair
 from lpo.registry import Registry
 from lpo.world.grammar import WORLD_VERSION
+from lpo.world.judges import JUDGES_VERSION
 
 ROLES: tuple[str, ...] = ("aesthetic", "clip", "vqa")
 GAP_SYMBOLS: dict[str, str] = {"aesthetic": "G_A", "clip": "G_C", "vqa": "G_V"}
@@ -78,7 +79,7 @@ class GapScorer(Protocol):
 # Factories, so that a scorer's weights load only when it is built.
 GAP_SCORERS: Registry[Callable[[], GapScorer]] = Registry("gap scorer")
 
-# Revision of the world scorers themselves; the judges' own changes bump WORLD_VERSION.
+# Revision of the world scorers themselves; the judges' own changes bump JUDGES_VERSION.
 _WORLD_SCORER_REVISION = "1"
 
 
@@ -87,7 +88,7 @@ class WorldJudgeScorer:
 
     def __init__(self, name: str, judge_field: str):
         self.name = name
-        self.version = f"{_WORLD_SCORER_REVISION}-world{WORLD_VERSION}"
+        self.version = f"{_WORLD_SCORER_REVISION}-world{WORLD_VERSION}.{JUDGES_VERSION}"
         self.judge_field = judge_field
 
     def score(self, images: list[np.ndarray], prompts: list[str]) -> np.ndarray:

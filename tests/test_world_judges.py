@@ -110,3 +110,38 @@ def test_extra_objects_lower_soft_alignment():
     two = _scene(("red", "circle", "solid", 11, 2, 2), ("green", "square", "solid", 11, 18, 18))
     assert judge(one, spec).soft_alignment == 1.0
     assert judge(two, spec).soft_alignment == pytest.approx(0.5)
+
+
+def test_soft_scores_have_no_cliff_at_the_object_threshold():
+    """A speck growing from 10 to 14 pixels crosses the hard object threshold (12): the
+    hard reading counts one more object, the preference moves only a little."""
+    spec = parse_prompt("a red circle")
+    utilities, hard_counts = [], []
+    for width in (5, 7):  # a 2-pixel-high green speck of 10 and 14 pixels
+        image = _scene(("red", "circle", "solid", 11, 2, 2))
+        image[25:27, 20 : 20 + width] = PALETTE["green"]
+        utilities.append(judge(image, spec).utility)
+        hard_counts.append(len(read_image(image).hard_objects))
+    assert hard_counts == [1, 2]
+    assert abs(utilities[0] - utilities[1]) < 0.08, utilities
+
+
+def test_soft_shape_credit_follows_the_template_margin():
+    spec = parse_prompt("a red square")
+    square = _scene(("red", "square", "solid", 11, 10, 10))
+    circle = _scene(("red", "circle", "solid", 11, 10, 10))
+    assert judge(square, spec).soft_alignment == pytest.approx(1.0)
+    assert judge(circle, spec).soft_alignment == pytest.approx(0.5)  # colour right, shape clearly wrong
+    rounded = square.copy()
+    rounded[10, 10] = rounded[10, 20] = rounded[20, 10] = rounded[20, 20] = BACKGROUND  # clipped corners
+    assert 0.9 < judge(rounded, spec).soft_alignment <= 1.0
+
+
+def test_blurred_edges_do_not_split_an_object():
+    spec = parse_prompt("a red circle and a blue square")
+    image = _scene(("red", "circle", "solid", 11, 2, 2), ("blue", "square", "solid", 11, 18, 18)).astype(np.float32)
+    # A 3x3 box blur mixes edge pixels with the background and with each other.
+    padded = np.pad(image, ((1, 1), (1, 1), (0, 0)), mode="edge")
+    blurred = sum(padded[r : r + 32, c : c + 32] for r in range(3) for c in range(3)) / 9
+    reading = read_image(blurred.round().astype(np.uint8))
+    assert sorted((o.colour, o.shape) for o in reading.hard_objects) == [("blue", "square"), ("red", "circle")]

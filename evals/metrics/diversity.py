@@ -86,7 +86,7 @@ def attribute_vector(image: np.ndarray) -> np.ndarray:
     from lpo.world.render import MAX_SIZE
 
     reading = read_image(image)
-    objects = reading.objects
+    objects = reading.hard_objects
     side = float(image.shape[1])
     colours = [sum(o.colour == c for o in objects) for c in COLOURS]
     shapes = [sum(o.shape == s for o in objects) for s in (*SHAPES, "unknown")]
@@ -105,7 +105,7 @@ class WorldDiversity(_SetMetric):
     formula = "mean pairwise Euclidean distance of judged attribute vectors (colour/shape/texture counts, count, centre, size)"
 
     def __init__(self, spec: MetricSpec) -> None:
-        from lpo.evals.metrics.world import JUDGES_VERSION
+        from lpo.world.judges import JUDGES_VERSION
         from lpo.world.grammar import WORLD_VERSION
 
         super().__init__(spec)

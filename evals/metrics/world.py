@@ -29,9 +29,6 @@ from PIL import Image
 from lpo.errors import LpoError
 from lpo.evals.metrics.base import METRICS, MetricSpec
 
-# Bump on any change of the judges; the world version is folded in (a new grammar or
-# renderer is a new metric version too).
-JUDGES_VERSION = "1"
 _CACHE_SIZE = 4096
 _cache: "OrderedDict[tuple[bytes, str], dict[str, float]]" = OrderedDict()
 
@@ -64,9 +61,11 @@ class WorldJudgeMetric:
 
     def __init__(self, name: str, score_key: str) -> None:
         from lpo.world.grammar import WORLD_VERSION
+        from lpo.world.judges import JUDGES_VERSION
 
         self.name = name
         self.score_key = score_key
+        # The judges' version and the world's (a new grammar or renderer is a new metric version too).
         self.version = f"{WORLD_VERSION}.{JUDGES_VERSION}"
 
     def score(self, images: Sequence[Image.Image], prompts: Sequence[str]) -> torch.Tensor:

@@ -234,7 +234,7 @@ def test_world_pairs_are_valid_and_deterministic(request, tmp_path):
     # runs under this module's one-thread setting (4x faster on 2 shared cores).
     tiny_world_dir = request.getfixturevalue("tiny_world_dir")
     pipe, _ = load_pipeline(str(tiny_world_dir), device="cpu")
-    config = WorldPairsConfig(num_prompts=2, pairs_per_prompt=2, seed=3, num_inference_steps=2)
+    config = WorldPairsConfig(num_prompts=2, pairs_per_prompt=2, seed=3, sources=((5.0, 2),))
     first = generate_world_pairs(str(tiny_world_dir), config, pipeline=pipe)
     again = generate_world_pairs(str(tiny_world_dir), config, pipeline=pipe)
 
@@ -256,11 +256,33 @@ def test_world_pairs_are_valid_and_deterministic(request, tmp_path):
     summary = run_pairs(str(tiny_world_dir), out, num_prompts=2, pairs_per_prompt=2, seed=3, steps=2, device="cpu")
     assert summary["pairs"] == 4 and summary["out"] == str(out)
     sidecar = json.loads(sidecar_path(out).read_text())
-    assert sidecar["provenance"]["config"]["num_inference_steps"] == 2
+    assert sidecar["provenance"]["config"]["sources"] == [[5.0, 2]]
     assert sidecar["provenance"]["label_agreement"] == agreement
     loaded = load_pairs(out)
     assert [p.label_0 for p in loaded.pairs] == [p.label_0 for p in first.pairs]
     np.testing.assert_array_equal(loaded.pairs[3].image_1, first.pairs[3].image_1)
+
+
+def test_world_pairs_mix_sources_per_image(request):
+    from lpo.generate import load_pipeline
+    from lpo.world.pairs import WorldPairsConfig, generate_world_pairs
+
+    tiny_world_dir = request.getfixturevalue("tiny_world_dir")
+    pipe, _ = load_pipeline(str(tiny_world_dir), device="cpu")
+    sources = ((1.5, 2), (7.5, 3))
+    config = WorldPairsConfig(num_prompts=3, pairs_per_prompt=4, seed=5, sources=sources)
+    mixed = generate_world_pairs(str(tiny_world_dir), config, pipeline=pipe)
+    assert mixed.sources.shape == (12, 2) and set(mixed.sources.ravel().tolist()) == {0, 1}
+    counts = mixed.provenance()["images_per_source"]
+    assert counts == {"cfg1.5-steps2": int((mixed.sources == 0).sum()), "cfg7.5-steps3": int((mixed.sources == 1).sum())}
+    # An image is exactly what its own source makes: regenerate one image of each source alone.
+    for source in (0, 1):
+        n, side = map(int, np.argwhere(mixed.sources == source)[0])
+        single = WorldPairsConfig(num_prompts=3, pairs_per_prompt=4, seed=5, sources=(sources[source],))
+        alone = generate_world_pairs(str(tiny_world_dir), single, pipeline=pipe)
+        np.testing.assert_array_equal(getattr(mixed.pairs[n], f"image_{side}"), getattr(alone.pairs[n], f"image_{side}"))
+    with pytest.raises(LpoError, match="sources must be"):
+        WorldPairsConfig(sources=((0.5, 20),))
 
 
 def test_run_pairs_checks_its_inputs_before_generating(tmp_path):

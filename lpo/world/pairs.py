@@ -4,7 +4,12 @@ simulated annotators (SPEC §2).
 For each of ``num_prompts`` train prompts (drawn with ``seed``), ``pairs_per_prompt``
 pairs of images are sampled from the base model, image ``k`` of a prompt with seed
 ``image_seed(seed, prompt, k)`` (pair j = images 2j and 2j+1). Both images are judged,
-and a randomly drawn annotator of the pool labels the pair. The annotators see the true
+and a randomly drawn annotator of the pool labels the pair.
+
+Like Pick-a-Pic, whose two images of a prompt often come from different models and
+guidance scales, each image may come from its own *source*: a (guidance scale, DDIM
+steps) setting drawn per image from ``sources`` (:data:`PICKAPIC_LIKE_SOURCES` mixes
+weak and strong guidance and short and full schedules). The annotators see the true
 utility through biases and noise, so some labels disagree with the true ordering; the
 agreement rate (and its complement, the label-noise rate) is reported per annotator
 kind and recorded in the pairs file's sidecar.
@@ -38,25 +43,42 @@ class WorldPairsConfig:
     pairs_per_prompt: int = 4
     seed: int = 0
     prompt_split: str = "train"
-    num_inference_steps: int = 20
-    guidance_scale: float = 5.0
+    # (guidance scale, DDIM steps) per source; each image draws one uniformly.
+    sources: tuple[tuple[float, int], ...] = ((5.0, 20),)
     eta: float = 1.0  # the sampler LPO/SPO train with; the LRM then sees the same kind of images
     batch_size: int = 32  # images per pipeline call; recorded, since batching moves pixels by ±1
     annotators: AnnotatorPoolConfig = field(default_factory=AnnotatorPoolConfig)
 
     def __post_init__(self) -> None:
-        for name in ("num_prompts", "pairs_per_prompt", "num_inference_steps", "batch_size"):
+        for name in ("num_prompts", "pairs_per_prompt", "batch_size"):
             if getattr(self, name) < 1:
                 raise LpoError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not self.sources or any(len(s) != 2 or s[0] < 1 or int(s[1]) < 1 for s in self.sources):
+            raise LpoError(
+                f"sources must be (guidance scale >= 1, steps >= 1) pairs, got {self.sources!r}; e.g. ((5.0, 20), (2.0, 10))"
+            )
         if self.prompt_split not in SPLIT_NAMES:
             raise LpoError(f"unknown prompt split {self.prompt_split!r}; known: {', '.join(SPLIT_NAMES)}")
         if not 0.0 <= self.eta <= 1.0:
             raise LpoError(f"eta must be in [0, 1], got {self.eta}")
 
 
+# A Pick-a-Pic-like mix of generation settings: guidance from weak to strong, short and
+# full schedules (Pick-a-Pic pairs images of several models and guidance scales).
+PICKAPIC_LIKE_SOURCES: tuple[tuple[float, int], ...] = ((1.5, 20), (3.0, 20), (5.0, 20), (7.5, 20), (3.0, 8), (7.5, 8))
+
+
+def image_source(config: WorldPairsConfig, prompt: str, index: int) -> int:
+    """Which of ``config.sources`` image ``index`` of ``prompt`` comes from (seeded)."""
+    if len(config.sources) == 1:
+        return 0
+    return int(np.random.default_rng((config.seed, image_seed(config.seed, prompt, index), 7)).integers(len(config.sources)))
+
+
 @dataclass
 class WorldPairsOutput:
-    """pairs: in prompt order. utilities: (N, 2) true utility of image_0 and image_1."""
+    """pairs: in prompt order. utilities: (N, 2) true utility of image_0 and image_1.
+    sources: (N, 2) index into ``config.sources`` of each image."""
 
     pairs: list[PreferencePair]
     utilities: np.ndarray
@@ -64,6 +86,7 @@ class WorldPairsOutput:
     model: str
     prompts: list[str]
     seconds: float = 0.0
+    sources: np.ndarray | None = None
 
     def label_agreement(self) -> dict[str, Any]:
         """How often a decisive label picks the image of higher true utility.
@@ -106,6 +129,9 @@ class WorldPairsOutput:
             "config": config_to_dict(self.config),
             "prompt_set_hash": prompt_set_hash(self.prompts),
             "label_agreement": self.label_agreement(),
+            "images_per_source": {
+                f"cfg{g:g}-steps{n}": int((self.sources == i).sum()) for i, (g, n) in enumerate(self.config.sources)
+            } if self.sources is not None else None,
             "seconds": round(self.seconds, 2),
         }
 
@@ -147,23 +173,30 @@ def generate_world_pairs(
     prompts = draw_prompts(config)
     jobs = [(p, k) for p in prompts for k in range(2 * config.pairs_per_prompt)]
 
-    # 2. Generate and judge, in batches.
-    images, scores = [], []
-    for start in range(0, len(jobs), config.batch_size):
-        batch = jobs[start : start + config.batch_size]
-        batch_images = generate_images(
-            pipeline,
-            [p for p, _ in batch],
-            [image_seed(config.seed, p, k) for p, k in batch],
-            num_inference_steps=config.num_inference_steps,
-            guidance_scale=config.guidance_scale,
-            eta=config.eta,
-        )
-        for (prompt, _), image in zip(batch, batch_images):
-            images.append(image)
-            scores.append(judge(image, prompt))
-        if progress:
-            progress(len(images), len(jobs))
+    # 2. Generate and judge, in batches of one source each (a pipeline call has one
+    #    guidance scale and schedule).
+    image_sources = np.array([image_source(config, p, k) for p, k in jobs])
+    images: list = [None] * len(jobs)
+    scores: list = [None] * len(jobs)
+    done = 0
+    for source, (guidance_scale, steps) in enumerate(config.sources):
+        todo = np.flatnonzero(image_sources == source)
+        for start in range(0, len(todo), config.batch_size):
+            batch = todo[start : start + config.batch_size]
+            batch_images = generate_images(
+                pipeline,
+                [jobs[i][0] for i in batch],
+                [image_seed(config.seed, *jobs[i]) for i in batch],
+                num_inference_steps=int(steps),
+                guidance_scale=float(guidance_scale),
+                eta=config.eta,
+            )
+            for i, image in zip(batch, batch_images):
+                images[i] = image
+                scores[i] = judge(image, jobs[i][0])
+            done += len(batch)
+            if progress:
+                progress(done, len(jobs))
 
     # 3. Label: PairLabel.label 0.0 means the FIRST image won, so label_0 = 1 − label.
     labels = label_pairs(scores[0::2], scores[1::2], config.annotators, seed=config.seed)
@@ -180,7 +213,9 @@ def generate_world_pairs(
         for n, label in enumerate(labels)
     ]
     utilities = np.array([[scores[2 * n].utility, scores[2 * n + 1].utility] for n in range(len(pairs))])
-    return WorldPairsOutput(pairs, utilities, config, model, prompts, time.perf_counter() - start_time)
+    return WorldPairsOutput(
+        pairs, utilities, config, model, prompts, time.perf_counter() - start_time, image_sources.reshape(-1, 2)
+    )
 
 
 def run_pairs(
@@ -197,6 +232,8 @@ def run_pairs(
     batch_size: int = 32,
     device: str = "auto",
     prompt_split: str = "train",
+    sources: tuple[tuple[float, int], ...] | None = None,
+    annotators: AnnotatorPoolConfig | None = None,
 ) -> dict[str, Any]:
     """`lpo pairs`: generate and label world pairs, save them; returns a summary for display."""
     from lpo.progress import count_progress
@@ -206,11 +243,11 @@ def run_pairs(
         num_prompts=num_prompts,
         pairs_per_prompt=pairs_per_prompt,
         seed=seed,
-        num_inference_steps=steps,
-        guidance_scale=guidance_scale,
+        sources=sources or ((guidance_scale, steps),),
         eta=eta,
         batch_size=batch_size,
         prompt_split=prompt_split,
+        **({"annotators": annotators} if annotators is not None else {}),
     )
     with count_progress(console, f"pairs from {model}") as progress:
         output = generate_world_pairs(model, config, device=device, progress=progress)

@@ -259,17 +259,27 @@ def _md_table(header: list[str], rows: list[list[str]], align_right_from: int) -
 
 
 MAIN_COLUMNS = 6  # checkpoint, method, base model, protocol, training cost, trained on
+SHAREABLE = ("base model", "protocol")  # a column every row agrees on moves into a line above the table
 
 
 def _published_value(values: dict[str, float] | None, key: str) -> str:
     return f"{values[key]:g}" if values and key in values else "—"
 
 
-def _main_rows(table: Table, published: Sequence[ReportedRow] | None = None) -> tuple[list[str], list[list[str]]]:
-    """The measured table; with ``published`` (the benchmark's published rows) a
-    "published" column follows each measured column that has published numbers."""
+def shared_columns(table: Table) -> dict[str, str]:
+    """The base model / protocol when every row of ``table`` has the same one (shown once, above the table)."""
+    rows = table.sorted_rows()
+    values = {"base model": {r.base_model or "—" for r in rows}, "protocol": {r.protocol_summary for r in rows}}
+    return {name: next(iter(values[name])) for name in SHAREABLE if len(values[name]) == 1}
+
+
+def _main_rows(table: Table, published: Sequence[ReportedRow] | None = None) -> tuple[list[str], list[list[str]], int]:
+    """The measured table and its number of text columns; with ``published`` (the benchmark's
+    published rows) a "published" column follows each measured column that has published
+    numbers. Columns every row agrees on (:func:`shared_columns`) are left out."""
     columns = list(table.columns.values())
     with_published = {c.key for c in columns if published and any(c.metric in r.values for r in published)}
+    shared = shared_columns(table)
     header = ["checkpoint", "method", "base model", "protocol", "training cost", "trained on"]
     for c in columns:
         header.append(c.header)
@@ -290,7 +300,14 @@ def _main_rows(table: Table, published: Sequence[ReportedRow] | None = None) -> 
         if table.delta_metric:
             cells.append(format_delta(table, row))
         rows.append(cells)
-    return header, rows
+    keep = [i for i, name in enumerate(header) if i >= MAIN_COLUMNS or name not in shared]
+    return [header[i] for i in keep], [[r[i] for i in keep] for r in rows], MAIN_COLUMNS - len(shared)
+
+
+def _shared_line(table: Table) -> str | None:
+    shared = shared_columns(table)
+    known = {k: v for k, v in shared.items() if v != "—"}
+    return "every row: " + "; ".join(f"{k} {v}" for k, v in known.items()) if known else None
 
 
 def _breakdown_rows(
@@ -418,8 +435,9 @@ def render_markdown(
     for benchmark, group in _grouped(tables, reported):
         published = reported_rows(benchmark) if benchmark in reported else None
         for table in group:
-            header, rows = _main_rows(table, published)
-            lines += [f"{sub} {table.title}", ""] + _md_table(header, rows, MAIN_COLUMNS) + [""]
+            header, rows, text_columns = _main_rows(table, published)
+            line = _shared_line(table)
+            lines += [f"{sub} {table.title}", ""] + ([line, ""] if line else []) + _md_table(header, rows, text_columns) + [""]
             for column in table.columns.values():
                 breakdown = _breakdown_rows(table, column, published)
                 if breakdown:
@@ -457,10 +475,18 @@ def _reported_markdown(benchmark: str, heading: str = "###", metric_order: Seque
 # --------------------------------------------------------------------------- HTML
 
 
+def html_text(text: Any) -> str:
+    """Escaped cell text that may wrap after ``_``, ``@`` and ``/`` (metric keys, paths), so wide tables fit."""
+    escaped = html.escape(str(text))
+    for mark in ("_", "@", "/"):
+        escaped = escaped.replace(mark, mark + "<wbr>")
+    return escaped
+
+
 def _html_table(header: list[str], rows: list[list[str]]) -> str:
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    head = "".join(f"<th>{html_text(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html_text(c)}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<div class='wide'><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>"
 
 
 def render_html(
@@ -473,14 +499,17 @@ def render_html(
         "<!doctype html><html><head><meta charset='utf-8'><title>lpo leaderboard</title><style>"
         "body{font-family:sans-serif;max-width:1200px;margin:2em auto;}table{border-collapse:collapse;margin:1em 0;}"
         "td,th{border:1px solid #ccc;padding:3px 8px;font-size:13px;}th{background:#f3f3f3;}"
+        ".wide{overflow-x:auto;max-width:100%;}img{max-width:100%;}"
         ".note{color:#555;font-size:12px;}</style></head><body>",
         "<h1>lpo leaderboard</h1>",
     ]
     for benchmark, group in _grouped(tables, reported):
         published = reported_rows(benchmark) if benchmark in reported else None
         for table in group:
-            header, rows = _main_rows(table, published)
-            parts += [f"<{sub}>{html.escape(table.title)}</{sub}>", _html_table(header, rows)]
+            header, rows, _ = _main_rows(table, published)
+            line = _shared_line(table)
+            parts += [f"<{sub}>{html.escape(table.title)}</{sub}>"] + ([f"<p>{html.escape(line)}</p>"] if line else [])
+            parts.append(_html_table(header, rows))
             parts += [f"<p class='note'>{html.escape(n)}</p>" for n in _footnotes(table, published)]
             for column in table.columns.values():
                 breakdown = _breakdown_rows(table, column, published)

@@ -10,8 +10,10 @@ from __future__ import annotations
 import io
 import json
 import math
+import re
 import shutil
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -24,12 +26,12 @@ from lpo.bench.efficiency import (
     collect_curves,
     efficiency_report,
     first_reaching,
-    render_efficiency_markdown,
     seconds_to_reach,
     training_seconds,
 )
+from lpo.bench.efficiency_tables import render_efficiency_markdown
 from lpo.bench.report import render_report
-from lpo.evals.store import ResultRecord, append_records
+from lpo.evals.store import ResultRecord, append_records, write_per_prompt
 from lpo.runs import DeviceMeter
 
 REPO = Path(__file__).resolve().parents[1]
@@ -254,14 +256,34 @@ def _guided_json(model: str, gain: float) -> dict:
     }
 
 
-def make_bench(folder: Path, *, full: bool = True) -> Path:
+# Per-prompt scores of the side files: 64 prompts × 2 images; prompt p scores value + difficulty_p + AMPLITUDE · (±1
+# alternating over prompts). Difficulty cancels in every paired difference; the alternation is each method's own noise.
+N_PROMPTS = 64
+AMPLITUDE = {"base": 0.0, "lpo": 0.01, "spo": -0.01, "diffusion-dpo": 0.03}
+
+
+def with_side_files(records: list[ResultRecord], results_dir: Path) -> list[ResultRecord]:
+    """The records with per-prompt side files (same prompts and seeds for all), as the harness writes them."""
+    out = []
+    for r in records:
+        amp = AMPLITUDE.get(r.method, 0.0)
+        scores = [[r.value + 0.1 * (p % 5 - 2) + amp * (1 if p % 2 == 0 else -1)] * 2 for p in range(N_PROMPTS)]
+        side = {"prompts": [f"prompt {p}" for p in range(N_PROMPTS)], "seeds": [[p, 1000 + p] for p in range(N_PROMPTS)],
+                "scores": {r.metric_key: scores}, "per_prompt_metrics": []}
+        eval_id = f"{r.eval_id}-{r.checkpoint.get('step')}-{r.run_id}-{r.benchmark}"
+        rel, sha = write_per_prompt(results_dir, r.benchmark, eval_id, side)
+        out.append(replace(r, eval_id=eval_id, per_prompt=rel, per_prompt_sha256=sha, record_id=""))
+    return out
+
+
+def make_bench(folder: Path, *, full: bool = True, extra: list[ResultRecord] = ()) -> Path:
     """A synthetic bench folder in the layout `lpo bench` writes."""
     records = standard_records()
     finals = [r for r in records if "step" not in r.checkpoint]
     records += [record(r.method, r.checkpoint["label"], r.value - 0.05, cost=r.training_cost, benchmark="world-heldout")
                 for r in finals]
     records += [record(r.method, r.checkpoint["label"], 0.4, cost=r.training_cost, metric="world_alignment") for r in finals]
-    append_records(folder / "results", records)
+    append_records(folder / "results", with_side_files(records + list(extra), folder / "results"))
     if not full:
         return folder
     (folder / "bench.json").write_text(json.dumps({
@@ -295,7 +317,7 @@ def make_bench(folder: Path, *, full: bool = True) -> Path:
 def test_report_html_and_markdown(tmp_path):
     bench = make_bench(tmp_path / "bench")
     paths = render_report(bench)
-    page = paths["html"].read_text()
+    page = paths["html"].read_text().replace("<wbr>", "")  # break opportunities in long cells
     summary = paths["markdown"].read_text()
     assert paths["html"] == bench / "report" / "index.html" and paths["markdown"] == bench / "report" / "summary.md"
     # leaderboard tables (evals.leaderboard's rendering): final models on both benchmarks, no step-N rows
@@ -329,8 +351,46 @@ def test_report_html_and_markdown(tmp_path):
     assert srcs and all(s.startswith("data:image/png;base64,") for s in srcs)
     assert len(srcs) >= 1 + 1 + 4 + 2  # efficiency plot, accuracy plot, 4 sample grids, leaderboard score plots
     assert "skipped:" not in page
+    # the answer first: the headline of paired differences, then the power section, then the detail
+    assert summary.index("## The answer: paired differences") < summary.index("## Minimum detectable") < summary.index(
+        "## Verdicts") < summary.index("## Leaderboard")
+    # by hand (see AMPLITUDE): LPO − base per prompt 0.09 ± 0.01 alternating -> SD 0.01·√(64/63), half 1.9983·SD/8
+    assert "| LPO − base | +0.090 ± 0.003 | 1 | — (1 seed) | better (1 seed, spread unknown) |" in summary
+    # DPO − base: 0.07 ± 0.03 alternating -> half 0.0076; SPO − DPO: −0.005 ± 0.04 alternating -> half 0.0101
+    assert "| DPO − base | +0.070 ± 0.008 | 1 | — (1 seed) | better (1 seed, spread unknown) |" in summary
+    assert "| SPO − DPO | -0.005 ± 0.010 | 1 vs 1 | — (1 seed) | no detectable difference |" in summary
+    assert "### On world-heldout" in summary
+    assert "| LPO | 64 × 2 | 0.010 | 0.000 | ±0.003 |" in summary  # minimum detectable Δ
+    assert "| quick: ±0.02 |" in summary and "| full: ±0.01 |" in summary
+    # the leaderboard's paired Δ column and the efficiency curve's (lpo@2: 0.575 − 0.5)
+    assert "| +0.090 ± 0.003 (better) |" in summary
+    assert "| lpo | lpo@2 | 2 | 10.0 | 10.0 | 20.0 | 0.575 ± 0.01 | +0.075 ± 0.003 |" in summary
+    paired = json.loads(paths["paired"].read_text())
+    assert [r["comparison"] for r in paired["benchmarks"][0]["rows"]] == [
+        "LPO − base", "SPO − base", "DPO − base", "LPO − SPO", "LPO − DPO", "SPO − DPO"]
+    assert any("minimum detectable Δ, LPO vs base: ±0.003" in line for line in paired["console"])
     efficiency = json.loads(paths["efficiency"].read_text())
     assert efficiency["verdicts"][0]["answer"] == "yes"
+
+
+def test_training_seeds_pool_per_prompt_and_need_the_seed_spread_too(tmp_path):
+    # seeds 1 and 2 of LPO (0.60, 0.58) and SPO (0.585, 0.545) beside seed 0 (0.59, 0.565); base 0.50
+    extra = [record(m, f"{m}-seed-{i}", v, cost=cost_record(10, 20), run_id=f"seed-{i}")
+             for m, values in (("lpo", (0.60, 0.58)), ("spo", (0.585, 0.545))) for i, v in enumerate(values, 1)]
+    paths = render_report(make_bench(tmp_path / "bench", extra=extra))
+    summary = paths["markdown"].read_text()
+    # LPO − base: seeds 0.09, 0.10, 0.08 -> mean 0.090, SD 0.010, 95% over seeds 4.303 · 0.01 / √3 = 0.025: significant
+    assert "| LPO − base | +0.090 ± 0.003 | 3 | +0.090 ± 0.010 (0.025) | better |" in summary
+    # LPO − SPO: pooled per prompt 0.025 ± 0.02 alternating -> ± 0.005, clear; seeds 0.025, SD √(0.01² + 0.02²) = 0.022,
+    # Welch df 2.9 -> t_2 = 4.303, half 4.303 · √(0.01²/3 + 0.02²/3) = 0.056: the seed spread does not allow it
+    assert "| LPO − SPO | +0.025 ± 0.005 | 3 vs 3 | +0.025 ± 0.022 (0.056) | no detectable difference |" in summary
+    # DPO trained one seed: against it nothing is significant
+    assert "| LPO − DPO | +0.020 ± 0.005 | 3 vs 1 | — (1 seed) | better (1 seed, spread unknown) |" in summary
+    assert "| LPO (3 seeds, widest) | 64 × 2 |" in summary
+    # the leaderboard shows every seed's final model; the efficiency view keeps seed 0's curves
+    leaderboard_md = summary.split("## Leaderboard")[1].split("## Efficiency")[0]
+    assert "| lpo-seed-1 | lpo |" in leaderboard_md and "| +0.100 ± 0.003 (better) |" in leaderboard_md
+    assert sorted(json.loads(paths["efficiency"].read_text())["methods"]) == ["diffusion-dpo", "lpo", "spo"]  # no "(seed-1)" series
 
 
 def test_missing_pieces_are_skipped_with_a_note(tmp_path):
@@ -365,3 +425,32 @@ def test_screenshot_in_headless_chromium(tmp_path):
     # not blank: text, tables and the embedded plots give many colours and dark pixels
     assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 50
     assert (pixels.mean(axis=2) < 100).mean() > 0.005
+
+
+# Marks the tables whose right edge passes the page body's (clipped or scrolled at this window width).
+FIT_PROBE = (
+    "<script>var o=[];var right=document.body.getBoundingClientRect().right;"
+    "document.querySelectorAll('table').forEach(function(t,i){if(t.getBoundingClientRect().right>right+1)o.push(i)});"
+    "document.body.setAttribute('data-overflow',o.join(','))</script>"
+)
+
+
+def test_committed_quick_bench_report_fits_1280px_in_headless_chromium(tmp_path):
+    browser = next((shutil.which(b) for b in ("chromium", "chromium-browser", "google-chrome") if shutil.which(b)), None)
+    if browser is None:
+        pytest.skip("no chromium on PATH (apt-get install chromium)")
+    bench = tmp_path / "bench-quick"  # the committed bench, its report rendered afresh (the committed one is untouched)
+    shutil.copytree(REPO / "results" / "bench-quick", bench, ignore=shutil.ignore_patterns("report"))
+    page = render_report(bench)["html"]
+    probe = tmp_path / "probe.html"
+    probe.write_text(page.read_text().replace("</body></html>", FIT_PROBE + "</body></html>"))
+    result = subprocess.run(
+        [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1280,2000",
+         "--virtual-time-budget=3000", f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom", probe.as_uri()],
+        capture_output=True, text=True, timeout=150,
+    )
+    overflow = re.search(r'data-overflow="([^"]*)"', result.stdout)
+    assert overflow is not None, result.stderr[-2000:]
+    assert overflow.group(1) == "", f"tables wider than the 1280 px page: {overflow.group(1)}"
+    html_text = page.read_text()
+    assert html_text.index("The answer: paired differences") < html_text.index("Leaderboard (final models)")

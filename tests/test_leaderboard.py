@@ -30,7 +30,7 @@ def test_two_metric_versions_are_two_columns():
     assert list(table.columns) == ["pickscore@v1+lpo1", "pickscore@v1+lpo2"]
     (row,) = table.rows.values()
     assert row.cells["pickscore@v1+lpo1"].value == 20.5 and row.cells["pickscore@v1+lpo2"].value == 20.9
-    header = render_leaderboard(records, "md").splitlines()[4]
+    header = next(line for line in render_leaderboard(records, "md").splitlines() if line.startswith("| checkpoint"))
     assert "pickscore@v1+lpo1 ↑" in header and "pickscore@v1+lpo2 ↑" in header
 
 
@@ -62,6 +62,20 @@ def test_rows_columns_and_tables():
     assert "| 21.5 | 27.6 ± 0.2 |" in md  # no interval when the record has none
     assert "23 h NVIDIA A100" in md  # training cost excludes evaluation
     assert md.count("## pickapic@1") == 2
+
+
+def test_a_column_every_row_agrees_on_is_said_once_above_the_table():
+    protocol = {"sampler": "ddim", "steps": 20, "guidance_scale": 7.5, "images_per_prompt": 4, "seed": 42}
+    same = [make_record(checkpoint=_ckpt("base"), base_model="sd15", protocol=protocol),
+            make_record(checkpoint=_ckpt("lpo"), method="lpo", base_model="sd15", protocol=protocol)]
+    md = render_leaderboard(same, "md")
+    assert "every row: base model sd15; protocol DDIM 20 · CFG 7.5 · 4 img/prompt · seed 42 · native · None" in md
+    header = next(line for line in md.splitlines() if line.startswith("| checkpoint"))
+    assert header.startswith("| checkpoint | method | training cost | trained on | pickscore@v1+lpo1 ↑ |")
+    assert "|---|---|---|---|---:|" in md  # the metric column is still the first right-aligned one
+    other = same + [make_record(checkpoint=_ckpt("dpo"), method="dpo", base_model="sd15", protocol={**protocol, "seed": 7})]
+    md = render_leaderboard(other, "md")
+    assert "| checkpoint | method | protocol | training cost |" in md and "every row: base model sd15" in md
 
 
 def test_csv_is_long_with_versions_and_reported_rows():

@@ -36,6 +36,12 @@ model is not a checkpoint of any method; it is the curves' starting value (at x 
 method's reward-model seconds, what the method spent before its first update) and it
 never "reaches" anything. For a metric where lower is better, "at least" reads "at most".
 
+Paired intervals. Given the results folder (the per-prompt side files), every point also
+carries its paired difference from the base model, ``delta`` ± ``delta_half``: per prompt
+on identical prompts and seeds, 95% Student t over prompts
+(:func:`lpo.evals.paired.paired_difference_records`). That is the interval to read a
+method's gain by; the unpaired ``ci_half`` mostly measures how hard the prompts are.
+
 Published numbers. SPEC §7's A100-hour table (:data:`lpo.evals.reported.A100_HOURS`) is
 shown as rows marked *reported*, beside the measured device-seconds: other hardware,
 other units, other models; only the ratios can be set side by side, and the published
@@ -46,8 +52,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Sequence
 
+from lpo.errors import LpoError
+from lpo.evals.paired import paired_difference_records
 from lpo.evals.store import ResultRecord
 
 COUNTED_STAGES = ("reward_model_training", "optimisation")
@@ -117,6 +126,8 @@ class CurvePoint:
     ci_half: float | None  # half-width of the 95% interval over prompts; None when unknown
     checkpoint_hash: str
     record_id: str
+    delta: float | None = None  # paired Δ vs the base model (None without side files)
+    delta_half: float | None = None  # its 95% half-width (Student t over prompts)
 
     @property
     def final(self) -> bool:
@@ -171,7 +182,7 @@ def _half(record: ResultRecord) -> float | None:
     return (float(record.ci95[1]) - float(record.ci95[0])) / 2
 
 
-def _point(record: ResultRecord, cost: TrainingSeconds | None) -> CurvePoint:
+def _point(record: ResultRecord, cost: TrainingSeconds | None, delta=None) -> CurvePoint:
     ckpt = record.checkpoint
     return CurvePoint(
         label=str(ckpt.get("label") or ckpt.get("spec") or ckpt.get("hash")),
@@ -184,6 +195,8 @@ def _point(record: ResultRecord, cost: TrainingSeconds | None) -> CurvePoint:
         ci_half=_half(record),
         checkpoint_hash=str(ckpt.get("hash")),
         record_id=record.record_id,
+        delta=None if delta is None else delta.mean,
+        delta_half=None if delta is None else delta.half_width,
     )
 
 
@@ -196,8 +209,13 @@ def _step_order(step: Any) -> tuple[int, float]:
         return (0, 0.0)
 
 
-def collect_curves(records: Sequence[ResultRecord], benchmark: str = "world", metric: str = "world_utility") -> EfficiencyData:
+def collect_curves(
+    records: Sequence[ResultRecord], benchmark: str = "world", metric: str = "world_utility", results_dir: Path | None = None
+) -> EfficiencyData:
     """Per method, the (device-seconds, value) points of ``metric`` on ``benchmark``.
+
+    With ``results_dir`` every point also gets its paired Δ vs the base model (a point
+    that cannot be paired keeps None, and the reason is in ``notes``).
 
     Records of other benchmark versions, prompt sets or metric versions are not mixed in:
     the group with the most records is used and the others are named in ``notes``. A
@@ -253,7 +271,7 @@ def collect_curves(records: Sequence[ResultRecord], benchmark: str = "world", me
             if not r.training_cost:
                 notes.append(f"{name}: checkpoint {r.checkpoint.get('label')} has no training cost record; left out of the curve")
                 continue
-            points.append(_point(r, training_seconds(r.training_cost)))
+            points.append(_point(r, training_seconds(r.training_cost), _delta(r, base_record, results_dir, notes)))
         points.sort(key=lambda p: (p.device_seconds, *_step_order(p.step)))
         curves[name] = MethodCurve(name, method, run_id, points, tuple(sorted({r.protocol_hash for r in group_records})))
 
@@ -271,6 +289,16 @@ def collect_curves(records: Sequence[ResultRecord], benchmark: str = "world", me
             "ratios across hardware are not a like-for-like comparison"
         )
     return EfficiencyData(benchmark, metric, f"{metric}@{key[2]}", higher, base, curves, notes)
+
+
+def _delta(record: ResultRecord, base: ResultRecord | None, results_dir: Path | None, notes: list[str]):
+    if results_dir is None or base is None:
+        return None
+    try:
+        return paired_difference_records(results_dir, record, base)
+    except LpoError as err:
+        notes.append(f"no paired Δ for {record.checkpoint.get('label')}: {err}")
+        return None
 
 
 def _method_rank(method: str) -> tuple[int, str]:
@@ -480,10 +508,13 @@ def reported_ratios() -> dict[str, dict[str, float]]:
     return out
 
 
-def efficiency_report(records: Sequence[ResultRecord], benchmark: str = "world", metric: str = "world_utility") -> dict[str, Any]:
-    """Curves, best values, device-seconds to reach every method's best, verdicts and the
-    reported cost rows, as one JSON-able dict (:func:`render_efficiency_markdown` renders it)."""
-    data = collect_curves(records, benchmark, metric)
+def efficiency_report(
+    records: Sequence[ResultRecord], benchmark: str = "world", metric: str = "world_utility", results_dir: Path | None = None
+) -> dict[str, Any]:
+    """Curves (with paired Δ vs base when ``results_dir`` is given), best values, device-seconds
+    to reach every method's best, verdicts and the reported cost rows, as one JSON-able dict
+    (:func:`lpo.bench.efficiency_tables.render_efficiency_markdown` renders it)."""
+    data = collect_curves(records, benchmark, metric, results_dir)
     higher = data.higher_is_better
     methods: dict[str, Any] = {}
     for name, curve in data.curves.items():
@@ -529,6 +560,7 @@ def efficiency_report(records: Sequence[ResultRecord], benchmark: str = "world",
             "not_counted": "evaluation (also periodic evaluation during training) and the stages every method shares "
             "(pair generation, MPCF)",
             "within_noise": "value ≥ target − √(h² + h_target²), h = half-width of the 95% interval over prompts",
+            "delta": "paired Δ vs the base model, per prompt on identical prompts and seeds, 95% Student t over prompts",
         },
         "base": None if data.base is None else data.base.as_dict(),
         "methods": methods,
@@ -538,112 +570,3 @@ def efficiency_report(records: Sequence[ResultRecord], benchmark: str = "world",
         "reported_total_cost_ratios": reported_ratios(),
         "notes": data.notes,
     }
-
-
-def _md(header: list[str], rows: list[list[str]]) -> list[str]:
-    def esc(text: Any) -> str:
-        return str(text).replace("|", "\\|")
-
-    lines = ["| " + " | ".join(esc(h) for h in header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    return lines + ["| " + " | ".join(esc(c) for c in row) + " |" for row in rows]
-
-
-def curve_table(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
-    """Every point of every curve: checkpoint, step, device-seconds split, value ± half-width."""
-    header = ["method", "checkpoint", "step", "reward-model device-s", "optimisation device-s", "total device-s",
-              f"{report['metric_key'] or report['metric']} {'↑' if report['higher_is_better'] else '↓'}"]
-    rows = []
-    base = report.get("base")
-    if base is not None:
-        rows.append(["base", base["label"], "—", "0", "0", "0", _fmt_value(base["value"], base["ci_half"])])
-    for name, m in report["methods"].items():
-        for p in m["curve"]:
-            rows.append([name, p["label"], "final" if p["final"] else str(p["step"]), f"{p['reward_model_seconds']:.1f}",
-                         f"{p['optimisation_seconds']:.1f}", f"{p['device_seconds']:.1f}", _fmt_value(p["value"], p["ci_half"])])
-    return header, rows
-
-
-def reach_table(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
-    """Rows: methods; columns: their best, and device-seconds to reach each method's best."""
-    names = list(report["targets"])
-    header = ["method", "best (at device-s)"] + [f"to reach {n}'s best ({_fmt_value(report['targets'][n]['target'], report['targets'][n]['target_ci_half'])})" for n in names]
-    rows = []
-    for name, m in report["methods"].items():
-        best = m["best"]
-        cells = [name, "—" if best is None else f"{_fmt_value(best['value'], best['ci_half'])} (at {best['device_seconds']:.1f})"]
-        for target in names:
-            s = report["targets"][target]["seconds"][name]
-            cell = _fmt_seconds(s["strict"])
-            if s["strict"] != s["within_noise"]:
-                cell += f" (within noise: {_fmt_seconds(s['within_noise'])})"
-            cells.append(cell)
-        rows.append(cells)
-    return header, rows
-
-
-def cost_table(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
-    """Measured training device-seconds of the final models beside the published A100-hours (reported)."""
-    reported = {(r["base_model"], r["method"]): r for r in report["reported_a100_hours"]}
-    header = ["method", f"measured ({report['benchmark']}): RM + optimisation = total device-s",
-              "reported SD1.5: RM + opt = total A100-h", "reported SDXL: RM + opt = total A100-h"]
-    rows = []
-    for method in METHOD_ORDER:
-        measured = [m for m in report["methods"].values() if m["method"] == method]
-        cells = []
-        for m in measured:
-            f = m["final"]
-            if f is not None:
-                cells.append(f"{f['reward_model_seconds']:.1f} + {f['optimisation_seconds']:.1f} = {f['device_seconds']:.1f} "
-                             f"({', '.join(f['device_types']) or '?'})")
-        row = [METHOD_NAMES[method], "; ".join(cells) or "—"]
-        for base in ("sd15", "sdxl"):
-            r = reported.get((base, method))
-            row.append("—" if r is None else f"{r['reward_model_a100_hours']:g} + {r['optimisation_a100_hours']:g} = {r['total_a100_hours']:g}")
-        rows.append(row)
-    ratios = report["reported_total_cost_ratios"]
-    measured_ratio = {}
-    for v in report["verdicts"]:
-        if v.get("total_cost_ratio") is not None:
-            measured_ratio.setdefault(v["claim"]["reference"], v["total_cost_ratio"])
-    for ref in ("diffusion-dpo", "spo"):
-        rows.append([
-            f"LPO / {METHOD_NAMES[ref]} (total)",
-            _fmt_ratio(measured_ratio.get(ref)),
-            _fmt_ratio(ratios.get("sd15", {}).get(ref)),
-            _fmt_ratio(ratios.get("sdxl", {}).get(ref)),
-        ])
-    return header, rows
-
-
-def verdict_markdown(verdict: dict[str, Any]) -> str:
-    """One verdict as a Markdown line: the question, both answers in bold, then the numbers."""
-    return (
-        f"**{verdict['question']}** strict: **{verdict['answer']}**; within noise: **{verdict['answer_within_noise']}**. "
-        f"{verdict['text']}"
-    )
-
-
-def efficiency_notes(report: dict[str, Any]) -> list[str]:
-    """The footnotes of the efficiency tables: what is counted, what "within noise" means, what reported means."""
-    counted = report["counted"]
-    return [
-        f"counted: {counted['formula']}; not counted: {counted['not_counted']}.",
-        f"within noise: {counted['within_noise']} (the bands are treated as independent: conservative, the records "
-        "share prompts and seeds).",
-        "reported columns: the LPO paper's A100-hours on SD1.5 / SDXL (published, not measured here; other hardware, "
-        "models and units). Only ratios compare, and the published ones are of total training cost, not of cost to "
-        "reach a score.",
-    ] + [f"note: {n}" for n in report["notes"]]
-
-
-def render_efficiency_markdown(report: dict[str, Any], level: int = 2) -> str:
-    """The efficiency section: verdicts, curve table, reach table, measured vs reported cost."""
-    h = "#" * level
-    lines = [f"{h} Efficiency: {report['metric_key'] or report['metric']} on {report['benchmark']} against training device-seconds", ""]
-    lines += [f"{h}# Verdicts", ""]
-    lines += [f"- {verdict_markdown(v)}" for v in report["verdicts"]] + [""]
-    lines += [f"{h}# Quality against training device-seconds", ""] + _md(*curve_table(report)) + [""]
-    lines += [f"{h}# Device-seconds to reach a target", ""] + _md(*reach_table(report)) + [""]
-    lines += [f"{h}# Training cost: measured here vs published (reported)", ""] + _md(*cost_table(report)) + [""]
-    lines += [f"- {n}" for n in efficiency_notes(report)]
-    return "\n".join(lines) + "\n"

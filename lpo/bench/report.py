@@ -11,11 +11,17 @@ Reads (every piece optional; a missing one is named in the report, never an erro
 
 Writes ``BENCH/report/index.html`` (a single file: plots and grids embedded as base64 PNG,
 no server, no network), ``BENCH/report/summary.md`` (the same tables and verdicts; it
-links the PNGs beside it), ``efficiency.json`` (:func:`lpo.bench.efficiency.efficiency_report`)
-and ``quality_vs_cost.png``.
+links the PNGs beside it), ``paired.json`` (:func:`lpo.bench.headline.headline` per
+benchmark), ``efficiency.json`` (:func:`lpo.bench.efficiency.efficiency_report`) and
+``quality_vs_cost.png``.
 
-The leaderboard tables are :mod:`lpo.evals.leaderboard`'s own rendering (final models
-and the base model; the intermediate checkpoints appear in the efficiency section).
+The report leads with the answer: the headline table of paired differences (each
+method's final model against the base model and against each other method, seed-pooled,
+with intervals, seeds and a verdict word), then the minimum detectable difference and the
+evaluation size a target needs, then the efficiency verdicts and the detail. The
+leaderboard tables are :mod:`lpo.evals.leaderboard`'s own rendering (final models of
+every training seed and the base model, with a paired Δ vs base column); the efficiency
+section uses training seed 0, whose intermediate checkpoints were evaluated.
 """
 
 from __future__ import annotations
@@ -27,22 +33,27 @@ import json
 from pathlib import Path
 from typing import Any, Sequence
 
-from lpo.bench.efficiency import (
-    METHOD_ORDER,
-    cost_table,
-    curve_table,
-    efficiency_notes,
-    efficiency_report,
-    reach_table,
-    verdict_markdown,
+from lpo.bench.efficiency import METHOD_ORDER, efficiency_report
+from lpo.bench.efficiency_tables import cost_table, curve_table, efficiency_notes, reach_table, verdict_markdown
+from lpo.bench.headline import (
+    console_lines,
+    headline,
+    headline_table,
+    mde_table,
+    power_notes,
+    power_table,
+    seed_index,
 )
 from lpo.errors import LpoError
+from lpo.evals.leaderboard import html_text
+from lpo.evals.paired import INTERVAL_METHOD
 from lpo.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 REPORT_DIR = "report"
 HTML_NAME = "index.html"
 MARKDOWN_NAME = "summary.md"
 EFFICIENCY_NAME = "efficiency.json"
+PAIRED_NAME = "paired.json"
 PLOT_NAME = "quality_vs_cost.png"
 GUIDED_LABELS = {
     "plain": "plain sampling",
@@ -56,7 +67,9 @@ GUIDED_LABELS = {
 
 CSS = (
     "body{font-family:sans-serif;max-width:1250px;margin:2em auto;padding:0 1em;color:#222;}"
-    "table{border-collapse:collapse;margin:0.8em 0;}td,th{border:1px solid #ccc;padding:3px 8px;font-size:13px;}"
+    "table{border-collapse:collapse;margin:0.8em 0;}"
+    "td,th{border:1px solid #ccc;padding:3px 6px;font-size:13px;vertical-align:top;}"
+    ".wide{overflow-x:auto;max-width:100%;}.headline td,.headline th{font-size:15px;padding:5px 10px;}"
     "th{background:#f3f3f3;}.note{color:#555;font-size:12px;}.skip{color:#8a5a00;font-style:italic;}"
     ".verdict{background:#f6f8fa;border-left:4px solid #4a7;padding:0.5em 1em;margin:0.5em 0;font-size:14px;}"
     ".grids{display:flex;flex-wrap:wrap;gap:12px;}figure{margin:0;}figcaption{font-weight:bold;font-size:13px;}"
@@ -90,15 +103,16 @@ class _Doc:
         cls = f" class='{css}'" if css else ""
         self.html.append(f"<ul{cls}>" + "".join(f"<li>{html.escape(i)}</li>" for i in items) + "</ul>")
 
-    def table(self, header: list[str], rows: list[list[str]]) -> None:
+    def table(self, header: list[str], rows: list[list[str]], css: str | None = None) -> None:
         def esc(text: Any) -> str:
             return str(text).replace("|", "\\|").replace("\n", " ")
 
         self.md += ["| " + " | ".join(esc(h) for h in header) + " |", "|" + "|".join("---" for _ in header) + "|"]
         self.md += ["| " + " | ".join(esc(c) for c in row) + " |" for row in rows] + [""]
-        head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
-        body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
-        self.html.append(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
+        head = "".join(f"<th>{html_text(h)}</th>" for h in header)
+        body = "".join("<tr>" + "".join(f"<td>{html_text(c)}</td>" for c in row) + "</tr>" for row in rows)
+        cls = f" class='wide {css}'" if css else " class='wide'"
+        self.html.append(f"<div{cls}><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>")
 
     def image(self, png: bytes, alt: str, md_link: str | None) -> None:
         if md_link:
@@ -137,16 +151,52 @@ def _load_records(results_dir: Path) -> list:
 # --------------------------------------------------------------------------- sections
 
 
+def _headline(doc: _Doc, answers: list[dict[str, Any]]) -> None:
+    doc.heading(2, "The answer: paired differences of the final models")
+    if not answers or not answers[0]["rows"]:
+        doc.skip("no final models with per-prompt scores to pair against the base model"
+                 + (f" ({'; '.join(answers[0]['notes'])})" if answers and answers[0]["notes"] else ""))
+        return
+    for i, data in enumerate(answers):
+        if i:
+            doc.heading(3, f"On {data['benchmark']}")
+        doc.para(f"{data['metric']} on {data['benchmark']}: {data['n_prompts']} prompts × {data['images_per_prompt']} "
+                 "images, the same prompts and per-image seeds for every model; Δ = first model − second.")
+        doc.table(*headline_table(data), css="headline")
+        doc.bullets(data["notes"])
+    doc.bullets([
+        f"Δ: {INTERVAL_METHOD}, pooled over training seeds (each prompt's difference averaged over the seeds first).",
+        "between seeds: the mean and SD over training seeds of each seed's Δ, with the 95% half-width over seeds "
+        "(Student t; Welch for two methods).",
+        "verdict: better / worse only when both the pooled paired interval and the between-seed interval exclude 0 "
+        "(lpo.evals.paired.seeded_difference); with one training seed the spread is unknown, so nothing is called "
+        "significant and a clear paired interval reads 'better (1 seed, spread unknown)'.",
+    ])
+
+
+def _power(doc: _Doc, data: dict[str, Any] | None) -> None:
+    doc.heading(2, "Minimum detectable difference and evaluation size")
+    if not data or not data["mde"]:
+        doc.skip("no paired final models, so no observed per-prompt SD")
+        return
+    doc.table(*mde_table(data))
+    doc.para("Prompts needed for a paired 95% half-width (minimum detectable difference) per preset target:")
+    doc.table(*power_table(data))
+    doc.bullets(power_notes(data))
+
+
 def _leaderboard(doc: _Doc, records: list, results_dir: Path) -> None:
-    from lpo.evals.leaderboard import build_tables, render_html, render_markdown
+    from lpo.evals.leaderboard import attach_deltas, build_tables, render_html, render_markdown
 
     doc.heading(2, "Leaderboard (final models)")
     final = [r for r in records if "step" not in r.checkpoint]
     if not final:
         doc.skip(f"no result records under {results_dir}")
         return
-    doc.para("Final models and the base model; intermediate checkpoints are in the efficiency section.", "note")
+    doc.para("Final models of every training seed and the base model; intermediate checkpoints are in the efficiency "
+             "section.", "note")
     tables = build_tables(final)
+    attach_deltas(tables, results_dir)
     doc.md += render_markdown(tables, title=None, level=2).splitlines() + [""]
     doc.html.append(render_html(tables, fragment=True, level=2))
 
@@ -164,7 +214,12 @@ def _verdicts(doc: _Doc, report: dict[str, Any]) -> None:
 
 def quality_cost_figure(report: dict[str, Any]) -> bytes | None:
     """Quality against training device-seconds: one line per method from its starting offset
-    (the reward model's training, at the base model's value) through its checkpoints, 95% bars."""
+    (the reward model's training, at the base model) through its checkpoints.
+
+    When every point has its paired Δ vs the base model, the y axis is that Δ with its
+    paired 95% bars (the base model is the 0 line); else the plain value with the
+    unpaired 95% bars and the base model's band.
+    """
     if not report["methods"]:
         return None
     import matplotlib
@@ -172,9 +227,13 @@ def quality_cost_figure(report: dict[str, Any]) -> bytes | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7.5, 4.4))
+    points = [p for m in report["methods"].values() for p in m["curve"]]
+    paired = bool(points) and all(p.get("delta") is not None for p in points)
+    fig, ax = plt.subplots(figsize=(10, 5.6))
     base = report.get("base")
-    if base is not None:
+    if paired:
+        ax.axhline(0.0, color="grey", ls="--", lw=1, label="base model (Δ = 0)")
+    elif base is not None:
         ax.axhline(base["value"], color="grey", ls="--", lw=1, label=f"base model {base['value']:.3g}")
         if base["ci_half"]:
             ax.axhspan(base["value"] - base["ci_half"], base["value"] + base["ci_half"], color="grey", alpha=0.12)
@@ -184,24 +243,30 @@ def quality_cost_figure(report: dict[str, Any]) -> bytes | None:
         curve = m["curve"]
         if not curve:
             continue
-        xs, ys = [p["device_seconds"] for p in curve], [p["value"] for p in curve]
-        errs = [p["ci_half"] or 0.0 for p in curve]
+        xs = [p["device_seconds"] for p in curve]
+        ys = [p["delta"] if paired else p["value"] for p in curve]
+        errs = [(p["delta_half"] if paired else p["ci_half"]) or 0.0 for p in curve]
         if m["start"] is not None:  # the starting offset: reward-model training done, policy = base model
-            ax.plot([m["start"]["device_seconds"], xs[0]], [m["start"]["value"], ys[0]], color=colour, lw=1, ls=":")
-            ax.plot([m["start"]["device_seconds"]], [m["start"]["value"]], marker="o", mfc="white", color=colour, ms=7)
-        ax.errorbar(xs, ys, yerr=errs, color=colour, marker="o", ms=4, capsize=3, lw=1.3,
+            start_y = 0.0 if paired else m["start"]["value"]
+            ax.plot([m["start"]["device_seconds"], xs[0]], [start_y, ys[0]], color=colour, lw=1, ls=":")
+            ax.plot([m["start"]["device_seconds"]], [start_y], marker="o", mfc="white", color=colour, ms=8)
+        ax.errorbar(xs, ys, yerr=errs, color=colour, marker="o", ms=5, capsize=4, lw=1.5,
                     label=f"{name} (reward model {m['reward_model_seconds']:.3g} s)")
-        finals = [p for p in curve if p["final"]]
+        finals = [j for j, p in enumerate(curve) if p["final"]]
         if finals:
-            ax.plot([finals[-1]["device_seconds"]], [finals[-1]["value"]], marker="*", ms=13, color=colour, ls="none")
+            ax.plot([xs[finals[-1]]], [ys[finals[-1]]], marker="*", ms=15, color=colour, ls="none")
         best = m["best"]
         if m["method"] in ("diffusion-dpo", "spo") and best is not None:
-            ax.axhline(best["value"], color=colour, lw=0.7, ls="-.", alpha=0.6)
-    ax.set_xlabel("training device-seconds (reward model + optimisation)")
-    ax.set_ylabel(f"{report['metric_key'] or report['metric']} ({report['benchmark']})")
-    ax.set_title("quality vs training cost · ○ start (reward model trained) · ★ final · -. best of the baselines", fontsize=9)
+            level = (best.get("delta") if paired else best["value"])
+            if level is not None:
+                ax.axhline(level, color=colour, lw=0.8, ls="-.", alpha=0.6)
+    metric = report["metric_key"] or report["metric"]
+    ax.set_xlabel("training device-seconds (reward model + optimisation)", fontsize=11)
+    ax.set_ylabel(f"Δ {metric} vs base (paired, 95% t)" if paired else f"{metric} ({report['benchmark']})", fontsize=11)
+    ax.set_title("quality vs training cost · ○ start (reward model trained) · ★ final · -. best of the baselines", fontsize=11)
+    ax.tick_params(labelsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
+    ax.legend(fontsize=10, loc="best")
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110)
@@ -404,16 +469,21 @@ def render_report(bench_dir: str | Path, *, benchmark: str = "world", metric: st
     summary = summary if isinstance(summary, dict) else None
     results_dir = bench / "results"
     records = _load_records(results_dir)
-    efficiency = efficiency_report(records, benchmark, metric)
+    seed0 = [r for r in records if seed_index(r) == 0]
+    efficiency = efficiency_report(seed0, benchmark, metric, results_dir if results_dir.is_dir() else None)
+    preset = ((summary or {}).get("config") or {}).get("preset")
+    answers = [headline(records, results_dir, b, metric, preset) for b in (benchmark, f"{benchmark}-heldout")
+               if b == benchmark or any(r.benchmark == b for r in records)]
 
     doc = _Doc()
     doc.heading(1, f"lpo bench report: {bench.name}")
-    preset = ((summary or {}).get("config") or {}).get("preset")
     doc.para(
         f"bench folder {bench.resolve()}" + (f" · preset {preset}" if preset else "")
         + f" · efficiency score {efficiency['metric_key'] or metric} on {benchmark}",
         "note",
     )
+    _headline(doc, answers)
+    _power(doc, answers[0])
     _verdicts(doc, efficiency)
     _leaderboard(doc, records, results_dir)
     _efficiency(doc, efficiency, out_dir)
@@ -434,10 +504,12 @@ def render_report(bench_dir: str | Path, *, benchmark: str = "world", metric: st
         "html": out_dir / HTML_NAME,
         "markdown": out_dir / MARKDOWN_NAME,
         "efficiency": out_dir / EFFICIENCY_NAME,
+        "paired": out_dir / PAIRED_NAME,
     }
     atomic_write_text(paths["html"], page)
     atomic_write_text(paths["markdown"], "\n".join(doc.md).rstrip() + "\n")
     atomic_write_json(paths["efficiency"], efficiency)
+    atomic_write_json(paths["paired"], {"benchmarks": answers, "console": [line for a in answers for line in console_lines(a)]})
     if (out_dir / PLOT_NAME).is_file() and efficiency["methods"]:
         paths["plot"] = out_dir / PLOT_NAME
     return paths

@@ -257,14 +257,16 @@ def pairs(
     prompt_split: str = typer.Option("train", help="World prompt split to draw from (val for held-out pairs)."),
     steps: int = typer.Option(20, help="DDIM steps."),
     guidance_scale: float = typer.Option(5.0, "--cfg", help="Classifier-free guidance scale."),
+    sources: Optional[str] = typer.Option(None, help="A named mix of (CFG, steps) per image instead of --cfg/--steps: single or pickapic."),
     device: str = typer.Option("auto", help="auto, cpu, cuda, ..."),
 ) -> None:
     """Generate world image pairs from a model and label them with the simulated annotators."""
-    from lpo.world.pairs import run_pairs
+    from lpo.world.pairs import run_pairs, source_mix
 
     summary = run_pairs(
         model, out, num_prompts, pairs_per_prompt, seed, _console(),
         steps=steps, guidance_scale=guidance_scale, device=device, prompt_split=prompt_split,
+        sources=source_mix(sources) if sources else None,
     )
     _console().print_json(json.dumps(summary, default=str))
 

@@ -41,6 +41,9 @@ def test_bench_runs_every_stage_and_writes_the_report(micro_bench):
                   "train-diffusion-dpo", "evaluate", "guided", "samples", "report"):
         assert stage in stages and (folder / "stages" / f"{stage}.json").is_file(), stage
     assert summary["config"]["preset"] == "micro"
+    # the pairs mix generation settings per image, as Pick-a-Pic mixes models
+    sidecar = json.loads((folder / "pairs" / "train.parquet.json").read_text())
+    assert sum(n > 0 for n in sidecar["provenance"]["images_per_source"].values()) >= 3
     # every final model and the base on both world benchmarks; the intermediate checkpoint on world
     from lpo.evals.store import load_records
 
@@ -74,6 +77,8 @@ def test_presets_and_config_errors():
         bench_preset("huge")
     with pytest.raises(LpoError, match="unknown bench methods"):
         BenchConfig(methods=("ppo",))
+    with pytest.raises(LpoError, match="unknown pair_sources 'sdxl'; choose from single, pickapic"):
+        BenchConfig(pair_sources="sdxl")
 
 
 def test_an_ablation_reuses_the_bench_and_lands_in_the_report(micro_bench, tiny_world_dir):

@@ -33,6 +33,7 @@ class BenchConfig:
     pairs_per_prompt: int = _f(2, "Image pairs per training prompt.")
     val_prompts: int = _f(86, "Validation prompts for the held-out reward-model accuracy (world val split).")
     val_pairs_per_prompt: int = _f(2, "Pairs per validation prompt.")
+    pair_sources: str = _f("pickapic", "Generation settings the pairs' images come from: pickapic (a mix of guidance scales and schedules, as Pick-a-Pic mixes models) or single (CFG 5, 20 steps).")
     mpcf_strategy: str = _f("2", "MPCF strategy for the pairs every method trains on: none, 1, 2 or 3.")
     # reward models
     lrm_preset: str = _f("lrm-world", "Reward-training preset of the LRM.")
@@ -59,6 +60,10 @@ class BenchConfig:
         unknown = [m for m in self.methods if m not in METHODS]
         if unknown or not self.methods:
             raise LpoError(f"unknown bench methods {unknown or '(none)'}; choose from {', '.join(METHODS)}")
+        from lpo.world.pairs import SOURCE_MIXES
+
+        if self.pair_sources not in SOURCE_MIXES:
+            raise LpoError(f"unknown pair_sources {self.pair_sources!r}; choose from {', '.join(SOURCE_MIXES)}")
         if self.mpcf_strategy not in ("none", "1", "2", "3"):
             raise LpoError(f"mpcf_strategy must be none, 1, 2 or 3, got {self.mpcf_strategy!r}")
         for name in ("train_prompts", "pairs_per_prompt", "val_prompts", "val_pairs_per_prompt", "eval_prompts",

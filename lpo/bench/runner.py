@@ -5,6 +5,13 @@ held-out accuracy by timestep → LPO, SPO and Diffusion-DPO (same training prom
 evaluation of the base model and of every run's intermediate and final checkpoints →
 LRM-guided sampling rows → sample grids → report.
 
+Training seeds (``seeds`` = N): each method trains N times, seed ``i`` with
+``run.seed = seed + i`` (:meth:`BenchConfig.training_seed`), seed 0 in ``runs/METHOD`` (the
+layout before seeds, so existing benches continue) and seed ``i`` in
+``runs/METHOD/seed-i``; the reward models train once. Every seed's final model is
+evaluated under the same protocol; intermediate checkpoints, guided rows and sample
+grids are seed 0's. Raising ``seeds`` on a finished bench trains only the new seeds.
+
 Each stage writes ``stages/<name>.json`` when it is done; a rerun skips finished stages,
 resumes an interrupted training run from its last checkpoint, and reuses cached eval
 images, so an interrupted bench continues where it stopped. Result records go to the
@@ -16,6 +23,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import shutil
 import time
 from dataclasses import asdict
@@ -29,6 +37,7 @@ from lpo.io import atomic_write_json, run_metadata
 TRAINER_PRESETS = {"lpo": "lpo-world", "spo": "spo-world", "diffusion-dpo": "dpo-world"}
 STAGES_DIR = "stages"
 SAMPLE_GRID_SIZE = 8  # prompts per sample grid (image 0 of each, from the eval cache)
+SEED_RUN = re.compile(r"^seed-\d+$")  # runs/METHOD/seed-i: training seed i of METHOD
 
 
 class Bench:
@@ -66,8 +75,10 @@ class Bench:
     def reward_model(self, name: str) -> Path:
         return self.reward_run(name) / "model"
 
-    def policy_run(self, method: str) -> Path:
-        return self.folder / "runs" / method
+    def policy_run(self, method: str, seed: int = 0) -> Path:
+        """Training seed 0 in runs/METHOD, seed i in runs/METHOD/seed-i."""
+        run = self.folder / "runs" / method
+        return run if seed == 0 else run / f"seed-{seed}"
 
     @property
     def results_dir(self) -> Path:
@@ -117,13 +128,14 @@ class Bench:
 
 
 def _pairs(bench: Bench) -> dict[str, Any]:
-    from lpo.world.pairs import run_pairs
+    from lpo.world.pairs import run_pairs, source_mix
 
     c = bench.config
+    sources = source_mix(c.pair_sources)
     train = run_pairs(c.model, bench.train_pairs, c.train_prompts, c.pairs_per_prompt, c.seed, bench.console,
-                      device=c.device)
+                      device=c.device, sources=sources)
     val = run_pairs(c.model, bench.val_pairs, c.val_prompts, c.val_pairs_per_prompt, c.seed + 1, bench.console,
-                    device=c.device, prompt_split="val")
+                    device=c.device, prompt_split="val", sources=sources)
     return {"train": _jsonable(train), "val": _jsonable(val)}
 
 
@@ -165,12 +177,12 @@ def _reward_eval(bench: Bench) -> dict[str, Any]:
     return {"accuracy_by_timestep": str(bench.folder / "reward-eval" / "accuracy_by_timestep.json")}
 
 
-def _train_policy(bench: Bench, method: str) -> dict[str, Any]:
+def _train_policy(bench: Bench, method: str, seed: int = 0) -> dict[str, Any]:
     from lpo.trainers.jobs import resolve_config, run_training
 
     c = bench.config
     preset = TRAINER_PRESETS[method]
-    overrides = [f"model.base={c.model}", f"run.seed={c.seed}", *c.trainer_overrides(method)]
+    overrides = [f"model.base={c.model}", f"run.seed={c.training_seed(seed)}", *c.trainer_overrides(method)]
     if method == "diffusion-dpo":
         overrides.append(f"data.pairs={bench.filtered_pairs}")
     else:
@@ -181,7 +193,7 @@ def _train_policy(bench: Bench, method: str) -> dict[str, Any]:
     save_every = max(1, length // (c.checkpoints_per_run + 1))
     overrides += [f"run.save_every={save_every}", f"run.keep_checkpoints={max(1, length // save_every)}",
                   "run.trackers=none"]
-    run_dir = bench.policy_run(method)
+    run_dir = bench.policy_run(method, seed)
     resume = _prepare_run_dir(run_dir)
     result = run_training(method, preset, overrides, run_dir=run_dir, resume=resume, console=bench.console)
     return {"run": str(run_dir), "model": str(result.model_folder), "steps": result.steps,
@@ -201,18 +213,23 @@ def _run_length(config: Any, method: str, prompts_path: Path) -> int:
 
 
 def _prepare_run_dir(run_dir: Path) -> bool:
-    """True when an interrupted run can resume; a run folder with no checkpoint starts over."""
+    """True when an interrupted run can resume; a run folder with no checkpoint starts over
+    (its other training seeds' run folders, ``seed-i``, are kept)."""
     if not run_dir.exists():
         return False
     checkpoints = run_dir / "checkpoints"
     if checkpoints.is_dir() and any(p.name.startswith("step-") for p in checkpoints.iterdir()):
         return True
-    shutil.rmtree(run_dir)
+    for child in run_dir.iterdir():
+        if child.is_dir() and SEED_RUN.match(child.name):
+            continue
+        shutil.rmtree(child) if child.is_dir() else child.unlink()
     return False
 
 
-def eval_targets(bench: Bench) -> list[tuple[str, str, bool]]:
-    """(name, checkpoint spec, final) for the base model and every run's checkpoints and final model."""
+def eval_targets(bench: Bench, seeds: bool = True) -> list[tuple[str, str, bool]]:
+    """(name, checkpoint spec, final) for the base model, every seed-0 run's checkpoints and final
+    model, and (with ``seeds``) the final model of every other training seed, named METHOD-seed-i."""
     from lpo.runs import RunFolder, list_checkpoints
 
     targets = [("base", bench.config.model, True)] if bench.evaluate_base else []
@@ -221,6 +238,8 @@ def eval_targets(bench: Bench) -> list[tuple[str, str, bool]]:
         if (run / "run.json").is_file():
             targets += [(f"{method}@{step}", str(path), False) for step, path in list_checkpoints(RunFolder.open(run))]
         targets.append((method, str(run), True))
+        if seeds:
+            targets += [(f"{method}-seed-{i}", str(bench.policy_run(method, i)), True) for i in range(1, bench.config.seeds)]
     return targets
 
 
@@ -284,7 +303,7 @@ def _samples(bench: Bench) -> dict[str, Any]:
     from lpo.grid import save_grid
 
     written = {}
-    for name, _, final in eval_targets(bench):
+    for name, _, final in eval_targets(bench, seeds=False):
         marker = bench.done(f"eval-world-{name}")
         if not final or marker is None:
             continue
@@ -308,9 +327,10 @@ def _jsonable(value: Any) -> Any:
 
 
 def _comparable(config: BenchConfig) -> dict[str, Any]:
-    """What must match to continue a bench (adding ablations later is allowed)."""
+    """What must match to continue a bench (adding ablations or training seeds later is allowed)."""
     data = json.loads(json.dumps(asdict(config)))
     data.pop("ablations", None)
+    data.pop("seeds", None)
     return data
 
 
@@ -321,6 +341,7 @@ def run_bench(folder: Path, config: BenchConfig, console: Any = None) -> Bench:
     if saved.is_file():
         previous = json.loads(saved.read_text()).get("config", {})
         previous.pop("ablations", None)
+        previous.pop("seeds", None)
         if previous and previous != _comparable(config):
             raise LpoError(
                 f"{folder} holds a bench with another config; continue it with the same preset and --set values, "
@@ -334,9 +355,21 @@ def run_bench(folder: Path, config: BenchConfig, console: Any = None) -> Bench:
     bench.stage("samples", lambda: _samples(bench))
     for name in c.ablations:
         bench.stage(f"ablation-{name}", lambda name=name: _run_ablation(bench, name))
-    bench.stage(f"report{'-' + '-'.join(c.ablations) if c.ablations else ''}", lambda: _report(bench))
+    suffix = ("-" + "-".join(c.ablations) if c.ablations else "") + (f"-seeds-{c.seeds}" if c.seeds > 1 else "")
+    bench.stage(f"report{suffix}", lambda: _report(bench))
     bench.write_summary()
+    _say_answer(bench)
     return bench
+
+
+def _say_answer(bench: Bench) -> None:
+    """The report's paired headline and minimum detectable difference, on the console."""
+    from lpo.bench.report import PAIRED_NAME, REPORT_DIR
+
+    path = bench.folder / REPORT_DIR / PAIRED_NAME
+    if path.is_file():
+        for line in json.loads(path.read_text()).get("console", []):
+            bench.say(line)
 
 
 def _core_stages(bench: Bench, reward_eval: bool = True) -> None:
@@ -349,8 +382,11 @@ def _core_stages(bench: Bench, reward_eval: bool = True) -> None:
     if reward_eval:
         bench.stage("reward-eval", lambda: _reward_eval(bench))
     for method in c.methods:
-        bench.stage(f"train-{method}", lambda method=method: _train_policy(bench, method))
-    bench.stage("evaluate", lambda: _evaluate(bench))
+        for seed in range(c.seeds):
+            name = f"train-{method}" + (f"-seed-{seed}" if seed else "")
+            bench.stage(name, lambda method=method, seed=seed: _train_policy(bench, method, seed))
+    # a bench continued with more seeds evaluates their final models (finished evaluations are skipped)
+    bench.stage("evaluate" + (f"-seeds-{c.seeds}" if c.seeds > 1 else ""), lambda: _evaluate(bench))
 
 
 def _run_ablation(main: Bench, name: str) -> dict[str, Any]:

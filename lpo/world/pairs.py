@@ -68,6 +68,19 @@ class WorldPairsConfig:
 PICKAPIC_LIKE_SOURCES: tuple[tuple[float, int], ...] = ((1.5, 20), (3.0, 20), (5.0, 20), (7.5, 20), (3.0, 8), (7.5, 8))
 
 
+# Named source mixes (``lpo pairs --sources``, ``lpo bench --set pair_sources=...``).
+SOURCE_MIXES: dict[str, tuple[tuple[float, int], ...]] = {
+    "single": ((5.0, 20),),  # the first world's pairs: one model, one setting
+    "pickapic": PICKAPIC_LIKE_SOURCES,
+}
+
+
+def source_mix(name: str) -> tuple[tuple[float, int], ...]:
+    if name not in SOURCE_MIXES:
+        raise LpoError(f"unknown pair source mix {name!r}; known: {', '.join(SOURCE_MIXES)}")
+    return SOURCE_MIXES[name]
+
+
 def image_source(config: WorldPairsConfig, prompt: str, index: int) -> int:
     """Which of ``config.sources`` image ``index`` of ``prompt`` comes from (seeded)."""
     if len(config.sources) == 1:

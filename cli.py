@@ -71,6 +71,15 @@ def version() -> None:
     typer.echo(lpo.__version__)
 
 
+@app.command("env")
+@user_errors
+def env_command() -> None:
+    """Print what every run records about this machine: versions, CPU model, CPU kernels, threads (JSON)."""
+    from lpo.io import hardware, package_versions
+
+    typer.echo(json.dumps({"versions": package_versions(), "hardware": hardware()}, indent=2))
+
+
 @world_app.command("pretrain")
 @user_errors
 def world_pretrain(
@@ -357,13 +366,16 @@ def bench(
     out: Optional[Path] = typer.Option(None, help="Bench folder (default: bench-PRESET); rerunning continues it."),
     ablation: List[str] = typer.Option([], "--ablation", help="Also run an ablation (repeatable): mpcf, vfe, lrm-t0, lpo-timesteps, spo-all-t, beta."),
     overrides: List[str] = SetOption,
+    threads: int = typer.Option(2, help="torch CPU threads, the same on every machine: results depend on the count (lpo.cpu_dispatch)."),
 ) -> None:
     """The whole study on the embedded world: pairs → MPCF → LRM / pixel model → LPO, SPO, Diffusion-DPO → eval → report."""
     from lpo.bench.config import bench_preset
     from lpo.bench.runner import run_bench
     from lpo.config import apply_overrides
+    from lpo.cpu_dispatch import pin_threads
 
     config = apply_overrides(bench_preset(preset), overrides)
+    pin_threads(threads)
     if ablation:
         from dataclasses import replace
 
@@ -621,6 +633,14 @@ def train_command(
 
 
 def main() -> None:
+    """The ``lpo`` entry point: pin the CPU kernels (:mod:`lpo.cpu_dispatch`) before torch loads, then run."""
+    from lpo.cpu_dispatch import pin
+
+    try:
+        pin()
+    except LpoError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise SystemExit(2) from None
     app()
 
 

@@ -106,9 +106,13 @@ def package_versions() -> dict[str, str]:
 
 
 def hardware() -> dict[str, Any]:
+    """Platform, CPU model, threads, and the CPU kernels torch dispatches to (:mod:`lpo.cpu_dispatch`)."""
     import torch
 
-    info: dict[str, Any] = {"platform": platform.platform(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads()}
+    from lpo.cpu_dispatch import dispatch_info
+
+    info: dict[str, Any] = {"platform": platform.platform(), "cpu_count": os.cpu_count(),
+                            "torch_threads": torch.get_num_threads(), "cpu_dispatch": dispatch_info()}
     if torch.cuda.is_available():
         info["cuda_devices"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
     return info

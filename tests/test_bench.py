@@ -100,3 +100,45 @@ def test_an_ablation_reuses_the_bench_and_lands_in_the_report(micro_bench, tiny_
     config = json.loads((root / "t_0" / "runs" / "lpo" / "config.json").read_text())
     assert config["sampler"]["reward_timestep"] == "zero"
     assert "Ablation: lrm-t0" in (folder / "report" / "summary.md").read_text()
+
+
+def test_more_training_seeds_continue_a_bench_and_pool_in_the_report(micro_bench, tiny_world_dir):
+    from dataclasses import replace
+
+    from lpo.evals.store import load_records
+
+    folder, _ = micro_bench
+    bench = run_bench(folder, replace(_micro(str(tiny_world_dir)), seeds=2))
+    # seed 0 is not retrained; seed 1 of every method trains with run.seed = seed + 1 in runs/METHOD/seed-1
+    assert bench.timings["train-lpo"]["skipped"] and not bench.timings["train-lpo-seed-1"].get("skipped")
+    methods = ("lpo", "spo", "diffusion-dpo")
+    for method in methods:
+        assert json.loads((folder / "runs" / method / "seed-1" / "config.json").read_text())["run"]["seed"] == 1
+        assert json.loads((folder / "runs" / method / "config.json").read_text())["run"]["seed"] == 0
+    # each seed-1 final model on both benchmarks, under the protocol of the others; no intermediate checkpoints
+    records = [r for r in load_records(folder / "results") if r.metric == "world_utility" and r.run_id == "seed-1"]
+    assert {(r.benchmark, r.checkpoint["label"]) for r in records} == {
+        (b, f"{m}-seed-1") for b in ("world", "world-heldout") for m in methods}
+    assert not any("step" in r.checkpoint for r in records)
+    # the report pools both seeds and measures their spread
+    paired = json.loads((folder / "report" / "paired.json").read_text())
+    lpo = next(row for row in paired["benchmarks"][0]["rows"] if row["comparison"] == "LPO − base")
+    assert lpo["seeds"] == [2, 1] and len(lpo["seed_means"]) == 2 and lpo["seed_sd"] is not None
+    assert any(line.startswith("  minimum detectable Δ, LPO vs base") for line in paired["console"])
+    summary = (folder / "report" / "summary.md").read_text()
+    assert summary.index("## The answer") < summary.index("## Leaderboard") and "| lpo-seed-1 |" in summary
+    assert json.loads((folder / "bench.json").read_text())["config"]["seeds"] == 2
+
+
+def test_starting_a_run_over_keeps_its_other_seeds(tmp_path):
+    from lpo.bench.runner import _prepare_run_dir
+
+    run = tmp_path / "runs" / "lpo"
+    (run / "seed-1" / "checkpoints" / "step-2").mkdir(parents=True)
+    (run / "model").mkdir()
+    (run / "run.json").write_text("{}")
+    assert _prepare_run_dir(run) is False  # no checkpoint of its own: it starts over
+    assert sorted(p.name for p in run.iterdir()) == ["seed-1"] and (run / "seed-1" / "checkpoints" / "step-2").is_dir()
+    (run / "checkpoints" / "step-3").mkdir(parents=True)
+    assert _prepare_run_dir(run) is True  # resumable: nothing removed
+    assert (run / "seed-1").is_dir()

@@ -52,6 +52,7 @@ def test_pretrain_dry_run_prints_resolved_config():
         (("world", "eval", "world:full"), "lpo world pretrain --preset full"),
         (("sample", "world", "--prompts-file", "/no/prompts.txt"), "prompt file /no/prompts.txt does not exist"),
         (("sample", "/no/such/folder"), "/no/such/folder does not exist"),
+        (("bench", "--seeds", "0", "--out", "/no/such/bench"), "seeds must be >= 1, got 0"),
     ],
 )
 def test_user_errors_are_one_line(args, message):

@@ -57,7 +57,8 @@ def ablation(name: str) -> Ablation:
 
 def variant_config(base: BenchConfig, ablation: Ablation, changes: dict[str, Any]) -> BenchConfig:
     """The main config with ``changes``: tuples extended, scalars replaced; only the
-    ablation's methods, no guided rows, no held-out split, one intermediate checkpoint."""
+    ablation's methods, no guided rows, no held-out split, one intermediate checkpoint,
+    one training seed."""
     known = {f.name for f in fields(base)}
     values: dict[str, Any] = {}
     for key, value in changes.items():
@@ -66,7 +67,7 @@ def variant_config(base: BenchConfig, ablation: Ablation, changes: dict[str, Any
         current = getattr(base, key)
         values[key] = tuple(current) + tuple(value) if isinstance(current, tuple) else value
     return replace(base, **values, methods=ablation.methods, guided_prompts=0, eval_heldout=False,
-                   checkpoints_per_run=1, ablations=())
+                   checkpoints_per_run=1, ablations=(), seeds=1)
 
 
 def slug(label: str) -> str:

@@ -142,3 +142,22 @@ def test_starting_a_run_over_keeps_its_other_seeds(tmp_path):
     (run / "checkpoints" / "step-3").mkdir(parents=True)
     assert _prepare_run_dir(run) is True  # resumable: nothing removed
     assert (run / "seed-1").is_dir()
+
+
+def test_the_bench_ends_by_saying_the_answer(tmp_path):
+    from lpo.bench.runner import Bench, _say_answer
+
+    lines = ["paired world_utility@1 on world (...):", "  LPO − base: +0.037 ± 0.037 → better (1 seed, spread unknown)",
+             "  minimum detectable Δ, LPO vs base: ±0.037 (64 prompts × 2 images, per-prompt SD 0.146)"]
+    (tmp_path / "report").mkdir()
+    (tmp_path / "report" / "paired.json").write_text(json.dumps({"benchmarks": [], "console": lines}))
+
+    class Console:
+        printed: list = []
+
+        def print(self, message, highlight=True):
+            self.printed.append(message)
+
+    console = Console()
+    _say_answer(Bench(tmp_path, BenchConfig(), console))
+    assert console.printed == lines

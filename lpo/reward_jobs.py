@@ -9,6 +9,7 @@ world's true utility of the decoded x̂0 as the ceiling of any pixel-space rewar
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -106,9 +107,18 @@ def eval_reward_job(
     seed: int = 0,
     console=None,
 ) -> dict[str, Any]:
-    """Held-out accuracy by timestep for each given step reward, side by side; table, JSON, plot."""
+    """Held-out accuracy by timestep for each given step reward, side by side; table, JSON, plot.
+
+    Accuracy is against the pairs' labels; in the world also against the true-utility order
+    of the two images (what a noise-free annotator would say), with the labels' agreement
+    with that order beside it. Bands (mean over t ≤ 251 and over all t) carry a 95%
+    binomial half-width over the decisive pairs (pairs are shared across t, so it is not
+    narrowed by averaging over t).
+    """
+    import torch
+
     from lpo.io import atomic_write_json
-    from lpo.reward_training import encode_pairs, pairwise_accuracy_by_timestep
+    from lpo.reward_training import accuracy_from_scores, encode_pairs, pair_scores_by_timestep
     from lpo.sampling import ddim_timesteps
 
     components = _components(model)
@@ -130,21 +140,56 @@ def eval_reward_job(
         raise LpoError("nothing to evaluate: pass --lrm and/or --pixel (the utility ceiling exists only in the world)")
     timesteps = sorted(int(t) for t in ddim_timesteps(components.scheduler, 20))
     encoded = encode_pairs(components, pairs)  # once: every model scores the same latents
-    table: dict[str, dict[int, list]] = {}
+    if not bool(encoded.decisive.any()):
+        raise LpoError(f"all {len(encoded)} held-out pairs are ties; accuracy needs pairs with a winner")
+    targets = {"accuracy": encoded.labels_0}
+    if components.kind == "world":
+        from lpo.world.pairs import true_order_labels
+
+        targets["accuracy_true_order"] = torch.tensor(true_order_labels(pairs), dtype=torch.float32)
+    tables: dict[str, dict[str, dict[int, list]]] = {key: {} for key in targets}
     for name, reward in rewards.items():
         reward.eval()
-        accuracy = pairwise_accuracy_by_timestep(reward, components, encoded, timesteps, seed=seed)
-        table[name] = {int(t): [float(a), int(n)] for t, (a, n) in accuracy.items()}
+        scores = pair_scores_by_timestep(reward, components, encoded, timesteps, seed=seed)
+        for key, labels in targets.items():
+            tables[key][name] = {
+                t: [float(a), int(n)] for t, (a, n) in ((t, accuracy_from_scores(s0, s1, labels)) for t, (s0, s1) in scores.items())
+            }
         if console is not None:
             console.print(f"scored {name}")
     out_dir.mkdir(parents=True, exist_ok=True)
-    result = {"model": model, "pairs": str(pairs_path), "noise": "independent", "seed": seed, "accuracy": table}
+    result = {"model": model, "pairs": str(pairs_path), "noise": "independent", "seed": seed, **tables,
+              "bands": {key: accuracy_bands(table) for key, table in tables.items()}}
+    if "accuracy_true_order" in targets:
+        both = (targets["accuracy"] != 0.5) & (targets["accuracy_true_order"] != 0.5)
+        agree = (targets["accuracy"][both] == targets["accuracy_true_order"][both]).float()
+        result["label_agreement"] = [float(agree.mean()) if len(agree) else None, int(both.sum())]
     atomic_write_json(out_dir / "accuracy_by_timestep.json", result)
-    plot_accuracy(table, out_dir / "accuracy_by_timestep.png")
+    plot_accuracy(tables["accuracy"], out_dir / "accuracy_by_timestep.png",
+                  tables.get("accuracy_true_order"))
     return result
 
 
-def plot_accuracy(table: dict[str, dict[int, list]], path: Path) -> Path:
+LOW_T = 251  # the band the paper's claim is about: low noise, where pixel rewards still work
+
+
+def accuracy_bands(table: dict[str, dict[int, list]]) -> dict[str, dict[str, list[float]]]:
+    """{scorer: {"t<=251": [mean, half-width], "all": [...]}} with a 95% binomial half-width."""
+    out = {}
+    for name, by_t in table.items():
+        bands = {}
+        for band, ts in ((f"t<={LOW_T}", [t for t in by_t if int(t) <= LOW_T]), ("all", list(by_t))):
+            if not ts:
+                continue
+            mean = sum(by_t[t][0] for t in ts) / len(ts)
+            n = min(by_t[t][1] for t in ts)
+            bands[band] = [mean, 1.96 * math.sqrt(max(mean * (1 - mean), 0.0) / n) if n else float("nan")]
+        out[name] = bands
+    return out
+
+
+def plot_accuracy(table: dict[str, dict[int, list]], path: Path, true_order: dict[str, dict[int, list]] | None = None) -> Path:
+    """Accuracy vs t per scorer (labels: solid; true-utility order, when given: dashed, same colour)."""
     import io
 
     import matplotlib
@@ -157,7 +202,10 @@ def plot_accuracy(table: dict[str, dict[int, list]], path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(6, 3.6))
     for name, by_t in table.items():
         ts = sorted(by_t)
-        ax.plot(ts, [by_t[t][0] for t in ts], marker="o", ms=3, label=name)
+        line, = ax.plot(ts, [by_t[t][0] for t in ts], marker="o", ms=3, label=f"{name} vs labels" if true_order else name)
+        if true_order and name in true_order:
+            other = true_order[name]
+            ax.plot(ts, [other[t][0] for t in ts], ls="--", marker="o", ms=2, color=line.get_color(), label=f"{name} vs true order")
     ax.axhline(0.5, color="grey", lw=0.8, ls="--")
     ax.set_xlabel("timestep t (noisier →)")
     ax.set_ylabel("held-out pairwise accuracy")
@@ -171,20 +219,32 @@ def plot_accuracy(table: dict[str, dict[int, list]], path: Path) -> Path:
     return path
 
 
+TARGET_TITLES = {"accuracy": "annotator labels", "accuracy_true_order": "true-utility order"}
+
+
 def render_accuracy_table(result: dict[str, Any], console) -> None:
     from rich.table import Table
 
-    table = Table(title="held-out preference accuracy by timestep (decisive pairs)")
-    table.add_column("t", justify="right")
-    names = list(result["accuracy"])
-    for name in names:
-        table.add_column(name, justify="right")
-    ts = sorted({int(t) for by_t in result["accuracy"].values() for t in by_t})
-    for t in ts:
-        table.add_row(str(t), *(f"{result['accuracy'][n][t][0]:.3f}" for n in names))
-    n = next(iter(result["accuracy"].values()))[ts[0]][1]
-    console.print(table)
-    console.print(f"n = {n} decisive pairs per cell; same noise for every model at each t")
+    for key, title in TARGET_TITLES.items():
+        if key not in result:
+            continue
+        names = list(result[key])
+        table = Table(title=f"held-out accuracy by timestep against {title} (decisive pairs)")
+        table.add_column("t", justify="right")
+        for name in names:
+            table.add_column(name, justify="right")
+        ts = sorted({int(t) for by_t in result[key].values() for t in by_t})
+        for t in ts:
+            table.add_row(str(t), *(f"{result[key][n][t][0]:.3f}" for n in names))
+        for band in (f"t<={LOW_T}", "all"):
+            cells = [result.get("bands", {}).get(key, {}).get(n, {}).get(band) for n in names]
+            table.add_row(f"mean {band}", *("—" if c is None else f"{c[0]:.3f} ± {c[1]:.3f}" for c in cells))
+        n = next(iter(result[key].values()))[ts[0]][1]
+        console.print(table)
+        console.print(f"n = {n} decisive pairs per cell; same noise for every model at each t; ± is a 95% binomial half-width")
+    if result.get("label_agreement", [None])[0] is not None:
+        agree, n = result["label_agreement"]
+        console.print(f"the annotators' labels agree with the true-utility order on {agree:.3f} of {n} pairs decisive under both")
 
 
 def load_json(path: Path) -> dict[str, Any]:

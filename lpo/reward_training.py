@@ -560,6 +560,53 @@ def _module_device(model: nn.Module) -> torch.device:
 
 
 @torch.no_grad()
+def pair_scores_by_timestep(
+    model: StepRewardModel,
+    components: Any,
+    encoded: EncodedPairs,
+    timesteps: Sequence[int],
+    indices: Tensor | None = None,
+    batch_size: int = 64,
+    seed: int = 0,
+    *,
+    noise: NoiseMode = "independent",
+) -> dict[int, tuple[Tensor, Tensor]]:
+    """{t: (S_0, S_1)} of pairs ``indices`` (default: all) noised to each fixed t.
+
+    Every t sees the same posterior samples and the same noise (drawn from (seed, batch)),
+    so scores differ only through t, and two models scored with the same seed see
+    identical x_t.
+    """
+    indices = torch.arange(len(encoded)) if indices is None else torch.as_tensor(indices, dtype=torch.long)
+    num_train = int(components.scheduler.config.num_train_timesteps)
+    bad = [int(t) for t in timesteps if not 0 <= int(t) < num_train]
+    if bad or not len(timesteps):
+        raise LpoError(f"evaluation timesteps must be in [0, {num_train - 1}], got {list(timesteps)}")
+    device = _module_device(model)
+    was_training = model.training
+    model.eval()
+    scores: dict[int, tuple[list[Tensor], list[Tensor]]] = {int(t): ([], []) for t in timesteps}
+    try:
+        for number, start in enumerate(range(0, len(indices), batch_size)):
+            batch_indices = indices[start : start + batch_size]
+            for t, (out_0, out_1) in scores.items():
+                generator = keyed_generator(seed, STREAM_EVAL, number)  # the same draws for every t
+                batch = noise_pairs(encoded, batch_indices, components.scheduler, generator, timesteps=torch.tensor(t), noise=noise)
+                scores_0, scores_1 = score_pairs(model, batch, device)
+                out_0.append(scores_0.cpu())
+                out_1.append(scores_1.cpu())
+    finally:
+        model.train(was_training)
+    return {t: (torch.cat(s0), torch.cat(s1)) for t, (s0, s1) in scores.items()}
+
+
+def accuracy_from_scores(scores_0: Tensor, scores_1: Tensor, labels_0: Tensor) -> tuple[float, int]:
+    """(accuracy, n) over the decisive pairs of ``labels_0``; equal scores count half."""
+    out = preference_loss(scores_0, scores_1, labels_0)
+    n = int(out.decisive.sum())
+    return (float(out.correct.sum()) / n if n else float("nan")), n
+
+
 def pairwise_accuracy_by_timestep(
     model: StepRewardModel,
     components: Any,
@@ -573,35 +620,17 @@ def pairwise_accuracy_by_timestep(
 ) -> dict[int, tuple[float, int]]:
     """Held-out accuracy of a step reward model at each fixed t: {t: (accuracy, n)}.
 
-    Only decisive (non-tie) pairs count; a pair is right when the preferred image scores
-    higher (equal scores count half). Every t sees the same posterior samples and the same
-    noise (drawn from (seed, batch)), so accuracies differ only through t, and two models
-    evaluated with the same seed see identical x_t.
+    Only decisive (non-tie) pairs are scored and counted; a pair is right when the
+    preferred image scores higher (equal scores count half). Noise as in
+    :func:`pair_scores_by_timestep`.
     """
     encoded = pairs if isinstance(pairs, EncodedPairs) else encode_pairs(components, pairs, encode_batch_size)
     decisive = torch.nonzero(encoded.decisive).flatten()
     if len(decisive) == 0:
         raise LpoError(f"all {len(encoded)} evaluation pairs are ties; accuracy needs pairs with a winner")
-    num_train = int(components.scheduler.config.num_train_timesteps)
-    bad = [int(t) for t in timesteps if not 0 <= int(t) < num_train]
-    if bad or not len(timesteps):
-        raise LpoError(f"evaluation timesteps must be in [0, {num_train - 1}], got {list(timesteps)}")
-    device = _module_device(model)
-    was_training = model.training
-    model.eval()
-    correct = {int(t): 0.0 for t in timesteps}
-    try:
-        for number, start in enumerate(range(0, len(decisive), batch_size)):
-            indices = decisive[start : start + batch_size]
-            for t in correct:
-                generator = keyed_generator(seed, STREAM_EVAL, number)  # the same draws for every t
-                batch = noise_pairs(encoded, indices, components.scheduler, generator, timesteps=torch.tensor(t), noise=noise)
-                scores_0, scores_1 = score_pairs(model, batch, device)
-                correct[t] += float(preference_loss(scores_0.cpu(), scores_1.cpu(), batch.labels_0).correct.sum())
-    finally:
-        model.train(was_training)
-    n = len(decisive)
-    return {t: (c / n, n) for t, c in correct.items()}
+    scores = pair_scores_by_timestep(model, components, encoded, timesteps, decisive, batch_size, seed, noise=noise)
+    labels = encoded.labels_0[decisive]
+    return {t: accuracy_from_scores(s0, s1, labels) for t, (s0, s1) in scores.items()}
 
 
 def split_by_prompt(pairs: Sequence[PreferencePair], fraction: float, seed: int) -> tuple[list[PreferencePair], list[PreferencePair]]:

@@ -45,6 +45,36 @@ def test_train_both_step_rewards_and_compare_them_by_timestep(tiny_world_dir, tm
         assert sorted(int(t) for t in by_t) == list(range(1, 1000, 50))
         assert all(0.0 <= acc <= 1.0 for acc, _ in by_t.values())
     assert (out / "accuracy_by_timestep.png").stat().st_size > 1000
+    # in the world, also against the true-utility order of the two images: a held-out set
+    # whose labels contradict the true order on a known share of the pairs
+    import numpy as np
+
+    from lpo.pairs import PreferencePair, save_pairs
+    from lpo.world.grammar import make_splits
+    from lpo.world.render import render_prompt
+
+    rng = np.random.default_rng(0)
+    specs = make_splits().val[:6]
+    blank = np.full((32, 32, 3), (24, 24, 32), dtype=np.uint8)  # the background alone: utility ~0.1
+    known = [PreferencePair(f"k{i}", s.text(), render_prompt(s, rng), blank, 1.0 if i < 4 else 0.0, "world")
+             for i, s in enumerate(specs)]  # 4 labels agree with the true order, 2 contradict it
+    save_pairs(known, tmp_path / "known.parquet")
+    out = tmp_path / "eval-known"
+    r = invoke("lrm", "eval", tmp_path / "known.parquet", "--model", tiny_world_dir, "--lrm", runs["lrm-world"], "--out", out)
+    assert r.exit_code == 0, r.output
+    result = json.loads((out / "accuracy_by_timestep.json").read_text())
+    assert set(result["accuracy_true_order"]) == set(result["accuracy"]) == {"LRM (latent)", "true utility on x̂0 (ceiling)"}
+    assert result["label_agreement"] == [pytest.approx(4 / 6), 6]
+    for name in result["accuracy"]:
+        for t, (acc, n) in result["accuracy"][name].items():
+            acc_true, n_true = result["accuracy_true_order"][name][t]
+            assert n == n_true == 6
+            # the 2 contradicted pairs are scored wrong against one target exactly when right against the other
+            assert abs(acc - acc_true) <= 2 / 6 + 1e-9
+    for key in ("accuracy", "accuracy_true_order"):
+        for name, bands in result["bands"][key].items():
+            ts = [t for t in result[key][name] if int(t) <= 251]
+            assert bands["t<=251"][0] == pytest.approx(sum(result[key][name][t][0] for t in ts) / len(ts))
 
 
 def test_lrm_eval_without_models_is_a_user_error(tiny_world_dir, tmp_path):

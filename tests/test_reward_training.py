@@ -421,3 +421,12 @@ def test_a_new_lrm_does_not_depend_on_the_global_rng(world):
         model, _ = build_reward_model(config, world)
         weights.append(model.visual_projection.weight.detach().clone())
     assert torch.equal(weights[0], weights[1])
+
+
+def test_accuracy_from_scores_counts_decisive_pairs_and_half_for_equal_scores():
+    from lpo.reward_training import accuracy_from_scores
+
+    scores_0 = torch.tensor([2.0, 0.0, 1.0, 5.0])
+    scores_1 = torch.tensor([1.0, 1.0, 1.0, 0.0])
+    labels_0 = torch.tensor([1.0, 1.0, 0.0, 0.5])  # right, wrong, equal scores (half), tie (not counted)
+    assert accuracy_from_scores(scores_0, scores_1, labels_0) == (pytest.approx(1.5 / 3), 3)

@@ -22,7 +22,7 @@ import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -147,6 +147,16 @@ class WorldPairsOutput:
             } if self.sources is not None else None,
             "seconds": round(self.seconds, 2),
         }
+
+
+def true_order_labels(pairs: Sequence[PreferencePair]) -> list[float]:
+    """label_0 by the hidden true utility of the two images (1.0, 0.0, or 0.5 when equal):
+    what a perfect, noise-free annotator would say."""
+    labels = []
+    for pair in pairs:
+        u0, u1 = judge(pair.image_0, pair.prompt).utility, judge(pair.image_1, pair.prompt).utility
+        labels.append(1.0 if u0 > u1 else 0.0 if u0 < u1 else TIE)
+    return labels
 
 
 def draw_prompts(config: WorldPairsConfig) -> list[str]:

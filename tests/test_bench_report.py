@@ -24,12 +24,12 @@ from lpo.bench.efficiency import (
     CLAIMS,
     MethodCurve,
     collect_curves,
-    efficiency_report,
     first_reaching,
     seconds_to_reach,
     training_seconds,
 )
 from lpo.bench.efficiency_tables import render_efficiency_markdown
+from lpo.bench.efficiency_view import efficiency_report
 from lpo.bench.report import render_report
 from lpo.evals.store import ResultRecord, append_records, write_per_prompt
 from lpo.runs import DeviceMeter
@@ -326,7 +326,7 @@ def test_report_html_and_markdown(tmp_path):
     leaderboard_md = summary.split("## Leaderboard")[1].split("## Efficiency")[0]
     assert "| lpo (run lpo-run) |" in leaderboard_md and "lpo@2" not in leaderboard_md
     # the efficiency section, with the intermediate checkpoints
-    assert "| lpo | lpo@2 | 2 | 10.0 | 10.0 | 20.0 | 0.575 ± 0.01 |" in summary
+    assert "| lpo | lpo@2 | 2 | 10.0 | 10.0 | 20.0 | 11.0 | 0.575 ± 0.01 |" in summary
     assert "![quality against training device-seconds](quality_vs_cost.png)" in summary
     assert (bench / "report" / "quality_vs_cost.png").is_file()
     # verdict lines
@@ -364,7 +364,7 @@ def test_report_html_and_markdown(tmp_path):
     assert "| quick: ±0.02 |" in summary and "| full: ±0.01 |" in summary
     # the leaderboard's paired Δ column and the efficiency curve's (lpo@2: 0.575 − 0.5)
     assert "| +0.090 ± 0.003 (better) |" in summary
-    assert "| lpo | lpo@2 | 2 | 10.0 | 10.0 | 20.0 | 0.575 ± 0.01 | +0.075 ± 0.003 |" in summary
+    assert "| lpo | lpo@2 | 2 | 10.0 | 10.0 | 20.0 | 11.0 | 0.575 ± 0.01 | +0.075 ± 0.003 |" in summary
     paired = json.loads(paths["paired"].read_text())
     assert [r["comparison"] for r in paired["benchmarks"][0]["rows"]] == [
         "LPO − base", "SPO − base", "DPO − base", "LPO − SPO", "LPO − DPO", "SPO − DPO"]

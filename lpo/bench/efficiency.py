@@ -19,12 +19,20 @@ saved. Its training device-seconds are
 
 so LPO's and SPO's totals contain the training of their step reward model (folded into
 the run with :meth:`DeviceMeter.include`; the reward model's own includes are flattened
-into the same list) and Diffusion-DPO's contain none because it has none. Not counted:
-the ``evaluation`` stage (periodic evaluation during training, and the bench's own
-evaluations), and the bench stages every method shares (pair generation, MPCF) — they
-are the same for all three methods and are listed with the bench's stage timings
-instead. Device-seconds of different device types are never silently treated as one:
-every point carries the device types it sums, and a comparison across types says so.
+into the same list) and Diffusion-DPO's contain none because it has none. LPO's and SPO's
+rollouts (sampling the trajectories with the current policy and scoring them with the
+step reward) run inside the trainers' ``optimisation`` stage (:mod:`lpo.trainers.step_dpo`,
+step 3a), so they are counted there. Not counted here: the ``evaluation`` stage (periodic
+evaluation during training, and the bench's own evaluations), and the offline pair data
+(generation + MPCF) that all three methods share; :mod:`lpo.bench.efficiency_view` books
+that as a column of its own. Device-seconds of different device types are never silently
+treated as one: every point carries the device types it sums, and a comparison across
+types says so.
+
+Reward model in full or amortised. A reward model is trained once and can serve many
+policy runs, so every point also has :meth:`CurvePoint.amortised_seconds`: optimisation +
+reward model / R for R runs (the paper's SDXL LPO total of 92 A100-hours is 52 of LRM
+training + 40 of optimisation; over 10 runs it is 45.2 per run). The verdicts give both.
 
 Reaching a target. The first checkpoint (ordered by device-seconds) whose value is at
 least the target "reaches" it. Because each value is a mean over prompts with a 95%
@@ -42,10 +50,8 @@ on identical prompts and seeds, 95% Student t over prompts
 (:func:`lpo.evals.paired.paired_difference_records`). That is the interval to read a
 method's gain by; the unpaired ``ci_half`` mostly measures how hard the prompts are.
 
-Published numbers. SPEC §7's A100-hour table (:data:`lpo.evals.reported.A100_HOURS`) is
-shown as rows marked *reported*, beside the measured device-seconds: other hardware,
-other units, other models; only the ratios can be set side by side, and the published
-ones are ratios of total training cost, not of cost-to-reach.
+The assembled report (cost table, reported rows, fractions of each method's own best gain)
+is :func:`lpo.bench.efficiency_view.efficiency_report`'s.
 """
 
 from __future__ import annotations
@@ -60,6 +66,7 @@ from lpo.evals.paired import paired_difference_records
 from lpo.evals.store import ResultRecord
 
 COUNTED_STAGES = ("reward_model_training", "optimisation")
+DEFAULT_AMORTISE_RUNS = 10  # policy runs one reward model (and one pair set) serves, for the amortised view
 METHOD_ORDER = ("lpo", "spo", "diffusion-dpo")
 METHOD_NAMES = {"lpo": "LPO", "spo": "SPO", "diffusion-dpo": "Diffusion-DPO", "base": "base model"}
 
@@ -133,11 +140,22 @@ class CurvePoint:
     def final(self) -> bool:
         return self.step is None
 
+    def amortised_seconds(self, runs: int) -> float:
+        """Optimisation + reward-model training / ``runs``: the reward model shared by ``runs`` policy runs."""
+        return self.optimisation_seconds + self.reward_model_seconds / check_runs(runs)
+
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["device_types"] = list(self.device_types)
         data["final"] = self.final
         return data
+
+
+def check_runs(runs: int) -> int:
+    """``runs`` for amortising, or an error naming the bad value."""
+    if isinstance(runs, bool) or not isinstance(runs, int) or runs < 1:
+        raise LpoError(f"amortise_runs must be a whole number of runs >= 1, got {runs!r}; 1 counts the reward model in full")
+    return runs
 
 
 @dataclass
@@ -364,8 +382,16 @@ def _name(curve: MethodCurve | None, method: str) -> str:
     return f"{METHOD_NAMES.get(curve.method, curve.method)} ({curve.run_id})"
 
 
-def claim_verdict(data: EfficiencyData, claim: Claim) -> list[dict[str, Any]]:
-    """The verdicts on ``claim``: one per (challenger run, reference run), usually exactly one."""
+def claim_verdict(
+    data: EfficiencyData, claim: Claim, amortise_runs: int = DEFAULT_AMORTISE_RUNS, data_seconds: float | None = None
+) -> list[dict[str, Any]]:
+    """The verdicts on ``claim``: one per (challenger run, reference run), usually exactly one.
+
+    Each answers with the reward models counted in full (``answer``; as the paper's table),
+    within noise, and with the reward models amortised over ``amortise_runs`` runs
+    (``answer_amortised``); ``data_seconds`` (the shared pair data) adds a ratio with it
+    counted on both sides.
+    """
     challengers = [c for c in data.curves.values() if c.method == claim.challenger]
     references = [c for c in data.curves.values() if c.method == claim.reference]
     question = (
@@ -375,18 +401,23 @@ def claim_verdict(data: EfficiencyData, claim: Claim) -> list[dict[str, Any]]:
     if not challengers or not references:
         missing = [m for m, c in ((claim.challenger, challengers), (claim.reference, references)) if not c]
         return [{
-            "claim": asdict(claim), "question": question, "answer": "cannot answer", "answer_within_noise": "cannot answer",
+            "claim": asdict(claim), "question": question, **_CANNOT, "amortise_runs": amortise_runs,
             "text": f"{question} Cannot answer: no {' and no '.join(missing)} checkpoints with a training cost on {data.benchmark}.",
         }]
-    return [_one_verdict(data, claim, question, ch, ref) for ch in challengers for ref in references]
+    check_runs(amortise_runs)
+    return [_one_verdict(data, claim, question, ch, ref, amortise_runs, data_seconds) for ch in challengers for ref in references]
 
 
-def _one_verdict(data: EfficiencyData, claim: Claim, question: str, challenger: MethodCurve, reference: MethodCurve) -> dict[str, Any]:
+_CANNOT = {"answer": "cannot answer", "answer_within_noise": "cannot answer", "answer_amortised": "cannot answer"}
+
+
+def _one_verdict(data: EfficiencyData, claim: Claim, question: str, challenger: MethodCurve, reference: MethodCurve,
+                 runs: int, data_seconds: float | None) -> dict[str, Any]:
     higher = data.higher_is_better
     ch_name, ref_name = _name(challenger, claim.challenger), _name(reference, claim.reference)
     if not challenger.points or not reference.points:
         empty = ch_name if not challenger.points else ref_name
-        return {"claim": asdict(claim), "question": question, "answer": "cannot answer", "answer_within_noise": "cannot answer",
+        return {"claim": asdict(claim), "question": question, **_CANNOT, "amortise_runs": runs,
                 "text": f"{question} Cannot answer: {empty} has no checkpoint with a training cost."}
     target_point = best_point(reference, higher)
     assert target_point is not None
@@ -402,8 +433,7 @@ def _one_verdict(data: EfficiencyData, claim: Claim, question: str, challenger: 
             return None
         return point.device_seconds / budget
 
-    def answer(point: CurvePoint | None) -> str:
-        r = ratio(point)
+    def answer(point: CurvePoint | None, r: float | None) -> str:
         if point is None:
             return "no (never reached)"
         if r is None:
@@ -411,6 +441,13 @@ def _one_verdict(data: EfficiencyData, claim: Claim, question: str, challenger: 
         return "yes" if r <= claim.ratio else "no"
 
     r_strict, r_noisy = ratio(strict), ratio(noisy)
+    # the same checkpoints with the reward models amortised over `runs` (the order of a curve's points is unchanged)
+    am_budget = target_point.amortised_seconds(runs)
+    am_strict = None if strict is None else strict.amortised_seconds(runs)
+    r_amortised = None if am_strict is None or am_budget <= 0 else am_strict / am_budget
+    r_data = None
+    if strict is not None and data_seconds is not None and budget + data_seconds > 0:
+        r_data = (strict.device_seconds + data_seconds) / (budget + data_seconds)
     target_text = (
         f"{ref_name}'s best {data.metric} ({_fmt_value(target, target_half)}; {ref_name} needed {_fmt_seconds(budget)} "
         f"to reach it, at {target_point.label})"
@@ -435,6 +472,15 @@ def _one_verdict(data: EfficiencyData, claim: Claim, question: str, challenger: 
         text += " Not even within noise."
     if budget <= 0:
         text += f" {ref_name}'s best has zero training device-seconds, so no ratio can be formed."
+    if strict is not None:
+        text += (
+            f" With the reward models amortised over {runs} runs (optimisation + reward model / {runs}): "
+            f"{_fmt_seconds(am_strict)} vs {_fmt_seconds(am_budget)}, ratio {_fmt_ratio(r_amortised)} "
+            f"{'≤' if r_amortised is not None and r_amortised <= claim.ratio else '>'} {claim.ratio_text}."
+        )
+        if r_data is not None:
+            text += (f" With the shared pair data ({_fmt_seconds(data_seconds)}) added to both sides: ratio "
+                     f"{_fmt_ratio(r_data)}.")
     base = data.base
     if base is not None:
         s = _sign(higher)
@@ -444,12 +490,14 @@ def _one_verdict(data: EfficiencyData, claim: Claim, question: str, challenger: 
                 "so reaching it says little."
             )
     ch_final, ref_final = challenger.final, reference.final
-    total_ratio = None
+    total_ratio = total_amortised = None
     if ch_final is not None and ref_final is not None and ref_final.device_seconds > 0:
         total_ratio = ch_final.device_seconds / ref_final.device_seconds
+        total_amortised = ch_final.amortised_seconds(runs) / ref_final.amortised_seconds(runs)
         text += (
             f" Total training cost of the final models (as in the paper's table): {_fmt_seconds(ch_final.device_seconds)} vs "
-            f"{_fmt_seconds(ref_final.device_seconds)} = {_fmt_ratio(total_ratio)}."
+            f"{_fmt_seconds(ref_final.device_seconds)} = {_fmt_ratio(total_ratio)}; with the reward models amortised over "
+            f"{runs} runs {_fmt_ratio(total_amortised)}."
         )
     return {
         "claim": asdict(claim),
@@ -469,8 +517,16 @@ def _one_verdict(data: EfficiencyData, claim: Claim, question: str, challenger: 
         "challenger_best": own_best.value,
         "challenger_best_ci_half": own_best.ci_half,
         "total_cost_ratio": total_ratio,
-        "answer": answer(strict),
-        "answer_within_noise": answer(noisy),
+        "amortise_runs": runs,
+        "reference_seconds_to_best_amortised": am_budget,
+        "challenger_seconds_to_reach_amortised": am_strict,
+        "ratio_amortised": r_amortised,
+        "total_cost_ratio_amortised": total_amortised,
+        "data_seconds": data_seconds,
+        "ratio_with_data": r_data,
+        "answer": answer(strict, r_strict),
+        "answer_within_noise": answer(noisy, r_noisy),
+        "answer_amortised": answer(strict, r_amortised),
         "text": text,
     }
 
@@ -481,92 +537,3 @@ def _fmt_ratio(ratio: float | None) -> str:
     if ratio <= 0:
         return "0"
     return f"{ratio:.3g} (1/{1 / ratio:.3g})" if ratio < 1 else f"{ratio:.3g}"
-
-
-# --------------------------------------------------------------------------- report
-
-
-def reported_cost_rows() -> list[dict[str, Any]]:
-    """SPEC §7's A100-hour table as rows marked reported (other hardware and models than the bench)."""
-    from lpo.evals.reported import A100_HOURS, LPO_PAPER_COST
-
-    rows = []
-    for (base, method), (rm, opt) in A100_HOURS.items():
-        rows.append({"source": "reported", "reference": LPO_PAPER_COST, "base_model": base, "method": method,
-                     "reward_model_a100_hours": rm, "optimisation_a100_hours": opt, "total_a100_hours": rm + opt})
-    return rows
-
-
-def reported_ratios() -> dict[str, dict[str, float]]:
-    """LPO's published total A100-hours over Diffusion-DPO's and SPO's, per base model."""
-    from lpo.evals.reported import A100_HOURS
-
-    out = {}
-    for base in sorted({b for b, _ in A100_HOURS}):
-        lpo = sum(A100_HOURS[(base, "lpo")])
-        out[base] = {ref: lpo / sum(A100_HOURS[(base, ref)]) for ref in ("diffusion-dpo", "spo")}
-    return out
-
-
-def efficiency_report(
-    records: Sequence[ResultRecord], benchmark: str = "world", metric: str = "world_utility", results_dir: Path | None = None
-) -> dict[str, Any]:
-    """Curves (with paired Δ vs base when ``results_dir`` is given), best values, device-seconds
-    to reach every method's best, verdicts and the reported cost rows, as one JSON-able dict
-    (:func:`lpo.bench.efficiency_tables.render_efficiency_markdown` renders it)."""
-    data = collect_curves(records, benchmark, metric, results_dir)
-    higher = data.higher_is_better
-    methods: dict[str, Any] = {}
-    for name, curve in data.curves.items():
-        best = best_point(curve, higher)
-        final = curve.final
-        methods[name] = {
-            "method": curve.method,
-            "run_id": curve.run_id,
-            "device_types": list(curve.device_types),
-            "reward_model_seconds": curve.reward_model_seconds,
-            "start": None if data.base is None else {"device_seconds": curve.reward_model_seconds, "value": data.base.value},
-            "curve": [p.as_dict() for p in curve.points],
-            "best": None if best is None else best.as_dict(),
-            "final": None if final is None else final.as_dict(),
-        }
-    # device-seconds for every method to reach every method's best (and the base model's value)
-    targets: dict[str, dict[str, Any]] = {}
-    for target_name, target_curve in data.curves.items():
-        best = best_point(target_curve, higher)
-        if best is None:
-            continue
-        targets[target_name] = {
-            "target": best.value,
-            "target_ci_half": best.ci_half,
-            "seconds": {
-                name: {
-                    "strict": seconds_to_reach(curve, best.value, higher),
-                    "within_noise": seconds_to_reach(curve, best.value, higher, best.ci_half, within_noise=True),
-                }
-                for name, curve in data.curves.items()
-            },
-        }
-    verdicts = [v for claim in CLAIMS for v in claim_verdict(data, claim)]
-    return {
-        "benchmark": data.benchmark,
-        "metric": data.metric,
-        "metric_key": data.metric_key,
-        "higher_is_better": higher,
-        "counted": {
-            "stages": list(COUNTED_STAGES),
-            "formula": "Σ over the checkpoint's cost record and its included records (the reward model's training) of "
-            "seconds[stage] × device_count, stage ∈ {reward_model_training, optimisation}",
-            "not_counted": "evaluation (also periodic evaluation during training) and the stages every method shares "
-            "(pair generation, MPCF)",
-            "within_noise": "value ≥ target − √(h² + h_target²), h = half-width of the 95% interval over prompts",
-            "delta": "paired Δ vs the base model, per prompt on identical prompts and seeds, 95% Student t over prompts",
-        },
-        "base": None if data.base is None else data.base.as_dict(),
-        "methods": methods,
-        "targets": targets,
-        "verdicts": verdicts,
-        "reported_a100_hours": reported_cost_rows(),
-        "reported_total_cost_ratios": reported_ratios(),
-        "notes": data.notes,
-    }

@@ -12,7 +12,7 @@ Reads (every piece optional; a missing one is named in the report, never an erro
 Writes ``BENCH/report/index.html`` (a single file: plots and grids embedded as base64 PNG,
 no server, no network), ``BENCH/report/summary.md`` (the same tables and verdicts; it
 links the PNGs beside it), ``paired.json`` (:func:`lpo.bench.headline.headline` per
-benchmark), ``efficiency.json`` (:func:`lpo.bench.efficiency.efficiency_report`) and
+benchmark), ``efficiency.json`` (:func:`lpo.bench.efficiency_view.efficiency_report`) and
 ``quality_vs_cost.png``.
 
 The report leads with the answer: the headline table of paired differences (each
@@ -33,8 +33,18 @@ import json
 from pathlib import Path
 from typing import Any, Sequence
 
-from lpo.bench.efficiency import METHOD_ORDER, efficiency_report
-from lpo.bench.efficiency_tables import cost_table, curve_table, efficiency_notes, reach_table, verdict_markdown
+from lpo.bench.efficiency import DEFAULT_AMORTISE_RUNS, METHOD_ORDER
+from lpo.bench.efficiency_tables import (
+    cost_table,
+    curve_table,
+    efficiency_notes,
+    fraction_table,
+    reach_table,
+    reported_table,
+    verdict_answers,
+    verdict_markdown,
+)
+from lpo.bench.efficiency_view import efficiency_report, read_data_cost
 from lpo.bench.headline import (
     console_lines,
     headline,
@@ -205,20 +215,19 @@ def _verdicts(doc: _Doc, report: dict[str, Any]) -> None:
     doc.heading(2, "Verdicts")
     for v in report["verdicts"]:
         doc.md.append(f"- {verdict_markdown(v)}")
-        doc.html.append(
-            f"<div class='verdict'><b>{html.escape(v['question'])}</b> strict: <b>{html.escape(v['answer'])}</b>; "
-            f"within noise: <b>{html.escape(v['answer_within_noise'])}</b>. {html.escape(v['text'])}</div>"
-        )
+        answers = "; ".join(f"{html.escape(label)}: <b>{html.escape(answer)}</b>" for label, answer in verdict_answers(v))
+        doc.html.append(f"<div class='verdict'><b>{html.escape(v['question'])}</b> {answers}. {html.escape(v['text'])}</div>")
     doc.md.append("")
 
 
 def quality_cost_figure(report: dict[str, Any]) -> bytes | None:
-    """Quality against training device-seconds: one line per method from its starting offset
-    (the reward model's training, at the base model) through its checkpoints.
+    """Quality against training device-seconds, twice: the reward model counted in full (left) and
+    amortised over R runs (right). One line per method from its starting offset (the reward model's
+    training, at the base model) through its checkpoints.
 
-    When every point has its paired Δ vs the base model, the y axis is that Δ with its
-    paired 95% bars (the base model is the 0 line); else the plain value with the
-    unpaired 95% bars and the base model's band.
+    The y axis is ``report["curve_y"]``'s: the paired Δ vs the base model with its paired 95%
+    bars (the base model is the 0 line) when every point pairs, else the plain value with the
+    unpaired 95% bars and the base model's band (the report says why).
     """
     if not report["methods"]:
         return None
@@ -227,49 +236,53 @@ def quality_cost_figure(report: dict[str, Any]) -> bytes | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    points = [p for m in report["methods"].values() for p in m["curve"]]
-    paired = bool(points) and all(p.get("delta") is not None for p in points)
-    fig, ax = plt.subplots(figsize=(10, 5.6))
+    paired = report["curve_y"]["kind"] == "delta"
+    runs = report["amortise_runs"]
+    fig, axes = plt.subplots(1, 2, figsize=(12, 5.4), sharey=True)
     base = report.get("base")
-    if paired:
-        ax.axhline(0.0, color="grey", ls="--", lw=1, label="base model (Δ = 0)")
-    elif base is not None:
-        ax.axhline(base["value"], color="grey", ls="--", lw=1, label=f"base model {base['value']:.3g}")
-        if base["ci_half"]:
-            ax.axhspan(base["value"] - base["ci_half"], base["value"] + base["ci_half"], color="grey", alpha=0.12)
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for i, (name, m) in enumerate(report["methods"].items()):
-        colour = colours[i % len(colours)]
-        curve = m["curve"]
-        if not curve:
-            continue
-        xs = [p["device_seconds"] for p in curve]
-        ys = [p["delta"] if paired else p["value"] for p in curve]
-        errs = [(p["delta_half"] if paired else p["ci_half"]) or 0.0 for p in curve]
-        if m["start"] is not None:  # the starting offset: reward-model training done, policy = base model
-            start_y = 0.0 if paired else m["start"]["value"]
-            ax.plot([m["start"]["device_seconds"], xs[0]], [start_y, ys[0]], color=colour, lw=1, ls=":")
-            ax.plot([m["start"]["device_seconds"]], [start_y], marker="o", mfc="white", color=colour, ms=8)
-        ax.errorbar(xs, ys, yerr=errs, color=colour, marker="o", ms=5, capsize=4, lw=1.5,
-                    label=f"{name} (reward model {m['reward_model_seconds']:.3g} s)")
-        finals = [j for j, p in enumerate(curve) if p["final"]]
-        if finals:
-            ax.plot([xs[finals[-1]]], [ys[finals[-1]]], marker="*", ms=15, color=colour, ls="none")
-        best = m["best"]
-        if m["method"] in ("diffusion-dpo", "spo") and best is not None:
-            level = (best.get("delta") if paired else best["value"])
-            if level is not None:
-                ax.axhline(level, color=colour, lw=0.8, ls="-.", alpha=0.6)
+    for ax, x_key, title in ((axes[0], "device_seconds", "reward model counted in full (one run)"),
+                             (axes[1], "amortised_seconds", f"reward model amortised over {runs} runs")):
+        if paired:
+            ax.axhline(0.0, color="grey", ls="--", lw=1, label="base model (Δ = 0)")
+        elif base is not None:
+            ax.axhline(base["value"], color="grey", ls="--", lw=1, label=f"base model {base['value']:.3g}")
+            if base["ci_half"]:
+                ax.axhspan(base["value"] - base["ci_half"], base["value"] + base["ci_half"], color="grey", alpha=0.12)
+        for i, (name, m) in enumerate(report["methods"].items()):
+            colour = colours[i % len(colours)]
+            curve = m["curve"]
+            if not curve:
+                continue
+            xs = [p[x_key] for p in curve]
+            ys = [p["delta"] if paired else p["value"] for p in curve]
+            errs = [(p["delta_half"] if paired else p["ci_half"]) or 0.0 for p in curve]
+            if m["start"] is not None:  # the starting offset: reward-model training done, policy = base model
+                start_x, start_y = m["start"][x_key], 0.0 if paired else m["start"]["value"]
+                ax.plot([start_x, xs[0]], [start_y, ys[0]], color=colour, lw=1, ls=":")
+                ax.plot([start_x], [start_y], marker="o", mfc="white", color=colour, ms=8)
+            ax.errorbar(xs, ys, yerr=errs, color=colour, marker="o", ms=5, capsize=4, lw=1.5,
+                        label=f"{name} (reward model {m['reward_model_seconds']:.3g} s)")
+            finals = [j for j, p in enumerate(curve) if p["final"]]
+            if finals:
+                ax.plot([xs[finals[-1]]], [ys[finals[-1]]], marker="*", ms=15, color=colour, ls="none")
+            best = m["best"]
+            if m["method"] in ("diffusion-dpo", "spo") and best is not None:
+                level = best.get("delta") if paired else best["value"]
+                if level is not None:
+                    ax.axhline(level, color=colour, lw=0.8, ls="-.", alpha=0.6)
+        ax.set_xlabel("training device-seconds: " + ("reward model + optimisation" if x_key == "device_seconds"
+                                                     else f"optimisation + reward model / {runs}"), fontsize=11)
+        ax.set_title(title, fontsize=11)
+        ax.tick_params(labelsize=10)
+        ax.grid(alpha=0.3)
     metric = report["metric_key"] or report["metric"]
-    ax.set_xlabel("training device-seconds (reward model + optimisation)", fontsize=11)
-    ax.set_ylabel(f"Δ {metric} vs base (paired, 95% t)" if paired else f"{metric} ({report['benchmark']})", fontsize=11)
-    ax.set_title("quality vs training cost · ○ start (reward model trained) · ★ final · -. best of the baselines", fontsize=11)
-    ax.tick_params(labelsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=10, loc="best")
+    axes[0].set_ylabel(f"Δ {metric} vs base (paired, 95% t)" if paired else f"{metric} ({report['benchmark']})", fontsize=11)
+    axes[0].legend(fontsize=9, loc="best")
+    fig.suptitle("quality vs training cost · ○ start (reward model trained) · ★ final · -. best of the baselines", fontsize=11)
     fig.tight_layout()
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110)
+    fig.savefig(buffer, format="png", dpi=105)
     plt.close(fig)
     return buffer.getvalue()
 
@@ -284,16 +297,23 @@ def _efficiency(doc: _Doc, report: dict[str, Any], out_dir: Path) -> None:
     if png is not None:
         atomic_write_bytes(out_dir / PLOT_NAME, png)
         doc.image(png, "quality against training device-seconds", PLOT_NAME)
+    doc.para(report["curve_y"]["note"] + ".", "note")
     doc.heading(3, "Quality against training device-seconds")
     doc.table(*curve_table(report))
+    doc.heading(3, "Compute to reach a fraction of each method's own best gain")
+    doc.table(*fraction_table(report))
     doc.heading(3, "Device-seconds to reach a target")
     doc.table(*reach_table(report))
-    doc.heading(3, "Training cost: measured here vs published (reported)")
+    doc.heading(3, "Training cost: reward model in full and amortised, pair data")
     doc.table(*cost_table(report))
+    doc.heading(3, "Published training cost (reported)")
+    doc.table(*reported_table(report))
     doc.bullets(efficiency_notes(report))
 
 
 def _reward_eval(doc: _Doc, bench: Path, notes: list[str]) -> None:
+    from lpo.reward_jobs import LOW_T, TARGET_TITLES, accuracy_bands, plot_accuracy
+
     doc.heading(2, "Step reward models: held-out accuracy by timestep")
     folder = bench / "reward-eval"
     data = _read_json(folder / "accuracy_by_timestep.json", notes) if (folder / "accuracy_by_timestep.json").is_file() else None
@@ -301,26 +321,45 @@ def _reward_eval(doc: _Doc, bench: Path, notes: list[str]) -> None:
     if data is None and not png_path.is_file():
         doc.skip(f"no {folder}/accuracy_by_timestep.json (run `lpo lrm eval`)")
         return
+    tables = {} if data is None else {key: _accuracy_table(data, key) for key in TARGET_TITLES if data.get(key)}
     png = png_path.read_bytes() if png_path.is_file() else None
-    if png is None and data is not None:  # draw it from the JSON
-        from lpo.reward_jobs import plot_accuracy
-
-        png = plot_accuracy(_accuracy_table(data), bench / REPORT_DIR / "accuracy_by_timestep.png").read_bytes()
+    if png is None and "accuracy" in tables:  # draw it from the JSON
+        png = plot_accuracy(tables["accuracy"], bench / REPORT_DIR / "accuracy_by_timestep.png",
+                            tables.get("accuracy_true_order")).read_bytes()
     if png is not None:
         link = "../reward-eval/accuracy_by_timestep.png" if png_path.is_file() else "accuracy_by_timestep.png"
         doc.image(png, "held-out accuracy by timestep", link)
-    if data is not None:
-        table = _accuracy_table(data)
+    if data is None:
+        return
+    bands_from_table = []
+    for key, table in tables.items():
+        # older JSON (before the bands were written): the same bands from its own table
+        bands = (data.get("bands") or {}).get(key) or accuracy_bands(table)
+        if not (data.get("bands") or {}).get(key):
+            bands_from_table.append(TARGET_TITLES[key])
         names = list(table)
         ts = sorted({t for by_t in table.values() for t in by_t}, reverse=True)
         rows = [[str(t)] + [f"{table[n][t][0]:.3f}" if t in table[n] else "—" for n in names] for t in ts]
-        doc.table(["t"] + names, rows)
+        for band, label in ((f"t<={LOW_T}", f"mean t≤{LOW_T}"), ("all", "mean all t")):
+            cells = [bands.get(n, {}).get(band) for n in names]
+            rows.append([label] + ["—" if c is None else _fmt(c[0], c[1]) for c in cells])
         n = next((cell[1] for by_t in table.values() for cell in by_t.values()), None)
-        doc.bullets([f"held-out pairs: {data.get('pairs')}; n = {n} decisive pairs per cell; noise: {data.get('noise')}, seed {data.get('seed')}"])
+        doc.para(f"Against the {TARGET_TITLES[key]} (n = {n} decisive pairs per cell):")
+        doc.table(["t"] + names, rows)
+    lines = [f"held-out pairs: {data.get('pairs')}; noise: {data.get('noise')}, seed {data.get('seed')}; the same noise "
+             "for every model at each t; ± is a 95% binomial half-width over the decisive pairs (pairs are shared across "
+             "t, so averaging over t does not narrow it)"]
+    agreement = data.get("label_agreement") or [None, None]
+    if agreement[0] is not None:
+        lines.append(f"the annotators' labels agree with the true-utility order on {agreement[0]:.3f} of {agreement[1]} "
+                     "pairs decisive under both")
+    if bands_from_table:
+        lines.append(f"band rows computed here from the table ({', '.join(bands_from_table)}): the JSON predates them")
+    doc.bullets(lines)
 
 
-def _accuracy_table(data: dict[str, Any]) -> dict[str, dict[int, list]]:
-    return {name: {int(t): cell for t, cell in by_t.items()} for name, by_t in data.get("accuracy", {}).items()}
+def _accuracy_table(data: dict[str, Any], key: str = "accuracy") -> dict[str, dict[int, list]]:
+    return {name: {int(t): cell for t, cell in by_t.items()} for name, by_t in data.get(key, {}).items()}
 
 
 def _fmt(mean: Any, se: Any, signed: bool = False) -> str:
@@ -453,11 +492,13 @@ def _config(doc: _Doc, summary: dict[str, Any] | None, bench: Path) -> None:
 # --------------------------------------------------------------------------- entry point
 
 
-def render_report(bench_dir: str | Path, *, benchmark: str = "world", metric: str = "world_utility") -> dict[str, Path]:
+def render_report(bench_dir: str | Path, *, benchmark: str = "world", metric: str = "world_utility",
+                  amortise_runs: int = DEFAULT_AMORTISE_RUNS) -> dict[str, Path]:
     """Write BENCH/report/{index.html, summary.md, efficiency.json, quality_vs_cost.png}; their paths.
 
     ``benchmark`` / ``metric``: the score of the efficiency view and its verdicts (the
-    world's hidden true utility on its test split by default).
+    world's hidden true utility on its test split by default). ``amortise_runs``: the policy
+    runs one reward model and one pair set serve in the efficiency view's amortised columns.
     """
     bench = Path(bench_dir)
     if not bench.is_dir():
@@ -470,7 +511,10 @@ def render_report(bench_dir: str | Path, *, benchmark: str = "world", metric: st
     results_dir = bench / "results"
     records = _load_records(results_dir)
     seed0 = [r for r in records if seed_index(r) == 0]
-    efficiency = efficiency_report(seed0, benchmark, metric, results_dir if results_dir.is_dir() else None)
+    data_cost, data_notes = read_data_cost(bench)
+    efficiency = efficiency_report(seed0, benchmark, metric, results_dir if results_dir.is_dir() else None,
+                                   data_cost=data_cost, amortise_runs=amortise_runs)
+    efficiency["notes"] += data_notes
     preset = ((summary or {}).get("config") or {}).get("preset")
     answers = [headline(records, results_dir, b, metric, preset) for b in (benchmark, f"{benchmark}-heldout")
                if b == benchmark or any(r.benchmark == b for r in records)]

@@ -38,8 +38,11 @@ Measured (world quick model, AMD EPYC with AVX2 and no AVX-512, torch 2.13 CPU):
 with equal settings were bit-identical; ``ATEN_CPU_CAPABILITY=default``,
 ``ONEDNN_MAX_CPU_ISA=SSE41`` and ``MKL_CBWR=COMPATIBLE`` each changed a U-Net forward,
 sampled images and the weights after three AdamW steps; 1, 2 and 4 threads gave three
-different sets of weights. The pin cost about 25 % more CPU time in sampling (MKL's
-compatible branch) and nothing measurable in training steps.
+different sets of weights; 1 against 2 threads changed the LRM and LPO weights of a reduced
+bench. The pin cost about 25 % more CPU time in sampling (MKL's compatible branch), nothing
+measurable in U-Net training steps, and 12 % more CPU time over a reduced bench (43.0 s
+against 38.3 s, one thread, twice each). ``MKL_CBWR=AVX2`` changed nothing on that AMD
+CPU (it runs MKL's automatic branch there), which is why MKL is pinned to COMPATIBLE.
 
 Library use: a program that imported torch before lpo cannot be pinned from inside.
 :func:`dispatch_info` (in every run's metadata) then says ``pinned: false`` and why; set

@@ -375,12 +375,11 @@ def bench(
     from lpo.bench.config import bench_preset
     from lpo.bench.runner import run_bench
     from lpo.config import apply_overrides
-    from lpo.cpu_dispatch import pin_threads
+    from lpo.cpu_dispatch import pinned_threads
 
     config = apply_overrides(bench_preset(preset), overrides)
     if seeds is not None:
         config = replace(config, seeds=seeds)
-    pin_threads(threads)
     if ablation:
         from lpo.bench.ablations import ablation as check_ablation
 
@@ -389,7 +388,8 @@ def bench(
         config = replace(config, ablations=tuple(dict.fromkeys((*config.ablations, *ablation))))
     folder = out or Path(f"bench-{preset}")
     started = time.perf_counter()
-    result = run_bench(folder, config, console=_console())
+    with pinned_threads(threads):
+        result = run_bench(folder, config, console=_console())
     minutes = (time.perf_counter() - started) / 60
     _console().print(f"bench finished in {minutes:.1f} min: report [bold]{result.folder / 'report' / 'index.html'}[/]")
 

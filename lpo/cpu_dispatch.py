@@ -53,8 +53,9 @@ from __future__ import annotations
 
 import os
 import sys
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, MutableMapping
+from typing import Any, Iterator, MutableMapping
 
 from lpo.errors import LpoError
 
@@ -101,16 +102,26 @@ def pin(environ: MutableMapping[str, str] | None = None) -> dict[str, Any]:
     return state
 
 
-def pin_threads(threads: int) -> int:
-    """Fix torch's intra-op thread count (float reductions split by it); returns it."""
+@contextmanager
+def pinned_threads(threads: int) -> Iterator[int]:
+    """Fix torch's intra-op thread count (float reductions split by it) for the block.
+
+    The previous count is restored afterwards, so an in-process caller (tests, notebooks)
+    keeps its own.
+    """
     global _threads_pinned
     if threads < 1:
         raise LpoError(f"threads must be >= 1, got {threads}")
     import torch
 
+    before, before_pinned = torch.get_num_threads(), _threads_pinned
     torch.set_num_threads(threads)
     _threads_pinned = threads
-    return threads
+    try:
+        yield threads
+    finally:
+        torch.set_num_threads(before)
+        _threads_pinned = before_pinned
 
 
 def _initial_environment() -> dict[str, str] | None:

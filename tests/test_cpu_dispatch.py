@@ -92,3 +92,19 @@ def test_this_test_process_is_pinned_like_its_subprocesses():
     info = run_metadata()["hardware"]["cpu_dispatch"]
     assert info["pinned"] is (cpu_dispatch.policy() == "avx2")  # LPO_CPU_ISA=native pytest: unpinned throughout
     assert info["env"] == {k: os.environ.get(k) for k in PINNED}
+
+
+def test_pinned_threads_holds_the_count_for_the_block_and_restores_it(tmp_path):
+    import torch
+    from typer.testing import CliRunner
+
+    from lpo.cli import app
+    from lpo.cpu_dispatch import dispatch_info, pinned_threads
+
+    before = torch.get_num_threads()
+    with pinned_threads(before + 1):
+        assert torch.get_num_threads() == before + 1 and dispatch_info()["threads_pinned"] == before + 1
+    assert torch.get_num_threads() == before and dispatch_info()["threads_pinned"] is None
+    result = CliRunner().invoke(app, ["bench", "--threads", "0", "--out", str(tmp_path / "bench")])
+    assert result.exit_code == 2 and "threads must be >= 1, got 0" in result.output
+    assert not (tmp_path / "bench").exists() and torch.get_num_threads() == before

@@ -1,4 +1,4 @@
-"""Pinned CPU kernels and thread count: the same float math on every x86 machine (SPEC §6.4).
+"""Pinned CPU kernels and thread count, so that x86 machines of one kind compute alike (SPEC §6.4).
 
 torch picks its CPU kernels for the processor at hand, and different kernels round
 differently in the last bits. LPO's thresholds (keep a step when p_w − p_l > th_t) and
@@ -43,6 +43,8 @@ bench. The pin cost about 25 % more CPU time in sampling (MKL's compatible branc
 measurable in U-Net training steps, and 12 % more CPU time over a reduced bench (43.0 s
 against 38.3 s, one thread, twice each). ``MKL_CBWR=AVX2`` changed nothing on that AMD
 CPU (it runs MKL's automatic branch there), which is why MKL is pinned to COMPATIBLE.
+Not verified here: that an AVX-512 or Intel machine, pinned, gives the bits an AMD AVX2
+machine gives (no second machine); ``lpo env`` on both and a reduced bench on each tell.
 
 Library use: a program that imported torch before lpo cannot be pinned from inside.
 :func:`dispatch_info` (in every run's metadata) then says ``pinned: false`` and why; set
@@ -62,7 +64,6 @@ from lpo.errors import LpoError
 POLICY_VARIABLE = "LPO_CPU_ISA"
 POLICIES = ("avx2", "native")
 PINNED = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_CBWR": "COMPATIBLE"}
-DEFAULT_BENCH_THREADS = 2
 
 # What this process's pin() did (one process, one pin): None until pin() runs.
 _pin_state: dict[str, Any] | None = None
@@ -76,7 +77,7 @@ def policy(environ: MutableMapping[str, str] | None = None) -> str:
     if name not in POLICIES:
         raise LpoError(
             f"{POLICY_VARIABLE}={environ[POLICY_VARIABLE]!r} is not a CPU dispatch policy; use avx2 (the default: "
-            "the same numbers on every x86 CPU) or native (the CPU's fastest kernels)"
+            "kernels every x86-64 CPU with AVX2 runs alike) or native (the CPU's fastest kernels)"
         )
     return name
 

@@ -44,3 +44,27 @@ def test_pool_follows_kind_weights():
 def test_bad_pool_config_is_rejected(kwargs):
     with pytest.raises(ValueError):
         AnnotatorPoolConfig(**kwargs)
+
+
+def test_a_flipped_tie_changes_only_its_own_pair():
+    """Pair n draws from its own stream: moving one pair's gap across the tie margin (as
+    another CPU's last-bit rounding can) leaves every other pair's label as it was."""
+    from lpo.world.judges import JudgeScores
+
+    def scores(u):
+        return JudgeScores(alignment=u, soft_alignment=u, aesthetic=u, clip=u, utility=u)
+
+    config = AnnotatorPoolConfig(tie_probability=1.0)
+    rng = np.random.default_rng(0)
+    first = [scores(u) for u in rng.uniform(0.3, 0.9, 300)]
+    second = [scores(a.utility + d) for a, d in zip(first, rng.uniform(-0.2, 0.2, 300))]
+    before = label_pairs(first, second, config, seed=3)
+    # pair 10 sits just inside the margin (a tie), then just outside it
+    first[10], second[10] = scores(0.5), scores(0.5 + config.tie_margin * 0.999)
+    inside = label_pairs(first, second, config, seed=3)
+    second[10] = scores(0.5 + config.tie_margin * 1.001)
+    outside = label_pairs(first, second, config, seed=3)
+    assert inside[10].label == 0.5 and outside[10].label != 0.5
+    for n in range(300):
+        if n != 10:
+            assert before[n] == inside[n] == outside[n], n

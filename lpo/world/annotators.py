@@ -72,21 +72,35 @@ def make_annotators(config: AnnotatorPoolConfig) -> list[Annotator]:
 
 
 def label_pair(
-    annotator: Annotator, scores_a: JudgeScores, scores_b: JudgeScores, rng: np.random.Generator, config: AnnotatorPoolConfig
+    annotator: Annotator, scores_a: JudgeScores, scores_b: JudgeScores, u_tie: float, u_pick: float,
+    config: AnnotatorPoolConfig,
 ) -> PairLabel:
+    """One label from two uniform draws: ``u_tie`` decides a tie (when the gap is small),
+    ``u_pick`` the Bradley–Terry choice. Both are drawn whichever branch runs, so a tie
+    that flips changes this pair's label and no other."""
     gap = annotator.perceived(scores_a) - annotator.perceived(scores_b)
-    if abs(gap) < config.tie_margin and rng.random() < config.tie_probability:
+    if abs(gap) < config.tie_margin and u_tie < config.tie_probability:
         return PairLabel(0.5, annotator.annotator_id, annotator.kind)
     p_first = 1.0 / (1.0 + np.exp(-gap / annotator.temperature))
-    return PairLabel(0.0 if rng.random() < p_first else 1.0, annotator.annotator_id, annotator.kind)
+    return PairLabel(0.0 if u_pick < p_first else 1.0, annotator.annotator_id, annotator.kind)
 
 
 def label_pairs(
     scores_a: list[JudgeScores], scores_b: list[JudgeScores], config: AnnotatorPoolConfig, seed: int = 0
 ) -> list[PairLabel]:
-    """Label each pair by an annotator drawn at random from the pool (seeded)."""
+    """Label each pair by an annotator drawn at random from the pool.
+
+    Pair n draws from its own stream (seed, n): its annotator, then a tie draw and a pick
+    draw. A last-bit change in one pair's images (another CPU's kernels) can flip that
+    pair's tie or label, but it cannot shift the draws of the pairs after it.
+    """
     if len(scores_a) != len(scores_b):
         raise ValueError(f"got {len(scores_a)} first images but {len(scores_b)} second images")
     pool = make_annotators(config)
-    rng = np.random.default_rng(seed)
-    return [label_pair(pool[rng.integers(len(pool))], a, b, rng, config) for a, b in zip(scores_a, scores_b)]
+    labels = []
+    for n, (a, b) in enumerate(zip(scores_a, scores_b)):
+        rng = np.random.default_rng([seed, n])
+        annotator = pool[int(rng.integers(len(pool)))]
+        u_tie, u_pick = rng.random(2)
+        labels.append(label_pair(annotator, a, b, float(u_tie), float(u_pick), config))
+    return labels

@@ -35,14 +35,14 @@ EVAL_T = (1, 51, 101, 151, 201, 251, 501, 751, 951)
 
 
 def make_pool(args) -> None:
-    pipe, _ = load_pipeline("world", device="cpu")
+    pipe, _ = load_pipeline(args.model, device="cpu")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     for split, prompts, per, seed in (("val", 86, args.val_pairs, 1), ("train", args.train_prompts, args.train_pairs, 0)):
         t0 = time.time()
         config = WorldPairsConfig(num_prompts=prompts, pairs_per_prompt=per, seed=seed, prompt_split=split,
                                   sources=SOURCE_MIXES[args.sources])
-        output = generate_world_pairs("world", config, pipeline=pipe)
+        output = generate_world_pairs(args.model, config, pipeline=pipe)
         np.savez_compressed(
             out / f"{split}.npz",
             image_0=np.stack([p.image_0 for p in output.pairs]), image_1=np.stack([p.image_1 for p in output.pairs]),
@@ -95,12 +95,14 @@ def run(args) -> None:
         temperature_range=tuple(args.temperature), kind_weights=tuple(args.kind_weights), tie_margin=args.tie_margin,
     )
     train_pool, val_pool = (dict(np.load(pool_dir / f"{s}.npz")) for s in ("train", "val"))
+    if args.max_train_pairs:
+        train_pool = {k: v[: args.max_train_pairs] for k, v in train_pool.items()}
     train_pairs, train_u = labelled(train_pool, judges, annotators, seed=0)
     val_pairs, val_u = labelled(val_pool, judges, annotators, seed=1)
     if args.labels == "truth":  # noise-free labels: the true-utility order
         train_pairs = [replace(p, label_0=float(l)) for p, l in zip(train_pairs, truth_labels(train_u))]
 
-    components = load_components(resolve_model_name("world"))
+    components = load_components(resolve_model_name(args.model))
     val_enc = encode_pairs(components, val_pairs)
     truth = truth_labels(val_u)
     agree_mask = (val_enc.labels_0 != 0.5) & (truth != 0.5)
@@ -172,6 +174,7 @@ def main(argv=None) -> None:
     p.add_argument("--train-prompts", type=int, default=1000)
     p.add_argument("--train-pairs", type=int, default=2)
     p.add_argument("--val-pairs", type=int, default=6)
+    p.add_argument("--model", default="world", help="world, world:PRESET or a world pipeline folder")
     r = sub.add_parser("run")
     r.add_argument("--pool", required=True)
     r.add_argument("--out", required=True)
@@ -182,6 +185,8 @@ def main(argv=None) -> None:
     r.add_argument("--labels", choices=("annotators", "truth"), default="annotators")
     r.add_argument("--ceiling", action="store_true")
     r.add_argument("--set", action="append")
+    r.add_argument("--model", default="world", help="the world model whose U-Net the LRM is built from")
+    r.add_argument("--max-train-pairs", type=int, default=None, help="train on the first N pairs of the pool")
     st = sub.add_parser("stability")
     st.add_argument("--pool", required=True)
     st.add_argument("--out", required=True)

@@ -439,8 +439,8 @@ def test_committed_quick_bench_report_fits_1280px_in_headless_chromium(tmp_path)
     browser = next((shutil.which(b) for b in ("chromium", "chromium-browser", "google-chrome") if shutil.which(b)), None)
     if browser is None:
         pytest.skip("no chromium on PATH (apt-get install chromium)")
-    bench = tmp_path / "bench-quick"  # the committed bench, its report rendered afresh (the committed one is untouched)
-    shutil.copytree(REPO / "results" / "bench-quick", bench, ignore=shutil.ignore_patterns("report"))
+    bench = tmp_path / "bench-quick-world1"  # the committed bench, its report rendered afresh (the committed one is untouched)
+    shutil.copytree(REPO / "results" / "bench-quick-world1", bench, ignore=shutil.ignore_patterns("report"))
     page = render_report(bench)["html"]
     probe = tmp_path / "probe.html"
     probe.write_text(page.read_text().replace("</body></html>", FIT_PROBE + "</body></html>"))

@@ -147,7 +147,7 @@ def test_pair_data_cost_from_the_bench_stages(tmp_path):
 
 
 def test_committed_quick_bench_books_its_pair_data():
-    bench = REPO / "results" / "bench-quick"
+    bench = REPO / "results" / "bench-quick-world1"
     stages = {name: json.loads((bench / "stages" / f"{name}.json").read_text()) for name in ("pairs", "mpcf")}
     cost, notes = read_data_cost(bench)
     assert notes == []
@@ -258,7 +258,7 @@ def test_reward_eval_section_shows_both_targets_their_bands_and_the_label_agreem
 
 def test_reward_eval_section_still_renders_older_json(tmp_path):
     bench = tmp_path / "bench"
-    shutil.copytree(REPO / "results" / "bench-quick" / "reward-eval", bench / "reward-eval")
+    shutil.copytree(REPO / "results" / "bench-quick-world1" / "reward-eval", bench / "reward-eval")
     path = bench / "reward-eval" / "accuracy_by_timestep.json"
     data = json.loads(path.read_text())
     for key in ("bands", "accuracy_true_order", "label_agreement"):  # as `lpo lrm eval` wrote it before they existed

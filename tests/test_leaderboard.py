@@ -131,7 +131,7 @@ def test_column_header_marks_direction():
 # --------------------------------------------------------------------------- Δ vs base (paired)
 
 REPO = Path(__file__).resolve().parents[1]
-QUICK = REPO / "results" / "bench-quick" / "results"
+QUICK = REPO / "results" / "bench-quick-world1" / "results"
 
 
 def test_delta_vs_base_is_paired_on_the_committed_quick_bench():

@@ -110,7 +110,7 @@ def test_paired_from_records_and_every_refusal(tmp_path):
 
 def test_committed_quick_bench_lpo_minus_base():
     # the numbers: LPO +0.037 ± 0.036 (normal), Diffusion-DPO +0.026 ± 0.027, SPO +0.009 ± 0.033
-    results = REPO / "results" / "bench-quick" / "results"
+    results = REPO / "results" / "bench-quick-world1" / "results"
     records = [r for r in load_records(results, ["world"]) if r.metric == "world_utility" and "step" not in r.checkpoint]
     by = {r.method: r for r in records}
     for method, (mean, half) in {"lpo": (0.037, 0.036), "diffusion-dpo": (0.026, 0.027), "spo": (0.009, 0.033)}.items():

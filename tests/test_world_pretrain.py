@@ -83,3 +83,15 @@ def test_shipped_quick_model_is_imperfect_but_recognisable():
     result = evaluate_source(PipelineSource(pipe, protocol), protocol)
     assert 0.1 < result.overall["alignment"] < 0.7, result.overall
     assert 0.4 < result.overall["soft_alignment"] < 0.9, result.overall
+
+
+def test_wide_preset_changes_only_the_unet_width():
+    """The world study's feature lever: same data stream, VAE and text encoder as quick,
+    so an LRM built from it sees the very same latents."""
+    from dataclasses import asdict
+
+    from lpo.world.pretrain import PRETRAIN_PRESETS
+
+    quick, wide = asdict(PRETRAIN_PRESETS["quick"]), asdict(PRETRAIN_PRESETS["wide"])
+    assert wide["model"].pop("unet_channels") == (64, 128) and quick["model"].pop("unet_channels") == (32, 64)
+    assert {k: v for k, v in wide.items() if k != "preset"} == {k: v for k, v in quick.items() if k != "preset"}

@@ -101,15 +101,18 @@ QUICK = BenchConfig(
     spo_overrides=("train.max_rounds=16", "train.epochs=100"),
     dpo_overrides=("train.max_steps=120",),
 )
+# Full: as quick with more of everything, ≥ 1,000 decisive val pairs, 8 images per test
+# prompt and 3 training seeds per method (a verdict needs the seed spread too).
 FULL = BenchConfig(
     preset="full",
-    train_prompts=1500,
+    train_prompts=2000,
     val_prompts=86,
-    val_pairs_per_prompt=4,
+    val_pairs_per_prompt=14,
     eval_prompts=128,
-    eval_images_per_prompt=4,
-    checkpoints_per_run=8,
+    eval_images_per_prompt=8,
+    checkpoints_per_run=4,
     guided_prompts=64,
+    seeds=3,
     lpo_overrides=("train.epochs=100",),  # the preset's max_rounds (40) decides
     spo_overrides=("train.epochs=100",),
 )

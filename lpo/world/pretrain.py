@@ -104,6 +104,10 @@ PRETRAIN_PRESETS: dict[str, WorldPretrainConfig] = {
     "quick": WorldPretrainConfig(),
     # Longer training: a stronger (still imperfect) base model.
     "full": WorldPretrainConfig(preset="full", num_images=40000, vae_steps=1500, unet_steps=10000),
+    # The quick recipe with a U-Net of twice the width (64/128 channels, ~4x the compute):
+    # the world study's lever for reward features that carry prompt-image alignment. The
+    # VAE and its training stream are the quick preset's, so only the U-Net differs.
+    "wide": WorldPretrainConfig(preset="wide", model=WorldModelConfig(unet_channels=(64, 128))),
     # Seconds; for tests of the machinery only (samples are blobs).
     "tiny": WorldPretrainConfig(preset="tiny", num_images=256, vae_steps=4, unet_steps=4, warmup_steps=2, vae_batch_size=16, unet_batch_size=16),
 }

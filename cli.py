@@ -335,8 +335,10 @@ def lrm_train(
     from lpo.reward_jobs import train_reward_job
 
     result = train_reward_job(model, pairs_path, preset, overrides, run_dir, resume, eval_pairs, console=_console())
+    # accuracy is None when the last log window held only ties (nothing to be right about)
+    accuracy = "n/a (only ties)" if result.final_accuracy is None else f"{result.final_accuracy:.3f}"
     _console().print(
-        f"trained {result.steps} steps; final loss {result.final_loss:.4f}, train accuracy {result.final_accuracy:.3f}; "
+        f"trained {result.steps} steps; final loss {result.final_loss:.4f}, train accuracy {accuracy}; "
         f"model [bold]{result.model_folder}[/]"
     )
 

@@ -28,7 +28,7 @@ def test_eval_and_leaderboard_on_a_world_model(tmp_path, tiny_world_dir):
     result = _eval(tmp_path, str(tiny_world_dir), "--max-prompts", "6", "--images-per-prompt", "2", "--steps", "3",
                    "--label", "tiny-world")
     assert result.exit_code == 0, result.output
-    assert "world_alignment@1.1" in result.output and "generated 12 images" in result.output
+    assert "world_alignment@1.2" in result.output and "generated 12 images" in result.output
     records = load_records(tmp_path / "results")
     assert len(records) == 6 and {r.benchmark for r in records} == {"world"}  # 5 judges + world_diversity
     assert records[0].checkpoint["label"] == "tiny-world" and records[0].protocol["steps"] == 3
@@ -39,7 +39,7 @@ def test_eval_and_leaderboard_on_a_world_model(tmp_path, tiny_world_dir):
     board = runner.invoke(app, ["leaderboard", "--results-dir", str(tmp_path / "results")])
     assert board.exit_code == 0, board.output
     assert "| tiny-world | base |" in board.output and "| ground-truth | reference |" in board.output
-    assert "### world_alignment@1.1 by category" in board.output
+    assert "### world_alignment@1.2 by category" in board.output
 
     csv_out = runner.invoke(app, ["leaderboard", "--results-dir", str(tmp_path / "results"), "--format", "csv"])
     assert csv_out.exit_code == 0 and csv_out.output.startswith("source,benchmark,")

@@ -111,13 +111,13 @@ def test_second_run_with_another_metric_generates_nothing(tmp_path, tiny_world_d
     second = run_eval(_config(tiny_world_dir, tmp_path, max_prompts=6, metrics=("world_alignment", "world_utility")))
     assert count_generate["calls"] == 0 and (second.images_generated, second.images_cached) == (0, 12)
     assert second.records[0].value == first.records[0].value
-    assert second.scores["world_alignment@1.1"] == first.scores["world_alignment@1.1"]
+    assert second.scores["world_alignment@1.2"] == first.scores["world_alignment@1.2"]
 
     # More images per prompt: only the new index is generated; a new CFG is a new protocol.
     third = run_eval(_config(tiny_world_dir, tmp_path, max_prompts=6, metrics=("world_alignment",),
                              protocol=EvalProtocol(steps=3, images_per_prompt=3, batch_size=4)))
     assert count_generate["images"] == 6 and third.images_cached == 12
-    assert [row[:2] for row in third.scores["world_alignment@1.1"]] == first.scores["world_alignment@1.1"]
+    assert [row[:2] for row in third.scores["world_alignment@1.2"]] == first.scores["world_alignment@1.2"]
     count_generate.update(calls=0, images=0)
     fourth = run_eval(_config(tiny_world_dir, tmp_path, max_prompts=6, metrics=("world_alignment",),
                               protocol=EvalProtocol(steps=3, images_per_prompt=2, guidance_scale=2.0, batch_size=4)))

@@ -29,7 +29,7 @@ import torch
 from lpo.generate import load_pipeline
 from lpo.pairs import PreferencePair
 from lpo.world.annotators import AnnotatorPoolConfig, label_pairs
-from lpo.world.pairs import SOURCE_MIXES, WorldPairsConfig, generate_world_pairs
+from lpo.world.pairs import SOURCE_MIXES, WorldPairsConfig, generate_world_pairs, true_order_labels
 
 EVAL_T = (1, 51, 101, 151, 201, 251, 501, 751, 951)
 
@@ -61,22 +61,15 @@ def load_judges(spec: str):
     return importlib.import_module(spec)
 
 
-def labelled(pool: dict, judges, annotators: AnnotatorPoolConfig, seed: int) -> tuple[list[PreferencePair], np.ndarray]:
+def labelled(pool: dict, judges, annotators: AnnotatorPoolConfig, seed: int) -> list[PreferencePair]:
     prompts = [str(p) for p in pool["prompts"]]
     scores_0 = [judges.judge(im, p) for im, p in zip(pool["image_0"], prompts)]
     scores_1 = [judges.judge(im, p) for im, p in zip(pool["image_1"], prompts)]
     labels = label_pairs(scores_0, scores_1, annotators, seed=seed)
-    pairs = [
+    return [
         PreferencePair(f"study-{n:06d}", prompt, a, b, 1.0 - lab.label, "world", annotator_kind=lab.annotator_kind)
         for n, (prompt, a, b, lab) in enumerate(zip(prompts, pool["image_0"], pool["image_1"], labels))
     ]
-    utilities = np.array([[a.utility, b.utility] for a, b in zip(scores_0, scores_1)])
-    return pairs, utilities
-
-
-def truth_labels(utilities: np.ndarray) -> torch.Tensor:
-    u0, u1 = utilities[:, 0], utilities[:, 1]
-    return torch.tensor(np.where(u0 > u1, 1.0, np.where(u0 < u1, 0.0, 0.5)), dtype=torch.float32)
 
 
 def run(args) -> None:
@@ -97,14 +90,14 @@ def run(args) -> None:
     train_pool, val_pool = (dict(np.load(pool_dir / f"{s}.npz")) for s in ("train", "val"))
     if args.max_train_pairs:
         train_pool = {k: v[: args.max_train_pairs] for k, v in train_pool.items()}
-    train_pairs, train_u = labelled(train_pool, judges, annotators, seed=0)
-    val_pairs, val_u = labelled(val_pool, judges, annotators, seed=1)
+    train_pairs = labelled(train_pool, judges, annotators, seed=0)
+    val_pairs = labelled(val_pool, judges, annotators, seed=1)
     if args.labels == "truth":  # noise-free labels: the true-utility order
-        train_pairs = [replace(p, label_0=float(l)) for p, l in zip(train_pairs, truth_labels(train_u))]
+        train_pairs = [replace(p, label_0=l) for p, l in zip(train_pairs, true_order_labels(train_pairs, judges.judge))]
 
     components = load_components(resolve_model_name(args.model))
     val_enc = encode_pairs(components, val_pairs)
-    truth = truth_labels(val_u)
+    truth = torch.tensor(true_order_labels(val_pairs, judges.judge), dtype=torch.float32)
     agree_mask = (val_enc.labels_0 != 0.5) & (truth != 0.5)
     agreement = float((val_enc.labels_0[agree_mask] == truth[agree_mask]).float().mean())
     result = {"args": vars(args), "val_pairs": len(val_pairs), "val_decisive": int((val_enc.labels_0 != 0.5).sum()),

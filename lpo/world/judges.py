@@ -71,8 +71,8 @@ class DetectedObject:
     area: int
     purity: float  # fraction of pixels within PURE_DISTANCE of the palette colour
     shape_iou: float  # IoU with the best-matching template
-    shape_ious: tuple[float, ...] = ()  # IoU with each of SHAPES' templates, in SHAPES order
-    hole_fraction: float = 0.0
+    shape_ious: tuple[float, ...]  # IoU with each of SHAPES' templates, in SHAPES order
+    hole_fraction: float
 
     @property
     def objectness(self) -> float:
@@ -86,8 +86,6 @@ class DetectedObject:
 
     def shape_credit(self, shape: str) -> float:
         """Soft: how clearly this blob is ``shape`` (1 for a clean template match)."""
-        if not self.shape_ious:
-            return float(self.shape == shape)
         ious = dict(zip(SHAPES, self.shape_ious))
         iou = ious[shape]
         fit = np.clip((iou - SHAPE_IOU_RAMP[0]) / (SHAPE_IOU_RAMP[1] - SHAPE_IOU_RAMP[0]), 0.0, 1.0)
@@ -106,9 +104,8 @@ class ImageReading:
     :attr:`hard_objects` keeps those of at least MIN_OBJECT_AREA."""
 
     objects: tuple[DetectedObject, ...]
-    stray_pixels: int  # hard: pixels in components below MIN_OBJECT_AREA
     dirty_pixels: int
-    soft_stray: float = 0.0  # soft: Σ area·(1 − objectness) over all components
+    soft_stray: float  # Σ area·(1 − objectness) over all components
 
     @property
     def hard_objects(self) -> tuple[DetectedObject, ...]:
@@ -178,12 +175,10 @@ def read_image(image: np.ndarray) -> ImageReading:
     coloured = foreground & (nearest_dist < PALETTE_DISTANCE)
     nearest = _majority_colours(palette_dist.argmin(-1), coloured)
     dirty = int((foreground & ~coloured).sum())
-    stray, soft_stray = 0, 0.0
+    soft_stray = 0.0
     objects = []
     for ci, colour in enumerate(COLOURS):
         for comp in _components(coloured & (nearest == ci)):
-            if len(comp) < MIN_OBJECT_AREA:
-                stray += len(comp)
             if len(comp) <= STRAY_AREA:
                 soft_stray += len(comp)
                 continue
@@ -211,7 +206,7 @@ def read_image(image: np.ndarray) -> ImageReading:
             soft_stray += obj.area * (1.0 - obj.objectness)
             objects.append(obj)
     objects.sort(key=lambda o: (-o.area, o.centre))
-    return ImageReading(tuple(objects), stray, dirty, soft_stray)
+    return ImageReading(tuple(objects), dirty, soft_stray)
 
 
 # ------------------------------------------------------------------------ scoring

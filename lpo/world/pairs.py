@@ -149,12 +149,13 @@ class WorldPairsOutput:
         }
 
 
-def true_order_labels(pairs: Sequence[PreferencePair]) -> list[float]:
+def true_order_labels(pairs: Sequence[PreferencePair], judge_fn: Callable = judge) -> list[float]:
     """label_0 by the hidden true utility of the two images (1.0, 0.0, or 0.5 when equal):
-    what a perfect, noise-free annotator would say."""
+    what a perfect, noise-free annotator would say. ``judge_fn``: another judges version's
+    ``judge`` (the world study compares versions)."""
     labels = []
     for pair in pairs:
-        u0, u1 = judge(pair.image_0, pair.prompt).utility, judge(pair.image_1, pair.prompt).utility
+        u0, u1 = judge_fn(pair.image_0, pair.prompt).utility, judge_fn(pair.image_1, pair.prompt).utility
         labels.append(1.0 if u0 > u1 else 0.0 if u0 < u1 else TIE)
     return labels
 

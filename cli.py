@@ -370,6 +370,7 @@ def bench(
     seeds: Optional[int] = typer.Option(None, help="Training seeds per method (default: the preset's); seed i trains in runs/METHOD/seed-i."),
     overrides: List[str] = SetOption,
     threads: int = typer.Option(2, help="torch CPU threads, the same on every machine: results depend on the count (lpo.cpu_dispatch)."),
+    build_kit: Optional[Path] = typer.Option(None, "--build-kit", help="Only make the pairs, MPCF, reward models and their accuracy table (in --out) and write them as a reward kit to this folder (lpo.bench.kit); the quick preset's shipped kit is lpo/world/assets/kits/quick."),
 ) -> None:
     """The whole study on the embedded world: pairs → MPCF → LRM / pixel model → LPO, SPO, Diffusion-DPO → eval → report."""
     from dataclasses import replace
@@ -390,6 +391,14 @@ def bench(
         config = replace(config, ablations=tuple(dict.fromkeys((*config.ablations, *ablation))))
     folder = out or Path(f"bench-{preset}")
     started = time.perf_counter()
+    if build_kit is not None:
+        from lpo.bench.runner import build_kit as build_reward_kit
+
+        command = "lpo bench --preset " + preset + "".join(f" --set {o}" for o in overrides) + f" --out {folder} --build-kit {build_kit}"
+        with pinned_threads(threads):
+            kit = build_reward_kit(folder, config, build_kit, command, console=_console())
+        _console().print(f"reward kit written to [bold]{kit}[/] in {(time.perf_counter() - started) / 60:.1f} min")
+        return
     with pinned_threads(threads):
         result = run_bench(folder, config, console=_console())
     minutes = (time.perf_counter() - started) / 60

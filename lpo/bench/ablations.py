@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields, replace
 from typing import TYPE_CHECKING, Any
 
+from lpo.bench.kit import KIT_FIELDS
 from lpo.errors import LpoError
 
 if TYPE_CHECKING:  # config.py validates ablation names against this module at import
@@ -58,7 +59,7 @@ def ablation(name: str) -> Ablation:
 def variant_config(base: BenchConfig, ablation: Ablation, changes: dict[str, Any]) -> BenchConfig:
     """The main config with ``changes``: tuples extended, scalars replaced; only the
     ablation's methods, no guided rows, no held-out split, one intermediate checkpoint,
-    one training seed."""
+    one training seed; no reward kit when a change touches what the kit holds."""
     known = {f.name for f in fields(base)}
     values: dict[str, Any] = {}
     for key, value in changes.items():
@@ -66,6 +67,8 @@ def variant_config(base: BenchConfig, ablation: Ablation, changes: dict[str, Any
             raise ValueError(f"ablation {ablation.name}: {key!r} is not a BenchConfig field")
         current = getattr(base, key)
         values[key] = tuple(current) + tuple(value) if isinstance(current, tuple) else value
+    if any(key in KIT_FIELDS for key in changes):  # other pairs or reward models than the kit's: make them
+        values["reward_kit"] = "none"
     return replace(base, **values, methods=ablation.methods, guided_prompts=0, eval_heldout=False,
                    checkpoints_per_run=1, ablations=(), seeds=1)
 

@@ -1,8 +1,9 @@
 """What `lpo bench` runs: one dataclass, two presets, every value saved with the bench.
 
-The quick preset is sized to finish in about ten minutes on two CPU cores: fewer pairs,
-shorter reward-model and policy training, fewer evaluation prompts than the full one.
-Every method trains on the same prompts (the captions of the training pairs), so the
+The quick preset is sized to finish in about ten minutes on two CPU cores: its pairs and
+reward models come from a shipped reward kit (:mod:`lpo.bench.kit`, their measured cost
+booked), its policies train shorter and its quality-vs-compute curve uses a subset of the
+final evaluation's images. The full preset makes everything itself. Every method trains on the same prompts (the captions of the training pairs), so the
 comparison spends the same prompt budget; compute is what differs and what the
 efficiency view measures.
 """
@@ -35,6 +36,7 @@ class BenchConfig:
     val_pairs_per_prompt: int = _f(2, "Pairs per validation prompt.")
     pair_sources: str = _f("pickapic", "Generation settings the pairs' images come from: pickapic (a mix of guidance scales and schedules, as Pick-a-Pic mixes models) or single (CFG 5, 20 steps).")
     mpcf_strategy: str = _f("2", "MPCF strategy for the pairs every method trains on: none, 1, 2 or 3.")
+    reward_kit: str = _f("none", "Where the pairs, MPCF, reward models and their accuracy table come from: none (the bench makes them) or a reward kit built with the same values (a shipped kit's name or a folder; lpo.bench.kit).")
     # reward models
     lrm_preset: str = _f("lrm-world", "Reward-training preset of the LRM.")
     lrm_overrides: tuple[str, ...] = _f((), "--set overrides of the LRM training.")
@@ -47,9 +49,12 @@ class BenchConfig:
     dpo_overrides: tuple[str, ...] = _f((), "--set overrides of the dpo-world preset.")
     checkpoints_per_run: int = _f(4, "Intermediate checkpoints evaluated per run (for quality vs compute).")
     # evaluation
-    eval_prompts: int = _f(64, "World test prompts per evaluation (round-robin over categories).")
-    eval_images_per_prompt: int = _f(2, "Images per prompt per evaluation.")
+    eval_prompts: int = _f(64, "World test prompts per evaluation of the final models (round-robin over categories).")
+    eval_images_per_prompt: int = _f(2, "Images per prompt per evaluation of the final models.")
+    curve_prompts: int = _f(0, "Test prompts of the quality-vs-compute curve (base, every checkpoint, final models); 0: eval_prompts. Its images are the first of the final evaluation's, so final models and the base model cost nothing extra.")
+    curve_images_per_prompt: int = _f(0, "Images per prompt of the quality-vs-compute curve; 0: eval_images_per_prompt.")
     eval_heldout: bool = _f(True, "Also evaluate final models on the held-out attribute combinations.")
+    heldout_images_per_prompt: int = _f(0, "Images per held-out prompt; 0: eval_images_per_prompt.")
     guided_prompts: int = _f(32, "Test prompts of the LRM-guided sampling rows (0 skips them).")
     guided_seeds: int = _f(2, "Seeds per prompt of the guided-sampling rows.")
     guided_candidates: int = _f(4, "K of guided sampling and of best-of-K final images.")
@@ -70,12 +75,27 @@ class BenchConfig:
                      "eval_images_per_prompt", "checkpoints_per_run", "guided_seeds", "seeds"):
             if getattr(self, name) < 1:
                 raise LpoError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("curve_prompts", "curve_images_per_prompt", "heldout_images_per_prompt"):
+            if getattr(self, name) < 0:
+                raise LpoError(f"{name} must be >= 0 (0: as the final evaluation), got {getattr(self, name)}")
+        if self.curve_protocol()[0] > self.eval_prompts or self.curve_protocol()[1] > self.eval_images_per_prompt:
+            raise LpoError("the curve's prompts and images per prompt must not exceed the final evaluation's "
+                           "(its images are a subset of the final models' ones)")
         if self.guided_prompts < 0 or self.guided_candidates < 2:
             raise LpoError("guided_prompts must be >= 0 and guided_candidates >= 2")
         from lpo.bench.ablations import ablation
 
         for name in self.ablations:
             ablation(name)  # unknown name -> one-line error listing the known ones
+
+    def curve_protocol(self) -> tuple[int, int]:
+        """(prompts, images per prompt) of the quality-vs-compute curve."""
+        return (self.curve_prompts or self.eval_prompts, self.curve_images_per_prompt or self.eval_images_per_prompt)
+
+    @property
+    def separate_curve(self) -> bool:
+        """Whether the curve is evaluated on a smaller protocol than the final models."""
+        return self.curve_protocol() != (self.eval_prompts, self.eval_images_per_prompt)
 
     def training_seed(self, index: int) -> int:
         """The policy training seed of seed index ``index`` (0 .. seeds - 1): ``seed + index``."""
@@ -85,17 +105,25 @@ class BenchConfig:
         return {"lpo": self.lpo_overrides, "spo": self.spo_overrides, "diffusion-dpo": self.dpo_overrides}[method]
 
 
-# Quick: 2,000 pairs of 1,000 prompts (the LRM learns little from fewer: 0.55 on 600 pairs
-# in the first world), ~300 decisive val pairs, and final models on all 128 test prompts ×
-# 4 images, so that a paired difference of 0.02 in utility is visible (bench summary: MDE).
+# Quick: ten minutes on two CPU cores. The pairs (2,000 of 1,000 prompts; the LRM learns
+# little from fewer: 0.55 on 600 pairs in the first world; ~300 decisive val pairs), the
+# reward models and their accuracy table come from the shipped reward kit "quick"
+# (lpo.bench.kit; rebuilt by `lpo bench --build-kit DIR`), which books their measured
+# cost. The final models are evaluated on all 128 test prompts × 4 images, so that a
+# paired difference of 0.02 in utility is visible (bench summary: MDE); the quality-vs-
+# compute curve on the first 64 × 2 of those images.
 QUICK = BenchConfig(
     preset="quick",
     train_prompts=1000,
     val_pairs_per_prompt=4,
+    reward_kit="quick",
     eval_prompts=128,
     eval_images_per_prompt=4,
+    curve_prompts=64,
+    curve_images_per_prompt=2,
+    heldout_images_per_prompt=2,
     checkpoints_per_run=2,
-    guided_prompts=16,
+    guided_prompts=0,
     pixel_overrides=("max_steps=150",),
     lpo_overrides=("train.max_rounds=16", "train.epochs=100"),  # max_rounds decides
     spo_overrides=("train.max_rounds=16", "train.epochs=100"),

@@ -236,7 +236,8 @@ def collect_curves(
     that cannot be paired keeps None, and the reason is in ``notes``).
 
     Records of other benchmark versions, prompt sets or metric versions are not mixed in:
-    the group with the most records is used and the others are named in ``notes``. A
+    the group with the most intermediate checkpoints (then the most records) is used and
+    the others are named in ``notes``. A
     checkpoint evaluated twice keeps its latest record. Checkpoints without a cost record
     are left out (named in ``notes``): no cost beats a wrong one.
     """
@@ -247,7 +248,9 @@ def collect_curves(
     groups: dict[tuple[str, str, str], list[ResultRecord]] = {}
     for r in chosen:
         groups.setdefault((r.benchmark_version, r.prompt_set_hash, r.metric_version), []).append(r)
-    key = max(groups, key=lambda k: (len(groups[k]), max(r.created for r in groups[k])))
+    # the group with the most intermediate checkpoints (a bench's curve protocol), then the largest
+    key = max(groups, key=lambda k: (sum("step" in r.checkpoint for r in groups[k]), len(groups[k]),
+                                     max(r.created for r in groups[k])))
     for other, group in groups.items():
         if other != key:
             notes.append(

@@ -49,10 +49,14 @@ def seed_index(record) -> int:
 
 
 def final_records(records: Sequence[Any], benchmark: str, metric: str) -> tuple[Any, dict[str, dict[int, Any]], list[str]]:
-    """(base record, {method: {seed: final record}}, notes) on the base model's protocol; latest record wins."""
+    """(base record, {method: {seed: final record}}, notes) on the base model's protocol; latest record wins.
+
+    The base model's protocol is the largest it was evaluated under (prompts × images): a
+    bench also evaluates the base and final models on the smaller quality-vs-compute curve
+    protocol, and the answer is read at the final one."""
     notes: list[str] = []
     chosen = [r for r in records if r.benchmark == benchmark and r.metric == metric and "step" not in r.checkpoint]
-    bases = sorted((r for r in chosen if r.method == "base"), key=lambda r: r.created)
+    bases = sorted((r for r in chosen if r.method == "base"), key=lambda r: (_size(r), r.created))
     if not bases:
         return None, {}, [f"no base-model {metric} record on {benchmark}"]
     base = bases[-1]
@@ -69,6 +73,22 @@ def final_records(records: Sequence[Any], benchmark: str, metric: str) -> tuple[
         finals.setdefault(r.method, {})[seed_index(r)] = r
     ordered = {m: dict(sorted(finals[m].items())) for m in METHOD_ORDER if m in finals}
     return base, ordered, notes
+
+
+def _size(record) -> int:
+    return int(record.n_prompts or 0) * int(record.protocol.get("images_per_prompt") or 0)
+
+
+def final_protocol_records(records: Sequence[Any], benchmark: str = "world", metric: str = "world_utility") -> list[Any]:
+    """Every record of a final model (any metric) evaluated under the headline's protocol
+    (:func:`final_records`'s base protocol) on ``benchmark``; other benchmarks' finals unchanged."""
+    base, _, _ = final_records(records, benchmark, metric)
+    finals = [r for r in records if "step" not in r.checkpoint]
+    if base is None:
+        return finals
+    key = (base.benchmark_key, base.prompt_set_hash, base.protocol.get("seed"), base.protocol.get("images_per_prompt"))
+    return [r for r in finals if r.benchmark != benchmark or
+            (r.benchmark_key, r.prompt_set_hash, r.protocol.get("seed"), r.protocol.get("images_per_prompt")) == key]
 
 
 def _row(label: str, diff, kind: str) -> dict[str, Any]:

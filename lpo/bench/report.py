@@ -47,6 +47,7 @@ from lpo.bench.efficiency_tables import (
 from lpo.bench.efficiency_view import efficiency_report, read_data_cost
 from lpo.bench.headline import (
     console_lines,
+    final_protocol_records,
     headline,
     headline_table,
     mde_table,
@@ -199,7 +200,7 @@ def _leaderboard(doc: _Doc, records: list, results_dir: Path) -> None:
     from lpo.evals.leaderboard import attach_deltas, build_tables, render_html, render_markdown
 
     doc.heading(2, "Leaderboard (final models)")
-    final = [r for r in records if "step" not in r.checkpoint]
+    final = final_protocol_records(records)  # not the curve protocol's re-scoring of the same models
     if not final:
         doc.skip(f"no result records under {results_dir}")
         return
@@ -355,7 +356,22 @@ def _reward_eval(doc: _Doc, bench: Path, notes: list[str]) -> None:
                      "pairs decisive under both")
     if bands_from_table:
         lines.append(f"band rows computed here from the table ({', '.join(bands_from_table)}): the JSON predates them")
+    kit = _kit_note(bench, notes)
+    if kit:
+        lines.append(kit)
     doc.bullets(lines)
+
+
+def _kit_note(bench: Path, notes: list[str]) -> str | None:
+    """Where the reward models came from, when a reward kit supplied them (lpo.bench.kit)."""
+    marker = bench / "stages" / "reward-eval.json"
+    kit = (_read_json(marker, notes) or {}).get("kit") if marker.is_file() else None
+    if not kit:
+        return None
+    git = kit.get("git") or {}
+    return (f"the pairs, the reward models and this table come from the reward kit {kit.get('folder')} (built at commit "
+            f"{str(git.get('commit'))[:7]} on {kit.get('built_on')}; rebuild: {kit.get('command')}); their measured "
+            "seconds are booked in the efficiency section as if this bench had run them")
 
 
 def _accuracy_table(data: dict[str, Any], key: str = "accuracy") -> dict[str, dict[int, list]]:

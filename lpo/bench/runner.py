@@ -145,6 +145,9 @@ def _mpcf(bench: Bench) -> dict[str, Any]:
     from lpo.mpcf import filter_pairs_file, mpcf_preset
     from lpo.pairs import load_pairs
 
+    if not bench.train_pairs.is_file():  # a reward kit ships the filtered pairs only
+        raise LpoError(f"{bench.train_pairs} is missing: the unfiltered training pairs are not part of a reward kit; "
+                       "run the bench with --set reward_kit=none to make them (the mpcf ablation needs them)")
     config = replace(mpcf_preset("world"), strategy=bench.config.mpcf_strategy)
     loaded = load_pairs(str(bench.train_pairs))
     result = filter_pairs_file(loaded.pairs, config, bench.filtered_pairs, str(bench.train_pairs),
@@ -189,8 +192,8 @@ def _train_policy(bench: Bench, method: str, seed: int = 0) -> dict[str, Any]:
         reward = bench.reward_model("lrm" if method == "lpo" else "pixel")
         overrides += [f"reward.path={reward}", f"train.prompts={bench.filtered_pairs}"]
     length = _run_length(resolve_config(method, preset, overrides), method, bench.filtered_pairs)
-    # about checkpoints_per_run evenly spaced checkpoints before the final model, all kept
-    save_every = max(1, length // (c.checkpoints_per_run + 1))
+    # checkpoints_per_run evenly spaced checkpoints before the final model (none at its step), all kept
+    save_every = max(1, math.ceil(length / (c.checkpoints_per_run + 1)))
     overrides += [f"run.save_every={save_every}", f"run.keep_checkpoints={max(1, length // save_every)}",
                   "run.trackers=none"]
     run_dir = bench.policy_run(method, seed)
@@ -243,30 +246,55 @@ def eval_targets(bench: Bench, seeds: bool = True) -> list[tuple[str, str, bool]
     return targets
 
 
+def eval_plan(bench: Bench) -> list[tuple[str, str, str, int, int]]:
+    """(stage key, checkpoint spec, benchmark, prompts, images per prompt) of every evaluation.
+
+    Final models: ``world`` at the final protocol and ``world-heldout``. Intermediate
+    checkpoints: ``world`` at the curve protocol; when that is smaller than the final one
+    (``BenchConfig.separate_curve``), the base model and seed 0's final models are also
+    evaluated at it (``eval-world-curve-NAME``), from images the final evaluation already
+    made, so that every point of the curve is paired with the base model on the same images.
+    """
+    c = bench.config
+    curve_prompts, curve_images = c.curve_protocol()
+    plan = []
+    for name, spec, final in eval_targets(bench):
+        if not final:
+            plan.append((f"eval-world-{name}", spec, "world", curve_prompts, curve_images))
+            continue
+        plan.append((f"eval-world-{name}", spec, "world", c.eval_prompts, c.eval_images_per_prompt))
+        if c.separate_curve and "-seed-" not in name:
+            plan.append((f"eval-world-curve-{name}", spec, "world", curve_prompts, curve_images))
+        if c.eval_heldout:
+            plan.append((f"eval-world-heldout-{name}", spec, "world-heldout", c.eval_prompts,
+                         c.heldout_images_per_prompt or c.eval_images_per_prompt))
+    return plan
+
+
 def _evaluate(bench: Bench) -> dict[str, Any]:
     from lpo.evals.harness import EvalConfig, EvalProtocol, run_eval
 
     c = bench.config
-    protocol = EvalProtocol(guidance_scale=5.0, images_per_prompt=c.eval_images_per_prompt, batch_size=32)
     done: dict[str, Any] = {}
-    for name, spec, final in eval_targets(bench):
-        benchmarks = ["world", "world-heldout"] if (final and c.eval_heldout) else ["world"]
-        for benchmark in benchmarks:
-            key = f"eval-{benchmark}-{name}"
-            if bench.done(key) is None:
-                def run_one(spec=spec, benchmark=benchmark, name=name):
-                    label = name if name == "base" else name + bench.label_suffix
-                    output = run_eval(EvalConfig(
-                        checkpoint=spec, benchmark=benchmark, max_prompts=c.eval_prompts, protocol=protocol,
-                        device=c.device, label=label, cache_dir=bench.image_cache, results_dir=bench.results_dir,
-                    ))
-                    utility = next((r for r in output.records if r.metric == "world_utility"), None)
-                    return {"eval_id": output.eval_id, "images": str(output.image_folder),
-                            "prompts": list(output.prompt_set.prompts[:SAMPLE_GRID_SIZE]),
-                            "utility": None if utility is None else utility.value,
-                            "generate_s": output.generate_s}
-                bench.stage(key, run_one)
-            done[key] = bench.done(key)["output"]
+    for key, spec, benchmark, prompts, images in eval_plan(bench):
+        if bench.done(key) is None:
+            name = key.split("-", 2)[2].removeprefix("heldout-").removeprefix("curve-")
+
+            def run_one(spec=spec, benchmark=benchmark, name=name, prompts=prompts, images=images):
+                label = name if name == "base" else name + bench.label_suffix
+                # batch 128: ~12% faster per image than 32 on 2 cores; images do not depend on it
+                protocol = EvalProtocol(guidance_scale=5.0, images_per_prompt=images, batch_size=128)
+                output = run_eval(EvalConfig(
+                    checkpoint=spec, benchmark=benchmark, max_prompts=prompts, protocol=protocol,
+                    device=c.device, label=label, cache_dir=bench.image_cache, results_dir=bench.results_dir,
+                ))
+                utility = next((r for r in output.records if r.metric == "world_utility"), None)
+                return {"eval_id": output.eval_id, "images": str(output.image_folder),
+                        "prompts": list(output.prompt_set.prompts[:SAMPLE_GRID_SIZE]),
+                        "utility": None if utility is None else utility.value,
+                        "generate_s": output.generate_s}
+            bench.stage(key, run_one)
+        done[key] = bench.done(key)["output"]
     return {"evaluations": done}
 
 
@@ -334,19 +362,32 @@ def _comparable(config: BenchConfig) -> dict[str, Any]:
     return data
 
 
+def _check_same_bench(folder: Path, config: BenchConfig, kit_only: bool = False) -> None:
+    """LpoError when ``folder`` holds a bench of another config (only the kit's values, with ``kit_only``)."""
+    from lpo.bench.kit import KIT_FIELDS
+
+    saved = folder / "bench.json"
+    if not saved.is_file():
+        return
+    previous = json.loads(saved.read_text()).get("config", {})
+    previous.pop("ablations", None)
+    previous.pop("seeds", None)
+    current = _comparable(config)
+    if kit_only:
+        previous = {k: previous.get(k) for k in KIT_FIELDS}
+        current = {k: current[k] for k in KIT_FIELDS}
+    if previous and previous != current:
+        differs = sorted(k for k in current if previous.get(k) != current[k])
+        raise LpoError(
+            f"{folder} holds a bench with another config ({', '.join(differs[:3])} differ); continue it with the "
+            "same preset and --set values, or pass a new --out folder"
+        )
+
+
 def run_bench(folder: Path, config: BenchConfig, console: Any = None) -> Bench:
     """Run (or continue) the whole bench in ``folder``, then its ablations; returns the Bench."""
     folder = Path(folder)
-    saved = folder / "bench.json"
-    if saved.is_file():
-        previous = json.loads(saved.read_text()).get("config", {})
-        previous.pop("ablations", None)
-        previous.pop("seeds", None)
-        if previous and previous != _comparable(config):
-            raise LpoError(
-                f"{folder} holds a bench with another config; continue it with the same preset and --set values, "
-                "or pass a new --out folder"
-            )
+    _check_same_bench(folder, config)
     bench = Bench(folder, config, console)
     _core_stages(bench)
     c = config
@@ -374,6 +415,8 @@ def _say_answer(bench: Bench) -> None:
 
 def _core_stages(bench: Bench, reward_eval: bool = True) -> None:
     c = bench.config
+    if c.reward_kit != "none":
+        _install_kit(bench)
     bench.stage("pairs", lambda: _pairs(bench))
     bench.stage("mpcf", lambda: _mpcf(bench))
     bench.stage("reward-lrm", lambda: _train_reward(bench, "lrm", c.lrm_preset, c.lrm_overrides))
@@ -387,6 +430,37 @@ def _core_stages(bench: Bench, reward_eval: bool = True) -> None:
             bench.stage(name, lambda method=method, seed=seed: _train_policy(bench, method, seed))
     # a bench continued with more seeds evaluates their final models (finished evaluations are skipped)
     bench.stage("evaluate" + (f"-seeds-{c.seeds}" if c.seeds > 1 else ""), lambda: _evaluate(bench))
+
+
+def _install_kit(bench: Bench) -> None:
+    from lpo.bench.kit import install_kit, read_kit, resolve_kit
+
+    folder = resolve_kit(bench.config.reward_kit)
+    installed = install_kit(folder, bench.folder, bench.config)
+    if installed:
+        kit = read_kit(folder)
+        seconds = sum(s or 0.0 for s in kit.get("stage_seconds", {}).values())
+        bench.say(f"reward kit [bold]{bench.config.reward_kit}[/]: {', '.join(installed)} from {folder} "
+                  f"({seconds / 60:.1f} min measured where it was built, booked as this bench's; "
+                  f"rebuild: {kit.get('command')})")
+
+
+def build_kit(folder: Path, config: BenchConfig, out: Path, command: str, console: Any = None) -> Path:
+    """Run (or continue) only the kit stages of a bench in ``folder`` and export them to ``out``."""
+    from dataclasses import replace
+
+    from lpo.bench.kit import export_kit
+
+    config = replace(config, reward_kit="none")
+    bench = Bench(Path(folder), config, console)
+    _check_same_bench(bench.folder, config, kit_only=True)
+    bench.stage("pairs", lambda: _pairs(bench))
+    bench.stage("mpcf", lambda: _mpcf(bench))
+    bench.stage("reward-lrm", lambda: _train_reward(bench, "lrm", config.lrm_preset, config.lrm_overrides))
+    if "spo" in config.methods:
+        bench.stage("reward-pixel", lambda: _train_reward(bench, "pixel", config.pixel_preset, config.pixel_overrides))
+    bench.stage("reward-eval", lambda: _reward_eval(bench))
+    return export_kit(bench.folder, config, out, command)
 
 
 def _run_ablation(main: Bench, name: str) -> dict[str, Any]:

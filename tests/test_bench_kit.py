@@ -1,0 +1,113 @@
+"""Reward kits: the shipped quick kit, export / install round trips, and a bench run from a kit."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import pytest
+
+from lpo.bench.config import BenchConfig, bench_preset
+from lpo.bench.kit import KIT_FILE, SHIPPED_KITS, export_kit, install_kit, kit_fields, read_kit, resolve_kit
+from lpo.errors import LpoError
+
+
+def test_the_shipped_quick_kit_is_whole_and_built_with_the_quick_presets_values(tmp_path):
+    folder = resolve_kit("quick")
+    assert folder == SHIPPED_KITS / "quick"
+    kit = read_kit(folder)
+    assert kit["fields"] == kit_fields(bench_preset("quick"))
+    assert kit["command"].startswith("lpo bench --preset quick") and "--build-kit" in kit["command"]
+    # every stage's measured seconds travel with it (booked as the bench's own)
+    assert set(kit["stage_seconds"]) == {"pairs", "mpcf", "reward-lrm", "reward-pixel", "reward-eval"}
+    assert all(s > 0 for s in kit["stage_seconds"].values())
+    installed = install_kit(folder, tmp_path, bench_preset("quick"))  # checks every file's SHA-256
+    assert installed == kit["stages"]
+    marker = json.loads((tmp_path / "stages" / "reward-lrm.json").read_text())
+    assert marker["output"]["model"] == str(tmp_path.resolve() / "rewards" / "lrm" / "model")
+    assert (tmp_path / "rewards" / "lrm" / "model" / "model.safetensors").is_file()
+    assert (tmp_path / "rewards" / "lrm" / "model" / "cost.json").is_file()  # the LRM's cost, booked to LPO
+    accuracy = json.loads((tmp_path / "reward-eval" / "accuracy_by_timestep.json").read_text())
+    assert accuracy  # the accuracy table the report shows
+    assert not (tmp_path / "pairs" / "train.parquet").exists()  # only the filtered pairs ship
+
+
+def _fake_bench(folder):
+    """A bench folder whose kit stages are done, with small stand-in files."""
+    for rel in ("pairs/train-mpcf.parquet", "pairs/train-mpcf.parquet.json", "pairs/val.parquet",
+                "pairs/val.parquet.json", "rewards/lrm/model/model.safetensors", "rewards/lrm/cost.json",
+                "rewards/pixel/model/model.safetensors", "reward-eval/accuracy_by_timestep.json"):
+        (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+        (folder / rel).write_text(rel)
+    (folder / "rewards" / "lrm" / "checkpoints" / "step-000002").mkdir(parents=True)
+    (folder / "rewards" / "lrm" / "checkpoints" / "step-000002" / "x").write_text("state")
+    (folder / "stages").mkdir()
+    for stage in ("pairs", "mpcf", "reward-lrm", "reward-pixel", "reward-eval"):
+        output = {"model": str(folder.resolve() / "rewards" / "lrm" / "model"), "other": "/elsewhere/x"}
+        (folder / "stages" / f"{stage}.json").write_text(json.dumps({"output": output, "timing": {"seconds": 2.5}}))
+
+
+def test_export_then_install_round_trips_and_refuses_another_config_or_a_damaged_file(tmp_path):
+    config = BenchConfig(train_prompts=8, val_prompts=4)
+    built = tmp_path / "built"
+    _fake_bench(built)
+    kit = export_kit(built, config, tmp_path / "kit", "lpo bench --build-kit kit")
+    data = json.loads((kit / KIT_FILE).read_text())
+    assert "rewards/lrm/checkpoints/step-000002/x" not in data["files"]  # resumable state stays behind
+    assert data["stage_seconds"]["reward-lrm"] == 2.5
+    assert resolve_kit(str(kit)) == kit
+
+    bench = tmp_path / "bench"
+    assert install_kit(kit, bench, config) == ["pairs", "mpcf", "reward-lrm", "reward-pixel", "reward-eval"]
+    marker = json.loads((bench / "stages" / "mpcf.json").read_text())
+    assert marker["output"]["model"] == str(bench.resolve() / "rewards" / "lrm" / "model")  # moved to this bench
+    assert marker["output"]["other"] == "/elsewhere/x" and marker["timing"]["seconds"] == 2.5
+    assert marker["kit"]["command"] == "lpo bench --build-kit kit"
+    assert install_kit(kit, bench, config) == []  # done stages are left alone
+
+    with pytest.raises(LpoError, match=r"built with train_prompts=8, this bench has 9; use --set reward_kit=none"):
+        install_kit(kit, tmp_path / "other", replace(config, train_prompts=9))
+    (kit / "rewards" / "lrm" / "cost.json").write_text("tampered")
+    with pytest.raises(LpoError, match="missing or damaged"):
+        install_kit(kit, tmp_path / "third", config)
+    assert not (tmp_path / "third" / "stages").exists()  # nothing marked done from a damaged kit
+
+
+def test_kit_names_and_unfinished_benches_give_one_line_errors(tmp_path):
+    with pytest.raises(LpoError, match="neither a shipped kit .*quick.* nor a folder"):
+        resolve_kit("nope")
+    assert resolve_kit("none") is None
+    with pytest.raises(LpoError, match="has not finished pairs"):
+        export_kit(tmp_path, BenchConfig(), tmp_path / "kit", "x")
+
+
+def test_curve_protocol_values_are_checked():
+    with pytest.raises(LpoError, match="must not exceed the final evaluation's"):
+        BenchConfig(eval_prompts=8, curve_prompts=16)
+    with pytest.raises(LpoError, match="curve_images_per_prompt must be >= 0"):
+        BenchConfig(curve_images_per_prompt=-1)
+    quick = bench_preset("quick")
+    assert quick.reward_kit == "quick" and quick.separate_curve and quick.curve_protocol() == (64, 2)
+    assert bench_preset("full").reward_kit == "none"  # the full preset trains everything
+
+
+def test_an_ablation_that_changes_the_kits_values_builds_its_own():
+    from lpo.bench.ablations import ablation, variant_config
+
+    quick = bench_preset("quick")
+    mpcf = ablation("mpcf")
+    assert variant_config(quick, mpcf, {"mpcf_strategy": "none"}).reward_kit == "none"
+    assert variant_config(quick, ablation("beta"), {"lpo_overrides": ("loss.beta=5",)}).reward_kit == "quick"
+
+
+def test_the_eval_plan_scores_the_curve_on_a_subset_of_the_final_images(tmp_path):
+    from lpo.bench.runner import Bench, eval_plan
+
+    config = replace(bench_preset("quick"), methods=("lpo",))
+    plan = {key: (benchmark, prompts, images) for key, _, benchmark, prompts, images in eval_plan(Bench(tmp_path, config))}
+    assert plan == {
+        "eval-world-base": ("world", 128, 4), "eval-world-curve-base": ("world", 64, 2),
+        "eval-world-heldout-base": ("world-heldout", 128, 2),
+        "eval-world-lpo": ("world", 128, 4), "eval-world-curve-lpo": ("world", 64, 2),
+        "eval-world-heldout-lpo": ("world-heldout", 128, 2),
+    }

@@ -47,6 +47,7 @@ from lpo.trainers.harness import (
     TrainResult,
     accumulated_step,
     build_lr_schedule,
+    check_step,
     build_optimizer,
     finish_run,
     finite_or_none,
@@ -303,6 +304,7 @@ class DiffusionDPOTrainer:
                     acc, model, optimizer, lr_schedule, params, group, self._loss_fn(model, draws),
                     config.train.batch_size, config.optim.grad_clip,
                 ))
+                check_step(window[-1], f"step {step + 1}", config.optim.lr)
                 step += 1
                 if (step % config.run.log_every == 0) or step == config.train.max_steps:
                     row = {"step": step, **reduce_logs(acc, window), "lr": window[-1].lr,

@@ -20,6 +20,8 @@ Every trainer (LPO, SPO, Diffusion-DPO) is built from the same parts:
   policy as a diffusers LoRA or U-Net folder, what an evaluation reads) and
   ``trainer_state.json``, written last; the folder is built under a hidden name and
   renamed into place, so a killed run leaves either a complete checkpoint or none.
+- numerical health (:mod:`lpo.finite`): a step whose loss or gradients are NaN / inf is
+  not taken and the run stops with one line; non-finite weights are never saved.
 
 N counts rounds for LPO/SPO and optimiser steps for Diffusion-DPO.
 """
@@ -40,6 +42,7 @@ from torch import Tensor, nn
 
 from lpo.config import config_to_dict
 from lpo.errors import LpoError
+from lpo.finite import check_finite_weights, diverged, nonfinite_quantity
 from lpo.io import atomic_write_json
 from lpo.lora import add_lora, adapters_disabled, save_lora, save_merged_pipeline, save_unet
 from lpo.runs import TRAINER_STATE_NAME, RunFolder, list_checkpoints  # re-exported for the trainers
@@ -212,8 +215,14 @@ class Policy:
                 with adapters_disabled(self.unet):
                     yield self.unet
 
+    def check_finite(self, what: str) -> None:
+        check_finite_weights(((n, p) for n, p in self.unet.named_parameters() if p.requires_grad), what,
+                             "lower optim.lr and start a new run")
+
     def save(self, folder: Path, kind: str) -> Path:
-        """The policy as plain diffusers loads it: a LoRA folder, or a ``UNet2DConditionModel`` folder."""
+        """The policy as plain diffusers loads it: a LoRA folder, or a ``UNet2DConditionModel`` folder.
+        Non-finite trained weights are refused: no folder is written."""
+        self.check_finite(f"the policy to be saved in {folder}")
         return save_lora(self.unet, folder, kind) if self.is_lora else save_unet(self.unet, folder)
 
 
@@ -290,6 +299,13 @@ class StepLogs:
     grad_norm: float | None
     lr: float
     skipped: bool = False
+    nonfinite: str | None = None  # the quantity that was NaN / inf; the update was not taken
+
+
+def check_step(logs: "StepLogs | None", where: str, lr: float) -> None:
+    """Raise the one-line divergence error when the step found a non-finite loss or gradient."""
+    if logs is not None and logs.nonfinite is not None:
+        raise diverged(where, logs.nonfinite, "optim.lr", lr)
 
 
 def accumulated_step(
@@ -325,6 +341,11 @@ def accumulated_step(
     if grad_clip is not None:
         grad_norm = float(accelerator.clip_grad_norm_(params, grad_clip))
     lr = float(optimizer.param_groups[0]["lr"])
+    # A NaN / inf loss or gradient must not reach the weights: no update, the caller stops the run.
+    nonfinite = nonfinite_quantity(accelerator, math.isfinite(sums.get("loss", 0.0)), params, grad_norm)
+    if nonfinite is not None:
+        optimizer.zero_grad(set_to_none=True)
+        return StepLogs(sums=sums, count=count, grad_norm=grad_norm, lr=lr, nonfinite=nonfinite)
     optimizer.step()
     skipped = bool(accelerator.optimizer_step_was_skipped)
     if lr_schedule is not None and not skipped:  # fp16 overflow: keep the schedule where it was
@@ -374,6 +395,7 @@ def write_checkpoint(
     accelerator: Any, run: RunFolder, step: int, policy: Policy, kind: str, state: dict[str, Any], keep: int,
 ) -> Path:
     """``checkpoints/step-NNNNNN/`` via :func:`lpo.runs.write_checkpoint`, the policy in ``model/``."""
+    policy.check_finite(f"the policy of checkpoint {step}")  # before any file of it is written
     return write_run_checkpoint(accelerator, run, step, lambda folder: policy.save(folder, kind), state, keep)
 
 
@@ -504,6 +526,8 @@ def finish_run(
     save_merged: bool, callbacks: Sequence[CheckpointCallback], history: list[dict[str, Any]],
 ) -> TrainResult:
     """Write the final policy (model/, optionally pipeline/), cost, metrics and result.json; call the callbacks."""
+    if run is not None:  # every process: they hold the same weights and must stop together
+        policy.check_finite("the trained policy")
     if run is not None and accelerator.is_main_process:
         with meter.stage(OPTIMISATION_STAGE):
             result.model_folder = policy.save(run.path / MODEL_DIR, components.kind)

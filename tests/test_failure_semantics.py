@@ -1,0 +1,176 @@
+"""Failure semantics (issue 13): no silent success.
+
+- a diverging run (lr = 1e6, or an injected NaN) stops with one line naming the step and the
+  fix, writes no final model, and leaves only finite checkpoints; every trainer does this;
+- a broken step reward (NaN weights, NaN scores) is refused with one line;
+- an evaluation of a U-Net with NaN weights is refused before anything is recorded.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from lpo.errors import LpoError
+from lpo.finite import DivergedError
+from lpo.trainers.jobs import run_training
+
+# One round of 4 trajectories, pairs at the 4 highest t, every branched row kept, 4 updates per round.
+QUICK = ["train.max_rounds=3", "sampler.sample_batch_size=4", "train.train_batch_size=4", "sampler.threshold_min=0.0",
+         "sampler.threshold_max=0.0", "sampler.min_timestep=801", "run.save_every=1"]
+
+
+def _lrm_folder(base: Path, out: Path, poison: bool = False) -> Path:
+    from lpo.lrm import LatentRewardModel, LRMConfig, save_lrm
+    from lpo.models import load_components
+
+    torch.manual_seed(0)
+    model = LatentRewardModel.from_components(load_components(base), LRMConfig(vfe_scale=1.0))
+    if poison:
+        with torch.no_grad():
+            for param in model.parameters():
+                param.fill_(float("nan"))
+    save_lrm(model, out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def world_lrm(tiny_world_dir, tmp_path_factory) -> Path:
+    return _lrm_folder(tiny_world_dir, tmp_path_factory.mktemp("rewards") / "lrm")
+
+
+@pytest.fixture(scope="module")
+def world_pairs(tmp_path_factory) -> Path:
+    from lpo.pairs import PreferencePair, save_pairs
+
+    rng = np.random.default_rng(0)
+    pairs = [PreferencePair(f"p{i}", ("a red circle", "a blue square")[i % 2],
+                            rng.integers(0, 255, (32, 32, 3), dtype=np.uint8),
+                            rng.integers(0, 255, (32, 32, 3), dtype=np.uint8), float(i % 2), "test") for i in range(16)]
+    path = tmp_path_factory.mktemp("pairs") / "pairs.parquet"
+    save_pairs(pairs, path)
+    return path
+
+
+def _all_finite(folder: Path) -> bool:
+    files = list(folder.rglob("*.safetensors"))
+    assert files
+    return all(torch.isfinite(t).all() for f in files for t in load_file(str(f)).values() if t.is_floating_point())
+
+
+# --------------------------------------------------------------------------- divergence
+
+
+def test_a_diverging_lpo_run_stops_with_one_line_and_writes_no_model(tiny_world_dir, world_lrm, tmp_path):
+    run_dir = tmp_path / "run"
+    with pytest.raises(DivergedError, match=r"^round \d, optimiser step \d+: the loss became NaN or inf, training "
+                                            r"diverged; lower optim.lr \(now 1e\+06\) and start a new run") as err:
+        run_training("lpo", "lpo-world", [f"model.base={tiny_world_dir}", f"reward.path={world_lrm}", *QUICK,
+                                          "optim.lr=1e6"], run_dir=run_dir)
+    assert "\n" not in str(err.value)
+    assert not (run_dir / "model").exists() and not (run_dir / "result.json").exists()
+    for checkpoint in (run_dir / "checkpoints").glob("step-*"):  # whatever was saved before is finite
+        assert _all_finite(checkpoint)
+
+
+def test_a_diverging_diffusion_dpo_run_stops(tiny_world_dir, world_pairs, tmp_path):
+    with pytest.raises(DivergedError, match=r"^step \d+: the (loss|gradients) became NaN or inf.*optim.lr \(now 1e\+06\)"):
+        run_training("diffusion-dpo", "dpo-world", [
+            f"model.base={tiny_world_dir}", f"data.pairs={world_pairs}", "train.max_steps=6", "train.batch_size=4",
+            "optim.warmup_steps=0", "run.save_every=2", "optim.lr=1e6"], run_dir=tmp_path / "run")
+    assert not (tmp_path / "run" / "model").exists()
+    for checkpoint in (tmp_path / "run" / "checkpoints").glob("step-*"):
+        assert _all_finite(checkpoint)
+
+
+def test_a_diverging_reward_model_stops(tiny_world_dir, tmp_path):
+    from lpo.lrm import LatentRewardModel, LRMConfig, save_lrm
+    from lpo.models import load_components
+    from lpo.pairs import PreferencePair
+    from lpo.reward_training import RewardTrainingConfig, train_step_reward
+    from lpo.runs import RunFolder
+
+    components = load_components(tiny_world_dir)
+    torch.manual_seed(0)
+    model = LatentRewardModel.from_components(components, LRMConfig(vfe_scale=1.0))
+    rng = np.random.default_rng(0)
+    pairs = [PreferencePair(f"p{i}", "a red circle", rng.integers(0, 255, (32, 32, 3), dtype=np.uint8),
+                            rng.integers(0, 255, (32, 32, 3), dtype=np.uint8), float(i % 2), "test") for i in range(16)]
+    config = RewardTrainingConfig(lr=1e6, warmup_steps=0, max_steps=8, batch_size=8, mixed_precision="no", log_every=1,
+                                  save_every=2, eval_every=0, grad_clip=None)
+    run = RunFolder.create(config, name="lrm", root=tmp_path)
+    with pytest.raises(DivergedError, match=r"^step \d+: the (loss|gradients) became NaN or inf.*lower lr \(now 1e\+06\)"):
+        train_step_reward(model, components, pairs, config, run, save_model=save_lrm)
+    assert not (run.path / "model").exists() and not (run.path / "result.json").exists()
+    assert all(torch.isfinite(p).all() for p in model.parameters())  # the bad update was never applied
+    for checkpoint in (run.path / "checkpoints").glob("step-*"):
+        assert _all_finite(checkpoint)
+
+
+def test_a_nan_loss_is_never_applied_to_the_weights():
+    from accelerate import Accelerator
+
+    from lpo.trainers.harness import accumulated_step
+
+    model = torch.nn.Linear(3, 1)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    acc = Accelerator(cpu=True)
+
+    def loss_fn(rows):
+        out = model(torch.ones(len(rows), 3)).squeeze(1)
+        return out * float("nan"), {}
+
+    logs = accumulated_step(acc, model, optimizer, None, list(model.parameters()), [torch.arange(2)], loss_fn, 2, None)
+    assert logs.nonfinite == "the loss"
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
+
+
+# --------------------------------------------------------------------------- a broken step reward
+
+
+def test_a_nan_lrm_is_refused_as_the_step_reward(tiny_world_dir, tmp_path):
+    bad = _lrm_folder(tiny_world_dir, tmp_path / "nan-lrm", poison=True)
+    with pytest.raises(LpoError, match=r"the step reward .*nan-lrm has non-finite weights \(\d+ of \d+ values are NaN.*"
+                                       r"retrain it \(lpo lrm train"):
+        run_training("lpo", "lpo-world", [f"model.base={tiny_world_dir}", f"reward.path={bad}", *QUICK],
+                     run_dir=tmp_path / "run")
+    assert not (tmp_path / "run" / "model").exists()
+
+
+def test_nan_reward_scores_stop_the_run_before_any_update(tiny_world_dir, world_lrm, tmp_path, monkeypatch):
+    from lpo.lrm import LatentRewardModel
+
+    real = LatentRewardModel.score_with_conditioning
+    monkeypatch.setattr(LatentRewardModel, "score_with_conditioning",
+                        lambda self, *a, **k: real(self, *a, **k) * float("nan"))
+    with pytest.raises(DivergedError, match=r"^round 1: the step reward .* gave NaN or inf \(64 of 64 scores.*the reward "
+                                            r"model is broken"):
+        run_training("lpo", "lpo-world", [f"model.base={tiny_world_dir}", f"reward.path={world_lrm}", *QUICK],
+                     run_dir=tmp_path / "run")
+    assert not (tmp_path / "run" / "model").exists()
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+def test_eval_refuses_a_unet_with_nan_weights(tiny_world_dir, tmp_path):
+    from lpo.evals.harness import EvalConfig, EvalProtocol, run_eval
+
+    folder = tmp_path / "nan-pipeline"
+    shutil.copytree(tiny_world_dir, folder)
+    weights = folder / "unet" / "diffusion_pytorch_model.safetensors"
+    state = load_file(str(weights))
+    first = sorted(k for k, v in state.items() if v.is_floating_point())[0]
+    state[first] = torch.full_like(state[first], float("nan"))
+    save_file(state, str(weights))
+    config = EvalConfig(checkpoint=str(folder), max_prompts=2, cache_dir=tmp_path / "cache",
+                        results_dir=tmp_path / "results", protocol=EvalProtocol(steps=2, images_per_prompt=1))
+    with pytest.raises(LpoError, match=r"the U-Net of checkpoint .*nan-pipeline has non-finite weights.*diverged run"):
+        run_eval(config)
+    assert not (tmp_path / "results").exists() or not any((tmp_path / "results").rglob("*.jsonl"))

@@ -2,7 +2,8 @@
 
 The loop itself is :func:`lpo.reward_training.train_step_reward`; these are its parts that
 do not depend on the data. Checkpoints go through :func:`lpo.runs.write_checkpoint` (the
-same layout as the policy trainers').
+same layout as the policy trainers'); the lr schedule is saved as JSON and resume loads
+no pickled objects (:mod:`lpo.checkpoint_state`).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import torch
 from torch import nn
 
+from lpo.checkpoint_state import load_checkpoint_state
 from lpo.config import config_to_dict
 from lpo.errors import LpoError
 from lpo.finite import check_finite_module
@@ -136,6 +138,6 @@ def resume_reward_run(accelerator: Any, run: RunFolder, config: "RewardTrainingC
     step, folder = checkpoints[-1]
     saved = json_load(folder / TRAINER_STATE_NAME)
     _check_resume(saved, config, encoded, folder)
-    accelerator.load_state(str(folder / "state"))
+    load_checkpoint_state(accelerator, folder / "state")
     saved["folder"] = str(folder)
     return step, saved

@@ -58,6 +58,7 @@ from torch import Tensor, nn
 
 from lpo.config import config_to_dict
 from lpo.errors import LpoError
+from lpo.checkpoint_state import register_schedule_checkpointing
 from lpo.finite import check_finite_module, diverged, nonfinite_quantity
 from lpo.io import atomic_write_json, atomic_write_text
 from lpo.pairs import TIE, PreferencePair
@@ -826,7 +827,7 @@ def train_step_reward(
         optimizer = reward_optimizer(model, config)
         lr_schedule = reward_lr_schedule(optimizer, config)
         model, optimizer = accelerator.prepare(model, optimizer)
-        accelerator.register_for_checkpointing(lr_schedule)
+        register_schedule_checkpointing(accelerator, lr_schedule)  # as JSON: nothing pickled
         device = accelerator.device
 
         # 4. resume

@@ -1,13 +1,15 @@
-"""Failure semantics (issue 13): no silent success.
+"""Failure semantics (issue 13): no silent success, no code from run folders.
 
 - a diverging run (lr = 1e6, or an injected NaN) stops with one line naming the step and the
   fix, writes no final model, and leaves only finite checkpoints; every trainer does this;
 - a broken step reward (NaN weights, NaN scores) is refused with one line;
-- an evaluation of a U-Net with NaN weights is refused before anything is recorded.
+- an evaluation of a U-Net with NaN weights is refused before anything is recorded;
+- a resume never unpickles objects: a poisoned pickle planted in a checkpoint does not run.
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -174,3 +176,79 @@ def test_eval_refuses_a_unet_with_nan_weights(tiny_world_dir, tmp_path):
     with pytest.raises(LpoError, match=r"the U-Net of checkpoint .*nan-pipeline has non-finite weights.*diverged run"):
         run_eval(config)
     assert not (tmp_path / "results").exists() or not any((tmp_path / "results").rglob("*.jsonl"))
+
+
+# --------------------------------------------------------------------------- no code from run folders
+
+
+class _Poison:
+    """Unpickling this creates ``marker``: what a planted pickle could do instead."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.marker),))
+
+
+def test_resume_never_runs_a_planted_pickle(tiny_world_dir, world_lrm, tmp_path):
+    sets = [f"model.base={tiny_world_dir}", f"reward.path={world_lrm}", *QUICK, "train.max_rounds=2"]
+    run_dir = tmp_path / "run"
+    run_training("lpo", "lpo-world", sets, run_dir=run_dir)
+    state = run_dir / "checkpoints" / "step-000001" / "state"
+    assert (state / "lr_schedule.json").is_file() and not list(state.glob("custom_checkpoint_*"))
+    marker = tmp_path / "pwned"
+
+    # 1. a custom-state pickle (accelerate would unpickle it with weights_only=False): refused, not run
+    torch.save(_Poison(marker), state / "custom_checkpoint_0.pkl")
+    with pytest.raises(LpoError, match=r"holds custom_checkpoint_0.pkl: pickled state, which this lpo does not load"):
+        run_training("lpo", "lpo-world", sets, run_dir=run_dir, resume=True)
+    assert not marker.exists()
+    (state / "custom_checkpoint_0.pkl").unlink()
+
+    # 2. a poisoned optimiser state: refused by the weights-only unpickler, one line
+    optimizer_file = state / "optimizer.bin"
+    good = optimizer_file.read_bytes()
+    torch.save(_Poison(marker), optimizer_file)
+    with pytest.raises(LpoError, match=r"optimizer.bin|not plain tensors"):
+        run_training("lpo", "lpo-world", sets, run_dir=run_dir, resume=True)
+    assert not marker.exists()
+    optimizer_file.write_bytes(good)
+
+    # 3. a poisoned RNG state: skipped (lpo's randomness is keyed, not global); the resume completes
+    torch.save(_Poison(marker), state / "random_states_0.pkl")
+    result = run_training("lpo", "lpo-world", sets, run_dir=run_dir, resume=True)
+    assert result.resumed_from == 1 and not marker.exists()
+
+    # the poison is live: an unrestricted unpickle would have run it
+    torch.load(state / "random_states_0.pkl", weights_only=False)
+    assert marker.exists()
+
+
+def test_reward_training_checkpoints_store_the_schedule_as_json(tiny_world_dir, tmp_path):
+    from lpo.lrm import LatentRewardModel, LRMConfig, save_lrm
+    from lpo.models import load_components
+    from lpo.pairs import PreferencePair
+    from lpo.reward_training import RewardTrainingConfig, train_step_reward
+    from lpo.runs import RunFolder
+
+    components = load_components(tiny_world_dir)
+    rng = np.random.default_rng(0)
+    pairs = [PreferencePair(f"p{i}", "a red circle", rng.integers(0, 255, (32, 32, 3), dtype=np.uint8),
+                            rng.integers(0, 255, (32, 32, 3), dtype=np.uint8), float(i % 2), "test") for i in range(8)]
+    config = RewardTrainingConfig(lr=1e-4, warmup_steps=1, max_steps=3, batch_size=4, mixed_precision="no", log_every=1,
+                                  save_every=2, eval_every=0)
+    torch.manual_seed(0)
+    run = RunFolder.create(config, name="lrm", root=tmp_path)
+    train_step_reward(LatentRewardModel.from_components(components, LRMConfig(vfe_scale=1.0)), components, pairs,
+                      config, run, save_model=save_lrm)
+    state = run.path / "checkpoints" / "step-000002" / "state"
+    assert json.loads((state / "lr_schedule.json").read_text())["last_epoch"] == 2
+    assert not list(state.glob("custom_checkpoint_*"))
+    marker = tmp_path / "pwned"
+    torch.save(_Poison(marker), state / "custom_checkpoint_0.pkl")
+    torch.manual_seed(0)
+    with pytest.raises(LpoError, match="pickled state, which this lpo does not load"):
+        train_step_reward(LatentRewardModel.from_components(components, LRMConfig(vfe_scale=1.0)), components, pairs,
+                          config, RunFolder.resume(run.path, config), save_model=save_lrm, resume=True)
+    assert not marker.exists()

@@ -54,6 +54,7 @@ from lpo.trainers.harness import (
     make_accelerator,
     reduce_logs,
     register_policy_checkpointing,
+    register_schedule_checkpointing,
     resume_from_checkpoint,
     start_trackers,
     write_checkpoint,
@@ -266,7 +267,7 @@ class DiffusionDPOTrainer:
         optimizer = build_optimizer(params, config.optim)
         lr_schedule = build_lr_schedule(optimizer, config.optim, config.train.max_steps)
         model, optimizer = acc.prepare(self.policy.unet, optimizer)
-        acc.register_for_checkpointing(lr_schedule)
+        register_schedule_checkpointing(acc, lr_schedule)  # as JSON: nothing pickled
         start_trackers(acc, run, "lpo-diffusion-dpo", config, self.trackers)
 
         step, resumed_from = 0, None

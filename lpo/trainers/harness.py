@@ -15,8 +15,9 @@ Every trainer (LPO, SPO, Diffusion-DPO) is built from the same parts:
   when the last micro-batch of a round is smaller.
 - checkpoints (:func:`write_checkpoint` / :func:`resume_from_checkpoint`):
   ``checkpoints/step-NNNNNN/`` holds ``state/`` (``accelerator.save_state``: optimiser,
-  lr schedule, RNG states, scaler; the policy's trainable weights as
-  ``trainable.safetensors`` through a save hook, never the frozen base), ``model/`` (the
+  RNG states, scaler; through save hooks the policy's trainable weights as
+  ``trainable.safetensors``, never the frozen base, and the lr schedule as JSON: resume
+  unpickles no objects, :mod:`lpo.checkpoint_state`), ``model/`` (the
   policy as a diffusers LoRA or U-Net folder, what an evaluation reads) and
   ``trainer_state.json``, written last; the folder is built under a hidden name and
   renamed into place, so a killed run leaves either a complete checkpoint or none.
@@ -40,6 +41,8 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 from torch import Tensor, nn
 
+from lpo.checkpoint_state import load_checkpoint_state
+from lpo.checkpoint_state import register_schedule_checkpointing  # re-exported for the trainers
 from lpo.config import config_to_dict
 from lpo.errors import LpoError
 from lpo.finite import check_finite_weights, diverged, nonfinite_quantity
@@ -451,7 +454,7 @@ def resume_from_checkpoint(accelerator: Any, run: RunFolder, config: Any, finger
             f"cannot resume {folder}: it was trained on other data (fingerprint {saved.get('data_fingerprint')}, "
             f"now {fingerprint}); pass the same prompts or pairs"
         )
-    accelerator.load_state(str(folder / "state"))
+    load_checkpoint_state(accelerator, folder / "state")
     saved["folder"] = str(folder)
     return saved
 

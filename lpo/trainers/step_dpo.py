@@ -62,6 +62,7 @@ from lpo.trainers.harness import (
     make_accelerator,
     reduce_logs,
     register_policy_checkpointing,
+    register_schedule_checkpointing,
     resume_from_checkpoint,
     start_trackers,
     write_checkpoint,
@@ -272,7 +273,7 @@ class StepDPOTrainer:
         optimizer = build_optimizer(params, config.optim)
         lr_schedule = build_lr_schedule(optimizer, config.optim, plan.rounds)
         model, optimizer = acc.prepare(self.policy.unet, optimizer)
-        acc.register_for_checkpointing(lr_schedule)
+        register_schedule_checkpointing(acc, lr_schedule)  # as JSON: nothing pickled
         start_trackers(acc, run, f"lpo-{self.method}", config, self.trackers)
 
         # 2. resume

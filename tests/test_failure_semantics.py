@@ -252,3 +252,33 @@ def test_reward_training_checkpoints_store_the_schedule_as_json(tiny_world_dir, 
         train_step_reward(LatentRewardModel.from_components(components, LRMConfig(vfe_scale=1.0)), components, pairs,
                           config, RunFolder.resume(run.path, config), save_model=save_lrm, resume=True)
     assert not marker.exists()
+
+
+# --------------------------------------------------------------------------- fixes that exist
+
+
+def test_an_unreachable_vae_override_names_model_vae_none(tiny_sdxl_dir):
+    from lpo.models import load_components
+
+    # the suite runs with HF_HUB_OFFLINE=1: a hub VAE that is not cached cannot load
+    with pytest.raises(LpoError, match=r"could not load the VAE override \(model.vae\).*set model.vae=none to use the "
+                                       r"pipeline's own VAE, or model.vae to a local AutoencoderKL folder"):
+        load_components(tiny_sdxl_dir, vae="nobody/no-such-vae")
+    assert load_components(tiny_sdxl_dir, vae=None).vae is not None  # the fix named: model.vae=none
+
+
+def test_mpcf_world_scorers_on_real_captions_point_to_the_paper_preset():
+    from lpo.mpcf import GAP_SCORERS
+
+    scorer = GAP_SCORERS.get("world-aesthetic")()
+    image = np.zeros((32, 32, 3), dtype=np.uint8)
+    with pytest.raises(LpoError, match=r"is not in the world's grammar.*reads world prompts only: filter real pairs "
+                                       r"with --preset paper"):
+        scorer.score([image], ["a photo of an astronaut riding a horse"])
+
+
+def test_an_unreachable_pickscore_names_the_hub_cache_fix():
+    from lpo.pixel_reward import TimestepConditionedScorer
+
+    with pytest.raises(LpoError, match=r"allow hub access or fetch nobody/no-pickscore .* with `hf download`.*spo-pixel"):
+        TimestepConditionedScorer.from_clip_pretrained("nobody/no-pickscore")

@@ -131,6 +131,11 @@ class Checkpoint:
                     f"could not apply the LoRA in {self.adapter_path} to {self.model} ({one_line(err)}); "
                     f"{where} must be the pipeline it was trained on"
                 ) from err
+        from lpo.finite import check_finite_module
+
+        # A diverged run's weights would give normal-looking records for noise images.
+        check_finite_module(pipe.unet, f"the U-Net of checkpoint {self.spec}",
+                            "it comes from a diverged run: retrain it with a lower optim.lr; lpo eval does not score it")
         return pipe
 
 

@@ -50,6 +50,7 @@ from lpo.evals.image_cache import ImageCache, default_cache_dir
 from lpo.evals.metrics.base import METRICS, MetricSpec
 from lpo.evals.store import DEFAULT_RESULTS_DIR, ResultRecord, append_records, now, summary_fields, write_per_prompt
 from lpo.generate import DTYPES, generate_images, image_seed
+from lpo.io import check_writable
 
 SAMPLERS = ("ddim",)  # the one sampler lpo's pipelines load with (lpo.models swaps in DDIM)
 METRIC_DTYPES = ("float32", "float16", "bfloat16")
@@ -360,6 +361,8 @@ def run_eval(config: EvalConfig, console=None) -> EvalOutput:
         if config.label:
             checkpoint.label = config.label
         cache = ImageCache(config.cache_dir or default_cache_dir(), checkpoint.content_hash, protocol.pixel_hash())
+        if config.results_dir is not None and procs.is_main:  # fail before generating, not after scoring
+            check_writable(Path(config.results_dir), "the results folder (--results-dir)")
 
         # 2. Generate what the cache lacks (this process's shard of the jobs).
         jobs = [(i, k) for i in range(len(prompts)) for k in range(protocol.images_per_prompt)]
@@ -523,7 +526,7 @@ def run_eval(config: EvalConfig, console=None) -> EvalOutput:
                 )
             )
         if config.results_dir is not None:
-            written = append_records(config.results_dir, records)
+            written = append_records(config.results_dir, records, companion=per_prompt_ref[0])
     procs.wait()
     return EvalOutput(
         eval_id=eval_id,

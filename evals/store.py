@@ -197,8 +197,20 @@ def write_per_prompt(results_dir: Path, benchmark: str, eval_id: str, data: dict
     return relative.as_posix(), hashlib.sha256(text.encode()).hexdigest()
 
 
-def append_records(results_dir: Path, records: Sequence[ResultRecord]) -> list[Path]:
-    """Append ``records`` (grouped by benchmark) in one atomic rewrite per records file."""
+def append_records(results_dir: Path, records: Sequence[ResultRecord], companion: str | None = None) -> list[Path]:
+    """Append ``records`` (grouped by benchmark) in one atomic rewrite per records file.
+
+    ``companion``: a file under ``results_dir`` the records point at (the per-prompt scores),
+    removed when the append fails, so a failed write leaves no orphan behind."""
+    try:
+        return _append_records(results_dir, records)
+    except BaseException:
+        if companion is not None:
+            (Path(results_dir) / companion).unlink(missing_ok=True)
+        raise
+
+
+def _append_records(results_dir: Path, records: Sequence[ResultRecord]) -> list[Path]:
     by_benchmark: dict[str, list[ResultRecord]] = {}
     for record in records:
         by_benchmark.setdefault(record.benchmark, []).append(record)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -13,6 +15,67 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from lpo.errors import LpoError
+
+
+# OSErrors of a write that the user fixes on the machine, not in lpo: why, and what to do.
+DISK_ERRORS = {
+    errno.ENOSPC: ("no space left on the device", "free space there or write to another folder"),
+    errno.EDQUOT: ("the disk quota is exceeded", "free space there or write to another folder"),
+    errno.EROFS: ("the file system is read-only", "write to a writable folder"),
+    errno.EACCES: ("permission denied", "make it writable for this user or write to another folder"),
+    errno.EPERM: ("operation not permitted", "make it writable for this user or write to another folder"),
+}
+
+
+# torch.save and safetensors (Rust) report a full or read-only disk as RuntimeError / SafetensorError
+# ("PytorchStreamWriter failed writing file ...", "unexpected pos", "os error 28"), not as OSError.
+_WRAPPED_ERRNO = ((re.compile(r"No space left|StorageFull|os error 28|file write failed|unexpected pos"), errno.ENOSPC),
+                  (re.compile(r"Read-only file system|os error 30"), errno.EROFS))
+
+
+def _errno_of(err: BaseException) -> int | None:
+    if isinstance(err, OSError):
+        return err.errno
+    if isinstance(err, RuntimeError) or type(err).__name__ == "SafetensorError":
+        text = str(err)
+        return next((code for pattern, code in _WRAPPED_ERRNO if pattern.search(text)), None)
+    return None
+
+
+def disk_error(path: Path, err: BaseException, what: str = "") -> LpoError | None:
+    """The one-line error for a disk-level write failure (full, read-only, no permission), else None."""
+    code = _errno_of(err)
+    if code not in DISK_ERRORS:
+        return None
+    why, fix = DISK_ERRORS[code]
+    return LpoError(f"could not write {what or path} ({path}): {why}; {fix}")
+
+
+@contextmanager
+def disk_errors(path: Path, what: str = "") -> Iterator[None]:
+    """Turn a disk-level failure raised inside the block into a one-line LpoError naming ``path``."""
+    try:
+        yield
+    except Exception as err:
+        mapped = disk_error(Path(path), err, what)
+        if mapped is None:
+            raise
+        raise mapped from err
+
+
+def check_writable(folder: Path, what: str) -> None:
+    """Fail now, before expensive work, when ``folder`` cannot be created or written to."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".write-probe.", suffix=".tmp")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        mapped = disk_error(folder, err, what)
+        raise (mapped or LpoError(f"cannot write {what} ({folder}): {err.strerror or err}; pass a writable folder")) from err
+
 
 def atomic_write_text(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` via a temporary file and a rename (no half-written files)."""
@@ -20,7 +83,11 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path = Path(path)
+    with disk_errors(path):
+        _atomic_write_bytes(Path(path), data)
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -40,7 +107,11 @@ def atomic_write_file(path: Path, write: Callable[[Path], None]) -> None:
 
     For writers that want a path rather than bytes (pyarrow, torch.save, PIL).
     """
-    path = Path(path)
+    with disk_errors(path):
+        _atomic_write_file(Path(path), write)
+
+
+def _atomic_write_file(path: Path, write: Callable[[Path], None]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
@@ -61,13 +132,17 @@ def atomic_write_json(path: Path, data: Any) -> None:
 
 @contextmanager
 def atomic_directory(final: Path) -> Iterator[Path]:
-    """Yield a temporary sibling folder; on success it replaces ``final`` in one rename."""
+    """Yield a temporary sibling folder; on success it replaces ``final`` in one rename.
+    A disk-level failure inside (full, read-only) is one line naming ``final``; the
+    temporary folder is removed whatever fails."""
     final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp"))
-    os.chmod(tmp, 0o755)  # mkdtemp creates 0700
+    with disk_errors(final):
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp"))
+        os.chmod(tmp, 0o755)  # mkdtemp creates 0700
     try:
-        yield tmp
+        with disk_errors(final):
+            yield tmp
         if final.exists():
             old = final.with_name(f".{final.name}.old")
             shutil.rmtree(old, ignore_errors=True)
@@ -137,8 +212,6 @@ def load_safetensors_strict(module, path: Path, *, what: str, config_name: str, 
     """
     from safetensors import SafetensorError
     from safetensors.torch import load_file
-
-    from lpo.errors import LpoError
 
     try:
         state = load_file(str(path))

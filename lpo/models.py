@@ -204,7 +204,9 @@ def load_components(
         vae_module = _load(AutoencoderKL, source, "vae", torch_dtype=dtype)
     else:
         vae_source = _locate_override(vae, vae_subfolder, "vae")
-        vae_module = _load(AutoencoderKL, vae_source, vae_subfolder, torch_dtype=dtype)
+        vae_module = _guarded(vae_source, vae_subfolder, "the VAE override (model.vae)", lambda: AutoencoderKL.from_pretrained(
+            vae_source.where, torch_dtype=dtype, **({"subfolder": vae_subfolder} if vae_subfolder else {})),
+            hub_fix="set model.vae=none to use the pipeline's own VAE, or model.vae to a local AutoencoderKL folder")
     text_encoder = _load(CLIPTextModel, source, "text_encoder", dtype=dtype)
     tokenizer = _load(CLIPTokenizer, source, "tokenizer")
     text_encoder_2 = tokenizer_2 = None
@@ -271,10 +273,10 @@ def _short(err: BaseException) -> str:
     return f"{type(err).__name__}: {first[:200]}"
 
 
-def _hub_hint(location: _Location) -> str:
+def _hub_hint(location: _Location, fix: str = "pass a local pipeline folder") -> str:
     return (
         f"it could not be downloaded and is not in the local Hugging Face cache (and there is no local "
-        f"folder {location.where}); pass a local pipeline folder, or allow hub access (network on, "
+        f"folder {location.where}); {fix}, or allow hub access (network on, "
         "HF_HUB_OFFLINE unset, `hf auth login` for gated models)"
     )
 
@@ -296,14 +298,15 @@ def _load(cls: Any, location: _Location, subfolder: str | None, **kwargs: Any) -
     return _guarded(location, subfolder, cls.__name__, lambda: cls.from_pretrained(location.where, **kwargs))
 
 
-def _guarded(location: _Location, subfolder: str | None, what: str, load: Callable[[], Any]) -> Any:
+def _guarded(location: _Location, subfolder: str | None, what: str, load: Callable[[], Any],
+             hub_fix: str = "pass a local pipeline folder") -> Any:
     """Run one loading call; a failure to read the files becomes a one-line LpoError."""
     try:
         return load()
     except _load_errors() as err:
         where = location.describe(subfolder)
         if location.is_hub:
-            raise LpoError(f"could not load {what} from {where} ({_short(err)}): {_hub_hint(location)}") from err
+            raise LpoError(f"could not load {what} from {where} ({_short(err)}): {_hub_hint(location, hub_fix)}") from err
         raise LpoError(
             f"could not load {what} from {where} ({_short(err)}); the files may be damaged or "
             "incomplete: re-save or re-download the pipeline"

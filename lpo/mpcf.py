@@ -94,7 +94,11 @@ class WorldJudgeScorer:
     def score(self, images: list[np.ndarray], prompts: list[str]) -> np.ndarray:
         from lpo.world.judges import judge
 
-        return np.array([getattr(judge(image, prompt), self.judge_field) for image, prompt in zip(images, prompts)], dtype=np.float64)
+        try:
+            return np.array([getattr(judge(image, prompt), self.judge_field) for image, prompt in zip(images, prompts)],
+                            dtype=np.float64)
+        except LpoError as err:  # a real caption: the grammar's message would not say what to do
+            raise LpoError(f"{err}; the {self.name} scorer reads world prompts only: filter real pairs with --preset paper") from err
 
     def __repr__(self) -> str:
         return f"WorldJudgeScorer({self.name}@{self.version}: judge().{self.judge_field})"

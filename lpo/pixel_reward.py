@@ -557,7 +557,8 @@ class TimestepConditionedScorer(nn.Module):
         from transformers import CLIPModel, CLIPTokenizer
 
         processor = model if processor is None else processor
-        hint = "pass a CLIPModel folder or hub id (e.g. yuvalkirstain/PickScore_v1) and its processor"
+        hint = (f"allow hub access or fetch {model} (and {processor}) into the Hugging Face cache with `hf download` "
+                "(lpo lrm train --preset spo-pixel-* always loads PickScore from the hub; in Python pass a local folder)")
         clip = _guarded_load(
             lambda: CLIPModel.from_pretrained(str(model), dtype=dtype), f"CLIPModel from {model}", hint
         )

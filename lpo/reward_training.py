@@ -58,9 +58,21 @@ from torch import Tensor, nn
 
 from lpo.config import config_to_dict
 from lpo.errors import LpoError
+from lpo.checkpoint_state import register_schedule_checkpointing
+from lpo.finite import check_finite_module, diverged, nonfinite_quantity
 from lpo.io import atomic_write_json, atomic_write_text
 from lpo.pairs import TIE, PreferencePair
-from lpo.runs import TRAINER_STATE_NAME, DeviceMeter, RunFolder, list_checkpoints, write_checkpoint
+from lpo.reward_setup import (
+    NONFINITE_FIX,
+    TRAINER_STATE_VERSION,
+    SaveFn,
+    make_reward_accelerator,
+    resume_reward_run,
+    reward_lr_schedule,
+    reward_optimizer,
+    write_reward_checkpoint,
+)
+from lpo.runs import DeviceMeter, RunFolder
 
 logger = logging.getLogger(__name__)
 
@@ -70,10 +82,8 @@ PROGRESS_LABEL = "reward model"
 METRICS_NAME = "metrics.jsonl"
 RESULT_NAME = "result.json"
 MODEL_DIR = "model"
-TRAINER_STATE_VERSION = 1
 
 ProgressFn = Callable[[str, int, int, float], None]  # (stage, step, total, loss), as lpo.progress.stage_progress
-SaveFn = Callable[[nn.Module, Path], Any]  # writes a model to a folder, e.g. lpo.lrm.save_lrm
 
 
 @runtime_checkable
@@ -749,90 +759,7 @@ class TrainingResult:
         }
 
 
-# --------------------------------------------------------------------------- checkpoints
-
-# Changing these between a run and its resume does not change the weights it produces.
-RESUME_FREE_FIELDS = frozenset({"log_every", "save_every", "keep_checkpoints", "eval_every", "eval_timesteps",
-                                "eval_batch_size", "encode_batch_size"})
-def _write_checkpoint(
-    accelerator: Any, run: RunFolder, step: int, model: nn.Module, save_model: SaveFn | None,
-    state: dict[str, Any], keep: int,
-) -> Path:
-    """checkpoints/step-NNNNNN/ via :func:`lpo.runs.write_checkpoint`; ``model/`` by ``save_model``."""
-    save = None if save_model is None else (lambda folder: save_model(accelerator.unwrap_model(model), folder))
-    return write_checkpoint(accelerator, run, step, save, state, keep)
-
-
-def _check_resume(saved: dict[str, Any], config: RewardTrainingConfig, encoded: EncodedPairs, folder: Path) -> None:
-    if saved.get("version") != TRAINER_STATE_VERSION:
-        raise LpoError(f"{folder} has trainer-state version {saved.get('version')}; this lpo reads {TRAINER_STATE_VERSION}")
-    old, new = saved["config"], config_to_dict(config)
-    changed = sorted(k for k in set(old) | set(new) if k not in RESUME_FREE_FIELDS and old.get(k) != new.get(k))
-    if changed:
-        diffs = "; ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed)
-        raise LpoError(
-            f"cannot resume {folder}: the config differs from the checkpoint's ({diffs}); "
-            "resume with the same settings or start a new run"
-        )
-    if saved["data_fingerprint"] != encoded.fingerprint() or saved["num_pairs"] != len(encoded):
-        raise LpoError(
-            f"cannot resume {folder}: it was trained on {saved['num_pairs']} other pairs (fingerprint "
-            f"{saved['data_fingerprint']}, now {len(encoded)} pairs, {encoded.fingerprint()}); pass the same pairs"
-        )
-
-
 # --------------------------------------------------------------------------- training
-
-
-def _make_accelerator(config: RewardTrainingConfig, accelerator: Any) -> Any:
-    if accelerator is not None:
-        if accelerator.gradient_accumulation_steps != config.gradient_accumulation_steps:
-            raise LpoError(
-                f"the accelerator accumulates {accelerator.gradient_accumulation_steps} steps but the config says "
-                f"{config.gradient_accumulation_steps}; build it with Accelerator(gradient_accumulation_steps="
-                f"{config.gradient_accumulation_steps}) or pass none"
-            )
-        if str(accelerator.mixed_precision) != config.mixed_precision:
-            raise LpoError(
-                f"the accelerator uses mixed_precision={accelerator.mixed_precision} but the config says "
-                f"{config.mixed_precision}; make them agree"
-            )
-        return accelerator
-    from accelerate import Accelerator
-
-    try:
-        return Accelerator(
-            mixed_precision=config.mixed_precision, gradient_accumulation_steps=config.gradient_accumulation_steps
-        )
-    except ValueError as err:
-        raise LpoError(f"could not set up accelerate with mixed_precision={config.mixed_precision}: {err}") from err
-
-
-def _optimizer(model: nn.Module, config: RewardTrainingConfig) -> torch.optim.Optimizer:
-    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    if not trainable:
-        raise LpoError("the reward model has no trainable parameters (all have requires_grad=False)")
-    not_fp32 = sorted({str(p.dtype).removeprefix("torch.") for _, p in trainable if p.dtype != torch.float32})
-    if not_fp32:
-        raise LpoError(
-            f"trainable weights are {', '.join(not_fp32)}; build the reward model from float32 components "
-            "and set mixed_precision=bf16 or fp16 for low-precision compute"
-        )
-    decay = [p for _, p in trainable if p.ndim >= 2]  # matrices, convolutions, embeddings
-    no_decay = [p for _, p in trainable if p.ndim < 2]  # biases, norms, logit_scale
-    return torch.optim.AdamW(
-        [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=config.lr,
-        betas=(config.adam_beta1, config.adam_beta2),
-        eps=config.adam_epsilon,
-    )
-
-
-def _lr_schedule(optimizer: torch.optim.Optimizer, config: RewardTrainingConfig) -> Any:
-    from transformers import get_scheduler
-
-    name = {"linear": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}[config.lr_scheduler]
-    return get_scheduler(name, optimizer, num_warmup_steps=config.warmup_steps, num_training_steps=config.max_steps)
 
 
 def train_step_reward(
@@ -877,7 +804,7 @@ def train_step_reward(
         pairs, eval_pairs = split_by_prompt(pairs, config.eval_fraction, config.seed)
 
     # 1. accelerate, the meter, and the cost of any earlier part of this run
-    accelerator = _make_accelerator(config, accelerator)
+    accelerator = make_reward_accelerator(config, accelerator)
     is_main = accelerator.is_main_process
     say = log if (log is not None and is_main) else (lambda message: None)
     meter = DeviceMeter(accelerator=accelerator)
@@ -897,10 +824,10 @@ def train_step_reward(
         say(plan.describe())
 
         # 3. optimiser, lr schedule, accelerate
-        optimizer = _optimizer(model, config)
-        lr_schedule = _lr_schedule(optimizer, config)
+        optimizer = reward_optimizer(model, config)
+        lr_schedule = reward_lr_schedule(optimizer, config)
         model, optimizer = accelerator.prepare(model, optimizer)
-        accelerator.register_for_checkpointing(lr_schedule)
+        register_schedule_checkpointing(accelerator, lr_schedule)  # as JSON: nothing pickled
         device = accelerator.device
 
         # 4. resume
@@ -908,16 +835,13 @@ def train_step_reward(
         history: list[dict[str, Any]] = []
         eval_history: list[dict[str, Any]] = []
         if resume:
-            checkpoints = list_checkpoints(run)
-            if checkpoints:
-                resumed_from, folder = checkpoints[-1]
-                saved = json_load(folder / TRAINER_STATE_NAME)
-                _check_resume(saved, config, encoded, folder)
-                accelerator.load_state(str(folder / "state"))
+            found = resume_reward_run(accelerator, run, config, encoded)
+            if found is not None:
+                resumed_from, saved = found
                 step = int(saved["step"])
                 history = [row for row in saved["history"] if row["step"] <= step]
                 eval_history = [row for row in saved["eval_history"] if row["step"] <= step]
-                say(f"resumed from {folder} at step {step}")
+                say(f"resumed from {saved['folder']} at step {step}")
             else:
                 say(f"no checkpoint in {run.checkpoints_dir}; starting at step 0")
             previous = run.read_cost()
@@ -955,6 +879,7 @@ def train_step_reward(
             generator = keyed_generator(config.seed, STREAM_STEP, step)
             indices = pair_indices(len(encoded), step * config.batch_size, config.batch_size, config.seed)
             batch = noise_pairs(encoded, indices, scheduler, generator, pool=pool, noise=config.noise, weights=weights)
+            loss_finite = True
             for m in range(config.gradient_accumulation_steps):
                 start = (m * accelerator.num_processes + rank) * micro
                 part = batch.slice(start, start + micro)
@@ -962,10 +887,15 @@ def train_step_reward(
                     scores_0, scores_1 = score_pairs(model, part, device)
                     out = preference_loss(scores_0, scores_1, part.labels_0.to(device), part.weights.to(device))
                     accelerator.backward(out.loss)
+                    loss_finite = loss_finite and math.isfinite(float(out.loss.detach()))
                     if accelerator.sync_gradients:
                         if config.grad_clip is not None:
                             last_norm = float(accelerator.clip_grad_norm_(model.parameters(), config.grad_clip))
                         last_lr = float(optimizer.param_groups[0]["lr"])  # the lr this update uses
+                        # a NaN / inf loss or gradient must not reach the weights: stop before the update
+                        bad = nonfinite_quantity(accelerator, loss_finite, list(model.parameters()), last_norm)
+                        if bad is not None:
+                            raise diverged(f"step {step + 1}", bad, "lr", config.lr)
                         optimizer.step()
                         if not accelerator.optimizer_step_was_skipped:  # fp16 overflow: keep the schedule
                             lr_schedule.step()
@@ -999,7 +929,7 @@ def train_step_reward(
             if config.eval_every and step % config.eval_every == 0 and step < config.max_steps:
                 evaluate()
             if run is not None and config.save_every and step % config.save_every == 0 and step < config.max_steps:
-                _write_checkpoint(accelerator, run, step, model, save_model, trainer_state(), config.keep_checkpoints)
+                write_reward_checkpoint(accelerator, run, step, model, save_model, trainer_state(), config.keep_checkpoints)
                 if is_main:
                     run.write_cost(meter)
 
@@ -1012,6 +942,8 @@ def train_step_reward(
         steps=step, plan=plan, history=history, eval_history=eval_history, cost=meter.as_dict(),
         resumed_from=resumed_from, run_folder=None if run is None else run.path,
     )
+    if run is not None:  # every process: they hold the same weights and must stop together
+        check_finite_module(unwrapped, "the trained reward model", NONFINITE_FIX)
     if run is not None and is_main:
         if save_model is not None:
             result.model_folder = run.path / MODEL_DIR
@@ -1027,15 +959,6 @@ def train_step_reward(
         accelerator.wait_for_everyone()
     logger.debug("reward model training took %.1f s", time.perf_counter() - started)
     return result
-
-
-def json_load(path: Path) -> dict[str, Any]:
-    import json
-
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, ValueError) as err:
-        raise LpoError(f"could not read {path} ({type(err).__name__}: {err}); the checkpoint is damaged") from err
 
 
 def _write_metrics(run: RunFolder, history: list[dict[str, Any]]) -> None:

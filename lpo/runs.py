@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from lpo.errors import LpoError
-from lpo.io import atomic_write_json, run_metadata
+from lpo.io import atomic_write_json, disk_errors, run_metadata
 
 CONFIG_NAME = "config.json"
 RUN_NAME = "run.json"
@@ -420,20 +420,32 @@ def write_checkpoint(
     """
     final = run.checkpoints_dir / f"{CHECKPOINT_PREFIX}{step:06d}"
     tmp = run.checkpoints_dir / f".{final.name}.tmp"
-    if accelerator.is_main_process:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp / "state"))
-    if accelerator.is_main_process:
-        if save_model is not None:
-            save_model(tmp / CHECKPOINT_MODEL_DIR)
-        atomic_write_json(tmp / TRAINER_STATE_NAME, state)
-        if final.exists():
-            shutil.rmtree(final)
-        tmp.rename(final)
-        for _, old in list_checkpoints(run)[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
+    # A failed write (disk full, read-only) removes the half-built folder and is one line.
+    with disk_errors(final, f"checkpoint {step}"), _removed_on_error(tmp, accelerator.is_main_process):
+        if accelerator.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        accelerator.wait_for_everyone()
+        accelerator.save_state(str(tmp / "state"))
+        if accelerator.is_main_process:
+            if save_model is not None:
+                save_model(tmp / CHECKPOINT_MODEL_DIR)
+            atomic_write_json(tmp / TRAINER_STATE_NAME, state)
+            if final.exists():
+                shutil.rmtree(final)
+            tmp.rename(final)
+            for _, old in list_checkpoints(run)[:-keep]:
+                shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
     return final
+
+
+@contextmanager
+def _removed_on_error(folder: Path, owner: bool) -> Iterator[None]:
+    try:
+        yield
+    except BaseException:
+        if owner:
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
 

@@ -348,9 +348,14 @@ def test_sdxl_runs_and_writes_an_sdxl_lora(tiny_sdxl_dir, tmp_path):
         assert not np.allclose(run(), base, atol=1e-5)
 
 
-def test_a_round_that_keeps_nothing_trains_nothing(tiny_world_dir, world_lrm, tmp_path):
-    # a softmax gap can never exceed 1: nothing is kept, so no optimiser step, and no crash
-    result = run_training("lpo", "lpo-world", [f"model.base={tiny_world_dir}", f"reward.path={world_lrm}", *QUICK_STEP,
-                                               "train.max_rounds=1", "sampler.threshold_min=0.999",
-                                               "sampler.threshold_max=0.999"], run_dir=tmp_path / "run")
-    assert result.history[0]["kept"] == 0 and result.optimizer_steps == 0
+def test_a_run_that_keeps_nothing_fails_without_saving_a_model(tiny_world_dir, world_lrm, tmp_path):
+    # a softmax gap can never exceed 1: nothing is kept, no optimiser step; the base weights are not
+    # passed off as a trained model
+    with pytest.raises(LpoError, match=r"no pairs were kept in 1 round \(0 optimiser steps\).*largest winner-loser gap "
+                                       r"was 0\.\d+.*lower sampler.threshold_min and sampler.threshold_max"):
+        run_training("lpo", "lpo-world", [f"model.base={tiny_world_dir}", f"reward.path={world_lrm}", *QUICK_STEP,
+                                          "train.max_rounds=1", "sampler.threshold_min=0.999",
+                                          "sampler.threshold_max=0.999"], run_dir=tmp_path / "run")
+    assert not (tmp_path / "run" / "model").exists() and not (tmp_path / "run" / "result.json").exists()
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["round"], r["kept"], r["optimizer_steps"]) for r in rows] == [(1, 0, 0)]

@@ -47,12 +47,14 @@ from lpo.trainers.harness import (
     TrainResult,
     accumulated_step,
     build_lr_schedule,
+    check_step,
     build_optimizer,
     finish_run,
     finite_or_none,
     make_accelerator,
     reduce_logs,
     register_policy_checkpointing,
+    register_schedule_checkpointing,
     resume_from_checkpoint,
     start_trackers,
     write_checkpoint,
@@ -265,7 +267,7 @@ class DiffusionDPOTrainer:
         optimizer = build_optimizer(params, config.optim)
         lr_schedule = build_lr_schedule(optimizer, config.optim, config.train.max_steps)
         model, optimizer = acc.prepare(self.policy.unet, optimizer)
-        acc.register_for_checkpointing(lr_schedule)
+        register_schedule_checkpointing(acc, lr_schedule)  # as JSON: nothing pickled
         start_trackers(acc, run, "lpo-diffusion-dpo", config, self.trackers)
 
         step, resumed_from = 0, None
@@ -303,6 +305,7 @@ class DiffusionDPOTrainer:
                     acc, model, optimizer, lr_schedule, params, group, self._loss_fn(model, draws),
                     config.train.batch_size, config.optim.grad_clip,
                 ))
+                check_step(window[-1], f"step {step + 1}", config.optim.lr)
                 step += 1
                 if (step % config.run.log_every == 0) or step == config.train.max_steps:
                     row = {"step": step, **reduce_logs(acc, window), "lr": window[-1].lr,

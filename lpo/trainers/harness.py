@@ -15,11 +15,14 @@ Every trainer (LPO, SPO, Diffusion-DPO) is built from the same parts:
   when the last micro-batch of a round is smaller.
 - checkpoints (:func:`write_checkpoint` / :func:`resume_from_checkpoint`):
   ``checkpoints/step-NNNNNN/`` holds ``state/`` (``accelerator.save_state``: optimiser,
-  lr schedule, RNG states, scaler; the policy's trainable weights as
-  ``trainable.safetensors`` through a save hook, never the frozen base), ``model/`` (the
+  RNG states, scaler; through save hooks the policy's trainable weights as
+  ``trainable.safetensors``, never the frozen base, and the lr schedule as JSON: resume
+  unpickles no objects, :mod:`lpo.checkpoint_state`), ``model/`` (the
   policy as a diffusers LoRA or U-Net folder, what an evaluation reads) and
   ``trainer_state.json``, written last; the folder is built under a hidden name and
   renamed into place, so a killed run leaves either a complete checkpoint or none.
+- numerical health (:mod:`lpo.finite`): a step whose loss or gradients are NaN / inf is
+  not taken and the run stops with one line; non-finite weights are never saved.
 
 N counts rounds for LPO/SPO and optimiser steps for Diffusion-DPO.
 """
@@ -38,8 +41,11 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 from torch import Tensor, nn
 
+from lpo.checkpoint_state import load_checkpoint_state
+from lpo.checkpoint_state import register_schedule_checkpointing  # re-exported for the trainers
 from lpo.config import config_to_dict
 from lpo.errors import LpoError
+from lpo.finite import check_finite_weights, diverged, nonfinite_quantity
 from lpo.io import atomic_write_json
 from lpo.lora import add_lora, adapters_disabled, save_lora, save_merged_pipeline, save_unet
 from lpo.runs import TRAINER_STATE_NAME, RunFolder, list_checkpoints  # re-exported for the trainers
@@ -212,8 +218,14 @@ class Policy:
                 with adapters_disabled(self.unet):
                     yield self.unet
 
+    def check_finite(self, what: str) -> None:
+        check_finite_weights(((n, p) for n, p in self.unet.named_parameters() if p.requires_grad), what,
+                             "lower optim.lr and start a new run")
+
     def save(self, folder: Path, kind: str) -> Path:
-        """The policy as plain diffusers loads it: a LoRA folder, or a ``UNet2DConditionModel`` folder."""
+        """The policy as plain diffusers loads it: a LoRA folder, or a ``UNet2DConditionModel`` folder.
+        Non-finite trained weights are refused: no folder is written."""
+        self.check_finite(f"the policy to be saved in {folder}")
         return save_lora(self.unet, folder, kind) if self.is_lora else save_unet(self.unet, folder)
 
 
@@ -290,6 +302,13 @@ class StepLogs:
     grad_norm: float | None
     lr: float
     skipped: bool = False
+    nonfinite: str | None = None  # the quantity that was NaN / inf; the update was not taken
+
+
+def check_step(logs: "StepLogs | None", where: str, lr: float) -> None:
+    """Raise the one-line divergence error when the step found a non-finite loss or gradient."""
+    if logs is not None and logs.nonfinite is not None:
+        raise diverged(where, logs.nonfinite, "optim.lr", lr)
 
 
 def accumulated_step(
@@ -325,6 +344,11 @@ def accumulated_step(
     if grad_clip is not None:
         grad_norm = float(accelerator.clip_grad_norm_(params, grad_clip))
     lr = float(optimizer.param_groups[0]["lr"])
+    # A NaN / inf loss or gradient must not reach the weights: no update, the caller stops the run.
+    nonfinite = nonfinite_quantity(accelerator, math.isfinite(sums.get("loss", 0.0)), params, grad_norm)
+    if nonfinite is not None:
+        optimizer.zero_grad(set_to_none=True)
+        return StepLogs(sums=sums, count=count, grad_norm=grad_norm, lr=lr, nonfinite=nonfinite)
     optimizer.step()
     skipped = bool(accelerator.optimizer_step_was_skipped)
     if lr_schedule is not None and not skipped:  # fp16 overflow: keep the schedule where it was
@@ -374,6 +398,7 @@ def write_checkpoint(
     accelerator: Any, run: RunFolder, step: int, policy: Policy, kind: str, state: dict[str, Any], keep: int,
 ) -> Path:
     """``checkpoints/step-NNNNNN/`` via :func:`lpo.runs.write_checkpoint`, the policy in ``model/``."""
+    policy.check_finite(f"the policy of checkpoint {step}")  # before any file of it is written
     return write_run_checkpoint(accelerator, run, step, lambda folder: policy.save(folder, kind), state, keep)
 
 
@@ -429,7 +454,7 @@ def resume_from_checkpoint(accelerator: Any, run: RunFolder, config: Any, finger
             f"cannot resume {folder}: it was trained on other data (fingerprint {saved.get('data_fingerprint')}, "
             f"now {fingerprint}); pass the same prompts or pairs"
         )
-    accelerator.load_state(str(folder / "state"))
+    load_checkpoint_state(accelerator, folder / "state")
     saved["folder"] = str(folder)
     return saved
 
@@ -504,6 +529,8 @@ def finish_run(
     save_merged: bool, callbacks: Sequence[CheckpointCallback], history: list[dict[str, Any]],
 ) -> TrainResult:
     """Write the final policy (model/, optionally pipeline/), cost, metrics and result.json; call the callbacks."""
+    if run is not None:  # every process: they hold the same weights and must stop together
+        policy.check_finite("the trained policy")
     if run is not None and accelerator.is_main_process:
         with meter.stage(OPTIMISATION_STAGE):
             result.model_folder = policy.save(run.path / MODEL_DIR, components.kind)

@@ -106,6 +106,8 @@ def check_parts(config: Any) -> None:
 
 
 def _load_step_reward(config: Any, components: Any, policy: Any) -> Any:
+    from lpo.finite import check_finite_module
+
     path = config.reward.path
     if config.method == "lpo":
         from lpo.lrm import load_lrm
@@ -118,6 +120,8 @@ def _load_step_reward(config: Any, components: Any, policy: Any) -> Any:
         # adapters off (LoRA), or the frozen reference copy (full fine-tune).
         base = components if policy.reference_unet is None else replace(components, unet=policy.reference_unet)
         reward = load_pixel_reward(path, base, expected_base=components.source)
+    check_finite_module(reward, f"the step reward {path}",
+                        "retrain it (lpo lrm train with a lower lr) or set reward.path to another reward model")
     reward.requires_grad_(False)
     return reward.eval()
 

@@ -44,6 +44,7 @@ from lpo.sampling import ddim_step_with_logprob, initial_latents
 from lpo.conditioning import predict_noise
 from lpo.step_rollout import KeptSteps, StepReward, StepRolloutSettings, step_rollout
 from lpo.trainers.config import StepTrainerConfig
+from lpo.trainers.guards import GapTracker, check_rollout_scores, check_trained
 from lpo.trainers.harness import (
     OPTIMISATION_STAGE,
     TRAINER_STATE_VERSION,
@@ -54,12 +55,14 @@ from lpo.trainers.harness import (
     TrainResult,
     accumulated_step,
     build_lr_schedule,
+    check_step,
     build_optimizer,
     finish_run,
     finite_or_none,
     make_accelerator,
     reduce_logs,
     register_policy_checkpointing,
+    register_schedule_checkpointing,
     resume_from_checkpoint,
     start_trackers,
     write_checkpoint,
@@ -270,7 +273,7 @@ class StepDPOTrainer:
         optimizer = build_optimizer(params, config.optim)
         lr_schedule = build_lr_schedule(optimizer, config.optim, plan.rounds)
         model, optimizer = acc.prepare(self.policy.unet, optimizer)
-        acc.register_for_checkpointing(lr_schedule)
+        register_schedule_checkpointing(acc, lr_schedule)  # as JSON: nothing pickled
         start_trackers(acc, run, f"lpo-{self.method}", config, self.trackers)
 
         # 2. resume
@@ -300,6 +303,7 @@ class StepDPOTrainer:
         # 3. the rounds
         P, rank = acc.num_processes, acc.process_index
         micro, accumulation = config.train.train_batch_size, config.optim.gradient_accumulation_steps
+        gaps = GapTracker()
         with meter.stage(OPTIMISATION_STAGE):
             for round_index in range(start, plan.rounds):
                 began = time.perf_counter()
@@ -307,6 +311,9 @@ class StepDPOTrainer:
                 model.eval()
                 prompts = self._round_prompts(round_index)
                 out = self._rollout(round_index, prompts)
+                check_rollout_scores(acc, out.scores, f"round {round_index + 1}", optimizer_steps, self.reward_source,
+                                     config.optim.lr)
+                gaps.update(out.scores, out.branched)
                 # 3b. gather every process's kept samples; one shared shuffle; an even split
                 kept = gather_kept(acc, out.kept).to(acc.device)
                 total = len(kept)
@@ -325,6 +332,8 @@ class StepDPOTrainer:
                         acc, model, optimizer, None, params, group, self._loss_fn(model, kept), global_count,
                         config.optim.grad_clip,
                     ))
+                    check_step(step_logs[-1], f"round {round_index + 1}, optimiser step {optimizer_steps + 1}",
+                               config.optim.lr)
                     optimizer_steps += 1
                 lr_schedule.step()  # the schedule counts rounds
                 model.eval()
@@ -367,6 +376,7 @@ class StepDPOTrainer:
                         for callback in self.callbacks:
                             callback(event)
 
+        check_trained(optimizer_steps, plan.rounds - start, gaps, config.sampler)
         result = TrainResult(
             method=self.method, label=self.label, steps=plan.rounds, optimizer_steps=optimizer_steps, history=history,
             cost={}, resumed_from=resumed_from, run_folder=None if run is None else run.path,

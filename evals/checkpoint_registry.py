@@ -50,6 +50,7 @@ from pathlib import Path
 from typing import Any
 
 from lpo.errors import LpoError
+from lpo.paths import lpo_home
 
 REPLACES = ("pipeline", "unet", "lora")
 USER_FILE = "checkpoints.json"
@@ -214,8 +215,6 @@ def read_registry_file(path: Path) -> list[CheckpointEntry]:
 
 
 def user_registry_path() -> Path:
-    from lpo.world.pretrain import lpo_home
-
     return lpo_home() / USER_FILE
 
 

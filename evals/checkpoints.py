@@ -40,6 +40,7 @@ from typing import Any
 
 from lpo.errors import LpoError
 from lpo.models import _HUB_ID  # the same shape test the loader applies
+from lpo.paths import lpo_home
 
 RUN_PIPELINE_SUBFOLDERS = ("pipeline",)  # lpo.trainers.harness.PIPELINE_DIR
 RUN_MODEL_DIR = "model"  # lpo.trainers.harness.MODEL_DIR
@@ -138,8 +139,6 @@ class Checkpoint:
 
 
 def _memo_path() -> Path:
-    from lpo.world.pretrain import lpo_home
-
     return lpo_home() / "file-hashes.json"
 
 

@@ -40,7 +40,6 @@ ALLOWED_CYCLES = {
 # Real-mode modules (outside lpo/world/, not the CLI or the bench runner) that still
 # import lpo.world. The world is a leaf: this list only shrinks.
 ALLOWED_WORLD_IMPORTERS = {
-    "lpo.evals.benchmarks.base",
     "lpo.evals.benchmarks.world",
     "lpo.evals.checkpoint_registry",
     "lpo.evals.checkpoints",

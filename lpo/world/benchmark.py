@@ -16,7 +16,8 @@ import numpy as np
 
 from lpo.errors import LpoError
 from lpo.generate import generate_images, image_seed
-from lpo.world.grammar import CATEGORIES, WORLD_VERSION, PromptSpec, make_splits, prompt_set_hash
+from lpo.hashing import prompt_set_hash
+from lpo.world.grammar import CATEGORIES, WORLD_VERSION, PromptSpec, make_splits
 from lpo.world.judges import SCORE_NAMES, judge
 from lpo.world.render import IMAGE_SIZE, render_prompt
 

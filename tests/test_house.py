@@ -43,7 +43,6 @@ ALLOWED_WORLD_IMPORTERS = {
     "lpo.evals.benchmarks.world",
     "lpo.evals.checkpoint_registry",
     "lpo.evals.checkpoints",
-    "lpo.evals.harness",
     "lpo.evals.metrics.diversity",
     "lpo.evals.metrics.world",
     "lpo.generate",

@@ -40,7 +40,7 @@ from typing import Any
 
 from lpo.errors import LpoError
 from lpo.models import _HUB_ID  # the same shape test the loader applies
-from lpo.paths import lpo_home
+from lpo.hashing import folder_hash
 
 RUN_PIPELINE_SUBFOLDERS = ("pipeline",)  # lpo.trainers.harness.PIPELINE_DIR
 RUN_MODEL_DIR = "model"  # lpo.trainers.harness.MODEL_DIR
@@ -133,50 +133,6 @@ class Checkpoint:
                     f"{where} must be the pipeline it was trained on"
                 ) from err
         return pipe
-
-
-# --------------------------------------------------------------------------- hashing
-
-
-def _memo_path() -> Path:
-    return lpo_home() / "file-hashes.json"
-
-
-def _file_sha256(path: Path, memo: dict[str, str]) -> str:
-    stat = path.stat()
-    key = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
-    if key not in memo:
-        digest = hashlib.sha256()
-        with path.open("rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(chunk)
-        memo[key] = digest.hexdigest()
-    return memo[key]
-
-
-def folder_hash(folder: Path) -> str:
-    """sha256 (first 16 hex) over the sorted (relative path, file sha256) of every non-hidden file."""
-    folder = Path(folder)
-    memo_file = _memo_path()
-    try:
-        memo = json.loads(memo_file.read_text()) if memo_file.is_file() else {}
-    except (OSError, ValueError):
-        memo = {}  # a damaged memo only costs re-hashing
-    size_before = len(memo)
-    digest = hashlib.sha256()
-    files = sorted(
-        p for p in folder.rglob("*") if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts)
-    )
-    for path in files:
-        digest.update(f"{path.relative_to(folder).as_posix()}\0{_file_sha256(path, memo)}\n".encode())
-    if len(memo) != size_before:
-        from lpo.io import atomic_write_json
-
-        try:
-            atomic_write_json(memo_file, memo)
-        except OSError:
-            pass  # read-only home: the hash is still right, only slower next time
-    return digest.hexdigest()[:16]
 
 
 # --------------------------------------------------------------------------- resolution

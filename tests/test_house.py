@@ -32,8 +32,6 @@ ALLOWED_CYCLES = {
     # Known, owned by whoever edits lpo/bench/ (config validates ablation names; the
     # ablations module names BenchConfig under TYPE_CHECKING). To be fixed there.
     ("lpo.bench.ablations", "lpo.bench.config"),
-    ("lpo.evals.checkpoint_registry", "lpo.evals.checkpoints", "lpo.evals.metrics.lrm_score", "lpo.evals.signals"),
-    ("lpo.evals.metrics", "lpo.evals.metrics.compbench", "lpo.evals.metrics.geneval"),
     ("lpo.generate", "lpo.world.benchmark"),
 }
 

@@ -41,6 +41,7 @@ from typing import Any
 from lpo.errors import LpoError
 from lpo.models import _HUB_ID  # the same shape test the loader applies
 from lpo.hashing import folder_hash
+from lpo.model_families import alias_family
 
 RUN_PIPELINE_SUBFOLDERS = ("pipeline",)  # lpo.trainers.harness.PIPELINE_DIR
 RUN_MODEL_DIR = "model"  # lpo.trainers.harness.MODEL_DIR
@@ -150,11 +151,10 @@ def resolve_checkpoint(spec: str, benchmark=None, prompts=None, registry: Path |
         digest = hashlib.sha256(f"reference|{spec}|world{WORLD_VERSION}|{prompt_list}".encode()).hexdigest()[:16]
         return Checkpoint(spec=spec, label=spec, content_hash=digest, kind="reference", method="reference", base_model=None)
 
-    # 2. World aliases.
-    from lpo.world.pretrain import is_world_alias, resolve_world_alias
-
-    if is_world_alias(spec):
-        folder = resolve_world_alias(spec)
+    # 2. Model-family aliases (world, world:PRESET).
+    family = alias_family(spec)
+    if family is not None:
+        folder = family.resolve(spec)
         return Checkpoint(
             spec=spec, label=spec, content_hash=folder_hash(folder), kind="pipeline", path=str(folder), base_model=spec
         )

@@ -32,19 +32,15 @@ ALLOWED_CYCLES = {
     # Known, owned by whoever edits lpo/bench/ (config validates ablation names; the
     # ablations module names BenchConfig under TYPE_CHECKING). To be fixed there.
     ("lpo.bench.ablations", "lpo.bench.config"),
-    ("lpo.generate", "lpo.world.benchmark"),
 }
 
 # Real-mode modules (outside lpo/world/, not the CLI or the bench runner) that still
 # import lpo.world. The world is a leaf: this list only shrinks.
 ALLOWED_WORLD_IMPORTERS = {
-    "lpo.evals.benchmarks.world",
-    "lpo.evals.checkpoint_registry",
-    "lpo.evals.checkpoints",
+    "lpo.evals.benchmarks.world",  # the world's benchmarks, registered in evals
+    "lpo.evals.checkpoints",  # WORLD_VERSION in a reference source's hash (ground-truth, noise, shuffled)
     "lpo.evals.metrics.diversity",
-    "lpo.evals.metrics.world",
-    "lpo.generate",
-    "lpo.mpcf",
+    "lpo.evals.metrics.world",  # the world's judges as evaluation metrics
     "lpo.perf.architectures",
     "lpo.reward_jobs",
     "lpo.trainers.jobs",
@@ -113,3 +109,19 @@ def test_world_is_a_leaf(report):
 
 def test_world_dispatch_stays_in_the_cli_and_bench(report):
     assert set(report.world_dispatch) <= ALLOWED_WORLD_DISPATCH
+
+
+def test_the_world_plugs_in_through_registries():
+    # Real-mode code resolves `world` and the world's gap scorers through registries that
+    # lpo.world.install() fills (the conftest calls it, as the CLI does); twice is harmless.
+    from lpo.generate import resolve_model_name
+    from lpo.model_families import MODEL_FAMILIES, is_model_alias
+    from lpo.mpcf import GAP_SCORERS
+    from lpo.world import install
+    from lpo.world.pretrain import resolve_world_alias
+
+    install()
+    assert "world" in MODEL_FAMILIES and is_model_alias("world:quick") and not is_model_alias("runs/x")
+    assert resolve_model_name("world") == str(resolve_world_alias("world"))
+    assert resolve_model_name("some/hub-id") == "some/hub-id"
+    assert {"world-aesthetic", "world-clip", "world-vqa"} <= set(GAP_SCORERS.names())

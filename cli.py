@@ -40,8 +40,10 @@ def user_errors(fn: Callable) -> Callable:
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         import lpo
+        import lpo.world
 
         lpo.quiet_libraries()
+        lpo.world.install()  # the composition root plugs the world in (real-mode code never imports it)
         try:
             return fn(*args, **kwargs)
         except LpoError as err:

@@ -50,6 +50,8 @@ from pathlib import Path
 from typing import Any
 
 from lpo.errors import LpoError
+from lpo.model_families import is_model_alias
+from lpo.paths import lpo_home
 
 REPLACES = ("pipeline", "unet", "lora")
 USER_FILE = "checkpoints.json"
@@ -214,8 +216,6 @@ def read_registry_file(path: Path) -> list[CheckpointEntry]:
 
 
 def user_registry_path() -> Path:
-    from lpo.world.pretrain import lpo_home
-
     return lpo_home() / USER_FILE
 
 
@@ -248,9 +248,7 @@ def _base_chain(entry: CheckpointEntry, entries: dict[str, CheckpointEntry]) -> 
 
 
 def _looks_like_pipeline(ref: str) -> bool:
-    from lpo.world.pretrain import is_world_alias
-
-    return is_world_alias(ref) or Path(ref).expanduser().exists() or "/" in ref
+    return is_model_alias(ref) or Path(ref).expanduser().exists() or "/" in ref
 
 
 def known_names(registry: dict[str, CheckpointEntry]) -> str:

@@ -40,6 +40,8 @@ from typing import Any
 
 from lpo.errors import LpoError
 from lpo.models import _HUB_ID  # the same shape test the loader applies
+from lpo.hashing import folder_hash
+from lpo.model_families import alias_family
 
 RUN_PIPELINE_SUBFOLDERS = ("pipeline",)  # lpo.trainers.harness.PIPELINE_DIR
 RUN_MODEL_DIR = "model"  # lpo.trainers.harness.MODEL_DIR
@@ -139,52 +141,6 @@ class Checkpoint:
         return pipe
 
 
-# --------------------------------------------------------------------------- hashing
-
-
-def _memo_path() -> Path:
-    from lpo.world.pretrain import lpo_home
-
-    return lpo_home() / "file-hashes.json"
-
-
-def _file_sha256(path: Path, memo: dict[str, str]) -> str:
-    stat = path.stat()
-    key = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
-    if key not in memo:
-        digest = hashlib.sha256()
-        with path.open("rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(chunk)
-        memo[key] = digest.hexdigest()
-    return memo[key]
-
-
-def folder_hash(folder: Path) -> str:
-    """sha256 (first 16 hex) over the sorted (relative path, file sha256) of every non-hidden file."""
-    folder = Path(folder)
-    memo_file = _memo_path()
-    try:
-        memo = json.loads(memo_file.read_text()) if memo_file.is_file() else {}
-    except (OSError, ValueError):
-        memo = {}  # a damaged memo only costs re-hashing
-    size_before = len(memo)
-    digest = hashlib.sha256()
-    files = sorted(
-        p for p in folder.rglob("*") if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts)
-    )
-    for path in files:
-        digest.update(f"{path.relative_to(folder).as_posix()}\0{_file_sha256(path, memo)}\n".encode())
-    if len(memo) != size_before:
-        from lpo.io import atomic_write_json
-
-        try:
-            atomic_write_json(memo_file, memo)
-        except OSError:
-            pass  # read-only home: the hash is still right, only slower next time
-    return digest.hexdigest()[:16]
-
-
 # --------------------------------------------------------------------------- resolution
 
 
@@ -200,11 +156,10 @@ def resolve_checkpoint(spec: str, benchmark=None, prompts=None, registry: Path |
         digest = hashlib.sha256(f"reference|{spec}|world{WORLD_VERSION}|{prompt_list}".encode()).hexdigest()[:16]
         return Checkpoint(spec=spec, label=spec, content_hash=digest, kind="reference", method="reference", base_model=None)
 
-    # 2. World aliases.
-    from lpo.world.pretrain import is_world_alias, resolve_world_alias
-
-    if is_world_alias(spec):
-        folder = resolve_world_alias(spec)
+    # 2. Model-family aliases (world, world:PRESET).
+    family = alias_family(spec)
+    if family is not None:
+        folder = family.resolve(spec)
         return Checkpoint(
             spec=spec, label=spec, content_hash=folder_hash(folder), kind="pipeline", path=str(folder), base_model=spec
         )

@@ -15,7 +15,7 @@ One evaluation = one checkpoint × one benchmark × some metrics under one
    :mod:`lpo.evals.metrics.diversity`) scores the images of one prompt together, one
    value per prompt. With no ``--metric``, the benchmark's defaults are scored plus its
    diversity measure (:func:`default_metrics`);
-4. summarise with the prompt as the unit (:func:`lpo.world.benchmark.prompt_unit_summary`:
+4. summarise with the prompt as the unit (:func:`lpo.evals.statistics.prompt_unit_summary`:
    images of a prompt averaged first; standard error and 95% interval over prompts),
    per benchmark category as well; a benchmark whose official overall is the mean of
    its categories (GenEval: ``overall = "category_mean"``) gets that as the value
@@ -574,13 +574,13 @@ def summarise(
 ) -> tuple[dict[str, Any], list[dict[str, Any]] | None]:
     """(value / stderr / ci95 / n fields, per-category breakdown or None) of a score grid.
 
-    ``prompt_mean``: the prompt is the unit (:func:`lpo.world.benchmark.prompt_unit_summary`).
+    ``prompt_mean``: the prompt is the unit (:func:`lpo.evals.statistics.prompt_unit_summary`).
     ``category_mean``: the unweighted mean of the category values
     (:func:`lpo.evals.metrics.geneval_rules.overall_score`); categories hold disjoint
     prompts, so its standard error is sqrt(Σ se_c²) / C. ``n_images`` overrides the image
     count (a set metric's grid holds one value per prompt).
     """
-    from lpo.world.benchmark import prompt_unit_summary
+    from lpo.evals.statistics import prompt_unit_summary
 
     breakdown = None
     if categories is not None:

@@ -24,11 +24,10 @@ from PIL import Image
 
 from lpo.evals.benchmarks.base import prompt_hash
 from lpo.io import atomic_write_file, atomic_write_json, atomic_write_text
+from lpo.paths import lpo_home
 
 
 def default_cache_dir() -> Path:
-    from lpo.world.pretrain import lpo_home
-
     return lpo_home() / "eval-images"
 
 

@@ -151,7 +151,7 @@ def content_id(data: dict[str, Any]) -> str:
 
 
 def summary_fields(summary) -> dict[str, Any]:
-    """value / stderr / ci95 / n of a :class:`lpo.world.benchmark.PromptUnitSummary`, NaN as None."""
+    """value / stderr / ci95 / n of a :class:`lpo.evals.statistics.PromptUnitSummary`, NaN as None."""
     finite = summary.stderr is not None and math.isfinite(summary.stderr)
     return {
         "value": summary.mean,

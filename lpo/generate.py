@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from lpo.errors import LpoError
+from lpo.model_families import MODEL_FAMILIES, alias_family
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -43,10 +44,10 @@ def resolve_dtype(name: str) -> torch.dtype:
 
 
 def resolve_model_name(model: str) -> str:
-    """``world`` / ``world:PRESET`` aliases -> their folder; anything else unchanged."""
-    from lpo.world.pretrain import is_world_alias, resolve_world_alias
-
-    return str(resolve_world_alias(model)) if is_world_alias(model) else model
+    """A model family's alias (``world`` / ``world:PRESET`` once ``lpo.world.install()``
+    ran) -> its folder; anything else unchanged."""
+    family = alias_family(model)
+    return str(family.resolve(model)) if family is not None else model
 
 
 def build_pipeline(components):
@@ -126,12 +127,11 @@ def read_prompts_file(path: Path) -> list[str]:
 
 
 def default_prompts(components, num_prompts: int) -> list[str]:
-    """World models: the first test prompts, round-robin over categories."""
-    if components.kind != "world":
+    """A plugged-in family's models (the world: the first test prompts, round-robin over
+    categories) sample its own prompts; any other model needs prompts given."""
+    if components.kind not in MODEL_FAMILIES:
         raise LpoError(f"{components.source} is a {components.kind} model: pass --prompt or --prompts-file")
-    from lpo.world.benchmark import WorldEvalProtocol, world_prompts
-
-    return [s.text() for s in world_prompts(WorldEvalProtocol(max_prompts=num_prompts))]
+    return MODEL_FAMILIES.get(components.kind).default_prompts(num_prompts)
 
 
 def run_sample(

@@ -30,7 +30,6 @@ version or a changed image is scored, nothing else is.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import math
@@ -45,8 +44,6 @@ from lpo.errors import LpoError
 from lpo.io import atomic_write_json
 from lpo.pairs import TIE, PreferencePair
 from lpo.registry import Registry
-from lpo.world.grammar import WORLD_VERSION
-from lpo.world.judges import JUDGES_VERSION
 
 ROLES: tuple[str, ...] = ("aesthetic", "clip", "vqa")
 GAP_SYMBOLS: dict[str, str] = {"aesthetic": "G_A", "clip": "G_C", "vqa": "G_V"}
@@ -76,44 +73,9 @@ class GapScorer(Protocol):
     def score(self, images: list[np.ndarray], prompts: list[str]) -> np.ndarray: ...
 
 
-# Factories, so that a scorer's weights load only when it is built.
+# Factories, so that a scorer's weights load only when it is built. The world's scorers
+# (world-aesthetic, world-clip, world-vqa) are registered by lpo.world.install().
 GAP_SCORERS: Registry[Callable[[], GapScorer]] = Registry("gap scorer")
-
-# Revision of the world scorers themselves; the judges' own changes bump JUDGES_VERSION.
-_WORLD_SCORER_REVISION = "1"
-
-
-class WorldJudgeScorer:
-    """A ``GapScorer`` reading one score of the world's exact judges (lpo.world.judges)."""
-
-    def __init__(self, name: str, judge_field: str):
-        self.name = name
-        self.version = f"{_WORLD_SCORER_REVISION}-world{WORLD_VERSION}.{JUDGES_VERSION}"
-        self.judge_field = judge_field
-
-    def score(self, images: list[np.ndarray], prompts: list[str]) -> np.ndarray:
-        from lpo.world.judges import judge
-
-        try:
-            return np.array([getattr(judge(image, prompt), self.judge_field) for image, prompt in zip(images, prompts)],
-                            dtype=np.float64)
-        except LpoError as err:  # a real caption: the grammar's message would not say what to do
-            raise LpoError(f"{err}; the {self.name} scorer reads world prompts only: filter real pairs with --preset paper") from err
-
-    def __repr__(self) -> str:
-        return f"WorldJudgeScorer({self.name}@{self.version}: judge().{self.judge_field})"
-
-
-# The world's aesthetic proxy stands in for the LAION aesthetic predictor.
-GAP_SCORERS.add("world-aesthetic", functools.partial(WorldJudgeScorer, "world-aesthetic", "aesthetic"))
-# The world's "CLIP score": cosine of attribute-word bags, blind to binding like CLIP.
-GAP_SCORERS.add("world-clip", functools.partial(WorldJudgeScorer, "world-clip", "clip"))
-# VQAScore is P("yes"), a graded signal. The world's binary category score (``alignment``,
-# an exact-match product) is 0 or 1 for most prompts, so its gaps would be 0 or ±1 and
-# the tie rule could never tell a close pair from a far one; ``soft_alignment`` gives
-# partial credit per attribute, as a probability does.
-GAP_SCORERS.add("world-vqa", functools.partial(WorldJudgeScorer, "world-vqa", "soft_alignment"))
-
 
 class _MetricGapScorerFactory:
     """Builds a real-mode gap scorer from an evaluation metric (lpo.evals.metrics.gap).

@@ -21,6 +21,9 @@ def main() -> None:
     out = Path(sys.argv[1] if len(sys.argv) > 1 else "device_probe_out")
     quick = "--quick" in sys.argv
     out.mkdir(parents=True, exist_ok=True)
+    from lpo.world import install
+
+    install()  # the `world` model alias (the reward-cost run loads the world model)
     from lpo.perf.jobs import _build, print_reward_cost
     from lpo.perf.reward_cost import measure_reward_cost
     from lpo.perf.train_step import measure_train_step

@@ -186,6 +186,9 @@ def main(argv=None) -> None:
     st.add_argument("--judges", nargs="+", default=["lpo.world.judges"])
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
+    from lpo.world import install
+
+    install()  # the `world` model alias
     {"pool": make_pool, "run": run, "stability": stability}[args.cmd](args)
 
 

@@ -18,6 +18,12 @@ from lpo.cpu_dispatch import pin as _pin_cpu_dispatch  # noqa: E402
 
 _pin_cpu_dispatch()
 
+# The composition root of the tests: the `world` model alias and the world's gap scorers
+# are registered as the CLI registers them (real-mode code never imports the world).
+from lpo.world import install as _install_world  # noqa: E402
+
+_install_world()
+
 from pathlib import Path
 
 import pytest

@@ -314,8 +314,8 @@ def test_prompt_benchmarks_read_local_files(tmp_path):
         BENCHMARKS.get("prompts-file")(str(bad)).prompt_set()
 
 
-def test_prompt_set_hash_is_the_world_convention():
-    from lpo.world.grammar import prompt_set_hash
+def test_prompt_set_hash_is_the_shared_convention():
+    from lpo.hashing import prompt_set_hash
 
     ps = PromptSet(("a", "b"), "test")
     assert ps.hash == prompt_set_hash(["a", "b"]) != PromptSet(("b", "a"), "test").hash

@@ -10,8 +10,8 @@ from lpo.world.grammar import (
     enumerate_prompts,
     make_splits,
     parse_prompt,
-    prompt_set_hash,
 )
+from lpo.hashing import prompt_set_hash
 
 
 @pytest.mark.parametrize("category", CATEGORIES)

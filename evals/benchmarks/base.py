@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Callable, Protocol, Sequence
 
 from lpo.errors import LpoError
+from lpo.hashing import prompt_set_hash
 from lpo.registry import Registry
 
 
@@ -54,9 +55,7 @@ class PromptSet:
 
     @property
     def hash(self) -> str:
-        """12 hex of the ordered prompt list (the world's ``prompt_set_hash`` convention)."""
-        from lpo.world.grammar import prompt_set_hash
-
+        """12 hex of the ordered prompt list (:func:`lpo.hashing.prompt_set_hash`)."""
         return prompt_set_hash(list(self.prompts))
 
     def take(self, max_prompts: int | None) -> "PromptSet":

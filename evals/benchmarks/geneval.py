@@ -54,7 +54,7 @@ def read_metadata(path: Path) -> list[dict]:
 
 def download_metadata(cache: Path | None = None) -> Path:
     from lpo.io import atomic_write_bytes, one_line
-    from lpo.world.pretrain import lpo_home
+    from lpo.paths import lpo_home
 
     target = (cache or lpo_home() / "geneval" / "main") / METADATA_FILE
     if not target.is_file():

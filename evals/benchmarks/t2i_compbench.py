@@ -76,7 +76,7 @@ def complex_key(prompt: str) -> str:
 def download_files(names: Sequence[str], cache: Path | None = None) -> Path:
     """Fetch the official files into the cache (once); their folder."""
     from lpo.io import atomic_write_bytes, one_line
-    from lpo.world.pretrain import lpo_home
+    from lpo.paths import lpo_home
 
     folder = cache or lpo_home() / "t2i-compbench" / "main"
     for name in names:

@@ -40,8 +40,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+import lpo.evals.metrics.geneval_rules as rules
 from lpo.errors import LpoError
-from lpo.evals.metrics import geneval_rules as rules
 from lpo.evals.metrics.base import METRICS, MetricSpec
 from lpo.evals.metrics.clip_common import image_embeds, load_clip_tokenizer, normalise, text_embeds, tokenize
 from lpo.evals.metrics.model_roles import no_processor, role_refs

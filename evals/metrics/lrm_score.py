@@ -32,7 +32,7 @@ SCORE_TIMESTEP = 1
 
 def lrm_metric_version(folder: str | Path) -> str:
     """``1+<first 8 hex of the LRM folder's content hash>``."""
-    from lpo.evals.checkpoints import folder_hash
+    from lpo.hashing import folder_hash
 
     return f"{REVISION}+{folder_hash(Path(folder))[:8]}"
 

@@ -8,15 +8,16 @@ prompt are averaged first), which is the honest unit when images share a prompt.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
 import numpy as np
 
 from lpo.errors import LpoError
+from lpo.evals.statistics import prompt_unit_summary
 from lpo.generate import generate_images, image_seed
-from lpo.world.grammar import CATEGORIES, WORLD_VERSION, PromptSpec, make_splits, prompt_set_hash
+from lpo.hashing import prompt_set_hash
+from lpo.world.grammar import CATEGORIES, WORLD_VERSION, PromptSpec, make_splits
 from lpo.world.judges import SCORE_NAMES, judge
 from lpo.world.render import IMAGE_SIZE, render_prompt
 
@@ -197,36 +198,3 @@ def evaluate_source(
             mean[key], ci[key] = summary.mean, summary.ci95
         result.categories[category] = CategoryResult(len(prompts), len(rows), mean, ci)
     return result
-
-
-@dataclass(frozen=True)
-class PromptUnitSummary:
-    """Mean over prompts of the per-prompt means, its standard error and 95% half-width."""
-
-    mean: float
-    stderr: float  # NaN with one prompt
-    ci95: float  # 1.96 standard errors (normal approximation)
-    n_prompts: int
-    n_images: int
-    per_prompt: tuple[float, ...]
-
-
-def prompt_unit_summary(scores_by_prompt) -> PromptUnitSummary:
-    """Summarise per-image scores grouped by prompt, with the prompt as the unit.
-
-    Images of one prompt share it, so they are averaged first; the interval is over
-    prompts (what a new prompt set would vary), not over images.
-    """
-    groups = [np.asarray(g, dtype=np.float64) for g in scores_by_prompt]
-    if not groups or any(g.size == 0 for g in groups):
-        raise ValueError("every prompt needs at least one score")
-    per_prompt = np.array([g.mean() for g in groups])
-    se = per_prompt.std(ddof=1) / math.sqrt(len(per_prompt)) if len(per_prompt) > 1 else float("nan")
-    return PromptUnitSummary(
-        mean=float(per_prompt.mean()),
-        stderr=float(se),
-        ci95=float(1.96 * se),
-        n_prompts=len(per_prompt),
-        n_images=int(sum(g.size for g in groups)),
-        per_prompt=tuple(float(x) for x in per_prompt),
-    )

@@ -15,7 +15,6 @@ to measure compositional generalisation.
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import random
 from dataclasses import dataclass, field
@@ -243,11 +242,6 @@ def make_splits(
         train = seen[n_test + n_val :]
         splits.train += train if max_train_per_category is None else train[:max_train_per_category]
     return splits
-
-
-def prompt_set_hash(prompts: list[str]) -> str:
-    """Short stable hash of an ordered prompt list (recorded with results)."""
-    return hashlib.sha256("\n".join(prompts).encode()).hexdigest()[:12]
 
 
 def vocabulary() -> list[str]:

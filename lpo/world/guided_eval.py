@@ -128,7 +128,8 @@ def run_guided_eval(
     """Sample every method on the same prompts and seeds, judge, and summarise (a JSON-ready dict)."""
     from lpo.generate import image_seed
     from lpo.world.benchmark import WorldEvalProtocol, world_prompts
-    from lpo.world.grammar import WORLD_VERSION, prompt_set_hash
+    from lpo.hashing import prompt_set_hash
+    from lpo.world.grammar import WORLD_VERSION
     from lpo.world.judges import judge
 
     if components.kind != "world":

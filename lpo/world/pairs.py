@@ -29,9 +29,10 @@ import numpy as np
 from lpo.config import config_to_dict
 from lpo.errors import LpoError
 from lpo.generate import generate_images, image_seed
+from lpo.hashing import prompt_set_hash
 from lpo.pairs import TIE, PreferencePair, check_pairs_path, pair_counts, save_pairs
 from lpo.world.annotators import AnnotatorPoolConfig, label_pairs
-from lpo.world.grammar import SPLIT_NAMES, WORLD_VERSION, make_splits, prompt_set_hash
+from lpo.world.grammar import SPLIT_NAMES, WORLD_VERSION, make_splits
 from lpo.world.judges import judge
 
 WORLD_SOURCE = "world"

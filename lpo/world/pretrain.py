@@ -20,7 +20,6 @@ import copy
 import hashlib
 import json
 import math
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +33,7 @@ from lpo.config import config_to_dict
 from lpo.errors import LpoError
 from lpo.io import atomic_directory, atomic_write_json, run_metadata
 from lpo.models import SD15_SCHEDULER_CONFIG, WORLD_MARKER
+from lpo.paths import lpo_home
 from lpo.world.grammar import CATEGORIES, WORLD_VERSION, PromptSpec, make_splits
 from lpo.world.render import IMAGE_SIZE, render_prompt
 from lpo.world.tokenizer import MODEL_MAX_LENGTH, build_world_tokenizer
@@ -117,11 +117,6 @@ def pretrain_preset(name: str) -> WorldPretrainConfig:
     if name not in PRETRAIN_PRESETS:
         raise LpoError(f"unknown world pretrain preset {name!r}; known: {', '.join(PRETRAIN_PRESETS)}")
     return PRETRAIN_PRESETS[name]
-
-
-def lpo_home() -> Path:
-    """Root of lpo's caches: $LPO_HOME, else ~/.cache/lpo."""
-    return Path(os.environ.get("LPO_HOME", Path.home() / ".cache" / "lpo"))
 
 
 def world_model_dir(config: WorldPretrainConfig) -> Path:

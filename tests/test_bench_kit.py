@@ -92,7 +92,8 @@ def test_curve_protocol_values_are_checked():
 
 
 def test_an_ablation_that_changes_the_kits_values_builds_its_own():
-    from lpo.bench.ablations import ablation, variant_config
+    from lpo.bench.ablations import ablation
+    from lpo.bench.config import variant_config
 
     quick = bench_preset("quick")
     mpcf = ablation("mpcf")

@@ -1,6 +1,6 @@
 """Bench ablations mirroring the LPO paper's: each is a set of variants of the bench config.
 
-A variant changes a few BenchConfig fields; tuple fields (the ``*_overrides``) are
+A variant changes a few BenchConfig fields (:func:`lpo.bench.config.variant_config`); tuple fields (the ``*_overrides``) are
 extended, not replaced, so a variant keeps the preset's own overrides. Every variant
 trains only the methods the ablation is about, in ``BENCH/ablations/<name>/<variant>/``,
 reusing the main bench's pairs and reward models when its changes leave them alone, and
@@ -9,14 +9,10 @@ its final models land in one results folder per ablation (what the report reads)
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, replace
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import Any
 
-from lpo.bench.kit import KIT_FIELDS
 from lpo.errors import LpoError
-
-if TYPE_CHECKING:  # config.py validates ablation names against this module at import
-    from lpo.bench.config import BenchConfig
 
 
 @dataclass(frozen=True)
@@ -54,23 +50,6 @@ def ablation(name: str) -> Ablation:
         return ABLATIONS[name]
     except KeyError:
         raise LpoError(f"unknown ablation {name!r}; known: {', '.join(ABLATIONS)}") from None
-
-
-def variant_config(base: BenchConfig, ablation: Ablation, changes: dict[str, Any]) -> BenchConfig:
-    """The main config with ``changes``: tuples extended, scalars replaced; only the
-    ablation's methods, no guided rows, no held-out split, one intermediate checkpoint,
-    one training seed; no reward kit when a change touches what the kit holds."""
-    known = {f.name for f in fields(base)}
-    values: dict[str, Any] = {}
-    for key, value in changes.items():
-        if key not in known:
-            raise ValueError(f"ablation {ablation.name}: {key!r} is not a BenchConfig field")
-        current = getattr(base, key)
-        values[key] = tuple(current) + tuple(value) if isinstance(current, tuple) else value
-    if any(key in KIT_FIELDS for key in changes):  # other pairs or reward models than the kit's: make them
-        values["reward_kit"] = "none"
-    return replace(base, **values, methods=ablation.methods, guided_prompts=0, eval_heldout=False,
-                   checkpoints_per_run=1, ablations=(), seeds=1)
 
 
 def slug(label: str) -> str:

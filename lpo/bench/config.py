@@ -10,8 +10,11 @@ efficiency view measures.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
 
+from lpo.bench.ablations import Ablation, ablation
+from lpo.bench.kit import KIT_FIELDS
 from lpo.errors import LpoError
 
 METHODS = ("lpo", "spo", "diffusion-dpo")
@@ -83,8 +86,6 @@ class BenchConfig:
                            "(its images are a subset of the final models' ones)")
         if self.guided_prompts < 0 or self.guided_candidates < 2:
             raise LpoError("guided_prompts must be >= 0 and guided_candidates >= 2")
-        from lpo.bench.ablations import ablation
-
         for name in self.ablations:
             ablation(name)  # unknown name -> one-line error listing the known ones
 
@@ -145,6 +146,23 @@ FULL = BenchConfig(
     spo_overrides=("train.epochs=100",),
 )
 BENCH_PRESETS = {"quick": QUICK, "full": FULL}
+
+
+def variant_config(base: BenchConfig, ablation: Ablation, changes: dict[str, Any]) -> BenchConfig:
+    """The main config with ``changes``: tuples extended, scalars replaced; only the
+    ablation's methods, no guided rows, no held-out split, one intermediate checkpoint,
+    one training seed; no reward kit when a change touches what the kit holds."""
+    known = {f.name for f in fields(base)}
+    values: dict[str, Any] = {}
+    for key, value in changes.items():
+        if key not in known:
+            raise ValueError(f"ablation {ablation.name}: {key!r} is not a BenchConfig field")
+        current = getattr(base, key)
+        values[key] = tuple(current) + tuple(value) if isinstance(current, tuple) else value
+    if any(key in KIT_FIELDS for key in changes):  # other pairs or reward models than the kit's: make them
+        values["reward_kit"] = "none"
+    return replace(base, **values, methods=ablation.methods, guided_prompts=0, eval_heldout=False,
+                   checkpoints_per_run=1, ablations=(), seeds=1)
 
 
 def bench_preset(name: str) -> BenchConfig:

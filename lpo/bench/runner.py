@@ -465,7 +465,8 @@ def build_kit(folder: Path, config: BenchConfig, out: Path, command: str, consol
 
 def _run_ablation(main: Bench, name: str) -> dict[str, Any]:
     """Each variant as a small bench of its own, reusing what it shares with the main bench."""
-    from lpo.bench.ablations import ablation, slug, variant_config
+    from lpo.bench.ablations import ablation, slug
+    from lpo.bench.config import variant_config
 
     spec = ablation(name)
     root = main.folder / "ablations" / name

@@ -92,7 +92,8 @@ def build_reward_model(config, components):
             torch.manual_seed(config.seed)
             model = LatentRewardModel.from_components(components, LRMConfig(vfe_scale=config.vfe_scale))
         return model, save_lrm
-    from lpo.pixel_reward import PixelStepReward, save_pixel_reward
+    from lpo.pixel_reward import PixelStepReward
+    from lpo.pixel_reward_io import save_pixel_reward
 
     return PixelStepReward.from_components(components), save_pixel_reward
 
@@ -129,7 +130,7 @@ def eval_reward_job(
 
         rewards["LRM (latent)"] = load_lrm(lrm_dir, components)
     if pixel_dir is not None:
-        from lpo.pixel_reward import load_pixel_reward
+        from lpo.pixel_reward_io import load_pixel_reward
 
         rewards["SPO pixel model on x̂0"] = load_pixel_reward(pixel_dir, components)
     if with_utility and components.kind == "world":

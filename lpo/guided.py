@@ -576,7 +576,7 @@ def run_guided_sample(
     """`lpo sample --guide lrm`: LRM-guided images with the same per-image seeds as `lpo sample`, as a PNG grid."""
     from lpo.generate import default_prompts, image_seed, read_prompts_file, resolve_device, resolve_dtype, resolve_model_name
     from lpo.grid import save_grid
-    from lpo.lrm import load_lrm
+    from lpo.lrm_io import load_lrm
     from lpo.models import load_components
     from lpo.progress import count_progress
 

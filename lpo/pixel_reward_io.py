@@ -20,6 +20,7 @@ import torch
 from lpo.clip_preprocess import ImagePreprocessConfig
 from lpo.errors import LpoError
 from lpo.io import atomic_directory, load_safetensors_strict, one_line
+from lpo.lrm_io import same_base_model
 from lpo.models import DiffusionComponents
 from lpo.pixel_reward import PixelRewardConfig, PixelStepReward
 from lpo.pixel_scorer import TimestepConditionedScorer
@@ -70,7 +71,6 @@ def load_pixel_reward(
     was trained for. ``device`` defaults to the components' device; ``dtype`` to the saved
     one. Failures a user can fix raise a one-line LpoError.
     """
-    from lpo.lrm import same_base_model
 
     folder = Path(folder)
     hint = "pass a folder written by save_pixel_reward"

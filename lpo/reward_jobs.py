@@ -86,7 +86,8 @@ def build_reward_model(config, components):
     if config.reward_model == "lrm":
         import torch
 
-        from lpo.lrm import LatentRewardModel, LRMConfig, save_lrm
+        from lpo.lrm import LatentRewardModel, LRMConfig
+        from lpo.lrm_io import save_lrm
 
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)
@@ -126,7 +127,7 @@ def eval_reward_job(
     pairs = _pairs(pairs_path, "held-out pairs file").pairs
     rewards: dict[str, Any] = {}
     if lrm_dir is not None:
-        from lpo.lrm import load_lrm
+        from lpo.lrm_io import load_lrm
 
         rewards["LRM (latent)"] = load_lrm(lrm_dir, components)
     if pixel_dir is not None:

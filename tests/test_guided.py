@@ -27,7 +27,8 @@ from lpo.guided import (
     plain_generate,
     select_candidates,
 )
-from lpo.lrm import LatentRewardModel, LRMConfig, save_lrm
+from lpo.lrm import LatentRewardModel, LRMConfig
+from lpo.lrm_io import save_lrm
 from lpo.sampling import sample_trajectory, sigma_schedule
 
 STEPS = 4

@@ -36,7 +36,8 @@ def _with_cost(folder: Path, seconds: float = REWARD_SECONDS) -> Path:
 
 
 def _lrm_folder(base: Path, out: Path) -> Path:
-    from lpo.lrm import LatentRewardModel, LRMConfig, save_lrm
+    from lpo.lrm import LatentRewardModel, LRMConfig
+    from lpo.lrm_io import save_lrm
     from lpo.models import load_components
 
     torch.manual_seed(0)

@@ -108,7 +108,7 @@ def check_parts(config: Any) -> None:
 def _load_step_reward(config: Any, components: Any, policy: Any) -> Any:
     path = config.reward.path
     if config.method == "lpo":
-        from lpo.lrm import load_lrm
+        from lpo.lrm_io import load_lrm
 
         reward = load_lrm(path, components)
     else:

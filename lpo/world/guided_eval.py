@@ -231,7 +231,7 @@ def guided_eval_job(
     """
     from lpo.generate import resolve_device, resolve_model_name
     from lpo.io import atomic_write_json
-    from lpo.lrm import load_lrm
+    from lpo.lrm_io import load_lrm
     from lpo.models import load_components
     from rich.progress import Progress
 

@@ -33,11 +33,12 @@ def sample(
     eta: Optional[float] = typer.Option(None, help="DDIM η with --guide (default 1; must be > 0)."),
 ) -> None:
     """Sample a model with fixed seeds into a PNG grid captioned with the prompts (optionally LRM-guided)."""
-    from lpo.guided import check_guided_options
+    from lpo.guided_generation import check_guided_options
 
     check_guided_options(guide, lrm, candidates, eta)
     if guide is not None:
-        from lpo.guided import GuidanceConfig, run_guided_sample
+        from lpo.guided import GuidanceConfig
+        from lpo.guided_generation import run_guided_sample
 
         config = GuidanceConfig(candidates, select, temperature, lrm_timestep)
         path, counts = run_guided_sample(

@@ -34,15 +34,14 @@ import torch
 from torch import Tensor
 
 from lpo.errors import LpoError
-from lpo.guided import (
+from lpo.guided import GuidanceConfig, lrm_scorer
+from lpo.guided_generation import (
     GeneratedImages,
-    GuidanceConfig,
     SamplerSettings,
     best_of_k_final,
     decode_latents,
     final_candidates,
     guided_generate,
-    lrm_scorer,
     plain_generate,
 )
 

@@ -81,7 +81,7 @@ SIGNALS: dict[str, Signal] = {
     "world-vqa": Signal("filter", "MPCF pair filter on the world's soft alignment judge (its VQAScore)", optimises=("world_soft_alignment",)),
 }
 
-# MPCF scorer names (lpo.mpcf GAP_SCORERS and lpo.evals.metrics.gap) -> signals.
+# MPCF scorer names (lpo.gap_scores GAP_SCORERS and lpo.evals.metrics.gap) -> signals.
 _MPCF_SCORERS = {
     "world-aesthetic": "world-aesthetic",
     "world-clip": "world-clip",

@@ -1,7 +1,8 @@
 """lpo: preference optimisation of text-to-image diffusion models, evaluation first.
 
 Import names: the repository's ``lpo/`` is ``lpo``, ``evals/`` is ``lpo.evals``,
-``baselines/`` is ``lpo.baselines`` and the root ``cli.py`` is ``lpo.cli``.
+``baselines/`` is ``lpo.baselines``; the CLI is ``lpo/cli/`` (``lpo.cli``), which the
+root ``cli.py`` only launches.
 """
 
 __version__ = "0.1.0"

@@ -86,13 +86,15 @@ def build_reward_model(config, components):
     if config.reward_model == "lrm":
         import torch
 
-        from lpo.lrm import LatentRewardModel, LRMConfig, save_lrm
+        from lpo.lrm import LatentRewardModel, LRMConfig
+        from lpo.lrm_io import save_lrm
 
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)
             model = LatentRewardModel.from_components(components, LRMConfig(vfe_scale=config.vfe_scale))
         return model, save_lrm
-    from lpo.pixel_reward import PixelStepReward, save_pixel_reward
+    from lpo.pixel_reward import PixelStepReward
+    from lpo.pixel_reward_io import save_pixel_reward
 
     return PixelStepReward.from_components(components), save_pixel_reward
 
@@ -125,11 +127,11 @@ def eval_reward_job(
     pairs = _pairs(pairs_path, "held-out pairs file").pairs
     rewards: dict[str, Any] = {}
     if lrm_dir is not None:
-        from lpo.lrm import load_lrm
+        from lpo.lrm_io import load_lrm
 
         rewards["LRM (latent)"] = load_lrm(lrm_dir, components)
     if pixel_dir is not None:
-        from lpo.pixel_reward import load_pixel_reward
+        from lpo.pixel_reward_io import load_pixel_reward
 
         rewards["SPO pixel model on x̂0"] = load_pixel_reward(pixel_dir, components)
     if with_utility and components.kind == "world":

@@ -1,10 +1,10 @@
 """Read the package's import graph and report what issue 12 asks the house to show.
 
 Stdlib only, nothing is imported from the package: every ``.py`` under ``lpo/``,
-``evals/``, ``baselines/`` and the root ``cli.py`` is parsed with ``ast`` and mapped to
-its import name through ``pyproject.toml``'s ``package-dir`` (``evals/X.py`` is
-``lpo.evals.X``, ``baselines/X.py`` is ``lpo.baselines.X``, the root ``cli.py`` is
-``lpo.cli``; the symlink ``lpo/cli.py`` is the same file and is read once). Every import
+``evals/`` and ``baselines/`` is parsed with ``ast`` and mapped to its import name
+through ``pyproject.toml``'s ``package-dir`` (``evals/X.py`` is ``lpo.evals.X``,
+``baselines/X.py`` is ``lpo.baselines.X``, ``lpo/cli/X.py`` is ``lpo.cli.X``). The root
+``cli.py``, which only launches ``lpo.cli``, is read as the module ``cli``. Every import
 statement counts, wherever it sits: module level, inside a function (the lazy imports
 that hide cycles), or under ``if TYPE_CHECKING:``. An edge goes to what a statement
 names: ``import a.b`` and ``from a.b import f`` to ``a.b``; ``from a import b`` to the
@@ -80,8 +80,8 @@ def discover(root: Path = ROOT) -> dict[str, Path]:
     for prefix, folder in sorted(package_dirs(root).items(), key=lambda kv: -len(kv[1])):
         base = root / folder
         for path in sorted(base.rglob("*.py")):
-            if path.is_symlink() or path.resolve() in seen:
-                continue  # lpo/cli.py links to the root cli.py, read below
+            if path.resolve() in seen:
+                continue
             rel = path.relative_to(base).with_suffix("")
             parts = list(rel.parts)
             if parts[-1] == "__init__":
@@ -91,9 +91,9 @@ def discover(root: Path = ROOT) -> dict[str, Path]:
                 continue
             modules[name] = path
             seen.add(path.resolve())
-    cli = root / "cli.py"
-    if cli.exists():
-        modules["lpo.cli"] = cli
+    launcher = root / "cli.py"  # the top-level entry point; not installed, run from a checkout
+    if launcher.exists():
+        modules["cli"] = launcher
     return modules
 
 

@@ -32,7 +32,8 @@ def _tiny_eval(tmp_path: Path, **changes) -> AutoEvalConfig:
 
 @pytest.fixture(scope="module")
 def world_lrm(tiny_world_dir, tmp_path_factory) -> Path:
-    from lpo.lrm import LatentRewardModel, LRMConfig, save_lrm
+    from lpo.lrm import LatentRewardModel, LRMConfig
+    from lpo.lrm_io import save_lrm
     from lpo.models import load_components
 
     torch.manual_seed(0)

@@ -14,20 +14,23 @@ from lpo.cli import app
 from lpo.guided import (
     GuidanceConfig,
     LRMCandidateScorer,
+    branch_seed,
+    generators_for,
+    guided_sample,
+    lrm_scorer,
+    select_candidates,
+)
+from lpo.guided_generation import (
     SamplerSettings,
     _conditioning_and_noise,
     best_of_k_final,
     best_of_k_seeds,
-    branch_seed,
     final_candidates,
-    generators_for,
     guided_generate,
-    guided_sample,
-    lrm_scorer,
     plain_generate,
-    select_candidates,
 )
-from lpo.lrm import LatentRewardModel, LRMConfig, save_lrm
+from lpo.lrm import LatentRewardModel, LRMConfig
+from lpo.lrm_io import save_lrm
 from lpo.sampling import sample_trajectory, sigma_schedule
 
 STEPS = 4

@@ -19,16 +19,9 @@ import torch.nn.functional as F
 
 from lpo.conditioning import TextConditioning
 from lpo.errors import LpoError
-from lpo.lrm import (
-    LRM_CONFIG_NAME,
-    LRM_WEIGHTS_NAME,
-    UNET_UP_PATH,
-    LatentRewardModel,
-    LRMConfig,
-    load_lrm,
-    save_lrm,
-    unet_down_mid,
-)
+from lpo.lrm import LatentRewardModel, LRMConfig
+from lpo.lrm_io import LRM_CONFIG_NAME, LRM_WEIGHTS_NAME, load_lrm, save_lrm
+from lpo.lrm_unet import UNET_UP_PATH, unet_down_mid
 from lpo.models import DiffusionComponents, guided_conditioning, load_components, pooled_text_embedding
 from tiny_models import LATENT_SIZE
 

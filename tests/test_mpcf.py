@@ -12,18 +12,8 @@ import pytest
 
 from lpo.config import apply_overrides
 from lpo.errors import LpoError
-from lpo.mpcf import (
-    GAP_SCORERS,
-    ROLES,
-    STRATEGIES,
-    GapScorer,
-    GapScores,
-    MPCFConfig,
-    build_gap_scorers,
-    compute_gap_scores,
-    filter_pairs,
-    mpcf_preset,
-)
+from lpo.gap_scores import GAP_SCORERS, ROLES, GapScorer, GapScores, compute_gap_scores
+from lpo.mpcf import STRATEGIES, MPCFConfig, build_gap_scorers, filter_pairs, mpcf_preset
 from lpo.pairs import TIE, PreferencePair
 from lpo.world.grammar import WORLD_VERSION, parse_prompt
 from lpo.world.render import IMAGE_SIZE, SceneObject, render_prompt, render_scene

@@ -1,4 +1,5 @@
-"""lpo.pixel_reward: SPO's step-aware preference model (SPEC §4.3) and the pixel step reward.
+"""SPO's step-aware preference model (SPEC §4.3) and the pixel step reward: lpo.pixel_reward and its
+parts lpo.pixel_scorer, lpo.time_conditioning, lpo.clip_preprocess and lpo.pixel_reward_io.
 
 Real mode is exercised with a tiny random ``CLIPModel`` saved to a temporary folder with
 its tokenizer and a ``CLIPImageProcessor`` config, loaded through the same
@@ -19,19 +20,10 @@ import torch
 
 from lpo.errors import LpoError
 from lpo.models import DiffusionComponents, load_components
-from lpo.pixel_reward import (
-    PIXEL_REWARD_CONFIG_NAME,
-    PIXEL_REWARD_WEIGHTS_NAME,
-    ImagePreprocessConfig,
-    PixelRewardConfig,
-    PixelStepReward,
-    TimestepConditionedScorer,
-    load_pixel_reward,
-    predicted_original_sample,
-    preprocess_images,
-    save_pixel_reward,
-    world_pixel_scorer,
-)
+from lpo.clip_preprocess import ImagePreprocessConfig, preprocess_images
+from lpo.pixel_reward import PixelRewardConfig, PixelStepReward, predicted_original_sample
+from lpo.pixel_reward_io import PIXEL_REWARD_CONFIG_NAME, PIXEL_REWARD_WEIGHTS_NAME, load_pixel_reward, save_pixel_reward
+from lpo.pixel_scorer import TimestepConditionedScorer, world_pixel_scorer
 from lpo.sampling import ddim_step_with_logprob
 from tiny_models import LATENT_SIZE, MAX_LENGTH, tiny_tokenizer
 

@@ -19,7 +19,8 @@ from torch import nn
 
 from lpo.config import apply_overrides
 from lpo.errors import LpoError
-from lpo.lrm import LatentRewardModel, LRMConfig, load_lrm, save_lrm
+from lpo.lrm import LatentRewardModel, LRMConfig
+from lpo.lrm_io import load_lrm, save_lrm
 from lpo.pairs import PreferencePair
 from lpo.reward_training import (
     REWARD_TRAINING_PRESETS,

@@ -17,7 +17,8 @@ import torch
 def lrm_with_cost(base: Path, out: Path) -> Path:
     """An (untrained) LRM folder with a cost record, as `lpo lrm train` leaves one."""
     from lpo.io import atomic_write_json
-    from lpo.lrm import LatentRewardModel, LRMConfig, save_lrm
+    from lpo.lrm import LatentRewardModel, LRMConfig
+    from lpo.lrm_io import save_lrm
     from lpo.models import load_components
     from lpo.runs import DeviceMeter
 

@@ -36,7 +36,8 @@ def _with_cost(folder: Path, seconds: float = REWARD_SECONDS) -> Path:
 
 
 def _lrm_folder(base: Path, out: Path) -> Path:
-    from lpo.lrm import LatentRewardModel, LRMConfig, save_lrm
+    from lpo.lrm import LatentRewardModel, LRMConfig
+    from lpo.lrm_io import save_lrm
     from lpo.models import load_components
 
     torch.manual_seed(0)
@@ -52,7 +53,8 @@ def world_lrm(tiny_world_dir, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def world_pixel(tiny_world_dir, tmp_path_factory) -> Path:
     from lpo.models import load_components
-    from lpo.pixel_reward import PixelStepReward, save_pixel_reward
+    from lpo.pixel_reward import PixelStepReward
+    from lpo.pixel_reward_io import save_pixel_reward
 
     components = load_components(tiny_world_dir)  # its own copy: the reward freezes the U-Net it is given
     out = tmp_path_factory.mktemp("rewards") / "pixel"

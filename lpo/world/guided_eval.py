@@ -34,15 +34,14 @@ import torch
 from torch import Tensor
 
 from lpo.errors import LpoError
-from lpo.guided import (
+from lpo.guided import GuidanceConfig, lrm_scorer
+from lpo.guided_generation import (
     GeneratedImages,
-    GuidanceConfig,
     SamplerSettings,
     best_of_k_final,
     decode_latents,
     final_candidates,
     guided_generate,
-    lrm_scorer,
     plain_generate,
 )
 
@@ -231,7 +230,7 @@ def guided_eval_job(
     """
     from lpo.generate import resolve_device, resolve_model_name
     from lpo.io import atomic_write_json
-    from lpo.lrm import load_lrm
+    from lpo.lrm_io import load_lrm
     from lpo.models import load_components
     from rich.progress import Progress
 

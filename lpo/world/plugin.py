@@ -6,7 +6,7 @@ Real-mode modules never import the world (it is a leaf). Instead the world regis
     (:func:`lpo.world.pretrain.resolve_world_alias`), and a world model given no prompts
     samples the first test prompts, round-robin over categories;
   - the MPCF gap scorers ``world-aesthetic``, ``world-clip`` and ``world-vqa``
-    (:data:`lpo.mpcf.GAP_SCORERS`), each reading one score of the exact judges.
+    (:data:`lpo.gap_scores.GAP_SCORERS`), each reading one score of the exact judges.
 
 :func:`install` is idempotent. The composition roots call it: the CLI before every
 command, the tests' conftest, the scripts.
@@ -73,7 +73,7 @@ def _default_prompts(num_prompts: int) -> list[str]:
 def install() -> None:
     """Register the world's model family and gap scorers (once; later calls do nothing)."""
     from lpo.model_families import MODEL_FAMILIES, ModelFamily
-    from lpo.mpcf import GAP_SCORERS
+    from lpo.gap_scores import GAP_SCORERS
 
     if "world" not in MODEL_FAMILIES:
         MODEL_FAMILIES.add("world", ModelFamily(name="world", resolve=_resolve, default_prompts=_default_prompts))

@@ -9,7 +9,7 @@ no pickled objects (:mod:`lpo.checkpoint_state`).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -20,8 +20,10 @@ from lpo.errors import LpoError
 from lpo.finite import check_finite_module
 from lpo.runs import TRAINER_STATE_NAME, RunFolder, list_checkpoints, write_checkpoint
 
-if TYPE_CHECKING:
-    from lpo.reward_training import EncodedPairs, RewardTrainingConfig
+# lpo.reward_training's RewardTrainingConfig and EncodedPairs, read by duck typing here:
+# importing them (even for type checking) would make the two modules a cycle.
+RewardTrainingConfig = Any
+EncodedPairs = Any
 
 TRAINER_STATE_VERSION = 1
 NONFINITE_FIX = "lower lr and start a new run"
@@ -46,7 +48,7 @@ def write_reward_checkpoint(
     return write_checkpoint(accelerator, run, step, save, state, keep)
 
 
-def _check_resume(saved: dict[str, Any], config: "RewardTrainingConfig", encoded: "EncodedPairs", folder: Path) -> None:
+def _check_resume(saved: dict[str, Any], config: RewardTrainingConfig, encoded: EncodedPairs, folder: Path) -> None:
     if saved.get("version") != TRAINER_STATE_VERSION:
         raise LpoError(f"{folder} has trainer-state version {saved.get('version')}; this lpo reads {TRAINER_STATE_VERSION}")
     old, new = saved["config"], config_to_dict(config)
@@ -67,7 +69,7 @@ def _check_resume(saved: dict[str, Any], config: "RewardTrainingConfig", encoded
 # --------------------------------------------------------------------------- accelerate, optimiser, schedule
 
 
-def make_reward_accelerator(config: "RewardTrainingConfig", accelerator: Any) -> Any:
+def make_reward_accelerator(config: RewardTrainingConfig, accelerator: Any) -> Any:
     if accelerator is not None:
         if accelerator.gradient_accumulation_steps != config.gradient_accumulation_steps:
             raise LpoError(
@@ -91,7 +93,7 @@ def make_reward_accelerator(config: "RewardTrainingConfig", accelerator: Any) ->
         raise LpoError(f"could not set up accelerate with mixed_precision={config.mixed_precision}: {err}") from err
 
 
-def reward_optimizer(model: nn.Module, config: "RewardTrainingConfig") -> torch.optim.Optimizer:
+def reward_optimizer(model: nn.Module, config: RewardTrainingConfig) -> torch.optim.Optimizer:
     trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     if not trainable:
         raise LpoError("the reward model has no trainable parameters (all have requires_grad=False)")
@@ -111,7 +113,7 @@ def reward_optimizer(model: nn.Module, config: "RewardTrainingConfig") -> torch.
     )
 
 
-def reward_lr_schedule(optimizer: torch.optim.Optimizer, config: "RewardTrainingConfig") -> Any:
+def reward_lr_schedule(optimizer: torch.optim.Optimizer, config: RewardTrainingConfig) -> Any:
     from transformers import get_scheduler
 
     name = {"linear": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}[config.lr_scheduler]
@@ -128,7 +130,7 @@ def json_load(path: Path) -> dict[str, Any]:
         raise LpoError(f"could not read {path} ({type(err).__name__}: {err}); the checkpoint is damaged") from err
 
 
-def resume_reward_run(accelerator: Any, run: RunFolder, config: "RewardTrainingConfig", encoded: "EncodedPairs",
+def resume_reward_run(accelerator: Any, run: RunFolder, config: RewardTrainingConfig, encoded: EncodedPairs,
                       ) -> tuple[int, dict[str, Any]] | None:
     """Load the newest checkpoint of ``run`` (same config and pairs required): (its step, its
     trainer state), or None when there is none."""

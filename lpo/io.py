@@ -67,9 +67,15 @@ def disk_errors(path: Path, what: str = "") -> Iterator[None]:
 def check_writable(folder: Path, what: str) -> None:
     """Fail now, before expensive work, when ``folder`` cannot be created or written to."""
     folder = Path(folder)
+    # probe the folder, or the nearest folder above it that exists: a check that fails
+    # (or work that fails after it) must not leave empty result folders behind
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(dir=folder, prefix=".write-probe.", suffix=".tmp")
+        if not existing.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(existing))
+        fd, probe = tempfile.mkstemp(dir=existing, prefix=".write-probe.", suffix=".tmp")
         os.close(fd)
         os.unlink(probe)
     except OSError as err:

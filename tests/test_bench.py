@@ -17,9 +17,11 @@ def _micro(model: str) -> BenchConfig:
         mpcf_strategy="none",
         lrm_overrides=("max_steps=4", "warmup_steps=1", "batch_size=8", "eval_every=0", "save_every=2"),
         pixel_overrides=("max_steps=2", "warmup_steps=1", "batch_size=8", "eval_every=0", "save_every=2"),
-        lpo_overrides=("train.max_rounds=2", "train.epochs=100", "sampler.sample_batch_size=4", "sampler.num_inference_steps=4"),
+        # thresholds 0: a 4-step reward model's gaps are tiny, and a run that keeps no pair is an error
+        lpo_overrides=("train.max_rounds=2", "train.epochs=100", "sampler.sample_batch_size=4", "sampler.num_inference_steps=4",
+                       "sampler.threshold_min=0", "sampler.threshold_max=0"),
         spo_overrides=("train.max_rounds=2", "train.epochs=100", "sampler.sample_batch_size=4", "sampler.num_inference_steps=6",
-                       "sampler.min_timestep=0"),
+                       "sampler.min_timestep=0", "sampler.threshold_min=0", "sampler.threshold_max=0"),
         dpo_overrides=("train.max_steps=2", "train.batch_size=4", "optim.warmup_steps=1"),
         checkpoints_per_run=1, eval_prompts=6, eval_images_per_prompt=1, guided_prompts=2, guided_seeds=1,
         device="cpu",

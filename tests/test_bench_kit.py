@@ -87,7 +87,7 @@ def test_curve_protocol_values_are_checked():
     with pytest.raises(LpoError, match="curve_images_per_prompt must be >= 0"):
         BenchConfig(curve_images_per_prompt=-1)
     quick = bench_preset("quick")
-    assert quick.reward_kit == "quick" and quick.separate_curve and quick.curve_protocol() == (64, 2)
+    assert quick.reward_kit == "quick" and quick.separate_curve and quick.curve_protocol() == (48, 2)
     assert bench_preset("full").reward_kit == "none"  # the full preset trains everything
 
 
@@ -107,8 +107,8 @@ def test_the_eval_plan_scores_the_curve_on_a_subset_of_the_final_images(tmp_path
     config = replace(bench_preset("quick"), methods=("lpo",))
     plan = {key: (benchmark, prompts, images) for key, _, benchmark, prompts, images in eval_plan(Bench(tmp_path, config))}
     assert plan == {
-        "eval-world-base": ("world", 128, 4), "eval-world-curve-base": ("world", 64, 2),
-        "eval-world-heldout-base": ("world-heldout", 128, 2),
-        "eval-world-lpo": ("world", 128, 4), "eval-world-curve-lpo": ("world", 64, 2),
-        "eval-world-heldout-lpo": ("world-heldout", 128, 2),
+        "eval-world-base": ("world", 128, 4), "eval-world-curve-base": ("world", 48, 2),
+        "eval-world-heldout-base": ("world-heldout", 128, 1),
+        "eval-world-lpo": ("world", 128, 4), "eval-world-curve-lpo": ("world", 48, 2),
+        "eval-world-heldout-lpo": ("world-heldout", 128, 1),
     }

@@ -66,8 +66,9 @@ def test_check_writable_names_the_folder(tmp_path):
     (tmp_path / "file").write_text("")
     with pytest.raises(LpoError, match=r"cannot write the results folder \(.*file/results\): Not a directory; pass a"):
         check_writable(tmp_path / "file" / "results", "the results folder")
-    check_writable(tmp_path / "ok", "a folder")
-    assert list((tmp_path / "ok").iterdir()) == []  # the probe is gone
+    check_writable(tmp_path / "ok" / "results", "a folder")
+    assert not (tmp_path / "ok").exists()  # nothing created: a later failure leaves no empty folders
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]  # and the probe is gone
 
 
 def test_eval_checks_its_results_folder_before_generating(tmp_path, monkeypatch):

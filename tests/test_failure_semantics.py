@@ -28,7 +28,8 @@ QUICK = ["train.max_rounds=3", "sampler.sample_batch_size=4", "train.train_batch
 
 
 def _lrm_folder(base: Path, out: Path, poison: bool = False) -> Path:
-    from lpo.lrm import LatentRewardModel, LRMConfig, save_lrm
+    from lpo.lrm import LatentRewardModel, LRMConfig
+    from lpo.lrm_io import save_lrm
     from lpo.models import load_components
 
     torch.manual_seed(0)
@@ -91,7 +92,8 @@ def test_a_diverging_diffusion_dpo_run_stops(tiny_world_dir, world_pairs, tmp_pa
 
 
 def test_a_diverging_reward_model_stops(tiny_world_dir, tmp_path):
-    from lpo.lrm import LatentRewardModel, LRMConfig, save_lrm
+    from lpo.lrm import LatentRewardModel, LRMConfig
+    from lpo.lrm_io import save_lrm
     from lpo.models import load_components
     from lpo.pairs import PreferencePair
     from lpo.reward_training import RewardTrainingConfig, train_step_reward
@@ -226,7 +228,8 @@ def test_resume_never_runs_a_planted_pickle(tiny_world_dir, world_lrm, tmp_path)
 
 
 def test_reward_training_checkpoints_store_the_schedule_as_json(tiny_world_dir, tmp_path):
-    from lpo.lrm import LatentRewardModel, LRMConfig, save_lrm
+    from lpo.lrm import LatentRewardModel, LRMConfig
+    from lpo.lrm_io import save_lrm
     from lpo.models import load_components
     from lpo.pairs import PreferencePair
     from lpo.reward_training import RewardTrainingConfig, train_step_reward
@@ -268,7 +271,7 @@ def test_an_unreachable_vae_override_names_model_vae_none(tiny_sdxl_dir):
 
 
 def test_mpcf_world_scorers_on_real_captions_point_to_the_paper_preset():
-    from lpo.mpcf import GAP_SCORERS
+    from lpo.gap_scores import GAP_SCORERS
 
     scorer = GAP_SCORERS.get("world-aesthetic")()
     image = np.zeros((32, 32, 3), dtype=np.uint8)

@@ -148,12 +148,13 @@ def resolve_checkpoint(spec: str, benchmark=None, prompts=None, registry: Path |
     """The :class:`Checkpoint` named by ``spec`` (see the module docstring for the rules);
     ``registry`` is a checkpoint registry file read after the shipped entries and the user's."""
     # 1. A reference source of the benchmark.
-    if benchmark is not None and benchmark.reference_source(spec, prompts or []) is not None:
-        from lpo.world.grammar import WORLD_VERSION
-
-        # The prompt list is part of it: "shuffled" draws each image from the other prompts.
+    source = benchmark.reference_source(spec, prompts or []) if benchmark is not None else None
+    if source is not None:
+        # The source's version says what its images depend on (the world's: "world<grammar
+        # version>"); the prompt list is part of it too: "shuffled" draws each image from
+        # the other prompts.
         prompt_list = hashlib.sha256("\n".join(prompts or []).encode()).hexdigest()
-        digest = hashlib.sha256(f"reference|{spec}|world{WORLD_VERSION}|{prompt_list}".encode()).hexdigest()[:16]
+        digest = hashlib.sha256(f"reference|{spec}|{source.version}|{prompt_list}".encode()).hexdigest()[:16]
         return Checkpoint(spec=spec, label=spec, content_hash=digest, kind="reference", method="reference", base_model=None)
 
     # 2. Model-family aliases (world, world:PRESET).

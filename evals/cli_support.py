@@ -33,7 +33,6 @@ def metric_names() -> list[str]:
     import lpo.evals.metrics  # noqa: F401
     import lpo.evals.metrics.diversity  # noqa: F401
     import lpo.evals.metrics.lrm_score  # noqa: F401
-    import lpo.evals.metrics.world  # noqa: F401
     from lpo.evals.metrics.base import METRICS
 
     return METRICS.names()

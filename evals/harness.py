@@ -245,16 +245,15 @@ def _processes(device: str) -> _Processes:
 
 
 # The diversity measure reported beside quality (SPEC §6 issue 7): per prompt across its
-# seeds. World benchmarks read the judges' attribute spread; the others CLIP embeddings.
-DEFAULT_DIVERSITY = {"world": "world_diversity", "world-heldout": "world_diversity"}
+# seeds. A benchmark may name its own (the world's read the judges' attribute spread);
+# the others compare CLIP embeddings.
 REAL_DIVERSITY = "clip_diversity"
 
 
 def default_metrics(benchmark, images_per_prompt: int) -> list[str]:
     """The benchmark's default metrics, plus its diversity measure when a prompt has >= 2 images."""
     names = list(benchmark.default_metrics)
-    # a benchmark may name its own (``diversity_metric``); else the table above
-    diversity = getattr(benchmark, "diversity_metric", None) or DEFAULT_DIVERSITY.get(benchmark.name, REAL_DIVERSITY)
+    diversity = getattr(benchmark, "diversity_metric", None) or REAL_DIVERSITY
     if images_per_prompt >= 2 and diversity not in names:
         names.append(diversity)
     return names
@@ -264,7 +263,6 @@ def _resolve_metrics(config: EvalConfig, benchmark, protocol: EvalProtocol) -> l
     import lpo.evals.metrics  # noqa: F401  (registers the real-mode metrics)
     import lpo.evals.metrics.diversity  # noqa: F401  (registers the diversity measures)
     import lpo.evals.metrics.lrm_score  # noqa: F401  (registers the LRM's own score)
-    import lpo.evals.metrics.world  # noqa: F401  (registers the world judges)
 
     names = list(config.metrics) or default_metrics(benchmark, protocol.images_per_prompt)
     for name in names:

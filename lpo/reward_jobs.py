@@ -120,6 +120,7 @@ def eval_reward_job(
     import torch
 
     from lpo.io import atomic_write_json
+    from lpo.model_families import kind_family
     from lpo.reward_training import accuracy_from_scores, encode_pairs, pair_scores_by_timestep
     from lpo.sampling import ddim_timesteps
 
@@ -134,10 +135,9 @@ def eval_reward_job(
         from lpo.pixel_reward_io import load_pixel_reward
 
         rewards["SPO pixel model on x̂0"] = load_pixel_reward(pixel_dir, components)
-    if with_utility and components.kind == "world":
-        from lpo.world.utility_reward import WorldUtilityOnX0
-
-        rewards["true utility on x̂0 (ceiling)"] = WorldUtilityOnX0(components)
+    family = kind_family(components.kind)  # a family with a ground truth (the world) gives the ceiling
+    if with_utility and family is not None and family.true_utility is not None:
+        rewards["true utility on x̂0 (ceiling)"] = family.true_utility(components)
     if not rewards:
         raise LpoError("nothing to evaluate: pass --lrm and/or --pixel (the utility ceiling exists only in the world)")
     timesteps = sorted(int(t) for t in ddim_timesteps(components.scheduler, 20))
@@ -145,10 +145,8 @@ def eval_reward_job(
     if not bool(encoded.decisive.any()):
         raise LpoError(f"all {len(encoded)} held-out pairs are ties; accuracy needs pairs with a winner")
     targets = {"accuracy": encoded.labels_0}
-    if components.kind == "world":
-        from lpo.world.pairs import true_order_labels
-
-        targets["accuracy_true_order"] = torch.tensor(true_order_labels(pairs), dtype=torch.float32)
+    if family is not None and family.true_order_labels is not None:
+        targets["accuracy_true_order"] = torch.tensor(family.true_order_labels(pairs), dtype=torch.float32)
     tables: dict[str, dict[str, dict[int, list]]] = {key: {} for key in targets}
     for name, reward in rewards.items():
         reward.eval()

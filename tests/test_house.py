@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from lpo.errors import LpoError
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -32,15 +34,7 @@ ALLOWED_CYCLES: set[tuple[str, ...]] = set()
 
 # Real-mode modules (outside lpo/world/, not the CLI or the bench runner) that still
 # import lpo.world. The world is a leaf: this list only shrinks.
-ALLOWED_WORLD_IMPORTERS = {
-    "lpo.evals.benchmarks.world",  # the world's benchmarks, registered in evals
-    "lpo.evals.checkpoints",  # WORLD_VERSION in a reference source's hash (ground-truth, noise, shuffled)
-    "lpo.evals.metrics.diversity",
-    "lpo.evals.metrics.world",  # the world's judges as evaluation metrics
-    "lpo.perf.architectures",
-    "lpo.reward_jobs",
-    "lpo.trainers.jobs",
-}
+ALLOWED_WORLD_IMPORTERS: set[str] = set()
 
 # The CLI and the bench runner may hand a `world` choice to the world; listed so that a
 # new dispatcher is a visible decision.
@@ -66,7 +60,7 @@ def test_checker_sees_the_package(report):
     assert report.modules["cli"] == ROOT / "cli.py"
     assert {e.target for e in report.edges if e.source == "cli"} == {"lpo.cli"}
     assert not any(m.startswith("evals") or m.startswith("baselines") for m in report.modules)
-    # Function-level imports count: lpo.trainers.jobs reads the world's grammar lazily.
+    # Function-level imports count (the CLI's world commands import the world lazily).
     scopes = {e.scope for e in report.edges}
     assert {"module", "function"} <= scopes
 
@@ -129,3 +123,23 @@ def test_the_world_plugs_in_through_registries():
     assert resolve_model_name("world") == str(resolve_world_alias("world"))
     assert resolve_model_name("some/hub-id") == "some/hub-id"
     assert {"world-aesthetic", "world-clip", "world-vqa"} <= set(GAP_SCORERS.names())
+
+
+def test_the_world_plugs_into_evaluation_and_training():
+    # Benchmarks and metrics through load hooks (lpo.plugins), training prompts, the reward
+    # ceiling and the perf tokenizer through the world's model family.
+    from lpo.evals.benchmarks import BENCHMARKS
+    from lpo.evals.metrics import METRICS
+    from lpo.model_families import kind_family, offline_tokenizer_builder
+    from lpo.trainers.jobs import load_prompts
+    from lpo.world.grammar import make_splits
+
+    assert {"world", "world-heldout"} <= set(BENCHMARKS.names())
+    assert {"world_alignment", "world_utility", "world_diversity"} <= set(METRICS.names())
+    assert BENCHMARKS.get("world")(None).diversity_metric == "world_diversity"
+    assert load_prompts("world:train") == [s.text() for s in make_splits().get("train")]
+    with pytest.raises(LpoError, match="unknown world prompt split 'nope'"):
+        load_prompts("world:nope")
+    family = kind_family("world")
+    assert family.true_utility is not None and family.true_order_labels is not None
+    assert offline_tokenizer_builder() is family.build_tokenizer

@@ -93,7 +93,9 @@ class Benchmark(Protocol):
 
     def reference_source(self, name: str, prompts: Sequence[str]):
         """An image source for a reference "checkpoint" (e.g. the world's ground truth),
-        or None when the benchmark has no such reference."""
+        or None when the benchmark has no such reference. A source has ``name``,
+        ``version`` (what its images depend on; part of the reference's content hash) and
+        ``images(prompts, seeds)`` -> (N, H, W, 3) uint8."""
 
 
 BenchmarkFactory = Callable[[str | None], Benchmark]

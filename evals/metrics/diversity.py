@@ -13,10 +13,7 @@ values are comparable on identical prompts and seeds.
 metric                 distance between two images of a prompt
 =====================  ==============================================================
 ``world_diversity``    Euclidean distance of the judges' attribute vectors (world
-                       images): counts of each colour, shape (incl. unknown) and
-                       texture read from the image, the number of objects, the mean
-                       object centre (x, y as fractions of the side) and the mean object
-                       size (as a fraction of the largest size the world draws)
+                       images; registered by the world, lpo.world.eval_metrics)
 ``pixel_diversity``    RMS difference of the RGB pixels in [0, 1], after a box
                        downsample to at most 64 px (any images; no model)
 ``clip_diversity``     1 − cosine of CLIP image embeddings
@@ -51,7 +48,10 @@ def euclidean(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.linalg.norm(np.asarray(a, np.float64) - np.asarray(b, np.float64)))
 
 
-class _SetMetric:
+class SetMetric:
+    """A metric of the N images of one prompt together: one value per prompt, the mean
+    pairwise ``distance`` of ``vectors`` (Euclidean unless a subclass says otherwise)."""
+
     per_prompt = True
     higher_is_better = True
     name: str
@@ -76,52 +76,6 @@ class _SetMetric:
         raise LpoError(f"{self.name} compares the images of a prompt with each other; it has no per-image score")
 
 
-# --------------------------------------------------------------------------- world
-
-
-def attribute_vector(image: np.ndarray) -> np.ndarray:
-    """The judges' reading of a world image as one vector (see the module docstring)."""
-    from lpo.world.grammar import COLOURS, SHAPES, TEXTURES
-    from lpo.world.judges import read_image
-    from lpo.world.render import MAX_SIZE
-
-    reading = read_image(image)
-    objects = reading.hard_objects
-    side = float(image.shape[1])
-    colours = [sum(o.colour == c for o in objects) for c in COLOURS]
-    shapes = [sum(o.shape == s for o in objects) for s in (*SHAPES, "unknown")]
-    textures = [sum(o.texture == t for o in objects) for t in TEXTURES]
-    if objects:
-        layout = [np.mean([o.centre[0] for o in objects]) / side, np.mean([o.centre[1] for o in objects]) / side,
-                  np.mean([o.size for o in objects]) / MAX_SIZE]
-    else:
-        layout = [0.0, 0.0, 0.0]
-    return np.array([*colours, *shapes, *textures, len(objects), *layout], dtype=np.float64)
-
-
-@METRICS.register("world_diversity")
-class WorldDiversity(_SetMetric):
-    name = "world_diversity"
-    formula = "mean pairwise Euclidean distance of judged attribute vectors (colour/shape/texture counts, count, centre, size)"
-
-    def __init__(self, spec: MetricSpec) -> None:
-        from lpo.world.judges import JUDGES_VERSION
-        from lpo.world.grammar import WORLD_VERSION
-
-        super().__init__(spec)
-        self.version = f"{WORLD_VERSION}.{JUDGES_VERSION}+div1"
-
-    def vectors(self, images: list[Image.Image]) -> np.ndarray:
-        from lpo.world.render import IMAGE_SIZE
-
-        arrays = [np.asarray(image.convert("RGB"), dtype=np.uint8) for image in images]
-        if any(a.shape != (IMAGE_SIZE, IMAGE_SIZE, 3) for a in arrays):
-            raise LpoError(
-                f"world_diversity reads {IMAGE_SIZE}×{IMAGE_SIZE} world images; use pixel_diversity or clip_diversity for others"
-            )
-        return np.stack([attribute_vector(a) for a in arrays])
-
-
 # --------------------------------------------------------------------------- any images
 
 
@@ -135,7 +89,7 @@ def downsampled(image: Image.Image, side: int = PIXEL_SIDE) -> np.ndarray:
 
 
 @METRICS.register("pixel_diversity")
-class PixelDiversity(_SetMetric):
+class PixelDiversity(SetMetric):
     name = "pixel_diversity"
     version = "1"
     formula = f"mean pairwise RMS difference of RGB pixels in [0, 1] (box downsample to <= {PIXEL_SIDE} px)"
@@ -151,7 +105,7 @@ class PixelDiversity(_SetMetric):
 
 
 @METRICS.register("clip_diversity")
-class ClipDiversity(_SetMetric):
+class ClipDiversity(SetMetric):
     name = "clip_diversity"
     version = "l14-1mcos+lpo1"
     formula = "mean pairwise 1 − cos of CLIP image embeddings (openai/clip-vit-large-patch14)"

@@ -4,7 +4,8 @@ Timing does not depend on weight values, so the benchmarks build SD1.5, SDXL and
 PickScore-sized modules from their published configs (the ``config.json`` files of
 ``stable-diffusion-v1-5``, ``stable-diffusion-xl-base-1.0`` and ``PickScore_v1``) with
 random weights: nothing is downloaded and nothing needs a hub. The tokenizer is the
-world's (a CLIP BPE over the world grammar), padded to CLIP's 77 tokens, so text
+world's (a CLIP BPE over the world grammar, plugged in as its model family's
+``build_tokenizer`` by ``lpo.world.install()``), padded to CLIP's 77 tokens, so text
 encoding runs at the real sequence length.
 """
 
@@ -78,9 +79,9 @@ CLIP_VOCAB_SIZE = 49408
 
 def _clip_tokenizer() -> Any:
     """The world's CLIP BPE tokenizer with CLIP's 77-token length (ids fit CLIP's vocabulary)."""
-    from lpo.world.tokenizer import build_world_tokenizer
+    from lpo.model_families import offline_tokenizer_builder
 
-    tokenizer = build_world_tokenizer(Path(tempfile.mkdtemp(prefix="lpo-perf-tok-")))
+    tokenizer = offline_tokenizer_builder()(Path(tempfile.mkdtemp(prefix="lpo-perf-tok-")))
     tokenizer.model_max_length = 77
     return tokenizer
 

@@ -27,13 +27,11 @@ def load_prompts(spec: str | None) -> list[str]:
     """Training prompts from ``world:SPLIT``, a text file (one per line) or a pairs parquet (captions, deduplicated)."""
     if spec is None:
         raise LpoError("no training prompts: set train.prompts=world:train, a .txt file or a pairs .parquet")
-    if spec.startswith("world:"):
-        from lpo.world.grammar import SPLIT_NAMES, make_splits
+    from lpo.model_families import alias_family
 
-        split = spec.split(":", 1)[1]
-        if split not in SPLIT_NAMES:
-            raise LpoError(f"unknown world prompt split {split!r}; known: {', '.join(SPLIT_NAMES)}")
-        return [s.text() for s in make_splits().get(split)]
+    family = alias_family(spec) if ":" in spec else None
+    if family is not None and family.split_prompts is not None:  # world:SPLIT
+        return family.split_prompts(spec.split(":", 1)[1])
     path = Path(spec)
     if not path.exists():
         raise LpoError(f"prompt source {spec} does not exist; use world:SPLIT, a .txt file or a pairs .parquet")

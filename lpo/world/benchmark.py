@@ -22,6 +22,9 @@ from lpo.world.judges import SCORE_NAMES, judge
 from lpo.world.render import IMAGE_SIZE, render_prompt
 
 REFERENCE_SOURCES = ("ground-truth", "shuffled", "noise")
+# What a reference source's images depend on (the grammar and renderer); evaluation folds
+# it into the reference "checkpoint"'s content hash (lpo.evals.checkpoints).
+REFERENCE_VERSION = f"world{WORLD_VERSION}"
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,10 @@ class GroundTruthSource:
 
     name: str = "ground-truth"
 
+    @property
+    def version(self) -> str:
+        return REFERENCE_VERSION
+
     def images(self, prompts, seeds):
         from lpo.world.grammar import parse_prompt
 
@@ -71,6 +78,10 @@ class ShuffledSource:
 
     prompts: list[str]
     name: str = "shuffled"
+
+    @property
+    def version(self) -> str:
+        return REFERENCE_VERSION
 
     def images(self, prompts, seeds):
         from lpo.world.grammar import parse_prompt
@@ -89,6 +100,10 @@ class NoiseSource:
 
     name: str = "noise"
     size: int = IMAGE_SIZE
+
+    @property
+    def version(self) -> str:
+        return REFERENCE_VERSION
 
     def images(self, prompts, seeds):
         return np.stack([np.random.default_rng(s).integers(0, 256, (self.size, self.size, 3), dtype=np.uint8) for s in seeds])

@@ -3,10 +3,18 @@
 Real-mode modules never import the world (it is a leaf). Instead the world registers:
   - the ``world`` model family (:mod:`lpo.model_families`): the ``world`` /
     ``world:PRESET`` alias resolves to the pretrained folder
-    (:func:`lpo.world.pretrain.resolve_world_alias`), and a world model given no prompts
-    samples the first test prompts, round-robin over categories;
+    (:func:`lpo.world.pretrain.resolve_world_alias`), a world model given no prompts
+    samples the first test prompts, round-robin over categories; ``world:SPLIT`` is a
+    training prompt source; the true utility of x̂0 (lpo.world.utility_reward) and the
+    true-utility order of a pair's images (lpo.world.pairs) are the ground truth that
+    ``lpo reward eval`` reports beside a learned reward; the grammar's CLIP BPE tokenizer
+    builds offline (the cost benchmarks' random SD-sized models use it);
   - the MPCF gap scorers ``world-aesthetic``, ``world-clip`` and ``world-vqa``
-    (:data:`lpo.gap_scores.GAP_SCORERS`), each reading one score of the exact judges.
+    (:data:`lpo.gap_scores.GAP_SCORERS`), each reading one score of the exact judges;
+  - the evaluation benchmarks ``world`` / ``world-heldout`` (:mod:`lpo.world.eval_benchmarks`)
+    and the metrics ``world_*`` (:mod:`lpo.world.eval_metrics`), through load hooks
+    (:mod:`lpo.plugins`): the evaluation registries import torch, so they are filled when
+    they load, not here.
 
 :func:`install` is idempotent. The composition roots call it: the CLI before every
 command, the tests' conftest, the scripts.
@@ -70,13 +78,60 @@ def _default_prompts(num_prompts: int) -> list[str]:
     return [s.text() for s in world_prompts(WorldEvalProtocol(max_prompts=num_prompts))]
 
 
+def _split_prompts(split: str) -> list[str]:
+    from lpo.world.grammar import SPLIT_NAMES, make_splits
+
+    if split not in SPLIT_NAMES:
+        raise LpoError(f"unknown world prompt split {split!r}; known: {', '.join(SPLIT_NAMES)}")
+    return [s.text() for s in make_splits().get(split)]
+
+
+def _true_utility(components):
+    from lpo.world.utility_reward import WorldUtilityOnX0
+
+    return WorldUtilityOnX0(components)
+
+
+def _true_order_labels(pairs) -> list[float]:
+    from lpo.world.pairs import true_order_labels
+
+    return true_order_labels(pairs)
+
+
+def _build_tokenizer(folder: Path):
+    from lpo.world.tokenizer import build_world_tokenizer
+
+    return build_world_tokenizer(folder)
+
+
+WORLD_FAMILY_PARTS = dict(
+    resolve=_resolve, default_prompts=_default_prompts, split_prompts=_split_prompts,
+    true_utility=_true_utility, true_order_labels=_true_order_labels, build_tokenizer=_build_tokenizer,
+)
+
+
+def _register_benchmarks() -> None:
+    from lpo.world.eval_benchmarks import register
+
+    register()
+
+
+def _register_metrics() -> None:
+    from lpo.world.eval_metrics import register
+
+    register()
+
+
 def install() -> None:
-    """Register the world's model family and gap scorers (once; later calls do nothing)."""
+    """Register the world's model family, gap scorers, benchmarks and metrics (once; later calls do nothing)."""
     from lpo.model_families import MODEL_FAMILIES, ModelFamily
     from lpo.gap_scores import GAP_SCORERS
+    from lpo.plugins import BENCHMARK_HOOKS, METRIC_HOOKS
 
     if "world" not in MODEL_FAMILIES:
-        MODEL_FAMILIES.add("world", ModelFamily(name="world", resolve=_resolve, default_prompts=_default_prompts))
+        MODEL_FAMILIES.add("world", ModelFamily(name="world", **WORLD_FAMILY_PARTS))
     for name, judge_field in WORLD_GAP_SCORERS.items():
         if name not in GAP_SCORERS:
             GAP_SCORERS.add(name, functools.partial(WorldJudgeScorer, name, judge_field))
+    BENCHMARK_HOOKS.add(_register_benchmarks)
+    METRIC_HOOKS.add(_register_metrics)

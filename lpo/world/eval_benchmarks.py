@@ -1,5 +1,9 @@
 """The embedded world's benchmarks: its test prompts, scored by its exact judges.
 
+Registered into ``lpo.evals.benchmarks.BENCHMARKS`` by :func:`register`, which
+:func:`lpo.world.install` hooks onto that registry's loading (lpo.plugins); real-mode
+evaluation knows no world benchmark by name.
+
 ``world`` is the world's ``test`` split, ``world-heldout`` its ``test_heldout`` split
 (prompts with colour-shape pairs no training prompt contains). Prompts, their categories
 and the ``max_prompts`` selection come from :mod:`lpo.world.benchmark`, so ``lpo eval
@@ -30,6 +34,8 @@ class WorldBenchmark:
     split: str
     description: str
     default_metrics: tuple[str, ...] = WORLD_METRICS
+    # Reported beside quality when a prompt has >= 2 images: the judges' attribute spread.
+    diversity_metric: str = "world_diversity"
 
     @property
     def version(self) -> str:
@@ -69,8 +75,14 @@ def _world_factory(name: str, split: str, description: str):
     return build
 
 
-BENCHMARKS.add("world", _world_factory("world", "test", "the world's test prompts (T2I-CompBench++-style categories)"))
-BENCHMARKS.add(
-    "world-heldout",
-    _world_factory("world-heldout", "test_heldout", "world prompts with colour-shape pairs unseen in training"),
-)
+WORLD_BENCHMARKS = {
+    "world": ("test", "the world's test prompts (T2I-CompBench++-style categories)"),
+    "world-heldout": ("test_heldout", "world prompts with colour-shape pairs unseen in training"),
+}
+
+
+def register() -> None:
+    """Add ``world`` and ``world-heldout`` to the benchmark registry (idempotent)."""
+    for name, (split, description) in WORLD_BENCHMARKS.items():
+        if name not in BENCHMARKS:
+            BENCHMARKS.add(name, _world_factory(name, split, description))

@@ -15,6 +15,15 @@ metric                     judge score (all in [0, 1], higher is better)
 The judges read 32×32 world images and world-grammar prompts; anything else is a user
 error naming the fix. One image is judged once for all five metrics (a small cache keyed
 by the image bytes and the prompt), since every judge score comes from one reading.
+
+``world_diversity`` is a set metric (:mod:`lpo.evals.metrics.diversity`): the mean
+pairwise Euclidean distance of the judges' attribute vectors of one prompt's images —
+counts of each colour, shape (incl. unknown) and texture read from the image, the number
+of objects, the mean object centre (x, y as fractions of the side) and the mean object
+size (as a fraction of the largest size the world draws).
+
+Registered into ``lpo.evals.metrics.METRICS`` by :func:`register`, which
+:func:`lpo.world.install` hooks onto that registry's loading (lpo.plugins).
 """
 
 from __future__ import annotations
@@ -28,6 +37,7 @@ from PIL import Image
 
 from lpo.errors import LpoError
 from lpo.evals.metrics.base import METRICS, MetricSpec
+from lpo.evals.metrics.diversity import SetMetric
 
 _CACHE_SIZE = 4096
 _cache: "OrderedDict[tuple[bytes, str], dict[str, float]]" = OrderedDict()
@@ -91,5 +101,58 @@ def _factory(name: str, score_key: str):
     return build
 
 
-for _key in ("alignment", "soft_alignment", "aesthetic", "clip", "utility"):
-    METRICS.add(f"world_{_key}", _factory(f"world_{_key}", _key))
+# --------------------------------------------------------------------------- diversity
+
+
+def attribute_vector(image: np.ndarray) -> np.ndarray:
+    """The judges' reading of a world image as one vector (see the module docstring)."""
+    from lpo.world.grammar import COLOURS, SHAPES, TEXTURES
+    from lpo.world.judges import read_image
+    from lpo.world.render import MAX_SIZE
+
+    reading = read_image(image)
+    objects = reading.hard_objects
+    side = float(image.shape[1])
+    colours = [sum(o.colour == c for o in objects) for c in COLOURS]
+    shapes = [sum(o.shape == s for o in objects) for s in (*SHAPES, "unknown")]
+    textures = [sum(o.texture == t for o in objects) for t in TEXTURES]
+    if objects:
+        layout = [np.mean([o.centre[0] for o in objects]) / side, np.mean([o.centre[1] for o in objects]) / side,
+                  np.mean([o.size for o in objects]) / MAX_SIZE]
+    else:
+        layout = [0.0, 0.0, 0.0]
+    return np.array([*colours, *shapes, *textures, len(objects), *layout], dtype=np.float64)
+
+
+class WorldDiversity(SetMetric):
+    name = "world_diversity"
+    formula = "mean pairwise Euclidean distance of judged attribute vectors (colour/shape/texture counts, count, centre, size)"
+
+    def __init__(self, spec: MetricSpec) -> None:
+        from lpo.world.judges import JUDGES_VERSION
+        from lpo.world.grammar import WORLD_VERSION
+
+        super().__init__(spec)
+        self.version = f"{WORLD_VERSION}.{JUDGES_VERSION}+div1"
+
+    def vectors(self, images: list[Image.Image]) -> np.ndarray:
+        from lpo.world.render import IMAGE_SIZE
+
+        arrays = [np.asarray(image.convert("RGB"), dtype=np.uint8) for image in images]
+        if any(a.shape != (IMAGE_SIZE, IMAGE_SIZE, 3) for a in arrays):
+            raise LpoError(
+                f"world_diversity reads {IMAGE_SIZE}×{IMAGE_SIZE} world images; use pixel_diversity or clip_diversity for others"
+            )
+        return np.stack([attribute_vector(a) for a in arrays])
+
+
+JUDGE_SCORES = ("alignment", "soft_alignment", "aesthetic", "clip", "utility")
+
+
+def register() -> None:
+    """Add the five judge metrics and ``world_diversity`` to the metric registry (idempotent)."""
+    for key in JUDGE_SCORES:
+        if f"world_{key}" not in METRICS:
+            METRICS.add(f"world_{key}", _factory(f"world_{key}", key))
+    if WorldDiversity.name not in METRICS:
+        METRICS.add(WorldDiversity.name, WorldDiversity)

@@ -47,7 +47,8 @@ def train_reward_job(
     """Train an LRM or an SPO pixel step model on pairs; returns the TrainingResult."""
     from lpo.config import apply_overrides
     from lpo.progress import stage_progress
-    from lpo.reward_training import reward_training_preset, train_step_reward
+    from lpo.reward_config import reward_training_preset
+    from lpo.reward_training import train_step_reward
     from lpo.runs import RunFolder
 
     config = apply_overrides(reward_training_preset(preset), overrides)
@@ -121,7 +122,8 @@ def eval_reward_job(
 
     from lpo.io import atomic_write_json
     from lpo.model_families import kind_family
-    from lpo.reward_training import accuracy_from_scores, encode_pairs, pair_scores_by_timestep
+    from lpo.reward_data import encode_pairs
+    from lpo.reward_training import accuracy_from_scores, pair_scores_by_timestep
     from lpo.sampling import ddim_timesteps
 
     components = _components(model)

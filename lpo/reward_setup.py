@@ -18,12 +18,9 @@ from lpo.checkpoint_state import load_checkpoint_state
 from lpo.config import config_to_dict
 from lpo.errors import LpoError
 from lpo.finite import check_finite_module
+from lpo.reward_config import RewardTrainingConfig
+from lpo.reward_data import EncodedPairs
 from lpo.runs import TRAINER_STATE_NAME, RunFolder, list_checkpoints, write_checkpoint
-
-# lpo.reward_training's RewardTrainingConfig and EncodedPairs, read by duck typing here:
-# importing them (even for type checking) would make the two modules a cycle.
-RewardTrainingConfig = Any
-EncodedPairs = Any
 
 TRAINER_STATE_VERSION = 1
 NONFINITE_FIX = "lower lr and start a new run"

@@ -76,9 +76,9 @@ def run(args) -> None:
     from lpo.lrm import LatentRewardModel, LRMConfig
     from lpo.models import load_components
     from lpo.generate import resolve_model_name
-    from lpo.reward_training import (
-        encode_pairs, pairwise_accuracy_by_timestep, reward_training_preset, train_step_reward,
-    )
+    from lpo.reward_config import reward_training_preset
+    from lpo.reward_data import encode_pairs
+    from lpo.reward_training import pairwise_accuracy_by_timestep, train_step_reward
     from lpo.world.utility_reward import WorldUtilityOnX0
 
     torch.manual_seed(0)

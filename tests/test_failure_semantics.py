@@ -96,7 +96,8 @@ def test_a_diverging_reward_model_stops(tiny_world_dir, tmp_path):
     from lpo.lrm_io import save_lrm
     from lpo.models import load_components
     from lpo.pairs import PreferencePair
-    from lpo.reward_training import RewardTrainingConfig, train_step_reward
+    from lpo.reward_config import RewardTrainingConfig
+    from lpo.reward_training import train_step_reward
     from lpo.runs import RunFolder
 
     components = load_components(tiny_world_dir)
@@ -232,7 +233,8 @@ def test_reward_training_checkpoints_store_the_schedule_as_json(tiny_world_dir, 
     from lpo.lrm_io import save_lrm
     from lpo.models import load_components
     from lpo.pairs import PreferencePair
-    from lpo.reward_training import RewardTrainingConfig, train_step_reward
+    from lpo.reward_config import RewardTrainingConfig
+    from lpo.reward_training import train_step_reward
     from lpo.runs import RunFolder
 
     components = load_components(tiny_world_dir)

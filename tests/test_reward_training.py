@@ -22,23 +22,9 @@ from lpo.errors import LpoError
 from lpo.lrm import LatentRewardModel, LRMConfig
 from lpo.lrm_io import load_lrm, save_lrm
 from lpo.pairs import PreferencePair
-from lpo.reward_training import (
-    REWARD_TRAINING_PRESETS,
-    EncodedPairs,
-    RewardTrainingConfig,
-    StepRewardModel,
-    encode_pairs,
-    image_to_tensor,
-    keyed_generator,
-    loss_weights,
-    noise_pairs,
-    pair_indices,
-    pairwise_accuracy_by_timestep,
-    preference_loss,
-    reward_training_preset,
-    timestep_pool,
-    train_step_reward,
-)
+from lpo.reward_config import REWARD_TRAINING_PRESETS, RewardTrainingConfig, reward_training_preset
+from lpo.reward_data import EncodedPairs, encode_pairs, image_to_tensor, keyed_generator, loss_weights, noise_pairs, pair_indices, timestep_pool
+from lpo.reward_training import StepRewardModel, pairwise_accuracy_by_timestep, preference_loss, train_step_reward
 from lpo.runs import RunFolder, read_cost
 
 DDIM_20 = list(range(1, 1000, 50))  # {1, 51, …, 951}: SD's "leading" spacing with offset 1
@@ -413,7 +399,7 @@ def test_a_new_lrm_does_not_depend_on_the_global_rng(world):
     import torch
 
     from lpo.reward_jobs import build_reward_model
-    from lpo.reward_training import reward_training_preset
+    from lpo.reward_config import reward_training_preset
 
     config = reward_training_preset("lrm-world")
     weights = []

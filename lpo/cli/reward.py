@@ -60,7 +60,7 @@ def lrm_train(
     """Train a step reward model (LRM, or SPO's pixel model with a spo-pixel preset) on preference pairs."""
     if dry_run:
         from lpo.config import apply_overrides, config_to_dict
-        from lpo.reward_training import reward_training_preset
+        from lpo.reward_config import reward_training_preset
 
         stdout_console().print_json(json.dumps(config_to_dict(apply_overrides(reward_training_preset(preset), overrides))))
         return

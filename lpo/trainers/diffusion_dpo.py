@@ -34,7 +34,7 @@ from lpo.errors import LpoError
 from lpo.losses import diffusion_dpo_loss, per_sample_mse
 from lpo.models import DiffusionComponents, encode_prompts
 from lpo.pairs import PreferencePair
-from lpo.reward_training import image_to_tensor, keyed_generator, pair_indices
+from lpo.reward_data import image_to_tensor, keyed_generator, pair_indices
 from lpo.runs import DeviceMeter, RunFolder
 from lpo.trainers.config import DiffusionDPOConfig
 from lpo.trainers.harness import (

@@ -35,7 +35,6 @@ import gc
 import hashlib
 import json
 import math
-import os
 import time
 import uuid
 from dataclasses import asdict, dataclass, field, replace
@@ -48,7 +47,9 @@ from lpo.evals.benchmarks import BENCHMARKS, PromptSet
 from lpo.evals.checkpoints import Checkpoint, resolve_checkpoint
 from lpo.evals.image_cache import ImageCache, default_cache_dir
 from lpo.evals.metrics.base import METRICS, MetricSpec
-from lpo.evals.store import DEFAULT_RESULTS_DIR, ResultRecord, append_records, now, summary_fields, write_per_prompt
+from lpo.evals.processes import Processes, eval_processes
+from lpo.evals.store import DEFAULT_RESULTS_DIR, ResultRecord, append_records, now, write_per_prompt
+from lpo.evals.summaries import aggregation_of, summarise
 from lpo.generate import DTYPES, generate_images, image_seed
 from lpo.io import check_writable
 
@@ -195,52 +196,6 @@ class EvalOutput:
     protocol_sources: dict[str, str] = field(default_factory=dict)  # where CFG / images per prompt came from
 
 
-# --------------------------------------------------------------------------- processes
-
-
-@dataclass
-class _Processes:
-    """This process's place among the evaluation's processes (one without accelerate)."""
-
-    index: int = 0
-    count: int = 1
-    state: Any = None
-
-    @property
-    def is_main(self) -> bool:
-        return self.index == 0
-
-    def wait(self) -> None:
-        if self.state is not None:
-            self.state.wait_for_everyone()
-
-    def gather(self, items: list) -> list:
-        if self.state is None:
-            return items
-        from accelerate.utils import gather_object
-
-        return gather_object(items)
-
-
-def _processes(device: str) -> _Processes:
-    # accelerate launch / torchrun set WORLD_SIZE; a plain run stays free of any distributed state.
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size <= 1:
-        return _Processes()
-    import torch
-    from accelerate import PartialState
-
-    # Without cpu=True accelerate treats CPU processes as unrelated single runs (gloo unused).
-    state = PartialState(cpu=device == "cpu" or not torch.cuda.is_available())
-    if state.num_processes != world_size:
-        # Each process would evaluate everything and write its own copy of the records.
-        raise LpoError(
-            f"launched as {world_size} processes but accelerate joined {state.num_processes}; "
-            "launch with `accelerate launch --num_processes N` (GPUs) or torchrun, or run one process"
-        )
-    return _Processes(state.process_index, state.num_processes, state)
-
-
 # --------------------------------------------------------------------------- resolution
 
 
@@ -327,7 +282,7 @@ class _PipelineImages:
         )
 
 
-def _device(config: EvalConfig, procs: _Processes):
+def _device(config: EvalConfig, procs: Processes):
     if procs.state is not None:
         return procs.state.device
     from lpo.generate import resolve_device
@@ -338,209 +293,244 @@ def _device(config: EvalConfig, procs: _Processes):
 # --------------------------------------------------------------------------- the harness
 
 
+@dataclass
+class _Plan:
+    """Step 1's result: everything resolved and checked before any work."""
+
+    benchmark: Any
+    prompt_set: PromptSet
+    prompts: list[str]
+    checkpoint: Checkpoint
+    protocol: EvalProtocol
+    protocol_sources: dict[str, str]
+    metric_names: list[str]
+    cache: ImageCache
+    jobs: list[tuple[int, int]]  # (prompt index, image index), all processes'
+
+
 def run_eval(config: EvalConfig, console=None) -> EvalOutput:
     """Evaluate ``config.checkpoint`` on ``config.benchmark``; see the module docstring."""
-    from lpo.progress import count_progress
     from lpo.runs import DeviceMeter
 
-    procs = _processes(config.device)
+    procs = eval_processes(config.device)
     device = _device(config, procs)
     meter = DeviceMeter(device, procs.count)
     show = console if procs.is_main else None
 
     with meter.stage("evaluation"):
-        # 1. Everything that can be wrong, before any work.
-        benchmark = BENCHMARKS.get(config.benchmark)(config.prompts)
-        prompt_set = benchmark.prompt_set(config.max_prompts)
-        prompts = list(prompt_set.prompts)
-        checkpoint = resolve_checkpoint(config.checkpoint, benchmark, prompts, registry=config.registry)
-        protocol, protocol_sources = resolve_protocol(config.protocol, benchmark, checkpoint)
-        metric_names = _resolve_metrics(config, benchmark, protocol)
-        if config.label:
-            checkpoint.label = config.label
-        cache = ImageCache(config.cache_dir or default_cache_dir(), checkpoint.content_hash, protocol.pixel_hash())
-        if config.results_dir is not None and procs.is_main:  # fail before generating, not after scoring
-            check_writable(Path(config.results_dir), "the results folder (--results-dir)")
-
-        # 2. Generate what the cache lacks (this process's shard of the jobs).
-        jobs = [(i, k) for i in range(len(prompts)) for k in range(protocol.images_per_prompt)]
-        mine = jobs[procs.index :: procs.count]
-        missing = [(i, k) for i, k in mine if not cache.has(prompts[i], k)]
-        started = time.perf_counter()
-        if missing:
-            if procs.is_main:
-                cache.write_description(
-                    {"checkpoint": checkpoint.as_dict(), "protocol": protocol.pixel_settings(), "written": now()}
-                )
-            source = benchmark.reference_source(checkpoint.spec, prompts) if checkpoint.kind == "reference" else None
-            source = source or _PipelineImages(checkpoint, protocol, device)
-            with count_progress(show, f"generating {checkpoint.label}") as progress:
-                for start in range(0, len(missing), protocol.batch_size):
-                    batch = missing[start : start + protocol.batch_size]
-                    batch_prompts = [prompts[i] for i, _ in batch]
-                    seeds = [image_seed(protocol.seed, p, k) for p, (_, k) in zip(batch_prompts, batch)]
-                    images = source.images(batch_prompts, seeds)
-                    for (i, k), image in zip(batch, images):
-                        cache.save(prompts[i], k, image)
-                    progress(start + len(batch), len(missing))
-            del source
-        generate_s = time.perf_counter() - started
-        procs.wait()
-
-        # 3. Score every image with every metric, one metric loaded at a time. A set metric
-        # (diversity) scores the images of one prompt together: its jobs are prompts.
-        scores: dict[str, list[list[float]]] = {}
-        timing: dict[str, MetricTiming] = {}
-        metrics_info: dict[str, dict[str, Any]] = {}
-        my_prompts = list(range(len(prompts)))[procs.index :: procs.count]
-        for name in metric_names:
-            spec = _metric_spec(config, name, device)
-            t0 = time.perf_counter()
-            metric = _build_metric(name, spec)
-            load_s = time.perf_counter() - t0
-            per_prompt = bool(getattr(metric, "per_prompt", False))
-            mine_scores: list[tuple[int, int, float]] = []
-            t0 = time.perf_counter()
-            with count_progress(show, f"scoring {name}") as progress:
-                if per_prompt:
-                    for start in range(0, len(my_prompts), spec.batch_size):
-                        batch_ids = my_prompts[start : start + spec.batch_size]
-                        sets = [[cache.load(prompts[i], k) for k in range(protocol.images_per_prompt)] for i in batch_ids]
-                        values = _finite(name, metric.score_sets(sets, [prompts[i] for i in batch_ids]), len(batch_ids))
-                        mine_scores += [(i, 0, v) for i, v in zip(batch_ids, values)]
-                        progress(start + len(batch_ids), len(my_prompts))
-                else:
-                    for start in range(0, len(mine), spec.batch_size):
-                        batch = mine[start : start + spec.batch_size]
-                        values = metric.score([cache.load(prompts[i], k) for i, k in batch], [prompts[i] for i, _ in batch])
-                        values = _finite(name, values, len(batch))
-                        mine_scores += [(i, k, v) for (i, k), v in zip(batch, values)]
-                        progress(start + len(batch), len(mine))
-            score_s = time.perf_counter() - t0
-            key = f"{name}@{metric.version}"
-            loaded = getattr(metric, "weights", None)  # the real metrics record what they loaded
-            metrics_info[name] = {
-                "key": key,
-                "version": str(metric.version),
-                "higher_is_better": bool(metric.higher_is_better),
-                "formula": getattr(metric, "formula", None),
-                "weights": json.dumps(loaded, sort_keys=True) if isinstance(loaded, dict) and loaded else spec.weights,
-                "per_prompt": per_prompt,
-            }
-            grid = [[math.nan] * (1 if per_prompt else protocol.images_per_prompt) for _ in prompts]
-            for i, k, v in procs.gather(mine_scores):
-                grid[i][k] = v
+        plan = _resolve(config, procs)  # 1. everything that can be wrong, before any work
+        generated, generate_s = _generate(plan, procs, device, show)  # 2. what the cache lacks
+        scores, timing, metrics_info = {}, {}, {}
+        for name in plan.metric_names:  # 3. every image with every metric, one metric loaded at a time
+            key, grid, timing[key], metrics_info[name] = _score_metric(config, plan, name, procs, device, show)
             scores[key] = grid
-            # Wall time of the slowest process is what the evaluation waited for.
-            timings = procs.gather([(load_s, score_s)])
-            timing[key] = MetricTiming(max(t[0] for t in timings), max(t[1] for t in timings))
-            del metric
-            _release_memory()
-        generated = sum(procs.gather([len(missing)]))
-        generate_s = max(procs.gather([generate_s]))
 
-    # 4. Summaries and records (main process only).
     eval_id = f"{datetime.now():%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}"
-    first = cache.load(prompts[0], 0)
-    protocol_record = {
-        **asdict(protocol),
-        "image_size": list(first.size),
-        **{f"{name}_from": source for name, source in protocol_sources.items()},
-    }
-    aggregation = aggregation_of(benchmark)
     records: list[ResultRecord] = []
     written: list[Path] = []
-    if procs.is_main:
-        from lpo.evals.signals import training_signals
-
-        signals = training_signals(checkpoint)
-        per_prompt_ref: tuple[str | None, str | None] = (None, None)
-        if config.results_dir is not None:
-            per_prompt_ref = write_per_prompt(
-                config.results_dir,
-                benchmark.name,
-                eval_id,
-                {
-                    "eval_id": eval_id,
-                    "benchmark": f"{benchmark.name}@{benchmark.version}",
-                    "prompt_set_hash": prompt_set.hash,
-                    "checkpoint": checkpoint.as_dict(),
-                    "prompts": prompts,
-                    "categories": list(prompt_set.categories) if prompt_set.categories else None,
-                    "seeds": [[image_seed(protocol.seed, p, k) for k in range(protocol.images_per_prompt)] for p in prompts],
-                    "scores": scores,
-                    # set metrics hold one value per prompt (scores[key][i] == [value])
-                    "per_prompt_metrics": [info["key"] for info in metrics_info.values() if info["per_prompt"]],
-                },
-            )
-        from lpo.io import run_metadata
-
-        environment = run_metadata()
-        eval_cost = meter.as_dict()
-        for name in metric_names:
-            info = metrics_info[name]
-            grid = scores[info["key"]]
-            n_images = len(prompts) * protocol.images_per_prompt if info["per_prompt"] else None
-            summary, breakdown = summarise(grid, prompt_set.categories, aggregation, n_images)
-            t = timing[info["key"]]
-            records.append(
-                ResultRecord(
-                    eval_id=eval_id,
-                    created=now(),
-                    benchmark=benchmark.name,
-                    benchmark_version=benchmark.version,
-                    prompt_set_hash=prompt_set.hash,
-                    prompt_source=prompt_set.source,
-                    metric=name,
-                    metric_version=info["version"],
-                    higher_is_better=info["higher_is_better"],
-                    metric_weights=info["weights"],
-                    metric_formula=info["formula"],
-                    **summary,
-                    breakdown=breakdown,
-                    aggregation=aggregation,
-                    checkpoint=checkpoint.as_dict() | ({"hub_commit": checkpoint.extra["hub_commit"]} if "hub_commit" in checkpoint.extra else {}),
-                    method=checkpoint.method,
-                    base_model=checkpoint.base_model,
-                    run_id=checkpoint.run_id,
-                    optimised_reward=checkpoint.optimised_reward,
-                    training_signals=signals,
-                    protocol=protocol_record,
-                    protocol_hash=protocol.pixel_hash(),
-                    per_prompt=per_prompt_ref[0],
-                    per_prompt_sha256=per_prompt_ref[1],
-                    image_cache=str(cache.folder.resolve()),
-                    training_cost=checkpoint.training_cost,
-                    eval_cost=eval_cost,
-                    timing={
-                        "generate_s": generate_s,
-                        "images_generated": generated,
-                        "images_cached": len(jobs) - generated,
-                        "metric_load_s": t.load_s,
-                        "metric_score_s": t.score_s,
-                        "processes": procs.count,
-                    },
-                    environment=environment,
-                )
-            )
-        if config.results_dir is not None:
-            written = append_records(config.results_dir, records, companion=per_prompt_ref[0])
+    if procs.is_main:  # 4. summaries and records (main process only)
+        records, written = _write_records(config, plan, eval_id, scores, timing, metrics_info, meter, generated, generate_s, procs)
     procs.wait()
     return EvalOutput(
         eval_id=eval_id,
-        checkpoint=checkpoint,
-        prompt_set=prompt_set,
-        protocol=protocol,
+        checkpoint=plan.checkpoint,
+        prompt_set=plan.prompt_set,
+        protocol=plan.protocol,
         records=records,
         scores=scores,
         images_generated=generated,
-        images_cached=len(jobs) - generated,
+        images_cached=len(plan.jobs) - generated,
         generate_s=generate_s,
         metric_timing=timing,
         written=written,
-        image_folder=cache.folder,
-        protocol_sources=protocol_sources,
+        image_folder=plan.cache.folder,
+        protocol_sources=plan.protocol_sources,
     )
+
+
+def _resolve(config: EvalConfig, procs: Processes) -> _Plan:
+    """Step 1: the benchmark and its prompts, the checkpoint, the protocol, the metric names,
+    the image cache; a results folder that cannot be written fails here, not after scoring."""
+    benchmark = BENCHMARKS.get(config.benchmark)(config.prompts)
+    prompt_set = benchmark.prompt_set(config.max_prompts)
+    prompts = list(prompt_set.prompts)
+    checkpoint = resolve_checkpoint(config.checkpoint, benchmark, prompts, registry=config.registry)
+    protocol, protocol_sources = resolve_protocol(config.protocol, benchmark, checkpoint)
+    metric_names = _resolve_metrics(config, benchmark, protocol)
+    if config.label:
+        checkpoint.label = config.label
+    cache = ImageCache(config.cache_dir or default_cache_dir(), checkpoint.content_hash, protocol.pixel_hash())
+    if config.results_dir is not None and procs.is_main:
+        check_writable(Path(config.results_dir), "the results folder (--results-dir)")
+    jobs = [(i, k) for i in range(len(prompts)) for k in range(protocol.images_per_prompt)]
+    return _Plan(benchmark, prompt_set, prompts, checkpoint, protocol, protocol_sources, metric_names, cache, jobs)
+
+
+def _generate(plan: _Plan, procs: Processes, device, show) -> tuple[int, float]:
+    """Step 2: generate the images of this process's shard that the cache lacks.
+    Returns (images generated by all processes, wall seconds of the slowest)."""
+    from lpo.progress import count_progress
+
+    prompts, protocol, cache, checkpoint = plan.prompts, plan.protocol, plan.cache, plan.checkpoint
+    mine = plan.jobs[procs.index :: procs.count]
+    missing = [(i, k) for i, k in mine if not cache.has(prompts[i], k)]
+    started = time.perf_counter()
+    if missing:
+        if procs.is_main:
+            cache.write_description({"checkpoint": checkpoint.as_dict(), "protocol": protocol.pixel_settings(), "written": now()})
+        source = plan.benchmark.reference_source(checkpoint.spec, prompts) if checkpoint.kind == "reference" else None
+        source = source or _PipelineImages(checkpoint, protocol, device)
+        with count_progress(show, f"generating {checkpoint.label}") as progress:
+            for start in range(0, len(missing), protocol.batch_size):
+                batch = missing[start : start + protocol.batch_size]
+                batch_prompts = [prompts[i] for i, _ in batch]
+                seeds = [image_seed(protocol.seed, p, k) for p, (_, k) in zip(batch_prompts, batch)]
+                images = source.images(batch_prompts, seeds)
+                for (i, k), image in zip(batch, images):
+                    cache.save(prompts[i], k, image)
+                progress(start + len(batch), len(missing))
+        del source
+    generate_s = time.perf_counter() - started
+    procs.wait()
+    return sum(procs.gather([len(missing)])), max(procs.gather([generate_s]))
+
+
+def _score_metric(config: EvalConfig, plan: _Plan, name: str, procs: Processes, device, show):
+    """Step 3 for one metric: (key, score grid, timing, info). A set metric (diversity)
+    scores the images of one prompt together: its jobs are prompts, its grid one value each."""
+    from lpo.progress import count_progress
+
+    prompts, protocol, cache = plan.prompts, plan.protocol, plan.cache
+    mine = plan.jobs[procs.index :: procs.count]
+    my_prompts = list(range(len(prompts)))[procs.index :: procs.count]
+    spec = _metric_spec(config, name, device)
+    t0 = time.perf_counter()
+    metric = _build_metric(name, spec)
+    load_s = time.perf_counter() - t0
+    per_prompt = bool(getattr(metric, "per_prompt", False))
+    mine_scores: list[tuple[int, int, float]] = []
+    t0 = time.perf_counter()
+    with count_progress(show, f"scoring {name}") as progress:
+        if per_prompt:
+            for start in range(0, len(my_prompts), spec.batch_size):
+                batch_ids = my_prompts[start : start + spec.batch_size]
+                sets = [[cache.load(prompts[i], k) for k in range(protocol.images_per_prompt)] for i in batch_ids]
+                values = _finite(name, metric.score_sets(sets, [prompts[i] for i in batch_ids]), len(batch_ids))
+                mine_scores += [(i, 0, v) for i, v in zip(batch_ids, values)]
+                progress(start + len(batch_ids), len(my_prompts))
+        else:
+            for start in range(0, len(mine), spec.batch_size):
+                batch = mine[start : start + spec.batch_size]
+                values = metric.score([cache.load(prompts[i], k) for i, k in batch], [prompts[i] for i, _ in batch])
+                values = _finite(name, values, len(batch))
+                mine_scores += [(i, k, v) for (i, k), v in zip(batch, values)]
+                progress(start + len(batch), len(mine))
+    score_s = time.perf_counter() - t0
+    key = f"{name}@{metric.version}"
+    loaded = getattr(metric, "weights", None)  # the real metrics record what they loaded
+    info = {
+        "key": key,
+        "version": str(metric.version),
+        "higher_is_better": bool(metric.higher_is_better),
+        "formula": getattr(metric, "formula", None),
+        "weights": json.dumps(loaded, sort_keys=True) if isinstance(loaded, dict) and loaded else spec.weights,
+        "per_prompt": per_prompt,
+    }
+    grid = [[math.nan] * (1 if per_prompt else protocol.images_per_prompt) for _ in prompts]
+    for i, k, v in procs.gather(mine_scores):
+        grid[i][k] = v
+    # Wall time of the slowest process is what the evaluation waited for.
+    timings = procs.gather([(load_s, score_s)])
+    del metric
+    _release_memory()
+    return key, grid, MetricTiming(max(t[0] for t in timings), max(t[1] for t in timings)), info
+
+
+def _write_records(config: EvalConfig, plan: _Plan, eval_id: str, scores, timing, metrics_info, meter,
+                   generated: int, generate_s: float, procs: Processes) -> tuple[list[ResultRecord], list[Path]]:
+    """Step 4: the per-image scores and one record per metric, written in one atomic append."""
+    from lpo.evals.signals import training_signals
+    from lpo.io import run_metadata
+
+    benchmark, prompt_set, prompts, protocol, checkpoint = plan.benchmark, plan.prompt_set, plan.prompts, plan.protocol, plan.checkpoint
+    first = plan.cache.load(prompts[0], 0)
+    protocol_record = {
+        **asdict(protocol),
+        "image_size": list(first.size),
+        **{f"{name}_from": source for name, source in plan.protocol_sources.items()},
+    }
+    aggregation = aggregation_of(benchmark)
+    signals = training_signals(checkpoint)
+    per_prompt_ref: tuple[str | None, str | None] = (None, None)
+    if config.results_dir is not None:
+        per_prompt_ref = write_per_prompt(
+            config.results_dir,
+            benchmark.name,
+            eval_id,
+            {
+                "eval_id": eval_id,
+                "benchmark": f"{benchmark.name}@{benchmark.version}",
+                "prompt_set_hash": prompt_set.hash,
+                "checkpoint": checkpoint.as_dict(),
+                "prompts": prompts,
+                "categories": list(prompt_set.categories) if prompt_set.categories else None,
+                "seeds": [[image_seed(protocol.seed, p, k) for k in range(protocol.images_per_prompt)] for p in prompts],
+                "scores": scores,
+                # set metrics hold one value per prompt (scores[key][i] == [value])
+                "per_prompt_metrics": [info["key"] for info in metrics_info.values() if info["per_prompt"]],
+            },
+        )
+    environment = run_metadata()
+    eval_cost = meter.as_dict()
+    records: list[ResultRecord] = []
+    for name in plan.metric_names:
+        info = metrics_info[name]
+        grid = scores[info["key"]]
+        n_images = len(prompts) * protocol.images_per_prompt if info["per_prompt"] else None
+        summary, breakdown = summarise(grid, prompt_set.categories, aggregation, n_images)
+        t = timing[info["key"]]
+        records.append(
+            ResultRecord(
+                eval_id=eval_id,
+                created=now(),
+                benchmark=benchmark.name,
+                benchmark_version=benchmark.version,
+                prompt_set_hash=prompt_set.hash,
+                prompt_source=prompt_set.source,
+                metric=name,
+                metric_version=info["version"],
+                higher_is_better=info["higher_is_better"],
+                metric_weights=info["weights"],
+                metric_formula=info["formula"],
+                **summary,
+                breakdown=breakdown,
+                aggregation=aggregation,
+                checkpoint=checkpoint.as_dict() | ({"hub_commit": checkpoint.extra["hub_commit"]} if "hub_commit" in checkpoint.extra else {}),
+                method=checkpoint.method,
+                base_model=checkpoint.base_model,
+                run_id=checkpoint.run_id,
+                optimised_reward=checkpoint.optimised_reward,
+                training_signals=signals,
+                protocol=protocol_record,
+                protocol_hash=protocol.pixel_hash(),
+                per_prompt=per_prompt_ref[0],
+                per_prompt_sha256=per_prompt_ref[1],
+                image_cache=str(plan.cache.folder.resolve()),
+                training_cost=checkpoint.training_cost,
+                eval_cost=eval_cost,
+                timing={
+                    "generate_s": generate_s,
+                    "images_generated": generated,
+                    "images_cached": len(plan.jobs) - generated,
+                    "metric_load_s": t.load_s,
+                    "metric_score_s": t.score_s,
+                    "processes": procs.count,
+                },
+                environment=environment,
+            )
+        )
+    written = append_records(config.results_dir, records, companion=per_prompt_ref[0]) if config.results_dir is not None else []
+    return records, written
 
 
 def _finite(name: str, values, n: int) -> list[float]:
@@ -553,105 +543,12 @@ def _finite(name: str, values, n: int) -> list[float]:
     return values
 
 
-# --------------------------------------------------------------------------- summaries
-
-AGGREGATIONS = ("prompt_mean", "category_mean")
-
-
-def aggregation_of(benchmark) -> str:
-    """How the benchmark's overall score is formed: ``prompt_mean`` (the mean over prompts of
-    each prompt's mean) unless the benchmark says ``overall = "category_mean"`` (GenEval)."""
-    overall = getattr(benchmark, "overall", None) or "prompt_mean"
-    if overall not in AGGREGATIONS:
-        raise ValueError(f"benchmark {benchmark.name} has overall={overall!r}; known: {', '.join(AGGREGATIONS)}")
-    return overall
-
-
-def summarise(
-    grid: Sequence[Sequence[float]], categories: Sequence[str] | None, aggregation: str = "prompt_mean", n_images: int | None = None
-) -> tuple[dict[str, Any], list[dict[str, Any]] | None]:
-    """(value / stderr / ci95 / n fields, per-category breakdown or None) of a score grid.
-
-    ``prompt_mean``: the prompt is the unit (:func:`lpo.evals.statistics.prompt_unit_summary`).
-    ``category_mean``: the unweighted mean of the category values
-    (:func:`lpo.evals.metrics.geneval_rules.overall_score`); categories hold disjoint
-    prompts, so its standard error is sqrt(Σ se_c²) / C. ``n_images`` overrides the image
-    count (a set metric's grid holds one value per prompt).
-    """
-    from lpo.evals.statistics import prompt_unit_summary
-
-    breakdown = None
-    if categories is not None:
-        breakdown = []  # a list keeps the benchmark's category order through JSON
-        for category in dict.fromkeys(categories):
-            rows = [grid[i] for i, c in enumerate(categories) if c == category]
-            entry = {"category": category, **summary_fields(prompt_unit_summary(rows))}
-            if n_images is not None:
-                entry["n_images"] = n_images * len(rows) // len(grid)
-            breakdown.append(entry)
-    overall = summary_fields(prompt_unit_summary(grid))
-    if aggregation == "category_mean":
-        if breakdown is None:
-            raise ValueError("category_mean needs the prompts' categories")
-        from lpo.evals.metrics.geneval_rules import overall_score
-
-        value = overall_score({e["category"]: e["value"] for e in breakdown})
-        ses = [e["stderr"] for e in breakdown]
-        stderr = math.sqrt(sum(s * s for s in ses)) / len(ses) if all(s is not None for s in ses) else None
-        overall = {
-            **overall,
-            "value": value,
-            "stderr": stderr,
-            "ci95": (value - 1.96 * stderr, value + 1.96 * stderr) if stderr is not None else None,
-        }
-    elif aggregation != "prompt_mean":
-        raise ValueError(f"unknown aggregation {aggregation!r}; known: {', '.join(AGGREGATIONS)}")
-    if n_images is not None:
-        overall["n_images"] = n_images
-    return overall, breakdown
-
-
 def _release_memory() -> None:
     gc.collect()
     import torch
 
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-
-
-def render_eval(output: EvalOutput, console) -> None:
-    """The records of one evaluation as a rich table, then where the time went."""
-    from rich.table import Table
-
-    ps = output.prompt_set
-    sources = output.protocol_sources
-    notes = [f"{what} from the {sources[key]}" for key, what in (("guidance_scale", "CFG"), ("images_per_prompt", "images per prompt"))
-             if sources.get(key) in ("checkpoint", "benchmark")]
-    title = f"{output.checkpoint.label} · {len(ps)} prompts ({ps.hash}) · {output.protocol.summary()}"
-    table = Table(title=title + (f" ({', '.join(notes)})" if notes else ""))
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    table.add_column("95% CI", justify="right")
-    table.add_column("n", justify="right")
-    for r in output.records:
-        ci = f"[{r.ci95[0]:.4g}, {r.ci95[1]:.4g}]" if r.ci95 else "—"
-        key = r.metric_key + (" (mean of categories)" if r.aggregation == "category_mean" else "")
-        table.add_row(key, f"{r.value:.4g}", ci, f"{r.n_prompts} × {r.n_images // max(r.n_prompts, 1)}")
-    console.print(table)
-    breakdowns = [r for r in output.records if r.breakdown]
-    if breakdowns:
-        sub = Table(title="by category (mean over prompts)")
-        sub.add_column("metric")
-        for entry in breakdowns[0].breakdown:
-            sub.add_column(entry["category"], justify="right")
-        for r in breakdowns:
-            sub.add_row(r.metric_key, *(f"{entry['value']:.3f}" for entry in r.breakdown))
-        console.print(sub)
-    parts = [f"generated {output.images_generated} images in {output.generate_s:.1f} s ({output.images_cached} from cache)"]
-    parts += [f"{k}: load {t.load_s:.1f} s, score {t.score_s:.1f} s" for k, t in output.metric_timing.items()]
-    console.print(" · ".join(parts))
-    if output.written:
-        console.print(f"appended {len(output.records)} records to " + ", ".join(str(p) for p in output.written))
 
 
 def named_refs(values: Sequence[str], flag: str) -> dict[str, str]:

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from lpo.evals.benchmarks import BENCHMARKS, PromptSet
-from lpo.evals.harness import EvalConfig, EvalProtocol, aggregation_of, resolve_protocol, run_eval, summarise
+from lpo.evals.harness import EvalConfig, EvalProtocol, resolve_protocol, run_eval
+from lpo.evals.summaries import aggregation_of, summarise
 from lpo.evals.leaderboard import render_leaderboard
 from lpo.evals.reported import REPORTED, reported_rows
 from test_results_store import make_record

@@ -51,7 +51,7 @@ def eval_command(
     until_done: bool = typer.Option(False, "--until-done", help="With --watch: stop once the run has finished and everything it saved is evaluated (default: watch until interrupted)."),
 ) -> None:
     """Generate each image once (cached), score it with every metric, append one record per metric to the results."""
-    from lpo.evals.harness import EvalConfig, EvalProtocol, named_refs, render_eval, run_eval
+    from lpo.evals.harness import EvalConfig, EvalProtocol, named_refs, run_eval
 
     if watch is not None:
         from lpo.trainers.auto_eval import watch_command
@@ -184,3 +184,38 @@ def leaderboard_command(
         typer.echo(text, nl=False)
     else:
         stdout_console().print(f"wrote [bold]{out}[/]")
+
+
+def render_eval(output, console) -> None:
+    """The records of one evaluation as a rich table, then where the time went."""
+    from rich.table import Table
+
+    ps = output.prompt_set
+    sources = output.protocol_sources
+    notes = [f"{what} from the {sources[key]}" for key, what in (("guidance_scale", "CFG"), ("images_per_prompt", "images per prompt"))
+             if sources.get(key) in ("checkpoint", "benchmark")]
+    title = f"{output.checkpoint.label} · {len(ps)} prompts ({ps.hash}) · {output.protocol.summary()}"
+    table = Table(title=title + (f" ({', '.join(notes)})" if notes else ""))
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    table.add_column("95% CI", justify="right")
+    table.add_column("n", justify="right")
+    for r in output.records:
+        ci = f"[{r.ci95[0]:.4g}, {r.ci95[1]:.4g}]" if r.ci95 else "—"
+        key = r.metric_key + (" (mean of categories)" if r.aggregation == "category_mean" else "")
+        table.add_row(key, f"{r.value:.4g}", ci, f"{r.n_prompts} × {r.n_images // max(r.n_prompts, 1)}")
+    console.print(table)
+    breakdowns = [r for r in output.records if r.breakdown]
+    if breakdowns:
+        sub = Table(title="by category (mean over prompts)")
+        sub.add_column("metric")
+        for entry in breakdowns[0].breakdown:
+            sub.add_column(entry["category"], justify="right")
+        for r in breakdowns:
+            sub.add_row(r.metric_key, *(f"{entry['value']:.3f}" for entry in r.breakdown))
+        console.print(sub)
+    parts = [f"generated {output.images_generated} images in {output.generate_s:.1f} s ({output.images_cached} from cache)"]
+    parts += [f"{k}: load {t.load_s:.1f} s, score {t.score_s:.1f} s" for k, t in output.metric_timing.items()]
+    console.print(" · ".join(parts))
+    if output.written:
+        console.print(f"appended {len(output.records)} records to " + ", ".join(str(p) for p in output.written))

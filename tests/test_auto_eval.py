@@ -13,9 +13,8 @@ import torch
 from lpo.errors import LpoError
 from lpo.io import atomic_write_json
 from lpo.runs import DeviceMeter, RunFolder, read_cost
-from lpo.trainers.auto_eval import (
-    FINAL, SD_METRICS, AutoEvalConfig, done_jobs, model_kind, read_state, resolve_plan, watch_config, watch_run,
-)
+from lpo.evals.watcher import watch_config, watch_run
+from lpo.trainers.auto_eval import FINAL, SD_METRICS, AutoEvalConfig, done_jobs, model_kind, read_state, resolve_plan
 from lpo.trainers.jobs import run_training
 
 # Two LPO rounds of 4 trajectories (pairs at the 4 highest t, all kept), a checkpoint after the first.

@@ -54,7 +54,7 @@ def eval_command(
     from lpo.evals.harness import EvalConfig, EvalProtocol, named_refs, run_eval
 
     if watch is not None:
-        from lpo.trainers.auto_eval import watch_command
+        from lpo.evals.watcher import watch_command
 
         # Compared by name: typer may carry its own copy of click's ParameterSource enum.
         given = {name: value for name, value in ctx.params.items() if name not in ("watch", "interval", "until_done", "dry_run")

@@ -30,11 +30,9 @@ def checkpoint_names() -> list[str]:
 
 
 def metric_names() -> list[str]:
-    import lpo.evals.metrics  # noqa: F401
-    import lpo.evals.metrics.diversity  # noqa: F401
-    import lpo.evals.metrics.lrm_score  # noqa: F401
-    from lpo.evals.metrics.base import METRICS
+    from lpo.evals.metrics import METRICS, load_metrics
 
+    load_metrics()
     return METRICS.names()
 
 

@@ -215,10 +215,9 @@ def default_metrics(benchmark, images_per_prompt: int) -> list[str]:
 
 
 def _resolve_metrics(config: EvalConfig, benchmark, protocol: EvalProtocol) -> list[str]:
-    import lpo.evals.metrics  # noqa: F401  (registers the real-mode metrics)
-    import lpo.evals.metrics.diversity  # noqa: F401  (registers the diversity measures)
-    import lpo.evals.metrics.lrm_score  # noqa: F401  (registers the LRM's own score)
+    from lpo.evals.metrics import load_metrics
 
+    load_metrics()
     names = list(config.metrics) or default_metrics(benchmark, protocol.images_per_prompt)
     for name in names:
         METRICS.get(name)  # unknown -> LpoError listing the known metrics

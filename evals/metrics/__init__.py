@@ -16,4 +16,13 @@ from lpo.plugins import METRIC_HOOKS  # noqa: E402  isort: skip
 
 METRIC_HOOKS.run()
 
-__all__ = ["METRICS", "Metric", "MetricFactory", "MetricSpec"]
+
+
+def load_metrics() -> None:
+    """Register every metric: the package's own (on import, above), the diversity measures
+    (:mod:`.diversity`) and the LRM's own score (:mod:`.lrm_score`); the world's come with
+    the load hooks. Call it before looking a metric up by name; a second call does nothing."""
+    from lpo.evals.metrics import diversity, lrm_score  # noqa: F401  (their registrations)
+
+
+__all__ = ["METRICS", "Metric", "MetricFactory", "MetricSpec", "load_metrics"]

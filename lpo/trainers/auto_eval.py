@@ -191,18 +191,12 @@ class AutoEvalPlan:
         return "; ".join(parts) + f" → {self.config.results_dir}"
 
 
-def _register_metrics() -> None:
-    import lpo.evals.metrics  # noqa: F401  (the real-mode metrics)
-    import lpo.evals.metrics.diversity  # noqa: F401
-    import lpo.evals.metrics.lrm_score  # noqa: F401
-
-
 def check_names(config: AutoEvalConfig) -> None:
     """Unknown benchmark or metric names fail here, before a run folder is made."""
     from lpo.evals.benchmarks import BENCHMARKS
-    from lpo.evals.metrics.base import METRICS
+    from lpo.evals.metrics import METRICS, load_metrics
 
-    _register_metrics()
+    load_metrics()
     for name in config.benchmarks:
         BENCHMARKS.get(name)  # LpoError listing the known ones
     for name in config.metrics:

@@ -23,6 +23,8 @@ import hashlib, json, os, sys
 from pathlib import Path
 import torch
 torch.set_num_threads(1)
+import lpo.world
+lpo.world.install()  # a program of its own plugs the world in, as the lpo command does
 import lpo.trainers.step_dpo as step_dpo
 import lpo.trainers.diffusion_dpo as diffusion_dpo
 from lpo.trainers.jobs import run_training

@@ -34,6 +34,9 @@ def load_prompts(spec: str | None) -> list[str]:
         return family.split_prompts(spec.split(":", 1)[1])
     path = Path(spec)
     if not path.exists():
+        if spec.startswith("world:"):  # the world registers world:SPLIT when it is plugged in
+            raise LpoError(f"prompt source {spec} needs the embedded world: call lpo.world.install() first "
+                           "(the lpo command does), or use a .txt file or a pairs .parquet")
         raise LpoError(f"prompt source {spec} does not exist; use world:SPLIT, a .txt file or a pairs .parquet")
     if path.suffix == ".parquet" or path.is_dir():
         import pyarrow.parquet as pq

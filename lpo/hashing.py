@@ -59,3 +59,13 @@ def folder_hash(folder: Path) -> str:
         except OSError:
             pass  # read-only home: the hash is still right, only slower next time
     return digest.hexdigest()[:16]
+
+
+def base_model_fingerprint(source: str | None) -> str | None:
+    """:func:`folder_hash` of a local base pipeline's ``unet/``; None for a hub id or no folder.
+
+    Reward models record it beside the base model's path, so that the same pipeline found
+    under another path (a fresh clone, another machine) is recognised by content.
+    """
+    unet = Path(str(source)).expanduser() / "unet" if source else None
+    return folder_hash(unet) if unet is not None and unet.is_dir() else None

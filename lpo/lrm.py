@@ -48,6 +48,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lpo.conditioning import GuidedConditioning, TextConditioning
+from lpo.hashing import base_model_fingerprint
 from lpo.lrm_unet import check_supported_unet, copy_truncated_unet, truncate_unet, unet_down_mid
 from lpo.models import DiffusionComponents, ModelKind, encode_negative, encode_prompts_and_pooled
 
@@ -67,6 +68,9 @@ class LRMConfig:
     logit_scale_init: float = 2.6592  # log(1/0.07), CLIP's init: exp ≈ 14.3
     base_model: str | None = None  # hub id or folder of the base pipeline
     kind: ModelKind | None = None  # "sd15", "sdxl" or "world"
+    # folder hash of the base pipeline's unet/ when it was a local folder: the same model
+    # found under another path (a fresh clone, another machine) is still the same model
+    base_model_hash: str | None = None
 
     def __post_init__(self) -> None:
         if not math.isfinite(self.vfe_scale) or self.vfe_scale < 1:
@@ -232,7 +236,8 @@ class LatentRewardModel(nn.Module):
         config = config or LRMConfig()
         if config.kind is not None and config.kind != components.kind:
             raise ValueError(f"config.kind is {config.kind!r} but the components are {components.kind!r}")
-        config = replace(config, kind=components.kind, base_model=config.base_model or components.source)
+        config = replace(config, kind=components.kind, base_model=config.base_model or components.source,
+                         base_model_hash=config.base_model_hash or base_model_fingerprint(components.source))
         check_supported_unet(components.unet)  # before copying gigabytes
         model = cls(
             copy_truncated_unet(components.unet),

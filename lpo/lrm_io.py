@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from lpo.errors import LpoError
+from lpo.hashing import base_model_fingerprint
 from lpo.io import atomic_directory, load_safetensors_strict, one_line
 from lpo.lrm import LatentRewardModel, LRMConfig
 from lpo.lrm_unet import UNET_UP_PATH
@@ -106,7 +107,7 @@ def load_lrm(
     except (KeyError, TypeError, ValueError, AttributeError) as err:
         raise LpoError(f"{config_path} has an invalid LRM config ({one_line(err)}); train the LRM again") from err
     expected = expected_base if expected_base is not None else (components.source if components is not None else None)
-    if expected is not None and not same_base_model(config.base_model, expected):
+    if expected is not None and not same_base_model(config.base_model, expected, config.base_model_hash):
         raise LpoError(
             f"LRM {folder} was trained for base model {config.base_model} but you are using {expected}; "
             f"train an LRM for {expected} with `lpo lrm train --model {expected}`"
@@ -162,12 +163,16 @@ def load_lrm(
     return model.to(**kwargs) if kwargs else model
 
 
-def same_base_model(a: str, b: str) -> bool:
-    """Whether two base-model names mean the same model: equal strings, or the same local folder."""
+def same_base_model(a: str, b: str, a_hash: str | None = None) -> bool:
+    """Whether two base-model names mean the same model: equal strings, the same local folder,
+    or (``a_hash``, :func:`lpo.hashing.base_model_fingerprint` of ``a``) a folder ``b`` whose
+    U-Net has the same content."""
     if str(a) == str(b):
         return True
     path_a, path_b = Path(a).expanduser(), Path(b).expanduser()
-    return path_a.exists() and path_b.exists() and path_a.resolve() == path_b.resolve()
+    if path_a.exists() and path_b.exists() and path_a.resolve() == path_b.resolve():
+        return True
+    return a_hash is not None and base_model_fingerprint(b) == a_hash
 
 
 def _read_meta(path: Path) -> dict[str, Any]:

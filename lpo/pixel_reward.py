@@ -48,6 +48,7 @@ import torch
 from torch import Tensor, nn
 
 from lpo.conditioning import GuidedConditioning, predict_noise
+from lpo.hashing import base_model_fingerprint
 from lpo.models import DiffusionComponents, ModelKind, guided_conditioning
 from lpo.pixel_scorer import (
     PICKSCORE_MODEL_ID,
@@ -71,6 +72,7 @@ class PixelRewardConfig:
     negative_prompt: str | None = None  # None: the pipeline's default ("" for SD1.5/world, zeros for SDXL)
     base_model: str | None = None
     kind: ModelKind | None = None
+    base_model_hash: str | None = None  # as LRMConfig.base_model_hash
 
     def __post_init__(self) -> None:
         if not math.isfinite(self.guidance_scale) or self.guidance_scale < 1:
@@ -225,7 +227,8 @@ class PixelStepReward(nn.Module):
         config = config or PixelRewardConfig()
         if config.kind is not None and config.kind != components.kind:
             raise ValueError(f"config.kind is {config.kind!r} but the components are {components.kind!r}")
-        self.config = replace(config, kind=components.kind, base_model=config.base_model or components.source)
+        self.config = replace(config, kind=components.kind, base_model=config.base_model or components.source,
+                              base_model_hash=config.base_model_hash or base_model_fingerprint(components.source))
         self.scorer = scorer
         self.components = components  # a dataclass, not a Module: not registered, not saved
         if freeze_base:

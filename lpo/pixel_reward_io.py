@@ -98,7 +98,7 @@ def load_pixel_reward(
     except (KeyError, TypeError, ValueError, AttributeError) as err:
         raise LpoError(f"{config_path} has an invalid pixel reward config ({one_line(err)}); train it again") from err
     expected = expected_base if expected_base is not None else components.source
-    if not same_base_model(config.base_model, expected):
+    if not same_base_model(config.base_model, expected, config.base_model_hash):
         raise LpoError(
             f"pixel reward {folder} was trained for base model {config.base_model} but you are using {expected}; "
             f"train a step-aware scorer for {expected}"

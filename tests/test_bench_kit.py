@@ -112,3 +112,25 @@ def test_the_eval_plan_scores_the_curve_on_a_subset_of_the_final_images(tmp_path
         "eval-world-lpo": ("world", 128, 4), "eval-world-curve-lpo": ("world", 48, 2),
         "eval-world-heldout-lpo": ("world-heldout", 128, 1),
     }
+
+
+def test_the_kits_reward_models_load_on_the_world_model_found_under_another_path(tmp_path):
+    """A fresh clone puts the shipped world model elsewhere: the kit's reward models recognise
+    it by the content of its U-Net, and still refuse a U-Net with other weights."""
+    import shutil
+
+    from lpo.lrm_io import load_lrm
+    from lpo.models import load_components
+    from lpo.pixel_reward_io import load_pixel_reward
+    from lpo.world.pretrain import resolve_world_alias
+
+    moved = tmp_path / "elsewhere" / "quick"
+    shutil.copytree(resolve_world_alias("world"), moved)
+    kit = resolve_kit("quick")
+    components = load_components(str(moved), device="cpu")
+    assert load_lrm(kit / "rewards" / "lrm" / "model", components) is not None
+    assert load_pixel_reward(kit / "rewards" / "pixel" / "model", components) is not None
+    weights = next((moved / "unet").glob("*.safetensors"))
+    weights.write_bytes(weights.read_bytes()[:-4] + b"\0\0\0\0")  # other weights, same path
+    with pytest.raises(LpoError, match="was trained for base model"):
+        load_lrm(kit / "rewards" / "lrm" / "model", load_components(str(moved), device="cpu"))

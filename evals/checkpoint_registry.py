@@ -49,9 +49,9 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from lpo.errors import LpoError
+from lpo.core.errors import LpoError
 from lpo.model_families import is_model_alias
-from lpo.paths import lpo_home
+from lpo.core.paths import lpo_home
 
 REPLACES = ("pipeline", "unet", "lora")
 USER_FILE = "checkpoints.json"

@@ -38,9 +38,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lpo.errors import LpoError
+from lpo.core.errors import LpoError
 from lpo.models import _HUB_ID  # the same shape test the loader applies
-from lpo.hashing import folder_hash
+from lpo.core.hashing import folder_hash
 from lpo.model_families import alias_family
 
 RUN_PIPELINE_SUBFOLDERS = ("pipeline",)  # lpo.trainers.harness.PIPELINE_DIR
@@ -126,14 +126,14 @@ class Checkpoint:
                 kwargs = {"subfolder": self.adapter_subfolder} if self.adapter_subfolder else {}
                 pipe.load_lora_weights(self.adapter_path, **kwargs)
             except (OSError, ValueError, RuntimeError, KeyError) as err:
-                from lpo.io import one_line
+                from lpo.core.io import one_line
 
                 where = "the registry entry's base" if self.registry else "the run's model.base"
                 raise LpoError(
                     f"could not apply the LoRA in {self.adapter_path} to {self.model} ({one_line(err)}); "
                     f"{where} must be the pipeline it was trained on"
                 ) from err
-        from lpo.finite import check_finite_module
+        from lpo.core.finite import check_finite_module
 
         # A diverged run's weights would give normal-looking records for noise images.
         check_finite_module(pipe.unet, f"the U-Net of checkpoint {self.spec}",
@@ -273,7 +273,7 @@ def _pipeline_folder(spec: str, folder: Path) -> Checkpoint:
 def _from_run_checkpoint(spec: str, folder: Path) -> Checkpoint:
     """An intermediate checkpoint ``RUN/checkpoints/step-N``: its ``model/`` on the run's base
     model, with the cost snapshot the trainer wrote at that step (not the finished run's)."""
-    from lpo.runs import read_cost
+    from lpo.core.runs import read_cost
 
     run_dir = folder.parent.parent
     ckpt = _from_run_folder(spec, run_dir, model=folder / RUN_MODEL_DIR)
@@ -326,7 +326,7 @@ def _from_run_folder(spec: str, run_dir: Path, model: Path | None = None) -> Che
 
 
 def _run_base_model(run_dir: Path) -> str:
-    from lpo.runs import RunFolder
+    from lpo.core.runs import RunFolder
 
     config = RunFolder.open(run_dir).read_config()
     model = config.get("model")
@@ -338,7 +338,7 @@ def _run_base_model(run_dir: Path) -> str:
 
 def _read_run(ckpt: Checkpoint, run_dir: Path) -> None:
     """Fill run id, method, base model, optimised reward and training cost from a run folder."""
-    from lpo.runs import RunFolder, read_cost
+    from lpo.core.runs import RunFolder, read_cost
 
     run = RunFolder.open(run_dir)
     meta = run.read_run()

@@ -23,8 +23,8 @@ import numpy as np
 from PIL import Image
 
 from lpo.evals.benchmarks.base import prompt_hash
-from lpo.io import atomic_write_file, atomic_write_json, atomic_write_text
-from lpo.paths import lpo_home
+from lpo.core.io import atomic_write_file, atomic_write_json, atomic_write_text
+from lpo.core.paths import lpo_home
 
 
 def default_cache_dir() -> Path:

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from lpo.errors import LpoError
+from lpo.core.errors import LpoError
 
 ROLES = ("reward", "labels", "filter", "init")
 MARKS = ("optimised", "related", "held out")

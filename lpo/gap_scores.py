@@ -23,10 +23,10 @@ from typing import Any, Callable, Mapping, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
-from lpo.errors import LpoError
-from lpo.io import atomic_write_json
+from lpo.core.errors import LpoError
+from lpo.core.io import atomic_write_json
 from lpo.pairs import PreferencePair
-from lpo.registry import Registry
+from lpo.core.registry import Registry
 
 ROLES: tuple[str, ...] = ("aesthetic", "clip", "vqa")
 CACHE_FORMAT = 1

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lpo.errors import LpoError
+from lpo.core.errors import LpoError
 from lpo.model_families import MODEL_FAMILIES, alias_family
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -150,8 +150,8 @@ def run_sample(
     batch_size: int = 8,
 ) -> Path:
     """`lpo sample`: fixed-seed images of a model, saved as a captioned PNG grid."""
-    from lpo.grid import save_grid
-    from lpo.progress import count_progress
+    from lpo.core.grid import save_grid
+    from lpo.core.progress import count_progress
 
     if images_per_prompt < 1 or steps < 1:
         raise LpoError(f"images_per_prompt and steps must be >= 1, got {images_per_prompt} and {steps}")

@@ -44,7 +44,7 @@ import torch
 from torch import Tensor
 
 from lpo.conditioning import GuidedConditioning, TextConditioning, predict_noise
-from lpo.errors import LpoError
+from lpo.core.errors import LpoError
 from lpo.sampling import (
     Generators,
     _check_eta,

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from lpo.errors import LpoError
+from lpo.core.errors import LpoError
 from lpo.guided import (
     CallCounts,
     GuidanceConfig,
@@ -275,10 +275,10 @@ def run_guided_sample(
 ) -> tuple[Path, CallCounts]:
     """`lpo sample --guide lrm`: LRM-guided images with the same per-image seeds as `lpo sample`, as a PNG grid."""
     from lpo.generate import default_prompts, image_seed, read_prompts_file, resolve_device, resolve_dtype, resolve_model_name
-    from lpo.grid import save_grid
+    from lpo.core.grid import save_grid
     from lpo.lrm_io import load_lrm
     from lpo.models import load_components
-    from lpo.progress import count_progress
+    from lpo.core.progress import count_progress
 
     if images_per_prompt < 1 or steps < 1:
         raise LpoError(f"images_per_prompt and steps must be >= 1, got {images_per_prompt} and {steps}")

@@ -16,7 +16,7 @@ Outputs, loadable by plain diffusers:
 - :func:`save_merged_pipeline` -> a whole pipeline folder with the LoRA merged into the
   U-Net weights (:func:`merged_unet`), loadable with ``from_pretrained`` alone.
 
-All writes go through :func:`lpo.io.atomic_directory`.
+All writes go through :func:`lpo.core.io.atomic_directory`.
 """
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ from typing import Any, Iterator, Sequence
 import torch
 from torch import nn
 
-from lpo.errors import LpoError
-from lpo.io import atomic_directory
+from lpo.core.errors import LpoError
+from lpo.core.io import atomic_directory
 
 LORA_TARGETS: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0")
 LORA_WEIGHTS_NAME = "pytorch_lora_weights.safetensors"

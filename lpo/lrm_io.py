@@ -17,8 +17,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from lpo.errors import LpoError
-from lpo.io import atomic_directory, load_safetensors_strict, one_line
+from lpo.core.errors import LpoError
+from lpo.core.io import atomic_directory, load_safetensors_strict, one_line
 from lpo.lrm import LatentRewardModel, LRMConfig
 from lpo.lrm_unet import UNET_UP_PATH
 from lpo.models import DiffusionComponents

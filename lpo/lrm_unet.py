@@ -15,7 +15,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from lpo.conditioning import TextConditioning
-from lpo.errors import LpoError
+from lpo.core.errors import LpoError
 
 # The U-Net's decoder half: never used by the LRM, so removed from its copy.
 UNET_UP_PATH = ("up_blocks", "conv_norm_out", "conv_act", "conv_out")

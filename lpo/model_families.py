@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from lpo.registry import Registry
+from lpo.core.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -56,7 +56,7 @@ def kind_family(kind: str) -> ModelFamily | None:
 
 def offline_tokenizer_builder() -> Callable[[Path], Any]:
     """The first family's (by name) ``build_tokenizer``; LpoError when no family has one."""
-    from lpo.errors import LpoError
+    from lpo.core.errors import LpoError
 
     for name in MODEL_FAMILIES.names():
         if MODEL_FAMILIES.get(name).build_tokenizer is not None:

@@ -24,7 +24,7 @@ that ``predict_noise`` consumes. They never disable autograd: callers that train
 encoder get gradients, callers that don't wrap them in ``torch.no_grad()``.
 
 Loading failures a user can fix (bad path, missing subfolder, damaged weights, hub id not
-reachable offline) become a one-line :class:`~lpo.errors.LpoError` naming the path.
+reachable offline) become a one-line :class:`~lpo.core.errors.LpoError` naming the path.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ import torch
 from torch import Tensor
 
 from lpo.conditioning import GuidedConditioning, TextConditioning
-from lpo.errors import LpoError
+from lpo.core.errors import LpoError
 
 logger = logging.getLogger(__name__)
 

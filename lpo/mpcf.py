@@ -34,7 +34,7 @@ from typing import Any, Literal, Mapping, Sequence
 
 import numpy as np
 
-from lpo.errors import LpoError
+from lpo.core.errors import LpoError
 from lpo.gap_scores import (
     ROLES,
     GapScorer,

@@ -27,7 +27,7 @@ from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from lpo.errors import LpoError
+from lpo.core.errors import LpoError
 
 TIE = 0.5
 
@@ -196,7 +196,7 @@ def save_pairs(pairs: Sequence[PreferencePair], path: str | Path, provenance: di
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from lpo.io import atomic_write_file, atomic_write_json, git_state, package_versions
+    from lpo.core.io import atomic_write_file, atomic_write_json, git_state, package_versions
 
     path = check_pairs_path(path)
     pairs = list(pairs)

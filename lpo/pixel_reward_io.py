@@ -18,8 +18,8 @@ from typing import Any
 import torch
 
 from lpo.clip_preprocess import ImagePreprocessConfig
-from lpo.errors import LpoError
-from lpo.io import atomic_directory, load_safetensors_strict, one_line
+from lpo.core.errors import LpoError
+from lpo.core.io import atomic_directory, load_safetensors_strict, one_line
 from lpo.lrm_io import same_base_model
 from lpo.models import DiffusionComponents
 from lpo.pixel_reward import PixelRewardConfig, PixelStepReward

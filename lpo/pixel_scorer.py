@@ -39,8 +39,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lpo.clip_preprocess import ImagePreprocessConfig, preprocess_images
-from lpo.errors import LpoError
-from lpo.io import one_line
+from lpo.core.errors import LpoError
+from lpo.core.io import one_line
 from lpo.time_conditioning import AdaLNConfig, EncoderLayerAdaLN, PooledAdaLN, TimestepEmbedding
 
 # SPEC §4.3 / §6.1: the paper initialises the step-aware model from PickScore.

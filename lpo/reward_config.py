@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Literal, get_args, get_type_hints
 
-from lpo.errors import LpoError
+from lpo.core.errors import LpoError
 
 
 

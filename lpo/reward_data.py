@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from lpo.errors import LpoError
+from lpo.core.errors import LpoError
 from lpo.pairs import TIE, PreferencePair
 from lpo.reward_config import NoiseMode, PairWeighting, TimestepSampling
 

@@ -13,7 +13,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from lpo.errors import LpoError
+from lpo.core.errors import LpoError
 
 REWARD_KINDS = ("lrm", "spo-pixel")
 
@@ -45,11 +45,11 @@ def train_reward_job(
     console=None,
 ):
     """Train an LRM or an SPO pixel step model on pairs; returns the TrainingResult."""
-    from lpo.config import apply_overrides
-    from lpo.progress import stage_progress
+    from lpo.core.config import apply_overrides
+    from lpo.core.progress import stage_progress
     from lpo.reward_config import reward_training_preset
     from lpo.reward_training import train_step_reward
-    from lpo.runs import RunFolder
+    from lpo.core.runs import RunFolder
 
     config = apply_overrides(reward_training_preset(preset), overrides)
     components = _components(model)
@@ -120,7 +120,7 @@ def eval_reward_job(
     """
     import torch
 
-    from lpo.io import atomic_write_json
+    from lpo.core.io import atomic_write_json
     from lpo.model_families import kind_family
     from lpo.reward_data import encode_pairs
     from lpo.reward_training import accuracy_from_scores, pair_scores_by_timestep
@@ -199,7 +199,7 @@ def plot_accuracy(table: dict[str, dict[int, list]], path: Path, true_order: dic
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from lpo.io import atomic_write_bytes
+    from lpo.core.io import atomic_write_bytes
 
     fig, ax = plt.subplots(figsize=(6, 3.6))
     for name, by_t in table.items():

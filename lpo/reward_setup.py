@@ -1,9 +1,9 @@
 """Reward-model training's scaffold: accelerate, optimiser, lr schedule, checkpoints and resume.
 
 The loop itself is :func:`lpo.reward_training.train_step_reward`; these are its parts that
-do not depend on the data. Checkpoints go through :func:`lpo.runs.write_checkpoint` (the
+do not depend on the data. Checkpoints go through :func:`lpo.core.runs.write_checkpoint` (the
 same layout as the policy trainers'); the lr schedule is saved as JSON and resume loads
-no pickled objects (:mod:`lpo.checkpoint_state`).
+no pickled objects (:mod:`lpo.core.checkpoint_state`).
 """
 
 from __future__ import annotations
@@ -14,13 +14,13 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from lpo.checkpoint_state import load_checkpoint_state
-from lpo.config import config_to_dict
-from lpo.errors import LpoError
-from lpo.finite import check_finite_module
+from lpo.core.checkpoint_state import load_checkpoint_state
+from lpo.core.config import config_to_dict
+from lpo.core.errors import LpoError
+from lpo.core.finite import check_finite_module
 from lpo.reward_config import RewardTrainingConfig
 from lpo.reward_data import EncodedPairs
-from lpo.runs import TRAINER_STATE_NAME, RunFolder, list_checkpoints, write_checkpoint
+from lpo.core.runs import TRAINER_STATE_NAME, RunFolder, list_checkpoints, write_checkpoint
 
 TRAINER_STATE_VERSION = 1
 NONFINITE_FIX = "lower lr and start a new run"
@@ -38,7 +38,7 @@ def write_reward_checkpoint(
     accelerator: Any, run: RunFolder, step: int, model: nn.Module, save_model: SaveFn | None,
     state: dict[str, Any], keep: int,
 ) -> Path:
-    """checkpoints/step-NNNNNN/ via :func:`lpo.runs.write_checkpoint`; ``model/`` by ``save_model``.
+    """checkpoints/step-NNNNNN/ via :func:`lpo.core.runs.write_checkpoint`; ``model/`` by ``save_model``.
     Non-finite weights are refused before any file is written."""
     check_finite_module(model, f"the reward model of checkpoint {step}", NONFINITE_FIX)
     save = None if save_model is None else (lambda folder: save_model(accelerator.unwrap_model(model), folder))

@@ -58,11 +58,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lpo.config import config_to_dict
-from lpo.errors import LpoError
-from lpo.checkpoint_state import register_schedule_checkpointing
-from lpo.finite import check_finite_module, diverged, nonfinite_quantity
-from lpo.io import atomic_write_json, atomic_write_text
+from lpo.core.config import config_to_dict
+from lpo.core.errors import LpoError
+from lpo.core.checkpoint_state import register_schedule_checkpointing
+from lpo.core.finite import check_finite_module, diverged, nonfinite_quantity
+from lpo.core.io import atomic_write_json, atomic_write_text
 from lpo.pairs import TIE, PreferencePair
 from lpo.reward_config import NoiseMode, RewardTrainingConfig
 from lpo.reward_data import (
@@ -88,7 +88,7 @@ from lpo.reward_setup import (
     reward_optimizer,
     write_reward_checkpoint,
 )
-from lpo.runs import DeviceMeter, RunFolder
+from lpo.core.runs import DeviceMeter, RunFolder
 
 logger = logging.getLogger(__name__)
 
@@ -99,7 +99,7 @@ METRICS_NAME = "metrics.jsonl"
 RESULT_NAME = "result.json"
 MODEL_DIR = "model"
 
-ProgressFn = Callable[[str, int, int, float], None]  # (stage, step, total, loss), as lpo.progress.stage_progress
+ProgressFn = Callable[[str, int, int, float], None]  # (stage, step, total, loss), as lpo.core.progress.stage_progress
 
 
 @runtime_checkable

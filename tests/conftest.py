@@ -12,9 +12,9 @@ import os
 # Set before anything imports huggingface_hub, which reads it at import.
 os.environ["HF_HUB_OFFLINE"] = "1"
 
-# The CPU kernels the lpo command pins (lpo.cpu_dispatch), set before anything imports
+# The CPU kernels the lpo command pins (lpo.core.cpu_dispatch), set before anything imports
 # torch: tests that compute here and the `lpo` subprocesses they start use the same ones.
-from lpo.cpu_dispatch import pin as _pin_cpu_dispatch  # noqa: E402
+from lpo.core.cpu_dispatch import pin as _pin_cpu_dispatch  # noqa: E402
 
 _pin_cpu_dispatch()
 

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from lpo.errors import LpoError
-from lpo.io import atomic_write_json
-from lpo.runs import DeviceMeter, RunFolder, read_cost
+from lpo.core.errors import LpoError
+from lpo.core.io import atomic_write_json
+from lpo.core.runs import DeviceMeter, RunFolder, read_cost
 from lpo.evals.watcher import watch_config, watch_run
 from lpo.trainers.auto_eval import FINAL, SD_METRICS, AutoEvalConfig, done_jobs, model_kind, read_state, resolve_plan
 from lpo.trainers.jobs import run_training

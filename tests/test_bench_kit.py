@@ -9,7 +9,7 @@ import pytest
 
 from lpo.bench.config import BenchConfig, bench_preset
 from lpo.bench.kit import KIT_FILE, SHIPPED_KITS, export_kit, install_kit, kit_fields, read_kit, resolve_kit
-from lpo.errors import LpoError
+from lpo.core.errors import LpoError
 
 
 def test_the_shipped_quick_kit_is_whole_and_built_with_the_quick_presets_values(tmp_path):

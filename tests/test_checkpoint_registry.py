@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 import lpo.evals.checkpoints as checkpoints_module
 from lpo.cli import app
-from lpo.errors import LpoError
+from lpo.core.errors import LpoError
 from lpo.evals.checkpoint_registry import BUILTIN, load_registry, plan
 from lpo.evals.checkpoints import folder_hash, resolve_checkpoint
 from lpo.evals.harness import EvalConfig, EvalProtocol, run_eval
@@ -123,7 +123,7 @@ def test_user_entries_swap_the_unet_or_load_a_lora(tmp_path, tiny_world_dir, par
     b = np.asarray(Image.open(base_out.image_folder / next(out.image_folder.rglob("0000.png")).parent.name / "0000.png"), dtype=int)
     assert np.abs(a - b).max() > 0
 
-    from lpo.runs import RunFolder
+    from lpo.core.runs import RunFolder
 
     run = RunFolder.create({"method": "lpo", "model": {"base": str(tiny_world_dir)}}, folder=tmp_path / "run")
     import shutil

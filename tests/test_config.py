@@ -2,9 +2,9 @@
 
 import pytest
 
-from lpo.config import apply_overrides
-from lpo.errors import LpoError
-from lpo.registry import Registry
+from lpo.core.config import apply_overrides
+from lpo.core.errors import LpoError
+from lpo.core.registry import Registry
 from lpo.world.pretrain import pretrain_preset
 
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import lpo.evals.harness as harness
-from lpo.errors import LpoError
+from lpo.core.errors import LpoError
 from lpo.evals.benchmarks import BENCHMARKS, PromptSet, prompt_hash
 from lpo.evals.harness import EvalConfig, EvalProtocol, run_eval
 from lpo.evals.metrics.base import METRICS, MetricSpec
@@ -169,7 +169,7 @@ def test_a_run_folder_lora_is_sampled_on_its_base_model(tmp_path, tiny_world_dir
 
     from lpo.lora import add_lora, save_lora, save_merged_pipeline
     from lpo.models import load_components
-    from lpo.runs import RunFolder
+    from lpo.core.runs import RunFolder
 
     components = load_components(tiny_world_dir)
     add_lora(components.unet, rank=4)
@@ -315,7 +315,7 @@ def test_prompt_benchmarks_read_local_files(tmp_path):
 
 
 def test_prompt_set_hash_is_the_shared_convention():
-    from lpo.hashing import prompt_set_hash
+    from lpo.core.hashing import prompt_set_hash
 
     ps = PromptSet(("a", "b"), "test")
     assert ps.hash == prompt_set_hash(["a", "b"]) != PromptSet(("b", "a"), "test").hash

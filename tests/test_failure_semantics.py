@@ -18,8 +18,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from lpo.errors import LpoError
-from lpo.finite import DivergedError
+from lpo.core.errors import LpoError
+from lpo.core.finite import DivergedError
 from lpo.trainers.jobs import run_training
 
 # One round of 4 trajectories, pairs at the 4 highest t, every branched row kept, 4 updates per round.
@@ -98,7 +98,7 @@ def test_a_diverging_reward_model_stops(tiny_world_dir, tmp_path):
     from lpo.pairs import PreferencePair
     from lpo.reward_config import RewardTrainingConfig
     from lpo.reward_training import train_step_reward
-    from lpo.runs import RunFolder
+    from lpo.core.runs import RunFolder
 
     components = load_components(tiny_world_dir)
     torch.manual_seed(0)
@@ -235,7 +235,7 @@ def test_reward_training_checkpoints_store_the_schedule_as_json(tiny_world_dir, 
     from lpo.pairs import PreferencePair
     from lpo.reward_config import RewardTrainingConfig
     from lpo.reward_training import train_step_reward
-    from lpo.runs import RunFolder
+    from lpo.core.runs import RunFolder
 
     components = load_components(tiny_world_dir)
     rng = np.random.default_rng(0)

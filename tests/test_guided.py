@@ -270,7 +270,7 @@ def test_call_counts_are_exact_on_every_step_and_on_a_subset(world):
 
 
 def test_bad_settings_are_one_line_errors(world):
-    from lpo.errors import LpoError
+    from lpo.core.errors import LpoError
 
     with pytest.raises(LpoError, match="eta"):
         SamplerSettings(eta=0.0)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from lpo.errors import LpoError
+from lpo.core.errors import LpoError
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -126,7 +126,7 @@ def test_the_world_plugs_in_through_registries():
 
 
 def test_the_world_plugs_into_evaluation_and_training():
-    # Benchmarks and metrics through load hooks (lpo.plugins), training prompts, the reward
+    # Benchmarks and metrics through load hooks (lpo.core.plugins), training prompts, the reward
     # ceiling and the perf tokenizer through the world's model family.
     from lpo.evals.benchmarks import BENCHMARKS
     from lpo.evals.metrics import METRICS

@@ -118,7 +118,7 @@ def test_saved_outputs_reproduce_the_policy_samples_in_plain_diffusers(base_dir,
 
 
 def test_a_second_adapter_is_refused(tiny_sd15_dir):
-    from lpo.errors import LpoError
+    from lpo.core.errors import LpoError
 
     components = load_components(tiny_sd15_dir)
     add_lora(components.unet, rank=2)

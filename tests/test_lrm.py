@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from lpo.conditioning import TextConditioning
-from lpo.errors import LpoError
+from lpo.core.errors import LpoError
 from lpo.lrm import LatentRewardModel, LRMConfig
 from lpo.lrm_io import LRM_CONFIG_NAME, LRM_WEIGHTS_NAME, load_lrm, save_lrm
 from lpo.lrm_unet import UNET_UP_PATH, unet_down_mid

@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from metric_fixtures import IMAGE, normalise_pixels, random_image, tiny_clip_folder, write_aesthetic_head
-from lpo.errors import LpoError
+from lpo.core.errors import LpoError
 from lpo.evals.metrics import METRICS, MetricSpec
 from lpo.evals.metrics.gap import GAP_SCORER_METRICS, MetricGapScorer, gap_scorer
 

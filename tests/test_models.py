@@ -25,7 +25,7 @@ from diffusers import (
 from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 from lpo.conditioning import GuidedConditioning, TextConditioning, predict_noise
-from lpo.errors import LpoError
+from lpo.core.errors import LpoError
 from lpo.models import (
     WORLD_MARKER,
     DiffusionComponents,

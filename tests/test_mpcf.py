@@ -10,8 +10,8 @@ import json
 import numpy as np
 import pytest
 
-from lpo.config import apply_overrides
-from lpo.errors import LpoError
+from lpo.core.config import apply_overrides
+from lpo.core.errors import LpoError
 from lpo.gap_scores import GAP_SCORERS, ROLES, GapScorer, GapScores, compute_gap_scores
 from lpo.mpcf import STRATEGIES, MPCFConfig, build_gap_scorers, filter_pairs, mpcf_preset
 from lpo.pairs import TIE, PreferencePair

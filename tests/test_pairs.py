@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from lpo.errors import LpoError
+from lpo.core.errors import LpoError
 from lpo.pairs import (
     PICKAPIC_ID,
     SKIP_IDENTICAL,

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 
-from lpo.errors import LpoError
+from lpo.core.errors import LpoError
 from lpo.models import DiffusionComponents, load_components
 from lpo.clip_preprocess import ImagePreprocessConfig, preprocess_images
 from lpo.pixel_reward import PixelRewardConfig, PixelStepReward, predicted_original_sample

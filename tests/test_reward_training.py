@@ -17,15 +17,15 @@ import pytest
 import torch
 from torch import nn
 
-from lpo.config import apply_overrides
-from lpo.errors import LpoError
+from lpo.core.config import apply_overrides
+from lpo.core.errors import LpoError
 from lpo.lrm import LatentRewardModel, LRMConfig
 from lpo.lrm_io import load_lrm, save_lrm
 from lpo.pairs import PreferencePair
 from lpo.reward_config import REWARD_TRAINING_PRESETS, RewardTrainingConfig, reward_training_preset
 from lpo.reward_data import EncodedPairs, encode_pairs, image_to_tensor, keyed_generator, loss_weights, noise_pairs, pair_indices, timestep_pool
 from lpo.reward_training import StepRewardModel, pairwise_accuracy_by_timestep, preference_loss, train_step_reward
-from lpo.runs import RunFolder, read_cost
+from lpo.core.runs import RunFolder, read_cost
 
 DDIM_20 = list(range(1, 1000, 50))  # {1, 51, …, 951}: SD's "leading" spacing with offset 1
 PROMPT = "a red circle"

@@ -88,7 +88,7 @@ def test_ties_are_skipped_and_the_lora_variant_is_labelled(tiny_world_dir):
 
 def test_a_short_run_logs_loss_and_implicit_accuracy(tiny_world_dir, tmp_path):
     from lpo.pairs import save_pairs
-    from lpo.runs import RunFolder
+    from lpo.core.runs import RunFolder
     from lpo.trainers.jobs import run_training
 
     save_pairs(_pairs(16), tmp_path / "pairs.parquet")

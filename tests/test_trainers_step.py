@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 import torch
 
-from lpo.errors import LpoError
-from lpo.io import atomic_write_json
-from lpo.runs import DeviceMeter, RunFolder, read_cost
+from lpo.core.errors import LpoError
+from lpo.core.io import atomic_write_json
+from lpo.core.runs import DeviceMeter, RunFolder, read_cost
 from lpo.trainers import TRAINERS
 from lpo.trainers.jobs import resolve_config, run_training
 from lpo.trainers.presets import PRESET_METHOD, PRESETS, trainer_preset

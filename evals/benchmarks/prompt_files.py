@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from lpo.errors import LpoError
+from lpo.core.errors import LpoError
 from lpo.evals.benchmarks.base import BENCHMARKS, PromptSet
 
 REAL_METRICS = ("pickscore", "hpsv2", "hpsv21", "image_reward", "laion_aesthetic", "clip_score")
@@ -160,7 +160,7 @@ def _dataset_column(dataset_id: str, split: str, prompt_column: str, category_co
         ds = ds.select_columns(columns)
         rows = list(ds)
     except Exception as err:  # offline, unknown id, split or column: all user-fixable
-        from lpo.io import one_line
+        from lpo.core.io import one_line
 
         raise LpoError(
             f"could not read prompts from dataset {dataset_id!r} split {split!r} ({one_line(err)}); "
@@ -236,7 +236,7 @@ def _download_hpsv2() -> Path:
             for style in HPSV2_STYLES
         ]
     except Exception as err:  # offline or moved files: user-fixable
-        from lpo.io import one_line
+        from lpo.core.io import one_line
 
         raise LpoError(
             f"could not download the HPSv2 benchmark prompts from {HPSV2_DATASET} ({one_line(err)}); "

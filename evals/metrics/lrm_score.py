@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from lpo.errors import LpoError
+from lpo.core.errors import LpoError
 from lpo.evals.metrics.base import METRICS, MetricSpec
 from lpo.evals.metrics.scoring import BatchedMetric
 
@@ -32,7 +32,7 @@ SCORE_TIMESTEP = 1
 
 def lrm_metric_version(folder: str | Path) -> str:
     """``1+<first 8 hex of the LRM folder's content hash>``."""
-    from lpo.hashing import folder_hash
+    from lpo.core.hashing import folder_hash
 
     return f"{REVISION}+{folder_hash(Path(folder))[:8]}"
 
@@ -41,7 +41,7 @@ def _load_vae(ref: str, dtype: torch.dtype, device: torch.device):
     from diffusers import AutoencoderKL
 
     from lpo.generate import resolve_model_name
-    from lpo.io import one_line
+    from lpo.core.io import one_line
 
     ref = resolve_model_name(ref)
     path = Path(ref).expanduser()

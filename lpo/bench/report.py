@@ -55,10 +55,10 @@ from lpo.bench.headline import (
     power_table,
     seed_index,
 )
-from lpo.errors import LpoError
+from lpo.core.errors import LpoError
 from lpo.evals.leaderboard import html_text
 from lpo.evals.paired import INTERVAL_METHOD
-from lpo.io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from lpo.core.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 REPORT_DIR = "report"
 HTML_NAME = "index.html"

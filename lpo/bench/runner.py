@@ -31,8 +31,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from lpo.bench.config import BenchConfig
-from lpo.errors import LpoError
-from lpo.io import atomic_write_json, run_metadata
+from lpo.core.errors import LpoError
+from lpo.core.io import atomic_write_json, run_metadata
 
 TRAINER_PRESETS = {"lpo": "lpo-world", "spo": "spo-world", "diffusion-dpo": "dpo-world"}
 STAGES_DIR = "stages"
@@ -233,7 +233,7 @@ def _prepare_run_dir(run_dir: Path) -> bool:
 def eval_targets(bench: Bench, seeds: bool = True) -> list[tuple[str, str, bool]]:
     """(name, checkpoint spec, final) for the base model, every seed-0 run's checkpoints and final
     model, and (with ``seeds``) the final model of every other training seed, named METHOD-seed-i."""
-    from lpo.runs import RunFolder, list_checkpoints
+    from lpo.core.runs import RunFolder, list_checkpoints
 
     targets = [("base", bench.config.model, True)] if bench.evaluate_base else []
     for method in bench.config.methods:
@@ -328,7 +328,7 @@ def _samples(bench: Bench) -> dict[str, Any]:
     from PIL import Image
 
     from lpo.evals.benchmarks.base import prompt_hash
-    from lpo.grid import save_grid
+    from lpo.core.grid import save_grid
 
     written = {}
     for name, _, final in eval_targets(bench, seeds=False):

@@ -27,7 +27,7 @@ def mpcf(
     metric_processors: List[str] = typer.Option([], "--metric-processor", help="SCORER=REF: its tokenizer / image processor (local folder or hub id)."),
 ) -> None:
     """Multi-preference consistent filtering: score every pair's gaps, keep the consistent ones, report each rule."""
-    from lpo.config import apply_overrides
+    from lpo.core.config import apply_overrides
     from lpo.evals.harness import named_refs
     from lpo.mpcf import filter_pairs_file, mpcf_preset
     from lpo.pairs import load_pairs
@@ -59,7 +59,7 @@ def lrm_train(
 ) -> None:
     """Train a step reward model (LRM, or SPO's pixel model with a spo-pixel preset) on preference pairs."""
     if dry_run:
-        from lpo.config import apply_overrides, config_to_dict
+        from lpo.core.config import apply_overrides, config_to_dict
         from lpo.reward_config import reward_training_preset
 
         stdout_console().print_json(json.dumps(config_to_dict(apply_overrides(reward_training_preset(preset), overrides))))

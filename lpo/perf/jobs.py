@@ -8,8 +8,8 @@ from typing import Any, Sequence
 
 import torch
 
-from lpo.errors import LpoError
-from lpo.io import atomic_write_json, run_metadata
+from lpo.core.errors import LpoError
+from lpo.core.io import atomic_write_json, run_metadata
 from lpo.perf.reward_cost import PARTS, RewardCostResult, measure_reward_cost
 
 REWARD_COST_ARCHITECTURES = ("world", "sd15", "sdxl")

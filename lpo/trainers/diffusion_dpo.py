@@ -29,13 +29,13 @@ from typing import Any, Callable, ClassVar, Sequence
 
 import torch
 
-from lpo.config import config_to_dict
-from lpo.errors import LpoError
+from lpo.core.config import config_to_dict
+from lpo.core.errors import LpoError
 from lpo.losses import diffusion_dpo_loss, per_sample_mse
 from lpo.models import DiffusionComponents, encode_prompts
 from lpo.pairs import PreferencePair
 from lpo.reward_data import image_to_tensor, keyed_generator, pair_indices
-from lpo.runs import DeviceMeter, RunFolder
+from lpo.core.runs import DeviceMeter, RunFolder
 from lpo.trainers.config import DiffusionDPOConfig
 from lpo.trainers.harness import (
     OPTIMISATION_STAGE,

@@ -10,12 +10,12 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from lpo.errors import LpoError
+from lpo.core.errors import LpoError
 
 
 def resolve_config(method: str, preset: str, overrides: Sequence[str]) -> Any:
     """The preset's config for ``method`` with the type-checked ``--set`` overrides applied."""
-    from lpo.config import apply_overrides
+    from lpo.core.config import apply_overrides
     from lpo.trainers import TRAINERS
     from lpo.trainers.presets import trainer_preset
 
@@ -62,8 +62,8 @@ def _check_resumable(run_dir: Path, config: Any) -> None:
     """Refuse before touching run.json / config.json when the newest checkpoint has another config."""
     import json
 
-    from lpo.config import config_to_dict
-    from lpo.runs import RunFolder
+    from lpo.core.config import config_to_dict
+    from lpo.core.runs import RunFolder
     from lpo.trainers.harness import TRAINER_STATE_NAME, config_changes, list_checkpoints
 
     checkpoints = list_checkpoints(RunFolder.open(run_dir))
@@ -78,7 +78,7 @@ def _check_resumable(run_dir: Path, config: Any) -> None:
 
 
 def _open_run(config: Any, run_dir: Path | None, resume: bool, accelerator: Any, extra: dict[str, Any]) -> Any:
-    from lpo.runs import RunFolder
+    from lpo.core.runs import RunFolder
 
     if resume:
         if run_dir is None:
@@ -107,7 +107,7 @@ def check_parts(config: Any) -> None:
 
 
 def _load_step_reward(config: Any, components: Any, policy: Any) -> Any:
-    from lpo.finite import check_finite_module
+    from lpo.core.finite import check_finite_module
 
     path = config.reward.path
     if config.method == "lpo":
@@ -128,7 +128,7 @@ def _load_step_reward(config: Any, components: Any, policy: Any) -> Any:
 
 
 def _reward_cost(path: str, say: Callable[[str], None]) -> dict[str, Any] | None:
-    from lpo.runs import read_cost
+    from lpo.core.runs import read_cost
 
     try:
         return read_cost(path)
@@ -160,7 +160,7 @@ def run_training(
 
     from lpo.generate import resolve_model_name
     from lpo.models import load_components
-    from lpo.progress import stage_progress
+    from lpo.core.progress import stage_progress
     from lpo.trainers import TRAINERS
     from lpo.trainers.harness import build_policy, make_accelerator
 

@@ -34,12 +34,12 @@ from typing import Any, Callable, ClassVar, Sequence
 
 import torch
 
-from lpo.config import config_to_dict
-from lpo.errors import LpoError
+from lpo.core.config import config_to_dict
+from lpo.core.errors import LpoError
 from lpo.losses import clipped_step_dpo_loss
 from lpo.models import DiffusionComponents, guided_conditioning
 from lpo.reward_data import keyed_generator, pair_indices
-from lpo.runs import DeviceMeter, RunFolder
+from lpo.core.runs import DeviceMeter, RunFolder
 from lpo.sampling import ddim_step_with_logprob, initial_latents
 from lpo.conditioning import predict_noise
 from lpo.step_rollout import KeptSteps, StepReward, StepRolloutSettings, step_rollout
@@ -149,7 +149,7 @@ class StepDPOTrainer:
     policy: from :func:`lpo.trainers.harness.build_policy` on ``components.unet``.
     reward: the frozen step reward (:class:`lpo.step_rollout.StepReward`), in eval mode.
     prompts: the training prompts.  reward_cost: the reward model's own cost record
-    (:func:`lpo.runs.read_cost`), folded into this run's cost.
+    (:func:`lpo.core.runs.read_cost`), folded into this run's cost.
     """
 
     method: ClassVar[str] = "lpo"

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from lpo.errors import LpoError
+from lpo.core.errors import LpoError
 from lpo.guided import GuidanceConfig, lrm_scorer
 from lpo.guided_generation import (
     GeneratedImages,
@@ -127,7 +127,7 @@ def run_guided_eval(
     """Sample every method on the same prompts and seeds, judge, and summarise (a JSON-ready dict)."""
     from lpo.generate import image_seed
     from lpo.world.benchmark import WorldEvalProtocol, world_prompts
-    from lpo.hashing import prompt_set_hash
+    from lpo.core.hashing import prompt_set_hash
     from lpo.world.grammar import WORLD_VERSION
     from lpo.world.judges import judge
 
@@ -198,7 +198,7 @@ def run_guided_eval(
         if a in scores and b in scores:
             differences[f"{a} - {b}"] = {key: paired_difference(scores[a][key], scores[b][key], prompt_ids) for key in REPORTED}
 
-    from lpo.io import run_metadata
+    from lpo.core.io import run_metadata
 
     return {
         "world_version": WORLD_VERSION,
@@ -229,7 +229,7 @@ def guided_eval_job(
     base one; the LRM stays the one built on the base model, as in training.
     """
     from lpo.generate import resolve_device, resolve_model_name
-    from lpo.io import atomic_write_json
+    from lpo.core.io import atomic_write_json
     from lpo.lrm_io import load_lrm
     from lpo.models import load_components
     from rich.progress import Progress

@@ -26,10 +26,10 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from lpo.config import config_to_dict
-from lpo.errors import LpoError
+from lpo.core.config import config_to_dict
+from lpo.core.errors import LpoError
 from lpo.generate import generate_images, image_seed
-from lpo.hashing import prompt_set_hash
+from lpo.core.hashing import prompt_set_hash
 from lpo.pairs import TIE, PreferencePair, check_pairs_path, pair_counts, save_pairs
 from lpo.world.annotators import AnnotatorPoolConfig, label_pairs
 from lpo.world.grammar import SPLIT_NAMES, WORLD_VERSION, make_splits
@@ -261,7 +261,7 @@ def run_pairs(
     annotators: AnnotatorPoolConfig | None = None,
 ) -> dict[str, Any]:
     """`lpo pairs`: generate and label world pairs, save them; returns a summary for display."""
-    from lpo.progress import count_progress
+    from lpo.core.progress import count_progress
 
     out = check_pairs_path(out)  # fail before generating, not after
     config = WorldPairsConfig(

@@ -22,7 +22,7 @@ from typing import Any, Iterable, Sequence
 import torch
 from torch import Tensor, nn
 
-from lpo.errors import LpoError
+from lpo.core.errors import LpoError
 
 LOSS = "the loss"
 GRADIENTS = "the gradients"

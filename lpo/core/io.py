@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from lpo.errors import LpoError
+from lpo.core.errors import LpoError
 
 
 # OSErrors of a write that the user fixes on the machine, not in lpo: why, and what to do.
@@ -187,10 +187,10 @@ def package_versions() -> dict[str, str]:
 
 
 def hardware() -> dict[str, Any]:
-    """Platform, CPU model, threads, and the CPU kernels torch dispatches to (:mod:`lpo.cpu_dispatch`)."""
+    """Platform, CPU model, threads, and the CPU kernels torch dispatches to (:mod:`lpo.core.cpu_dispatch`)."""
     import torch
 
-    from lpo.cpu_dispatch import dispatch_info
+    from lpo.core.cpu_dispatch import dispatch_info
 
     info: dict[str, Any] = {"platform": platform.platform(), "cpu_count": os.cpu_count(),
                             "torch_threads": torch.get_num_threads(), "cpu_dispatch": dispatch_info()}

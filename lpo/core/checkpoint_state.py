@@ -28,8 +28,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-from lpo.errors import LpoError
-from lpo.io import atomic_write_json, one_line
+from lpo.core.errors import LpoError
+from lpo.core.io import atomic_write_json, one_line
 
 SCHEDULE_NAME = "lr_schedule.json"
 _CUSTOM_PICKLE = re.compile(r"^custom_checkpoint_\d+\.pkl$")

@@ -5,7 +5,7 @@ Every training run (reward model, LPO, SPO, Diffusion-DPO) writes one folder:
 ====================  ==================================================================
 ``config.json``       the resolved config (the dataclass as JSON), rewritten on resume
 ``run.json``          name, creation time, argv, git commit + dirty flag, package
-                      versions, hardware (:func:`lpo.io.run_metadata`); each resume
+                      versions, hardware (:func:`lpo.core.io.run_metadata`); each resume
                       appends its own argv / git / time under ``"resumes"``
 ``cost.json``         the :class:`DeviceMeter` record: wall seconds × devices per stage
 ``checkpoints/``      ``step-000300/`` ... written by :func:`write_checkpoint` for every
@@ -20,7 +20,7 @@ model's own training cost is stored with it (``cost.json`` in its run folder and
 model folder); a trainer that uses it reads it back with :func:`read_cost` and folds it
 in with :meth:`DeviceMeter.include`, so LPO's total = LRM training + optimisation.
 
-All writes are atomic (:mod:`lpo.io`); under accelerate only the main process writes.
+All writes are atomic (:mod:`lpo.core.io`); under accelerate only the main process writes.
 """
 
 from __future__ import annotations
@@ -35,8 +35,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from lpo.errors import LpoError
-from lpo.io import atomic_write_json, disk_errors, run_metadata
+from lpo.core.errors import LpoError
+from lpo.core.io import atomic_write_json, disk_errors, run_metadata
 
 CONFIG_NAME = "config.json"
 RUN_NAME = "run.json"
@@ -58,7 +58,7 @@ STAGES: tuple[str, ...] = ("reward_model_training", "optimisation", "evaluation"
 
 def _config_dict(config: Any) -> dict[str, Any]:
     if dataclasses.is_dataclass(config) and not isinstance(config, type):
-        from lpo.config import config_to_dict
+        from lpo.core.config import config_to_dict
 
         return config_to_dict(config)
     if isinstance(config, dict):

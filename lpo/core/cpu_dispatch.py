@@ -59,7 +59,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, MutableMapping
 
-from lpo.errors import LpoError
+from lpo.core.errors import LpoError
 
 POLICY_VARIABLE = "LPO_CPU_ISA"
 POLICIES = ("avx2", "native")
@@ -179,7 +179,7 @@ def dispatch_info() -> dict[str, Any]:
         missing = [key for key in PINNED if initial.get(key) is None]
         pinned = False
         note = (f"{', '.join(missing)} not set before torch was imported: this process uses the CPU's own kernels; "
-                "run through the lpo command, or set them in the shell (see lpo.cpu_dispatch)")
+                "run through the lpo command, or set them in the shell (see lpo.core.cpu_dispatch)")
     if pinned and env["ATEN_CPU_CAPABILITY"] == "avx2" and info["aten_cpu_capability"] != "AVX2":
         note = f"this CPU lacks AVX2: ATen runs its {info['aten_cpu_capability']} kernels (other numbers than AVX2 CPUs)"
     info["pinned"] = pinned

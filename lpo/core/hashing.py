@@ -11,7 +11,7 @@ import hashlib
 import json
 from pathlib import Path
 
-from lpo.paths import lpo_home
+from lpo.core.paths import lpo_home
 
 
 def prompt_set_hash(prompts: list[str]) -> str:
@@ -52,7 +52,7 @@ def folder_hash(folder: Path) -> str:
     for path in files:
         digest.update(f"{path.relative_to(folder).as_posix()}\0{_file_sha256(path, memo)}\n".encode())
     if len(memo) != size_before:
-        from lpo.io import atomic_write_json
+        from lpo.core.io import atomic_write_json
 
         try:
             atomic_write_json(memo_file, memo)

@@ -33,7 +33,7 @@ def make_grid(images: np.ndarray, captions: list[str], columns: int = 4, cell: i
 
 
 def save_grid(path: Path, images: np.ndarray, captions: list[str], columns: int = 4, cell: int = 128) -> Path:
-    from lpo.io import atomic_write_bytes
+    from lpo.core.io import atomic_write_bytes
 
     import io
 

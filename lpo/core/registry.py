@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Callable, Generic, TypeVar
 
-from lpo.errors import LpoError
+from lpo.core.errors import LpoError
 
 T = TypeVar("T")
 

@@ -12,7 +12,7 @@ import json
 import typing
 from typing import Any
 
-from lpo.errors import LpoError
+from lpo.core.errors import LpoError
 
 
 def config_to_dict(cfg: Any) -> dict[str, Any]:

@@ -50,7 +50,7 @@ from pathlib import Path
 from typing import Any
 
 from lpo.core.errors import LpoError
-from lpo.model_families import is_model_alias
+from lpo.models.families import is_model_alias
 from lpo.core.paths import lpo_home
 
 REPLACES = ("pipeline", "unet", "lora")

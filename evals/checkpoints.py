@@ -39,9 +39,9 @@ from pathlib import Path
 from typing import Any
 
 from lpo.core.errors import LpoError
-from lpo.models import _HUB_ID  # the same shape test the loader applies
+from lpo.models.components import _HUB_ID  # the same shape test the loader applies
 from lpo.core.hashing import folder_hash
-from lpo.model_families import alias_family
+from lpo.models.families import alias_family
 
 RUN_PIPELINE_SUBFOLDERS = ("pipeline",)  # lpo.trainers.harness.PIPELINE_DIR
 RUN_MODEL_DIR = "model"  # lpo.trainers.harness.MODEL_DIR
@@ -109,7 +109,7 @@ class Checkpoint:
         from lpo.generate import build_pipeline, load_pipeline, resolve_device, resolve_dtype, resolve_model_name
 
         if self.adapter_kind == "unet" or self.vae:
-            from lpo.models import load_components
+            from lpo.models.components import load_components
 
             unet = self.adapter_path if self.adapter_kind == "unet" else None
             components = load_components(

@@ -53,7 +53,7 @@ from lpo.evals.summaries import aggregation_of, summarise
 from lpo.generate import DTYPES, generate_images, image_seed
 from lpo.core.io import check_writable
 
-SAMPLERS = ("ddim",)  # the one sampler lpo's pipelines load with (lpo.models swaps in DDIM)
+SAMPLERS = ("ddim",)  # the one sampler lpo's pipelines load with (lpo.models.components swaps in DDIM)
 METRIC_DTYPES = ("float32", "float16", "bfloat16")
 
 
@@ -223,7 +223,7 @@ def _resolve_metrics(config: EvalConfig, benchmark, protocol: EvalProtocol) -> l
         METRICS.get(name)  # unknown -> LpoError listing the known metrics
     if len(set(names)) != len(names):
         raise LpoError(f"metric listed twice in {', '.join(names)}; list each once")
-    from lpo.models import _HUB_ID
+    from lpo.models.components import _HUB_ID
 
     for what, refs in (("weights", config.metric_weights), ("processor", config.metric_processors)):
         for name, ref in refs.items():

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from lpo.core.errors import LpoError
-from lpo.model_families import MODEL_FAMILIES, alias_family
+from lpo.models.families import MODEL_FAMILIES, alias_family
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -79,7 +79,7 @@ def build_pipeline(components):
 
 def load_pipeline(model: str, device: str = "auto", dtype: str = "fp32"):
     """(pipeline, components) for a model name, folder or hub id."""
-    from lpo.models import load_components
+    from lpo.models.components import load_components
 
     components = load_components(resolve_model_name(model), dtype=resolve_dtype(dtype), device=resolve_device(device))
     pipe = build_pipeline(components)

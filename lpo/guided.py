@@ -43,7 +43,7 @@ from typing import Callable, Iterable, Protocol, Sequence
 import torch
 from torch import Tensor
 
-from lpo.conditioning import GuidedConditioning, TextConditioning, predict_noise
+from lpo.models.conditioning import GuidedConditioning, TextConditioning, predict_noise
 from lpo.core.errors import LpoError
 from lpo.sampling import (
     Generators,

@@ -87,7 +87,7 @@ class SamplerSettings:
 
 def _conditioning_and_noise(components, prompts: Sequence[str], seeds: Sequence[int], settings: SamplerSettings):
     """(conditioning, x_T, trajectory generators) for one batch; x_T drawn from each seed's generator."""
-    from lpo.models import guided_conditioning
+    from lpo.models.components import guided_conditioning
 
     resolution = settings.resolution or components.default_resolution
     with torch.no_grad():
@@ -277,7 +277,7 @@ def run_guided_sample(
     from lpo.generate import default_prompts, image_seed, read_prompts_file, resolve_device, resolve_dtype, resolve_model_name
     from lpo.core.grid import save_grid
     from lpo.lrm_io import load_lrm
-    from lpo.models import load_components
+    from lpo.models.components import load_components
     from lpo.core.progress import count_progress
 
     if images_per_prompt < 1 or steps < 1:

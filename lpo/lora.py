@@ -162,7 +162,7 @@ def save_merged_pipeline(components: Any, unet: nn.Module, folder: str | Path) -
     from dataclasses import replace
 
     from lpo.generate import build_pipeline
-    from lpo.models import WORLD_MARKER
+    from lpo.models.components import WORLD_MARKER
 
     plain = merged_unet(unet) if has_lora(unet) else unet
     pipeline = build_pipeline(replace(components, unet=plain))

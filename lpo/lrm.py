@@ -1,7 +1,7 @@
 """The Latent Reward Model (LRM): a noise-aware reward on noisy latents, built from the diffusion model.
 
 Implements SPEC §4.1 (LPO paper, arXiv 2502.01051, §4) for any diffusers
-``UNet2DConditionModel`` pipeline that :func:`lpo.models.load_components` loads (SD1.5,
+``UNet2DConditionModel`` pipeline that :func:`lpo.models.components.load_components` loads (SD1.5,
 SDXL, world). The LRM owns its own copies of the U-Net and text encoder(s), initialised
 from the diffusion model's, so training it never touches the policy.
 
@@ -47,9 +47,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lpo.conditioning import GuidedConditioning, TextConditioning
+from lpo.models.conditioning import GuidedConditioning, TextConditioning
 from lpo.lrm_unet import check_supported_unet, copy_truncated_unet, truncate_unet, unet_down_mid
-from lpo.models import DiffusionComponents, ModelKind, encode_negative, encode_prompts_and_pooled
+from lpo.models.components import DiffusionComponents, ModelKind, encode_negative, encode_prompts_and_pooled
 
 
 # --------------------------------------------------------------------------- config and outputs
@@ -261,9 +261,9 @@ class LatentRewardModel(nn.Module):
         return self.config.kind  # type: ignore[return-value]
 
     def _text_components(self) -> DiffusionComponents:
-        """A components view over the LRM's own text encoders, for lpo.models' encoders.
+        """A components view over the LRM's own text encoders, for lpo.models.components' encoders.
 
-        Reusing lpo.models keeps tokenisation, SDXL's hidden-state concatenation and its
+        Reusing lpo.models.components keeps tokenisation, SDXL's hidden-state concatenation and its
         zeroed negative identical to the pipelines'. No VAE or scheduler is needed: the
         resolution is always passed explicitly.
         """
@@ -312,7 +312,7 @@ class LatentRewardModel(nn.Module):
         timesteps = _as_timesteps(timesteps, batch, self.device)
         guided = text.conditioning
         # 1. one U-Net call; with VFE the unconditional and conditional halves are batched
-        # (uncond first, as lpo.conditioning.predict_noise orders CFG)
+        # (uncond first, as lpo.models.conditioning.predict_noise orders CFG)
         if guided.uncond is None:
             down_maps, mid_map = unet_down_mid(self.unet, latents_t, timesteps, guided.cond)
         else:

@@ -21,7 +21,7 @@ from lpo.core.errors import LpoError
 from lpo.core.io import atomic_directory, load_safetensors_strict, one_line
 from lpo.lrm import LatentRewardModel, LRMConfig
 from lpo.lrm_unet import UNET_UP_PATH
-from lpo.models import DiffusionComponents
+from lpo.models.components import DiffusionComponents
 
 LRM_CONFIG_NAME = "lrm_config.json"
 LRM_WEIGHTS_NAME = "model.safetensors"

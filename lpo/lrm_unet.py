@@ -14,7 +14,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from lpo.conditioning import TextConditioning
+from lpo.models.conditioning import TextConditioning
 from lpo.core.errors import LpoError
 
 # The U-Net's decoder half: never used by the LRM, so removed from its copy.

@@ -47,8 +47,8 @@ from typing import Any, Iterator, Sequence, get_args
 import torch
 from torch import Tensor, nn
 
-from lpo.conditioning import GuidedConditioning, predict_noise
-from lpo.models import DiffusionComponents, ModelKind, guided_conditioning
+from lpo.models.conditioning import GuidedConditioning, predict_noise
+from lpo.models.components import DiffusionComponents, ModelKind, guided_conditioning
 from lpo.pixel_scorer import (
     PICKSCORE_MODEL_ID,
     PICKSCORE_PROCESSOR_ID,

@@ -21,7 +21,7 @@ from lpo.clip_preprocess import ImagePreprocessConfig
 from lpo.core.errors import LpoError
 from lpo.core.io import atomic_directory, load_safetensors_strict, one_line
 from lpo.lrm_io import same_base_model
-from lpo.models import DiffusionComponents
+from lpo.models.components import DiffusionComponents
 from lpo.pixel_reward import PixelRewardConfig, PixelStepReward
 from lpo.pixel_scorer import TimestepConditionedScorer
 from lpo.time_conditioning import AdaLNConfig

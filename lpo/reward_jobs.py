@@ -20,7 +20,7 @@ REWARD_KINDS = ("lrm", "spo-pixel")
 
 def _components(model: str):
     from lpo.generate import resolve_model_name
-    from lpo.models import load_components
+    from lpo.models.components import load_components
 
     return load_components(resolve_model_name(model))
 
@@ -121,7 +121,7 @@ def eval_reward_job(
     import torch
 
     from lpo.core.io import atomic_write_json
-    from lpo.model_families import kind_family
+    from lpo.models.families import kind_family
     from lpo.reward_data import encode_pairs
     from lpo.reward_training import accuracy_from_scores, pair_scores_by_timestep
     from lpo.sampling import ddim_timesteps

@@ -45,7 +45,7 @@ import torch
 from diffusers import DDIMScheduler
 from torch import Tensor
 
-from lpo.conditioning import GuidedConditioning, TextConditioning, predict_noise
+from lpo.models.conditioning import GuidedConditioning, TextConditioning, predict_noise
 
 # One generator for the whole batch, one per sample, or None (global RNG).
 Generators = Union[torch.Generator, Sequence[torch.Generator], None]

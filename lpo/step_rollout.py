@@ -41,7 +41,7 @@ from typing import Any, Literal, Protocol, Sequence, runtime_checkable
 import torch
 from torch import Tensor
 
-from lpo.conditioning import GuidedConditioning, TextConditioning, predict_noise
+from lpo.models.conditioning import GuidedConditioning, TextConditioning, predict_noise
 from lpo.sampling import branch_candidates, ddim_step_with_logprob, ddim_timesteps, sigma_schedule
 
 RewardTimestep = Literal["current", "prev", "zero"]

@@ -35,7 +35,7 @@ def build_folders(root: Path, tiny: bool, device: torch.device, dtype: torch.dty
 
     from lpo.lrm import LatentRewardModel
     from lpo.lrm_io import save_lrm
-    from lpo.models import load_components
+    from lpo.models.components import load_components
     from lpo.pixel_reward import PixelStepReward
     from lpo.pixel_reward_io import save_pixel_reward
     from lpo.pixel_scorer import world_pixel_scorer

@@ -74,7 +74,7 @@ def labelled(pool: dict, judges, annotators: AnnotatorPoolConfig, seed: int) -> 
 
 def run(args) -> None:
     from lpo.lrm import LatentRewardModel, LRMConfig
-    from lpo.models import load_components
+    from lpo.models.components import load_components
     from lpo.generate import resolve_model_name
     from lpo.reward_config import reward_training_preset
     from lpo.reward_data import encode_pairs
@@ -130,7 +130,7 @@ def run(args) -> None:
 
 
 def stability(args) -> None:
-    from lpo.models import load_components
+    from lpo.models.components import load_components
     from lpo.generate import resolve_model_name
 
     components = load_components(resolve_model_name("world"))

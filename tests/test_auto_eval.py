@@ -33,7 +33,7 @@ def _tiny_eval(tmp_path: Path, **changes) -> AutoEvalConfig:
 def world_lrm(tiny_world_dir, tmp_path_factory) -> Path:
     from lpo.lrm import LatentRewardModel, LRMConfig
     from lpo.lrm_io import save_lrm
-    from lpo.models import load_components
+    from lpo.models.components import load_components
 
     torch.manual_seed(0)
     out = tmp_path_factory.mktemp("rewards") / "lrm"

@@ -29,7 +29,7 @@ def _write(path: Path, entries) -> Path:
 def parts(tiny_world_dir, tmp_path_factory):
     """A perturbed U-Net (in a `unet/` subfolder, like the hub repos) and a LoRA for the tiny world model."""
     from lpo.lora import add_lora, save_lora
-    from lpo.models import load_components
+    from lpo.models.components import load_components
 
     root = tmp_path_factory.mktemp("parts")
     components = load_components(tiny_world_dir)

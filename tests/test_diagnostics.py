@@ -129,7 +129,7 @@ def test_lrm_score_is_the_lrm_on_the_vae_posterior_mean(tmp_path, tiny_world_dir
     import lpo.evals.metrics.lrm_score  # noqa: F401
     from lpo.lrm import LatentRewardModel
     from lpo.lrm_io import save_lrm
-    from lpo.models import load_components
+    from lpo.models.components import load_components
 
     components = load_components(tiny_world_dir)
     lrm = LatentRewardModel.from_components(components).eval()

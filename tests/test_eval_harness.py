@@ -168,7 +168,7 @@ def test_a_run_folder_lora_is_sampled_on_its_base_model(tmp_path, tiny_world_dir
     from PIL import Image
 
     from lpo.lora import add_lora, save_lora, save_merged_pipeline
-    from lpo.models import load_components
+    from lpo.models.components import load_components
     from lpo.core.runs import RunFolder
 
     components = load_components(tiny_world_dir)

@@ -30,7 +30,7 @@ QUICK = ["train.max_rounds=3", "sampler.sample_batch_size=4", "train.train_batch
 def _lrm_folder(base: Path, out: Path, poison: bool = False) -> Path:
     from lpo.lrm import LatentRewardModel, LRMConfig
     from lpo.lrm_io import save_lrm
-    from lpo.models import load_components
+    from lpo.models.components import load_components
 
     torch.manual_seed(0)
     model = LatentRewardModel.from_components(load_components(base), LRMConfig(vfe_scale=1.0))
@@ -94,7 +94,7 @@ def test_a_diverging_diffusion_dpo_run_stops(tiny_world_dir, world_pairs, tmp_pa
 def test_a_diverging_reward_model_stops(tiny_world_dir, tmp_path):
     from lpo.lrm import LatentRewardModel, LRMConfig
     from lpo.lrm_io import save_lrm
-    from lpo.models import load_components
+    from lpo.models.components import load_components
     from lpo.pairs import PreferencePair
     from lpo.reward_config import RewardTrainingConfig
     from lpo.reward_training import train_step_reward
@@ -231,7 +231,7 @@ def test_resume_never_runs_a_planted_pickle(tiny_world_dir, world_lrm, tmp_path)
 def test_reward_training_checkpoints_store_the_schedule_as_json(tiny_world_dir, tmp_path):
     from lpo.lrm import LatentRewardModel, LRMConfig
     from lpo.lrm_io import save_lrm
-    from lpo.models import load_components
+    from lpo.models.components import load_components
     from lpo.pairs import PreferencePair
     from lpo.reward_config import RewardTrainingConfig
     from lpo.reward_training import train_step_reward
@@ -263,7 +263,7 @@ def test_reward_training_checkpoints_store_the_schedule_as_json(tiny_world_dir, 
 
 
 def test_an_unreachable_vae_override_names_model_vae_none(tiny_sdxl_dir):
-    from lpo.models import load_components
+    from lpo.models.components import load_components
 
     # the suite runs with HF_HUB_OFFLINE=1: a hub VAE that is not cached cannot load
     with pytest.raises(LpoError, match=r"could not load the VAE override \(model.vae\).*set model.vae=none to use the "

@@ -41,7 +41,7 @@ runner = CliRunner()
 
 @pytest.fixture(scope="module")
 def world(tiny_world_dir):
-    from lpo.models import load_components
+    from lpo.models.components import load_components
 
     return load_components(tiny_world_dir)
 

@@ -113,7 +113,7 @@ def test_the_world_plugs_in_through_registries():
     # Real-mode code resolves `world` and the world's gap scorers through registries that
     # lpo.world.install() fills (the conftest calls it, as the CLI does); twice is harmless.
     from lpo.generate import resolve_model_name
-    from lpo.model_families import MODEL_FAMILIES, is_model_alias
+    from lpo.models.families import MODEL_FAMILIES, is_model_alias
     from lpo.gap_scores import GAP_SCORERS
     from lpo.world import install
     from lpo.world.pretrain import resolve_world_alias
@@ -130,7 +130,7 @@ def test_the_world_plugs_into_evaluation_and_training():
     # ceiling and the perf tokenizer through the world's model family.
     from lpo.evals.benchmarks import BENCHMARKS
     from lpo.evals.metrics import METRICS
-    from lpo.model_families import kind_family, offline_tokenizer_builder
+    from lpo.models.families import kind_family, offline_tokenizer_builder
     from lpo.trainers.jobs import load_prompts
     from lpo.world.grammar import make_splits
 

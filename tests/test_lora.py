@@ -18,7 +18,7 @@ from lpo.lora import (
     save_merged_pipeline,
     save_unet,
 )
-from lpo.models import ddim_from_config, load_components
+from lpo.models.components import ddim_from_config, load_components
 
 PROMPTS = ["a red circle", "a blue square"]
 SEEDS = [11, 12]

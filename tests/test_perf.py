@@ -68,7 +68,7 @@ def test_measure_reward_cost_on_tiny_sd15(sd15):
 
 
 def test_measure_train_step_updates_only_lora_weights(tiny_sd15_dir):
-    from lpo.models import load_components
+    from lpo.models.components import load_components
 
     components = load_components(tiny_sd15_dir)  # its own copy: the update adds adapters
     before = {k: v.clone() for k, v in components.unet.state_dict().items()}

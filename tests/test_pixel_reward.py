@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from lpo.core.errors import LpoError
-from lpo.models import DiffusionComponents, load_components
+from lpo.models.components import DiffusionComponents, load_components
 from lpo.clip_preprocess import ImagePreprocessConfig, preprocess_images
 from lpo.pixel_reward import PixelRewardConfig, PixelStepReward, predicted_original_sample
 from lpo.pixel_reward_io import PIXEL_REWARD_CONFIG_NAME, PIXEL_REWARD_WEIGHTS_NAME, load_pixel_reward, save_pixel_reward

@@ -34,7 +34,7 @@ PROMPT = "a red circle"
 @pytest.fixture(scope="module")
 def world():
     from lpo.generate import resolve_model_name
-    from lpo.models import load_components
+    from lpo.models.components import load_components
 
     return load_components(resolve_model_name("world"))
 

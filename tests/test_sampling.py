@@ -7,7 +7,7 @@ import pytest
 import torch
 from diffusers import DDIMScheduler, PNDMScheduler, UNet2DConditionModel
 
-from lpo.conditioning import GuidedConditioning, TextConditioning, predict_noise
+from lpo.models.conditioning import GuidedConditioning, TextConditioning, predict_noise
 from lpo.sampling import (
     DDIMStepOutput,
     Trajectory,

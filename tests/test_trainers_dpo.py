@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from lpo.models import encode_prompts, load_components
+from lpo.models.components import encode_prompts, load_components
 from lpo.pairs import PreferencePair
 from lpo.trainers.diffusion_dpo import DiffusionDPOTrainer, draw_batch
 from lpo.trainers.harness import build_policy

@@ -19,7 +19,7 @@ def lrm_with_cost(base: Path, out: Path) -> Path:
     from lpo.core.io import atomic_write_json
     from lpo.lrm import LatentRewardModel, LRMConfig
     from lpo.lrm_io import save_lrm
-    from lpo.models import load_components
+    from lpo.models.components import load_components
     from lpo.core.runs import DeviceMeter
 
     torch.manual_seed(0)

@@ -12,9 +12,9 @@ import math
 import pytest
 import torch
 
-from lpo.models import guided_conditioning, load_components
+from lpo.models.components import guided_conditioning, load_components
 from lpo.sampling import ddim_step_with_logprob, ddim_timesteps, initial_latents
-from lpo.conditioning import predict_noise
+from lpo.models.conditioning import predict_noise
 from lpo.step_rollout import (
     KeptSteps,
     StepReward,

@@ -38,7 +38,7 @@ def _with_cost(folder: Path, seconds: float = REWARD_SECONDS) -> Path:
 def _lrm_folder(base: Path, out: Path) -> Path:
     from lpo.lrm import LatentRewardModel, LRMConfig
     from lpo.lrm_io import save_lrm
-    from lpo.models import load_components
+    from lpo.models.components import load_components
 
     torch.manual_seed(0)
     save_lrm(LatentRewardModel.from_components(load_components(base), LRMConfig(vfe_scale=1.0)), out)
@@ -52,7 +52,7 @@ def world_lrm(tiny_world_dir, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def world_pixel(tiny_world_dir, tmp_path_factory) -> Path:
-    from lpo.models import load_components
+    from lpo.models.components import load_components
     from lpo.pixel_reward import PixelStepReward
     from lpo.pixel_reward_io import save_pixel_reward
 
@@ -220,7 +220,7 @@ def test_a_lora_run_writes_a_diffusers_lora_that_reproduces_the_policy(tiny_sd15
 
     from lpo.generate import build_pipeline
     from lpo.lora import LORA_WEIGHTS_NAME
-    from lpo.models import ddim_from_config, load_components
+    from lpo.models.components import ddim_from_config, load_components
 
     lrm = _lrm_folder(tiny_sd15_dir, tmp_path / "lrm")
     prompts = tmp_path / "prompts.txt"
@@ -320,7 +320,7 @@ def test_sdxl_runs_and_writes_an_sdxl_lora(tiny_sdxl_dir, tmp_path):
     """SDXL conditioning (pooled embeds, time ids) through the rollout, the gather and both losses."""
     from diffusers import StableDiffusionXLPipeline
 
-    from lpo.models import ddim_from_config
+    from lpo.models.components import ddim_from_config
     from lpo.pairs import PreferencePair, save_pairs
 
     lrm = _lrm_folder(tiny_sdxl_dir, tmp_path / "lrm")

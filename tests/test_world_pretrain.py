@@ -7,7 +7,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from lpo.models import load_components
+from lpo.models.components import load_components
 from lpo.world.pretrain import WORLD_MARKER, pretrain_preset, pretrain_world
 
 

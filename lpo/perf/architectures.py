@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 import torch
 
-from lpo.models import SD15_SCHEDULER_CONFIG, DiffusionComponents
+from lpo.models.components import SD15_SCHEDULER_CONFIG, DiffusionComponents
 
 Architecture = Literal["sd15", "sdxl"]
 ARCHITECTURES: tuple[str, ...] = ("sd15", "sdxl")
@@ -79,7 +79,7 @@ CLIP_VOCAB_SIZE = 49408
 
 def _clip_tokenizer() -> Any:
     """The world's CLIP BPE tokenizer with CLIP's 77-token length (ids fit CLIP's vocabulary)."""
-    from lpo.model_families import offline_tokenizer_builder
+    from lpo.models.families import offline_tokenizer_builder
 
     tokenizer = offline_tokenizer_builder()(Path(tempfile.mkdtemp(prefix="lpo-perf-tok-")))
     tokenizer.model_max_length = 77

@@ -22,7 +22,7 @@ def _build(architecture: str, device: torch.device, dtype: torch.dtype) -> tuple
 
     if architecture == "world":
         from lpo.generate import resolve_model_name
-        from lpo.models import load_components
+        from lpo.models.components import load_components
 
         components = load_components(resolve_model_name("world"), dtype=dtype, device=device)
         scorer = None  # PixelStepReward picks the world's own scorer

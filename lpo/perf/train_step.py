@@ -14,10 +14,10 @@ from typing import Any
 
 import torch
 
-from lpo.conditioning import predict_noise
+from lpo.models.conditioning import predict_noise
 from lpo.lora import add_lora
 from lpo.losses import clipped_step_dpo_loss
-from lpo.models import DiffusionComponents, guided_conditioning
+from lpo.models.components import DiffusionComponents, guided_conditioning
 from lpo.perf.reward_cost import time_parts
 from lpo.sampling import ddim_step_with_logprob
 

@@ -27,7 +27,7 @@ def load_prompts(spec: str | None) -> list[str]:
     """Training prompts from ``world:SPLIT``, a text file (one per line) or a pairs parquet (captions, deduplicated)."""
     if spec is None:
         raise LpoError("no training prompts: set train.prompts=world:train, a .txt file or a pairs .parquet")
-    from lpo.model_families import alias_family
+    from lpo.models.families import alias_family
 
     family = alias_family(spec) if ":" in spec else None
     if family is not None and family.split_prompts is not None:  # world:SPLIT
@@ -159,7 +159,7 @@ def run_training(
     import torch
 
     from lpo.generate import resolve_model_name
-    from lpo.models import load_components
+    from lpo.models.components import load_components
     from lpo.core.progress import stage_progress
     from lpo.trainers import TRAINERS
     from lpo.trainers.harness import build_policy, make_accelerator

@@ -37,11 +37,11 @@ import torch
 from lpo.core.config import config_to_dict
 from lpo.core.errors import LpoError
 from lpo.losses import clipped_step_dpo_loss
-from lpo.models import DiffusionComponents, guided_conditioning
+from lpo.models.components import DiffusionComponents, guided_conditioning
 from lpo.reward_data import keyed_generator, pair_indices
 from lpo.core.runs import DeviceMeter, RunFolder
 from lpo.sampling import ddim_step_with_logprob, initial_latents
-from lpo.conditioning import predict_noise
+from lpo.models.conditioning import predict_noise
 from lpo.step_rollout import KeptSteps, StepReward, StepRolloutSettings, step_rollout
 from lpo.trainers.config import StepTrainerConfig
 from lpo.trainers.guards import GapTracker, check_rollout_scores, check_trained

@@ -231,7 +231,7 @@ def guided_eval_job(
     from lpo.generate import resolve_device, resolve_model_name
     from lpo.core.io import atomic_write_json
     from lpo.lrm_io import load_lrm
-    from lpo.models import load_components
+    from lpo.models.components import load_components
     from rich.progress import Progress
 
     components = load_components(resolve_model_name(model), device=resolve_device(device), unet=unet)

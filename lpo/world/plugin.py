@@ -1,7 +1,7 @@
 """What the world plugs into real-mode code, and :func:`install`, which plugs it in.
 
 Real-mode modules never import the world (it is a leaf). Instead the world registers:
-  - the ``world`` model family (:mod:`lpo.model_families`): the ``world`` /
+  - the ``world`` model family (:mod:`lpo.models.families`): the ``world`` /
     ``world:PRESET`` alias resolves to the pretrained folder
     (:func:`lpo.world.pretrain.resolve_world_alias`), a world model given no prompts
     samples the first test prompts, round-robin over categories; ``world:SPLIT`` is a
@@ -124,7 +124,7 @@ def _register_metrics() -> None:
 
 def install() -> None:
     """Register the world's model family, gap scorers, benchmarks and metrics (once; later calls do nothing)."""
-    from lpo.model_families import MODEL_FAMILIES, ModelFamily
+    from lpo.models.families import MODEL_FAMILIES, ModelFamily
     from lpo.gap_scores import GAP_SCORERS
     from lpo.core.plugins import BENCHMARK_HOOKS, METRIC_HOOKS
 

@@ -19,7 +19,7 @@ built from the pipeline's scheduler config, since the trainers sample with DDIM 
 
 :func:`encode_prompts`, :func:`encode_negative` and :func:`guided_conditioning` reproduce
 ``StableDiffusionPipeline.encode_prompt`` / ``StableDiffusionXLPipeline.encode_prompt``
-(no clip skip, one image per prompt) and return the :mod:`lpo.conditioning` dataclasses
+(no clip skip, one image per prompt) and return the :mod:`lpo.models.conditioning` dataclasses
 that ``predict_noise`` consumes. They never disable autograd: callers that train the text
 encoder get gradients, callers that don't wrap them in ``torch.no_grad()``.
 
@@ -40,7 +40,7 @@ from typing import Any, Callable, Literal, Sequence
 import torch
 from torch import Tensor
 
-from lpo.conditioning import GuidedConditioning, TextConditioning
+from lpo.models.conditioning import GuidedConditioning, TextConditioning
 from lpo.core.errors import LpoError
 
 logger = logging.getLogger(__name__)

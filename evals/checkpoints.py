@@ -45,7 +45,7 @@ from lpo.models.families import alias_family
 
 RUN_PIPELINE_SUBFOLDERS = ("pipeline",)  # lpo.trainers.harness.PIPELINE_DIR
 RUN_MODEL_DIR = "model"  # lpo.trainers.harness.MODEL_DIR
-LORA_WEIGHTS = "pytorch_lora_weights.safetensors"  # lpo.lora.LORA_WEIGHTS_NAME
+LORA_WEIGHTS = "pytorch_lora_weights.safetensors"  # lpo.trainers.lora.LORA_WEIGHTS_NAME
 
 
 @dataclass
@@ -99,14 +99,14 @@ class Checkpoint:
 
     @property
     def model(self) -> str:
-        """The pipeline :func:`lpo.generate.load_pipeline` takes (the base one under an adapter)."""
+        """The pipeline :func:`lpo.sampling.generate.load_pipeline` takes (the base one under an adapter)."""
         if self.kind != "pipeline":
             raise ValueError(f"{self.spec} is a reference source, not a pipeline")
         return self.base or self.path or self.hub_id  # type: ignore[return-value]
 
     def load_pipeline(self, device: str, dtype: str):
         """The diffusers pipeline to sample: the folder / hub model, or the base with the run's policy."""
-        from lpo.generate import build_pipeline, load_pipeline, resolve_device, resolve_dtype, resolve_model_name
+        from lpo.sampling.generate import build_pipeline, load_pipeline, resolve_device, resolve_dtype, resolve_model_name
 
         if self.adapter_kind == "unet" or self.vae:
             from lpo.models.components import load_components
@@ -202,7 +202,7 @@ def resolve_checkpoint(spec: str, benchmark=None, prompts=None, registry: Path |
 def _ref_hash(ref: str, subfolder: str | None = None) -> str:
     """Content hash of a pipeline / component reference: a local folder's files (the
     subfolder's when given), a world alias's folder, or a hub repository's commit."""
-    from lpo.generate import resolve_model_name
+    from lpo.sampling.generate import resolve_model_name
 
     path = Path(resolve_model_name(ref)).expanduser()
     if path.is_dir():
@@ -225,7 +225,7 @@ def from_registry(entry, entries) -> Checkpoint:
     """
     from lpo.evals.checkpoint_registry import check_lora_fits, plan
     from lpo.evals.signals import signal_record
-    from lpo.generate import resolve_model_name
+    from lpo.sampling.generate import resolve_model_name
 
     p = plan(entry, entries)
     digest = _ref_hash(p.pipeline)
@@ -307,7 +307,7 @@ def _from_run_folder(spec: str, run_dir: Path, model: Path | None = None) -> Che
             "let the run finish (or resume it), or pass a pipeline folder"
         )
     base = _run_base_model(run_dir)
-    from lpo.generate import resolve_model_name
+    from lpo.sampling.generate import resolve_model_name
 
     base_path = Path(resolve_model_name(base))
     if base_path.is_dir():

@@ -50,7 +50,7 @@ from lpo.evals.metrics.base import METRICS, MetricSpec
 from lpo.evals.processes import Processes, eval_processes
 from lpo.evals.store import DEFAULT_RESULTS_DIR, ResultRecord, append_records, now, write_per_prompt
 from lpo.evals.summaries import aggregation_of, summarise
-from lpo.generate import DTYPES, generate_images, image_seed
+from lpo.sampling.generate import DTYPES, generate_images, image_seed
 from lpo.core.io import check_writable
 
 SAMPLERS = ("ddim",)  # the one sampler lpo's pipelines load with (lpo.models.components swaps in DDIM)
@@ -284,7 +284,7 @@ class _PipelineImages:
 def _device(config: EvalConfig, procs: Processes):
     if procs.state is not None:
         return procs.state.device
-    from lpo.generate import resolve_device
+    from lpo.sampling.generate import resolve_device
 
     return resolve_device(config.device)
 

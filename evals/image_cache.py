@@ -10,7 +10,7 @@ one)::
 The protocol hash covers only what changes pixels (sampler, steps, CFG, eta, resolution,
 precision, seed), not the number of images per prompt or the batch size: asking for more
 images per prompt later adds PNGs beside the existing ones, and image ``k`` of a prompt
-is the same whatever the batch (per-image seeds, :func:`lpo.generate.image_seed`). Every
+is the same whatever the batch (per-image seeds, :func:`lpo.sampling.generate.image_seed`). Every
 write is atomic, so an interrupted run leaves only whole images and resumes from them.
 """
 

@@ -157,7 +157,7 @@ def loss_weights(encoded: EncodedPairs, mode: PairWeighting) -> Tensor:
 def timestep_pool(scheduler: Any, mode: TimestepSampling, num_inference_steps: int = 20) -> Tensor:
     """(M,) long ascending timesteps t is drawn from: the DDIM set ({1, 51, …, 951}) or 0…T−1."""
     if mode == "ddim":
-        from lpo.sampling import ddim_timesteps
+        from lpo.sampling.ddim import ddim_timesteps
 
         return ddim_timesteps(scheduler, num_inference_steps).sort().values
     if mode == "uniform":

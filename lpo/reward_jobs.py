@@ -19,7 +19,7 @@ REWARD_KINDS = ("lrm", "spo-pixel")
 
 
 def _components(model: str):
-    from lpo.generate import resolve_model_name
+    from lpo.sampling.generate import resolve_model_name
     from lpo.models.components import load_components
 
     return load_components(resolve_model_name(model))
@@ -124,7 +124,7 @@ def eval_reward_job(
     from lpo.models.families import kind_family
     from lpo.reward_data import encode_pairs
     from lpo.reward_training import accuracy_from_scores, pair_scores_by_timestep
-    from lpo.sampling import ddim_timesteps
+    from lpo.sampling.ddim import ddim_timesteps
 
     components = _components(model)
     pairs = _pairs(pairs_path, "held-out pairs file").pairs

@@ -28,7 +28,7 @@ def _write(path: Path, entries) -> Path:
 @pytest.fixture(scope="module")
 def parts(tiny_world_dir, tmp_path_factory):
     """A perturbed U-Net (in a `unet/` subfolder, like the hub repos) and a LoRA for the tiny world model."""
-    from lpo.lora import add_lora, save_lora
+    from lpo.trainers.lora import add_lora, save_lora
     from lpo.models.components import load_components
 
     root = tmp_path_factory.mktemp("parts")

@@ -112,7 +112,7 @@ def test_world_dispatch_stays_in_the_cli_and_bench(report):
 def test_the_world_plugs_in_through_registries():
     # Real-mode code resolves `world` and the world's gap scorers through registries that
     # lpo.world.install() fills (the conftest calls it, as the CLI does); twice is harmless.
-    from lpo.generate import resolve_model_name
+    from lpo.sampling.generate import resolve_model_name
     from lpo.models.families import MODEL_FAMILIES, is_model_alias
     from lpo.gap_scores import GAP_SCORERS
     from lpo.world import install

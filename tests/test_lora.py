@@ -1,4 +1,4 @@
-"""lpo.lora: LoRA on the attention projections, the adapters-off reference, and outputs that
+"""lpo.trainers.lora: LoRA on the attention projections, the adapters-off reference, and outputs that
 plain diffusers loads back (LoRA folder, U-Net folder, merged pipeline) with identical samples."""
 
 from __future__ import annotations
@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from lpo.generate import build_pipeline
-from lpo.lora import (
+from lpo.sampling.generate import build_pipeline
+from lpo.trainers.lora import (
     LORA_TARGETS,
     LORA_WEIGHTS_NAME,
     adapters_disabled,

@@ -1,6 +1,6 @@
 """lpo.reward_training: the step reward model training loop (SPEC §4.1 data, loss, optimisation).
 
-Runs on the shipped world model (lpo.generate.resolve_model_name("world")): its VAE
+Runs on the shipped world model (lpo.sampling.generate.resolve_model_name("world")): its VAE
 separates colours, so an LRM learns "the image in the prompt's colour wins" in a few steps. The tiny
 test pipeline's VAE (4 training steps) does not: its posterior noise swamps the colour.
 Expectations are computed independently of the code under test (the noising formula from
@@ -33,7 +33,7 @@ PROMPT = "a red circle"
 
 @pytest.fixture(scope="module")
 def world():
-    from lpo.generate import resolve_model_name
+    from lpo.sampling.generate import resolve_model_name
     from lpo.models.components import load_components
 
     return load_components(resolve_model_name("world"))

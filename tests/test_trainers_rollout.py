@@ -1,4 +1,4 @@
-"""lpo.step_rollout: the K-candidate step loop of LPO and SPO (SPEC §5.1 step 1, §5.2).
+"""lpo.trainers.rollout: the K-candidate step loop of LPO and SPO (SPEC §5.1 step 1, §5.2).
 
 A recording fake reward (score = a fixed linear function of the candidate latents) lets
 each rule be checked from the outside: what the reward saw, at which t, which rows were
@@ -13,9 +13,9 @@ import pytest
 import torch
 
 from lpo.models.components import guided_conditioning, load_components
-from lpo.sampling import ddim_step_with_logprob, ddim_timesteps, initial_latents
+from lpo.sampling.ddim import ddim_step_with_logprob, ddim_timesteps, initial_latents
 from lpo.models.conditioning import predict_noise
-from lpo.step_rollout import (
+from lpo.trainers.rollout import (
     KeptSteps,
     StepReward,
     StepRolloutSettings,

@@ -218,8 +218,8 @@ def test_a_lora_run_writes_a_diffusers_lora_that_reproduces_the_policy(tiny_sd15
     """Real-mode path on the tiny SD1.5 pipeline: LoRA policy, LRM reward, `load_lora_weights` parity."""
     from diffusers import StableDiffusionPipeline
 
-    from lpo.generate import build_pipeline
-    from lpo.lora import LORA_WEIGHTS_NAME
+    from lpo.sampling.generate import build_pipeline
+    from lpo.trainers.lora import LORA_WEIGHTS_NAME
     from lpo.models.components import ddim_from_config, load_components
 
     lrm = _lrm_folder(tiny_sd15_dir, tmp_path / "lrm")

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from lpo.core.errors import LpoError
-from lpo.generate import generate_images, image_seed, load_pipeline
+from lpo.sampling.generate import generate_images, image_seed, load_pipeline
 from lpo.world.benchmark import (
     GroundTruthSource,
     NoiseSource,

@@ -72,7 +72,7 @@ def test_shipped_quick_model_is_imperfect_but_recognisable():
     from pathlib import Path
 
     from lpo.world.benchmark import PipelineSource, WorldEvalProtocol, evaluate_source
-    from lpo.generate import load_pipeline
+    from lpo.sampling.generate import load_pipeline
     from lpo.world.pretrain import resolve_world_alias
 
     folder = resolve_world_alias("world")  # LPO_HOME is empty in tests: the shipped copy

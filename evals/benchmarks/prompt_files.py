@@ -59,7 +59,7 @@ def read_prompt_file(path: Path) -> tuple[list[str], list[str] | None]:
         raise LpoError(f"prompt file {path} does not exist; pass a file with one prompt per line (or a .tsv/.csv/.parquet/.json)")
     suffix = path.suffix.lower()
     if suffix == ".txt" or suffix not in FILE_SUFFIXES:
-        from lpo.generate import read_prompts_file
+        from lpo.sampling.generate import read_prompts_file
 
         return read_prompts_file(path), None
     if suffix in (".tsv", ".csv"):

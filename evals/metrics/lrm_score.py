@@ -40,7 +40,7 @@ def lrm_metric_version(folder: str | Path) -> str:
 def _load_vae(ref: str, dtype: torch.dtype, device: torch.device):
     from diffusers import AutoencoderKL
 
-    from lpo.generate import resolve_model_name
+    from lpo.sampling.generate import resolve_model_name
     from lpo.core.io import one_line
 
     ref = resolve_model_name(ref)

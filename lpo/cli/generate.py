@@ -33,12 +33,12 @@ def sample(
     eta: Optional[float] = typer.Option(None, help="DDIM η with --guide (default 1; must be > 0)."),
 ) -> None:
     """Sample a model with fixed seeds into a PNG grid captioned with the prompts (optionally LRM-guided)."""
-    from lpo.guided_generation import check_guided_options
+    from lpo.sampling.guided_generation import check_guided_options
 
     check_guided_options(guide, lrm, candidates, eta)
     if guide is not None:
-        from lpo.guided import GuidanceConfig
-        from lpo.guided_generation import run_guided_sample
+        from lpo.sampling.guided import GuidanceConfig
+        from lpo.sampling.guided_generation import run_guided_sample
 
         config = GuidanceConfig(candidates, select, temperature, lrm_timestep)
         path, counts = run_guided_sample(
@@ -52,7 +52,7 @@ def sample(
             f"(CFG pair = 1), {per_image['lrm_calls']:g} LRM calls)"
         )
         return
-    from lpo.generate import run_sample
+    from lpo.sampling.generate import run_sample
 
     path = run_sample(
         model=model, prompts=list(prompts), prompts_file=prompts_file, num_prompts=num_prompts,

@@ -21,7 +21,7 @@ def _build(architecture: str, device: torch.device, dtype: torch.dtype) -> tuple
     from lpo.pixel_reward import PixelStepReward
 
     if architecture == "world":
-        from lpo.generate import resolve_model_name
+        from lpo.sampling.generate import resolve_model_name
         from lpo.models.components import load_components
 
         components = load_components(resolve_model_name("world"), dtype=dtype, device=device)
@@ -48,7 +48,7 @@ def run_reward_cost(
     warmup: int = 2,
     out: Path | None = None,
 ) -> list[RewardCostResult]:
-    from lpo.generate import resolve_device, resolve_dtype
+    from lpo.sampling.generate import resolve_device, resolve_dtype
 
     unknown = [a for a in architectures if a not in REWARD_COST_ARCHITECTURES]
     if unknown:

@@ -250,7 +250,7 @@ def resolve_plan(config: AutoEvalConfig, kind: str) -> AutoEvalPlan:
 def model_kind(model: str) -> str:
     """``world`` for a world pipeline (alias or folder with the world marker), else ``sd15`` /
     ``sdxl`` from a local folder's model_index.json, else ``sd`` (a hub id: not looked up)."""
-    from lpo.generate import resolve_model_name
+    from lpo.sampling.generate import resolve_model_name
     from lpo.models.components import PIPELINE_KINDS, WORLD_MARKER
 
     path = Path(resolve_model_name(model)).expanduser()

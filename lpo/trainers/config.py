@@ -16,7 +16,7 @@ import math
 from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any, Literal, get_args, get_type_hints
 
-from lpo.lora import LORA_TARGETS
+from lpo.trainers.lora import LORA_TARGETS
 
 MixedPrecision = Literal["no", "fp16", "bf16"]
 WeightDtype = Literal["fp32", "fp16", "bf16"]

@@ -21,7 +21,7 @@ from torch import Tensor
 
 from lpo.core.errors import LpoError
 from lpo.core.finite import DivergedError, any_process
-from lpo.step_rollout import softmax_gap
+from lpo.trainers.rollout import softmax_gap
 
 
 def check_rollout_scores(accelerator: Any, scores: Tensor, where: str, optimizer_steps: int, reward_source: str,

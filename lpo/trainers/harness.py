@@ -47,7 +47,7 @@ from lpo.core.config import config_to_dict
 from lpo.core.errors import LpoError
 from lpo.core.finite import check_finite_weights, diverged, nonfinite_quantity
 from lpo.core.io import atomic_write_json
-from lpo.lora import add_lora, adapters_disabled, save_lora, save_merged_pipeline, save_unet
+from lpo.trainers.lora import add_lora, adapters_disabled, save_lora, save_merged_pipeline, save_unet
 from lpo.core.runs import TRAINER_STATE_NAME, RunFolder, list_checkpoints  # re-exported for the trainers
 from lpo.core.runs import write_checkpoint as write_run_checkpoint
 from lpo.trainers.config import OptimConfig, PolicyConfig, RunConfig

@@ -53,7 +53,7 @@ def load_prompts(spec: str | None) -> list[str]:
         if not prompts:
             raise LpoError(f"{spec} holds no captions")
         return prompts
-    from lpo.generate import read_prompts_file
+    from lpo.sampling.generate import read_prompts_file
 
     return read_prompts_file(path)
 
@@ -158,7 +158,7 @@ def run_training(
     """
     import torch
 
-    from lpo.generate import resolve_model_name
+    from lpo.sampling.generate import resolve_model_name
     from lpo.models.components import load_components
     from lpo.core.progress import stage_progress
     from lpo.trainers import TRAINERS

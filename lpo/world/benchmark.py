@@ -15,7 +15,7 @@ import numpy as np
 
 from lpo.core.errors import LpoError
 from lpo.evals.statistics import prompt_unit_summary
-from lpo.generate import generate_images, image_seed
+from lpo.sampling.generate import generate_images, image_seed
 from lpo.core.hashing import prompt_set_hash
 from lpo.world.grammar import CATEGORIES, WORLD_VERSION, PromptSpec, make_splits
 from lpo.world.judges import SCORE_NAMES, judge

@@ -27,7 +27,7 @@ def evaluate_named_source(name: str, protocol: WorldEvalProtocol, console=None, 
     elif name == "shuffled":
         source = ShuffledSource([s.text() for s in world_prompts(protocol)])
     else:
-        from lpo.generate import load_pipeline
+        from lpo.sampling.generate import load_pipeline
 
         pipe, components = load_pipeline(name, device=device)
         if components.kind != "world":

@@ -2,7 +2,7 @@
 
 On N test prompts × M seeds it samples the world base model with every method below on
 the *same* per-image seeds (η = 1 for all, since guided sampling needs a stochastic step;
-x_T and the plain step noise are shared, see lpo.guided) and judges every image with the
+x_T and the plain step noise are shared, see lpo.sampling.guided) and judges every image with the
 world's exact judges:
 
     plain              stochastic DDIM, η = 1                     N U-Net calls / image
@@ -34,8 +34,8 @@ import torch
 from torch import Tensor
 
 from lpo.core.errors import LpoError
-from lpo.guided import GuidanceConfig, lrm_scorer
-from lpo.guided_generation import (
+from lpo.sampling.guided import GuidanceConfig, lrm_scorer
+from lpo.sampling.guided_generation import (
     GeneratedImages,
     SamplerSettings,
     best_of_k_final,
@@ -125,7 +125,7 @@ def run_guided_eval(
     components, lrm, protocol: GuidedEvalProtocol, progress: Callable[[str, int, int], None] | None = None,
 ) -> dict:
     """Sample every method on the same prompts and seeds, judge, and summarise (a JSON-ready dict)."""
-    from lpo.generate import image_seed
+    from lpo.sampling.generate import image_seed
     from lpo.world.benchmark import WorldEvalProtocol, world_prompts
     from lpo.core.hashing import prompt_set_hash
     from lpo.world.grammar import WORLD_VERSION
@@ -228,7 +228,7 @@ def guided_eval_job(
     ``unet``: a trained U-Net folder (a full fine-tune's ``model/``) sampled in place of the
     base one; the LRM stays the one built on the base model, as in training.
     """
-    from lpo.generate import resolve_device, resolve_model_name
+    from lpo.sampling.generate import resolve_device, resolve_model_name
     from lpo.core.io import atomic_write_json
     from lpo.lrm_io import load_lrm
     from lpo.models.components import load_components

@@ -28,7 +28,7 @@ import numpy as np
 
 from lpo.core.config import config_to_dict
 from lpo.core.errors import LpoError
-from lpo.generate import generate_images, image_seed
+from lpo.sampling.generate import generate_images, image_seed
 from lpo.core.hashing import prompt_set_hash
 from lpo.pairs import TIE, PreferencePair, check_pairs_path, pair_counts, save_pairs
 from lpo.world.annotators import AnnotatorPoolConfig, label_pairs
@@ -129,7 +129,7 @@ class WorldPairsOutput:
 
     def provenance(self) -> dict[str, Any]:
         """What the pairs file's sidecar records about how the pairs were made."""
-        from lpo.generate import resolve_model_name
+        from lpo.sampling.generate import resolve_model_name
 
         folder = Path(resolve_model_name(self.model))
         marker = folder / "lpo_world.json"
@@ -185,7 +185,7 @@ def generate_world_pairs(
     config = config or WorldPairsConfig()
     start_time = time.perf_counter()
     if pipeline is None:
-        from lpo.generate import load_pipeline
+        from lpo.sampling.generate import load_pipeline
 
         pipeline, components = load_pipeline(model, device=device)
         if components.kind != "world":

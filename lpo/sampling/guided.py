@@ -11,14 +11,14 @@ on the noisy candidates) and continues from one of them:
 
 Cost: branching costs no extra U-Net calls — all K candidates share the step's μ, so one
 (CFG) U-Net evaluation per image per step, as plain sampling — but K LRM evaluations per
-image per branched step. :func:`lpo.guided_generation.best_of_k_final` is the obvious
+image per branched step. :func:`lpo.sampling.guided_generation.best_of_k_final` is the obvious
 baseline at K× the U-Net cost: K independent plain trajectories, keep the final image a
 scorer likes best.
 
 Noise layout (what makes guided and plain images comparable). Every image has two
 generators: the *trajectory* generator, seeded with the image's seed
-(:func:`lpo.generate.image_seed`), draws x_T and one z per step exactly as
-:func:`lpo.sampling.sample_trajectory` does, and candidate 0 of every step is the plain
+(:func:`lpo.sampling.generate.image_seed`), draws x_T and one z per step exactly as
+:func:`lpo.sampling.ddim.sample_trajectory` does, and candidate 0 of every step is the plain
 sampler's own x_prev; the *branch* generator (seed derived by :func:`branch_seed`) draws
 the other K − 1 candidates and one uniform per branched step for the random / softmax pick.
 Consequences: a guided image starts from the same x_T as the plain image of its seed; a
@@ -45,7 +45,7 @@ from torch import Tensor
 
 from lpo.models.conditioning import GuidedConditioning, TextConditioning, predict_noise
 from lpo.core.errors import LpoError
-from lpo.sampling import (
+from lpo.sampling.ddim import (
     Generators,
     _check_eta,
     _require_ddim,

@@ -161,7 +161,7 @@ def save_merged_pipeline(components: Any, unet: nn.Module, folder: str | Path) -
     ``unet`` (LoRA merged in). A world pipeline keeps its marker file so lpo loads it as one."""
     from dataclasses import replace
 
-    from lpo.generate import build_pipeline
+    from lpo.sampling.generate import build_pipeline
     from lpo.models.components import WORLD_MARKER
 
     plain = merged_unet(unet) if has_lora(unet) else unet

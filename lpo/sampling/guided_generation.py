@@ -1,7 +1,7 @@
 """Decoded images from loaded components, in batches: plain, LRM-guided and best-of-K (SPEC §5.4).
 
 The guided sampler itself (one batch of latents, its noise layout and call counting) is
-:mod:`lpo.guided`; this module runs it, plain sampling and the best-of-K baseline over
+:mod:`lpo.sampling.guided`; this module runs it, plain sampling and the best-of-K baseline over
 (prompt, seed) jobs with the same per-image seeds, decodes the final latents and, for
 `lpo sample --guide lrm`, writes the PNG grid. Every method's image k of a prompt starts
 from the same x_T, so the methods are compared on identical noise.
@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from lpo.core.errors import LpoError
-from lpo.guided import (
+from lpo.sampling.guided import (
     CallCounts,
     GuidanceConfig,
     ScorerFactory,
@@ -29,7 +29,7 @@ from lpo.guided import (
     guided_sample,
     lrm_scorer,
 )
-from lpo.sampling import initial_latents, sample_trajectory
+from lpo.sampling.ddim import initial_latents, sample_trajectory
 
 
 @dataclass
@@ -274,7 +274,7 @@ def run_guided_sample(
     batch_size: int = 8,
 ) -> tuple[Path, CallCounts]:
     """`lpo sample --guide lrm`: LRM-guided images with the same per-image seeds as `lpo sample`, as a PNG grid."""
-    from lpo.generate import default_prompts, image_seed, read_prompts_file, resolve_device, resolve_dtype, resolve_model_name
+    from lpo.sampling.generate import default_prompts, image_seed, read_prompts_file, resolve_device, resolve_dtype, resolve_model_name
     from lpo.core.grid import save_grid
     from lpo.lrm_io import load_lrm
     from lpo.models.components import load_components

@@ -4,7 +4,7 @@ For a batch of prompts, sample DDIM trajectories with the policy; at every *trai
 step t branch K candidates x_prev^k from the step's Gaussian, score them with a step
 reward, keep (x_t, x_w, x_l, t, prompt) when the winner is clearly better, and continue
 from a uniformly random candidate. The trainers then replay the kept transitions through
-:func:`lpo.sampling.ddim_step_with_logprob` with the policy and the reference.
+:func:`lpo.sampling.ddim.ddim_step_with_logprob` with the policy and the reference.
 
 Paper notation -> code:
 
@@ -42,7 +42,7 @@ import torch
 from torch import Tensor
 
 from lpo.models.conditioning import GuidedConditioning, TextConditioning, predict_noise
-from lpo.sampling import branch_candidates, ddim_step_with_logprob, ddim_timesteps, sigma_schedule
+from lpo.sampling.ddim import branch_candidates, ddim_step_with_logprob, ddim_timesteps, sigma_schedule
 
 RewardTimestep = Literal["current", "prev", "zero"]
 

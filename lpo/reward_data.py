@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from lpo.core.errors import LpoError
-from lpo.pairs import TIE, PreferencePair
+from lpo.pairs.format import TIE, PreferencePair
 from lpo.reward_config import NoiseMode, PairWeighting, TimestepSampling
 
 

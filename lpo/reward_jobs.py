@@ -26,7 +26,7 @@ def _components(model: str):
 
 
 def _pairs(path: str, what: str):
-    from lpo.pairs import load_pairs
+    from lpo.pairs.format import load_pairs
 
     loaded = load_pairs(path)
     if not loaded.pairs:

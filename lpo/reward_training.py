@@ -63,7 +63,7 @@ from lpo.core.errors import LpoError
 from lpo.core.checkpoint_state import register_schedule_checkpointing
 from lpo.core.finite import check_finite_module, diverged, nonfinite_quantity
 from lpo.core.io import atomic_write_json, atomic_write_text
-from lpo.pairs import TIE, PreferencePair
+from lpo.pairs.format import TIE, PreferencePair
 from lpo.reward_config import NoiseMode, RewardTrainingConfig
 from lpo.reward_data import (
     STREAM_EVAL,

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from lpo.sampling.generate import load_pipeline
-from lpo.pairs import PreferencePair
+from lpo.pairs.format import PreferencePair
 from lpo.world.annotators import AnnotatorPoolConfig, label_pairs
 from lpo.world.pairs import SOURCE_MIXES, WorldPairsConfig, generate_world_pairs, true_order_labels
 

@@ -51,7 +51,7 @@ def _dpo_overrides(world_dir: Path, pairs: Path) -> list[str]:
 
 @pytest.fixture(scope="module")
 def dpo_pairs(tmp_path_factory) -> Path:
-    from lpo.pairs import PreferencePair, save_pairs
+    from lpo.pairs.format import PreferencePair, save_pairs
 
     rng = np.random.default_rng(0)
     pairs = [PreferencePair(f"p{i}", ("a red circle", "a blue square")[i % 2],

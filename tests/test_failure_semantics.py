@@ -49,7 +49,7 @@ def world_lrm(tiny_world_dir, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def world_pairs(tmp_path_factory) -> Path:
-    from lpo.pairs import PreferencePair, save_pairs
+    from lpo.pairs.format import PreferencePair, save_pairs
 
     rng = np.random.default_rng(0)
     pairs = [PreferencePair(f"p{i}", ("a red circle", "a blue square")[i % 2],
@@ -95,7 +95,7 @@ def test_a_diverging_reward_model_stops(tiny_world_dir, tmp_path):
     from lpo.lrm import LatentRewardModel, LRMConfig
     from lpo.lrm_io import save_lrm
     from lpo.models.components import load_components
-    from lpo.pairs import PreferencePair
+    from lpo.pairs.format import PreferencePair
     from lpo.reward_config import RewardTrainingConfig
     from lpo.reward_training import train_step_reward
     from lpo.core.runs import RunFolder
@@ -232,7 +232,7 @@ def test_reward_training_checkpoints_store_the_schedule_as_json(tiny_world_dir, 
     from lpo.lrm import LatentRewardModel, LRMConfig
     from lpo.lrm_io import save_lrm
     from lpo.models.components import load_components
-    from lpo.pairs import PreferencePair
+    from lpo.pairs.format import PreferencePair
     from lpo.reward_config import RewardTrainingConfig
     from lpo.reward_training import train_step_reward
     from lpo.core.runs import RunFolder
@@ -273,7 +273,7 @@ def test_an_unreachable_vae_override_names_model_vae_none(tiny_sdxl_dir):
 
 
 def test_mpcf_world_scorers_on_real_captions_point_to_the_paper_preset():
-    from lpo.gap_scores import GAP_SCORERS
+    from lpo.pairs.gap_scores import GAP_SCORERS
 
     scorer = GAP_SCORERS.get("world-aesthetic")()
     image = np.zeros((32, 32, 3), dtype=np.uint8)

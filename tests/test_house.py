@@ -114,7 +114,7 @@ def test_the_world_plugs_in_through_registries():
     # lpo.world.install() fills (the conftest calls it, as the CLI does); twice is harmless.
     from lpo.sampling.generate import resolve_model_name
     from lpo.models.families import MODEL_FAMILIES, is_model_alias
-    from lpo.gap_scores import GAP_SCORERS
+    from lpo.pairs.gap_scores import GAP_SCORERS
     from lpo.world import install
     from lpo.world.pretrain import resolve_world_alias
 

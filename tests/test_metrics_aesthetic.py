@@ -63,7 +63,7 @@ def test_aesthetic_head_keys_are_checked(aesthetic_setup, tmp_path):
 
 
 def test_metric_as_mpcf_gap_scorer(aesthetic_setup):
-    from lpo.gap_scores import GapScorer
+    from lpo.pairs.gap_scores import GapScorer
 
     root, clip, _ = aesthetic_setup
     metric = build(root, clip)

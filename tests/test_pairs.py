@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from lpo.core.errors import LpoError
-from lpo.pairs import (
+from lpo.pairs.format import (
     PICKAPIC_ID,
     SKIP_IDENTICAL,
     SKIP_NO_LABEL,

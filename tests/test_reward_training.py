@@ -21,7 +21,7 @@ from lpo.core.config import apply_overrides
 from lpo.core.errors import LpoError
 from lpo.lrm import LatentRewardModel, LRMConfig
 from lpo.lrm_io import load_lrm, save_lrm
-from lpo.pairs import PreferencePair
+from lpo.pairs.format import PreferencePair
 from lpo.reward_config import REWARD_TRAINING_PRESETS, RewardTrainingConfig, reward_training_preset
 from lpo.reward_data import EncodedPairs, encode_pairs, image_to_tensor, keyed_generator, loss_weights, noise_pairs, pair_indices, timestep_pool
 from lpo.reward_training import StepRewardModel, pairwise_accuracy_by_timestep, preference_loss, train_step_reward

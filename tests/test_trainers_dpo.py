@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from lpo.models.components import encode_prompts, load_components
-from lpo.pairs import PreferencePair
+from lpo.pairs.format import PreferencePair
 from lpo.trainers.diffusion_dpo import DiffusionDPOTrainer, draw_batch
 from lpo.trainers.harness import build_policy
 from lpo.trainers.jobs import resolve_config
@@ -87,7 +87,7 @@ def test_ties_are_skipped_and_the_lora_variant_is_labelled(tiny_world_dir):
 
 
 def test_a_short_run_logs_loss_and_implicit_accuracy(tiny_world_dir, tmp_path):
-    from lpo.pairs import save_pairs
+    from lpo.pairs.format import save_pairs
     from lpo.core.runs import RunFolder
     from lpo.trainers.jobs import run_training
 

@@ -64,7 +64,7 @@ def world_pixel(tiny_world_dir, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def world_pairs(tmp_path_factory) -> Path:
-    from lpo.pairs import PreferencePair, save_pairs
+    from lpo.pairs.format import PreferencePair, save_pairs
 
     rng = np.random.default_rng(0)
     pairs = [
@@ -321,7 +321,7 @@ def test_sdxl_runs_and_writes_an_sdxl_lora(tiny_sdxl_dir, tmp_path):
     from diffusers import StableDiffusionXLPipeline
 
     from lpo.models.components import ddim_from_config
-    from lpo.pairs import PreferencePair, save_pairs
+    from lpo.pairs.format import PreferencePair, save_pairs
 
     lrm = _lrm_folder(tiny_sdxl_dir, tmp_path / "lrm")
     prompts = tmp_path / "prompts.txt"

@@ -142,8 +142,8 @@ def _pairs(bench: Bench) -> dict[str, Any]:
 def _mpcf(bench: Bench) -> dict[str, Any]:
     from dataclasses import replace
 
-    from lpo.mpcf import filter_pairs_file, mpcf_preset
-    from lpo.pairs import load_pairs
+    from lpo.pairs.mpcf import filter_pairs_file, mpcf_preset
+    from lpo.pairs.format import load_pairs
 
     if not bench.train_pairs.is_file():  # a reward kit ships the filtered pairs only
         raise LpoError(f"{bench.train_pairs} is missing: the unfiltered training pairs are not part of a reward kit; "

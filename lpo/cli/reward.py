@@ -29,8 +29,8 @@ def mpcf(
     """Multi-preference consistent filtering: score every pair's gaps, keep the consistent ones, report each rule."""
     from lpo.core.config import apply_overrides
     from lpo.evals.harness import named_refs
-    from lpo.mpcf import filter_pairs_file, mpcf_preset
-    from lpo.pairs import load_pairs
+    from lpo.pairs.mpcf import filter_pairs_file, mpcf_preset
+    from lpo.pairs.format import load_pairs
 
     config = apply_overrides(mpcf_preset(preset), overrides + ([f"strategy={strategy}"] if strategy else []))
     console = stdout_console()

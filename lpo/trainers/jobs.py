@@ -203,7 +203,7 @@ def run_training(
     # 3. the method's own parts, then the trainer
     common = dict(run=run, accelerator=accelerator, callbacks=list(callbacks), trackers=list(trackers), log=say)
     if method == "diffusion-dpo":
-        from lpo.pairs import load_pairs
+        from lpo.pairs.format import load_pairs
 
         loaded = load_pairs(config.data.pairs, split=config.data.split, limit=config.data.limit)
         say(loaded.summary())

@@ -30,7 +30,7 @@ from lpo.core.config import config_to_dict
 from lpo.core.errors import LpoError
 from lpo.sampling.generate import generate_images, image_seed
 from lpo.core.hashing import prompt_set_hash
-from lpo.pairs import TIE, PreferencePair, check_pairs_path, pair_counts, save_pairs
+from lpo.pairs.format import TIE, PreferencePair, check_pairs_path, pair_counts, save_pairs
 from lpo.world.annotators import AnnotatorPoolConfig, label_pairs
 from lpo.world.grammar import SPLIT_NAMES, WORLD_VERSION, make_splits
 from lpo.world.judges import judge
@@ -191,7 +191,7 @@ def generate_world_pairs(
         if components.kind != "world":
             raise LpoError(
                 f"{model} is a {components.kind} model; world pairs need a world model (the judges read world images). "
-                "For real models load Pick-a-Pic with lpo.pairs.load_pairs"
+                "For real models load Pick-a-Pic with lpo.pairs.format.load_pairs"
             )
 
     # 1. Prompts and per-image seeds: pair j of a prompt is images 2j and 2j + 1.

@@ -10,7 +10,7 @@ Real-mode modules never import the world (it is a leaf). Instead the world regis
     ``lpo reward eval`` reports beside a learned reward; the grammar's CLIP BPE tokenizer
     builds offline (the cost benchmarks' random SD-sized models use it);
   - the MPCF gap scorers ``world-aesthetic``, ``world-clip`` and ``world-vqa``
-    (:data:`lpo.gap_scores.GAP_SCORERS`), each reading one score of the exact judges;
+    (:data:`lpo.pairs.gap_scores.GAP_SCORERS`), each reading one score of the exact judges;
   - the evaluation benchmarks ``world`` / ``world-heldout`` (:mod:`lpo.world.eval_benchmarks`)
     and the metrics ``world_*`` (:mod:`lpo.world.eval_metrics`), through load hooks
     (:mod:`lpo.core.plugins`): the evaluation registries import torch, so they are filled when
@@ -125,7 +125,7 @@ def _register_metrics() -> None:
 def install() -> None:
     """Register the world's model family, gap scorers, benchmarks and metrics (once; later calls do nothing)."""
     from lpo.models.families import MODEL_FAMILIES, ModelFamily
-    from lpo.gap_scores import GAP_SCORERS
+    from lpo.pairs.gap_scores import GAP_SCORERS
     from lpo.core.plugins import BENCHMARK_HOOKS, METRIC_HOOKS
 
     if "world" not in MODEL_FAMILIES:

@@ -3,7 +3,7 @@
 MPCF keeps a labelled pair only when three independent scorers agree, up to a margin,
 with the annotator about which image is better; ties are kept only when the scorers
 also call them close. This module holds the filter and its report; the scorers'
-interface, registry and the cached scoring of every image are :mod:`lpo.gap_scores`.
+interface, registry and the cached scoring of every image are :mod:`lpo.pairs.gap_scores`.
 
 Paper notation -> code:
   scorers        roles ``aesthetic`` (LAION aesthetic predictor), ``clip`` (CLIP score,
@@ -21,7 +21,7 @@ Paper notation -> code:
 Comparisons are inclusive up to ``EDGE_TOLERANCE`` so that a gap equal to a threshold
 in decimal (0.53 − 0.50 against 0.03) is not lost to floating-point rounding.
 Scoring every image is the expensive part in real mode (VQAScore runs an 11 B model), so
-:func:`~lpo.gap_scores.compute_gap_scores` scores each distinct image once per scorer and
+:func:`~lpo.pairs.gap_scores.compute_gap_scores` scores each distinct image once per scorer and
 caches the scores.
 """
 
@@ -35,7 +35,7 @@ from typing import Any, Literal, Mapping, Sequence
 import numpy as np
 
 from lpo.core.errors import LpoError
-from lpo.gap_scores import (
+from lpo.pairs.gap_scores import (
     ROLES,
     GapScorer,
     GapScores,
@@ -43,7 +43,7 @@ from lpo.gap_scores import (
     compute_gap_scores,
     gap_scorer_factory,
 )
-from lpo.pairs import TIE, PreferencePair
+from lpo.pairs.format import TIE, PreferencePair
 
 GAP_SYMBOLS: dict[str, str] = {"aesthetic": "G_A", "clip": "G_C", "vqa": "G_V"}
 STRATEGIES: tuple[str, ...] = ("none", "1", "2", "3")
@@ -453,7 +453,7 @@ def filter_pairs_file(
     """`lpo mpcf` as one call: score (cached), filter, save the kept pairs to ``out`` with
     the report as provenance. ``source`` names the input in that provenance; the score
     cache defaults to ``.OUT-STEM-scores`` beside ``out``."""
-    from lpo.pairs import save_pairs
+    from lpo.pairs.format import save_pairs
 
     out = Path(out)
     scorers = build_gap_scorers(config, weights, processors)

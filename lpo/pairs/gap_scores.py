@@ -3,7 +3,7 @@
 A gap scorer is anything with the :class:`GapScorer` protocol; :data:`GAP_SCORERS` names
 them (the real-mode ones wrap evaluation metrics, the world's are registered by
 ``lpo.world.install()``). The filter itself, which turns these scores into gaps and keeps
-or drops pairs, is :mod:`lpo.mpcf`.
+or drops pairs, is :mod:`lpo.pairs.mpcf`.
 
 Scoring every image is the expensive part in real mode (VQAScore runs an 11 B
 model), so ``compute_gap_scores`` scores each distinct image once per scorer and caches
@@ -25,7 +25,7 @@ import numpy as np
 
 from lpo.core.errors import LpoError
 from lpo.core.io import atomic_write_json
-from lpo.pairs import PreferencePair
+from lpo.pairs.format import PreferencePair
 from lpo.core.registry import Registry
 
 ROLES: tuple[str, ...] = ("aesthetic", "clip", "vqa")

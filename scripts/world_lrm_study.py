@@ -73,12 +73,12 @@ def labelled(pool: dict, judges, annotators: AnnotatorPoolConfig, seed: int) -> 
 
 
 def run(args) -> None:
-    from lpo.lrm import LatentRewardModel, LRMConfig
+    from lpo.reward.lrm import LatentRewardModel, LRMConfig
     from lpo.models.components import load_components
     from lpo.sampling.generate import resolve_model_name
-    from lpo.reward_config import reward_training_preset
-    from lpo.reward_data import encode_pairs
-    from lpo.reward_training import pairwise_accuracy_by_timestep, train_step_reward
+    from lpo.reward.config import reward_training_preset
+    from lpo.reward.data import encode_pairs
+    from lpo.reward.training import pairwise_accuracy_by_timestep, train_step_reward
     from lpo.world.utility_reward import WorldUtilityOnX0
 
     torch.manual_seed(0)

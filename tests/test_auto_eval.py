@@ -31,8 +31,8 @@ def _tiny_eval(tmp_path: Path, **changes) -> AutoEvalConfig:
 
 @pytest.fixture(scope="module")
 def world_lrm(tiny_world_dir, tmp_path_factory) -> Path:
-    from lpo.lrm import LatentRewardModel, LRMConfig
-    from lpo.lrm_io import save_lrm
+    from lpo.reward.lrm import LatentRewardModel, LRMConfig
+    from lpo.reward.lrm_io import save_lrm
     from lpo.models.components import load_components
 
     torch.manual_seed(0)

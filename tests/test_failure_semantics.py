@@ -28,8 +28,8 @@ QUICK = ["train.max_rounds=3", "sampler.sample_batch_size=4", "train.train_batch
 
 
 def _lrm_folder(base: Path, out: Path, poison: bool = False) -> Path:
-    from lpo.lrm import LatentRewardModel, LRMConfig
-    from lpo.lrm_io import save_lrm
+    from lpo.reward.lrm import LatentRewardModel, LRMConfig
+    from lpo.reward.lrm_io import save_lrm
     from lpo.models.components import load_components
 
     torch.manual_seed(0)
@@ -92,12 +92,12 @@ def test_a_diverging_diffusion_dpo_run_stops(tiny_world_dir, world_pairs, tmp_pa
 
 
 def test_a_diverging_reward_model_stops(tiny_world_dir, tmp_path):
-    from lpo.lrm import LatentRewardModel, LRMConfig
-    from lpo.lrm_io import save_lrm
+    from lpo.reward.lrm import LatentRewardModel, LRMConfig
+    from lpo.reward.lrm_io import save_lrm
     from lpo.models.components import load_components
     from lpo.pairs.format import PreferencePair
-    from lpo.reward_config import RewardTrainingConfig
-    from lpo.reward_training import train_step_reward
+    from lpo.reward.config import RewardTrainingConfig
+    from lpo.reward.training import train_step_reward
     from lpo.core.runs import RunFolder
 
     components = load_components(tiny_world_dir)
@@ -149,7 +149,7 @@ def test_a_nan_lrm_is_refused_as_the_step_reward(tiny_world_dir, tmp_path):
 
 
 def test_nan_reward_scores_stop_the_run_before_any_update(tiny_world_dir, world_lrm, tmp_path, monkeypatch):
-    from lpo.lrm import LatentRewardModel
+    from lpo.reward.lrm import LatentRewardModel
 
     real = LatentRewardModel.score_with_conditioning
     monkeypatch.setattr(LatentRewardModel, "score_with_conditioning",
@@ -229,12 +229,12 @@ def test_resume_never_runs_a_planted_pickle(tiny_world_dir, world_lrm, tmp_path)
 
 
 def test_reward_training_checkpoints_store_the_schedule_as_json(tiny_world_dir, tmp_path):
-    from lpo.lrm import LatentRewardModel, LRMConfig
-    from lpo.lrm_io import save_lrm
+    from lpo.reward.lrm import LatentRewardModel, LRMConfig
+    from lpo.reward.lrm_io import save_lrm
     from lpo.models.components import load_components
     from lpo.pairs.format import PreferencePair
-    from lpo.reward_config import RewardTrainingConfig
-    from lpo.reward_training import train_step_reward
+    from lpo.reward.config import RewardTrainingConfig
+    from lpo.reward.training import train_step_reward
     from lpo.core.runs import RunFolder
 
     components = load_components(tiny_world_dir)
@@ -283,7 +283,7 @@ def test_mpcf_world_scorers_on_real_captions_point_to_the_paper_preset():
 
 
 def test_an_unreachable_pickscore_names_the_hub_cache_fix():
-    from lpo.pixel_reward import TimestepConditionedScorer
+    from lpo.reward.pixel import TimestepConditionedScorer
 
     with pytest.raises(LpoError, match=r"allow hub access or fetch nobody/no-pickscore .* with `hf download`.*spo-pixel"):
         TimestepConditionedScorer.from_clip_pretrained("nobody/no-pickscore")

@@ -29,8 +29,8 @@ from lpo.sampling.guided_generation import (
     guided_generate,
     plain_generate,
 )
-from lpo.lrm import LatentRewardModel, LRMConfig
-from lpo.lrm_io import save_lrm
+from lpo.reward.lrm import LatentRewardModel, LRMConfig
+from lpo.reward.lrm_io import save_lrm
 from lpo.sampling.ddim import sample_trajectory, sigma_schedule
 
 STEPS = 4

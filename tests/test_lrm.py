@@ -1,4 +1,4 @@
-"""lpo.lrm: the Latent Reward Model (SPEC §4.1) on tiny SD1.5-, SDXL- and world-shaped pipelines.
+"""lpo.reward.lrm: the Latent Reward Model (SPEC §4.1) on tiny SD1.5-, SDXL- and world-shaped pipelines.
 
 The LRM's features are checked against an independent computation: the diffusion
 model's own, full diffusers U-Net run with forward hooks on each down block's last
@@ -19,9 +19,9 @@ import torch.nn.functional as F
 
 from lpo.models.conditioning import TextConditioning
 from lpo.core.errors import LpoError
-from lpo.lrm import LatentRewardModel, LRMConfig
-from lpo.lrm_io import LRM_CONFIG_NAME, LRM_WEIGHTS_NAME, load_lrm, save_lrm
-from lpo.lrm_unet import UNET_UP_PATH, unet_down_mid
+from lpo.reward.lrm import LatentRewardModel, LRMConfig
+from lpo.reward.lrm_io import LRM_CONFIG_NAME, LRM_WEIGHTS_NAME, load_lrm, save_lrm
+from lpo.reward.lrm_unet import UNET_UP_PATH, unet_down_mid
 from lpo.models.components import DiffusionComponents, guided_conditioning, load_components, pooled_text_embedding
 from tiny_models import LATENT_SIZE
 

@@ -1,5 +1,5 @@
-"""SPO's step-aware preference model (SPEC §4.3) and the pixel step reward: lpo.pixel_reward and its
-parts lpo.pixel_scorer, lpo.time_conditioning, lpo.clip_preprocess and lpo.pixel_reward_io.
+"""SPO's step-aware preference model (SPEC §4.3) and the pixel step reward: lpo.reward.pixel and its
+parts lpo.reward.pixel_scorer, lpo.reward.time_conditioning, lpo.reward.clip_preprocess and lpo.reward.pixel_io.
 
 Real mode is exercised with a tiny random ``CLIPModel`` saved to a temporary folder with
 its tokenizer and a ``CLIPImageProcessor`` config, loaded through the same
@@ -20,10 +20,10 @@ import torch
 
 from lpo.core.errors import LpoError
 from lpo.models.components import DiffusionComponents, load_components
-from lpo.clip_preprocess import ImagePreprocessConfig, preprocess_images
-from lpo.pixel_reward import PixelRewardConfig, PixelStepReward, predicted_original_sample
-from lpo.pixel_reward_io import PIXEL_REWARD_CONFIG_NAME, PIXEL_REWARD_WEIGHTS_NAME, load_pixel_reward, save_pixel_reward
-from lpo.pixel_scorer import TimestepConditionedScorer, world_pixel_scorer
+from lpo.reward.clip_preprocess import ImagePreprocessConfig, preprocess_images
+from lpo.reward.pixel import PixelRewardConfig, PixelStepReward, predicted_original_sample
+from lpo.reward.pixel_io import PIXEL_REWARD_CONFIG_NAME, PIXEL_REWARD_WEIGHTS_NAME, load_pixel_reward, save_pixel_reward
+from lpo.reward.pixel_scorer import TimestepConditionedScorer, world_pixel_scorer
 from lpo.sampling.ddim import ddim_step_with_logprob
 from tiny_models import LATENT_SIZE, MAX_LENGTH, tiny_tokenizer
 

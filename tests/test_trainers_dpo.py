@@ -41,7 +41,7 @@ def test_winner_and_loser_share_t_and_noise(tiny_world_dir):
     assert torch.equal(x_t_w, x_t_l) and torch.equal(timesteps, draws.timesteps)
     assert torch.equal(target[:, 0], draws.noise) and torch.equal(target[:, 1], draws.noise)  # ε-prediction target
     # x_t = √ᾱ_t·x0 + √(1−ᾱ_t)·ε with x0 = (posterior mean + std·z)·scale of the winner image
-    from lpo.reward_data import image_to_tensor
+    from lpo.reward.data import image_to_tensor
 
     vae = trainer.components.vae
     with torch.no_grad():

@@ -17,8 +17,8 @@ import torch
 def lrm_with_cost(base: Path, out: Path) -> Path:
     """An (untrained) LRM folder with a cost record, as `lpo lrm train` leaves one."""
     from lpo.core.io import atomic_write_json
-    from lpo.lrm import LatentRewardModel, LRMConfig
-    from lpo.lrm_io import save_lrm
+    from lpo.reward.lrm import LatentRewardModel, LRMConfig
+    from lpo.reward.lrm_io import save_lrm
     from lpo.models.components import load_components
     from lpo.core.runs import DeviceMeter
 

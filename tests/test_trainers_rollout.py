@@ -191,8 +191,8 @@ def test_kept_steps_concatenate_with_shifted_prompt_rows(world):
 
 
 def test_the_lrm_and_the_pixel_model_are_step_rewards_and_drive_a_rollout(world):
-    from lpo.lrm import LatentRewardModel, LRMConfig
-    from lpo.pixel_reward import PixelStepReward
+    from lpo.reward.lrm import LatentRewardModel, LRMConfig
+    from lpo.reward.pixel import PixelStepReward
 
     torch.manual_seed(0)
     lrm = LatentRewardModel.from_components(world, LRMConfig(vfe_scale=1.0)).eval()

@@ -36,8 +36,8 @@ def _with_cost(folder: Path, seconds: float = REWARD_SECONDS) -> Path:
 
 
 def _lrm_folder(base: Path, out: Path) -> Path:
-    from lpo.lrm import LatentRewardModel, LRMConfig
-    from lpo.lrm_io import save_lrm
+    from lpo.reward.lrm import LatentRewardModel, LRMConfig
+    from lpo.reward.lrm_io import save_lrm
     from lpo.models.components import load_components
 
     torch.manual_seed(0)
@@ -53,8 +53,8 @@ def world_lrm(tiny_world_dir, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def world_pixel(tiny_world_dir, tmp_path_factory) -> Path:
     from lpo.models.components import load_components
-    from lpo.pixel_reward import PixelStepReward
-    from lpo.pixel_reward_io import save_pixel_reward
+    from lpo.reward.pixel import PixelStepReward
+    from lpo.reward.pixel_io import save_pixel_reward
 
     components = load_components(tiny_world_dir)  # its own copy: the reward freezes the U-Net it is given
     out = tmp_path_factory.mktemp("rewards") / "pixel"

@@ -66,7 +66,7 @@ class LRMScore(BatchedMetric):
         super().__init__(spec)
         if not spec.weights:
             raise LpoError("metric 'lrm_score' needs the LRM: pass --metric-weights lrm_score=LRM_FOLDER (e.g. a run's model/)")
-        from lpo.lrm_io import load_lrm
+        from lpo.reward.lrm_io import load_lrm
 
         folder = Path(spec.weights).expanduser()
         self.lrm = load_lrm(folder, device=self.device, dtype=self.dtype)

@@ -313,7 +313,7 @@ def _efficiency(doc: _Doc, report: dict[str, Any], out_dir: Path) -> None:
 
 
 def _reward_eval(doc: _Doc, bench: Path, notes: list[str]) -> None:
-    from lpo.reward_jobs import LOW_T, TARGET_TITLES, accuracy_bands, plot_accuracy
+    from lpo.reward.jobs import LOW_T, TARGET_TITLES, accuracy_bands, plot_accuracy
 
     doc.heading(2, "Step reward models: held-out accuracy by timestep")
     folder = bench / "reward-eval"

@@ -158,7 +158,7 @@ def _mpcf(bench: Bench) -> dict[str, Any]:
 
 
 def _train_reward(bench: Bench, name: str, preset: str, overrides: tuple[str, ...]) -> dict[str, Any]:
-    from lpo.reward_jobs import train_reward_job
+    from lpo.reward.jobs import train_reward_job
 
     run_dir = bench.reward_run(name)
     resume = _prepare_run_dir(run_dir)
@@ -169,7 +169,7 @@ def _train_reward(bench: Bench, name: str, preset: str, overrides: tuple[str, ..
 
 
 def _reward_eval(bench: Bench) -> dict[str, Any]:
-    from lpo.reward_jobs import eval_reward_job, render_accuracy_table
+    from lpo.reward.jobs import eval_reward_job, render_accuracy_table
 
     result = eval_reward_job(bench.config.model, str(bench.val_pairs), bench.folder / "reward-eval",
                              lrm_dir=bench.reward_model("lrm"),

@@ -1,7 +1,7 @@
 """Numerical health: a diverging run stops with one line; non-finite weights are never saved or used.
 
 Every trainer (LPO / SPO / Diffusion-DPO through :mod:`lpo.trainers.harness`, the reward
-models through :mod:`lpo.reward_training`) checks each optimiser step before it is taken:
+models through :mod:`lpo.reward.training`) checks each optimiser step before it is taken:
 
 - the loss of every micro-batch is finite on every process (one process's NaN would reach
   all of them through the gradient all-reduce, so all processes stop together);

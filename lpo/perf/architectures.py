@@ -137,8 +137,8 @@ def random_pickscore_scorer(*, device: torch.device | str = "cpu", dtype: torch.
     """SPO's step-aware scorer at PickScore's size (CLIP ViT-H/14), random weights."""
     from transformers import CLIPConfig, CLIPModel
 
-    from lpo.clip_preprocess import ImagePreprocessConfig
-    from lpo.pixel_scorer import TimestepConditionedScorer
+    from lpo.reward.clip_preprocess import ImagePreprocessConfig
+    from lpo.reward.pixel_scorer import TimestepConditionedScorer
 
     tokenizer = _clip_tokenizer()
     config = CLIPConfig(

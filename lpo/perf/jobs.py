@@ -17,8 +17,8 @@ BENCH_PROMPT = "a red circle left of a blue square"  # any prompt: cost does not
 
 
 def _build(architecture: str, device: torch.device, dtype: torch.dtype) -> tuple[Any, Any, Any]:
-    from lpo.lrm import LatentRewardModel
-    from lpo.pixel_reward import PixelStepReward
+    from lpo.reward.lrm import LatentRewardModel
+    from lpo.reward.pixel import PixelStepReward
 
     if architecture == "world":
         from lpo.sampling.generate import resolve_model_name

@@ -276,7 +276,7 @@ def run_guided_sample(
     """`lpo sample --guide lrm`: LRM-guided images with the same per-image seeds as `lpo sample`, as a PNG grid."""
     from lpo.sampling.generate import default_prompts, image_seed, read_prompts_file, resolve_device, resolve_dtype, resolve_model_name
     from lpo.core.grid import save_grid
-    from lpo.lrm_io import load_lrm
+    from lpo.reward.lrm_io import load_lrm
     from lpo.models.components import load_components
     from lpo.core.progress import count_progress
 

@@ -34,7 +34,7 @@ from lpo.core.errors import LpoError
 from lpo.trainers.losses import diffusion_dpo_loss, per_sample_mse
 from lpo.models.components import DiffusionComponents, encode_prompts
 from lpo.pairs.format import PreferencePair
-from lpo.reward_data import image_to_tensor, keyed_generator, pair_indices
+from lpo.reward.data import image_to_tensor, keyed_generator, pair_indices
 from lpo.core.runs import DeviceMeter, RunFolder
 from lpo.trainers.config import DiffusionDPOConfig
 from lpo.trainers.harness import (

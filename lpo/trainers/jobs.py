@@ -111,11 +111,11 @@ def _load_step_reward(config: Any, components: Any, policy: Any) -> Any:
 
     path = config.reward.path
     if config.method == "lpo":
-        from lpo.lrm_io import load_lrm
+        from lpo.reward.lrm_io import load_lrm
 
         reward = load_lrm(path, components)
     else:
-        from lpo.pixel_reward_io import load_pixel_reward
+        from lpo.reward.pixel_io import load_pixel_reward
 
         # The pixel model predicts x̂0 with the BASE U-Net: the policy's own U-Net with its
         # adapters off (LoRA), or the frozen reference copy (full fine-tune).

@@ -49,8 +49,8 @@ RewardTimestep = Literal["current", "prev", "zero"]
 
 @runtime_checkable
 class StepReward(Protocol):
-    """A reward on noisy latents for K candidates per prompt: the LRM (:mod:`lpo.lrm`) or
-    SPO's pixel model (:mod:`lpo.pixel_reward`) both satisfy it.
+    """A reward on noisy latents for K candidates per prompt: the LRM (:mod:`lpo.reward.lrm`) or
+    SPO's pixel model (:mod:`lpo.reward.pixel`) both satisfy it.
 
     ``encode_text(prompts)`` -> a text handle with ``repeat_interleave(k)``;
     ``score_with_conditioning(latents_t (N, C, H, W), timesteps (N,), text)`` -> (N,) float32.

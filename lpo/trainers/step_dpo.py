@@ -38,7 +38,7 @@ from lpo.core.config import config_to_dict
 from lpo.core.errors import LpoError
 from lpo.trainers.losses import clipped_step_dpo_loss
 from lpo.models.components import DiffusionComponents, guided_conditioning
-from lpo.reward_data import keyed_generator, pair_indices
+from lpo.reward.data import keyed_generator, pair_indices
 from lpo.core.runs import DeviceMeter, RunFolder
 from lpo.sampling.ddim import ddim_step_with_logprob, initial_latents
 from lpo.models.conditioning import predict_noise
@@ -70,7 +70,7 @@ from lpo.trainers.harness import (
     write_metrics,
 )
 
-# Purposes of the keyed random streams (lpo.reward_data uses 0-3).
+# Purposes of the keyed random streams (lpo.reward.data uses 0-3).
 STREAM_ROLLOUT, STREAM_SHUFFLE = 10, 11
 PROGRESS_LABEL = "rounds"
 

@@ -230,7 +230,7 @@ def guided_eval_job(
     """
     from lpo.sampling.generate import resolve_device, resolve_model_name
     from lpo.core.io import atomic_write_json
-    from lpo.lrm_io import load_lrm
+    from lpo.reward.lrm_io import load_lrm
     from lpo.models.components import load_components
     from rich.progress import Progress
 

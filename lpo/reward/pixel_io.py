@@ -1,7 +1,7 @@
 """The pixel step reward's folder: :func:`save_pixel_reward` and :func:`load_pixel_reward`.
 
 Saving writes one folder atomically: ``model.safetensors`` (the scorer's weights only),
-``pixel_reward_config.json`` (the :class:`~lpo.pixel_reward.PixelRewardConfig` naming the
+``pixel_reward_config.json`` (the :class:`~lpo.reward.pixel.PixelRewardConfig` naming the
 base model, and the scorer's CLIP config, AdaLN config, preprocessing and the source it
 was initialised from) and ``tokenizer/``. The base U-Net and VAE are never saved:
 :func:`load_pixel_reward` takes them from the components it is given and refuses a scorer
@@ -17,14 +17,14 @@ from typing import Any
 
 import torch
 
-from lpo.clip_preprocess import ImagePreprocessConfig
+from lpo.reward.clip_preprocess import ImagePreprocessConfig
 from lpo.core.errors import LpoError
 from lpo.core.io import atomic_directory, load_safetensors_strict, one_line
-from lpo.lrm_io import same_base_model
+from lpo.reward.lrm_io import same_base_model
 from lpo.models.components import DiffusionComponents
-from lpo.pixel_reward import PixelRewardConfig, PixelStepReward
-from lpo.pixel_scorer import TimestepConditionedScorer
-from lpo.time_conditioning import AdaLNConfig
+from lpo.reward.pixel import PixelRewardConfig, PixelStepReward
+from lpo.reward.pixel_scorer import TimestepConditionedScorer
+from lpo.reward.time_conditioning import AdaLNConfig
 
 PIXEL_REWARD_CONFIG_NAME = "pixel_reward_config.json"
 PIXEL_REWARD_WEIGHTS_NAME = "model.safetensors"

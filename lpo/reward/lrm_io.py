@@ -1,10 +1,10 @@
 """The LRM's folder: :func:`save_lrm` and :func:`load_lrm` (SPEC §4.1).
 
 Saving writes one folder: ``model.safetensors`` (every LRM weight), ``lrm_config.json``
-(the :class:`~lpo.lrm.LRMConfig`, including the base model and kind, plus the U-Net and
+(the :class:`~lpo.reward.lrm.LRMConfig`, including the base model and kind, plus the U-Net and
 text-encoder configs, so :func:`load_lrm` rebuilds the architecture without the base model)
 and the tokenizer(s). :func:`same_base_model` is the rule both step reward folders (this one
-and :mod:`lpo.pixel_reward_io`) use to refuse a model trained for another base model.
+and :mod:`lpo.reward.pixel_io`) use to refuse a model trained for another base model.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from torch import nn
 
 from lpo.core.errors import LpoError
 from lpo.core.io import atomic_directory, load_safetensors_strict, one_line
-from lpo.lrm import LatentRewardModel, LRMConfig
-from lpo.lrm_unet import UNET_UP_PATH
+from lpo.reward.lrm import LatentRewardModel, LRMConfig
+from lpo.reward.lrm_unet import UNET_UP_PATH
 from lpo.models.components import DiffusionComponents
 
 LRM_CONFIG_NAME = "lrm_config.json"

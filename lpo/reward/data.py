@@ -4,7 +4,7 @@ Both images of every pair are VAE-encoded once (:func:`encode_pairs`); each use 
 re-samples x_0 from the cached posterior and noises it to a t shared by both images
 (:func:`noise_pairs`). Every draw comes from a generator keyed by (seed, stream, key)
 (:func:`keyed_generator`), so a resumed run draws what an uninterrupted one would. The
-paper's notation is mapped to these names in :mod:`lpo.reward_training`.
+paper's notation is mapped to these names in :mod:`lpo.reward.training`.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from torch import Tensor
 
 from lpo.core.errors import LpoError
 from lpo.pairs.format import TIE, PreferencePair
-from lpo.reward_config import NoiseMode, PairWeighting, TimestepSampling
+from lpo.reward.config import NoiseMode, PairWeighting, TimestepSampling
 
 
 

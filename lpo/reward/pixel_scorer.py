@@ -7,12 +7,12 @@ score(image, t, p)    exp(logit_scale)·cos(I(image, t), T(p)), PickScore's form
 
 The scorer (:class:`TimestepConditionedScorer`) is a transformers ``CLIPModel`` left
 completely intact (its state-dict keys are the official ones under ``clip.``), plus a time
-embedding and AdaLN modules (:mod:`lpo.time_conditioning`) attached with forward hooks on
+embedding and AdaLN modules (:mod:`lpo.reward.time_conditioning`) attached with forward hooks on
 its *vision* encoder layers. All AdaLN maps are zero-initialised, so at initialisation the
 scorer *is* the plain CLIP model (SPO starts from PickScore). Outside a scoring call (e.g.
 ``scorer.clip`` used directly) the hooks do nothing. Gradient checkpointing of the vision
 tower is refused: its backward recomputation would run outside the call and drop the AdaLN.
-Images are preprocessed differentiably by :mod:`lpo.clip_preprocess`.
+Images are preprocessed differentiably by :mod:`lpo.reward.clip_preprocess`.
 
 Two ways to build a scorer:
 
@@ -38,10 +38,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lpo.clip_preprocess import ImagePreprocessConfig, preprocess_images
+from lpo.reward.clip_preprocess import ImagePreprocessConfig, preprocess_images
 from lpo.core.errors import LpoError
 from lpo.core.io import one_line
-from lpo.time_conditioning import AdaLNConfig, EncoderLayerAdaLN, PooledAdaLN, TimestepEmbedding
+from lpo.reward.time_conditioning import AdaLNConfig, EncoderLayerAdaLN, PooledAdaLN, TimestepEmbedding
 
 # SPEC §4.3 / §6.1: the paper initialises the step-aware model from PickScore.
 PICKSCORE_MODEL_ID = "yuvalkirstain/PickScore_v1"

@@ -1,6 +1,6 @@
 """``CLIPImageProcessor`` reimplemented in torch, on differentiable images in [-1, 1].
 
-Used by the pixel step reward's scorer (:mod:`lpo.pixel_scorer`), whose gradients flow
+Used by the pixel step reward's scorer (:mod:`lpo.reward.pixel_scorer`), whose gradients flow
 back through the preprocessing. The steps: [0, 1] → shortest-edge resize (bicubic,
 antialiased) → centre crop → (x − mean)/std, with size, crop, mean and std read from the
 processor config (:meth:`ImagePreprocessConfig.from_processor_dict`).

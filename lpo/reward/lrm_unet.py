@@ -1,6 +1,6 @@
 """The LRM's visual tower: a diffusers U-Net cut after its mid block, and its forward up to there.
 
-The LRM (:mod:`lpo.lrm`, SPEC §4.1) holds a ``UNet2DConditionModel`` whose up path
+The LRM (:mod:`lpo.reward.lrm`, SPEC §4.1) holds a ``UNet2DConditionModel`` whose up path
 (``up_blocks``, ``conv_norm_out``, ``conv_act``, ``conv_out``) has been *deleted*, so those
 weights are neither stored, trained nor saved, and the copy's own ``forward`` fails loudly
 if called. :func:`unet_down_mid` runs what remains the way ``UNet2DConditionModel.forward``

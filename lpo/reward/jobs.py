@@ -47,8 +47,8 @@ def train_reward_job(
     """Train an LRM or an SPO pixel step model on pairs; returns the TrainingResult."""
     from lpo.core.config import apply_overrides
     from lpo.core.progress import stage_progress
-    from lpo.reward_config import reward_training_preset
-    from lpo.reward_training import train_step_reward
+    from lpo.reward.config import reward_training_preset
+    from lpo.reward.training import train_step_reward
     from lpo.core.runs import RunFolder
 
     config = apply_overrides(reward_training_preset(preset), overrides)
@@ -87,15 +87,15 @@ def build_reward_model(config, components):
     if config.reward_model == "lrm":
         import torch
 
-        from lpo.lrm import LatentRewardModel, LRMConfig
-        from lpo.lrm_io import save_lrm
+        from lpo.reward.lrm import LatentRewardModel, LRMConfig
+        from lpo.reward.lrm_io import save_lrm
 
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)
             model = LatentRewardModel.from_components(components, LRMConfig(vfe_scale=config.vfe_scale))
         return model, save_lrm
-    from lpo.pixel_reward import PixelStepReward
-    from lpo.pixel_reward_io import save_pixel_reward
+    from lpo.reward.pixel import PixelStepReward
+    from lpo.reward.pixel_io import save_pixel_reward
 
     return PixelStepReward.from_components(components), save_pixel_reward
 
@@ -122,19 +122,19 @@ def eval_reward_job(
 
     from lpo.core.io import atomic_write_json
     from lpo.models.families import kind_family
-    from lpo.reward_data import encode_pairs
-    from lpo.reward_training import accuracy_from_scores, pair_scores_by_timestep
+    from lpo.reward.data import encode_pairs
+    from lpo.reward.training import accuracy_from_scores, pair_scores_by_timestep
     from lpo.sampling.ddim import ddim_timesteps
 
     components = _components(model)
     pairs = _pairs(pairs_path, "held-out pairs file").pairs
     rewards: dict[str, Any] = {}
     if lrm_dir is not None:
-        from lpo.lrm_io import load_lrm
+        from lpo.reward.lrm_io import load_lrm
 
         rewards["LRM (latent)"] = load_lrm(lrm_dir, components)
     if pixel_dir is not None:
-        from lpo.pixel_reward_io import load_pixel_reward
+        from lpo.reward.pixel_io import load_pixel_reward
 
         rewards["SPO pixel model on x̂0"] = load_pixel_reward(pixel_dir, components)
     family = kind_family(components.kind)  # a family with a ground truth (the world) gives the ceiling

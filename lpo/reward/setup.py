@@ -1,6 +1,6 @@
 """Reward-model training's scaffold: accelerate, optimiser, lr schedule, checkpoints and resume.
 
-The loop itself is :func:`lpo.reward_training.train_step_reward`; these are its parts that
+The loop itself is :func:`lpo.reward.training.train_step_reward`; these are its parts that
 do not depend on the data. Checkpoints go through :func:`lpo.core.runs.write_checkpoint` (the
 same layout as the policy trainers'); the lr schedule is saved as JSON and resume loads
 no pickled objects (:mod:`lpo.core.checkpoint_state`).
@@ -18,13 +18,13 @@ from lpo.core.checkpoint_state import load_checkpoint_state
 from lpo.core.config import config_to_dict
 from lpo.core.errors import LpoError
 from lpo.core.finite import check_finite_module
-from lpo.reward_config import RewardTrainingConfig
-from lpo.reward_data import EncodedPairs
+from lpo.reward.config import RewardTrainingConfig
+from lpo.reward.data import EncodedPairs
 from lpo.core.runs import TRAINER_STATE_NAME, RunFolder, list_checkpoints, write_checkpoint
 
 TRAINER_STATE_VERSION = 1
 NONFINITE_FIX = "lower lr and start a new run"
-SaveFn = Callable[[nn.Module, Path], Any]  # writes a model to a folder, e.g. lpo.lrm.save_lrm
+SaveFn = Callable[[nn.Module, Path], Any]  # writes a model to a folder, e.g. lpo.reward.lrm_io.save_lrm
 
 
 # --------------------------------------------------------------------------- checkpoints

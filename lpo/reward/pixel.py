@@ -1,7 +1,7 @@
 """SPO's step-aware preference model: a timestep-conditioned pixel reward on the decoded one-step x̂0.
 
 Implements SPEC §4.3 (SPO paper, arXiv 2406.04314, §4.2 and its official code) as the
-pixel-space counterpart of the LRM (:mod:`lpo.lrm`, SPEC §4.1): the same call signature
+pixel-space counterpart of the LRM (:mod:`lpo.reward.lrm`, SPEC §4.1): the same call signature
 ``forward(latents_t, timesteps, prompts) -> (B,)``, the same scores (exp(logit_scale)·cos),
 trained on the same pairs the same way (2-way cross-entropy). SPO's step loop (SPEC §5.2)
 uses it as the step reward where LPO uses the LRM.
@@ -23,11 +23,11 @@ S(prompt, x_t, t)     ``PixelStepReward.forward`` = exp(logit_scale)·cos(I(D(x�
 
 The pieces, one module each:
 
-- :mod:`lpo.pixel_scorer`: the trainable scorer, :class:`TimestepConditionedScorer` (a
+- :mod:`lpo.reward.pixel_scorer`: the trainable scorer, :class:`TimestepConditionedScorer` (a
   transformers ``CLIPModel`` kept intact) and :func:`world_pixel_scorer` for the world;
-- :mod:`lpo.time_conditioning`: e_t and the AdaLN hooks on its vision tower;
-- :mod:`lpo.clip_preprocess`: ``CLIPImageProcessor`` in torch, differentiably;
-- :mod:`lpo.pixel_reward_io`: the saved folder (:func:`save_pixel_reward`,
+- :mod:`lpo.reward.time_conditioning`: e_t and the AdaLN hooks on its vision tower;
+- :mod:`lpo.reward.clip_preprocess`: ``CLIPImageProcessor`` in torch, differentiably;
+- :mod:`lpo.reward.pixel_io`: the saved folder (:func:`save_pixel_reward`,
   :func:`load_pixel_reward`);
 - this module: the settings (:class:`PixelRewardConfig`), the one-step x̂0
   (:func:`predicted_original_sample`) and the step reward itself (:class:`PixelStepReward`).
@@ -49,7 +49,7 @@ from torch import Tensor, nn
 
 from lpo.models.conditioning import GuidedConditioning, predict_noise
 from lpo.models.components import DiffusionComponents, ModelKind, guided_conditioning
-from lpo.pixel_scorer import (
+from lpo.reward.pixel_scorer import (
     PICKSCORE_MODEL_ID,
     PICKSCORE_PROCESSOR_ID,
     TimestepConditionedScorer,
@@ -197,7 +197,7 @@ class PixelRewardText:
 class PixelStepReward(nn.Module):
     """SPO's step reward S(prompt, x_t, t) on noisy latents, via the decoded one-step x̂0.
 
-    Same call as :class:`~lpo.lrm.LatentRewardModel`: ``forward(latents_t, timesteps,
+    Same call as :class:`~lpo.reward.lrm.LatentRewardModel`: ``forward(latents_t, timesteps,
     prompts) -> (B,)`` float32. Steps (each timeable on its own):
 
     1. :meth:`predict_x0`: the frozen base U-Net predicts ε̂ with CFG; x̂0 in one step;

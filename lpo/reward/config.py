@@ -1,6 +1,6 @@
 """How a step reward model is trained: :class:`RewardTrainingConfig` and its presets.
 
-The loop that reads it is :func:`lpo.reward_training.train_step_reward` (SPEC §4.1 for
+The loop that reads it is :func:`lpo.reward.training.train_step_reward` (SPEC §4.1 for
 the LRM, §4.3 for SPO's pixel model); the module docstring there maps the paper's
 notation to the code.
 """

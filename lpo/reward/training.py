@@ -40,9 +40,9 @@ number of processes or accumulation steps.
 Memory: the cache holds 2 images × (mean, std) × C·h·w float32 per pair on the CPU:
 256 KiB per pair for SD1.5 (4×64×64), 1 MiB for SDXL, 2 KiB for the world (4×8×8).
 
-The config and its presets are :mod:`lpo.reward_config`; the data (encoded pairs, noised
-batches, keyed random streams) :mod:`lpo.reward_data`; accelerate, optimiser, schedule,
-checkpoints and resume :mod:`lpo.reward_setup`.
+The config and its presets are :mod:`lpo.reward.config`; the data (encoded pairs, noised
+batches, keyed random streams) :mod:`lpo.reward.data`; accelerate, optimiser, schedule,
+checkpoints and resume :mod:`lpo.reward.setup`.
 """
 
 from __future__ import annotations
@@ -64,8 +64,8 @@ from lpo.core.checkpoint_state import register_schedule_checkpointing
 from lpo.core.finite import check_finite_module, diverged, nonfinite_quantity
 from lpo.core.io import atomic_write_json, atomic_write_text
 from lpo.pairs.format import TIE, PreferencePair
-from lpo.reward_config import NoiseMode, RewardTrainingConfig
-from lpo.reward_data import (
+from lpo.reward.config import NoiseMode, RewardTrainingConfig
+from lpo.reward.data import (
     STREAM_EVAL,
     STREAM_STEP,
     EncodedPairs,
@@ -78,7 +78,7 @@ from lpo.reward_data import (
     split_by_prompt,
     timestep_pool,
 )
-from lpo.reward_setup import (
+from lpo.reward.setup import (
     NONFINITE_FIX,
     TRAINER_STATE_VERSION,
     SaveFn,
@@ -372,7 +372,7 @@ def train_step_reward(
         LRM) or hold its own (SPO's pixel model).
     run: where checkpoints, ``metrics.jsonl``, ``result.json``, ``cost.json`` and the final
         model (``run/model``, written by ``save_model``) go; None trains in memory only.
-    save_model: writes the model to a folder (e.g. :func:`lpo.lrm.save_lrm`); called for
+    save_model: writes the model to a folder (e.g. :func:`lpo.reward.lrm_io.save_lrm`); called for
         every checkpoint and at the end, on the main process, with the unwrapped model.
     accelerator: an ``accelerate.Accelerator`` agreeing with the config, or None for a
         new one (CPU when there is no GPU).

@@ -11,7 +11,7 @@ The modules attach with forward hooks to an intact transformers ``CLIPModel``, s
 official state-dict keys load unchanged; outside a conditioning call (``condition(None)``)
 the hooks do nothing. SPO writes the gates as ``g·x`` with a bias of 1; ``(1 + g)·x`` with
 a zero bias is the same function family with the zero-init identity stated explicitly.
-:class:`lpo.pixel_scorer.TimestepConditionedScorer` owns and drives them.
+:class:`lpo.reward.pixel_scorer.TimestepConditionedScorer` owns and drives them.
 """
 
 from __future__ import annotations

@@ -26,14 +26,14 @@ S(prompt, x_t, t)     ``LatentRewardModel.forward`` = exp(logit_scale)·cos(V, T
 Feature widths: SD1.5 320+640+1280+1280 (+1280 mid) = 4800; SDXL 320+640+1280 (+1280 mid)
 = 3520; in general ``sum(block_out_channels) + block_out_channels[-1]``.
 
-Visual tower: a copy of the U-Net cut after its mid block (:mod:`lpo.lrm_unet`), so the
+Visual tower: a copy of the U-Net cut after its mid block (:mod:`lpo.reward.lrm_unet`), so the
 decoder half is neither stored, trained nor saved.
 
 Precision: the U-Net and text encoders run in the model's dtype (fp32, bf16 or fp16);
 pooling, VFE, the projections and the cosine run in float32, and scores are float32.
 
-The LRM's folder (:func:`~lpo.lrm_io.save_lrm`, :func:`~lpo.lrm_io.load_lrm`) is
-:mod:`lpo.lrm_io`.
+The LRM's folder (:func:`~lpo.reward.lrm_io.save_lrm`, :func:`~lpo.reward.lrm_io.load_lrm`) is
+:mod:`lpo.reward.lrm_io`.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lpo.models.conditioning import GuidedConditioning, TextConditioning
-from lpo.lrm_unet import check_supported_unet, copy_truncated_unet, truncate_unet, unet_down_mid
+from lpo.reward.lrm_unet import check_supported_unet, copy_truncated_unet, truncate_unet, unet_down_mid
 from lpo.models.components import DiffusionComponents, ModelKind, encode_negative, encode_prompts_and_pooled
 
 
@@ -149,7 +149,7 @@ class LatentRewardModel(nn.Module):
     """S(prompt, x_t, t) = exp(logit_scale)·cos(V, T) on noisy latents (SPEC §4.1).
 
     Build it with :meth:`from_components` (copies the diffusion model's U-Net and text
-    encoders) or :func:`~lpo.lrm_io.load_lrm`. The constructor takes ownership of the
+    encoders) or :func:`~lpo.reward.lrm_io.load_lrm`. The constructor takes ownership of the
     modules it is given and deletes the U-Net's up path.
     """
 

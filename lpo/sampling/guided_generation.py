@@ -27,7 +27,6 @@ from lpo.sampling.guided import (
     derived_seed,
     generators_for,
     guided_sample,
-    lrm_scorer,
 )
 from lpo.sampling.ddim import initial_latents, sample_trajectory
 
@@ -257,7 +256,7 @@ def check_guided_options(
 
 def run_guided_sample(
     model: str,
-    lrm_path: Path,
+    load_scorer: Callable[..., ScorerFactory],
     prompts: list[str],
     prompts_file: Path | None,
     num_prompts: int,
@@ -273,10 +272,14 @@ def run_guided_sample(
     console=None,
     batch_size: int = 8,
 ) -> tuple[Path, CallCounts]:
-    """`lpo sample --guide lrm`: LRM-guided images with the same per-image seeds as `lpo sample`, as a PNG grid."""
+    """`lpo sample --guide lrm`: LRM-guided images with the same per-image seeds as `lpo sample`, as a PNG grid.
+
+    ``load_scorer(components)`` gives the candidate scorer for the loaded model (the CLI
+    loads the LRM folder and wraps it with :func:`lpo.sampling.guided.lrm_scorer`), so the sampler does not
+    load reward models itself.
+    """
     from lpo.sampling.generate import default_prompts, image_seed, read_prompts_file, resolve_device, resolve_dtype, resolve_model_name
     from lpo.core.grid import save_grid
-    from lpo.reward.lrm_io import load_lrm
     from lpo.models.components import load_components
     from lpo.core.progress import count_progress
 
@@ -286,15 +289,14 @@ def run_guided_sample(
     if prompts_file is not None:
         prompts = prompts + read_prompts_file(prompts_file)
     components = load_components(resolve_model_name(model), dtype=resolve_dtype(dtype), device=resolve_device(device))
-    lrm = load_lrm(lrm_path, components)  # one-line LpoError if it was trained for another base model
-    lrm.requires_grad_(False)
+    scorer = load_scorer(components)
     if not prompts:
         prompts = default_prompts(components, num_prompts)
     jobs = [(p, k) for p in prompts for k in range(images_per_prompt)]
     with count_progress(console, f"LRM-guided sampling of {model} ({config.select} of {config.num_candidates})") as progress:
         result = guided_generate(
             components, [p for p, _ in jobs], [image_seed(seed, p, k) for p, k in jobs],
-            lrm_scorer(lrm), config, settings, progress=progress,
+            scorer, config, settings, progress=progress,
         )
     images = result.images
     columns = min(len(images), max(images_per_prompt, 4))

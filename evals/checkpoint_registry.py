@@ -49,9 +49,9 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from lpo.errors import LpoError
-from lpo.model_families import is_model_alias
-from lpo.paths import lpo_home
+from lpo.core.errors import LpoError
+from lpo.models.families import is_model_alias
+from lpo.core.paths import lpo_home
 
 REPLACES = ("pipeline", "unet", "lora")
 USER_FILE = "checkpoints.json"
@@ -318,7 +318,7 @@ def check_lora_fits(lora: str, subfolder: str | None, pipeline: str, name: str) 
     module the base has, with matching in / out features. LoRA files in other key layouts,
     or hub references, are checked when diffusers loads them.
     """
-    from lpo.generate import resolve_model_name
+    from lpo.sampling.generate import resolve_model_name
 
     folder = Path(lora).expanduser() / (subfolder or "")
     base = Path(resolve_model_name(pipeline)).expanduser()

@@ -38,14 +38,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lpo.errors import LpoError
-from lpo.models import _HUB_ID  # the same shape test the loader applies
-from lpo.hashing import folder_hash
-from lpo.model_families import alias_family
+from lpo.core.errors import LpoError
+from lpo.models.components import _HUB_ID  # the same shape test the loader applies
+from lpo.core.hashing import folder_hash
+from lpo.models.families import alias_family
 
 RUN_PIPELINE_SUBFOLDERS = ("pipeline",)  # lpo.trainers.harness.PIPELINE_DIR
 RUN_MODEL_DIR = "model"  # lpo.trainers.harness.MODEL_DIR
-LORA_WEIGHTS = "pytorch_lora_weights.safetensors"  # lpo.lora.LORA_WEIGHTS_NAME
+LORA_WEIGHTS = "pytorch_lora_weights.safetensors"  # lpo.trainers.lora.LORA_WEIGHTS_NAME
 
 
 @dataclass
@@ -99,17 +99,17 @@ class Checkpoint:
 
     @property
     def model(self) -> str:
-        """The pipeline :func:`lpo.generate.load_pipeline` takes (the base one under an adapter)."""
+        """The pipeline :func:`lpo.sampling.generate.load_pipeline` takes (the base one under an adapter)."""
         if self.kind != "pipeline":
             raise ValueError(f"{self.spec} is a reference source, not a pipeline")
         return self.base or self.path or self.hub_id  # type: ignore[return-value]
 
     def load_pipeline(self, device: str, dtype: str):
         """The diffusers pipeline to sample: the folder / hub model, or the base with the run's policy."""
-        from lpo.generate import build_pipeline, load_pipeline, resolve_device, resolve_dtype, resolve_model_name
+        from lpo.sampling.generate import build_pipeline, load_pipeline, resolve_device, resolve_dtype, resolve_model_name
 
         if self.adapter_kind == "unet" or self.vae:
-            from lpo.models import load_components
+            from lpo.models.components import load_components
 
             unet = self.adapter_path if self.adapter_kind == "unet" else None
             components = load_components(
@@ -126,14 +126,14 @@ class Checkpoint:
                 kwargs = {"subfolder": self.adapter_subfolder} if self.adapter_subfolder else {}
                 pipe.load_lora_weights(self.adapter_path, **kwargs)
             except (OSError, ValueError, RuntimeError, KeyError) as err:
-                from lpo.io import one_line
+                from lpo.core.io import one_line
 
                 where = "the registry entry's base" if self.registry else "the run's model.base"
                 raise LpoError(
                     f"could not apply the LoRA in {self.adapter_path} to {self.model} ({one_line(err)}); "
                     f"{where} must be the pipeline it was trained on"
                 ) from err
-        from lpo.finite import check_finite_module
+        from lpo.core.finite import check_finite_module
 
         # A diverged run's weights would give normal-looking records for noise images.
         check_finite_module(pipe.unet, f"the U-Net of checkpoint {self.spec}",
@@ -202,7 +202,7 @@ def resolve_checkpoint(spec: str, benchmark=None, prompts=None, registry: Path |
 def _ref_hash(ref: str, subfolder: str | None = None) -> str:
     """Content hash of a pipeline / component reference: a local folder's files (the
     subfolder's when given), a world alias's folder, or a hub repository's commit."""
-    from lpo.generate import resolve_model_name
+    from lpo.sampling.generate import resolve_model_name
 
     path = Path(resolve_model_name(ref)).expanduser()
     if path.is_dir():
@@ -225,7 +225,7 @@ def from_registry(entry, entries) -> Checkpoint:
     """
     from lpo.evals.checkpoint_registry import check_lora_fits, plan
     from lpo.evals.signals import signal_record
-    from lpo.generate import resolve_model_name
+    from lpo.sampling.generate import resolve_model_name
 
     p = plan(entry, entries)
     digest = _ref_hash(p.pipeline)
@@ -273,7 +273,7 @@ def _pipeline_folder(spec: str, folder: Path) -> Checkpoint:
 def _from_run_checkpoint(spec: str, folder: Path) -> Checkpoint:
     """An intermediate checkpoint ``RUN/checkpoints/step-N``: its ``model/`` on the run's base
     model, with the cost snapshot the trainer wrote at that step (not the finished run's)."""
-    from lpo.runs import read_cost
+    from lpo.core.runs import read_cost
 
     run_dir = folder.parent.parent
     ckpt = _from_run_folder(spec, run_dir, model=folder / RUN_MODEL_DIR)
@@ -307,7 +307,7 @@ def _from_run_folder(spec: str, run_dir: Path, model: Path | None = None) -> Che
             "let the run finish (or resume it), or pass a pipeline folder"
         )
     base = _run_base_model(run_dir)
-    from lpo.generate import resolve_model_name
+    from lpo.sampling.generate import resolve_model_name
 
     base_path = Path(resolve_model_name(base))
     if base_path.is_dir():
@@ -326,7 +326,7 @@ def _from_run_folder(spec: str, run_dir: Path, model: Path | None = None) -> Che
 
 
 def _run_base_model(run_dir: Path) -> str:
-    from lpo.runs import RunFolder
+    from lpo.core.runs import RunFolder
 
     config = RunFolder.open(run_dir).read_config()
     model = config.get("model")
@@ -338,7 +338,7 @@ def _run_base_model(run_dir: Path) -> str:
 
 def _read_run(ckpt: Checkpoint, run_dir: Path) -> None:
     """Fill run id, method, base model, optimised reward and training cost from a run folder."""
-    from lpo.runs import RunFolder, read_cost
+    from lpo.core.runs import RunFolder, read_cost
 
     run = RunFolder.open(run_dir)
     meta = run.read_run()

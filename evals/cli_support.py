@@ -20,7 +20,7 @@ def benchmark_names() -> list[str]:
 
 
 def checkpoint_names() -> list[str]:
-    from lpo.errors import LpoError
+    from lpo.core.errors import LpoError
     from lpo.evals.checkpoint_registry import BUILTIN, load_registry
 
     try:

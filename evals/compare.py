@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from lpo.errors import LpoError
+from lpo.core.errors import LpoError
 from lpo.evals.harness import EvalConfig, EvalOutput, EvalProtocol, run_eval
 from lpo.evals.paired import INTERVAL_METHOD, PRIMARY_METRICS, PairedDifference, paired_difference
 from lpo.evals.store import DEFAULT_RESULTS_DIR
@@ -288,7 +288,7 @@ def render_markdown(result: CompareResult, command: str | None = None) -> str:
 
 def write_compare(result: CompareResult, out: Path, command: str | None = None) -> tuple[Path, Path]:
     """``out`` (Markdown) and ``out`` with suffix .json, atomically."""
-    from lpo.io import atomic_write_json, atomic_write_text
+    from lpo.core.io import atomic_write_json, atomic_write_text
 
     out = Path(out)
     atomic_write_text(out, render_markdown(result, command))

@@ -10,7 +10,7 @@ one)::
 The protocol hash covers only what changes pixels (sampler, steps, CFG, eta, resolution,
 precision, seed), not the number of images per prompt or the batch size: asking for more
 images per prompt later adds PNGs beside the existing ones, and image ``k`` of a prompt
-is the same whatever the batch (per-image seeds, :func:`lpo.generate.image_seed`). Every
+is the same whatever the batch (per-image seeds, :func:`lpo.sampling.generate.image_seed`). Every
 write is atomic, so an interrupted run leaves only whole images and resumes from them.
 """
 
@@ -23,8 +23,8 @@ import numpy as np
 from PIL import Image
 
 from lpo.evals.benchmarks.base import prompt_hash
-from lpo.io import atomic_write_file, atomic_write_json, atomic_write_text
-from lpo.paths import lpo_home
+from lpo.core.io import atomic_write_file, atomic_write_json, atomic_write_text
+from lpo.core.paths import lpo_home
 
 
 def default_cache_dir() -> Path:

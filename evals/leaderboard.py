@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from lpo.errors import LpoError
+from lpo.core.errors import LpoError
 from lpo.evals.leaderboard_plots import cost_figure, sample_strip, scores_figure
 from lpo.evals.paired import INTERVAL_METHOD, PairedDifference, paired_difference_records, primary_metric
 from lpo.evals.reported import ReportedRow, published_row, reported_rows
@@ -589,7 +589,7 @@ def leaderboard(
     shown = [b for b in reported_benchmarks() if not benchmarks or b in benchmarks] if reported else []
     text = render_leaderboard(records, fmt, shown, results_dir)
     if out is not None:
-        from lpo.io import atomic_write_text
+        from lpo.core.io import atomic_write_text
 
         atomic_write_text(Path(out), text)
     return text

@@ -122,7 +122,7 @@ def sample_strip(record: ResultRecord, results_dir: Path | None, count: int = 8)
     from PIL import Image
 
     from lpo.evals.benchmarks.base import prompt_hash
-    from lpo.grid import make_grid
+    from lpo.core.grid import make_grid
 
     prompts = json.loads(side.read_text())["prompts"][:count]
     images, captions = [], []

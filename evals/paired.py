@@ -56,7 +56,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from lpo.errors import LpoError
+from lpo.core.errors import LpoError
 
 LEVEL = 0.95
 INTERVAL_METHOD = "paired per prompt (images averaged first), 95% Student t over prompts"

@@ -10,7 +10,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from lpo.errors import LpoError
+from lpo.core.errors import LpoError
 
 
 @dataclass

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from lpo.errors import LpoError
+from lpo.core.errors import LpoError
 
 ROLES = ("reward", "labels", "filter", "init")
 MARKS = ("optimised", "related", "held out")
@@ -81,7 +81,7 @@ SIGNALS: dict[str, Signal] = {
     "world-vqa": Signal("filter", "MPCF pair filter on the world's soft alignment judge (its VQAScore)", optimises=("world_soft_alignment",)),
 }
 
-# MPCF scorer names (lpo.gap_scores GAP_SCORERS and lpo.evals.metrics.gap) -> signals.
+# MPCF scorer names (lpo.pairs.gap_scores GAP_SCORERS and lpo.evals.metrics.gap) -> signals.
 _MPCF_SCORERS = {
     "world-aesthetic": "world-aesthetic",
     "world-clip": "world-clip",
@@ -196,7 +196,7 @@ def reward_signals(folder: Path) -> list[dict[str, Any]]:
 
 def pairs_signals(pairs: str, depth: int = 0) -> list[dict[str, Any]]:
     """Preference pairs: the filters an ``lpo mpcf`` output names, then its input's labels."""
-    from lpo.pairs import sidecar_path
+    from lpo.pairs.format import sidecar_path
 
     sidecar = _read_json(sidecar_path(Path(pairs))) if depth < 8 else None
     provenance = (sidecar or {}).get("provenance") or {}

@@ -7,7 +7,7 @@ Files (``RESULTS`` is ``results/`` by default)::
 
 Why one JSONL file per benchmark, rewritten whole: a single file is what people diff,
 commit and load with one line of pandas, and replacing it through a temporary file and
-one rename (:func:`lpo.io.atomic_write_text`) means a reader never sees half a line and a
+one rename (:func:`lpo.core.io.atomic_write_text`) means a reader never sees half a line and a
 crash leaves the old file intact. The read-modify-rename runs under an exclusive
 ``flock`` on the benchmark's folder so two concurrent ``lpo eval`` runs cannot drop each
 other's records. Appending with ``open("a")`` would be cheaper but can leave a torn last
@@ -33,8 +33,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from lpo.errors import LpoError
-from lpo.io import atomic_write_text
+from lpo.core.errors import LpoError
+from lpo.core.io import atomic_write_text
 
 SCHEMA_VERSION = 1
 DEFAULT_RESULTS_DIR = Path("results")

@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
-from lpo.errors import LpoError
+from lpo.core.errors import LpoError
 from lpo.trainers.auto_eval import (
     FINAL,
     AutoEvalConfig,
@@ -41,7 +41,7 @@ def watch_config(run_dir: Path, overrides: dict[str, Any]) -> AutoEvalConfig:
 
 def run_kind(run_dir: Path) -> str:
     """The base-model kind of a run folder (its config.json ``model.base``)."""
-    from lpo.runs import RunFolder
+    from lpo.core.runs import RunFolder
 
     config = RunFolder.open(run_dir).read_config()
     model = config.get("model")
@@ -54,7 +54,7 @@ def run_kind(run_dir: Path) -> str:
 def ready_checkpoints(run_dir: Path, finished: bool) -> list[tuple[str, str]]:
     """(name, spec) of what can be evaluated now: each complete checkpoint whose cost snapshot
     is written (or the run has finished), then the final model once the run has finished."""
-    from lpo.runs import COST_NAME, RunFolder
+    from lpo.core.runs import COST_NAME, RunFolder
     from lpo.trainers.harness import list_checkpoints
 
     out = [(folder.name, str(folder)) for _, folder in list_checkpoints(RunFolder.open(run_dir))
@@ -84,7 +84,7 @@ def watch_run(
     saved has been evaluated or has failed once in this watch; otherwise watch until
     interrupted (or ``max_polls`` polls, for tests).
     """
-    from lpo.runs import RunFolder
+    from lpo.core.runs import RunFolder
     from lpo.trainers.harness import RESULT_NAME
 
     if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:

@@ -33,12 +33,12 @@ def _shrink_vocab(clip, size: int) -> None:
 def build_folders(root: Path, tiny: bool, device: torch.device, dtype: torch.dtype) -> tuple[Path, Path, Path]:
     from diffusers import StableDiffusionPipeline
 
-    from lpo.lrm import LatentRewardModel
-    from lpo.lrm_io import save_lrm
-    from lpo.models import load_components
-    from lpo.pixel_reward import PixelStepReward
-    from lpo.pixel_reward_io import save_pixel_reward
-    from lpo.pixel_scorer import world_pixel_scorer
+    from lpo.reward.lrm import LatentRewardModel
+    from lpo.reward.lrm_io import save_lrm
+    from lpo.models.components import load_components
+    from lpo.reward.pixel import PixelStepReward
+    from lpo.reward.pixel_io import save_pixel_reward
+    from lpo.reward.pixel_scorer import world_pixel_scorer
 
     pipe_dir = root / "pipeline"
     if tiny:

@@ -26,8 +26,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lpo.generate import load_pipeline
-from lpo.pairs import PreferencePair
+from lpo.sampling.generate import load_pipeline
+from lpo.pairs.format import PreferencePair
 from lpo.world.annotators import AnnotatorPoolConfig, label_pairs
 from lpo.world.pairs import SOURCE_MIXES, WorldPairsConfig, generate_world_pairs, true_order_labels
 
@@ -73,12 +73,12 @@ def labelled(pool: dict, judges, annotators: AnnotatorPoolConfig, seed: int) -> 
 
 
 def run(args) -> None:
-    from lpo.lrm import LatentRewardModel, LRMConfig
-    from lpo.models import load_components
-    from lpo.generate import resolve_model_name
-    from lpo.reward_config import reward_training_preset
-    from lpo.reward_data import encode_pairs
-    from lpo.reward_training import pairwise_accuracy_by_timestep, train_step_reward
+    from lpo.reward.lrm import LatentRewardModel, LRMConfig
+    from lpo.models.components import load_components
+    from lpo.sampling.generate import resolve_model_name
+    from lpo.reward.config import reward_training_preset
+    from lpo.reward.data import encode_pairs
+    from lpo.reward.training import pairwise_accuracy_by_timestep, train_step_reward
     from lpo.world.utility_reward import WorldUtilityOnX0
 
     torch.manual_seed(0)
@@ -130,8 +130,8 @@ def run(args) -> None:
 
 
 def stability(args) -> None:
-    from lpo.models import load_components
-    from lpo.generate import resolve_model_name
+    from lpo.models.components import load_components
+    from lpo.sampling.generate import resolve_model_name
 
     components = load_components(resolve_model_name("world"))
     pool = dict(np.load(Path(args.pool) / "val.npz"))

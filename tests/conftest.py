@@ -12,9 +12,9 @@ import os
 # Set before anything imports huggingface_hub, which reads it at import.
 os.environ["HF_HUB_OFFLINE"] = "1"
 
-# The CPU kernels the lpo command pins (lpo.cpu_dispatch), set before anything imports
+# The CPU kernels the lpo command pins (lpo.core.cpu_dispatch), set before anything imports
 # torch: tests that compute here and the `lpo` subprocesses they start use the same ones.
-from lpo.cpu_dispatch import pin as _pin_cpu_dispatch  # noqa: E402
+from lpo.core.cpu_dispatch import pin as _pin_cpu_dispatch  # noqa: E402
 
 _pin_cpu_dispatch()
 
@@ -75,16 +75,16 @@ def _isolated_lpo_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: py
 
 @pytest.fixture(scope="module")
 def sd15(tiny_sd15_dir: Path):
-    """The tiny SD1.5 folder loaded through lpo.models.load_components."""
-    from lpo.models import load_components
+    """The tiny SD1.5 folder loaded through lpo.models.components.load_components."""
+    from lpo.models.components import load_components
 
     return load_components(tiny_sd15_dir)
 
 
 @pytest.fixture(scope="module")
 def sdxl(tiny_sdxl_dir: Path):
-    """The tiny SDXL folder loaded through lpo.models.load_components."""
-    from lpo.models import load_components
+    """The tiny SDXL folder loaded through lpo.models.components.load_components."""
+    from lpo.models.components import load_components
 
     return load_components(tiny_sdxl_dir)
 

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from lpo.errors import LpoError
-from lpo.io import atomic_write_json
-from lpo.runs import DeviceMeter, RunFolder, read_cost
+from lpo.core.errors import LpoError
+from lpo.core.io import atomic_write_json
+from lpo.core.runs import DeviceMeter, RunFolder, read_cost
 from lpo.evals.watcher import watch_config, watch_run
 from lpo.trainers.auto_eval import FINAL, SD_METRICS, AutoEvalConfig, done_jobs, model_kind, read_state, resolve_plan
 from lpo.trainers.jobs import run_training
@@ -31,9 +31,9 @@ def _tiny_eval(tmp_path: Path, **changes) -> AutoEvalConfig:
 
 @pytest.fixture(scope="module")
 def world_lrm(tiny_world_dir, tmp_path_factory) -> Path:
-    from lpo.lrm import LatentRewardModel, LRMConfig
-    from lpo.lrm_io import save_lrm
-    from lpo.models import load_components
+    from lpo.reward.lrm import LatentRewardModel, LRMConfig
+    from lpo.reward.lrm_io import save_lrm
+    from lpo.models.components import load_components
 
     torch.manual_seed(0)
     out = tmp_path_factory.mktemp("rewards") / "lrm"
@@ -51,7 +51,7 @@ def _dpo_overrides(world_dir: Path, pairs: Path) -> list[str]:
 
 @pytest.fixture(scope="module")
 def dpo_pairs(tmp_path_factory) -> Path:
-    from lpo.pairs import PreferencePair, save_pairs
+    from lpo.pairs.format import PreferencePair, save_pairs
 
     rng = np.random.default_rng(0)
     pairs = [PreferencePair(f"p{i}", ("a red circle", "a blue square")[i % 2],

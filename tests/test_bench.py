@@ -8,7 +8,7 @@ import pytest
 
 from lpo.bench.config import BenchConfig, bench_preset
 from lpo.bench.runner import run_bench
-from lpo.errors import LpoError
+from lpo.core.errors import LpoError
 
 
 def _micro(model: str) -> BenchConfig:

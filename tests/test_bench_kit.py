@@ -9,7 +9,7 @@ import pytest
 
 from lpo.bench.config import BenchConfig, bench_preset
 from lpo.bench.kit import KIT_FILE, SHIPPED_KITS, export_kit, install_kit, kit_fields, read_kit, resolve_kit
-from lpo.errors import LpoError
+from lpo.core.errors import LpoError
 
 
 def test_the_shipped_quick_kit_is_whole_and_built_with_the_quick_presets_values(tmp_path):
@@ -119,9 +119,9 @@ def test_the_kits_reward_models_load_on_the_world_model_found_under_another_path
     it by the content of its U-Net, and still refuse a U-Net with other weights."""
     import shutil
 
-    from lpo.lrm_io import load_lrm
-    from lpo.models import load_components
-    from lpo.pixel_reward_io import load_pixel_reward
+    from lpo.reward.lrm_io import load_lrm
+    from lpo.models.components import load_components
+    from lpo.reward.pixel_io import load_pixel_reward
     from lpo.world.pretrain import resolve_world_alias
 
     moved = tmp_path / "elsewhere" / "quick"

@@ -32,7 +32,7 @@ from lpo.bench.efficiency_tables import render_efficiency_markdown
 from lpo.bench.efficiency_view import efficiency_report
 from lpo.bench.report import render_report
 from lpo.evals.store import ResultRecord, append_records, write_per_prompt
-from lpo.runs import DeviceMeter
+from lpo.core.runs import DeviceMeter
 
 REPO = Path(__file__).resolve().parents[1]
 PROTOCOL = {"sampler": "ddim", "steps": 20, "guidance_scale": 5.0, "images_per_prompt": 2, "seed": 42,

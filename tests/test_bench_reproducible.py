@@ -2,7 +2,7 @@
 records (SPEC §6.4 Reproducibility).
 
 Each run is a fresh `lpo` process, so the entry point's CPU-kernel pin applies as it does
-for a user (lpo.cpu_dispatch). The second run's environment asks OpenMP for another thread
+for a user (lpo.core.cpu_dispatch). The second run's environment asks OpenMP for another thread
 count: the bench's ``--threads`` must hold the count fixed, since 1 and 2 threads give
 other LRM and LPO weights (measured). Reduced to what still runs pairs → reward model →
 LPO (with kept steps and optimiser steps) → evaluation on the shipped world model: about
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from lpo.cpu_dispatch import PINNED
+from lpo.core.cpu_dispatch import PINNED
 
 SETS = [
     "preset=repro", "model=world", "train_prompts=8", "pairs_per_prompt=2", "val_prompts=4", "val_pairs_per_prompt=1",

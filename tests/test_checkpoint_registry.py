@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 import lpo.evals.checkpoints as checkpoints_module
 from lpo.cli import app
-from lpo.errors import LpoError
+from lpo.core.errors import LpoError
 from lpo.evals.checkpoint_registry import BUILTIN, load_registry, plan
 from lpo.evals.checkpoints import folder_hash, resolve_checkpoint
 from lpo.evals.harness import EvalConfig, EvalProtocol, run_eval
@@ -28,8 +28,8 @@ def _write(path: Path, entries) -> Path:
 @pytest.fixture(scope="module")
 def parts(tiny_world_dir, tmp_path_factory):
     """A perturbed U-Net (in a `unet/` subfolder, like the hub repos) and a LoRA for the tiny world model."""
-    from lpo.lora import add_lora, save_lora
-    from lpo.models import load_components
+    from lpo.trainers.lora import add_lora, save_lora
+    from lpo.models.components import load_components
 
     root = tmp_path_factory.mktemp("parts")
     components = load_components(tiny_world_dir)
@@ -123,7 +123,7 @@ def test_user_entries_swap_the_unet_or_load_a_lora(tmp_path, tiny_world_dir, par
     b = np.asarray(Image.open(base_out.image_folder / next(out.image_folder.rglob("0000.png")).parent.name / "0000.png"), dtype=int)
     assert np.abs(a - b).max() > 0
 
-    from lpo.runs import RunFolder
+    from lpo.core.runs import RunFolder
 
     run = RunFolder.create({"method": "lpo", "model": {"base": str(tiny_world_dir)}}, folder=tmp_path / "run")
     import shutil

@@ -120,7 +120,7 @@ def test_pairs_command_writes_a_labelled_parquet(tiny_world_dir, tmp_path):
     out = tmp_path / "pairs.parquet"
     result = invoke("pairs", "--model", tiny_world_dir, "--out", out, "--num-prompts", "2", "--pairs-per-prompt", "2", "--steps", "2")
     assert result.exit_code == 0, result.output
-    from lpo.pairs import load_pairs
+    from lpo.pairs.format import load_pairs
 
     loaded = load_pairs(out)
     assert len(loaded.pairs) == 4 and {p.label_0 for p in loaded.pairs} <= {0.0, 0.5, 1.0}
@@ -134,7 +134,7 @@ def test_pairs_command_rejects_a_non_world_model(tiny_sd15_dir, tmp_path):
 def test_mpcf_command_filters_and_reports(tmp_path):
     import numpy as np
 
-    from lpo.pairs import PreferencePair, load_pairs, save_pairs
+    from lpo.pairs.format import PreferencePair, load_pairs, save_pairs
     from lpo.world.grammar import make_splits
     from lpo.world.render import render_prompt
 

@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from lpo.cli import app
-from lpo.errors import LpoError
+from lpo.core.errors import LpoError
 from lpo.evals.compare import CompareConfig, render_markdown, run_compare
 from lpo.evals.paired import paired_difference_records
 from lpo.evals.store import load_records

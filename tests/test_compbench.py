@@ -14,7 +14,7 @@ from PIL import Image
 
 from detection_fixtures import compbench_roles, tiny_blip_folder
 from metric_fixtures import random_image
-from lpo.errors import LpoError
+from lpo.core.errors import LpoError
 from lpo.evals.benchmarks import BENCHMARKS, prompt_hash
 from lpo.evals.benchmarks import t2i_compbench as bench
 from lpo.evals.metrics import METRICS, MetricSpec

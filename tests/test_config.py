@@ -2,9 +2,9 @@
 
 import pytest
 
-from lpo.config import apply_overrides
-from lpo.errors import LpoError
-from lpo.registry import Registry
+from lpo.core.config import apply_overrides
+from lpo.core.errors import LpoError
+from lpo.core.registry import Registry
 from lpo.world.pretrain import pretrain_preset
 
 
@@ -43,7 +43,7 @@ def test_registry_rejects_duplicates_and_lists_known_names():
 def test_overrides_apply_together_so_order_does_not_matter():
     cfg = apply_overrides(pretrain_preset("quick"), ["warmup_steps=1", "unet_steps=2"])
     assert (cfg.warmup_steps, cfg.unet_steps) == (1, 2)
-    from lpo.reward_config import reward_training_preset
+    from lpo.reward.config import reward_training_preset
 
     cfg = apply_overrides(reward_training_preset("lrm-world"), ["max_steps=2", "warmup_steps=1"])
     assert (cfg.max_steps, cfg.warmup_steps) == (2, 1)

@@ -1,4 +1,4 @@
-"""The pinned CPU kernels (lpo.cpu_dispatch): the policy, its opt-out, and that the `lpo`
+"""The pinned CPU kernels (lpo.core.cpu_dispatch): the policy, its opt-out, and that the `lpo`
 entry point applies it before torch loads and every run's metadata records it."""
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ import sys
 
 import pytest
 
-from lpo import cpu_dispatch
-from lpo.cpu_dispatch import PINNED, pin
-from lpo.errors import LpoError
+from lpo.core import cpu_dispatch
+from lpo.core.cpu_dispatch import PINNED, pin
+from lpo.core.errors import LpoError
 
 
 @pytest.fixture
@@ -79,7 +79,7 @@ def test_a_users_variable_wins_and_native_pins_nothing():
 
 
 def test_library_use_that_imported_torch_first_is_recorded_as_not_pinned():
-    code = "import json, torch; from lpo.io import run_metadata; print(json.dumps(run_metadata()['hardware']))"
+    code = "import json, torch; from lpo.core.io import run_metadata; print(json.dumps(run_metadata()['hardware']))"
     done = subprocess.run([sys.executable, "-c", code], env=_clean_env(), capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     info = json.loads(done.stdout)["cpu_dispatch"]
@@ -87,7 +87,7 @@ def test_library_use_that_imported_torch_first_is_recorded_as_not_pinned():
 
 
 def test_this_test_process_is_pinned_like_its_subprocesses():
-    from lpo.io import run_metadata
+    from lpo.core.io import run_metadata
 
     info = run_metadata()["hardware"]["cpu_dispatch"]
     assert info["pinned"] is (cpu_dispatch.policy() == "avx2")  # LPO_CPU_ISA=native pytest: unpinned throughout
@@ -99,7 +99,7 @@ def test_pinned_threads_holds_the_count_for_the_block_and_restores_it(tmp_path):
     from typer.testing import CliRunner
 
     from lpo.cli import app
-    from lpo.cpu_dispatch import dispatch_info, pinned_threads
+    from lpo.core.cpu_dispatch import dispatch_info, pinned_threads
 
     before = torch.get_num_threads()
     with pinned_threads(before + 1):

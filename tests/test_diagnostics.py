@@ -127,9 +127,9 @@ def test_leaderboard_marks_cells_of_trained_rows():
 
 def test_lrm_score_is_the_lrm_on_the_vae_posterior_mean(tmp_path, tiny_world_dir):
     import lpo.evals.metrics.lrm_score  # noqa: F401
-    from lpo.lrm import LatentRewardModel
-    from lpo.lrm_io import save_lrm
-    from lpo.models import load_components
+    from lpo.reward.lrm import LatentRewardModel
+    from lpo.reward.lrm_io import save_lrm
+    from lpo.models.components import load_components
 
     components = load_components(tiny_world_dir)
     lrm = LatentRewardModel.from_components(components).eval()

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-import lpo.io
-from lpo.errors import LpoError
-from lpo.io import atomic_directory, atomic_write_text, check_writable
+import lpo.core.io
+from lpo.core.errors import LpoError
+from lpo.core.io import atomic_directory, atomic_write_text, check_writable
 
 
 def _no_space(*args, **kwargs):
@@ -22,7 +22,7 @@ def _no_space(*args, **kwargs):
 
 
 def test_a_full_disk_is_one_line_and_leaves_no_tmp_file(tmp_path, monkeypatch):
-    monkeypatch.setattr(lpo.io.os, "fsync", _no_space)
+    monkeypatch.setattr(lpo.core.io.os, "fsync", _no_space)
     with pytest.raises(LpoError, match=r"could not write .*records.jsonl\): no space left on the device; free space there"):
         atomic_write_text(tmp_path / "records.jsonl", "x\n")
     assert list(tmp_path.iterdir()) == []
@@ -43,7 +43,7 @@ def test_a_read_only_folder_is_one_line_and_other_errors_stay_what_they_are(tmp_
 
 
 def test_a_checkpoint_that_cannot_be_written_leaves_no_tmp_folder(tmp_path):
-    from lpo.runs import RunFolder, write_checkpoint
+    from lpo.core.runs import RunFolder, write_checkpoint
 
     class FullDiskAccelerator:
         is_main_process = True
@@ -88,14 +88,14 @@ def test_eval_checks_its_results_folder_before_generating(tmp_path, monkeypatch)
 def test_a_failed_records_write_leaves_no_per_prompt_orphan(tmp_path, monkeypatch):
     from lpo.evals.harness import EvalConfig, EvalProtocol, run_eval
 
-    real = lpo.io._atomic_write_bytes
+    real = lpo.core.io._atomic_write_bytes
 
     def full_for_records(path, data):
         if path.name.startswith("records"):
             _no_space()
         real(path, data)
 
-    monkeypatch.setattr(lpo.io, "_atomic_write_bytes", full_for_records)
+    monkeypatch.setattr(lpo.core.io, "_atomic_write_bytes", full_for_records)
     config = EvalConfig(checkpoint="noise", max_prompts=2, cache_dir=tmp_path / "cache", results_dir=tmp_path / "results",
                         protocol=EvalProtocol(steps=2, images_per_prompt=1))
     with pytest.raises(LpoError, match=r"could not write .*records-v\d+.jsonl\): no space left"):

@@ -20,7 +20,7 @@ from test_bench_report import cost_record, record
 from lpo.bench.efficiency_tables import cost_table, fraction_table, render_efficiency_markdown, reported_table
 from lpo.bench.efficiency_view import NO_GAIN, DataCost, efficiency_report, read_data_cost
 from lpo.bench.report import render_report
-from lpo.errors import LpoError
+from lpo.core.errors import LpoError
 from lpo.evals.store import ResultRecord, append_records, write_per_prompt
 
 REPO = Path(__file__).resolve().parents[1]

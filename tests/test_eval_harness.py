@@ -11,12 +11,12 @@ import pytest
 import torch
 
 import lpo.evals.harness as harness
-from lpo.errors import LpoError
+from lpo.core.errors import LpoError
 from lpo.evals.benchmarks import BENCHMARKS, PromptSet, prompt_hash
 from lpo.evals.harness import EvalConfig, EvalProtocol, run_eval
 from lpo.evals.metrics.base import METRICS, MetricSpec
 from lpo.evals.store import load_records, records_path
-from lpo.generate import image_seed
+from lpo.sampling.generate import image_seed
 
 
 def _config(checkpoint, tmp_path: Path, **kwargs) -> EvalConfig:
@@ -127,7 +127,7 @@ def test_second_run_with_another_metric_generates_nothing(tmp_path, tiny_world_d
 
 def test_cached_images_equal_fresh_ones(tmp_path, tiny_world_dir):
     """PNG round trip is lossless and image k of a prompt does not depend on the batch."""
-    from lpo.generate import generate_images, load_pipeline
+    from lpo.sampling.generate import generate_images, load_pipeline
 
     out = run_eval(_config(tiny_world_dir, tmp_path, max_prompts=3, metrics=("world_clip",)))
     pipe, _ = load_pipeline(str(tiny_world_dir), device="cpu")
@@ -167,9 +167,9 @@ def test_a_run_folder_lora_is_sampled_on_its_base_model(tmp_path, tiny_world_dir
     """A trainer's LoRA output (run/model/) gives the images of the merged policy."""
     from PIL import Image
 
-    from lpo.lora import add_lora, save_lora, save_merged_pipeline
-    from lpo.models import load_components
-    from lpo.runs import RunFolder
+    from lpo.trainers.lora import add_lora, save_lora, save_merged_pipeline
+    from lpo.models.components import load_components
+    from lpo.core.runs import RunFolder
 
     components = load_components(tiny_world_dir)
     add_lora(components.unet, rank=4)
@@ -202,7 +202,7 @@ def test_a_run_folder_lora_is_sampled_on_its_base_model(tmp_path, tiny_world_dir
     assert np.abs(images(lora) - images(base)).max() > 10  # the adapter does change the images
 
     # A full fine-tune's output (a U-Net folder) is swapped into the base pipeline.
-    from lpo.lora import save_unet
+    from lpo.trainers.lora import save_unet
 
     full = RunFolder.create({"method": "diffusion-dpo", "model": {"base": str(tiny_world_dir)}}, folder=tmp_path / "full")
     save_unet(components.unet, full.path / "model")
@@ -315,7 +315,7 @@ def test_prompt_benchmarks_read_local_files(tmp_path):
 
 
 def test_prompt_set_hash_is_the_shared_convention():
-    from lpo.hashing import prompt_set_hash
+    from lpo.core.hashing import prompt_set_hash
 
     ps = PromptSet(("a", "b"), "test")
     assert ps.hash == prompt_set_hash(["a", "b"]) != PromptSet(("b", "a"), "test").hash

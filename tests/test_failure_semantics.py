@@ -18,8 +18,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from lpo.errors import LpoError
-from lpo.finite import DivergedError
+from lpo.core.errors import LpoError
+from lpo.core.finite import DivergedError
 from lpo.trainers.jobs import run_training
 
 # One round of 4 trajectories, pairs at the 4 highest t, every branched row kept, 4 updates per round.
@@ -28,9 +28,9 @@ QUICK = ["train.max_rounds=3", "sampler.sample_batch_size=4", "train.train_batch
 
 
 def _lrm_folder(base: Path, out: Path, poison: bool = False) -> Path:
-    from lpo.lrm import LatentRewardModel, LRMConfig
-    from lpo.lrm_io import save_lrm
-    from lpo.models import load_components
+    from lpo.reward.lrm import LatentRewardModel, LRMConfig
+    from lpo.reward.lrm_io import save_lrm
+    from lpo.models.components import load_components
 
     torch.manual_seed(0)
     model = LatentRewardModel.from_components(load_components(base), LRMConfig(vfe_scale=1.0))
@@ -49,7 +49,7 @@ def world_lrm(tiny_world_dir, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def world_pairs(tmp_path_factory) -> Path:
-    from lpo.pairs import PreferencePair, save_pairs
+    from lpo.pairs.format import PreferencePair, save_pairs
 
     rng = np.random.default_rng(0)
     pairs = [PreferencePair(f"p{i}", ("a red circle", "a blue square")[i % 2],
@@ -92,13 +92,13 @@ def test_a_diverging_diffusion_dpo_run_stops(tiny_world_dir, world_pairs, tmp_pa
 
 
 def test_a_diverging_reward_model_stops(tiny_world_dir, tmp_path):
-    from lpo.lrm import LatentRewardModel, LRMConfig
-    from lpo.lrm_io import save_lrm
-    from lpo.models import load_components
-    from lpo.pairs import PreferencePair
-    from lpo.reward_config import RewardTrainingConfig
-    from lpo.reward_training import train_step_reward
-    from lpo.runs import RunFolder
+    from lpo.reward.lrm import LatentRewardModel, LRMConfig
+    from lpo.reward.lrm_io import save_lrm
+    from lpo.models.components import load_components
+    from lpo.pairs.format import PreferencePair
+    from lpo.reward.config import RewardTrainingConfig
+    from lpo.reward.training import train_step_reward
+    from lpo.core.runs import RunFolder
 
     components = load_components(tiny_world_dir)
     torch.manual_seed(0)
@@ -149,7 +149,7 @@ def test_a_nan_lrm_is_refused_as_the_step_reward(tiny_world_dir, tmp_path):
 
 
 def test_nan_reward_scores_stop_the_run_before_any_update(tiny_world_dir, world_lrm, tmp_path, monkeypatch):
-    from lpo.lrm import LatentRewardModel
+    from lpo.reward.lrm import LatentRewardModel
 
     real = LatentRewardModel.score_with_conditioning
     monkeypatch.setattr(LatentRewardModel, "score_with_conditioning",
@@ -229,13 +229,13 @@ def test_resume_never_runs_a_planted_pickle(tiny_world_dir, world_lrm, tmp_path)
 
 
 def test_reward_training_checkpoints_store_the_schedule_as_json(tiny_world_dir, tmp_path):
-    from lpo.lrm import LatentRewardModel, LRMConfig
-    from lpo.lrm_io import save_lrm
-    from lpo.models import load_components
-    from lpo.pairs import PreferencePair
-    from lpo.reward_config import RewardTrainingConfig
-    from lpo.reward_training import train_step_reward
-    from lpo.runs import RunFolder
+    from lpo.reward.lrm import LatentRewardModel, LRMConfig
+    from lpo.reward.lrm_io import save_lrm
+    from lpo.models.components import load_components
+    from lpo.pairs.format import PreferencePair
+    from lpo.reward.config import RewardTrainingConfig
+    from lpo.reward.training import train_step_reward
+    from lpo.core.runs import RunFolder
 
     components = load_components(tiny_world_dir)
     rng = np.random.default_rng(0)
@@ -263,7 +263,7 @@ def test_reward_training_checkpoints_store_the_schedule_as_json(tiny_world_dir, 
 
 
 def test_an_unreachable_vae_override_names_model_vae_none(tiny_sdxl_dir):
-    from lpo.models import load_components
+    from lpo.models.components import load_components
 
     # the suite runs with HF_HUB_OFFLINE=1: a hub VAE that is not cached cannot load
     with pytest.raises(LpoError, match=r"could not load the VAE override \(model.vae\).*set model.vae=none to use the "
@@ -273,7 +273,7 @@ def test_an_unreachable_vae_override_names_model_vae_none(tiny_sdxl_dir):
 
 
 def test_mpcf_world_scorers_on_real_captions_point_to_the_paper_preset():
-    from lpo.gap_scores import GAP_SCORERS
+    from lpo.pairs.gap_scores import GAP_SCORERS
 
     scorer = GAP_SCORERS.get("world-aesthetic")()
     image = np.zeros((32, 32, 3), dtype=np.uint8)
@@ -283,7 +283,7 @@ def test_mpcf_world_scorers_on_real_captions_point_to_the_paper_preset():
 
 
 def test_an_unreachable_pickscore_names_the_hub_cache_fix():
-    from lpo.pixel_reward import TimestepConditionedScorer
+    from lpo.reward.pixel import TimestepConditionedScorer
 
     with pytest.raises(LpoError, match=r"allow hub access or fetch nobody/no-pickscore .* with `hf download`.*spo-pixel"):
         TimestepConditionedScorer.from_clip_pretrained("nobody/no-pickscore")

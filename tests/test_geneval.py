@@ -15,7 +15,7 @@ from PIL import Image
 
 from detection_fixtures import geneval_roles, tiny_mask2former_folder
 from metric_fixtures import random_image
-from lpo.errors import LpoError
+from lpo.core.errors import LpoError
 from lpo.evals.benchmarks import BENCHMARKS
 from lpo.evals.benchmarks import geneval as bench
 from lpo.evals.metrics import METRICS, MetricSpec

@@ -1,4 +1,4 @@
-"""Tests for lpo.guided (LRM-guided sampling, SPEC §5.4) and `lpo world guided-eval`, on tiny
+"""Tests for lpo.sampling.guided (LRM-guided sampling, SPEC §5.4) and `lpo world guided-eval`, on tiny
 random models: parity with plain sampling, the pick rules, exact call counts, the CLI."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import torch
 from typer.testing import CliRunner
 
 from lpo.cli import app
-from lpo.guided import (
+from lpo.sampling.guided import (
     GuidanceConfig,
     LRMCandidateScorer,
     branch_seed,
@@ -20,7 +20,7 @@ from lpo.guided import (
     lrm_scorer,
     select_candidates,
 )
-from lpo.guided_generation import (
+from lpo.sampling.guided_generation import (
     SamplerSettings,
     _conditioning_and_noise,
     best_of_k_final,
@@ -29,9 +29,9 @@ from lpo.guided_generation import (
     guided_generate,
     plain_generate,
 )
-from lpo.lrm import LatentRewardModel, LRMConfig
-from lpo.lrm_io import save_lrm
-from lpo.sampling import sample_trajectory, sigma_schedule
+from lpo.reward.lrm import LatentRewardModel, LRMConfig
+from lpo.reward.lrm_io import save_lrm
+from lpo.sampling.ddim import sample_trajectory, sigma_schedule
 
 STEPS = 4
 PROMPTS = ["a red circle", "a blue square"]
@@ -41,7 +41,7 @@ runner = CliRunner()
 
 @pytest.fixture(scope="module")
 def world(tiny_world_dir):
-    from lpo.models import load_components
+    from lpo.models.components import load_components
 
     return load_components(tiny_world_dir)
 
@@ -162,7 +162,7 @@ def test_guided_generate_starts_from_the_plain_images_noise_and_matches_it_with_
 
 
 def test_plain_generate_matches_the_diffusers_pipeline_at_eta_1_with_the_same_seeds(world):
-    from lpo.generate import build_pipeline, generate_images
+    from lpo.sampling.generate import build_pipeline, generate_images
 
     pipe = build_pipeline(world)
     pipe.set_progress_bar_config(disable=True)
@@ -270,7 +270,7 @@ def test_call_counts_are_exact_on_every_step_and_on_a_subset(world):
 
 
 def test_bad_settings_are_one_line_errors(world):
-    from lpo.errors import LpoError
+    from lpo.core.errors import LpoError
 
     with pytest.raises(LpoError, match="eta"):
         SamplerSettings(eta=0.0)

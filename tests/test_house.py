@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from lpo.errors import LpoError
+from lpo.core.errors import LpoError
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -112,9 +112,9 @@ def test_world_dispatch_stays_in_the_cli_and_bench(report):
 def test_the_world_plugs_in_through_registries():
     # Real-mode code resolves `world` and the world's gap scorers through registries that
     # lpo.world.install() fills (the conftest calls it, as the CLI does); twice is harmless.
-    from lpo.generate import resolve_model_name
-    from lpo.model_families import MODEL_FAMILIES, is_model_alias
-    from lpo.gap_scores import GAP_SCORERS
+    from lpo.sampling.generate import resolve_model_name
+    from lpo.models.families import MODEL_FAMILIES, is_model_alias
+    from lpo.pairs.gap_scores import GAP_SCORERS
     from lpo.world import install
     from lpo.world.pretrain import resolve_world_alias
 
@@ -126,11 +126,11 @@ def test_the_world_plugs_in_through_registries():
 
 
 def test_the_world_plugs_into_evaluation_and_training():
-    # Benchmarks and metrics through load hooks (lpo.plugins), training prompts, the reward
+    # Benchmarks and metrics through load hooks (lpo.core.plugins), training prompts, the reward
     # ceiling and the perf tokenizer through the world's model family.
     from lpo.evals.benchmarks import BENCHMARKS
     from lpo.evals.metrics import METRICS
-    from lpo.model_families import kind_family, offline_tokenizer_builder
+    from lpo.models.families import kind_family, offline_tokenizer_builder
     from lpo.trainers.jobs import load_prompts
     from lpo.world.grammar import make_splits
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lpo.errors import LpoError
+from lpo.core.errors import LpoError
 from lpo.evals.leaderboard import Column, build_tables, leaderboard, render_leaderboard
 from lpo.evals.reported import REPORTED
 from lpo.evals.store import append_records, load_records, write_per_prompt

@@ -1,4 +1,4 @@
-"""lpo.lora: LoRA on the attention projections, the adapters-off reference, and outputs that
+"""lpo.trainers.lora: LoRA on the attention projections, the adapters-off reference, and outputs that
 plain diffusers loads back (LoRA folder, U-Net folder, merged pipeline) with identical samples."""
 
 from __future__ import annotations
@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from lpo.generate import build_pipeline
-from lpo.lora import (
+from lpo.sampling.generate import build_pipeline
+from lpo.trainers.lora import (
     LORA_TARGETS,
     LORA_WEIGHTS_NAME,
     adapters_disabled,
@@ -18,7 +18,7 @@ from lpo.lora import (
     save_merged_pipeline,
     save_unet,
 )
-from lpo.models import ddim_from_config, load_components
+from lpo.models.components import ddim_from_config, load_components
 
 PROMPTS = ["a red circle", "a blue square"]
 SEEDS = [11, 12]
@@ -118,7 +118,7 @@ def test_saved_outputs_reproduce_the_policy_samples_in_plain_diffusers(base_dir,
 
 
 def test_a_second_adapter_is_refused(tiny_sd15_dir):
-    from lpo.errors import LpoError
+    from lpo.core.errors import LpoError
 
     components = load_components(tiny_sd15_dir)
     add_lora(components.unet, rank=2)

@@ -1,4 +1,4 @@
-"""lpo.losses against independent computations in float64 (the official code's formulas)."""
+"""lpo.trainers.losses against independent computations in float64 (the official code's formulas)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from lpo.losses import clipped_step_dpo_loss, diffusion_dpo_loss, per_sample_mse
+from lpo.trainers.losses import clipped_step_dpo_loss, diffusion_dpo_loss, per_sample_mse
 
 
 def _official_step_loss(lp_w, lp_l, ref_w, ref_l, beta, eps):

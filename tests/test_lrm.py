@@ -1,9 +1,9 @@
-"""lpo.lrm: the Latent Reward Model (SPEC §4.1) on tiny SD1.5-, SDXL- and world-shaped pipelines.
+"""lpo.reward.lrm: the Latent Reward Model (SPEC §4.1) on tiny SD1.5-, SDXL- and world-shaped pipelines.
 
 The LRM's features are checked against an independent computation: the diffusion
 model's own, full diffusers U-Net run with forward hooks on each down block's last
 resnet/attention (the output *before* its downsampler) and on the mid block, conditioned
-through lpo.models.guided_conditioning. Real-sized SD1.5 / SDXL architectures are built
+through lpo.models.components.guided_conditioning. Real-sized SD1.5 / SDXL architectures are built
 on the meta device (no weights allocated) to check the published widths 4800 and 3520.
 """
 
@@ -17,12 +17,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lpo.conditioning import TextConditioning
-from lpo.errors import LpoError
-from lpo.lrm import LatentRewardModel, LRMConfig
-from lpo.lrm_io import LRM_CONFIG_NAME, LRM_WEIGHTS_NAME, load_lrm, save_lrm
-from lpo.lrm_unet import UNET_UP_PATH, unet_down_mid
-from lpo.models import DiffusionComponents, guided_conditioning, load_components, pooled_text_embedding
+from lpo.models.conditioning import TextConditioning
+from lpo.core.errors import LpoError
+from lpo.reward.lrm import LatentRewardModel, LRMConfig
+from lpo.reward.lrm_io import LRM_CONFIG_NAME, LRM_WEIGHTS_NAME, load_lrm, save_lrm
+from lpo.reward.lrm_unet import UNET_UP_PATH, unet_down_mid
+from lpo.models.components import DiffusionComponents, guided_conditioning, load_components, pooled_text_embedding
 from tiny_models import LATENT_SIZE
 
 PROMPTS = ["a red cat on the left of a blue square", "two small green trees"]

@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from metric_fixtures import IMAGE, normalise_pixels, random_image, tiny_clip_folder, write_aesthetic_head
-from lpo.errors import LpoError
+from lpo.core.errors import LpoError
 from lpo.evals.metrics import METRICS, MetricSpec
 from lpo.evals.metrics.gap import GAP_SCORER_METRICS, MetricGapScorer, gap_scorer
 
@@ -63,7 +63,7 @@ def test_aesthetic_head_keys_are_checked(aesthetic_setup, tmp_path):
 
 
 def test_metric_as_mpcf_gap_scorer(aesthetic_setup):
-    from lpo.gap_scores import GapScorer
+    from lpo.pairs.gap_scores import GapScorer
 
     root, clip, _ = aesthetic_setup
     metric = build(root, clip)

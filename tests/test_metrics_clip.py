@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from metric_fixtures import IMAGE, normalise_pixels, random_image, tiny_clip_folder
-from lpo.errors import LpoError
+from lpo.core.errors import LpoError
 from lpo.evals.metrics import METRICS, MetricSpec
 
 PROMPTS = ["a photo of a red cat", "a blue square on the left of a green circle", "two small birds", "a house"]

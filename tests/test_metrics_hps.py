@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from metric_fixtures import IMAGE, normalise_pixels, random_image, tiny_open_clip_architecture, write_hps_checkpoints
-from lpo.errors import LpoError
+from lpo.core.errors import LpoError
 from lpo.evals.metrics import METRICS, MetricSpec
 from lpo.evals.metrics.hps import HPSv2, HPSv21
 

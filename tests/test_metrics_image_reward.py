@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from metric_fixtures import IMAGE, normalise_pixels, random_image, write_image_reward_checkpoint
-from lpo.errors import LpoError
+from lpo.core.errors import LpoError
 from lpo.evals.metrics import METRICS, MetricSpec
 from lpo.evals.metrics.image_reward import REWARD_MEAN, REWARD_STD, ImageReward
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from lpo.errors import LpoError
+from lpo.core.errors import LpoError
 from lpo.evals.metrics import METRICS, MetricSpec, weights
 from lpo.evals.metrics.preprocess import resize_longest_pad, resize_shorter_center_crop, to_pixel_values
 

@@ -1,4 +1,4 @@
-"""lpo.models: loading SD1.5 / SDXL / world pipelines and encoding prompts like diffusers.
+"""lpo.models.components: loading SD1.5 / SDXL / world pipelines and encoding prompts like diffusers.
 
 The tiny pipelines (tests/tiny_models.py) are saved with ``save_pretrained`` and loaded
 back through the same ``from_pretrained`` calls real checkpoints use (SPEC §1.1). Parity
@@ -24,9 +24,9 @@ from diffusers import (
 )
 from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
-from lpo.conditioning import GuidedConditioning, TextConditioning, predict_noise
-from lpo.errors import LpoError
-from lpo.models import (
+from lpo.models.conditioning import GuidedConditioning, TextConditioning, predict_noise
+from lpo.core.errors import LpoError
+from lpo.models.components import (
     WORLD_MARKER,
     DiffusionComponents,
     ddim_from_config,
@@ -85,7 +85,7 @@ def test_scheduler_is_ddim_with_latent_settings(components: DiffusionComponents)
 def test_ddim_from_config_fills_latent_defaults_loudly(caplog) -> None:
     """DDIM's defaults would clip latent x0 to [-1, 1]; a config silent on it gets SD's values."""
     euler = {"_class_name": "EulerDiscreteScheduler", "beta_schedule": "scaled_linear", "steps_offset": 1}
-    with caplog.at_level(logging.WARNING, logger="lpo.models"):
+    with caplog.at_level(logging.WARNING, logger="lpo.models.components"):
         scheduler = ddim_from_config(euler)
     assert scheduler.config.clip_sample is False and scheduler.config.set_alpha_to_one is False
     assert "clip_sample" in caplog.text

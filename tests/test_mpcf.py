@@ -10,11 +10,11 @@ import json
 import numpy as np
 import pytest
 
-from lpo.config import apply_overrides
-from lpo.errors import LpoError
-from lpo.gap_scores import GAP_SCORERS, ROLES, GapScorer, GapScores, compute_gap_scores
-from lpo.mpcf import STRATEGIES, MPCFConfig, build_gap_scorers, filter_pairs, mpcf_preset
-from lpo.pairs import TIE, PreferencePair
+from lpo.core.config import apply_overrides
+from lpo.core.errors import LpoError
+from lpo.pairs.gap_scores import GAP_SCORERS, ROLES, GapScorer, GapScores, compute_gap_scores
+from lpo.pairs.mpcf import STRATEGIES, MPCFConfig, build_gap_scorers, filter_pairs, mpcf_preset
+from lpo.pairs.format import TIE, PreferencePair
 from lpo.world.grammar import WORLD_VERSION, parse_prompt
 from lpo.world.render import IMAGE_SIZE, SceneObject, render_prompt, render_scene
 
@@ -392,7 +392,7 @@ def test_real_mode_scorers_come_from_the_evaluation_metrics(tmp_path):
     from metric_fixtures import tiny_clip_folder, write_aesthetic_head
 
     from lpo.evals.metrics.gap import MetricGapScorer
-    from lpo.mpcf import build_gap_scorers
+    from lpo.pairs.mpcf import build_gap_scorers
 
     clip = tiny_clip_folder(tmp_path / "clip", seed=5)
     write_aesthetic_head(tmp_path)
@@ -408,7 +408,7 @@ def test_real_mode_scorers_come_from_the_evaluation_metrics(tmp_path):
 def test_any_metric_name_can_fill_a_role_and_unknown_names_fail(tmp_path):
     from metric_fixtures import tiny_clip_folder
 
-    from lpo.mpcf import build_gap_scorers
+    from lpo.pairs.mpcf import build_gap_scorers
 
     clip = tiny_clip_folder(tmp_path / "clip", seed=1)
     config = MPCFConfig(aesthetic_scorer="world-aesthetic", clip_scorer="clip_score", vqa_scorer="world-vqa")

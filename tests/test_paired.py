@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lpo.errors import LpoError
+from lpo.core.errors import LpoError
 from lpo.evals.paired import (
     INTERVAL_METHOD,
     minimum_detectable_difference,

@@ -13,8 +13,8 @@ import pytest
 import torch
 from PIL import Image
 
-from lpo.errors import LpoError
-from lpo.pairs import (
+from lpo.core.errors import LpoError
+from lpo.pairs.format import (
     PICKAPIC_ID,
     SKIP_IDENTICAL,
     SKIP_NO_LABEL,
@@ -227,7 +227,7 @@ def test_hub_failures_and_missing_columns_are_one_line_errors(monkeypatch):
 
 
 def test_world_pairs_are_valid_and_deterministic(request, tmp_path):
-    from lpo.generate import load_pipeline
+    from lpo.sampling.generate import load_pipeline
     from lpo.world.pairs import WorldPairsConfig, generate_world_pairs, run_pairs
 
     # Requested here, not as an argument, so that a first build of the session fixture
@@ -264,7 +264,7 @@ def test_world_pairs_are_valid_and_deterministic(request, tmp_path):
 
 
 def test_world_pairs_mix_sources_per_image(request):
-    from lpo.generate import load_pipeline
+    from lpo.sampling.generate import load_pipeline
     from lpo.world.pairs import WorldPairsConfig, generate_world_pairs
 
     tiny_world_dir = request.getfixturevalue("tiny_world_dir")

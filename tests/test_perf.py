@@ -11,12 +11,12 @@ import math
 import pytest
 import torch
 
-from lpo.lrm import LatentRewardModel
+from lpo.reward.lrm import LatentRewardModel
 from lpo.perf.architectures import random_components, random_pickscore_scorer
 from lpo.perf.reward_cost import PARTS, measure_reward_cost, time_parts
 from lpo.perf.train_step import measure_train_step
-from lpo.pixel_reward import PixelStepReward
-from lpo.pixel_scorer import world_pixel_scorer
+from lpo.reward.pixel import PixelStepReward
+from lpo.reward.pixel_scorer import world_pixel_scorer
 
 
 def _count(module: torch.nn.Module) -> int:
@@ -68,7 +68,7 @@ def test_measure_reward_cost_on_tiny_sd15(sd15):
 
 
 def test_measure_train_step_updates_only_lora_weights(tiny_sd15_dir):
-    from lpo.models import load_components
+    from lpo.models.components import load_components
 
     components = load_components(tiny_sd15_dir)  # its own copy: the update adds adapters
     before = {k: v.clone() for k, v in components.unet.state_dict().items()}

@@ -1,5 +1,5 @@
-"""SPO's step-aware preference model (SPEC §4.3) and the pixel step reward: lpo.pixel_reward and its
-parts lpo.pixel_scorer, lpo.time_conditioning, lpo.clip_preprocess and lpo.pixel_reward_io.
+"""SPO's step-aware preference model (SPEC §4.3) and the pixel step reward: lpo.reward.pixel and its
+parts lpo.reward.pixel_scorer, lpo.reward.time_conditioning, lpo.reward.clip_preprocess and lpo.reward.pixel_io.
 
 Real mode is exercised with a tiny random ``CLIPModel`` saved to a temporary folder with
 its tokenizer and a ``CLIPImageProcessor`` config, loaded through the same
@@ -18,13 +18,13 @@ import numpy as np
 import pytest
 import torch
 
-from lpo.errors import LpoError
-from lpo.models import DiffusionComponents, load_components
-from lpo.clip_preprocess import ImagePreprocessConfig, preprocess_images
-from lpo.pixel_reward import PixelRewardConfig, PixelStepReward, predicted_original_sample
-from lpo.pixel_reward_io import PIXEL_REWARD_CONFIG_NAME, PIXEL_REWARD_WEIGHTS_NAME, load_pixel_reward, save_pixel_reward
-from lpo.pixel_scorer import TimestepConditionedScorer, world_pixel_scorer
-from lpo.sampling import ddim_step_with_logprob
+from lpo.core.errors import LpoError
+from lpo.models.components import DiffusionComponents, load_components
+from lpo.reward.clip_preprocess import ImagePreprocessConfig, preprocess_images
+from lpo.reward.pixel import PixelRewardConfig, PixelStepReward, predicted_original_sample
+from lpo.reward.pixel_io import PIXEL_REWARD_CONFIG_NAME, PIXEL_REWARD_WEIGHTS_NAME, load_pixel_reward, save_pixel_reward
+from lpo.reward.pixel_scorer import TimestepConditionedScorer, world_pixel_scorer
+from lpo.sampling.ddim import ddim_step_with_logprob
 from tiny_models import LATENT_SIZE, MAX_LENGTH, tiny_tokenizer
 
 PROMPTS = ["a red cat on the left of a blue square", "two small green trees", "a photo of a dog"]
@@ -244,7 +244,7 @@ def test_x0_matches_ddim_scheduler_step_on_raw_unet_calls(reward: PixelStepRewar
         got = reward.predict_x0(latents_t, t, prompts)
     assert got.dtype == torch.float32 and got.shape == latents_t.shape
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
-    # mixed timesteps: the formula x̂0 = (x_t − √(1−ᾱ_t)ε̂)/√ᾱ_t per row, and lpo.sampling's step
+    # mixed timesteps: the formula x̂0 = (x_t − √(1−ᾱ_t)ε̂)/√ᾱ_t per row, and lpo.sampling.ddim's step
     timesteps = torch.tensor([1, 451, 951])
     alphas = sd15.scheduler.alphas_cumprod[timesteps].view(3, 1, 1, 1)
     by_hand = (latents_t - (1 - alphas).sqrt() * noise_pred) / alphas.sqrt()

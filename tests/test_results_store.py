@@ -9,7 +9,7 @@ import threading
 import pytest
 
 import lpo.evals.store as store
-from lpo.errors import LpoError
+from lpo.core.errors import LpoError
 from lpo.evals.harness import EvalConfig, EvalProtocol, run_eval
 from lpo.evals.store import SCHEMA_VERSION, ResultRecord, append_records, load_records, records_path
 
@@ -121,7 +121,7 @@ def test_single_prompt_has_no_interval(tmp_path):
 
 
 def test_run_folder_checkpoints_carry_run_id_method_and_training_cost(tmp_path, tiny_world_dir):
-    from lpo.runs import DeviceMeter, RunFolder
+    from lpo.core.runs import DeviceMeter, RunFolder
 
     run = RunFolder.create({"trainer": "lpo", "reward": "lrm"}, folder=tmp_path / "runs" / "lpo-world",
                            extra={"method": "lpo", "base_model": "world"})

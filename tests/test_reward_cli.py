@@ -49,7 +49,7 @@ def test_train_both_step_rewards_and_compare_them_by_timestep(tiny_world_dir, tm
     # whose labels contradict the true order on a known share of the pairs
     import numpy as np
 
-    from lpo.pairs import PreferencePair, save_pairs
+    from lpo.pairs.format import PreferencePair, save_pairs
     from lpo.world.grammar import make_splits
     from lpo.world.render import render_prompt
 

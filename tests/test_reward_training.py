@@ -1,6 +1,6 @@
-"""lpo.reward_training: the step reward model training loop (SPEC §4.1 data, loss, optimisation).
+"""lpo.reward.training: the step reward model training loop (SPEC §4.1 data, loss, optimisation).
 
-Runs on the shipped world model (lpo.generate.resolve_model_name("world")): its VAE
+Runs on the shipped world model (lpo.sampling.generate.resolve_model_name("world")): its VAE
 separates colours, so an LRM learns "the image in the prompt's colour wins" in a few steps. The tiny
 test pipeline's VAE (4 training steps) does not: its posterior noise swamps the colour.
 Expectations are computed independently of the code under test (the noising formula from
@@ -17,15 +17,15 @@ import pytest
 import torch
 from torch import nn
 
-from lpo.config import apply_overrides
-from lpo.errors import LpoError
-from lpo.lrm import LatentRewardModel, LRMConfig
-from lpo.lrm_io import load_lrm, save_lrm
-from lpo.pairs import PreferencePair
-from lpo.reward_config import REWARD_TRAINING_PRESETS, RewardTrainingConfig, reward_training_preset
-from lpo.reward_data import EncodedPairs, encode_pairs, image_to_tensor, keyed_generator, loss_weights, noise_pairs, pair_indices, timestep_pool
-from lpo.reward_training import StepRewardModel, pairwise_accuracy_by_timestep, preference_loss, train_step_reward
-from lpo.runs import RunFolder, read_cost
+from lpo.core.config import apply_overrides
+from lpo.core.errors import LpoError
+from lpo.reward.lrm import LatentRewardModel, LRMConfig
+from lpo.reward.lrm_io import load_lrm, save_lrm
+from lpo.pairs.format import PreferencePair
+from lpo.reward.config import REWARD_TRAINING_PRESETS, RewardTrainingConfig, reward_training_preset
+from lpo.reward.data import EncodedPairs, encode_pairs, image_to_tensor, keyed_generator, loss_weights, noise_pairs, pair_indices, timestep_pool
+from lpo.reward.training import StepRewardModel, pairwise_accuracy_by_timestep, preference_loss, train_step_reward
+from lpo.core.runs import RunFolder, read_cost
 
 DDIM_20 = list(range(1, 1000, 50))  # {1, 51, …, 951}: SD's "leading" spacing with offset 1
 PROMPT = "a red circle"
@@ -33,8 +33,8 @@ PROMPT = "a red circle"
 
 @pytest.fixture(scope="module")
 def world():
-    from lpo.generate import resolve_model_name
-    from lpo.models import load_components
+    from lpo.sampling.generate import resolve_model_name
+    from lpo.models.components import load_components
 
     return load_components(resolve_model_name("world"))
 
@@ -398,8 +398,8 @@ def test_resume_gives_the_weights_of_an_uninterrupted_run(world, train_pairs, tm
 def test_a_new_lrm_does_not_depend_on_the_global_rng(world):
     import torch
 
-    from lpo.reward_jobs import build_reward_model
-    from lpo.reward_config import reward_training_preset
+    from lpo.reward.jobs import build_reward_model
+    from lpo.reward.config import reward_training_preset
 
     config = reward_training_preset("lrm-world")
     weights = []
@@ -411,7 +411,7 @@ def test_a_new_lrm_does_not_depend_on_the_global_rng(world):
 
 
 def test_accuracy_from_scores_counts_decisive_pairs_and_half_for_equal_scores():
-    from lpo.reward_training import accuracy_from_scores
+    from lpo.reward.training import accuracy_from_scores
 
     scores_0 = torch.tensor([2.0, 0.0, 1.0, 5.0])
     scores_1 = torch.tensor([1.0, 1.0, 1.0, 0.0])

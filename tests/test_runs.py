@@ -1,4 +1,4 @@
-"""lpo.runs: run folders (config.json, run.json, cost.json) and the device-hour meter (SPEC §8)."""
+"""lpo.core.runs: run folders (config.json, run.json, cost.json) and the device-hour meter (SPEC §8)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from dataclasses import dataclass
 
 import pytest
 
-from lpo.config import config_to_dict
-from lpo.errors import LpoError
-from lpo.runs import STAGES, DeviceMeter, RunFolder, active_meter, read_cost
+from lpo.core.config import config_to_dict
+from lpo.core.errors import LpoError
+from lpo.core.runs import STAGES, DeviceMeter, RunFolder, active_meter, read_cost
 
 
 @dataclass

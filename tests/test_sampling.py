@@ -1,4 +1,4 @@
-"""Tests for lpo.sampling: parity with DDIMScheduler.step, the analytic Gaussian, SPEC §3's
+"""Tests for lpo.sampling.ddim: parity with DDIMScheduler.step, the analytic Gaussian, SPEC §3's
 σ list, mixed timesteps, branching, and trajectories with tiny random U-Nets (CPU, offline)."""
 
 from __future__ import annotations
@@ -7,8 +7,8 @@ import pytest
 import torch
 from diffusers import DDIMScheduler, PNDMScheduler, UNet2DConditionModel
 
-from lpo.conditioning import GuidedConditioning, TextConditioning, predict_noise
-from lpo.sampling import (
+from lpo.models.conditioning import GuidedConditioning, TextConditioning, predict_noise
+from lpo.sampling.ddim import (
     DDIMStepOutput,
     Trajectory,
     branch_candidates,

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from lpo.models import encode_prompts, load_components
-from lpo.pairs import PreferencePair
+from lpo.models.components import encode_prompts, load_components
+from lpo.pairs.format import PreferencePair
 from lpo.trainers.diffusion_dpo import DiffusionDPOTrainer, draw_batch
 from lpo.trainers.harness import build_policy
 from lpo.trainers.jobs import resolve_config
@@ -41,7 +41,7 @@ def test_winner_and_loser_share_t_and_noise(tiny_world_dir):
     assert torch.equal(x_t_w, x_t_l) and torch.equal(timesteps, draws.timesteps)
     assert torch.equal(target[:, 0], draws.noise) and torch.equal(target[:, 1], draws.noise)  # ε-prediction target
     # x_t = √ᾱ_t·x0 + √(1−ᾱ_t)·ε with x0 = (posterior mean + std·z)·scale of the winner image
-    from lpo.reward_data import image_to_tensor
+    from lpo.reward.data import image_to_tensor
 
     vae = trainer.components.vae
     with torch.no_grad():
@@ -87,8 +87,8 @@ def test_ties_are_skipped_and_the_lora_variant_is_labelled(tiny_world_dir):
 
 
 def test_a_short_run_logs_loss_and_implicit_accuracy(tiny_world_dir, tmp_path):
-    from lpo.pairs import save_pairs
-    from lpo.runs import RunFolder
+    from lpo.pairs.format import save_pairs
+    from lpo.core.runs import RunFolder
     from lpo.trainers.jobs import run_training
 
     save_pairs(_pairs(16), tmp_path / "pairs.parquet")

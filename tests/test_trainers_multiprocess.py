@@ -75,7 +75,7 @@ with open(f"{out}/rank{rank}.json", "w") as fh:
 
 
 def test_two_cpu_processes_keep_identical_weights_and_gather_kept_pairs(tiny_world_dir, tmp_path):
-    from lpo.pairs import PreferencePair, save_pairs
+    from lpo.pairs.format import PreferencePair, save_pairs
     from test_trainers_resume import lrm_with_cost
 
     lrm = lrm_with_cost(tiny_world_dir, tmp_path / "lrm")

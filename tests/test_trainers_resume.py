@@ -16,11 +16,11 @@ import torch
 
 def lrm_with_cost(base: Path, out: Path) -> Path:
     """An (untrained) LRM folder with a cost record, as `lpo lrm train` leaves one."""
-    from lpo.io import atomic_write_json
-    from lpo.lrm import LatentRewardModel, LRMConfig
-    from lpo.lrm_io import save_lrm
-    from lpo.models import load_components
-    from lpo.runs import DeviceMeter
+    from lpo.core.io import atomic_write_json
+    from lpo.reward.lrm import LatentRewardModel, LRMConfig
+    from lpo.reward.lrm_io import save_lrm
+    from lpo.models.components import load_components
+    from lpo.core.runs import DeviceMeter
 
     torch.manual_seed(0)
     save_lrm(LatentRewardModel.from_components(load_components(base), LRMConfig(vfe_scale=1.0)), out)
@@ -96,7 +96,7 @@ def test_a_killed_run_resumes_to_the_uninterrupted_weights(tiny_world_dir, tmp_p
     # 4. a resume with other settings is refused before anything is touched (in-process: same code path)
     import pytest
 
-    from lpo.errors import LpoError
+    from lpo.core.errors import LpoError
     from lpo.trainers.jobs import run_training
 
     before = (run_dir / "config.json").read_text(), (run_dir / "run.json").read_text()

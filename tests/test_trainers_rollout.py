@@ -1,4 +1,4 @@
-"""lpo.step_rollout: the K-candidate step loop of LPO and SPO (SPEC §5.1 step 1, §5.2).
+"""lpo.trainers.rollout: the K-candidate step loop of LPO and SPO (SPEC §5.1 step 1, §5.2).
 
 A recording fake reward (score = a fixed linear function of the candidate latents) lets
 each rule be checked from the outside: what the reward saw, at which t, which rows were
@@ -12,10 +12,10 @@ import math
 import pytest
 import torch
 
-from lpo.models import guided_conditioning, load_components
-from lpo.sampling import ddim_step_with_logprob, ddim_timesteps, initial_latents
-from lpo.conditioning import predict_noise
-from lpo.step_rollout import (
+from lpo.models.components import guided_conditioning, load_components
+from lpo.sampling.ddim import ddim_step_with_logprob, ddim_timesteps, initial_latents
+from lpo.models.conditioning import predict_noise
+from lpo.trainers.rollout import (
     KeptSteps,
     StepReward,
     StepRolloutSettings,
@@ -191,8 +191,8 @@ def test_kept_steps_concatenate_with_shifted_prompt_rows(world):
 
 
 def test_the_lrm_and_the_pixel_model_are_step_rewards_and_drive_a_rollout(world):
-    from lpo.lrm import LatentRewardModel, LRMConfig
-    from lpo.pixel_reward import PixelStepReward
+    from lpo.reward.lrm import LatentRewardModel, LRMConfig
+    from lpo.reward.pixel import PixelStepReward
 
     torch.manual_seed(0)
     lrm = LatentRewardModel.from_components(world, LRMConfig(vfe_scale=1.0)).eval()

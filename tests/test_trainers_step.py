@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 import torch
 
-from lpo.errors import LpoError
-from lpo.io import atomic_write_json
-from lpo.runs import DeviceMeter, RunFolder, read_cost
+from lpo.core.errors import LpoError
+from lpo.core.io import atomic_write_json
+from lpo.core.runs import DeviceMeter, RunFolder, read_cost
 from lpo.trainers import TRAINERS
 from lpo.trainers.jobs import resolve_config, run_training
 from lpo.trainers.presets import PRESET_METHOD, PRESETS, trainer_preset
@@ -36,9 +36,9 @@ def _with_cost(folder: Path, seconds: float = REWARD_SECONDS) -> Path:
 
 
 def _lrm_folder(base: Path, out: Path) -> Path:
-    from lpo.lrm import LatentRewardModel, LRMConfig
-    from lpo.lrm_io import save_lrm
-    from lpo.models import load_components
+    from lpo.reward.lrm import LatentRewardModel, LRMConfig
+    from lpo.reward.lrm_io import save_lrm
+    from lpo.models.components import load_components
 
     torch.manual_seed(0)
     save_lrm(LatentRewardModel.from_components(load_components(base), LRMConfig(vfe_scale=1.0)), out)
@@ -52,9 +52,9 @@ def world_lrm(tiny_world_dir, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def world_pixel(tiny_world_dir, tmp_path_factory) -> Path:
-    from lpo.models import load_components
-    from lpo.pixel_reward import PixelStepReward
-    from lpo.pixel_reward_io import save_pixel_reward
+    from lpo.models.components import load_components
+    from lpo.reward.pixel import PixelStepReward
+    from lpo.reward.pixel_io import save_pixel_reward
 
     components = load_components(tiny_world_dir)  # its own copy: the reward freezes the U-Net it is given
     out = tmp_path_factory.mktemp("rewards") / "pixel"
@@ -64,7 +64,7 @@ def world_pixel(tiny_world_dir, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def world_pairs(tmp_path_factory) -> Path:
-    from lpo.pairs import PreferencePair, save_pairs
+    from lpo.pairs.format import PreferencePair, save_pairs
 
     rng = np.random.default_rng(0)
     pairs = [
@@ -218,9 +218,9 @@ def test_a_lora_run_writes_a_diffusers_lora_that_reproduces_the_policy(tiny_sd15
     """Real-mode path on the tiny SD1.5 pipeline: LoRA policy, LRM reward, `load_lora_weights` parity."""
     from diffusers import StableDiffusionPipeline
 
-    from lpo.generate import build_pipeline
-    from lpo.lora import LORA_WEIGHTS_NAME
-    from lpo.models import ddim_from_config, load_components
+    from lpo.sampling.generate import build_pipeline
+    from lpo.trainers.lora import LORA_WEIGHTS_NAME
+    from lpo.models.components import ddim_from_config, load_components
 
     lrm = _lrm_folder(tiny_sd15_dir, tmp_path / "lrm")
     prompts = tmp_path / "prompts.txt"
@@ -320,8 +320,8 @@ def test_sdxl_runs_and_writes_an_sdxl_lora(tiny_sdxl_dir, tmp_path):
     """SDXL conditioning (pooled embeds, time ids) through the rollout, the gather and both losses."""
     from diffusers import StableDiffusionXLPipeline
 
-    from lpo.models import ddim_from_config
-    from lpo.pairs import PreferencePair, save_pairs
+    from lpo.models.components import ddim_from_config
+    from lpo.pairs.format import PreferencePair, save_pairs
 
     lrm = _lrm_folder(tiny_sdxl_dir, tmp_path / "lrm")
     prompts = tmp_path / "prompts.txt"

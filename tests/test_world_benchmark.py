@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from lpo.errors import LpoError
-from lpo.generate import generate_images, image_seed, load_pipeline
+from lpo.core.errors import LpoError
+from lpo.sampling.generate import generate_images, image_seed, load_pipeline
 from lpo.world.benchmark import (
     GroundTruthSource,
     NoiseSource,

@@ -2,7 +2,7 @@
 
 import pytest
 
-from lpo.errors import LpoError
+from lpo.core.errors import LpoError
 from lpo.world.grammar import (
     CATEGORIES,
     HELDOUT_COMBOS,
@@ -11,7 +11,7 @@ from lpo.world.grammar import (
     make_splits,
     parse_prompt,
 )
-from lpo.hashing import prompt_set_hash
+from lpo.core.hashing import prompt_set_hash
 
 
 @pytest.mark.parametrize("category", CATEGORIES)

@@ -7,7 +7,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from lpo.models import load_components
+from lpo.models.components import load_components
 from lpo.world.pretrain import WORLD_MARKER, pretrain_preset, pretrain_world
 
 
@@ -72,7 +72,7 @@ def test_shipped_quick_model_is_imperfect_but_recognisable():
     from pathlib import Path
 
     from lpo.world.benchmark import PipelineSource, WorldEvalProtocol, evaluate_source
-    from lpo.generate import load_pipeline
+    from lpo.sampling.generate import load_pipeline
     from lpo.world.pretrain import resolve_world_alias
 
     folder = resolve_world_alias("world")  # LPO_HOME is empty in tests: the shipped copy

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from lpo.models import SD15_SCHEDULER_CONFIG
+from lpo.models.components import SD15_SCHEDULER_CONFIG
 
 SEED = 0
 MAX_LENGTH = 16  # tokenizer model_max_length == text encoder max_position_embeddings

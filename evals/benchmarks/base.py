@@ -13,9 +13,9 @@ import hashlib
 from dataclasses import dataclass
 from typing import Callable, Protocol, Sequence
 
-from lpo.errors import LpoError
-from lpo.hashing import prompt_set_hash
-from lpo.registry import Registry
+from lpo.core.errors import LpoError
+from lpo.core.hashing import prompt_set_hash
+from lpo.core.registry import Registry
 
 
 def prompt_hash(prompt: str) -> str:
@@ -55,7 +55,7 @@ class PromptSet:
 
     @property
     def hash(self) -> str:
-        """12 hex of the ordered prompt list (:func:`lpo.hashing.prompt_set_hash`)."""
+        """12 hex of the ordered prompt list (:func:`lpo.core.hashing.prompt_set_hash`)."""
         return prompt_set_hash(list(self.prompts))
 
     def take(self, max_prompts: int | None) -> "PromptSet":

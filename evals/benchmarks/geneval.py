@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from lpo.errors import LpoError
+from lpo.core.errors import LpoError
 from lpo.evals.benchmarks.base import BENCHMARKS, PromptSet
 from lpo.evals.benchmarks.prompt_files import unique_prompts
 from lpo.evals.metrics.geneval import NAMESPACE
@@ -53,8 +53,8 @@ def read_metadata(path: Path) -> list[dict]:
 
 
 def download_metadata(cache: Path | None = None) -> Path:
-    from lpo.io import atomic_write_bytes, one_line
-    from lpo.paths import lpo_home
+    from lpo.core.io import atomic_write_bytes, one_line
+    from lpo.core.paths import lpo_home
 
     target = (cache or lpo_home() / "geneval" / "main") / METADATA_FILE
     if not target.is_file():

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from lpo.errors import LpoError
+from lpo.core.errors import LpoError
 from lpo.evals.benchmarks.base import BENCHMARKS, PromptSet
 
 REAL_METRICS = ("pickscore", "hpsv2", "hpsv21", "image_reward", "laion_aesthetic", "clip_score")
@@ -59,7 +59,7 @@ def read_prompt_file(path: Path) -> tuple[list[str], list[str] | None]:
         raise LpoError(f"prompt file {path} does not exist; pass a file with one prompt per line (or a .tsv/.csv/.parquet/.json)")
     suffix = path.suffix.lower()
     if suffix == ".txt" or suffix not in FILE_SUFFIXES:
-        from lpo.generate import read_prompts_file
+        from lpo.sampling.generate import read_prompts_file
 
         return read_prompts_file(path), None
     if suffix in (".tsv", ".csv"):
@@ -160,7 +160,7 @@ def _dataset_column(dataset_id: str, split: str, prompt_column: str, category_co
         ds = ds.select_columns(columns)
         rows = list(ds)
     except Exception as err:  # offline, unknown id, split or column: all user-fixable
-        from lpo.io import one_line
+        from lpo.core.io import one_line
 
         raise LpoError(
             f"could not read prompts from dataset {dataset_id!r} split {split!r} ({one_line(err)}); "
@@ -236,7 +236,7 @@ def _download_hpsv2() -> Path:
             for style in HPSV2_STYLES
         ]
     except Exception as err:  # offline or moved files: user-fixable
-        from lpo.io import one_line
+        from lpo.core.io import one_line
 
         raise LpoError(
             f"could not download the HPSv2 benchmark prompts from {HPSV2_DATASET} ({one_line(err)}); "

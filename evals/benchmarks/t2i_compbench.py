@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from lpo.errors import LpoError
+from lpo.core.errors import LpoError
 from lpo.evals.benchmarks.base import BENCHMARKS, PromptSet
 from lpo.evals.benchmarks.prompt_files import unique_prompts
 from lpo.evals.metrics.compbench import CATEGORIES, NAMESPACE
@@ -75,8 +75,8 @@ def complex_key(prompt: str) -> str:
 
 def download_files(names: Sequence[str], cache: Path | None = None) -> Path:
     """Fetch the official files into the cache (once); their folder."""
-    from lpo.io import atomic_write_bytes, one_line
-    from lpo.paths import lpo_home
+    from lpo.core.io import atomic_write_bytes, one_line
+    from lpo.core.paths import lpo_home
 
     folder = cache or lpo_home() / "t2i-compbench" / "main"
     for name in names:

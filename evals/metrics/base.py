@@ -14,7 +14,7 @@ from typing import Callable, Protocol, Sequence, runtime_checkable
 import torch
 from PIL import Image
 
-from lpo.registry import Registry
+from lpo.core.registry import Registry
 
 
 @dataclass(frozen=True)

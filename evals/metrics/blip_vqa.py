@@ -30,7 +30,7 @@ from typing import Sequence
 import torch
 from PIL import Image
 
-from lpo.errors import LpoError
+from lpo.core.errors import LpoError
 from lpo.evals.metrics.preprocess import to_pixel_values, to_rgb
 from lpo.evals.metrics.weights import from_pretrained, model_from_pretrained
 

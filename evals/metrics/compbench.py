@@ -48,7 +48,7 @@ from PIL import Image
 
 import lpo.evals.metrics.compbench_rules as rules
 import lpo.evals.metrics.compbench_text as text
-from lpo.errors import LpoError
+from lpo.core.errors import LpoError
 from lpo.evals.metrics.base import METRICS, MetricSpec
 from lpo.evals.metrics.blip_vqa import BLIP_VQA_DEFAULT, BlipVqa, phrase_product
 from lpo.evals.metrics.clip_common import image_embeds, load_clip_tokenizer, text_embeds, tokenize

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from lpo.errors import LpoError
+from lpo.core.errors import LpoError
 from lpo.evals.metrics.compbench_rules import Box, Detection, box_iou, unidet_frame
 from lpo.evals.metrics.preprocess import CLIP_MEAN, CLIP_STD, to_pixel_values, to_rgb
 from lpo.evals.metrics.weights import from_pretrained, model_from_pretrained

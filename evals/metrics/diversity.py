@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from lpo.errors import LpoError
+from lpo.core.errors import LpoError
 from lpo.evals.metrics.base import METRICS, MetricSpec
 
 CLIP_L14 = "openai/clip-vit-large-patch14"

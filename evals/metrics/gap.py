@@ -1,6 +1,6 @@
-"""Evaluation metrics as MPCF gap scorers (lpo.gap_scores.GapScorer), for real-mode filtering.
+"""Evaluation metrics as MPCF gap scorers (lpo.pairs.gap_scores.GapScorer), for real-mode filtering.
 
-``lpo.gap_scores`` names its real scorers ``laion-aesthetic``, ``clip-score`` and ``vqascore``;
+``lpo.pairs.gap_scores`` names its real scorers ``laion-aesthetic``, ``clip-score`` and ``vqascore``;
 ``GAP_SCORER_METRICS`` says which metric fills each (VQAScore is not built: it needs an
 11 B model). The metric's name and version name the MPCF score cache, so a bumped metric
 version rescores.

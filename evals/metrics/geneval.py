@@ -41,7 +41,7 @@ import torch
 from PIL import Image
 
 import lpo.evals.metrics.geneval_rules as rules
-from lpo.errors import LpoError
+from lpo.core.errors import LpoError
 from lpo.evals.metrics.base import METRICS, MetricSpec
 from lpo.evals.metrics.clip_common import image_embeds, load_clip_tokenizer, normalise, text_embeds, tokenize
 from lpo.evals.metrics.model_roles import no_processor, role_refs
@@ -131,7 +131,7 @@ def _checkpoint_tensors(ref: str, names: Sequence[str], *, metric: str, fix: str
         try:
             path = cached_file(str(local) if local.is_dir() else ref, filename, _raise_exceptions_for_missing_entries=False)
         except Exception as err:  # network or repo errors: one message below
-            from lpo.io import one_line
+            from lpo.core.io import one_line
 
             raise LpoError(f"{metric}: could not fetch {filename} of {ref!r} ({one_line(err)}); {fix}") from err
         if not path:

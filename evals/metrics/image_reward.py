@@ -29,7 +29,7 @@ from typing import Mapping
 import torch
 from torch import nn
 
-from lpo.errors import LpoError
+from lpo.core.errors import LpoError
 from lpo.evals.metrics.base import METRICS, MetricSpec
 from lpo.evals.metrics.preprocess import CLIP_MEAN, CLIP_STD, resize_shorter_center_crop, to_pixel_values
 from lpo.evals.metrics.scoring import BatchedMetric

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from lpo.errors import LpoError
+from lpo.core.errors import LpoError
 from lpo.evals.metrics.base import METRICS, MetricSpec
 from lpo.evals.metrics.scoring import BatchedMetric
 
@@ -32,7 +32,7 @@ SCORE_TIMESTEP = 1
 
 def lrm_metric_version(folder: str | Path) -> str:
     """``1+<first 8 hex of the LRM folder's content hash>``."""
-    from lpo.hashing import folder_hash
+    from lpo.core.hashing import folder_hash
 
     return f"{REVISION}+{folder_hash(Path(folder))[:8]}"
 
@@ -40,8 +40,8 @@ def lrm_metric_version(folder: str | Path) -> str:
 def _load_vae(ref: str, dtype: torch.dtype, device: torch.device):
     from diffusers import AutoencoderKL
 
-    from lpo.generate import resolve_model_name
-    from lpo.io import one_line
+    from lpo.sampling.generate import resolve_model_name
+    from lpo.core.io import one_line
 
     ref = resolve_model_name(ref)
     path = Path(ref).expanduser()
@@ -66,7 +66,7 @@ class LRMScore(BatchedMetric):
         super().__init__(spec)
         if not spec.weights:
             raise LpoError("metric 'lrm_score' needs the LRM: pass --metric-weights lrm_score=LRM_FOLDER (e.g. a run's model/)")
-        from lpo.lrm_io import load_lrm
+        from lpo.reward.lrm_io import load_lrm
 
         folder = Path(spec.weights).expanduser()
         self.lrm = load_lrm(folder, device=self.device, dtype=self.dtype)

@@ -14,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Mapping
 
-from lpo.errors import LpoError
+from lpo.core.errors import LpoError
 from lpo.evals.metrics.weights import looks_local
 
 

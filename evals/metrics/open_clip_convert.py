@@ -27,7 +27,7 @@ from typing import Mapping
 
 import torch
 
-from lpo.errors import LpoError
+from lpo.core.errors import LpoError
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ from typing import Sequence
 import torch
 from PIL import Image
 
-from lpo.errors import LpoError
+from lpo.core.errors import LpoError
 from lpo.evals.metrics.base import MetricSpec
 from lpo.evals.metrics.weights import torch_dtype
 

@@ -18,8 +18,8 @@ from typing import Any, Callable, Iterable, Mapping
 
 import torch
 
-from lpo.errors import LpoError
-from lpo.io import one_line
+from lpo.core.errors import LpoError
+from lpo.core.io import one_line
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from lpo.errors import LpoError
+from lpo.core.errors import LpoError
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from typing import Any
 
 from lpo.bench.ablations import Ablation, ablation
 from lpo.bench.kit import KIT_FIELDS
-from lpo.errors import LpoError
+from lpo.core.errors import LpoError
 
 METHODS = ("lpo", "spo", "diffusion-dpo")
 

@@ -10,7 +10,7 @@ explicit verdicts with their numbers:
 - does LPO reach SPO's best score with at most 1/3.5 of SPO's?
 
 What is counted (:func:`training_seconds`). A checkpoint's ``training_cost`` is the cost
-record (:meth:`lpo.runs.DeviceMeter.as_dict`) its run had written when the checkpoint was
+record (:meth:`lpo.core.runs.DeviceMeter.as_dict`) its run had written when the checkpoint was
 saved. Its training device-seconds are
 
     Σ over the record itself and every record in its ``included`` list
@@ -61,7 +61,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from lpo.errors import LpoError
+from lpo.core.errors import LpoError
 from lpo.evals.paired import paired_difference_records
 from lpo.evals.store import ResultRecord
 

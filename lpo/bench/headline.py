@@ -26,7 +26,7 @@ import re
 from pathlib import Path
 from typing import Any, Sequence
 
-from lpo.errors import LpoError
+from lpo.core.errors import LpoError
 from lpo.evals.paired import (
     INTERVAL_METHOD,
     PairedDifference,

@@ -35,8 +35,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from lpo.errors import LpoError
-from lpo.io import atomic_write_json, run_metadata
+from lpo.core.errors import LpoError
+from lpo.core.io import atomic_write_json, run_metadata
 
 KIT_VERSION = 1
 KIT_FILE = "kit.json"

@@ -55,10 +55,10 @@ from lpo.bench.headline import (
     power_table,
     seed_index,
 )
-from lpo.errors import LpoError
+from lpo.core.errors import LpoError
 from lpo.evals.leaderboard import html_text
 from lpo.evals.paired import INTERVAL_METHOD
-from lpo.io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from lpo.core.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 REPORT_DIR = "report"
 HTML_NAME = "index.html"
@@ -313,7 +313,7 @@ def _efficiency(doc: _Doc, report: dict[str, Any], out_dir: Path) -> None:
 
 
 def _reward_eval(doc: _Doc, bench: Path, notes: list[str]) -> None:
-    from lpo.reward_jobs import LOW_T, TARGET_TITLES, accuracy_bands, plot_accuracy
+    from lpo.reward.jobs import LOW_T, TARGET_TITLES, accuracy_bands, plot_accuracy
 
     doc.heading(2, "Step reward models: held-out accuracy by timestep")
     folder = bench / "reward-eval"

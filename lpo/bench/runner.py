@@ -31,8 +31,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from lpo.bench.config import BenchConfig
-from lpo.errors import LpoError
-from lpo.io import atomic_write_json, run_metadata
+from lpo.core.errors import LpoError
+from lpo.core.io import atomic_write_json, run_metadata
 
 TRAINER_PRESETS = {"lpo": "lpo-world", "spo": "spo-world", "diffusion-dpo": "dpo-world"}
 STAGES_DIR = "stages"
@@ -142,8 +142,8 @@ def _pairs(bench: Bench) -> dict[str, Any]:
 def _mpcf(bench: Bench) -> dict[str, Any]:
     from dataclasses import replace
 
-    from lpo.mpcf import filter_pairs_file, mpcf_preset
-    from lpo.pairs import load_pairs
+    from lpo.pairs.mpcf import filter_pairs_file, mpcf_preset
+    from lpo.pairs.format import load_pairs
 
     if not bench.train_pairs.is_file():  # a reward kit ships the filtered pairs only
         raise LpoError(f"{bench.train_pairs} is missing: the unfiltered training pairs are not part of a reward kit; "
@@ -158,7 +158,7 @@ def _mpcf(bench: Bench) -> dict[str, Any]:
 
 
 def _train_reward(bench: Bench, name: str, preset: str, overrides: tuple[str, ...]) -> dict[str, Any]:
-    from lpo.reward_jobs import train_reward_job
+    from lpo.reward.jobs import train_reward_job
 
     run_dir = bench.reward_run(name)
     resume = _prepare_run_dir(run_dir)
@@ -169,7 +169,7 @@ def _train_reward(bench: Bench, name: str, preset: str, overrides: tuple[str, ..
 
 
 def _reward_eval(bench: Bench) -> dict[str, Any]:
-    from lpo.reward_jobs import eval_reward_job, render_accuracy_table
+    from lpo.reward.jobs import eval_reward_job, render_accuracy_table
 
     result = eval_reward_job(bench.config.model, str(bench.val_pairs), bench.folder / "reward-eval",
                              lrm_dir=bench.reward_model("lrm"),
@@ -233,7 +233,7 @@ def _prepare_run_dir(run_dir: Path) -> bool:
 def eval_targets(bench: Bench, seeds: bool = True) -> list[tuple[str, str, bool]]:
     """(name, checkpoint spec, final) for the base model, every seed-0 run's checkpoints and final
     model, and (with ``seeds``) the final model of every other training seed, named METHOD-seed-i."""
-    from lpo.runs import RunFolder, list_checkpoints
+    from lpo.core.runs import RunFolder, list_checkpoints
 
     targets = [("base", bench.config.model, True)] if bench.evaluate_base else []
     for method in bench.config.methods:
@@ -328,7 +328,7 @@ def _samples(bench: Bench) -> dict[str, Any]:
     from PIL import Image
 
     from lpo.evals.benchmarks.base import prompt_hash
-    from lpo.grid import save_grid
+    from lpo.core.grid import save_grid
 
     written = {}
     for name, _, final in eval_targets(bench, seeds=False):

@@ -18,7 +18,7 @@ def bench(
     ablation: List[str] = typer.Option([], "--ablation", help="Also run an ablation (repeatable): mpcf, vfe, lrm-t0, lpo-timesteps, spo-all-t, beta."),
     seeds: Optional[int] = typer.Option(None, help="Training seeds per method (default: the preset's); seed i trains in runs/METHOD/seed-i."),
     overrides: List[str] = SET_OPTION,
-    threads: int = typer.Option(2, help="torch CPU threads, the same on every machine: results depend on the count (lpo.cpu_dispatch)."),
+    threads: int = typer.Option(2, help="torch CPU threads, the same on every machine: results depend on the count (lpo.core.cpu_dispatch)."),
     build_kit: Optional[Path] = typer.Option(None, "--build-kit", help="Only make the pairs, MPCF, reward models and their accuracy table (in --out) and write them as a reward kit to this folder (lpo.bench.kit); the quick preset's shipped kit is lpo/world/assets/kits/quick."),
 ) -> None:
     """The whole study on the embedded world: pairs → MPCF → LRM / pixel model → LPO, SPO, Diffusion-DPO → eval → report."""
@@ -26,8 +26,8 @@ def bench(
 
     from lpo.bench.config import bench_preset
     from lpo.bench.runner import run_bench
-    from lpo.config import apply_overrides
-    from lpo.cpu_dispatch import pinned_threads
+    from lpo.core.config import apply_overrides
+    from lpo.core.cpu_dispatch import pinned_threads
 
     config = apply_overrides(bench_preset(preset), overrides)
     if seeds is not None:

@@ -12,7 +12,7 @@ from typing import Callable
 
 import typer
 
-from lpo.errors import LpoError
+from lpo.core.errors import LpoError
 
 
 def user_errors(fn: Callable) -> Callable:

@@ -14,7 +14,7 @@ from typing import List, Optional
 import typer
 
 from lpo.cli.common import stdout_console, user_errors
-from lpo.errors import LpoError
+from lpo.core.errors import LpoError
 
 list_app = typer.Typer(no_args_is_help=True, help="List what lpo knows by name: checkpoints, benchmarks, metrics.")
 

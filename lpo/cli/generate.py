@@ -33,16 +33,22 @@ def sample(
     eta: Optional[float] = typer.Option(None, help="DDIM η with --guide (default 1; must be > 0)."),
 ) -> None:
     """Sample a model with fixed seeds into a PNG grid captioned with the prompts (optionally LRM-guided)."""
-    from lpo.guided_generation import check_guided_options
+    from lpo.sampling.guided_generation import check_guided_options
 
     check_guided_options(guide, lrm, candidates, eta)
     if guide is not None:
-        from lpo.guided import GuidanceConfig
-        from lpo.guided_generation import run_guided_sample
+        from lpo.reward.lrm_io import load_lrm
+        from lpo.sampling.guided import GuidanceConfig, lrm_scorer
+        from lpo.sampling.guided_generation import run_guided_sample
+
+        def load_scorer(components):
+            model_lrm = load_lrm(lrm, components)  # one-line LpoError if it was trained for another base model
+            model_lrm.requires_grad_(False)
+            return lrm_scorer(model_lrm)
 
         config = GuidanceConfig(candidates, select, temperature, lrm_timestep)
         path, counts = run_guided_sample(
-            model=model, lrm_path=lrm, prompts=list(prompts), prompts_file=prompts_file, num_prompts=num_prompts,
+            model=model, load_scorer=load_scorer, prompts=list(prompts), prompts_file=prompts_file, num_prompts=num_prompts,
             images_per_prompt=images_per_prompt, guidance_scale=guidance_scale, steps=steps, seed=seed,
             out=out, config=config, eta=1.0 if eta is None else eta, device=device, dtype=dtype, console=stdout_console(),
         )
@@ -52,7 +58,7 @@ def sample(
             f"(CFG pair = 1), {per_image['lrm_calls']:g} LRM calls)"
         )
         return
-    from lpo.generate import run_sample
+    from lpo.sampling.generate import run_sample
 
     path = run_sample(
         model=model, prompts=list(prompts), prompts_file=prompts_file, num_prompts=num_prompts,

@@ -27,10 +27,10 @@ def mpcf(
     metric_processors: List[str] = typer.Option([], "--metric-processor", help="SCORER=REF: its tokenizer / image processor (local folder or hub id)."),
 ) -> None:
     """Multi-preference consistent filtering: score every pair's gaps, keep the consistent ones, report each rule."""
-    from lpo.config import apply_overrides
+    from lpo.core.config import apply_overrides
     from lpo.evals.harness import named_refs
-    from lpo.mpcf import filter_pairs_file, mpcf_preset
-    from lpo.pairs import load_pairs
+    from lpo.pairs.mpcf import filter_pairs_file, mpcf_preset
+    from lpo.pairs.format import load_pairs
 
     config = apply_overrides(mpcf_preset(preset), overrides + ([f"strategy={strategy}"] if strategy else []))
     console = stdout_console()
@@ -59,12 +59,12 @@ def lrm_train(
 ) -> None:
     """Train a step reward model (LRM, or SPO's pixel model with a spo-pixel preset) on preference pairs."""
     if dry_run:
-        from lpo.config import apply_overrides, config_to_dict
-        from lpo.reward_config import reward_training_preset
+        from lpo.core.config import apply_overrides, config_to_dict
+        from lpo.reward.config import reward_training_preset
 
         stdout_console().print_json(json.dumps(config_to_dict(apply_overrides(reward_training_preset(preset), overrides))))
         return
-    from lpo.reward_jobs import train_reward_job
+    from lpo.reward.jobs import train_reward_job
 
     result = train_reward_job(model, pairs_path, preset, overrides, run_dir, resume, eval_pairs, console=stdout_console())
     # accuracy is None when the last log window held only ties (nothing to be right about)
@@ -86,7 +86,7 @@ def lrm_eval(
     seed: int = typer.Option(0, help="Seed of the noise (the same for every model)."),
 ) -> None:
     """Held-out preference accuracy at every DDIM timestep: LRM vs pixel model on x̂0 (vs true utility in the world)."""
-    from lpo.reward_jobs import eval_reward_job, render_accuracy_table
+    from lpo.reward.jobs import eval_reward_job, render_accuracy_table
 
     result = eval_reward_job(model, pairs_path, out, lrm_dir=lrm, pixel_dir=pixel, seed=seed, console=stdout_console())
     render_accuracy_table(result, stdout_console())

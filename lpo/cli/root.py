@@ -21,7 +21,7 @@ from lpo.cli.perf import perf_app
 from lpo.cli.reward import lrm_app, mpcf
 from lpo.cli.train import train_command
 from lpo.cli.world import world_app
-from lpo.errors import LpoError
+from lpo.core.errors import LpoError
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -42,7 +42,7 @@ def version() -> None:
 @user_errors
 def env_command() -> None:
     """Print what every run records about this machine: versions, CPU model, CPU kernels, threads (JSON)."""
-    from lpo.io import hardware, package_versions
+    from lpo.core.io import hardware, package_versions
 
     typer.echo(json.dumps({"versions": package_versions(), "hardware": hardware()}, indent=2))
 
@@ -65,8 +65,8 @@ app.add_typer(list_app, name="list")
 
 
 def main() -> None:
-    """The ``lpo`` entry point: pin the CPU kernels (:mod:`lpo.cpu_dispatch`) before torch loads, then run."""
-    from lpo.cpu_dispatch import pin
+    """The ``lpo`` entry point: pin the CPU kernels (:mod:`lpo.core.cpu_dispatch`) before torch loads, then run."""
+    from lpo.core.cpu_dispatch import pin
 
     try:
         pin()

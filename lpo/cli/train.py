@@ -9,7 +9,7 @@ from typing import List, Optional
 import typer
 
 from lpo.cli.common import stdout_console, user_errors
-from lpo.errors import LpoError
+from lpo.core.errors import LpoError
 
 
 @user_errors
@@ -33,7 +33,7 @@ def train_command(
     from lpo.trainers.jobs import resolve_config, run_training
 
     if dry_run:
-        from lpo.config import config_to_dict
+        from lpo.core.config import config_to_dict
 
         stdout_console().print_json(json.dumps(config_to_dict(resolve_config(method, preset, overrides))))
         return

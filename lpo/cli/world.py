@@ -26,7 +26,7 @@ def world_pretrain(
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the resolved config and exit."),
 ) -> None:
     """Pretrain the world's tiny latent diffusion model and save it as a StableDiffusionPipeline folder."""
-    from lpo.config import apply_overrides, config_to_dict
+    from lpo.core.config import apply_overrides, config_to_dict
     from lpo.world.pretrain import WORLD_MARKER, pretrain_preset, world_model_dir
 
     config = apply_overrides(pretrain_preset(preset), overrides)
@@ -38,7 +38,7 @@ def world_pretrain(
     if (target / WORLD_MARKER).exists() and not force:
         console.print(f"world model already pretrained: [bold]{target}[/] (use --force to retrain)")
         return
-    from lpo.progress import stage_progress
+    from lpo.core.progress import stage_progress
     from lpo.world.pretrain import pretrain_world
 
     console.print(
@@ -85,7 +85,7 @@ def world_eval(
         extra = [evaluate_named_source(name, protocol, console=console) for name in REFERENCE_SOURCES if name != model]
         payload["references"] = {r.source: r.as_dict() for r in extra}
     if output is not None:
-        from lpo.io import atomic_write_json
+        from lpo.core.io import atomic_write_json
 
         atomic_write_json(output, payload)
     if as_json:

@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 import torch
 
-from lpo.models import SD15_SCHEDULER_CONFIG, DiffusionComponents
+from lpo.models.components import SD15_SCHEDULER_CONFIG, DiffusionComponents
 
 Architecture = Literal["sd15", "sdxl"]
 ARCHITECTURES: tuple[str, ...] = ("sd15", "sdxl")
@@ -79,7 +79,7 @@ CLIP_VOCAB_SIZE = 49408
 
 def _clip_tokenizer() -> Any:
     """The world's CLIP BPE tokenizer with CLIP's 77-token length (ids fit CLIP's vocabulary)."""
-    from lpo.model_families import offline_tokenizer_builder
+    from lpo.models.families import offline_tokenizer_builder
 
     tokenizer = offline_tokenizer_builder()(Path(tempfile.mkdtemp(prefix="lpo-perf-tok-")))
     tokenizer.model_max_length = 77
@@ -137,8 +137,8 @@ def random_pickscore_scorer(*, device: torch.device | str = "cpu", dtype: torch.
     """SPO's step-aware scorer at PickScore's size (CLIP ViT-H/14), random weights."""
     from transformers import CLIPConfig, CLIPModel
 
-    from lpo.clip_preprocess import ImagePreprocessConfig
-    from lpo.pixel_scorer import TimestepConditionedScorer
+    from lpo.reward.clip_preprocess import ImagePreprocessConfig
+    from lpo.reward.pixel_scorer import TimestepConditionedScorer
 
     tokenizer = _clip_tokenizer()
     config = CLIPConfig(

@@ -8,8 +8,8 @@ from typing import Any, Sequence
 
 import torch
 
-from lpo.errors import LpoError
-from lpo.io import atomic_write_json, run_metadata
+from lpo.core.errors import LpoError
+from lpo.core.io import atomic_write_json, run_metadata
 from lpo.perf.reward_cost import PARTS, RewardCostResult, measure_reward_cost
 
 REWARD_COST_ARCHITECTURES = ("world", "sd15", "sdxl")
@@ -17,12 +17,12 @@ BENCH_PROMPT = "a red circle left of a blue square"  # any prompt: cost does not
 
 
 def _build(architecture: str, device: torch.device, dtype: torch.dtype) -> tuple[Any, Any, Any]:
-    from lpo.lrm import LatentRewardModel
-    from lpo.pixel_reward import PixelStepReward
+    from lpo.reward.lrm import LatentRewardModel
+    from lpo.reward.pixel import PixelStepReward
 
     if architecture == "world":
-        from lpo.generate import resolve_model_name
-        from lpo.models import load_components
+        from lpo.sampling.generate import resolve_model_name
+        from lpo.models.components import load_components
 
         components = load_components(resolve_model_name("world"), dtype=dtype, device=device)
         scorer = None  # PixelStepReward picks the world's own scorer
@@ -48,7 +48,7 @@ def run_reward_cost(
     warmup: int = 2,
     out: Path | None = None,
 ) -> list[RewardCostResult]:
-    from lpo.generate import resolve_device, resolve_dtype
+    from lpo.sampling.generate import resolve_device, resolve_dtype
 
     unknown = [a for a in architectures if a not in REWARD_COST_ARCHITECTURES]
     if unknown:

@@ -17,8 +17,8 @@ from typing import Any, Callable
 
 import torch
 
-from lpo.conditioning import predict_noise
-from lpo.models import DiffusionComponents, guided_conditioning
+from lpo.models.conditioning import predict_noise
+from lpo.models.components import DiffusionComponents, guided_conditioning
 
 PARTS = ("denoise", "x0_unet", "vae_decode", "pixel_scorer", "lrm")
 

@@ -14,12 +14,12 @@ from typing import Any
 
 import torch
 
-from lpo.conditioning import predict_noise
-from lpo.lora import add_lora
-from lpo.losses import clipped_step_dpo_loss
-from lpo.models import DiffusionComponents, guided_conditioning
+from lpo.models.conditioning import predict_noise
+from lpo.trainers.lora import add_lora
+from lpo.trainers.losses import clipped_step_dpo_loss
+from lpo.models.components import DiffusionComponents, guided_conditioning
 from lpo.perf.reward_cost import time_parts
-from lpo.sampling import ddim_step_with_logprob
+from lpo.sampling.ddim import ddim_step_with_logprob
 
 
 @dataclass

@@ -7,7 +7,7 @@ and :func:`lpo.trainers.jobs.run_training` loads the parts a trainer gets handed
 
 from __future__ import annotations
 
-from lpo.registry import Registry
+from lpo.core.registry import Registry
 from lpo.trainers.diffusion_dpo import DiffusionDPOTrainer
 from lpo.trainers.step_dpo import LPOTrainer, SPOTrainer
 

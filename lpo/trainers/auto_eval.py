@@ -27,7 +27,7 @@ prompts come from the hub unless given as local paths).
 
 Cost (SPEC §8). Inline, the evaluation of an intermediate checkpoint runs inside the
 trainer's ``optimisation`` stage; it opens an ``evaluation`` stage on that meter
-(:func:`lpo.runs.active_meter`), which pauses optimisation, so the run's ``cost.json``
+(:func:`lpo.core.runs.active_meter`), which pauses optimisation, so the run's ``cost.json``
 counts it as evaluation. The checkpoint's own cost snapshot was written before the
 callback, so it never contains its own evaluation. The final model's evaluation comes
 after the trainer's last cost write; its seconds are added to ``cost.json``'s
@@ -60,7 +60,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from lpo.errors import LpoError
+from lpo.core.errors import LpoError
 
 logger = logging.getLogger(__name__)
 
@@ -250,8 +250,8 @@ def resolve_plan(config: AutoEvalConfig, kind: str) -> AutoEvalPlan:
 def model_kind(model: str) -> str:
     """``world`` for a world pipeline (alias or folder with the world marker), else ``sd15`` /
     ``sdxl`` from a local folder's model_index.json, else ``sd`` (a hub id: not looked up)."""
-    from lpo.generate import resolve_model_name
-    from lpo.models import PIPELINE_KINDS, WORLD_MARKER
+    from lpo.sampling.generate import resolve_model_name
+    from lpo.models.components import PIPELINE_KINDS, WORLD_MARKER
 
     path = Path(resolve_model_name(model)).expanduser()
     if not path.is_dir():
@@ -287,7 +287,7 @@ def read_state(run_dir: Path) -> dict[str, Any]:
 
 
 def _write_state(run_dir: Path, state: dict[str, Any]) -> None:
-    from lpo.io import atomic_write_json
+    from lpo.core.io import atomic_write_json
 
     atomic_write_json(state_path(run_dir), state)
 
@@ -347,7 +347,7 @@ def evaluate_checkpoint(
 
     from lpo.evals.harness import run_eval
     from lpo.evals.store import now
-    from lpo.io import one_line
+    from lpo.core.io import one_line
 
     say = log or (lambda message: None)
     outcome = CheckpointOutcome(name)
@@ -425,7 +425,7 @@ class AutoEvaluator:
         return self.plan
 
     def __call__(self, event: Any) -> None:
-        from lpo.runs import active_meter
+        from lpo.core.runs import active_meter
 
         if self.plan is None or self.plan.kind != event.kind:
             self.plan = resolve_plan(self.config, event.kind)
@@ -466,7 +466,7 @@ def _rng_preserved() -> Iterator[None]:
 
 def add_evaluation_seconds(run_dir: Path, seconds: float) -> None:
     """Add ``seconds`` to the ``evaluation`` stage of the run's cost.json, on its own devices."""
-    from lpo.runs import DeviceMeter, RunFolder
+    from lpo.core.runs import DeviceMeter, RunFolder
 
     run = RunFolder(run_dir)
     record = run.read_cost()

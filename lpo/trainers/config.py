@@ -6,7 +6,7 @@ full fine-tune), :class:`OptimConfig` (optimiser, schedule, precision, accumulat
 (LPO and SPO: the step loop of SPEC §5.1/§5.2) and :class:`DiffusionDPOConfig` (§5.3).
 
 Help for every field is in its metadata (``help_text(config)``), in one place only.
-``__post_init__`` validates ranges with the actual numbers; ``lpo.config.apply_overrides``
+``__post_init__`` validates ranges with the actual numbers; ``lpo.core.config.apply_overrides``
 gives type-checked dotted overrides (``--set loss.beta=250``).
 """
 
@@ -16,7 +16,7 @@ import math
 from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any, Literal, get_args, get_type_hints
 
-from lpo.lora import LORA_TARGETS
+from lpo.trainers.lora import LORA_TARGETS
 
 MixedPrecision = Literal["no", "fp16", "bf16"]
 WeightDtype = Literal["fp32", "fp16", "bf16"]

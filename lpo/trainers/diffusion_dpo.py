@@ -13,7 +13,7 @@ Per optimiser step s (read top to bottom in :meth:`DiffusionDPOTrainer.train`):
 3. per micro-batch: VAE-encode winner and loser (frozen, no grad), x_t = add_noise(x_0, ε, t),
    the policy's and the reference's prediction (text conditioning without CFG), per-image
    mse against the target (ε, or v for v-prediction models), and the loss
-   :func:`lpo.losses.diffusion_dpo_loss` (−log σ(−½β[(mse_w − mse_l) − (ref_w − ref_l)])).
+   :func:`lpo.trainers.losses.diffusion_dpo_loss` (−log σ(−½β[(mse_w − mse_l) − (ref_w − ref_l)])).
    The implicit accuracy mean(inside > 0) is logged.
 
 Ties are not used (Diffusion-DPO trains on Pick-a-Pic v2 without ties); they are counted
@@ -29,13 +29,13 @@ from typing import Any, Callable, ClassVar, Sequence
 
 import torch
 
-from lpo.config import config_to_dict
-from lpo.errors import LpoError
-from lpo.losses import diffusion_dpo_loss, per_sample_mse
-from lpo.models import DiffusionComponents, encode_prompts
-from lpo.pairs import PreferencePair
-from lpo.reward_data import image_to_tensor, keyed_generator, pair_indices
-from lpo.runs import DeviceMeter, RunFolder
+from lpo.core.config import config_to_dict
+from lpo.core.errors import LpoError
+from lpo.trainers.losses import diffusion_dpo_loss, per_sample_mse
+from lpo.models.components import DiffusionComponents, encode_prompts
+from lpo.pairs.format import PreferencePair
+from lpo.reward.data import image_to_tensor, keyed_generator, pair_indices
+from lpo.core.runs import DeviceMeter, RunFolder
 from lpo.trainers.config import DiffusionDPOConfig
 from lpo.trainers.harness import (
     OPTIMISATION_STAGE,

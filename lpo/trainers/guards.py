@@ -1,6 +1,6 @@
 """The step-level loop's failure checks (LPO / SPO): a broken step reward and a run that trained nothing.
 
-Both end the run with one line (:class:`lpo.errors.LpoError`, exit status 2 from the CLI)
+Both end the run with one line (:class:`lpo.core.errors.LpoError`, exit status 2 from the CLI)
 before a final model is written:
 
 - the step reward's scores of a round are NaN / inf on some process: before the first
@@ -19,9 +19,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from lpo.errors import LpoError
-from lpo.finite import DivergedError, any_process
-from lpo.step_rollout import softmax_gap
+from lpo.core.errors import LpoError
+from lpo.core.finite import DivergedError, any_process
+from lpo.trainers.rollout import softmax_gap
 
 
 def check_rollout_scores(accelerator: Any, scores: Tensor, where: str, optimizer_steps: int, reward_source: str,

@@ -17,11 +17,11 @@ Every trainer (LPO, SPO, Diffusion-DPO) is built from the same parts:
   ``checkpoints/step-NNNNNN/`` holds ``state/`` (``accelerator.save_state``: optimiser,
   RNG states, scaler; through save hooks the policy's trainable weights as
   ``trainable.safetensors``, never the frozen base, and the lr schedule as JSON: resume
-  unpickles no objects, :mod:`lpo.checkpoint_state`), ``model/`` (the
+  unpickles no objects, :mod:`lpo.core.checkpoint_state`), ``model/`` (the
   policy as a diffusers LoRA or U-Net folder, what an evaluation reads) and
   ``trainer_state.json``, written last; the folder is built under a hidden name and
   renamed into place, so a killed run leaves either a complete checkpoint or none.
-- numerical health (:mod:`lpo.finite`): a step whose loss or gradients are NaN / inf is
+- numerical health (:mod:`lpo.core.finite`): a step whose loss or gradients are NaN / inf is
   not taken and the run stops with one line; non-finite weights are never saved.
 
 N counts rounds for LPO/SPO and optimiser steps for Diffusion-DPO.
@@ -41,15 +41,15 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 from torch import Tensor, nn
 
-from lpo.checkpoint_state import load_checkpoint_state
-from lpo.checkpoint_state import register_schedule_checkpointing  # re-exported for the trainers
-from lpo.config import config_to_dict
-from lpo.errors import LpoError
-from lpo.finite import check_finite_weights, diverged, nonfinite_quantity
-from lpo.io import atomic_write_json
-from lpo.lora import add_lora, adapters_disabled, save_lora, save_merged_pipeline, save_unet
-from lpo.runs import TRAINER_STATE_NAME, RunFolder, list_checkpoints  # re-exported for the trainers
-from lpo.runs import write_checkpoint as write_run_checkpoint
+from lpo.core.checkpoint_state import load_checkpoint_state
+from lpo.core.checkpoint_state import register_schedule_checkpointing  # re-exported for the trainers
+from lpo.core.config import config_to_dict
+from lpo.core.errors import LpoError
+from lpo.core.finite import check_finite_weights, diverged, nonfinite_quantity
+from lpo.core.io import atomic_write_json
+from lpo.trainers.lora import add_lora, adapters_disabled, save_lora, save_merged_pipeline, save_unet
+from lpo.core.runs import TRAINER_STATE_NAME, RunFolder, list_checkpoints  # re-exported for the trainers
+from lpo.core.runs import write_checkpoint as write_run_checkpoint
 from lpo.trainers.config import OptimConfig, PolicyConfig, RunConfig
 
 logger = logging.getLogger(__name__)
@@ -397,7 +397,7 @@ def register_policy_checkpointing(accelerator: Any, policy: Policy) -> None:
 def write_checkpoint(
     accelerator: Any, run: RunFolder, step: int, policy: Policy, kind: str, state: dict[str, Any], keep: int,
 ) -> Path:
-    """``checkpoints/step-NNNNNN/`` via :func:`lpo.runs.write_checkpoint`, the policy in ``model/``."""
+    """``checkpoints/step-NNNNNN/`` via :func:`lpo.core.runs.write_checkpoint`, the policy in ``model/``."""
     policy.check_finite(f"the policy of checkpoint {step}")  # before any file of it is written
     return write_run_checkpoint(accelerator, run, step, lambda folder: policy.save(folder, kind), state, keep)
 
@@ -408,7 +408,7 @@ def write_checkpoint_cost(folder: Path, run: RunFolder) -> None:
     An evaluation of ``checkpoints/step-N`` reads it, so quality-vs-compute curves place
     intermediate checkpoints at their own device-seconds, not the finished run's.
     """
-    from lpo.runs import COST_NAME
+    from lpo.core.runs import COST_NAME
 
     cost = run.read_cost()
     if cost is not None:
@@ -515,7 +515,7 @@ class TrainResult:
 
 
 def write_metrics(run: RunFolder, history: list[dict[str, Any]]) -> None:
-    from lpo.io import atomic_write_text
+    from lpo.core.io import atomic_write_text
 
     atomic_write_text(run.path / METRICS_NAME, "".join(json.dumps(row, sort_keys=True) + "\n" for row in history))
 

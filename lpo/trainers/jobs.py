@@ -10,12 +10,12 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from lpo.errors import LpoError
+from lpo.core.errors import LpoError
 
 
 def resolve_config(method: str, preset: str, overrides: Sequence[str]) -> Any:
     """The preset's config for ``method`` with the type-checked ``--set`` overrides applied."""
-    from lpo.config import apply_overrides
+    from lpo.core.config import apply_overrides
     from lpo.trainers import TRAINERS
     from lpo.trainers.presets import trainer_preset
 
@@ -27,7 +27,7 @@ def load_prompts(spec: str | None) -> list[str]:
     """Training prompts from ``world:SPLIT``, a text file (one per line) or a pairs parquet (captions, deduplicated)."""
     if spec is None:
         raise LpoError("no training prompts: set train.prompts=world:train, a .txt file or a pairs .parquet")
-    from lpo.model_families import alias_family
+    from lpo.models.families import alias_family
 
     family = alias_family(spec) if ":" in spec else None
     if family is not None and family.split_prompts is not None:  # world:SPLIT
@@ -53,7 +53,7 @@ def load_prompts(spec: str | None) -> list[str]:
         if not prompts:
             raise LpoError(f"{spec} holds no captions")
         return prompts
-    from lpo.generate import read_prompts_file
+    from lpo.sampling.generate import read_prompts_file
 
     return read_prompts_file(path)
 
@@ -62,8 +62,8 @@ def _check_resumable(run_dir: Path, config: Any) -> None:
     """Refuse before touching run.json / config.json when the newest checkpoint has another config."""
     import json
 
-    from lpo.config import config_to_dict
-    from lpo.runs import RunFolder
+    from lpo.core.config import config_to_dict
+    from lpo.core.runs import RunFolder
     from lpo.trainers.harness import TRAINER_STATE_NAME, config_changes, list_checkpoints
 
     checkpoints = list_checkpoints(RunFolder.open(run_dir))
@@ -78,7 +78,7 @@ def _check_resumable(run_dir: Path, config: Any) -> None:
 
 
 def _open_run(config: Any, run_dir: Path | None, resume: bool, accelerator: Any, extra: dict[str, Any]) -> Any:
-    from lpo.runs import RunFolder
+    from lpo.core.runs import RunFolder
 
     if resume:
         if run_dir is None:
@@ -107,15 +107,15 @@ def check_parts(config: Any) -> None:
 
 
 def _load_step_reward(config: Any, components: Any, policy: Any) -> Any:
-    from lpo.finite import check_finite_module
+    from lpo.core.finite import check_finite_module
 
     path = config.reward.path
     if config.method == "lpo":
-        from lpo.lrm_io import load_lrm
+        from lpo.reward.lrm_io import load_lrm
 
         reward = load_lrm(path, components)
     else:
-        from lpo.pixel_reward_io import load_pixel_reward
+        from lpo.reward.pixel_io import load_pixel_reward
 
         # The pixel model predicts x̂0 with the BASE U-Net: the policy's own U-Net with its
         # adapters off (LoRA), or the frozen reference copy (full fine-tune).
@@ -128,7 +128,7 @@ def _load_step_reward(config: Any, components: Any, policy: Any) -> Any:
 
 
 def _reward_cost(path: str, say: Callable[[str], None]) -> dict[str, Any] | None:
-    from lpo.runs import read_cost
+    from lpo.core.runs import read_cost
 
     try:
         return read_cost(path)
@@ -158,9 +158,9 @@ def run_training(
     """
     import torch
 
-    from lpo.generate import resolve_model_name
-    from lpo.models import load_components
-    from lpo.progress import stage_progress
+    from lpo.sampling.generate import resolve_model_name
+    from lpo.models.components import load_components
+    from lpo.core.progress import stage_progress
     from lpo.trainers import TRAINERS
     from lpo.trainers.harness import build_policy, make_accelerator
 
@@ -203,7 +203,7 @@ def run_training(
     # 3. the method's own parts, then the trainer
     common = dict(run=run, accelerator=accelerator, callbacks=list(callbacks), trackers=list(trackers), log=say)
     if method == "diffusion-dpo":
-        from lpo.pairs import load_pairs
+        from lpo.pairs.format import load_pairs
 
         loaded = load_pairs(config.data.pairs, split=config.data.split, limit=config.data.limit)
         say(loaded.summary())

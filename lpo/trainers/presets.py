@@ -37,7 +37,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any, Callable
 
-from lpo.errors import LpoError
+from lpo.core.errors import LpoError
 from lpo.trainers.config import (
     DiffusionDPOConfig,
     DPOLossConfig,

@@ -3,7 +3,7 @@
 Per round (one loop iteration, read top to bottom in :meth:`StepDPOTrainer.train`):
 
 1. each process takes ``sampler.sample_batch_size`` prompts of the shuffled prompt stream
-   and rolls out that many trajectories with the policy (:func:`lpo.step_rollout.step_rollout`:
+   and rolls out that many trajectories with the policy (:func:`lpo.trainers.rollout.step_rollout`:
    K candidates per trained step, the frozen step reward, the threshold, a random
    continuation);
 2. the kept samples of every process are gathered, shuffled with one permutation shared by
@@ -13,7 +13,7 @@ Per round (one loop iteration, read top to bottom in :meth:`StepDPOTrainer.train
    ``optim.gradient_accumulation_steps`` micro-batches per optimiser step; per sample, the
    log-probs of x_w and x_l given x_t under the policy (through the accelerate-wrapped
    U-Net, with CFG) and the reference (adapters off, or the frozen copy), and the clipped
-   step DPO loss (:func:`lpo.losses.clipped_step_dpo_loss`). x_w and x_l share x_t, t and
+   step DPO loss (:func:`lpo.trainers.losses.clipped_step_dpo_loss`). x_w and x_l share x_t, t and
    the prompt, so one policy and one reference forward serve both;
 4. the lr schedule advances once per round (warmup counts rounds).
 
@@ -34,15 +34,15 @@ from typing import Any, Callable, ClassVar, Sequence
 
 import torch
 
-from lpo.config import config_to_dict
-from lpo.errors import LpoError
-from lpo.losses import clipped_step_dpo_loss
-from lpo.models import DiffusionComponents, guided_conditioning
-from lpo.reward_data import keyed_generator, pair_indices
-from lpo.runs import DeviceMeter, RunFolder
-from lpo.sampling import ddim_step_with_logprob, initial_latents
-from lpo.conditioning import predict_noise
-from lpo.step_rollout import KeptSteps, StepReward, StepRolloutSettings, step_rollout
+from lpo.core.config import config_to_dict
+from lpo.core.errors import LpoError
+from lpo.trainers.losses import clipped_step_dpo_loss
+from lpo.models.components import DiffusionComponents, guided_conditioning
+from lpo.reward.data import keyed_generator, pair_indices
+from lpo.core.runs import DeviceMeter, RunFolder
+from lpo.sampling.ddim import ddim_step_with_logprob, initial_latents
+from lpo.models.conditioning import predict_noise
+from lpo.trainers.rollout import KeptSteps, StepReward, StepRolloutSettings, step_rollout
 from lpo.trainers.config import StepTrainerConfig
 from lpo.trainers.guards import GapTracker, check_rollout_scores, check_trained
 from lpo.trainers.harness import (
@@ -70,7 +70,7 @@ from lpo.trainers.harness import (
     write_metrics,
 )
 
-# Purposes of the keyed random streams (lpo.reward_data uses 0-3).
+# Purposes of the keyed random streams (lpo.reward.data uses 0-3).
 STREAM_ROLLOUT, STREAM_SHUFFLE = 10, 11
 PROGRESS_LABEL = "rounds"
 
@@ -147,9 +147,9 @@ class StepDPOTrainer:
 
     components: the base model's parts (U-Net = ``policy.unet``, scheduler, text encoders).
     policy: from :func:`lpo.trainers.harness.build_policy` on ``components.unet``.
-    reward: the frozen step reward (:class:`lpo.step_rollout.StepReward`), in eval mode.
+    reward: the frozen step reward (:class:`lpo.trainers.rollout.StepReward`), in eval mode.
     prompts: the training prompts.  reward_cost: the reward model's own cost record
-    (:func:`lpo.runs.read_cost`), folded into this run's cost.
+    (:func:`lpo.core.runs.read_cost`), folded into this run's cost.
     """
 
     method: ClassVar[str] = "lpo"
@@ -257,8 +257,8 @@ class StepDPOTrainer:
         settings = rollout_settings(config)
         scheduler = self.components.scheduler
         scheduler.set_timesteps(settings.num_inference_steps)
-        from lpo.step_rollout import trained_steps
-        from lpo.sampling import ddim_timesteps
+        from lpo.trainers.rollout import trained_steps
+        from lpo.sampling.ddim import ddim_timesteps
 
         timesteps = ddim_timesteps(scheduler, settings.num_inference_steps)
         trained = timesteps[trained_steps(timesteps, settings)].tolist()

@@ -13,10 +13,10 @@ from typing import Callable, Protocol
 
 import numpy as np
 
-from lpo.errors import LpoError
+from lpo.core.errors import LpoError
 from lpo.evals.statistics import prompt_unit_summary
-from lpo.generate import generate_images, image_seed
-from lpo.hashing import prompt_set_hash
+from lpo.sampling.generate import generate_images, image_seed
+from lpo.core.hashing import prompt_set_hash
 from lpo.world.grammar import CATEGORIES, WORLD_VERSION, PromptSpec, make_splits
 from lpo.world.judges import SCORE_NAMES, judge
 from lpo.world.render import IMAGE_SIZE, render_prompt

@@ -1,7 +1,7 @@
 """The embedded world's benchmarks: its test prompts, scored by its exact judges.
 
 Registered into ``lpo.evals.benchmarks.BENCHMARKS`` by :func:`register`, which
-:func:`lpo.world.install` hooks onto that registry's loading (lpo.plugins); real-mode
+:func:`lpo.world.install` hooks onto that registry's loading (lpo.core.plugins); real-mode
 evaluation knows no world benchmark by name.
 
 ``world`` is the world's ``test`` split, ``world-heldout`` its ``test_heldout`` split
@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
-from lpo.errors import LpoError
+from lpo.core.errors import LpoError
 from lpo.evals.benchmarks.base import BENCHMARKS, PromptSet
 
 WORLD_METRICS = ("world_alignment", "world_soft_alignment", "world_aesthetic", "world_clip", "world_utility")

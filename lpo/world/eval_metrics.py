@@ -23,7 +23,7 @@ of objects, the mean object centre (x, y as fractions of the side) and the mean 
 size (as a fraction of the largest size the world draws).
 
 Registered into ``lpo.evals.metrics.METRICS`` by :func:`register`, which
-:func:`lpo.world.install` hooks onto that registry's loading (lpo.plugins).
+:func:`lpo.world.install` hooks onto that registry's loading (lpo.core.plugins).
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from lpo.errors import LpoError
+from lpo.core.errors import LpoError
 from lpo.evals.metrics.base import METRICS, MetricSpec
 from lpo.evals.metrics.diversity import SetMetric
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from lpo.errors import LpoError
+from lpo.core.errors import LpoError
 from lpo.world.benchmark import (
     REFERENCE_SOURCES,
     GroundTruthSource,
@@ -18,7 +18,7 @@ from lpo.world.judges import SCORE_NAMES
 
 
 def evaluate_named_source(name: str, protocol: WorldEvalProtocol, console=None, device: str = "auto") -> WorldEvalResult:
-    from lpo.progress import count_progress
+    from lpo.core.progress import count_progress
 
     if name == "ground-truth":
         source = GroundTruthSource()
@@ -27,7 +27,7 @@ def evaluate_named_source(name: str, protocol: WorldEvalProtocol, console=None, 
     elif name == "shuffled":
         source = ShuffledSource([s.text() for s in world_prompts(protocol)])
     else:
-        from lpo.generate import load_pipeline
+        from lpo.sampling.generate import load_pipeline
 
         pipe, components = load_pipeline(name, device=device)
         if components.kind != "world":

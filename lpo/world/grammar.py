@@ -19,7 +19,7 @@ import itertools
 import random
 from dataclasses import dataclass, field
 
-from lpo.errors import LpoError
+from lpo.core.errors import LpoError
 
 COLOURS: tuple[str, ...] = ("red", "green", "blue", "yellow", "purple", "white")
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle")

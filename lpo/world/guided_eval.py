@@ -2,7 +2,7 @@
 
 On N test prompts × M seeds it samples the world base model with every method below on
 the *same* per-image seeds (η = 1 for all, since guided sampling needs a stochastic step;
-x_T and the plain step noise are shared, see lpo.guided) and judges every image with the
+x_T and the plain step noise are shared, see lpo.sampling.guided) and judges every image with the
 world's exact judges:
 
     plain              stochastic DDIM, η = 1                     N U-Net calls / image
@@ -33,9 +33,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from lpo.errors import LpoError
-from lpo.guided import GuidanceConfig, lrm_scorer
-from lpo.guided_generation import (
+from lpo.core.errors import LpoError
+from lpo.sampling.guided import GuidanceConfig, lrm_scorer
+from lpo.sampling.guided_generation import (
     GeneratedImages,
     SamplerSettings,
     best_of_k_final,
@@ -125,9 +125,9 @@ def run_guided_eval(
     components, lrm, protocol: GuidedEvalProtocol, progress: Callable[[str, int, int], None] | None = None,
 ) -> dict:
     """Sample every method on the same prompts and seeds, judge, and summarise (a JSON-ready dict)."""
-    from lpo.generate import image_seed
+    from lpo.sampling.generate import image_seed
     from lpo.world.benchmark import WorldEvalProtocol, world_prompts
-    from lpo.hashing import prompt_set_hash
+    from lpo.core.hashing import prompt_set_hash
     from lpo.world.grammar import WORLD_VERSION
     from lpo.world.judges import judge
 
@@ -198,7 +198,7 @@ def run_guided_eval(
         if a in scores and b in scores:
             differences[f"{a} - {b}"] = {key: paired_difference(scores[a][key], scores[b][key], prompt_ids) for key in REPORTED}
 
-    from lpo.io import run_metadata
+    from lpo.core.io import run_metadata
 
     return {
         "world_version": WORLD_VERSION,
@@ -228,10 +228,10 @@ def guided_eval_job(
     ``unet``: a trained U-Net folder (a full fine-tune's ``model/``) sampled in place of the
     base one; the LRM stays the one built on the base model, as in training.
     """
-    from lpo.generate import resolve_device, resolve_model_name
-    from lpo.io import atomic_write_json
-    from lpo.lrm_io import load_lrm
-    from lpo.models import load_components
+    from lpo.sampling.generate import resolve_device, resolve_model_name
+    from lpo.core.io import atomic_write_json
+    from lpo.reward.lrm_io import load_lrm
+    from lpo.models.components import load_components
     from rich.progress import Progress
 
     components = load_components(resolve_model_name(model), device=resolve_device(device), unet=unet)

@@ -26,11 +26,11 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from lpo.config import config_to_dict
-from lpo.errors import LpoError
-from lpo.generate import generate_images, image_seed
-from lpo.hashing import prompt_set_hash
-from lpo.pairs import TIE, PreferencePair, check_pairs_path, pair_counts, save_pairs
+from lpo.core.config import config_to_dict
+from lpo.core.errors import LpoError
+from lpo.sampling.generate import generate_images, image_seed
+from lpo.core.hashing import prompt_set_hash
+from lpo.pairs.format import TIE, PreferencePair, check_pairs_path, pair_counts, save_pairs
 from lpo.world.annotators import AnnotatorPoolConfig, label_pairs
 from lpo.world.grammar import SPLIT_NAMES, WORLD_VERSION, make_splits
 from lpo.world.judges import judge
@@ -129,7 +129,7 @@ class WorldPairsOutput:
 
     def provenance(self) -> dict[str, Any]:
         """What the pairs file's sidecar records about how the pairs were made."""
-        from lpo.generate import resolve_model_name
+        from lpo.sampling.generate import resolve_model_name
 
         folder = Path(resolve_model_name(self.model))
         marker = folder / "lpo_world.json"
@@ -185,13 +185,13 @@ def generate_world_pairs(
     config = config or WorldPairsConfig()
     start_time = time.perf_counter()
     if pipeline is None:
-        from lpo.generate import load_pipeline
+        from lpo.sampling.generate import load_pipeline
 
         pipeline, components = load_pipeline(model, device=device)
         if components.kind != "world":
             raise LpoError(
                 f"{model} is a {components.kind} model; world pairs need a world model (the judges read world images). "
-                "For real models load Pick-a-Pic with lpo.pairs.load_pairs"
+                "For real models load Pick-a-Pic with lpo.pairs.format.load_pairs"
             )
 
     # 1. Prompts and per-image seeds: pair j of a prompt is images 2j and 2j + 1.
@@ -261,7 +261,7 @@ def run_pairs(
     annotators: AnnotatorPoolConfig | None = None,
 ) -> dict[str, Any]:
     """`lpo pairs`: generate and label world pairs, save them; returns a summary for display."""
-    from lpo.progress import count_progress
+    from lpo.core.progress import count_progress
 
     out = check_pairs_path(out)  # fail before generating, not after
     config = WorldPairsConfig(

@@ -1,7 +1,7 @@
 """What the world plugs into real-mode code, and :func:`install`, which plugs it in.
 
 Real-mode modules never import the world (it is a leaf). Instead the world registers:
-  - the ``world`` model family (:mod:`lpo.model_families`): the ``world`` /
+  - the ``world`` model family (:mod:`lpo.models.families`): the ``world`` /
     ``world:PRESET`` alias resolves to the pretrained folder
     (:func:`lpo.world.pretrain.resolve_world_alias`), a world model given no prompts
     samples the first test prompts, round-robin over categories; ``world:SPLIT`` is a
@@ -10,10 +10,10 @@ Real-mode modules never import the world (it is a leaf). Instead the world regis
     ``lpo reward eval`` reports beside a learned reward; the grammar's CLIP BPE tokenizer
     builds offline (the cost benchmarks' random SD-sized models use it);
   - the MPCF gap scorers ``world-aesthetic``, ``world-clip`` and ``world-vqa``
-    (:data:`lpo.gap_scores.GAP_SCORERS`), each reading one score of the exact judges;
+    (:data:`lpo.pairs.gap_scores.GAP_SCORERS`), each reading one score of the exact judges;
   - the evaluation benchmarks ``world`` / ``world-heldout`` (:mod:`lpo.world.eval_benchmarks`)
     and the metrics ``world_*`` (:mod:`lpo.world.eval_metrics`), through load hooks
-    (:mod:`lpo.plugins`): the evaluation registries import torch, so they are filled when
+    (:mod:`lpo.core.plugins`): the evaluation registries import torch, so they are filled when
     they load, not here.
 
 :func:`install` is idempotent. The composition roots call it: the CLI before every
@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lpo.errors import LpoError
+from lpo.core.errors import LpoError
 
 # Revision of the world scorers themselves; the judges' own changes bump JUDGES_VERSION.
 _WORLD_SCORER_REVISION = "1"
@@ -124,9 +124,9 @@ def _register_metrics() -> None:
 
 def install() -> None:
     """Register the world's model family, gap scorers, benchmarks and metrics (once; later calls do nothing)."""
-    from lpo.model_families import MODEL_FAMILIES, ModelFamily
-    from lpo.gap_scores import GAP_SCORERS
-    from lpo.plugins import BENCHMARK_HOOKS, METRIC_HOOKS
+    from lpo.models.families import MODEL_FAMILIES, ModelFamily
+    from lpo.pairs.gap_scores import GAP_SCORERS
+    from lpo.core.plugins import BENCHMARK_HOOKS, METRIC_HOOKS
 
     if "world" not in MODEL_FAMILIES:
         MODEL_FAMILIES.add("world", ModelFamily(name="world", **WORLD_FAMILY_PARTS))

@@ -29,11 +29,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lpo.config import config_to_dict
-from lpo.errors import LpoError
-from lpo.io import atomic_directory, atomic_write_json, run_metadata
-from lpo.models import SD15_SCHEDULER_CONFIG, WORLD_MARKER
-from lpo.paths import lpo_home
+from lpo.core.config import config_to_dict
+from lpo.core.errors import LpoError
+from lpo.core.io import atomic_directory, atomic_write_json, run_metadata
+from lpo.models.components import SD15_SCHEDULER_CONFIG, WORLD_MARKER
+from lpo.core.paths import lpo_home
 from lpo.world.grammar import CATEGORIES, WORLD_VERSION, PromptSpec, make_splits
 from lpo.world.render import IMAGE_SIZE, render_prompt
 from lpo.world.tokenizer import MODEL_MAX_LENGTH, build_world_tokenizer

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from lpo.pixel_reward import PixelRewardConfig, PixelStepReward
+from lpo.reward.pixel import PixelRewardConfig, PixelStepReward
 from lpo.world.judges import judge
 
 

@@ -1,5 +1,5 @@
 import numpy as np, sys
-from lpo.pairs import PreferencePair, save_pairs
+from lpo.pairs.format import PreferencePair, save_pairs
 from lpo.world.grammar import make_splits
 from lpo.world.render import render_prompt
 rng = np.random.default_rng(0)

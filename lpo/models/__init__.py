@@ -1,0 +1,1 @@
+"""Model components: load a pipeline's parts, encode prompts, condition the U-Net; the pluggable model families."""

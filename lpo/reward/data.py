@@ -1,0 +1,295 @@
+"""Reward-model training data: encoded pairs, noised batches and the keyed random streams.
+
+Both images of every pair are VAE-encoded once (:func:`encode_pairs`); each use of a pair
+re-samples x_0 from the cached posterior and noises it to a t shared by both images
+(:func:`noise_pairs`). Every draw comes from a generator keyed by (seed, stream, key)
+(:func:`keyed_generator`), so a resumed run draws what an uninterrupted one would. The
+paper's notation is mapped to these names in :mod:`lpo.reward.training`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass, fields, replace
+from typing import Any, Sequence, get_args
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from lpo.core.errors import LpoError
+from lpo.pairs.format import TIE, PreferencePair
+from lpo.reward.config import NoiseMode, PairWeighting, TimestepSampling
+
+
+
+@dataclass
+class EncodedPairs:
+    """VAE posteriors of both images of N pairs, computed once (SPEC §4.1 training data).
+
+    mean, std: (N, 2, C, h, w) float32 on the CPU: posterior of ``image_0`` ([:, 0]) and
+        ``image_1`` ([:, 1]), unscaled.
+    labels_0: (N,) float32 P(image_0 ≻ image_1).   weights: (N,) float32 the pairs' own weights.
+    scaling_factor / shift_factor: x_0 = (posterior sample − shift) × scale.
+    """
+
+    pair_ids: list[str]
+    prompts: list[str]
+    mean: Tensor
+    std: Tensor
+    labels_0: Tensor
+    weights: Tensor
+    scaling_factor: float
+    shift_factor: float | None = None
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+    @property
+    def decisive(self) -> Tensor:
+        """(N,) bool: pairs that are not ties."""
+        return self.labels_0 != TIE
+
+    def subset(self, indices: Sequence[int] | Tensor) -> "EncodedPairs":
+        idx = torch.as_tensor(indices, dtype=torch.long)
+        rows = idx.tolist()
+        return replace(
+            self,
+            pair_ids=[self.pair_ids[i] for i in rows],
+            prompts=[self.prompts[i] for i in rows],
+            mean=self.mean[idx],
+            std=self.std[idx],
+            labels_0=self.labels_0[idx],
+            weights=self.weights[idx],
+        )
+
+    def fingerprint(self) -> str:
+        """Hash of ids, prompts and labels (not pixels): a resumed run must see the same pairs."""
+        h = hashlib.sha256()
+        for pid, prompt, label in zip(self.pair_ids, self.prompts, self.labels_0.tolist()):
+            h.update(f"{pid}\x1f{prompt}\x1f{label}\x1e".encode())
+        return h.hexdigest()[:16]
+
+
+def image_to_tensor(image: np.ndarray, resolution: int, what: str = "image") -> Tensor:
+    """(3, R, R) float32 in [-1, 1] from an (H, W, 3) uint8 image.
+
+    An image of another size is resized with PIL (bicubic) so its shorter side is R and
+    centre-cropped to R × R, as the diffusers training scripts prepare images.
+    """
+    if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        desc = f"{image.dtype} array of shape {image.shape}" if isinstance(image, np.ndarray) else type(image).__name__
+        raise LpoError(f"{what} is a {desc}; pairs must hold (H, W, 3) uint8 RGB images")
+    if image.shape[0] != resolution or image.shape[1] != resolution:
+        from PIL import Image
+
+        pil = Image.fromarray(image)
+        scale = resolution / min(pil.size)
+        size = (max(resolution, round(pil.size[0] * scale)), max(resolution, round(pil.size[1] * scale)))
+        pil = pil.resize(size, Image.BICUBIC)
+        left, top = (size[0] - resolution) // 2, (size[1] - resolution) // 2
+        image = np.array(pil.crop((left, top, left + resolution, top + resolution)))
+    # A copy: decoded images can be read-only arrays, which torch warns about.
+    return torch.from_numpy(np.array(image, dtype=np.float32)).permute(2, 0, 1) / 127.5 - 1.0
+
+
+@torch.no_grad()
+def encode_pairs(components: Any, pairs: Sequence[PreferencePair], batch_size: int = 32) -> EncodedPairs:
+    """VAE-encode both images of every pair once; keep the posterior's mean and std.
+
+    Images are brought to ``components.default_resolution`` (:func:`image_to_tensor`).
+    The VAE runs in its own dtype and device, without gradients.
+    """
+    if not pairs:
+        raise LpoError("no preference pairs to encode; pass at least one pair")
+    for pair in pairs:
+        if not (math.isfinite(pair.label_0) and 0.0 <= pair.label_0 <= 1.0):
+            raise LpoError(f"pair {pair.pair_id} has label_0 {pair.label_0}; it must be 1.0, 0.0 or 0.5 (tie)")
+        if not (math.isfinite(pair.weight) and pair.weight >= 0):
+            raise LpoError(f"pair {pair.pair_id} has weight {pair.weight}; weights must be finite and >= 0")
+    vae = components.vae
+    resolution = components.default_resolution
+    images = [(p, k) for p in pairs for k in (0, 1)]  # image_0, image_1 of each pair, in order
+    means, stds = [], []
+    for start in range(0, len(images), batch_size):
+        chunk = images[start : start + batch_size]
+        pixels = torch.stack(
+            [image_to_tensor(p.image_0 if k == 0 else p.image_1, resolution, f"image_{k} of pair {p.pair_id}") for p, k in chunk]
+        )  # (b, 3, R, R)
+        posterior = vae.encode(pixels.to(device=vae.device, dtype=vae.dtype)).latent_dist
+        means.append(posterior.mean.float().cpu())
+        stds.append(posterior.std.float().cpu())
+    mean, std = torch.cat(means), torch.cat(stds)  # (2N, C, h, w)
+    shape = (len(pairs), 2, *mean.shape[1:])
+    shift = getattr(vae.config, "shift_factor", None)
+    return EncodedPairs(
+        pair_ids=[p.pair_id for p in pairs],
+        prompts=[p.prompt for p in pairs],
+        mean=mean.reshape(shape),
+        std=std.reshape(shape),
+        labels_0=torch.tensor([float(p.label_0) for p in pairs], dtype=torch.float32),
+        weights=torch.tensor([float(p.weight) for p in pairs], dtype=torch.float32),
+        scaling_factor=float(vae.config.scaling_factor),
+        shift_factor=None if shift is None else float(shift),
+    )
+
+
+def loss_weights(encoded: EncodedPairs, mode: PairWeighting) -> Tensor:
+    """(N,) per-pair loss weights, normalised to mean 1 over the set (so lr means the same)."""
+    if mode == "none":
+        return torch.ones(len(encoded))
+    if mode == "pair":
+        weights = encoded.weights.clone()
+    elif mode == "per_prompt":
+        counts: dict[str, int] = {}
+        for prompt in encoded.prompts:
+            counts[prompt] = counts.get(prompt, 0) + 1
+        weights = torch.tensor([1.0 / counts[p] for p in encoded.prompts])
+    else:
+        raise ValueError(f"pair_weighting must be one of {', '.join(get_args(PairWeighting))}, got {mode!r}")
+    total = float(weights.sum())
+    if total <= 0:
+        raise LpoError("every pair has weight 0; give some pairs a positive weight or use pair_weighting=none")
+    return weights * (len(weights) / total)
+
+
+def timestep_pool(scheduler: Any, mode: TimestepSampling, num_inference_steps: int = 20) -> Tensor:
+    """(M,) long ascending timesteps t is drawn from: the DDIM set ({1, 51, …, 951}) or 0…T−1."""
+    if mode == "ddim":
+        from lpo.sampling.ddim import ddim_timesteps
+
+        return ddim_timesteps(scheduler, num_inference_steps).sort().values
+    if mode == "uniform":
+        return torch.arange(int(scheduler.config.num_train_timesteps))
+    raise ValueError(f"timestep_sampling must be one of {', '.join(get_args(TimestepSampling))}, got {mode!r}")
+
+
+# Purposes of the keyed random streams (the first key), so no two uses share a stream.
+STREAM_STEP, STREAM_EPOCH, STREAM_SPLIT, STREAM_EVAL = 0, 1, 2, 3
+
+
+def keyed_generator(seed: int, *keys: int) -> torch.Generator:
+    """A CPU generator determined by (seed, *keys) alone (non-negative ints; independent streams per key)."""
+    if any(int(k) < 0 for k in (seed, *keys)):
+        raise ValueError(f"seed and keys must be >= 0, got {(seed, *keys)}")
+    state = np.random.SeedSequence([int(seed), *map(int, keys)]).generate_state(2, dtype=np.uint32)
+    return torch.Generator().manual_seed(int(state[0]) << 31 ^ int(state[1]))
+
+
+@dataclass
+class NoisyPairBatch:
+    """B pairs noised for one forward (all tensors on the CPU unless moved).
+
+    latents_0 / latents_1: (B, C, h, w) x_0 (scaled posterior samples).
+    noise_0 / noise_1: (B, C, h, w) ε (the same tensor values when noise="shared").
+    latents_t_0 / latents_t_1: (B, C, h, w) x_t = add_noise(x_0, ε, t).
+    timesteps: (B,) long, shared by both images of a pair.
+    labels_0: (B,) P(image_0 ≻ image_1).   weights: (B,) loss weights.
+    """
+
+    prompts: list[str]
+    latents_0: Tensor
+    latents_1: Tensor
+    noise_0: Tensor
+    noise_1: Tensor
+    latents_t_0: Tensor
+    latents_t_1: Tensor
+    timesteps: Tensor
+    labels_0: Tensor
+    weights: Tensor
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+    def slice(self, start: int, stop: int) -> "NoisyPairBatch":
+        return NoisyPairBatch(
+            prompts=self.prompts[start:stop],
+            **{f.name: getattr(self, f.name)[start:stop] for f in fields(self) if f.name != "prompts"},
+        )
+
+
+def sample_clean_latents(encoded: EncodedPairs, indices: Tensor, generator: torch.Generator) -> Tensor:
+    """(B, 2, C, h, w) x_0 of both images: posterior samples × scaling factor."""
+    mean, std = encoded.mean[indices], encoded.std[indices]
+    sample = mean + std * torch.randn(mean.shape, generator=generator)
+    if encoded.shift_factor is not None:
+        sample = sample - encoded.shift_factor
+    return sample * encoded.scaling_factor
+
+
+def noise_pairs(
+    encoded: EncodedPairs,
+    indices: Tensor,
+    scheduler: Any,
+    generator: torch.Generator,
+    *,
+    timesteps: Tensor | None = None,
+    pool: Tensor | None = None,
+    noise: NoiseMode = "independent",
+    weights: Tensor | None = None,
+) -> NoisyPairBatch:
+    """Noise pairs ``indices`` of ``encoded`` to one t per pair (the same t for both images).
+
+    ``timesteps`` (B,) fixes t; otherwise each t is drawn uniformly from ``pool``. Draw
+    order from ``generator``: posterior samples, then t (when drawn), then noise.
+    """
+    indices = torch.as_tensor(indices, dtype=torch.long)
+    batch = len(indices)
+    # 1. x_0 for both images, re-sampled from the cached posteriors
+    latents = sample_clean_latents(encoded, indices, generator)  # (B, 2, C, h, w)
+    # 2. one t per pair, shared by its two images
+    if timesteps is None:
+        if pool is None:
+            raise ValueError("pass fixed timesteps or a pool to draw them from")
+        timesteps = pool[torch.randint(len(pool), (batch,), generator=generator)]
+    timesteps = torch.as_tensor(timesteps, dtype=torch.long).reshape(-1).expand(batch).clone()
+    # 3. independent noise per image (LRM) or one noise per pair (SPO)
+    if noise == "independent":
+        eps = torch.randn(latents.shape, generator=generator)
+    elif noise == "shared":
+        eps = torch.randn((batch, 1, *latents.shape[2:]), generator=generator).expand_as(latents).clone()
+    else:
+        raise ValueError(f"noise must be one of {', '.join(get_args(NoiseMode))}, got {noise!r}")
+    latents_0, latents_1 = latents[:, 0], latents[:, 1]
+    noise_0, noise_1 = eps[:, 0], eps[:, 1]
+    return NoisyPairBatch(
+        prompts=[encoded.prompts[i] for i in indices.tolist()],
+        latents_0=latents_0,
+        latents_1=latents_1,
+        noise_0=noise_0,
+        noise_1=noise_1,
+        latents_t_0=scheduler.add_noise(latents_0, noise_0, timesteps),
+        latents_t_1=scheduler.add_noise(latents_1, noise_1, timesteps),
+        timesteps=timesteps,
+        labels_0=encoded.labels_0[indices],
+        weights=(weights[indices] if weights is not None else torch.ones(batch)),
+    )
+
+
+def pair_indices(num_pairs: int, start: int, count: int, seed: int) -> Tensor:
+    """Positions ``start … start+count−1`` of the endless stream of shuffled epochs.
+
+    Epoch e is a permutation of all pairs drawn from ``keyed_generator(seed, STREAM_EPOCH, e)``,
+    so position p always names the same pair, whatever was drawn before.
+    """
+    out, cache = [], {}
+    for position in range(start, start + count):
+        epoch, offset = divmod(position, num_pairs)
+        if epoch not in cache:
+            cache[epoch] = torch.randperm(num_pairs, generator=keyed_generator(seed, STREAM_EPOCH, epoch))
+        out.append(int(cache[epoch][offset]))
+    return torch.tensor(out, dtype=torch.long)
+
+
+def split_by_prompt(pairs: Sequence[PreferencePair], fraction: float, seed: int) -> tuple[list[PreferencePair], list[PreferencePair]]:
+    """(train, held-out): a random ``fraction`` of the distinct prompts, with all their pairs, held out."""
+    prompts = sorted({p.prompt for p in pairs})
+    held = max(1, round(fraction * len(prompts))) if fraction > 0 else 0
+    if held >= len(prompts):
+        raise LpoError(
+            f"eval_fraction {fraction} of {len(prompts)} prompts leaves no training prompts; lower it or pass eval pairs"
+        )
+    order = torch.randperm(len(prompts), generator=keyed_generator(seed, STREAM_SPLIT)).tolist()
+    held_out = {prompts[i] for i in order[:held]}
+    return [p for p in pairs if p.prompt not in held_out], [p for p in pairs if p.prompt in held_out]

@@ -1,0 +1,556 @@
+"""Training step reward models on preference pairs: the LRM (SPEC §4.1) and SPO's pixel step model (§4.3).
+
+A *step reward model* scores noisy latents: ``model(latents_t, timesteps, prompts)`` →
+(B,) float32 scores (:class:`StepRewardModel`). The LRM scores them directly; SPO's
+pixel model predicts x̂0, decodes and scores it inside its own forward. Both train
+through :func:`train_step_reward`, which implements the LRM recipe of the LPO paper
+(arXiv 2502.01051, §4.2–4.3) on top of accelerate.
+
+Paper notation -> code:
+
+=======================  ================================================================
+x_0 (winner / loser)     ``EncodedPairs``: VAE posterior of ``image_0`` / ``image_1`` of each
+                         pair, kept as mean and std and re-sampled every time a pair is used;
+                         x_0 = posterior sample × ``vae.config.scaling_factor``
+t                        ``timesteps`` (B,) long: one per pair, the SAME for both images;
+                         drawn uniformly from the N = 20 DDIM timesteps {1, 51, …, 951}
+                         (``timestep_sampling="ddim"``, the official code) or from
+                         U{0, …, T−1} (``"uniform"``, the paper's text)
+ε_0, ε_1                 ``noise_0`` / ``noise_1``: independent for the LRM
+                         (``noise="independent"``); SPO's step model uses one shared ε
+                         (``noise="shared"``)
+x_t = add_noise(x_0,ε,t) ``latents_t_0`` / ``latents_t_1`` (``scheduler.add_noise``)
+S_0, S_1                 ``scores_0`` / ``scores_1`` = model(x_t, t, prompt)
+soft labels              [label_0, 1 − label_0]: (1, 0), (0, 1) or (0.5, 0.5) for a tie
+loss                     2-way cross-entropy on the logits [S_0, S_1] (Bradley–Terry:
+                         P(0 ≻ 1) = σ(S_0 − S_1)), per pair × its loss weight, averaged
+=======================  ================================================================
+
+Optimisation (paper): AdamW (β = 0.9, 0.999), weight decay 0.3 on matrices and
+convolutions (not on biases, norms or ``logit_scale``), linear warmup then linear
+decay, gradient clipping at 1.0, bf16 autocast with float32 master weights; every
+parameter of the model that requires grad trains, the VAE never does.
+
+Reproducibility: every random draw of optimiser step s (which pairs, posterior samples,
+t, noise) comes from a generator keyed by (seed, s), so resuming from a checkpoint needs
+no sampler state and gives the same weights as an uninterrupted run; each process
+draws the same global batch and takes its own slice, so the batch does not depend on the
+number of processes or accumulation steps.
+
+Memory: the cache holds 2 images × (mean, std) × C·h·w float32 per pair on the CPU:
+256 KiB per pair for SD1.5 (4×64×64), 1 MiB for SDXL, 2 KiB for the world (4×8×8).
+
+The config and its presets are :mod:`lpo.reward.config`; the data (encoded pairs, noised
+batches, keyed random streams) :mod:`lpo.reward.data`; accelerate, optimiser, schedule,
+checkpoints and resume :mod:`lpo.reward.setup`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, Protocol, Sequence, runtime_checkable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from lpo.core.config import config_to_dict
+from lpo.core.errors import LpoError
+from lpo.core.checkpoint_state import register_schedule_checkpointing
+from lpo.core.finite import check_finite_module, diverged, nonfinite_quantity
+from lpo.core.io import atomic_write_json, atomic_write_text
+from lpo.pairs.format import TIE, PreferencePair
+from lpo.reward.config import NoiseMode, RewardTrainingConfig
+from lpo.reward.data import (
+    STREAM_EVAL,
+    STREAM_STEP,
+    EncodedPairs,
+    NoisyPairBatch,
+    encode_pairs,
+    keyed_generator,
+    loss_weights,
+    noise_pairs,
+    pair_indices,
+    split_by_prompt,
+    timestep_pool,
+)
+from lpo.reward.setup import (
+    NONFINITE_FIX,
+    TRAINER_STATE_VERSION,
+    SaveFn,
+    make_reward_accelerator,
+    resume_reward_run,
+    reward_lr_schedule,
+    reward_optimizer,
+    write_reward_checkpoint,
+)
+from lpo.core.runs import DeviceMeter, RunFolder
+
+logger = logging.getLogger(__name__)
+
+TRAINING_STAGE = "reward_model_training"
+EVALUATION_STAGE = "evaluation"
+PROGRESS_LABEL = "reward model"
+METRICS_NAME = "metrics.jsonl"
+RESULT_NAME = "result.json"
+MODEL_DIR = "model"
+
+ProgressFn = Callable[[str, int, int, float], None]  # (stage, step, total, loss), as lpo.core.progress.stage_progress
+
+
+@runtime_checkable
+class StepRewardModel(Protocol):
+    """A reward on noisy latents, trainable by :func:`train_step_reward` (an ``nn.Module``).
+
+    ``forward(latents_t (B, C, h, w), timesteps (B,) long, prompts: list of B str)`` →
+    (B,) float32 scores, higher = preferred; differentiable in its trainable parameters.
+    """
+
+    def forward(self, latents_t: Tensor, timesteps: Tensor, prompts: list[str]) -> Tensor: ...
+
+    def parameters(self, recurse: bool = True) -> Iterator[nn.Parameter]: ...
+
+
+# --------------------------------------------------------------------------- loss
+
+
+@dataclass
+class PreferenceLossOutput:
+    """loss: weighted mean CE (scalar). ce: (B,) per-pair CE. correct: (B,) 1 / 0 / 0.5 (equal
+    scores) for decisive pairs, 0 for ties. decisive: (B,) bool."""
+
+    loss: Tensor
+    ce: Tensor
+    correct: Tensor
+    decisive: Tensor
+
+    @property
+    def accuracy(self) -> float:
+        n = int(self.decisive.sum())
+        return float(self.correct.sum()) / n if n else float("nan")
+
+
+def preference_loss(scores_0: Tensor, scores_1: Tensor, labels_0: Tensor, weights: Tensor | None = None) -> PreferenceLossOutput:
+    """Bradley–Terry 2-way cross-entropy on logits [S_0, S_1] with soft labels [label_0, 1 − label_0]."""
+    logits = torch.stack([scores_0, scores_1], dim=-1).float()  # (B, 2)
+    labels_0 = labels_0.to(logits)
+    targets = torch.stack([labels_0, 1.0 - labels_0], dim=-1)  # (B, 2)
+    ce = F.cross_entropy(logits, targets, reduction="none")  # (B,)
+    loss = (ce * weights.to(ce)).mean() if weights is not None else ce.mean()
+    decisive = labels_0 != TIE
+    with torch.no_grad():
+        won_0 = labels_0 > TIE
+        agree = torch.where(scores_0 == scores_1, 0.5, ((scores_0 > scores_1) == won_0).float())
+        correct = torch.where(decisive, agree.float(), 0.0)
+    return PreferenceLossOutput(loss=loss, ce=ce.detach(), correct=correct, decisive=decisive)
+
+
+def score_pairs(model: Any, batch: NoisyPairBatch, device: torch.device) -> tuple[Tensor, Tensor]:
+    """(S_0, S_1), each (B,) float32, from ONE forward over the 2B latents."""
+    latents_t = torch.cat([batch.latents_t_0, batch.latents_t_1]).to(device)  # (2B, C, h, w)
+    timesteps = torch.cat([batch.timesteps, batch.timesteps]).to(device)
+    scores = model(latents_t, timesteps, batch.prompts + batch.prompts).float()
+    if scores.shape != (2 * len(batch),):
+        raise LpoError(
+            f"the reward model returned scores of shape {tuple(scores.shape)} for {2 * len(batch)} latents; "
+            "a step reward model must return one score per latent, shape (B,)"
+        )
+    return scores[: len(batch)], scores[len(batch) :]
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+def _module_device(model: nn.Module) -> torch.device:
+    for tensor in model.parameters():
+        return tensor.device
+    return torch.device("cpu")
+
+
+@torch.no_grad()
+def pair_scores_by_timestep(
+    model: StepRewardModel,
+    components: Any,
+    encoded: EncodedPairs,
+    timesteps: Sequence[int],
+    indices: Tensor | None = None,
+    batch_size: int = 64,
+    seed: int = 0,
+    *,
+    noise: NoiseMode = "independent",
+) -> dict[int, tuple[Tensor, Tensor]]:
+    """{t: (S_0, S_1)} of pairs ``indices`` (default: all) noised to each fixed t.
+
+    Every t sees the same posterior samples and the same noise (drawn from (seed, batch)),
+    so scores differ only through t, and two models scored with the same seed see
+    identical x_t.
+    """
+    indices = torch.arange(len(encoded)) if indices is None else torch.as_tensor(indices, dtype=torch.long)
+    num_train = int(components.scheduler.config.num_train_timesteps)
+    bad = [int(t) for t in timesteps if not 0 <= int(t) < num_train]
+    if bad or not len(timesteps):
+        raise LpoError(f"evaluation timesteps must be in [0, {num_train - 1}], got {list(timesteps)}")
+    device = _module_device(model)
+    was_training = model.training
+    model.eval()
+    scores: dict[int, tuple[list[Tensor], list[Tensor]]] = {int(t): ([], []) for t in timesteps}
+    try:
+        for number, start in enumerate(range(0, len(indices), batch_size)):
+            batch_indices = indices[start : start + batch_size]
+            for t, (out_0, out_1) in scores.items():
+                generator = keyed_generator(seed, STREAM_EVAL, number)  # the same draws for every t
+                batch = noise_pairs(encoded, batch_indices, components.scheduler, generator, timesteps=torch.tensor(t), noise=noise)
+                scores_0, scores_1 = score_pairs(model, batch, device)
+                out_0.append(scores_0.cpu())
+                out_1.append(scores_1.cpu())
+    finally:
+        model.train(was_training)
+    return {t: (torch.cat(s0), torch.cat(s1)) for t, (s0, s1) in scores.items()}
+
+
+def accuracy_from_scores(scores_0: Tensor, scores_1: Tensor, labels_0: Tensor) -> tuple[float, int]:
+    """(accuracy, n) over the decisive pairs of ``labels_0``; equal scores count half."""
+    out = preference_loss(scores_0, scores_1, labels_0)
+    n = int(out.decisive.sum())
+    return (float(out.correct.sum()) / n if n else float("nan")), n
+
+
+def pairwise_accuracy_by_timestep(
+    model: StepRewardModel,
+    components: Any,
+    pairs: Sequence[PreferencePair] | EncodedPairs,
+    timesteps: Sequence[int],
+    batch_size: int = 64,
+    seed: int = 0,
+    *,
+    noise: NoiseMode = "independent",
+    encode_batch_size: int = 32,
+) -> dict[int, tuple[float, int]]:
+    """Held-out accuracy of a step reward model at each fixed t: {t: (accuracy, n)}.
+
+    Only decisive (non-tie) pairs are scored and counted; a pair is right when the
+    preferred image scores higher (equal scores count half). Noise as in
+    :func:`pair_scores_by_timestep`.
+    """
+    encoded = pairs if isinstance(pairs, EncodedPairs) else encode_pairs(components, pairs, encode_batch_size)
+    decisive = torch.nonzero(encoded.decisive).flatten()
+    if len(decisive) == 0:
+        raise LpoError(f"all {len(encoded)} evaluation pairs are ties; accuracy needs pairs with a winner")
+    scores = pair_scores_by_timestep(model, components, encoded, timesteps, decisive, batch_size, seed, noise=noise)
+    labels = encoded.labels_0[decisive]
+    return {t: accuracy_from_scores(s0, s1, labels) for t, (s0, s1) in scores.items()}
+
+
+# --------------------------------------------------------------------------- plan and result
+
+
+@dataclass(frozen=True)
+class TrainingPlan:
+    """Derived totals, printed before the first step (and stored with the run)."""
+
+    num_pairs: int
+    num_ties: int
+    num_eval_pairs: int
+    num_processes: int
+    batch_size: int  # pairs per optimiser step (all processes, all micro-batches)
+    gradient_accumulation_steps: int
+    micro_batch_size: int  # pairs per forward on one process
+    max_steps: int
+    timesteps: tuple[int, ...]
+
+    @property
+    def updates_per_epoch(self) -> float:
+        return self.num_pairs / self.batch_size
+
+    @property
+    def epochs(self) -> float:
+        return self.max_steps * self.batch_size / self.num_pairs
+
+    def describe(self) -> str:
+        ts = self.timesteps
+        span = f"{len(ts)} timesteps {ts[0]}…{ts[-1]}" if len(ts) > 3 else f"timesteps {list(ts)}"
+        return (
+            f"{self.num_pairs} training pairs ({self.num_ties} ties), {self.num_eval_pairs} held-out; "
+            f"batch {self.batch_size} = {self.micro_batch_size} per forward × {self.gradient_accumulation_steps} "
+            f"accumulation × {self.num_processes} processes; {self.max_steps} steps = {self.epochs:.2f} epochs "
+            f"({self.updates_per_epoch:.1f} updates per epoch); t from {span}"
+        )
+
+
+def plan_training(
+    config: RewardTrainingConfig, num_pairs: int, num_ties: int = 0, num_eval_pairs: int = 0,
+    num_processes: int = 1, timesteps: Sequence[int] = (),
+) -> TrainingPlan:
+    """The derived batch layout; LpoError when the batch does not split evenly over processes."""
+    per_step = config.gradient_accumulation_steps * num_processes
+    if config.batch_size % per_step:
+        raise LpoError(
+            f"batch_size {config.batch_size} does not split into {config.gradient_accumulation_steps} accumulation "
+            f"steps × {num_processes} processes; use a multiple of {per_step}"
+        )
+    if num_pairs < 1:
+        raise LpoError("no training pairs; pass at least one pair")
+    return TrainingPlan(
+        num_pairs=num_pairs, num_ties=num_ties, num_eval_pairs=num_eval_pairs, num_processes=num_processes,
+        batch_size=config.batch_size, gradient_accumulation_steps=config.gradient_accumulation_steps,
+        micro_batch_size=config.batch_size // per_step, max_steps=config.max_steps, timesteps=tuple(int(t) for t in timesteps),
+    )
+
+
+@dataclass
+class TrainingResult:
+    """What :func:`train_step_reward` did.
+
+    history: one row per log step {step, loss, accuracy (decisive pairs), lr, grad_norm, seconds}.
+    eval_history: {step, accuracy: {t: [accuracy, n]}} per evaluation.
+    cost: the DeviceMeter record (also cost.json).  resumed_from: checkpoint step, or None.
+    """
+
+    steps: int
+    plan: TrainingPlan
+    history: list[dict[str, Any]]
+    eval_history: list[dict[str, Any]]
+    cost: dict[str, Any]
+    resumed_from: int | None = None
+    run_folder: Path | None = None
+    model_folder: Path | None = None
+
+    @property
+    def final_loss(self) -> float | None:
+        return self.history[-1]["loss"] if self.history else None
+
+    @property
+    def final_accuracy(self) -> float | None:
+        return self.history[-1]["accuracy"] if self.history else None
+
+    @property
+    def final_eval(self) -> dict[int, tuple[float, int]] | None:
+        if not self.eval_history:
+            return None
+        return {int(t): (v[0], v[1]) for t, v in self.eval_history[-1]["accuracy"].items()}
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "steps": self.steps,
+            "plan": {**asdict(self.plan), "epochs": self.plan.epochs},
+            "final_loss": self.final_loss,
+            "final_accuracy": self.final_accuracy,
+            "history": self.history,
+            "eval_history": self.eval_history,
+            "cost": self.cost,
+            "resumed_from": self.resumed_from,
+            "run_folder": None if self.run_folder is None else str(self.run_folder),
+            "model_folder": None if self.model_folder is None else str(self.model_folder),
+        }
+
+
+# --------------------------------------------------------------------------- training
+
+
+def train_step_reward(
+    model: StepRewardModel,
+    components: Any,
+    pairs: Sequence[PreferencePair],
+    config: RewardTrainingConfig,
+    run: RunFolder | None = None,
+    *,
+    save_model: SaveFn | None = None,
+    accelerator: Any = None,
+    progress: ProgressFn | None = None,
+    eval_pairs: Sequence[PreferencePair] | None = None,
+    resume: bool = False,
+    log: Callable[[str], None] | None = None,
+) -> TrainingResult:
+    """Train ``model`` in place on ``pairs`` (SPEC §4.1 data, loss and optimisation).
+
+    components: the diffusion model's parts; its VAE encodes the images (frozen, no
+        gradients) and its scheduler noises them. ``model`` may be built from them (the
+        LRM) or hold its own (SPO's pixel model).
+    run: where checkpoints, ``metrics.jsonl``, ``result.json``, ``cost.json`` and the final
+        model (``run/model``, written by ``save_model``) go; None trains in memory only.
+    save_model: writes the model to a folder (e.g. :func:`lpo.reward.lrm_io.save_lrm`); called for
+        every checkpoint and at the end, on the main process, with the unwrapped model.
+    accelerator: an ``accelerate.Accelerator`` agreeing with the config, or None for a
+        new one (CPU when there is no GPU).
+    progress: ``(stage, step, total, loss)`` after every step (main process only).
+    eval_pairs: held-out pairs for accuracy by t every ``eval_every`` steps and at the end;
+        alternatively ``config.eval_fraction`` holds out prompts of ``pairs``.
+    resume: continue from ``run``'s newest checkpoint (same config and pairs required); the
+        result equals an uninterrupted run's. Without a checkpoint it starts at step 0.
+    log: receives the derived totals before the first step and one line per log step.
+    """
+    if resume and run is None:
+        raise LpoError("resume needs the run folder to resume from")
+    if eval_pairs is not None and config.eval_fraction > 0:
+        raise LpoError(
+            f"pass eval_pairs or set eval_fraction (now {config.eval_fraction}), not both; set eval_fraction=0 to use eval_pairs"
+        )
+    if config.eval_fraction > 0:
+        pairs, eval_pairs = split_by_prompt(pairs, config.eval_fraction, config.seed)
+
+    # 1. accelerate, the meter, and the cost of any earlier part of this run
+    accelerator = make_reward_accelerator(config, accelerator)
+    is_main = accelerator.is_main_process
+    say = log if (log is not None and is_main) else (lambda message: None)
+    meter = DeviceMeter(accelerator=accelerator)
+    scheduler = components.scheduler
+    pool = timestep_pool(scheduler, config.timestep_sampling, config.num_inference_steps)
+    started = time.perf_counter()
+
+    with meter.stage(TRAINING_STAGE):
+        # 2. the data: posteriors of every image, once
+        encoded = encode_pairs(components, pairs, config.encode_batch_size)
+        eval_encoded = encode_pairs(components, eval_pairs, config.encode_batch_size) if eval_pairs else None
+        weights = loss_weights(encoded, config.pair_weighting)
+        plan = plan_training(
+            config, len(encoded), int((~encoded.decisive).sum()), len(eval_encoded) if eval_encoded else 0,
+            accelerator.num_processes, pool.tolist(),
+        )
+        say(plan.describe())
+
+        # 3. optimiser, lr schedule, accelerate
+        optimizer = reward_optimizer(model, config)
+        lr_schedule = reward_lr_schedule(optimizer, config)
+        model, optimizer = accelerator.prepare(model, optimizer)
+        register_schedule_checkpointing(accelerator, lr_schedule)  # as JSON: nothing pickled
+        device = accelerator.device
+
+        # 4. resume
+        step, resumed_from = 0, None
+        history: list[dict[str, Any]] = []
+        eval_history: list[dict[str, Any]] = []
+        if resume:
+            found = resume_reward_run(accelerator, run, config, encoded)
+            if found is not None:
+                resumed_from, saved = found
+                step = int(saved["step"])
+                history = [row for row in saved["history"] if row["step"] <= step]
+                eval_history = [row for row in saved["eval_history"] if row["step"] <= step]
+                say(f"resumed from {saved['folder']} at step {step}")
+            else:
+                say(f"no checkpoint in {run.checkpoints_dir}; starting at step 0")
+            previous = run.read_cost()
+            if previous is not None:
+                meter.restore(previous)
+
+        def trainer_state() -> dict[str, Any]:
+            return {
+                "version": TRAINER_STATE_VERSION, "step": step, "config": config_to_dict(config),
+                "plan": asdict(plan), "num_pairs": len(encoded), "data_fingerprint": encoded.fingerprint(),
+                "history": history, "eval_history": eval_history, "cost": meter.as_dict(),
+            }
+
+        def evaluate() -> None:
+            if eval_encoded is None:
+                return
+            with meter.stage(EVALUATION_STAGE):
+                if is_main:
+                    accuracy = pairwise_accuracy_by_timestep(
+                        accelerator.unwrap_model(model), components, eval_encoded, config.eval_timesteps,
+                        config.eval_batch_size, config.seed, noise=config.noise,
+                    )
+                    eval_history.append({"step": step, "accuracy": {str(t): [a, n] for t, (a, n) in accuracy.items()}})
+                    say(f"step {step}: held-out accuracy " + ", ".join(f"t={t} {a:.3f}" for t, (a, _) in accuracy.items()))
+                accelerator.wait_for_everyone()
+
+        # 5. the loop: one optimiser step per iteration, micro-batches inside
+        model.train()
+        micro, rank = plan.micro_batch_size, accelerator.process_index
+        window = torch.zeros(4, dtype=torch.float64, device=device)  # Σ w·ce, pairs, Σ correct, decisive
+        window_start = time.perf_counter()
+        last_norm: float | None = None
+        last_lr = float(optimizer.param_groups[0]["lr"])
+        while step < config.max_steps:
+            generator = keyed_generator(config.seed, STREAM_STEP, step)
+            indices = pair_indices(len(encoded), step * config.batch_size, config.batch_size, config.seed)
+            batch = noise_pairs(encoded, indices, scheduler, generator, pool=pool, noise=config.noise, weights=weights)
+            loss_finite = True
+            for m in range(config.gradient_accumulation_steps):
+                start = (m * accelerator.num_processes + rank) * micro
+                part = batch.slice(start, start + micro)
+                with accelerator.accumulate(model):
+                    scores_0, scores_1 = score_pairs(model, part, device)
+                    out = preference_loss(scores_0, scores_1, part.labels_0.to(device), part.weights.to(device))
+                    accelerator.backward(out.loss)
+                    loss_finite = loss_finite and math.isfinite(float(out.loss.detach()))
+                    if accelerator.sync_gradients:
+                        if config.grad_clip is not None:
+                            last_norm = float(accelerator.clip_grad_norm_(model.parameters(), config.grad_clip))
+                        last_lr = float(optimizer.param_groups[0]["lr"])  # the lr this update uses
+                        # a NaN / inf loss or gradient must not reach the weights: stop before the update
+                        bad = nonfinite_quantity(accelerator, loss_finite, list(model.parameters()), last_norm)
+                        if bad is not None:
+                            raise diverged(f"step {step + 1}", bad, "lr", config.lr)
+                        optimizer.step()
+                        if not accelerator.optimizer_step_was_skipped:  # fp16 overflow: keep the schedule
+                            lr_schedule.step()
+                    optimizer.zero_grad(set_to_none=True)
+                window += torch.stack([
+                    (out.ce * part.weights.to(device)).sum().double(), torch.tensor(float(len(part)), device=device).double(),
+                    out.correct.sum().double(), out.decisive.sum().double(),
+                ])
+            step += 1
+            if is_main and progress is not None:
+                progress(PROGRESS_LABEL, step, config.max_steps, float(out.loss.detach()))
+
+            if step % config.log_every == 0 or step == config.max_steps:
+                totals = accelerator.reduce(window.clone(), "sum").tolist()
+                row = {
+                    "step": step,
+                    "loss": totals[0] / max(totals[1], 1.0),
+                    "accuracy": totals[2] / totals[3] if totals[3] else None,
+                    "lr": last_lr,
+                    "grad_norm": last_norm,
+                    "seconds": time.perf_counter() - window_start,
+                }
+                history.append(row)
+                window.zero_()
+                window_start = time.perf_counter()
+                if is_main and run is not None:
+                    _write_metrics(run, history)
+                    run.write_cost(meter)
+                say(f"step {step}/{config.max_steps}: loss {row['loss']:.4f}, accuracy "
+                    f"{'n/a' if row['accuracy'] is None else format(row['accuracy'], '.3f')}, lr {row['lr']:.2e}")
+            if config.eval_every and step % config.eval_every == 0 and step < config.max_steps:
+                evaluate()
+            if run is not None and config.save_every and step % config.save_every == 0 and step < config.max_steps:
+                write_reward_checkpoint(accelerator, run, step, model, save_model, trainer_state(), config.keep_checkpoints)
+                if is_main:
+                    run.write_cost(meter)
+
+        evaluate()
+        model.eval()
+
+    # 6. the final model, its cost, the summary
+    unwrapped = accelerator.unwrap_model(model, keep_fp32_wrapper=False)
+    result = TrainingResult(
+        steps=step, plan=plan, history=history, eval_history=eval_history, cost=meter.as_dict(),
+        resumed_from=resumed_from, run_folder=None if run is None else run.path,
+    )
+    if run is not None:  # every process: they hold the same weights and must stop together
+        check_finite_module(unwrapped, "the trained reward model", NONFINITE_FIX)
+    if run is not None and is_main:
+        if save_model is not None:
+            result.model_folder = run.path / MODEL_DIR
+            with meter.stage(TRAINING_STAGE):
+                save_model(unwrapped, result.model_folder)
+        result.cost = meter.as_dict()
+        run.write_cost(result.cost)
+        if result.model_folder is not None:
+            atomic_write_json(result.model_folder / "cost.json", result.cost)
+        _write_metrics(run, history)
+        run.write_json(RESULT_NAME, result.as_dict())
+    if run is not None:
+        accelerator.wait_for_everyone()
+    logger.debug("reward model training took %.1f s", time.perf_counter() - started)
+    return result
+
+
+def _write_metrics(run: RunFolder, history: list[dict[str, Any]]) -> None:
+    import json
+
+    atomic_write_text(run.path / METRICS_NAME, "".join(json.dumps(row, sort_keys=True) + "\n" for row in history))

@@ -1,0 +1,175 @@
+"""LoRA on a diffusers U-Net through peft, the adapters-off reference, and the saved outputs.
+
+SPEC §5.1: LoRA on the attention projections ``to_q``, ``to_k``, ``to_v``, ``to_out.0``
+with alpha = rank and peft's "gaussian" init (A ~ N(0, 1/r), B = 0, so the adapted U-Net
+starts as the base U-Net); the reference policy is the SAME U-Net with its adapters
+switched off (:func:`adapters_disabled`), so only one U-Net sits in memory.
+
+Outputs, loadable by plain diffusers:
+
+- :func:`save_lora` -> a diffusers LoRA folder (``pytorch_lora_weights.safetensors``) via
+  ``StableDiffusionPipeline.save_lora_weights`` / ``StableDiffusionXLPipeline.save_lora_weights``
+  (peft keys converted with ``convert_state_dict_to_diffusers``, the adapter config stored
+  as metadata); ``pipe.load_lora_weights(folder)`` loads it.
+- :func:`save_unet` -> a ``UNet2DConditionModel`` folder (full fine-tunes);
+  ``UNet2DConditionModel.from_pretrained(folder)`` loads it.
+- :func:`save_merged_pipeline` -> a whole pipeline folder with the LoRA merged into the
+  U-Net weights (:func:`merged_unet`), loadable with ``from_pretrained`` alone.
+
+All writes go through :func:`lpo.core.io.atomic_directory`.
+"""
+
+from __future__ import annotations
+
+import copy
+import shutil
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import torch
+from torch import nn
+
+from lpo.core.errors import LpoError
+from lpo.core.io import atomic_directory
+
+LORA_TARGETS: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0")
+LORA_WEIGHTS_NAME = "pytorch_lora_weights.safetensors"
+ADAPTER_NAME = "default"
+
+
+def _tuner_layers(module: nn.Module) -> list[Any]:
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    return [m for m in module.modules() if isinstance(m, BaseTunerLayer)]
+
+
+def has_lora(unet: nn.Module) -> bool:
+    """Whether ``unet`` carries peft adapter layers."""
+    return bool(getattr(unet, "peft_config", None)) and bool(_tuner_layers(unet))
+
+
+def add_lora(
+    unet: nn.Module,
+    rank: int,
+    alpha: float | None = None,
+    targets: Sequence[str] = LORA_TARGETS,
+    init: str = "gaussian",
+) -> list[nn.Parameter]:
+    """Freeze ``unet`` and add one LoRA adapter; returns the adapter's (trainable) parameters.
+
+    ``alpha`` defaults to ``rank`` (scale alpha/rank = 1, as the LPO and SPO code). The
+    adapter weights are created in float32 whatever the U-Net's dtype, so an fp16/bf16
+    U-Net trains float32 LoRA weights (as diffusers' ``cast_training_params`` does).
+    """
+    from peft import LoraConfig
+
+    if rank < 1:
+        raise ValueError(f"LoRA rank must be >= 1, got {rank}")
+    if has_lora(unet):
+        raise LpoError("the U-Net already carries a LoRA adapter; start from the base U-Net")
+    config = LoraConfig(
+        r=int(rank),
+        lora_alpha=float(alpha if alpha is not None else rank),
+        init_lora_weights=init,
+        target_modules=list(targets),
+    )
+    unet.requires_grad_(False)
+    try:
+        unet.add_adapter(config, adapter_name=ADAPTER_NAME)
+    except ValueError as err:  # peft: no module matched the targets
+        raise LpoError(f"could not add LoRA on {', '.join(targets)} ({err}); name modules the U-Net has") from err
+    params = [p for n, p in unet.named_parameters() if "lora_" in n]
+    for param in params:
+        param.data = param.data.float()
+        param.requires_grad_(True)
+    return params
+
+
+@contextmanager
+def adapters_disabled(unet: nn.Module) -> Iterator[None]:
+    """Run ``unet`` as its base model: every peft adapter layer switched off, then restored.
+
+    The layers' own flag is set rather than calling ``unet.disable_adapters()``, which would
+    also flip the adapter weights' ``requires_grad`` (and ``enable_adapters`` would turn it
+    back on for every adapter). Wrap the call in ``torch.no_grad()`` for a reference pass.
+    """
+    switched = [layer for layer in _tuner_layers(unet) if not layer.disable_adapters]
+    for layer in switched:
+        layer._disable_adapters = True
+    try:
+        yield
+    finally:
+        for layer in switched:
+            layer._disable_adapters = False
+
+
+def lora_state_dict(unet: nn.Module) -> dict[str, torch.Tensor]:
+    """The adapter weights in diffusers' key layout (``unet`` prefix added by ``save_lora_weights``)."""
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft.utils import get_peft_model_state_dict
+
+    if not has_lora(unet):
+        raise LpoError("the U-Net has no LoRA adapter to save")
+    state = get_peft_model_state_dict(unet, adapter_name=ADAPTER_NAME)
+    return {k: v.detach().to("cpu").contiguous() for k, v in convert_state_dict_to_diffusers(state).items()}
+
+
+def lora_metadata(unet: nn.Module) -> dict[str, Any]:
+    """The adapter's peft config as a dict (rank, alpha, targets), stored with the weights."""
+    return unet.peft_config[ADAPTER_NAME].to_dict()
+
+
+def save_lora(unet: nn.Module, folder: str | Path, kind: str) -> Path:
+    """Write the U-Net's LoRA as a diffusers LoRA folder for an SD1.5/world (``kind`` sd15 or
+    world) or SDXL (``sdxl``) pipeline; ``pipe.load_lora_weights(folder)`` reads it."""
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+
+    pipeline_cls = StableDiffusionXLPipeline if kind == "sdxl" else StableDiffusionPipeline
+    state, metadata = lora_state_dict(unet), lora_metadata(unet)
+    folder = Path(folder)
+    with atomic_directory(folder) as tmp:
+        pipeline_cls.save_lora_weights(
+            tmp, unet_lora_layers=state, safe_serialization=True, weight_name=LORA_WEIGHTS_NAME,
+            unet_lora_adapter_metadata=metadata,
+        )
+    return folder
+
+
+def merged_unet(unet: nn.Module) -> nn.Module:
+    """A copy of ``unet`` with its LoRA merged into the base weights and the adapter layers
+    removed: a plain ``UNet2DConditionModel``. ``unet`` itself is untouched."""
+    merged = copy.deepcopy(unet)
+    if has_lora(merged):
+        merged.fuse_lora(lora_scale=1.0)
+        merged.unload_lora()
+    merged.requires_grad_(False)
+    return merged
+
+
+def save_unet(unet: nn.Module, folder: str | Path) -> Path:
+    """Write ``unet`` as a diffusers ``UNet2DConditionModel`` folder (LoRA merged in, if any)."""
+    folder = Path(folder)
+    plain = merged_unet(unet) if has_lora(unet) else unet
+    with atomic_directory(folder) as tmp:
+        plain.save_pretrained(tmp, safe_serialization=True)
+    return folder
+
+
+def save_merged_pipeline(components: Any, unet: nn.Module, folder: str | Path) -> Path:
+    """Write a full pipeline folder: ``components`` (VAE, text encoders, scheduler) with
+    ``unet`` (LoRA merged in). A world pipeline keeps its marker file so lpo loads it as one."""
+    from dataclasses import replace
+
+    from lpo.sampling.generate import build_pipeline
+    from lpo.models.components import WORLD_MARKER
+
+    plain = merged_unet(unet) if has_lora(unet) else unet
+    pipeline = build_pipeline(replace(components, unet=plain))
+    folder = Path(folder)
+    with atomic_directory(folder) as tmp:
+        pipeline.save_pretrained(tmp, safe_serialization=True)
+        marker = Path(str(components.source)) / WORLD_MARKER
+        if components.kind == "world" and marker.is_file():
+            shutil.copy2(marker, tmp / WORLD_MARKER)
+    return folder

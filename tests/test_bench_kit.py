@@ -21,8 +21,8 @@ def test_the_shipped_quick_kit_is_whole_and_built_with_the_quick_presets_values(
     # every stage's measured seconds travel with it (booked as the bench's own)
     assert set(kit["stage_seconds"]) == {"pairs", "mpcf", "reward-lrm", "reward-pixel", "reward-eval"}
     assert all(s > 0 for s in kit["stage_seconds"].values())
-    installed = install_kit(folder, tmp_path, bench_preset("quick"))  # checks every file's SHA-256
-    assert installed == kit["stages"]
+    installed, read = install_kit(folder, tmp_path, bench_preset("quick"))  # checks every file's SHA-256
+    assert installed == kit["stages"] and read == kit
     marker = json.loads((tmp_path / "stages" / "reward-lrm.json").read_text())
     assert marker["output"]["model"] == str(tmp_path.resolve() / "rewards" / "lrm" / "model")
     assert (tmp_path / "rewards" / "lrm" / "model" / "model.safetensors").is_file()
@@ -58,12 +58,12 @@ def test_export_then_install_round_trips_and_refuses_another_config_or_a_damaged
     assert resolve_kit(str(kit)) == kit
 
     bench = tmp_path / "bench"
-    assert install_kit(kit, bench, config) == ["pairs", "mpcf", "reward-lrm", "reward-pixel", "reward-eval"]
+    assert install_kit(kit, bench, config)[0] == ["pairs", "mpcf", "reward-lrm", "reward-pixel", "reward-eval"]
     marker = json.loads((bench / "stages" / "mpcf.json").read_text())
     assert marker["output"]["model"] == str(bench.resolve() / "rewards" / "lrm" / "model")  # moved to this bench
     assert marker["output"]["other"] == "/elsewhere/x" and marker["timing"]["seconds"] == 2.5
     assert marker["kit"]["command"] == "lpo bench --build-kit kit"
-    assert install_kit(kit, bench, config) == []  # done stages are left alone
+    assert install_kit(kit, bench, config)[0] == []  # done stages are left alone
 
     with pytest.raises(LpoError, match=r"built with train_prompts=8, this bench has 9; use --set reward_kit=none"):
         install_kit(kit, tmp_path / "other", replace(config, train_prompts=9))
@@ -105,7 +105,7 @@ def test_the_eval_plan_scores_the_curve_on_a_subset_of_the_final_images(tmp_path
     from lpo.bench.runner import Bench, eval_plan
 
     config = replace(bench_preset("quick"), methods=("lpo",))
-    plan = {key: (benchmark, prompts, images) for key, _, benchmark, prompts, images in eval_plan(Bench(tmp_path, config))}
+    plan = {key: (benchmark, prompts, images) for key, _, _, benchmark, prompts, images in eval_plan(Bench(tmp_path, config))}
     assert plan == {
         "eval-world-base": ("world", 128, 4), "eval-world-curve-base": ("world", 48, 2),
         "eval-world-heldout-base": ("world-heldout", 128, 1),

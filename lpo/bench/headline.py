@@ -60,19 +60,22 @@ def final_records(records: Sequence[Any], benchmark: str, metric: str) -> tuple[
     if not bases:
         return None, {}, [f"no base-model {metric} record on {benchmark}"]
     base = bases[-1]
-    protocol = (base.metric_key, base.benchmark_key, base.prompt_set_hash, base.protocol.get("seed"),
-                base.protocol.get("images_per_prompt"))
+    protocol = (base.metric_key, *_protocol_key(base))
     finals: dict[str, dict[int, Any]] = {}
     for r in sorted(chosen, key=lambda r: r.created):
         if r.method not in METHOD_ORDER:
             continue
-        here = (r.metric_key, r.benchmark_key, r.prompt_set_hash, r.protocol.get("seed"), r.protocol.get("images_per_prompt"))
-        if here != protocol:
+        if (r.metric_key, *_protocol_key(r)) != protocol:
             notes.append(f"{r.checkpoint.get('label')} ({r.record_id}) left out: evaluated under another protocol than the base model")
             continue
         finals.setdefault(r.method, {})[seed_index(r)] = r
     ordered = {m: dict(sorted(finals[m].items())) for m in METHOD_ORDER if m in finals}
     return base, ordered, notes
+
+
+def _protocol_key(record) -> tuple[Any, ...]:
+    """What two records must share to be paired: benchmark, prompt set, seed, images per prompt."""
+    return (record.benchmark_key, record.prompt_set_hash, record.protocol.get("seed"), record.protocol.get("images_per_prompt"))
 
 
 def _size(record) -> int:
@@ -86,9 +89,8 @@ def final_protocol_records(records: Sequence[Any], benchmark: str = "world", met
     finals = [r for r in records if "step" not in r.checkpoint]
     if base is None:
         return finals
-    key = (base.benchmark_key, base.prompt_set_hash, base.protocol.get("seed"), base.protocol.get("images_per_prompt"))
-    return [r for r in finals if r.benchmark != benchmark or
-            (r.benchmark_key, r.prompt_set_hash, r.protocol.get("seed"), r.protocol.get("images_per_prompt")) == key]
+    key = _protocol_key(base)
+    return [r for r in finals if r.benchmark != benchmark or _protocol_key(r) == key]
 
 
 def _row(label: str, diff, kind: str) -> dict[str, Any]:

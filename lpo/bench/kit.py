@@ -163,24 +163,26 @@ def export_kit(bench_folder: Path, config: Any, out: Path, command: str) -> Path
     return out
 
 
-def install_kit(kit_folder: Path, bench_folder: Path, config: Any) -> list[str]:
-    """Copy a matching kit into a bench folder and mark its stages done; returns the stages installed.
+def install_kit(kit_folder: Path, bench_folder: Path, config: Any) -> tuple[list[str], dict[str, Any]]:
+    """Copy a matching kit into a bench folder and mark its stages done; returns the stages
+    installed and the kit's ``kit.json``.
 
-    Every file is checked against its SHA-256 first, so a damaged kit (or a Git LFS pointer
-    in place of a file) fails with one line instead of training on it. Stages the bench
-    finished itself are left alone.
+    Every file is checked against its SHA-256 before anything is installed, so a damaged
+    kit (or a Git LFS pointer in place of a file) fails with one line instead of training
+    on it. Stages the bench finished itself are left alone; a bench that has them all (a
+    rerun) reads no kit file but ``kit.json``.
     """
     kit = read_kit(kit_folder)
     check_kit_matches(kit, config, kit_folder)
+    bench_folder = Path(bench_folder)
+    installed = [stage for stage in kit["stages"] if not (bench_folder / "stages" / f"{stage}.json").is_file()]
+    if not installed:
+        return [], kit
     for rel, digest in kit["files"].items():
         path = kit_folder / rel
         if not path.is_file() or _sha256(path) != digest:
             raise LpoError(f"reward kit file {path} is missing or damaged (SHA-256 differs from {KIT_FILE}); "
                            "reinstall lpo or rebuild the kit with `lpo bench --build-kit`")
-    bench_folder = Path(bench_folder)
-    installed = [stage for stage in kit["stages"] if not (bench_folder / "stages" / f"{stage}.json").is_file()]
-    if not installed:
-        return []
     for rel in kit["files"]:
         target = bench_folder / rel
         if not target.is_file():
@@ -192,4 +194,4 @@ def install_kit(kit_folder: Path, bench_folder: Path, config: Any) -> list[str]:
         marker["kit"] = {"folder": str(kit_folder), "built_on": kit.get("hardware", {}).get("cpu_dispatch", {}).get("cpu_model"),
                          "command": kit.get("command"), "git": kit.get("git")}
         atomic_write_json(bench_folder / "stages" / f"{stage}.json", marker)
-    return installed
+    return installed, kit

@@ -246,8 +246,8 @@ def eval_targets(bench: Bench, seeds: bool = True) -> list[tuple[str, str, bool]
     return targets
 
 
-def eval_plan(bench: Bench) -> list[tuple[str, str, str, int, int]]:
-    """(stage key, checkpoint spec, benchmark, prompts, images per prompt) of every evaluation.
+def eval_plan(bench: Bench) -> list[tuple[str, str, str, str, int, int]]:
+    """(stage key, name, checkpoint spec, benchmark, prompts, images per prompt) of every evaluation.
 
     Final models: ``world`` at the final protocol and ``world-heldout``. Intermediate
     checkpoints: ``world`` at the curve protocol; when that is smaller than the final one
@@ -260,13 +260,13 @@ def eval_plan(bench: Bench) -> list[tuple[str, str, str, int, int]]:
     plan = []
     for name, spec, final in eval_targets(bench):
         if not final:
-            plan.append((f"eval-world-{name}", spec, "world", curve_prompts, curve_images))
+            plan.append((f"eval-world-{name}", name, spec, "world", curve_prompts, curve_images))
             continue
-        plan.append((f"eval-world-{name}", spec, "world", c.eval_prompts, c.eval_images_per_prompt))
+        plan.append((f"eval-world-{name}", name, spec, "world", c.eval_prompts, c.eval_images_per_prompt))
         if c.separate_curve and "-seed-" not in name:
-            plan.append((f"eval-world-curve-{name}", spec, "world", curve_prompts, curve_images))
+            plan.append((f"eval-world-curve-{name}", name, spec, "world", curve_prompts, curve_images))
         if c.eval_heldout:
-            plan.append((f"eval-world-heldout-{name}", spec, "world-heldout", c.eval_prompts,
+            plan.append((f"eval-world-heldout-{name}", name, spec, "world-heldout", c.eval_prompts,
                          c.heldout_images_per_prompt or c.eval_images_per_prompt))
     return plan
 
@@ -276,10 +276,8 @@ def _evaluate(bench: Bench) -> dict[str, Any]:
 
     c = bench.config
     done: dict[str, Any] = {}
-    for key, spec, benchmark, prompts, images in eval_plan(bench):
+    for key, name, spec, benchmark, prompts, images in eval_plan(bench):
         if bench.done(key) is None:
-            name = key.split("-", 2)[2].removeprefix("heldout-").removeprefix("curve-")
-
             def run_one(spec=spec, benchmark=benchmark, name=name, prompts=prompts, images=images):
                 label = name if name == "base" else name + bench.label_suffix
                 # batch 128: ~12% faster per image than 32 on 2 cores; images do not depend on it
@@ -417,13 +415,7 @@ def _core_stages(bench: Bench, reward_eval: bool = True) -> None:
     c = bench.config
     if c.reward_kit != "none":
         _install_kit(bench)
-    bench.stage("pairs", lambda: _pairs(bench))
-    bench.stage("mpcf", lambda: _mpcf(bench))
-    bench.stage("reward-lrm", lambda: _train_reward(bench, "lrm", c.lrm_preset, c.lrm_overrides))
-    if "spo" in c.methods:
-        bench.stage("reward-pixel", lambda: _train_reward(bench, "pixel", c.pixel_preset, c.pixel_overrides))
-    if reward_eval:
-        bench.stage("reward-eval", lambda: _reward_eval(bench))
+    _kit_stages(bench, reward_eval)
     for method in c.methods:
         for seed in range(c.seeds):
             name = f"train-{method}" + (f"-seed-{seed}" if seed else "")
@@ -432,13 +424,24 @@ def _core_stages(bench: Bench, reward_eval: bool = True) -> None:
     bench.stage("evaluate" + (f"-seeds-{c.seeds}" if c.seeds > 1 else ""), lambda: _evaluate(bench))
 
 
+def _kit_stages(bench: Bench, reward_eval: bool = True) -> None:
+    """The stages a reward kit holds (lpo.bench.kit.KIT_STAGES): pairs, MPCF, reward models, accuracy."""
+    c = bench.config
+    bench.stage("pairs", lambda: _pairs(bench))
+    bench.stage("mpcf", lambda: _mpcf(bench))
+    bench.stage("reward-lrm", lambda: _train_reward(bench, "lrm", c.lrm_preset, c.lrm_overrides))
+    if "spo" in c.methods:
+        bench.stage("reward-pixel", lambda: _train_reward(bench, "pixel", c.pixel_preset, c.pixel_overrides))
+    if reward_eval:
+        bench.stage("reward-eval", lambda: _reward_eval(bench))
+
+
 def _install_kit(bench: Bench) -> None:
-    from lpo.bench.kit import install_kit, read_kit, resolve_kit
+    from lpo.bench.kit import install_kit, resolve_kit
 
     folder = resolve_kit(bench.config.reward_kit)
-    installed = install_kit(folder, bench.folder, bench.config)
+    installed, kit = install_kit(folder, bench.folder, bench.config)
     if installed:
-        kit = read_kit(folder)
         seconds = sum(s or 0.0 for s in kit.get("stage_seconds", {}).values())
         bench.say(f"reward kit [bold]{bench.config.reward_kit}[/]: {', '.join(installed)} from {folder} "
                   f"({seconds / 60:.1f} min measured where it was built, booked as this bench's; "
@@ -454,12 +457,7 @@ def build_kit(folder: Path, config: BenchConfig, out: Path, command: str, consol
     config = replace(config, reward_kit="none")
     bench = Bench(Path(folder), config, console)
     _check_same_bench(bench.folder, config, kit_only=True)
-    bench.stage("pairs", lambda: _pairs(bench))
-    bench.stage("mpcf", lambda: _mpcf(bench))
-    bench.stage("reward-lrm", lambda: _train_reward(bench, "lrm", config.lrm_preset, config.lrm_overrides))
-    if "spo" in config.methods:
-        bench.stage("reward-pixel", lambda: _train_reward(bench, "pixel", config.pixel_preset, config.pixel_overrides))
-    bench.stage("reward-eval", lambda: _reward_eval(bench))
+    _kit_stages(bench)
     return export_kit(bench.folder, config, out, command)
 
 

@@ -48,7 +48,7 @@ from lpo.evals.checkpoints import Checkpoint, resolve_checkpoint
 from lpo.evals.image_cache import ImageCache, default_cache_dir
 from lpo.evals.metrics.base import METRICS, MetricSpec
 from lpo.evals.processes import Processes, eval_processes
-from lpo.evals.store import DEFAULT_RESULTS_DIR, ResultRecord, append_records, now, write_per_prompt
+from lpo.evals.store import DEFAULT_RESULTS_DIR, ResultRecord, append_new_records, now, records_path, write_per_prompt
 from lpo.evals.summaries import aggregation_of, summarise
 from lpo.sampling.generate import DTYPES, generate_images, image_seed
 from lpo.core.io import check_writable
@@ -194,6 +194,9 @@ class EvalOutput:
     written: list[Path]
     image_folder: Path
     protocol_sources: dict[str, str] = field(default_factory=dict)  # where CFG / images per prompt came from
+    # records the store already held for this very evaluation (same checkpoint hash, protocol,
+    # metric): not appended again; ``records`` holds them in place of the new ones
+    repeated: list[ResultRecord] = field(default_factory=list)
 
 
 # --------------------------------------------------------------------------- resolution
@@ -327,8 +330,9 @@ def run_eval(config: EvalConfig, console=None) -> EvalOutput:
     eval_id = f"{datetime.now():%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}"
     records: list[ResultRecord] = []
     written: list[Path] = []
+    repeated: list[ResultRecord] = []
     if procs.is_main:  # 4. summaries and records (main process only)
-        records, written = _write_records(config, plan, eval_id, scores, timing, metrics_info, meter, generated, generate_s, procs)
+        records, repeated, written = _write_records(config, plan, eval_id, scores, timing, metrics_info, meter, generated, generate_s, procs)
     procs.wait()
     return EvalOutput(
         eval_id=eval_id,
@@ -344,6 +348,7 @@ def run_eval(config: EvalConfig, console=None) -> EvalOutput:
         written=written,
         image_folder=plan.cache.folder,
         protocol_sources=plan.protocol_sources,
+        repeated=repeated,
     )
 
 
@@ -446,8 +451,11 @@ def _score_metric(config: EvalConfig, plan: _Plan, name: str, procs: Processes, 
 
 
 def _write_records(config: EvalConfig, plan: _Plan, eval_id: str, scores, timing, metrics_info, meter,
-                   generated: int, generate_s: float, procs: Processes) -> tuple[list[ResultRecord], list[Path]]:
-    """Step 4: the per-image scores and one record per metric, written in one atomic append."""
+                   generated: int, generate_s: float, procs: Processes,
+                   ) -> tuple[list[ResultRecord], list[ResultRecord], list[Path]]:
+    """Step 4: the per-image scores and one record per metric, written in one atomic append;
+    (records, the ones the store already held, files appended to). A record the store holds
+    already (:func:`lpo.evals.store.evaluation_key`) is not appended twice."""
     from lpo.evals.signals import training_signals
     from lpo.core.io import run_metadata
 
@@ -528,8 +536,13 @@ def _write_records(config: EvalConfig, plan: _Plan, eval_id: str, scores, timing
                 environment=environment,
             )
         )
-    written = append_records(config.results_dir, records, companion=per_prompt_ref[0]) if config.results_dir is not None else []
-    return records, written
+    if config.results_dir is None:
+        return records, [], []
+    appended, repeated = append_new_records(config.results_dir, records, companion=per_prompt_ref[0])
+    written = sorted({records_path(config.results_dir, r.benchmark) for r in appended})
+    new_ids = {id(r) for r in appended}
+    stored = iter(repeated)
+    return [r if id(r) in new_ids else next(stored) for r in records], repeated, written
 
 
 def _finite(name: str, values, n: int) -> list[float]:

@@ -210,6 +210,65 @@ def append_records(results_dir: Path, records: Sequence[ResultRecord], companion
         raise
 
 
+def evaluation_key(record: ResultRecord) -> tuple | None:
+    """What makes two records the same measurement: benchmark@version, prompt set, protocol
+    (pixel hash and images per prompt), checkpoint content hash, metric@version and its
+    weights. None for a checkpoint without a content hash (nothing can be said to repeat)."""
+    checkpoint_hash = (record.checkpoint or {}).get("hash")
+    if not checkpoint_hash:
+        return None
+    return (record.benchmark_key, record.prompt_set_hash, record.protocol_hash,
+            (record.protocol or {}).get("images_per_prompt"), checkpoint_hash, record.metric_key, record.metric_weights)
+
+
+def append_new_records(
+    results_dir: Path, records: Sequence[ResultRecord], companion: str | None = None
+) -> tuple[list[ResultRecord], list[ResultRecord]]:
+    """Append the records the store does not hold yet (by :func:`evaluation_key`), under the
+    store's lock; returns (appended, already stored: the stored record for each repeat).
+
+    A re-run of an evaluation (the same checkpoint, protocol and metric; e.g. after a kill
+    between writing and reporting) so adds nothing. ``companion`` (the per-prompt file of
+    ``records``) is removed when nothing is appended or the append fails."""
+    try:
+        appended, repeated = [], []
+        by_benchmark: dict[str, list[ResultRecord]] = {}
+        for record in records:
+            by_benchmark.setdefault(record.benchmark, []).append(record)
+        for benchmark, group in by_benchmark.items():
+            path = records_path(results_dir, benchmark)
+            with _locked(path.parent):
+                stored = {}
+                if path.is_file():
+                    for line in path.read_text().splitlines():
+                        if line.strip():
+                            old = ResultRecord.from_dict(json.loads(line), str(path))
+                            stored.setdefault(evaluation_key(old), old)
+                fresh = []
+                for record in group:
+                    key = evaluation_key(record)
+                    (repeated.append(stored[key]) if key is not None and key in stored else fresh.append(record))
+                if fresh:
+                    _append_group(path, fresh)
+                appended += fresh
+        if not appended and companion is not None:
+            (Path(results_dir) / companion).unlink(missing_ok=True)
+        return appended, repeated
+    except BaseException:
+        if companion is not None:
+            (Path(results_dir) / companion).unlink(missing_ok=True)
+        raise
+
+
+def _append_group(path: Path, group: Sequence[ResultRecord]) -> None:
+    """Rewrite ``path`` atomically with ``group`` appended (the caller holds the lock)."""
+    old = path.read_text() if path.is_file() else ""
+    if old and not old.endswith("\n"):
+        raise LpoError(f"{path} does not end with a newline: it was edited by hand; restore it from version control")
+    new = "".join(json.dumps(r.as_dict(), sort_keys=True, default=str) + "\n" for r in group)
+    atomic_write_text(path, old + new)
+
+
 def _append_records(results_dir: Path, records: Sequence[ResultRecord]) -> list[Path]:
     by_benchmark: dict[str, list[ResultRecord]] = {}
     for record in records:
@@ -218,11 +277,7 @@ def _append_records(results_dir: Path, records: Sequence[ResultRecord]) -> list[
     for benchmark, group in by_benchmark.items():
         path = records_path(results_dir, benchmark)
         with _locked(path.parent):
-            old = path.read_text() if path.is_file() else ""
-            if old and not old.endswith("\n"):
-                raise LpoError(f"{path} does not end with a newline: it was edited by hand; restore it from version control")
-            new = "".join(json.dumps(r.as_dict(), sort_keys=True, default=str) + "\n" for r in group)
-            atomic_write_text(path, old + new)
+            _append_group(path, group)
         written.append(path)
     return written
 

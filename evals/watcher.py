@@ -85,7 +85,7 @@ def watch_run(
     interrupted (or ``max_polls`` polls, for tests).
     """
     from lpo.core.runs import RunFolder
-    from lpo.trainers.harness import RESULT_NAME
+    from lpo.core.runs import RESULT_NAME
 
     if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
         raise LpoError("lpo eval --watch runs as one process; start it without accelerate launch / torchrun")

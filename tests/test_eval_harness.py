@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import json
 import math
 from pathlib import Path
@@ -112,6 +114,7 @@ def test_second_run_with_another_metric_generates_nothing(tmp_path, tiny_world_d
     assert count_generate["calls"] == 0 and (second.images_generated, second.images_cached) == (0, 12)
     assert second.records[0].value == first.records[0].value
     assert second.scores["world_alignment@1.2"] == first.scores["world_alignment@1.2"]
+    assert [r.record_id for r in second.repeated] == [first.records[0].record_id]  # not stored twice
 
     # More images per prompt: only the new index is generated; a new CFG is a new protocol.
     third = run_eval(_config(tiny_world_dir, tmp_path, max_prompts=6, metrics=("world_alignment",),
@@ -122,7 +125,19 @@ def test_second_run_with_another_metric_generates_nothing(tmp_path, tiny_world_d
     fourth = run_eval(_config(tiny_world_dir, tmp_path, max_prompts=6, metrics=("world_alignment",),
                               protocol=EvalProtocol(steps=3, images_per_prompt=2, guidance_scale=2.0, batch_size=4)))
     assert count_generate["images"] == 12 and fourth.image_folder != first.image_folder
-    assert len(load_records(tmp_path / "results")) == 1 + 2 + 1 + 1
+    assert len(load_records(tmp_path / "results")) == 1 + 1 + 1 + 1
+
+
+def test_a_repeated_evaluation_adds_no_records(tmp_path, tiny_world_dir):
+    """The same checkpoint, protocol and metrics again (e.g. rerun after a kill between the
+    store's write and the report): the store keeps one record each and no orphan per-prompt file."""
+    config = _config(tiny_world_dir, tmp_path, max_prompts=3, metrics=("world_alignment", "world_clip"))
+    first = run_eval(config)
+    again = run_eval(replace(config, label="same model, another label"))
+    stored = load_records(tmp_path / "results")
+    assert len(stored) == 2 and not again.written
+    assert [r.record_id for r in again.records] == [r.record_id for r in first.records] == [r.record_id for r in stored]
+    assert len(list((tmp_path / "results" / "world" / "per-prompt").glob("*.json"))) == 1
 
 
 def test_cached_images_equal_fresh_ones(tmp_path, tiny_world_dir):

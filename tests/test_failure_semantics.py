@@ -22,29 +22,16 @@ from lpo.core.errors import LpoError
 from lpo.core.finite import DivergedError
 from lpo.trainers.jobs import run_training
 
+from tiny_models import save_random_lrm
+
 # One round of 4 trajectories, pairs at the 4 highest t, every branched row kept, 4 updates per round.
 QUICK = ["train.max_rounds=3", "sampler.sample_batch_size=4", "train.train_batch_size=4", "sampler.threshold_min=0.0",
          "sampler.threshold_max=0.0", "sampler.min_timestep=801", "run.save_every=1"]
 
 
-def _lrm_folder(base: Path, out: Path, poison: bool = False) -> Path:
-    from lpo.reward.lrm import LatentRewardModel, LRMConfig
-    from lpo.reward.lrm_io import save_lrm
-    from lpo.models.components import load_components
-
-    torch.manual_seed(0)
-    model = LatentRewardModel.from_components(load_components(base), LRMConfig(vfe_scale=1.0))
-    if poison:
-        with torch.no_grad():
-            for param in model.parameters():
-                param.fill_(float("nan"))
-    save_lrm(model, out)
-    return out
-
-
 @pytest.fixture(scope="module")
 def world_lrm(tiny_world_dir, tmp_path_factory) -> Path:
-    return _lrm_folder(tiny_world_dir, tmp_path_factory.mktemp("rewards") / "lrm")
+    return save_random_lrm(tiny_world_dir, tmp_path_factory.mktemp("rewards") / "lrm")
 
 
 @pytest.fixture(scope="module")
@@ -140,7 +127,7 @@ def test_a_nan_loss_is_never_applied_to_the_weights():
 
 
 def test_a_nan_lrm_is_refused_as_the_step_reward(tiny_world_dir, tmp_path):
-    bad = _lrm_folder(tiny_world_dir, tmp_path / "nan-lrm", poison=True)
+    bad = save_random_lrm(tiny_world_dir, tmp_path / "nan-lrm", poison=True)
     with pytest.raises(LpoError, match=r"the step reward .*nan-lrm has non-finite weights \(\d+ of \d+ values are NaN.*"
                                        r"retrain it \(lpo lrm train"):
         run_training("lpo", "lpo-world", [f"model.base={tiny_world_dir}", f"reward.path={bad}", *QUICK],

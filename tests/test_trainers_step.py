@@ -21,6 +21,8 @@ from lpo.trainers import TRAINERS
 from lpo.trainers.jobs import resolve_config, run_training
 from lpo.trainers.presets import PRESET_METHOD, PRESETS, trainer_preset
 
+from tiny_models import save_random_lrm
+
 REWARD_SECONDS = 12.5
 # One round of 4 trajectories, pairs at the 4 highest t, every branched row kept, one update.
 QUICK_STEP = ["train.max_rounds=1", "sampler.sample_batch_size=4", "train.train_batch_size=64",
@@ -36,13 +38,7 @@ def _with_cost(folder: Path, seconds: float = REWARD_SECONDS) -> Path:
 
 
 def _lrm_folder(base: Path, out: Path) -> Path:
-    from lpo.reward.lrm import LatentRewardModel, LRMConfig
-    from lpo.reward.lrm_io import save_lrm
-    from lpo.models.components import load_components
-
-    torch.manual_seed(0)
-    save_lrm(LatentRewardModel.from_components(load_components(base), LRMConfig(vfe_scale=1.0)), out)
-    return _with_cost(out)
+    return _with_cost(save_random_lrm(base, out))
 
 
 @pytest.fixture(scope="module")

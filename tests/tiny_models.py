@@ -248,3 +248,21 @@ def _hub_tokenizer_layout(folder: Path) -> None:
     """
     (folder / "tokenizer.json").unlink()
     write_tiny_vocab(folder)
+
+
+def save_random_lrm(base: Path, out: Path, poison: bool = False) -> Path:
+    """A seeded, untrained LRM on the pipeline in ``base``, saved to ``out`` (all-NaN weights with ``poison``)."""
+    import torch
+
+    from lpo.models.components import load_components
+    from lpo.reward.lrm import LatentRewardModel, LRMConfig
+    from lpo.reward.lrm_io import save_lrm
+
+    torch.manual_seed(0)
+    model = LatentRewardModel.from_components(load_components(base), LRMConfig(vfe_scale=1.0))
+    if poison:
+        with torch.no_grad():
+            for param in model.parameters():
+                param.fill_(float("nan"))
+    save_lrm(model, out)
+    return out

@@ -161,6 +161,9 @@ def _train_reward(bench: Bench, name: str, preset: str, overrides: tuple[str, ..
     from lpo.reward.jobs import train_reward_job
 
     run_dir = bench.reward_run(name)
+    done = _finished_result(run_dir)  # killed after the run finished, before the stage was marked
+    if done is not None:
+        return {"model": done["model_folder"], "steps": done["steps"], "cost": done["cost"]}
     resume = _prepare_run_dir(run_dir)
     result = train_reward_job(bench.config.model, str(bench.filtered_pairs), preset,
                               [*overrides, f"seed={bench.config.seed}"], run_dir=run_dir, resume=resume,
@@ -197,10 +200,12 @@ def _train_policy(bench: Bench, method: str, seed: int = 0) -> dict[str, Any]:
     overrides += [f"run.save_every={save_every}", f"run.keep_checkpoints={max(1, length // save_every)}",
                   "run.trackers=none"]
     run_dir = bench.policy_run(method, seed)
-    resume = _prepare_run_dir(run_dir)
-    result = run_training(method, preset, overrides, run_dir=run_dir, resume=resume, console=bench.console)
-    return {"run": str(run_dir), "model": str(result.model_folder), "steps": result.steps,
-            "optimizer_steps": result.optimizer_steps, "final_loss": result.final_loss, "cost": result.cost,
+    done = _finished_result(run_dir)  # killed after the run finished, before the stage was marked
+    if done is None:
+        resume = _prepare_run_dir(run_dir)
+        done = run_training(method, preset, overrides, run_dir=run_dir, resume=resume, console=bench.console).as_dict()
+    return {"run": str(run_dir), "model": done["model_folder"], "steps": done["steps"],
+            "optimizer_steps": done["optimizer_steps"], "final_loss": done["final_loss"], "cost": done["cost"],
             "preset": preset, "overrides": overrides}
 
 
@@ -213,6 +218,15 @@ def _run_length(config: Any, method: str, prompts_path: Path) -> int:
     prompts = len(load_prompts(str(prompts_path)))
     rounds = max(1, math.ceil(config.train.epochs * prompts / config.sampler.sample_batch_size))
     return rounds if config.train.max_rounds is None else min(rounds, int(config.train.max_rounds))
+
+
+def _finished_result(run_dir: Path) -> dict[str, Any] | None:
+    """The result.json of a finished run in ``run_dir``, else None."""
+    from lpo.core.runs import RESULT_NAME, RunFolder
+
+    if not (run_dir / "run.json").is_file() or not RunFolder(run_dir).finished:
+        return None
+    return json.loads((run_dir / RESULT_NAME).read_text())
 
 
 def _prepare_run_dir(run_dir: Path) -> bool:

@@ -218,4 +218,8 @@ def render_eval(output, console) -> None:
     parts += [f"{k}: load {t.load_s:.1f} s, score {t.score_s:.1f} s" for k, t in output.metric_timing.items()]
     console.print(" · ".join(parts))
     if output.written:
-        console.print(f"appended {len(output.records)} records to " + ", ".join(str(p) for p in output.written))
+        appended = len(output.records) - len(output.repeated)
+        console.print(f"appended {appended} records to " + ", ".join(str(p) for p in output.written))
+    if output.repeated:
+        console.print(f"{len(output.repeated)} of these evaluations were in the store already (same checkpoint, "
+                      "protocol and metric): not appended again")

@@ -10,7 +10,15 @@ Every training run (reward model, LPO, SPO, Diffusion-DPO) writes one folder:
 ``cost.json``         the :class:`DeviceMeter` record: wall seconds × devices per stage
 ``checkpoints/``      ``step-000300/`` ... written by :func:`write_checkpoint` for every
                       trainer (reward models, LPO, SPO, Diffusion-DPO)
+``result.json``       written last, after the final model: the run is finished
 ====================  ==================================================================
+
+Lifecycle: a run whose setup fails before training starts leaves nothing behind
+(:meth:`RunFolder.discarded_on_error`); ``--resume`` refuses a finished run, and a run
+without checkpoints whose config.json differs; resuming on other hardware than the last
+segment ran on (thread count, device) is reported by :func:`resume_mismatches`, since
+CPU reductions depend on the thread count and the weights then differ from an
+uninterrupted run's.
 
 Cost accounting (SPEC §8): wall time × number of devices, per device type ("cpu", or the
 CUDA device name, e.g. "NVIDIA A100-SXM4-80GB"), split into the stages
@@ -46,6 +54,7 @@ DEFAULT_RUNS_ROOT = Path("runs")
 COST_SCHEMA_VERSION = 1
 CHECKPOINT_PREFIX = "step-"
 TRAINER_STATE_NAME = "trainer_state.json"  # written last: its presence marks a checkpoint complete
+RESULT_NAME = "result.json"  # written last by a finished run: its presence marks the run finished
 CHECKPOINT_MODEL_DIR = "model"
 
 # The stages of SPEC §8. A typo in a stage name would silently split the cost, so only
@@ -143,10 +152,31 @@ class RunFolder:
         return cls(path)
 
     @classmethod
-    def resume(cls, folder: str | Path, config: Any, *, accelerator: Any = None) -> "RunFolder":
+    def resume(
+        cls,
+        folder: str | Path,
+        config: Any,
+        *,
+        accelerator: Any = None,
+        resume_free: frozenset[str] | None = None,
+    ) -> "RunFolder":
         """Continue the run in ``folder``: config.json is rewritten with ``config``, this
-        invocation's argv / git / time are appended to run.json's ``"resumes"``."""
+        invocation's argv / git / time are appended to run.json's ``"resumes"``.
+
+        A finished run (result.json) is refused. With ``resume_free`` (the dotted fields
+        that may change on resume), so is a run without checkpoints whose config.json
+        differs from ``config`` elsewhere (with checkpoints, the trainer compares against
+        the newest checkpoint's config).
+        """
         run = cls.open(folder)
+        run.refuse_if_finished()
+        if resume_free is not None and not list_checkpoints(run) and run.config_path.is_file():
+            changes = config_changes(run.read_config(), _config_dict(config), resume_free)
+            if changes:
+                raise LpoError(
+                    f"cannot resume {run.path}: the config differs from its config.json ({'; '.join(changes)}) "
+                    "and it has no checkpoint; resume with the same settings, or remove the folder and start again"
+                )
         if accelerator is None or accelerator.is_main_process:
             meta = run.read_run()
             meta.setdefault("resumes", []).append({"time": _now(), **run_metadata()})
@@ -161,6 +191,38 @@ class RunFolder:
         if not (path / RUN_NAME).is_file():
             raise LpoError(f"{path} is not a run folder (no {RUN_NAME}); pass a folder under runs/ written by lpo")
         return cls(path)
+
+    @property
+    def finished(self) -> bool:
+        """Whether the run wrote its final model and result.json."""
+        return (self.path / RESULT_NAME).is_file()
+
+    def refuse_if_finished(self) -> None:
+        """LpoError when the run is finished: resuming it would retrain its last steps and
+        overwrite its final model."""
+        if self.finished:
+            raise LpoError(
+                f"run {self.path} is finished (its final model is in {self.path / 'model'}); nothing to resume — "
+                "start a new run (another --run-dir) to train again"
+            )
+
+    @contextmanager
+    def discarded_on_error(self, created: bool, accelerator: Any = None) -> Iterator[None]:
+        """Remove this run's config.json and run.json (and the folder, if then empty) when
+        the block fails, for a run ``created`` by this invocation: a run whose setup fails
+        (bad prompts, a missing reward model) must not leave a half-run that a rerun calls
+        "already holds a run". Resumed runs are left alone."""
+        try:
+            yield
+        except BaseException:
+            if created and (accelerator is None or accelerator.is_main_process):
+                for name in (CONFIG_NAME, RUN_NAME):
+                    (self.path / name).unlink(missing_ok=True)
+                try:
+                    self.path.rmdir()  # only when empty: nothing else of the user's is touched
+                except OSError:
+                    pass
+            raise
 
     # ----------------------------------------------------------------- reading and writing
 
@@ -196,6 +258,47 @@ def _timestamped(root: Path, name: str) -> Path:
         path = root / f"{name}-{stamp}-{suffix}"
         suffix += 1
     return path
+
+
+def config_changes(old: dict[str, Any], new: dict[str, Any], ignore: frozenset[str] = frozenset()) -> list[str]:
+    """'key: old -> new' for every dotted key of two (nested) config dicts that differs, ``ignore`` excepted."""
+
+    def flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for k, v in d.items():
+            out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+        return out
+
+    a, b = flat(old), flat(new)
+    keys = sorted(k for k in set(a) | set(b) if k not in ignore and a.get(k) != b.get(k))
+    return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in keys]
+
+
+def resume_mismatches(run: RunFolder, device: Any = "cpu") -> list[str]:
+    """How this process differs from the hardware of the run's last segment (its creation
+    or last resume) in what changes the weights: the CPU thread count for a CPU run, the
+    GPU model for a CUDA run. One readable sentence each; empty when nothing differs."""
+    import torch
+
+    from lpo.core.io import hardware
+
+    meta = run.read_run()
+    before = ([meta, *meta.get("resumes", [])][-1]).get("hardware") or {}
+    out = []
+    if torch.device(device).type == "cpu":
+        threads_before, threads_now = before.get("torch_threads"), torch.get_num_threads()
+        if threads_before is not None and threads_before != threads_now:
+            out.append(
+                f"this resume runs {threads_now} CPU threads where the run ran {threads_before}: CPU sums depend on "
+                f"the thread count, so the weights will differ from an uninterrupted run's "
+                f"(resume with OMP_NUM_THREADS={threads_before} for identical weights)"
+            )
+    else:
+        gpus_before, gpus_now = before.get("cuda_devices") or [], hardware().get("cuda_devices") or []
+        if gpus_before and gpus_now and gpus_before[0] != gpus_now[0]:
+            out.append(f"the run ran on {gpus_before[0]} and resumes on {gpus_now[0]}: the weights will differ "
+                       "from an uninterrupted run's")
+    return out
 
 
 def _broadcast_path(path: Path | None, accelerator: Any) -> Path:

@@ -49,9 +49,13 @@ def train_reward_job(
     from lpo.core.progress import stage_progress
     from lpo.reward.config import reward_training_preset
     from lpo.reward.training import train_step_reward
-    from lpo.core.runs import RunFolder
+    from lpo.core.runs import RunFolder, resume_mismatches
 
     config = apply_overrides(reward_training_preset(preset), overrides)
+    if resume:  # refused before anything is loaded
+        if run_dir is None:
+            raise LpoError("--resume needs --run-dir pointing at the run to continue")
+        RunFolder.open(run_dir).refuse_if_finished()
     components = _components(model)
     loaded = _pairs(pairs_path, "pairs file")
     if console is not None:
@@ -61,9 +65,12 @@ def train_reward_job(
     reward_model, save_fn = build_reward_model(config, components)
     extra = {"base_model": model, "pairs": str(pairs_path), "reward_model": config.reward_model}
     if resume:
-        if run_dir is None:
-            raise LpoError("--resume needs --run-dir pointing at the run to continue")
-        run = RunFolder.resume(run_dir, config)
+        from lpo.reward.setup import RESUME_FREE_FIELDS
+
+        run = RunFolder.resume(run_dir, config, resume_free=RESUME_FREE_FIELDS)
+        for mismatch in resume_mismatches(run, components.unet.device):
+            if console is not None:
+                console.print(f"[yellow]warning:[/] {mismatch}", highlight=False)
     elif run_dir is not None:
         run = RunFolder.create(config, folder=run_dir, extra=extra)
     else:

@@ -20,7 +20,7 @@ from lpo.core.errors import LpoError
 from lpo.core.finite import check_finite_module
 from lpo.reward.config import RewardTrainingConfig
 from lpo.reward.data import EncodedPairs
-from lpo.core.runs import TRAINER_STATE_NAME, RunFolder, list_checkpoints, write_checkpoint
+from lpo.core.runs import TRAINER_STATE_NAME, RunFolder, config_changes, list_checkpoints, write_checkpoint
 
 TRAINER_STATE_VERSION = 1
 NONFINITE_FIX = "lower lr and start a new run"
@@ -48,12 +48,10 @@ def write_reward_checkpoint(
 def _check_resume(saved: dict[str, Any], config: RewardTrainingConfig, encoded: EncodedPairs, folder: Path) -> None:
     if saved.get("version") != TRAINER_STATE_VERSION:
         raise LpoError(f"{folder} has trainer-state version {saved.get('version')}; this lpo reads {TRAINER_STATE_VERSION}")
-    old, new = saved["config"], config_to_dict(config)
-    changed = sorted(k for k in set(old) | set(new) if k not in RESUME_FREE_FIELDS and old.get(k) != new.get(k))
+    changed = config_changes(saved["config"], config_to_dict(config), RESUME_FREE_FIELDS)
     if changed:
-        diffs = "; ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed)
         raise LpoError(
-            f"cannot resume {folder}: the config differs from the checkpoint's ({diffs}); "
+            f"cannot resume {folder}: the config differs from the checkpoint's ({'; '.join(changed)}); "
             "resume with the same settings or start a new run"
         )
     if saved["data_fingerprint"] != encoded.fingerprint() or saved["num_pairs"] != len(encoded):

@@ -88,7 +88,7 @@ from lpo.reward.setup import (
     reward_optimizer,
     write_reward_checkpoint,
 )
-from lpo.core.runs import DeviceMeter, RunFolder
+from lpo.core.runs import RESULT_NAME, DeviceMeter, RunFolder
 
 logger = logging.getLogger(__name__)
 
@@ -96,7 +96,6 @@ TRAINING_STAGE = "reward_model_training"
 EVALUATION_STAGE = "evaluation"
 PROGRESS_LABEL = "reward model"
 METRICS_NAME = "metrics.jsonl"
-RESULT_NAME = "result.json"
 MODEL_DIR = "model"
 
 ProgressFn = Callable[[str, int, int, float], None]  # (stage, step, total, loss), as lpo.core.progress.stage_progress

@@ -48,7 +48,8 @@ from lpo.core.errors import LpoError
 from lpo.core.finite import check_finite_weights, diverged, nonfinite_quantity
 from lpo.core.io import atomic_write_json
 from lpo.trainers.lora import add_lora, adapters_disabled, save_lora, save_merged_pipeline, save_unet
-from lpo.core.runs import TRAINER_STATE_NAME, RunFolder, list_checkpoints  # re-exported for the trainers
+from lpo.core.runs import RESULT_NAME, TRAINER_STATE_NAME, RunFolder, list_checkpoints  # re-exported for the trainers
+from lpo.core.runs import config_changes as run_config_changes
 from lpo.core.runs import write_checkpoint as write_run_checkpoint
 from lpo.trainers.config import OptimConfig, PolicyConfig, RunConfig
 
@@ -58,7 +59,6 @@ TRAINABLE_WEIGHTS_NAME = "trainable.safetensors"
 MODEL_DIR = "model"
 PIPELINE_DIR = "pipeline"
 METRICS_NAME = "metrics.jsonl"
-RESULT_NAME = "result.json"
 TRAINER_STATE_VERSION = 1
 OPTIMISATION_STAGE = "optimisation"
 REWARD_STAGE = "reward_model_training"
@@ -417,16 +417,7 @@ def write_checkpoint_cost(folder: Path, run: RunFolder) -> None:
 
 def config_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     """'key: old -> new' for every dotted key that differs, bookkeeping fields excepted."""
-
-    def flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for k, v in d.items():
-            out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
-        return out
-
-    a, b = flat(old), flat(new)
-    keys = sorted(k for k in set(a) | set(b) if k not in RESUME_FREE_FIELDS and a.get(k) != b.get(k))
-    return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in keys]
+    return run_config_changes(old, new, RESUME_FREE_FIELDS)
 
 
 def resume_from_checkpoint(accelerator: Any, run: RunFolder, config: Any, fingerprint: str) -> dict[str, Any] | None:

@@ -79,12 +79,14 @@ def _check_resumable(run_dir: Path, config: Any) -> None:
 
 def _open_run(config: Any, run_dir: Path | None, resume: bool, accelerator: Any, extra: dict[str, Any]) -> Any:
     from lpo.core.runs import RunFolder
+    from lpo.trainers.harness import RESUME_FREE_FIELDS
 
     if resume:
         if run_dir is None:
             raise LpoError("--resume needs --run-dir pointing at the run to continue")
+        RunFolder.open(run_dir).refuse_if_finished()  # before comparing configs: that answer is the useful one
         _check_resumable(run_dir, config)
-        return RunFolder.resume(run_dir, config, accelerator=accelerator)
+        return RunFolder.resume(run_dir, config, accelerator=accelerator, resume_free=RESUME_FREE_FIELDS)
     if run_dir is not None:
         return RunFolder.create(config, folder=run_dir, accelerator=accelerator, extra=extra)
     return RunFolder.create(config, name=config.preset, accelerator=accelerator, extra=extra)
@@ -156,13 +158,8 @@ def run_training(
     auto_eval: an :class:`~lpo.trainers.auto_eval.AutoEvalConfig`: evaluate every checkpoint
     and the final model inline (:mod:`lpo.trainers.auto_eval`); None: no evaluation.
     """
-    import torch
-
-    from lpo.sampling.generate import resolve_model_name
-    from lpo.models.components import load_components
     from lpo.core.progress import stage_progress
-    from lpo.trainers import TRAINERS
-    from lpo.trainers.harness import build_policy, make_accelerator
+    from lpo.trainers.harness import make_accelerator
 
     config = resolve_config(method, preset, overrides)
     check_parts(config)
@@ -171,7 +168,6 @@ def run_training(
         from lpo.trainers.auto_eval import AutoEvaluator
 
         evaluator = AutoEvaluator(auto_eval, console=console)  # unknown benchmark / metric names fail here
-    trainer_cls = TRAINERS.get(method)
     accelerator = make_accelerator(config.optim, config.run)
     is_main = accelerator.is_main_process
     say = (lambda message: console.print(message, highlight=False)) if (console is not None and is_main) else (lambda m: None)
@@ -183,6 +179,30 @@ def run_training(
         extra["reward"] = config.reward.path
     run = _open_run(config, run_dir, resume, accelerator, extra)
     say(f"run folder [bold]{run.path}[/]")
+    if resume:
+        from lpo.core.runs import resume_mismatches
+
+        for mismatch in resume_mismatches(run, accelerator.device):
+            say(f"[yellow]warning:[/] {mismatch}")
+    with run.discarded_on_error(created=not resume, accelerator=accelerator):
+        trainer = _build_trainer(method, config, run, accelerator, callbacks, trackers, evaluator, console, say)
+    with stage_progress(console if is_main else None) as progress:
+        trainer.progress = progress if is_main else None
+        return trainer.train(resume=resume)
+
+
+def _build_trainer(method: str, config: Any, run: Any, accelerator: Any, callbacks: Sequence[Callable],
+                   trackers: Sequence[Any], evaluator: Any, console: Any, say: Callable[[str], None]) -> Any:
+    """Load what ``method`` is handed (base model, policy, reward or pairs, prompts) and build its trainer."""
+    import torch
+
+    from lpo.models.components import load_components
+    from lpo.sampling.generate import resolve_model_name
+    from lpo.trainers import TRAINERS
+    from lpo.trainers.harness import build_policy
+
+    is_main = accelerator.is_main_process
+    trainer_cls = TRAINERS.get(method)
 
     # 2. the base model on this process's device; frozen parts frozen
     dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[config.model.dtype]
@@ -214,6 +234,4 @@ def run_training(
         cost = _reward_cost(config.reward.path, say)  # used only when the run has no cost record yet
         trainer = trainer_cls(config, components, policy, reward, prompts, reward_cost=cost,
                               reward_source=str(config.reward.path), **common)
-    with stage_progress(console if is_main else None) as progress:
-        trainer.progress = progress if is_main else None
-        return trainer.train(resume=resume)
+    return trainer

@@ -1,0 +1,102 @@
+"""Run-folder lifecycle (issue 13, item 5).
+
+- a run whose setup fails (missing prompts, a broken reward) leaves no half-run behind, so the
+  same command works once the input is fixed;
+- ``--resume`` refuses a finished run (it would retrain its last rounds and overwrite its
+  model), and a checkpoint-less run whose config.json differs;
+- a resume on another CPU thread count than the run's says the weights will differ.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from lpo.core.errors import LpoError
+from lpo.core.runs import RunFolder, config_changes, resume_mismatches
+from lpo.trainers.jobs import run_training
+
+from tiny_models import save_random_lrm
+
+ONE_ROUND = ["train.max_rounds=1", "sampler.sample_batch_size=4", "train.train_batch_size=4",
+             "sampler.threshold_min=0.0", "sampler.threshold_max=0.0", "sampler.min_timestep=801"]
+
+
+@pytest.fixture(scope="module")
+def world_lrm(tiny_world_dir, tmp_path_factory) -> Path:
+    return save_random_lrm(tiny_world_dir, tmp_path_factory.mktemp("rewards") / "lrm")
+
+
+def _lpo(base: Path, lrm: Path, *extra: str) -> list[str]:
+    return [f"model.base={base}", f"reward.path={lrm}", *ONE_ROUND, *extra]
+
+
+def test_a_failed_start_leaves_nothing_and_the_fixed_command_runs(tiny_world_dir, world_lrm, tmp_path):
+    run_dir = tmp_path / "run"
+    with pytest.raises(LpoError, match="does not exist"):
+        run_training("lpo", "lpo-world", _lpo(tiny_world_dir, world_lrm, f"train.prompts={tmp_path / 'missing.txt'}"),
+                     run_dir=run_dir)
+    assert not run_dir.exists()  # no config.json / run.json left to say "already holds a run"
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red circle\na blue square\n")
+    result = run_training("lpo", "lpo-world", _lpo(tiny_world_dir, world_lrm, f"train.prompts={prompts}"),
+                          run_dir=run_dir)
+    assert result.steps == 1 and RunFolder(run_dir).finished
+
+
+def test_a_failed_start_in_an_existing_folder_keeps_the_users_files(tiny_world_dir, world_lrm, tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "notes.txt").write_text("mine")
+    broken = tmp_path / "broken-lrm"
+    broken.mkdir()  # exists (check_parts passes) but holds no LRM
+    with pytest.raises(LpoError, match="not a complete LRM folder"):
+        run_training("lpo", "lpo-world", _lpo(tiny_world_dir, broken, "train.prompts=world:train"), run_dir=run_dir)
+    assert sorted(p.name for p in run_dir.iterdir()) == ["notes.txt"]
+
+
+def test_resume_refuses_a_finished_run_and_leaves_its_model(tiny_world_dir, world_lrm, tmp_path):
+    run_dir = tmp_path / "run"
+    args = _lpo(tiny_world_dir, world_lrm, "train.prompts=world:train")
+    run_training("lpo", "lpo-world", args, run_dir=run_dir)
+    model = run_dir / "model"
+    before = {p.name: p.stat().st_mtime_ns for p in model.iterdir()}
+    run_json = (run_dir / "run.json").read_text()
+    with pytest.raises(LpoError, match=r"is finished .*nothing to resume") as err:
+        run_training("lpo", "lpo-world", args, run_dir=run_dir, resume=True)
+    assert "\n" not in str(err.value)
+    assert {p.name: p.stat().st_mtime_ns for p in model.iterdir()} == before
+    assert (run_dir / "run.json").read_text() == run_json  # no resume recorded
+
+
+def test_resume_without_checkpoints_refuses_a_changed_config(tmp_path):
+    run = RunFolder.create({"optim": {"lr": 1e-4}, "run": {"log_every": 1}}, folder=tmp_path / "run")
+    with pytest.raises(LpoError, match=r"optim.lr: 0.0001 -> 0.001.*no checkpoint"):
+        RunFolder.resume(run.path, {"optim": {"lr": 1e-3}, "run": {"log_every": 1}}, resume_free=frozenset())
+    # bookkeeping fields may change; without resume_free nothing is compared (the caller compares)
+    RunFolder.resume(run.path, {"optim": {"lr": 1e-4}, "run": {"log_every": 5}}, resume_free=frozenset({"run.log_every"}))
+    assert len(RunFolder.open(run.path).read_run()["resumes"]) == 1
+
+
+def test_config_changes_flattens_nested_keys_and_ignores_the_given_ones():
+    old = {"a": {"b": 1, "c": 2}, "d": 3}
+    assert config_changes(old, {"a": {"b": 1, "c": 5}, "d": 4}, frozenset({"d"})) == ["a.c: 2 -> 5"]
+    assert config_changes(old, {"a": {"b": 1}, "d": 3}) == ["a.c: 2 -> None"]
+
+
+def test_resume_on_another_thread_count_is_reported(tmp_path):
+    run = RunFolder.create({"x": 1}, folder=tmp_path / "run")
+    threads = torch.get_num_threads()
+    assert resume_mismatches(run, "cpu") == []
+    meta = json.loads(run.run_path.read_text())
+    meta["hardware"]["torch_threads"] = threads + 3
+    run.run_path.write_text(json.dumps(meta))
+    (message,) = resume_mismatches(run, "cpu")
+    assert f"runs {threads} CPU threads where the run ran {threads + 3}" in message
+    assert f"OMP_NUM_THREADS={threads + 3}" in message
+    # the newest segment counts: a resume recorded with this thread count clears it
+    RunFolder.resume(run.path, {"x": 1})
+    assert resume_mismatches(run, "cpu") == []

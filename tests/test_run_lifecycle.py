@@ -100,3 +100,54 @@ def test_resume_on_another_thread_count_is_reported(tmp_path):
     # the newest segment counts: a resume recorded with this thread count clears it
     RunFolder.resume(run.path, {"x": 1})
     assert resume_mismatches(run, "cpu") == []
+
+
+def _files(folder: Path) -> dict[str, Path]:
+    return {str(p.relative_to(folder)): p for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_identical_lora_runs_write_identical_files_all_readable_by_others(tiny_world_dir, world_lrm, tmp_path):
+    """Weights are shared between people and machines: the same run gives the same bytes
+    (a LoRA's tensors in one order), and every file is rw-r--r-- like the rest of the folder."""
+    args = _lpo(tiny_world_dir, world_lrm, "train.prompts=world:train", "policy.mode=lora", "policy.lora_rank=2",
+                "run.save_every=1")
+    runs = [tmp_path / "a", tmp_path / "b"]
+    for run_dir in runs:
+        run_training("lpo", "lpo-world", args, run_dir=run_dir)
+    weights = [_files(r / "model") for r in runs]
+    assert weights[0].keys() == weights[1].keys() and any(k.endswith(".safetensors") for k in weights[0])
+    for name, path in weights[0].items():
+        if name.endswith(".safetensors"):
+            assert path.read_bytes() == weights[1][name].read_bytes(), name
+    modes = {name: oct(path.stat().st_mode & 0o777) for name, path in _files(runs[0]).items()}
+    assert [name for name, mode in modes.items() if mode != oct(0o644)] == []
+
+
+LORA_METADATA_SCRIPT = """
+import json, sys
+import torch
+from diffusers import UNet2DConditionModel
+from lpo.trainers.lora import add_lora, lora_metadata
+torch.manual_seed(0)
+unet = UNet2DConditionModel.from_pretrained(sys.argv[1], subfolder="unet")
+add_lora(unet, rank=2)
+print(json.dumps(lora_metadata(unet)))
+"""
+
+
+def test_lora_metadata_does_not_depend_on_the_hash_seed(tiny_world_dir):
+    """peft keeps target modules in a set; two processes with other hash seeds must still
+    write the same LoRA file (its metadata is part of the safetensors header)."""
+    import os
+    import subprocess
+    import sys
+
+    outputs = []
+    for seed in ("1", "2", "3"):
+        env = {**os.environ, "PYTHONHASHSEED": seed, "OMP_NUM_THREADS": "1"}
+        done = subprocess.run([sys.executable, "-c", LORA_METADATA_SCRIPT, str(tiny_world_dir)], env=env,
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+        outputs.append(done.stdout.strip().splitlines()[-1])
+    assert outputs[0] == outputs[1] == outputs[2]
+    assert json.loads(outputs[0])["target_modules"] == sorted(json.loads(outputs[0])["target_modules"])

@@ -136,6 +136,15 @@ def atomic_write_json(path: Path, data: Any) -> None:
     atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
 
 
+def _readable_by_all(folder: Path) -> None:
+    """Give group and others read access to everything under ``folder``: some writers
+    (safetensors through diffusers' LoRA saver) create 0600 files, and a run folder's files
+    should all share one mode (0644 under the usual umask)."""
+    for path in folder.rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            os.chmod(path, (path.stat().st_mode & 0o777) | 0o044)
+
+
 @contextmanager
 def atomic_directory(final: Path) -> Iterator[Path]:
     """Yield a temporary sibling folder; on success it replaces ``final`` in one rename.
@@ -149,6 +158,7 @@ def atomic_directory(final: Path) -> Iterator[Path]:
     try:
         with disk_errors(final):
             yield tmp
+        _readable_by_all(tmp)
         if final.exists():
             old = final.with_name(f".{final.name}.old")
             shutil.rmtree(old, ignore_errors=True)

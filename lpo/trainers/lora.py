@@ -116,8 +116,14 @@ def lora_state_dict(unet: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def lora_metadata(unet: nn.Module) -> dict[str, Any]:
-    """The adapter's peft config as a dict (rank, alpha, targets), stored with the weights."""
-    return unet.peft_config[ADAPTER_NAME].to_dict()
+    """The adapter's peft config as a dict (rank, alpha, targets), stored with the weights.
+    peft keeps the target modules as a set, whose order changes with the process's hash
+    seed: sorted here, so identical runs write identical bytes."""
+    metadata = unet.peft_config[ADAPTER_NAME].to_dict()
+    for key, value in metadata.items():
+        if isinstance(value, (set, frozenset)) or (key == "target_modules" and isinstance(value, (list, tuple))):
+            metadata[key] = sorted(value)
+    return metadata
 
 
 def save_lora(unet: nn.Module, folder: str | Path, kind: str) -> Path:

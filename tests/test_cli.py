@@ -52,6 +52,8 @@ def test_pretrain_dry_run_prints_resolved_config():
         (("world", "eval", "world:full"), "lpo world pretrain --preset full"),
         (("sample", "world", "--prompts-file", "/no/prompts.txt"), "prompt file /no/prompts.txt does not exist"),
         (("sample", "/no/such/folder"), "/no/such/folder does not exist"),
+        (("sample", "world", "--cfg", "-1"), "guidance scale must be a finite number >= 0, got -1.0"),
+        (("sample", "no-such-registry-name"), "no-such-registry-name"),
         (("bench", "--seeds", "0", "--out", "/no/such/bench"), "seeds must be >= 1, got 0"),
     ],
 )
@@ -155,3 +157,23 @@ def test_mpcf_command_filters_and_reports(tmp_path):
     assert sorted(p.pair_id for p in kept) == ["p0", "p2", "p4"]
     bad = invoke("mpcf", src, "--out", out, "--preset", "paper")  # real-mode scorers, no weights here
     assert bad.exit_code == 2 and "--metric-weights" in bad.output and "Traceback" not in bad.output
+
+
+def test_a_prompt_longer_than_the_text_encoder_reads_is_reported(tiny_world_dir, tmp_path):
+    long_prompt = "a red circle " * 800  # ~10,000 characters; the tiny world's encoder reads 24 tokens
+    result = invoke("sample", tiny_world_dir, "--prompt", long_prompt, "--prompt", "a blue square", "--steps", "1",
+                    "--out", tmp_path / "grid.png")
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    assert "warning: 1 prompt is longer than the text encoder's 24 tokens and will be cut" in text
+
+
+def test_truncated_prompts_counts_tokens_with_the_encoders_tokenizer(tiny_world_dir):
+    from transformers import CLIPTokenizer
+
+    from lpo.models.prompts import truncated_prompts
+
+    tokenizer = CLIPTokenizer.from_pretrained(tiny_world_dir, subfolder="tokenizer")
+    short, long = "a red circle", "a red circle " * 20
+    (cut,) = truncated_prompts(tokenizer, [short, long, long])
+    assert cut[0] == long and cut[1] == len(tokenizer(long, truncation=False)["input_ids"]) > tokenizer.model_max_length

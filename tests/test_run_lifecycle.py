@@ -45,6 +45,15 @@ def test_a_failed_start_leaves_nothing_and_the_fixed_command_runs(tiny_world_dir
     result = run_training("lpo", "lpo-world", _lpo(tiny_world_dir, world_lrm, f"train.prompts={prompts}"),
                           run_dir=run_dir)
     assert result.steps == 1 and RunFolder(run_dir).finished
+    # `lpo sample` takes the run folder as `lpo eval` does: its policy on its base model
+    from typer.testing import CliRunner
+
+    from lpo.cli import app
+
+    grid = tmp_path / "grid.png"
+    out = CliRunner().invoke(app, ["sample", str(run_dir), "--num-prompts", "2", "--steps", "2", "--out", str(grid)])
+    assert out.exit_code == 0, out.output
+    assert grid.is_file()
 
 
 def test_a_failed_start_in_an_existing_folder_keeps_the_users_files(tiny_world_dir, world_lrm, tmp_path):

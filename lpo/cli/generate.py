@@ -58,14 +58,35 @@ def sample(
             f"(CFG pair = 1), {per_image['lrm_calls']:g} LRM calls)"
         )
         return
-    from lpo.sampling.generate import run_sample
+    from lpo.sampling.generate import check_guidance_scale, run_sample
 
+    check_guidance_scale(guidance_scale)  # before a model is resolved or loaded
     path = run_sample(
         model=model, prompts=list(prompts), prompts_file=prompts_file, num_prompts=num_prompts,
         images_per_prompt=images_per_prompt, guidance_scale=guidance_scale, steps=steps, seed=seed,
-        out=out, device=device, dtype=dtype, console=stdout_console(),
+        out=out, device=device, dtype=dtype, console=stdout_console(), load=_checkpoint_loader(model),
     )
     stdout_console().print(f"wrote [bold]{path}[/]")
+
+
+def _checkpoint_loader(model: str):
+    """What `lpo eval` takes besides a pipeline (a run folder, its model/, an intermediate
+    checkpoint, a registry name) as a loader for run_sample; None for a plain pipeline."""
+    from lpo.evals.checkpoints import resolve_checkpoint
+    from lpo.models.components import WORLD_MARKER
+    from lpo.sampling.generate import resolve_model_name
+
+    from lpo.models.families import alias_family
+
+    path = Path(model)
+    if alias_family(model) is not None or (path / "model_index.json").is_file() or not (path.exists() or "/" not in model):
+        return None  # a pipeline folder, world alias or hub id: loaded as it is, nothing hashed
+    checkpoint = resolve_checkpoint(model)
+    if checkpoint.kind != "pipeline" or (checkpoint.adapter_kind is None and not checkpoint.vae and not checkpoint.registry):
+        return None
+    base = Path(resolve_model_name(checkpoint.model))
+    kind = "world" if (base / WORLD_MARKER).is_file() else "diffusers"
+    return lambda device, dtype: (checkpoint.load_pipeline(device, dtype), kind)
 
 
 @user_errors

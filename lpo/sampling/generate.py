@@ -116,6 +116,23 @@ def generate_images(
     return (np.clip(out, 0, 1) * 255).round().astype(np.uint8)
 
 
+def _say(console):
+    """A one-line printer to ``console``, or to stderr without one."""
+    if console is not None:
+        return lambda message: console.print(message, highlight=False, markup=False)
+    import sys
+
+    return lambda message: print(message, file=sys.stderr)
+
+
+def check_guidance_scale(guidance_scale: float) -> None:
+    """One-line error for a CFG scale that is negative or not a number (eval and train refuse it too)."""
+    import math
+
+    if not (math.isfinite(guidance_scale) and guidance_scale >= 0):
+        raise LpoError(f"guidance scale must be a finite number >= 0, got {guidance_scale}; pass e.g. --cfg 5")
+
+
 def read_prompts_file(path: Path) -> list[str]:
     path = Path(path)
     if not path.is_file():
@@ -126,12 +143,12 @@ def read_prompts_file(path: Path) -> list[str]:
     return prompts
 
 
-def default_prompts(components, num_prompts: int) -> list[str]:
+def default_prompts(kind: str, source: str, num_prompts: int) -> list[str]:
     """A plugged-in family's models (the world: the first test prompts, round-robin over
-    categories) sample its own prompts; any other model needs prompts given."""
-    if components.kind not in MODEL_FAMILIES:
-        raise LpoError(f"{components.source} is a {components.kind} model: pass --prompt or --prompts-file")
-    return MODEL_FAMILIES.get(components.kind).default_prompts(num_prompts)
+    categories) sample its own prompts; any other model (``kind``, e.g. sd15) needs prompts given."""
+    if kind not in MODEL_FAMILIES:
+        raise LpoError(f"{source} is a {kind} model: pass --prompt or --prompts-file")
+    return MODEL_FAMILIES.get(kind).default_prompts(num_prompts)
 
 
 def run_sample(
@@ -148,18 +165,31 @@ def run_sample(
     dtype: str = "fp32",
     console=None,
     batch_size: int = 8,
+    load=None,
 ) -> Path:
-    """`lpo sample`: fixed-seed images of a model, saved as a captioned PNG grid."""
+    """`lpo sample`: fixed-seed images of a model, saved as a captioned PNG grid.
+
+    ``load(device, dtype)`` -> (pipeline, model kind) loads what is sampled (default:
+    :func:`load_pipeline` of ``model``; `lpo sample` passes one for a run folder's or a
+    registry entry's policy on its base model)."""
     from lpo.core.grid import save_grid
     from lpo.core.progress import count_progress
 
     if images_per_prompt < 1 or steps < 1:
         raise LpoError(f"images_per_prompt and steps must be >= 1, got {images_per_prompt} and {steps}")
+    check_guidance_scale(guidance_scale)
     if prompts_file is not None:
         prompts = prompts + read_prompts_file(prompts_file)
-    pipe, components = load_pipeline(model, device=device, dtype=dtype)
+    if load is None:
+        pipe, components = load_pipeline(model, device=device, dtype=dtype)
+        kind = components.kind
+    else:
+        pipe, kind = load(device, dtype)
     if not prompts:
-        prompts = default_prompts(components, num_prompts)
+        prompts = default_prompts(kind, model, num_prompts)
+    from lpo.models.prompts import warn_truncated
+
+    warn_truncated(pipe.tokenizer, prompts, _say(console))
     jobs = [(p, k) for p in prompts for k in range(images_per_prompt)]
     images = []
     with count_progress(console, f"sampling {model}") as progress:

@@ -231,6 +231,9 @@ def _build_trainer(method: str, config: Any, run: Any, accelerator: Any, callbac
     else:
         reward = _load_step_reward(config, components, policy)
         prompts = load_prompts(config.train.prompts)
+        from lpo.models.prompts import warn_truncated
+
+        warn_truncated(components.tokenizer, prompts, say)
         cost = _reward_cost(config.reward.path, say)  # used only when the run has no cost record yet
         trainer = trainer_cls(config, components, policy, reward, prompts, reward_cost=cost,
                               reward_source=str(config.reward.path), **common)

@@ -160,3 +160,17 @@ def test_lora_metadata_does_not_depend_on_the_hash_seed(tiny_world_dir):
         outputs.append(done.stdout.strip().splitlines()[-1])
     assert outputs[0] == outputs[1] == outputs[2]
     assert json.loads(outputs[0])["target_modules"] == sorted(json.loads(outputs[0])["target_modules"])
+
+
+def test_a_round_that_keeps_nothing_prints_no_library_warning(tiny_world_dir, world_lrm, tmp_path):
+    """The schedule counts rounds, so a round without an update steps it before any optimiser
+    step: intended, and torch's warning about it must not reach the user."""
+    import warnings
+
+    args = _lpo(tiny_world_dir, world_lrm, "train.prompts=world:train", "sampler.threshold_min=0.99",
+                "sampler.threshold_max=0.99")  # no gap of an untrained LRM's scores is that wide
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(LpoError, match="optimiser step"):
+            run_training("lpo", "lpo-world", args, run_dir=tmp_path / "run")
+    assert [str(w.message) for w in caught if "lr_scheduler" in str(w.message)] == []

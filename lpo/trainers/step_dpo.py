@@ -29,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import math
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from typing import Any, Callable, ClassVar, Sequence
 
@@ -335,7 +336,9 @@ class StepDPOTrainer:
                     check_step(step_logs[-1], f"round {round_index + 1}, optimiser step {optimizer_steps + 1}",
                                config.optim.lr)
                     optimizer_steps += 1
-                lr_schedule.step()  # the schedule counts rounds
+                with warnings.catch_warnings():  # a round that kept nothing took no step: intended, not a bug
+                    warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before")
+                    lr_schedule.step()  # the schedule counts rounds
                 model.eval()
                 # 3d. the round's record
                 counts = acc.reduce(torch.tensor([out.branched, len(out.kept)], dtype=torch.float64, device=acc.device), "sum")

@@ -23,7 +23,7 @@ over prompts and a word (better / worse / no detectable difference;
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -162,17 +162,36 @@ def _win_metrics(config: CompareConfig, output: EvalOutput) -> list[str]:
     return [per_image[0].metric_key] if per_image else []
 
 
+def distinct_labels(checkpoints: dict[str, Any], given: dict[str, str]) -> dict[str, str]:
+    """Row labels for checkpoints whose labels would collide (two runs of one method are both
+    "lpo"): the label with the run id, or with the spec when that is not enough. Labels the
+    user gave stay as given."""
+    labels = {spec: given.get(spec, ckpt.label) for spec, ckpt in checkpoints.items()}
+    out: dict[str, str] = {}
+    for spec, ckpt in checkpoints.items():
+        if spec in given or list(labels.values()).count(labels[spec]) == 1:
+            continue
+        out[spec] = f"{labels[spec]} ({ckpt.run_id})" if ckpt.run_id else f"{labels[spec]} ({spec})"
+    renamed = {**labels, **out}
+    for spec in out:
+        if list(renamed.values()).count(renamed[spec]) > 1:  # the same run id twice: the spec tells them apart
+            out[spec] = f"{labels[spec]} ({spec})"
+    return out
+
+
 def run_compare(config: CompareConfig, console=None) -> CompareResult:
     """Evaluate every checkpoint on every benchmark (cached images reused), then win-rates."""
     from lpo.evals.benchmarks import BENCHMARKS
     from lpo.evals.checkpoints import resolve_checkpoint
 
     # 1. Everything that can be wrong, before any image is made.
+    resolved = {}
     for benchmark in config.benchmarks:
         bench = BENCHMARKS.get(benchmark)(config.prompts.get(benchmark))
         prompts = list(bench.prompt_set(config.max_prompts).prompts)
         for spec in config.all_checkpoints:
-            resolve_checkpoint(spec, bench, prompts, registry=config.registry)
+            resolved[spec] = resolve_checkpoint(spec, bench, prompts, registry=config.registry)
+    config = replace(config, labels={**distinct_labels(resolved, config.labels), **config.labels})
     if config.win_metrics and config.metrics:
         absent = [m for m in config.win_metrics if m not in config.metrics]
         if absent:

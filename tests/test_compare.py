@@ -115,3 +115,22 @@ def test_compare_cli_writes_the_table(tmp_path):
     assert "win-rate vs noise" in out.read_text()
     bad = runner.invoke(app, ["compare", "noise", "--cfg", "high"])
     assert bad.exit_code == 2 and "neither 'own' nor a number" in bad.output
+
+
+def test_two_runs_of_one_method_get_distinct_row_labels():
+    from types import SimpleNamespace
+
+    from lpo.evals.compare import distinct_labels
+
+    ckpts = {
+        "world": SimpleNamespace(label="world", run_id=None),
+        "runs/a": SimpleNamespace(label="lpo", run_id="a"),
+        "runs/b": SimpleNamespace(label="lpo", run_id="b"),
+        "runs/b/checkpoints/step-000004": SimpleNamespace(label="lpo@4", run_id="b"),
+        "x/same": SimpleNamespace(label="spo", run_id="r"),
+        "y/same": SimpleNamespace(label="spo", run_id="r"),
+    }
+    labels = distinct_labels(ckpts, {})
+    assert labels == {"runs/a": "lpo (a)", "runs/b": "lpo (b)", "x/same": "spo (x/same)", "y/same": "spo (y/same)"}
+    # a label the user gave is kept, and one given label can settle a clash
+    assert distinct_labels(ckpts, {"runs/a": "mine"}) == {"x/same": "spo (x/same)", "y/same": "spo (y/same)"}

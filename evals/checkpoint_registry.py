@@ -360,19 +360,42 @@ def check_lora_fits(lora: str, subfolder: str | None, pipeline: str, name: str) 
                 )
 
 
-def registry_table(entries: dict[str, CheckpointEntry]):
-    """The entries as a rich table (``lpo list checkpoints``)."""
+WIDE_TABLE_COLUMNS = 160  # below this a nine-column table wraps every cell into slivers
+
+
+def registry_table(entries: dict[str, CheckpointEntry], width: int = WIDE_TABLE_COLUMNS):
+    """The entries as a rich table (``lpo list checkpoints``): one column per field on a
+    terminal at least WIDE_TABLE_COLUMNS wide, else two columns (name; the fields as lines
+    of text), which stays readable at 80."""
     from rich.markup import escape
     from rich.table import Table
 
-    table = Table(title="checkpoints (lpo eval NAME; add your own in $LPO_HOME/checkpoints.json or --registry FILE)")
-    for name in ("name", "method", "base model", "replaces", "weights [subfolder]", "base", "VAE", "CFG", "source"):
-        table.add_column(escape(name), overflow="fold")
-    for entry in sorted(entries.values(), key=lambda e: (e.origin != "built-in", e.base_model or "", e.method != "base", e.name)):
+    title = "checkpoints (lpo eval NAME; add your own in $LPO_HOME/checkpoints.json or --registry FILE)"
+    ordered = sorted(entries.values(), key=lambda e: (e.origin != "built-in", e.base_model or "", e.method != "base", e.name))
+
+    def fields(entry: CheckpointEntry) -> dict[str, str]:
         source = entry.source if entry.origin == "built-in" else f"{entry.source} ({entry.origin})".strip()
-        table.add_row(
-            entry.name, entry.method, entry.base_model or "—", entry.replaces, escape(entry.describe_weights()), entry.base or "—",
-            entry.vae or ("(base's)" if entry.base and entry.base in entries and entries[entry.base].vae else "—"),
-            "—" if entry.cfg is None else f"{entry.cfg:g}", escape(source),
-        )
+        vae = entry.vae or ("(base's)" if entry.base and entry.base in entries and entries[entry.base].vae else "—")
+        return {"method": entry.method, "base model": entry.base_model or "—", "replaces": entry.replaces,
+                "weights [subfolder]": entry.describe_weights(), "base": entry.base or "—", "VAE": vae,
+                "CFG": "—" if entry.cfg is None else f"{entry.cfg:g}", "source": source}
+
+    if width >= WIDE_TABLE_COLUMNS:
+        table = Table(title=title)
+        for name in ("name", "method", "base model", "replaces", "weights [subfolder]", "base", "VAE", "CFG", "source"):
+            table.add_column(escape(name), overflow="fold")
+        for entry in ordered:
+            table.add_row(entry.name, *(escape(v) for v in fields(entry).values()))
+        return table
+    table = Table(title=title, show_lines=True)
+    table.add_column("name", no_wrap=True, style="bold")
+    table.add_column("method · base model · CFG · replaces / weights / base, VAE / source", overflow="fold")
+    for entry in ordered:
+        f = fields(entry)
+        lines = [f"{f['method']} · {f['base model']} · CFG {f['CFG']} · replaces {f['replaces']}",
+                 f"weights {f['weights [subfolder]']}"]
+        if f["base"] != "—" or f["VAE"] != "—":
+            lines.append(f"base {f['base']} · VAE {f['VAE']}")
+        lines.append(f"[dim]{escape(f['source'])}[/]")
+        table.add_row(entry.name, "\n".join(escape(line) if not line.startswith("[dim]") else line for line in lines))
     return table

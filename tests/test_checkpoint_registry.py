@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import json
 from pathlib import Path
 
@@ -199,3 +200,18 @@ def test_cli_lists_and_resolves_names(tmp_path, tiny_world_dir):
     help_text = runner.invoke(app, ["eval", "--help"], env={"COLUMNS": "250"}).output
     for name in ("t2i-compbench", "geneval", "world-heldout", "partiprompts", "prompts-file"):
         assert name in help_text
+
+
+def test_the_registry_table_is_readable_at_80_columns():
+    from rich.console import Console
+
+    from lpo.evals.checkpoint_registry import load_registry, registry_table
+
+    console = Console(width=80, record=True, file=open(os.devnull, "w"))
+    console.print(registry_table(load_registry(None), width=console.width))
+    lines = console.export_text().splitlines()
+    assert max(len(line) for line in lines) <= 80
+    text = "\n".join(lines)
+    # names, methods and hub ids are whole on one line, not folded into slivers
+    for word in ("dpo-sd15", "diffusion-dpo", "mhdang/dpo-sd1.5-text2image-v1", "stable-diffusion-v1-5/stable-diffusion-v1-5"):
+        assert word in text, word

@@ -143,7 +143,8 @@ def list_checkpoints(
     """The named checkpoints `lpo eval NAME` and `lpo compare` resolve (shipped and yours)."""
     from lpo.evals.checkpoint_registry import load_registry, registry_table
 
-    stdout_console().print(registry_table(load_registry(registry)))
+    console = stdout_console()
+    console.print(registry_table(load_registry(registry), width=console.width))
 
 
 @list_app.command("benchmarks")

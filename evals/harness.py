@@ -321,6 +321,7 @@ def run_eval(config: EvalConfig, console=None) -> EvalOutput:
 
     with meter.stage("evaluation"):
         plan = _resolve(config, procs)  # 1. everything that can be wrong, before any work
+        _check_metrics_load(config, plan, device)  # 1b. before images are made that nothing could score
         generated, generate_s = _generate(plan, procs, device, show)  # 2. what the cache lacks
         scores, timing, metrics_info = {}, {}, {}
         for name in plan.metric_names:  # 3. every image with every metric, one metric loaded at a time
@@ -368,6 +369,18 @@ def _resolve(config: EvalConfig, procs: Processes) -> _Plan:
         check_writable(Path(config.results_dir), "the results folder (--results-dir)")
     jobs = [(i, k) for i in range(len(prompts)) for k in range(protocol.images_per_prompt)]
     return _Plan(benchmark, prompt_set, prompts, checkpoint, protocol, protocol_sources, metric_names, cache, jobs)
+
+
+def _check_metrics_load(config: EvalConfig, plan: _Plan, device) -> None:
+    """When images have to be generated first, load every metric once (then free it), so
+    that missing or broken weights fail in seconds, not after hours of sampling. With every
+    image cached there is nothing to save: the metrics load when they score."""
+    if all(plan.cache.has(plan.prompts[i], k) for i, k in plan.jobs):
+        return
+    for name in plan.metric_names:
+        metric = _build_metric(name, _metric_spec(config, name, device))
+        del metric
+        _release_memory()
 
 
 def _generate(plan: _Plan, procs: Processes, device, show) -> tuple[int, float]:

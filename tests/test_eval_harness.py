@@ -260,6 +260,16 @@ def test_a_metric_that_fails_to_load_is_a_one_line_user_error(tmp_path):
     assert "\n" not in str(info.value)
 
 
+def test_a_metric_that_cannot_load_fails_before_any_image_is_generated(tmp_path, tiny_world_dir, count_generate):
+    weights = tmp_path / "empty"
+    weights.mkdir()
+    config = _config(tiny_world_dir, tmp_path, max_prompts=3, metrics=("world_alignment", "test_broken_weights"),
+                     metric_weights={"test_broken_weights": str(weights)})
+    with pytest.raises(LpoError, match="could not load"):
+        run_eval(config)
+    assert count_generate["calls"] == 0
+
+
 def test_bad_requests_fail_before_any_work(tmp_path, count_generate):
     with pytest.raises(LpoError, match="unknown metric 'nope'"):
         run_eval(_config("world", tmp_path, metrics=("nope",)))

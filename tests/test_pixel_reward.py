@@ -441,3 +441,21 @@ def test_config_validation() -> None:
         PixelRewardConfig(kind="sd3")
     with pytest.raises(ValueError, match="not both"):
         ImagePreprocessConfig(shortest_edge=224, size=(224, 224))
+
+
+def test_the_spo_pixel_preset_starts_from_the_configured_clip_folder(sd15, tiny_clip_dir: Path, tmp_path: Path) -> None:
+    """Offline real mode: the preset's PickScore hub id is a config key, so a local copy works,
+    and the error for an unreachable one names that key."""
+    from lpo.core.config import apply_overrides
+    from lpo.reward.config import reward_training_preset
+    from lpo.reward.jobs import build_reward_model
+
+    config = apply_overrides(reward_training_preset("spo-pixel-sd15"),
+                             [f"pixel_scorer={tiny_clip_dir}", f"pixel_scorer_processor={tiny_clip_dir}"])
+    model, _ = build_reward_model(config, sd15)
+    assert model.scorer.source == str(tiny_clip_dir)
+    missing = apply_overrides(reward_training_preset("spo-pixel-sd15"),
+                              [f"pixel_scorer={tmp_path / 'nope'}", f"pixel_scorer_processor={tmp_path / 'nope'}"])
+    with pytest.raises(LpoError, match=r"--set pixel_scorer=FOLDER") as err:
+        build_reward_model(missing, sd15)
+    assert "\n" not in str(err.value)

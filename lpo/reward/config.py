@@ -29,6 +29,11 @@ LrScheduler = Literal["linear", "cosine", "constant"]
 RewardModelName = Literal["lrm", "spo-pixel"]
 
 
+# SPO's pixel model starts from PickScore (SPEC §4.3); its processor comes from the CLIP it was tuned from.
+PICKSCORE_MODEL_ID = "yuvalkirstain/PickScore_v1"
+PICKSCORE_PROCESSOR_ID = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"
+
+
 @dataclass
 class RewardTrainingConfig:
     """How a step reward model is trained (SPEC §4.1 for the LRM, §4.3 for SPO's pixel model).
@@ -40,6 +45,12 @@ class RewardTrainingConfig:
     preset: str = _field("custom", "Name of the preset these values started from (recorded, not used).")
     reward_model: RewardModelName = _field("lrm", "Which step reward model the run builds: lrm (§4.1) or spo-pixel (§4.3).")
     vfe_scale: float = _field(7.5, "LRM only: VFE scale g of a newly built LRM (mid feature V_u + g·(V_c − V_u)); 1 turns VFE off.")
+    pixel_scorer: str = _field(
+        PICKSCORE_MODEL_ID,
+        "spo-pixel on SD1.5/SDXL only: the CLIPModel (folder or hub id) its scorer starts from; a local folder works offline.")
+    pixel_scorer_processor: str = _field(
+        PICKSCORE_PROCESSOR_ID,
+        "spo-pixel on SD1.5/SDXL only: the folder or hub id with the scorer's tokenizer and preprocessor_config.json.")
     lr: float = _field(1e-5, "Peak AdamW learning rate (after warmup).")
     weight_decay: float = _field(0.3, "AdamW weight decay, applied to weight matrices and convolutions only.")
     adam_beta1: float = _field(0.9, "AdamW β1.")

@@ -104,7 +104,12 @@ def build_reward_model(config, components):
     from lpo.reward.pixel import PixelStepReward
     from lpo.reward.pixel_io import save_pixel_reward
 
-    return PixelStepReward.from_components(components), save_pixel_reward
+    scorer = None
+    if components.kind != "world":  # the world's scorer is built on its own tokenizer
+        from lpo.reward.pixel_scorer import TimestepConditionedScorer
+
+        scorer = TimestepConditionedScorer.from_clip_pretrained(config.pixel_scorer, config.pixel_scorer_processor)
+    return PixelStepReward.from_components(components, scorer), save_pixel_reward
 
 
 def eval_reward_job(

@@ -44,8 +44,7 @@ from lpo.core.io import one_line
 from lpo.reward.time_conditioning import AdaLNConfig, EncoderLayerAdaLN, PooledAdaLN, TimestepEmbedding
 
 # SPEC §4.3 / §6.1: the paper initialises the step-aware model from PickScore.
-PICKSCORE_MODEL_ID = "yuvalkirstain/PickScore_v1"
-PICKSCORE_PROCESSOR_ID = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"
+from lpo.reward.config import PICKSCORE_MODEL_ID, PICKSCORE_PROCESSOR_ID  # noqa: F401  (re-exported)
 
 
 @dataclass
@@ -227,7 +226,7 @@ class TimestepConditionedScorer(nn.Module):
 
         processor = model if processor is None else processor
         hint = (f"allow hub access or fetch {model} (and {processor}) into the Hugging Face cache with `hf download` "
-                "(lpo lrm train --preset spo-pixel-* always loads PickScore from the hub; in Python pass a local folder)")
+                "or point the run at local copies: --set pixel_scorer=FOLDER --set pixel_scorer_processor=FOLDER")
         clip = guarded_load(
             lambda: CLIPModel.from_pretrained(str(model), dtype=dtype), f"CLIPModel from {model}", hint
         )

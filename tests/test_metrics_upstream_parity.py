@@ -1,8 +1,14 @@
-"""Parity with the upstream libraries the metrics were rebuilt without.
+"""Parity with the upstream libraries the metrics were rebuilt without (opt-in: -m parity).
 
-torchvision, timm and torchmetrics are not dependencies of lpo; where they are installed
-(e.g. a GPU machine's image), these tests compare the PIL preprocessing, the BLIP ViT
-mapping and the CLIP score against them. Elsewhere they skip.
+torchvision, timm and torchmetrics are not dependencies of lpo (PyPI's torchvision does
+not run beside the CPU torch build of the development machines). On a machine where they
+install (a GPU machine's image, or any machine with a matching torch/torchvision pair)::
+
+    pip install -e ".[test,parity]" && python -m pytest -m parity tests/test_metrics_upstream_parity.py
+
+compares the PIL preprocessing, the BLIP ViT key mapping and the CLIP score against them.
+The default run deselects these tests (addopts: not parity); selected, a missing library
+is a failure, not a skip, so a green parity run means the comparisons ran.
 """
 
 from __future__ import annotations
@@ -15,12 +21,26 @@ from PIL import Image
 from metric_fixtures import IMAGE, random_image, randomise, tiny_clip_folder, write_image_reward_checkpoint
 from lpo.evals.metrics.preprocess import CLIP_MEAN, CLIP_STD, resize_longest_pad, resize_shorter_center_crop, to_pixel_values
 
+pytestmark = pytest.mark.parity
+
+
+def _upstream(name: str):
+    """Import an upstream library the parity tests need; a clear failure when it is absent."""
+    import importlib
+
+    try:
+        return importlib.import_module(name)
+    except ImportError as err:
+        pytest.fail(f"{name} is not installed: the parity tests need the parity extra "
+                    f"(pip install -e '.[test,parity]'); {err}")
+
+
 SIZES = [(512, 512), (1024, 1024), (768, 512), (512, 768), (225, 224), (227, 224), (224, 227), (300, 97), (97, 300),
          (1000, 333), (333, 1000), (64, 48), (123, 457), (640, 480), (223, 223), (1, 5)]
 
 
 def test_resize_crop_matches_torchvision():
-    transforms = pytest.importorskip("torchvision.transforms")
+    transforms = _upstream("torchvision.transforms")
     reference = transforms.Compose([
         transforms.Resize(224, interpolation=transforms.InterpolationMode.BICUBIC),
         transforms.CenterCrop(224),
@@ -36,8 +56,8 @@ def test_resize_crop_matches_torchvision():
 
 def test_pad_matches_open_clip_resize_max_size():
     """open_clip's ResizeMaxSize (HPSv2's preprocess_val), stated with torchvision calls."""
-    transforms = pytest.importorskip("torchvision.transforms")
-    F = pytest.importorskip("torchvision.transforms.functional")
+    transforms = _upstream("torchvision.transforms")
+    F = _upstream("torchvision.transforms.functional")
 
     def resize_max_size(image, max_size=224):
         width, height = image.size
@@ -61,7 +81,7 @@ def test_pad_matches_open_clip_resize_max_size():
 
 
 def test_blip_vit_mapping_matches_timm(tmp_path):
-    timm = pytest.importorskip("timm")
+    timm = _upstream("timm")
     from lpo.evals.metrics import MetricSpec
     from lpo.evals.metrics.image_reward import ImageReward
     from metric_fixtures import PATCH, VISION_WIDTH
@@ -82,8 +102,8 @@ def test_blip_vit_mapping_matches_timm(tmp_path):
 
 
 def test_clip_score_matches_torchmetrics(tmp_path):
-    multimodal = pytest.importorskip("torchmetrics.functional.multimodal")
-    pytest.importorskip("torchvision")
+    multimodal = _upstream("torchmetrics.functional.multimodal")
+    _upstream("torchvision")
     from transformers import CLIPModel, CLIPProcessor
 
     from lpo.evals.metrics import METRICS, MetricSpec

@@ -50,11 +50,11 @@ from lpo.evals.metrics.base import METRICS, MetricSpec
 from lpo.evals.processes import Processes, eval_processes
 from lpo.evals.store import DEFAULT_RESULTS_DIR, ResultRecord, append_new_records, now, records_path, write_per_prompt
 from lpo.evals.summaries import aggregation_of, summarise
-from lpo.sampling.generate import DTYPES, generate_images, image_seed
+from lpo.sampling.generate import canonical_dtype, generate_images, image_seed
 from lpo.core.io import check_writable
 
 SAMPLERS = ("ddim",)  # the one sampler lpo's pipelines load with (lpo.models.components swaps in DDIM)
-METRIC_DTYPES = ("float32", "float16", "bfloat16")
+METRIC_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}  # the metrics take torch's names
 
 
 DEFAULT_GUIDANCE_SCALE = 5.0  # SPEC §6.2: LPO/SPO's evaluation CFG
@@ -88,8 +88,7 @@ class EvalProtocol:
     def __post_init__(self) -> None:
         if self.sampler not in SAMPLERS:
             raise LpoError(f"unknown sampler {self.sampler!r}; use one of {', '.join(SAMPLERS)}")
-        if self.dtype not in DTYPES:
-            raise LpoError(f"unknown dtype {self.dtype!r}; use one of {', '.join(DTYPES)}")
+        object.__setattr__(self, "dtype", canonical_dtype(self.dtype))  # "float16" -> "fp16": one spelling, one hash
         for name in ("steps", "images_per_prompt", "batch_size"):
             value = getattr(self, name)
             if value is not None and value < 1:
@@ -164,8 +163,7 @@ class EvalConfig:
             raise LpoError(f"max_prompts must be >= 1, got {self.max_prompts}")
         if self.metric_batch_size < 1:
             raise LpoError(f"metric_batch_size must be >= 1, got {self.metric_batch_size}")
-        if self.metric_dtype not in METRIC_DTYPES:
-            raise LpoError(f"unknown metric dtype {self.metric_dtype!r}; use one of {', '.join(METRIC_DTYPES)}")
+        self.metric_dtype = METRIC_DTYPES[canonical_dtype(self.metric_dtype)]  # fp16 or float16 -> torch's name
 
     def as_dict(self) -> dict[str, Any]:
         return json.loads(json.dumps(asdict(self), default=str))

@@ -125,7 +125,8 @@ def test_more_training_seeds_continue_a_bench_and_pool_in_the_report(micro_bench
     # the report pools both seeds and measures their spread
     paired = json.loads((folder / "report" / "paired.json").read_text())
     lpo = next(row for row in paired["benchmarks"][0]["rows"] if row["comparison"] == "LPO − base")
-    assert lpo["seeds"] == [2, 1] and len(lpo["seed_means"]) == 2 and lpo["seed_sd"] is not None
+    assert lpo["seeds"] == [2, 1] and len(lpo["seed_means"]) == 2
+    assert lpo["seed_sd"] == pytest.approx(abs(lpo["seed_means"][0] - lpo["seed_means"][1]) / 2 ** 0.5)
     assert any(line.startswith("  minimum detectable Δ, LPO vs base") for line in paired["console"])
     summary = (folder / "report" / "summary.md").read_text()
     assert summary.index("## The answer") < summary.index("## Leaderboard") and "| lpo-seed-1 |" in summary

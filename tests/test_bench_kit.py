@@ -6,6 +6,7 @@ import json
 from dataclasses import replace
 
 import pytest
+import torch
 
 from lpo.bench.config import BenchConfig, bench_preset
 from lpo.bench.kit import KIT_FILE, SHIPPED_KITS, export_kit, install_kit, kit_fields, read_kit, resolve_kit
@@ -128,8 +129,13 @@ def test_the_kits_reward_models_load_on_the_world_model_found_under_another_path
     shutil.copytree(resolve_world_alias("world"), moved)
     kit = resolve_kit("quick")
     components = load_components(str(moved), device="cpu")
-    assert load_lrm(kit / "rewards" / "lrm" / "model", components) is not None
-    assert load_pixel_reward(kit / "rewards" / "pixel" / "model", components) is not None
+    unet = components.unet.config
+    latents = torch.randn(2, unet.in_channels, unet.sample_size, unet.sample_size)
+    for model in (load_lrm(kit / "rewards" / "lrm" / "model", components),
+                  load_pixel_reward(kit / "rewards" / "pixel" / "model", components)):
+        with torch.no_grad():
+            scores = model.eval()(latents, 251, ["a red circle", "two blue squares"])
+        assert scores.shape == (2,) and torch.isfinite(scores).all()  # it loads and scores on the moved base
     weights = next((moved / "unet").glob("*.safetensors"))
     weights.write_bytes(weights.read_bytes()[:-4] + b"\0\0\0\0")  # other weights, same path
     with pytest.raises(LpoError, match="was trained for base model"):

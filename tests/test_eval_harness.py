@@ -367,3 +367,14 @@ def test_two_processes_give_the_records_of_one(tmp_path):
                            protocol=EvalProtocol(images_per_prompt=2))).records
     assert len(two) == 1 and two[0].timing["processes"] == 2
     assert two[0].value == pytest.approx(one[0].value) and two[0].stderr == pytest.approx(one[0].stderr)
+
+
+def test_one_dtype_spelling_with_torchs_names_as_aliases():
+    assert EvalProtocol(dtype="float16").dtype == "fp16"
+    assert EvalProtocol(dtype="float16", guidance_scale=5.0).pixel_hash() == EvalProtocol(dtype="fp16", guidance_scale=5.0).pixel_hash()
+    assert EvalConfig(checkpoint="world", metric_dtype="fp16").metric_dtype == "float16"  # what the metrics load with
+    assert EvalConfig(checkpoint="world", metric_dtype="bfloat16").metric_dtype == "bfloat16"
+    with pytest.raises(LpoError, match=r"unknown dtype 'half'; use one of fp32, fp16, bf16"):
+        EvalProtocol(dtype="half")
+    with pytest.raises(LpoError, match=r"unknown dtype 'half'; use one of fp32, fp16, bf16"):
+        EvalConfig(checkpoint="world", metric_dtype="half")

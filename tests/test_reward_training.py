@@ -373,7 +373,10 @@ def test_resume_gives_the_weights_of_an_uninterrupted_run(world, train_pairs, tm
     with pytest.raises(_Crash):
         train_step_reward(interrupted, world, pairs, config, run, save_model=save_lrm, progress=crash_in_step_4)
     assert [p.name for p in (run.path / "checkpoints").iterdir()] == ["step-000003"]
-    assert load_lrm(run.path / "checkpoints" / "step-000003" / "model", world) is not None
+    # the checkpoint's model/ loads, is finite and moved away from the initial weights (three updates)
+    saved = load_lrm(run.path / "checkpoints" / "step-000003" / "model", world)
+    assert all(torch.isfinite(p).all() for p in saved.parameters())
+    assert any(not torch.equal(a, b) for a, b in zip(saved.state_dict().values(), _lrm(world).state_dict().values()))
     cost_before = json.loads(run.cost_path.read_text())["seconds"]["reward_model_training"]
 
     resumed_model = _lrm(world, seed=1)  # other initial weights: everything must come from the checkpoint

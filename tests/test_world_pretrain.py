@@ -63,6 +63,7 @@ def test_quick_preset_reproduces_the_shipped_world_model(tmp_path):
     rebuilt = pretrain_world(pretrain_preset("quick"), tmp_path / "quick").folder
     for sub, name in (("unet", "diffusion_pytorch_model.safetensors"), ("vae", "diffusion_pytorch_model.safetensors"), ("text_encoder", "model.safetensors")):
         a, b = load_file(shipped / sub / name), load_file(rebuilt / sub / name)
+        assert set(a) == set(b), sub  # the same tensors, not just the shipped ones found in the rebuild
         # Same machine kind, same thread count: bitwise; elsewhere float reductions may differ slightly.
         assert all(torch.allclose(a[k], b[k], atol=1e-4) for k in a), sub
 

@@ -37,7 +37,7 @@ def eval_command(
     batch_size: int = typer.Option(8, help="Images per generation batch."),
     metric_weights: List[str] = typer.Option([], "--metric-weights", help="NAME=REF: a metric's weights (local folder/file or hub id); repeatable."),
     metric_processors: List[str] = typer.Option([], "--metric-processor", help="NAME=REF: a metric's tokenizer / image processor; repeatable."),
-    metric_dtype: str = typer.Option("float32", help="Metric precision: float32, float16 or bfloat16."),
+    metric_dtype: str = typer.Option("fp32", help="Metric precision: fp32, fp16 or bf16 (as --dtype)."),
     metric_batch_size: int = typer.Option(16, help="Images per metric batch."),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:1, ... (under accelerate launch: each process's device)."),
     label: Optional[str] = typer.Option(None, help="Row label in the leaderboard (default: CHECKPOINT)."),

@@ -420,3 +420,44 @@ def test_accuracy_from_scores_counts_decisive_pairs_and_half_for_equal_scores():
     scores_1 = torch.tensor([1.0, 1.0, 1.0, 0.0])
     labels_0 = torch.tensor([1.0, 1.0, 0.0, 0.5])  # right, wrong, equal scores (half), tie (not counted)
     assert accuracy_from_scores(scores_0, scores_1, labels_0) == (pytest.approx(1.5 / 3), 3)
+
+
+def test_models_scored_together_share_x0_and_give_the_scores_of_scoring_each_alone(world, encoded):
+    """lpo lrm eval scores the LRM, SPO's pixel model and the world's ceiling on one x_t per
+    (batch, t), decoding x̂0 once for the last two: exactly the scores of scoring each alone."""
+    from lpo.reward.pixel import PixelStepReward
+    from lpo.reward.training import pair_scores_by_timestep, pair_scores_by_timestep_many
+    from lpo.world.utility_reward import WorldUtilityOnX0
+
+    torch.manual_seed(0)
+    models = {"lrm": _lrm(world), "pixel": PixelStepReward.from_components(world), "ceiling": WorldUtilityOnX0(world)}
+    assert models["pixel"].x0_key == models["ceiling"].x0_key  # same U-Net, VAE, CFG 5: one decode serves both
+    subset = encoded  # 8 pairs: 3 batches of 3
+    timesteps = [1, 501]
+    decodes = {"n": 0}
+    real = PixelStepReward.decode_x0
+
+    def counting(self, x0):
+        decodes["n"] += 1
+        return real(self, x0)
+
+    PixelStepReward.decode_x0 = counting
+    try:
+        together = pair_scores_by_timestep_many(models, world, subset, timesteps, batch_size=3, seed=3)
+        shared_decodes = decodes["n"]
+        alone = {name: pair_scores_by_timestep(m, world, subset, timesteps, batch_size=3, seed=3) for name, m in models.items()}
+    finally:
+        PixelStepReward.decode_x0 = real
+    batches = -(-len(subset) // 3)
+    assert shared_decodes == batches * len(timesteps)  # once per (batch, t), not once per model
+    # the split path is the models' own forward
+    unet = world.unet.config
+    latents = torch.randn(4, unet.in_channels, unet.sample_size, unet.sample_size) * 0.5
+    prompts = ["a red circle", "two blue squares"] * 2
+    for name in ("pixel", "ceiling"):
+        with torch.no_grad():
+            split = models[name].score_decoded(models[name].decode_for_scoring(latents, 251, prompts), 251, prompts)
+            assert torch.equal(split, models[name](latents, 251, prompts)), name
+    for name in models:
+        for t in timesteps:
+            assert torch.equal(together[name][t][0], alone[name][t][0]) and torch.equal(together[name][t][1], alone[name][t][1]), (name, t)

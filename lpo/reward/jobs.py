@@ -135,7 +135,7 @@ def eval_reward_job(
     from lpo.core.io import atomic_write_json
     from lpo.models.families import kind_family
     from lpo.reward.data import encode_pairs
-    from lpo.reward.training import accuracy_from_scores, pair_scores_by_timestep
+    from lpo.reward.training import accuracy_from_scores, pair_scores_by_timestep_many
     from lpo.sampling.ddim import ddim_timesteps
 
     components = _components(model)
@@ -162,15 +162,15 @@ def eval_reward_job(
     if family is not None and family.true_order_labels is not None:
         targets["accuracy_true_order"] = torch.tensor(family.true_order_labels(pairs), dtype=torch.float32)
     tables: dict[str, dict[str, dict[int, list]]] = {key: {} for key in targets}
-    for name, reward in rewards.items():
-        reward.eval()
-        scores = pair_scores_by_timestep(reward, components, encoded, timesteps, seed=seed)
+    # every reward on the same x_t; the pixel model and the ceiling share their x̂0 decode
+    all_scores = pair_scores_by_timestep_many(rewards, components, encoded, timesteps, seed=seed)
+    for name, scores in all_scores.items():
         for key, labels in targets.items():
             tables[key][name] = {
                 t: [float(a), int(n)] for t, (a, n) in ((t, accuracy_from_scores(s0, s1, labels)) for t, (s0, s1) in scores.items())
             }
-        if console is not None:
-            console.print(f"scored {name}")
+    if console is not None:
+        console.print(f"scored {', '.join(all_scores)}")
     out_dir.mkdir(parents=True, exist_ok=True)
     result = {"model": model, "pairs": str(pairs_path), "noise": "independent", "seed": seed, **tables,
               "bands": {key: accuracy_bands(table) for key, table in tables.items()}}

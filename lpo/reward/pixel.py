@@ -332,6 +332,24 @@ class PixelStepReward(nn.Module):
         pred_original_sample = self.predict_x0(latents_t, timesteps, text)
         return self.score_images(self.decode_x0(pred_original_sample), timesteps, text)
 
+    # ----------------------------------------------------------------- shared x̂0 (evaluation)
+
+    @property
+    def x0_key(self) -> tuple:
+        """Readers of x̂0 with equal keys see the same decoded image of an x_t (see
+        :func:`lpo.reward.training.pair_scores_by_timestep_many`)."""
+        return ("x0", id(self.components.unet), id(self.components.vae), self.config.guidance_scale,
+                self.config.negative_prompt)
+
+    def decode_for_scoring(self, latents_t: Tensor, timesteps: Tensor | int, prompts: Sequence[str]) -> Tensor:
+        """The decoded one-step x̂0 of ``latents_t`` (no grad), as :meth:`forward` computes it."""
+        with torch.no_grad():
+            return self.decode_x0(self.predict_x0(latents_t, timesteps, list(prompts)))
+
+    def score_decoded(self, images: Tensor, timesteps: Tensor | int, prompts: Sequence[str]) -> Tensor:
+        """:meth:`forward`'s scores from :meth:`decode_for_scoring`'s images."""
+        return self.score_images(images, timesteps, self.scorer.encode_text(list(prompts)))
+
     def forward(self, latents_t: Tensor, timesteps: Tensor | int, prompts: str | Sequence[str]) -> Tensor:
         """(B,) float32 scores S(prompt_i, x_t^i, t_i); ``timesteps`` an int or (B,)."""
         prompts = prompt_list(prompts)

@@ -170,7 +170,6 @@ def _module_device(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
-@torch.no_grad()
 def pair_scores_by_timestep(
     model: StepRewardModel,
     components: Any,
@@ -186,29 +185,64 @@ def pair_scores_by_timestep(
 
     Every t sees the same posterior samples and the same noise (drawn from (seed, batch)),
     so scores differ only through t, and two models scored with the same seed see
-    identical x_t.
+    identical x_t. The model's train/eval mode is restored.
+    """
+    was_training = model.training
+    try:
+        return pair_scores_by_timestep_many({"model": model}, components, encoded, timesteps, batch_size, seed,
+                                            indices=indices, noise=noise)["model"]
+    finally:
+        model.train(was_training)
+
+
+@torch.no_grad()
+def pair_scores_by_timestep_many(
+    models: dict[str, StepRewardModel],
+    components: Any,
+    encoded: EncodedPairs,
+    timesteps: Sequence[int],
+    batch_size: int = 64,
+    seed: int = 0,
+    *,
+    indices: Tensor | None = None,
+    noise: NoiseMode = "independent",
+) -> dict[str, dict[int, tuple[Tensor, Tensor]]]:
+    """{name: {t: (S_0, S_1)}}: :func:`pair_scores_by_timestep` of every model, each x_t built once.
+
+    Models that read the decoded one-step x̂0 (an ``x0_key`` attribute and
+    ``decode_for_scoring`` / ``score_decoded`` methods: SPO's pixel model, the world's
+    utility ceiling) share the base U-Net pass and the VAE decode when their keys match
+    (same U-Net, VAE, CFG), which is most of their cost. Scores equal those of
+    :func:`pair_scores_by_timestep` with the same seed.
     """
     indices = torch.arange(len(encoded)) if indices is None else torch.as_tensor(indices, dtype=torch.long)
     num_train = int(components.scheduler.config.num_train_timesteps)
     bad = [int(t) for t in timesteps if not 0 <= int(t) < num_train]
     if bad or not len(timesteps):
         raise LpoError(f"evaluation timesteps must be in [0, {num_train - 1}], got {list(timesteps)}")
-    device = _module_device(model)
-    was_training = model.training
-    model.eval()
-    scores: dict[int, tuple[list[Tensor], list[Tensor]]] = {int(t): ([], []) for t in timesteps}
-    try:
-        for number, start in enumerate(range(0, len(indices), batch_size)):
-            batch_indices = indices[start : start + batch_size]
-            for t, (out_0, out_1) in scores.items():
-                generator = keyed_generator(seed, STREAM_EVAL, number)  # the same draws for every t
-                batch = noise_pairs(encoded, batch_indices, components.scheduler, generator, timesteps=torch.tensor(t), noise=noise)
-                scores_0, scores_1 = score_pairs(model, batch, device)
-                out_0.append(scores_0.cpu())
-                out_1.append(scores_1.cpu())
-    finally:
-        model.train(was_training)
-    return {t: (torch.cat(s0), torch.cat(s1)) for t, (s0, s1) in scores.items()}
+    for model in models.values():
+        model.eval()
+    scores = {name: {int(t): ([], []) for t in timesteps} for name in models}
+    for number, start in enumerate(range(0, len(indices), batch_size)):
+        batch_indices = indices[start : start + batch_size]
+        for t in scores[next(iter(models))]:
+            generator = keyed_generator(seed, STREAM_EVAL, number)  # as pair_scores_by_timestep: same draws
+            batch = noise_pairs(encoded, batch_indices, components.scheduler, generator, timesteps=torch.tensor(t), noise=noise)
+            latents_t = torch.cat([batch.latents_t_0, batch.latents_t_1])
+            both_t, prompts = torch.cat([batch.timesteps, batch.timesteps]), batch.prompts + batch.prompts
+            decoded: dict[Any, Any] = {}
+            for name, model in models.items():
+                key = getattr(model, "x0_key", None)
+                if key is None:
+                    s0, s1 = score_pairs(model, batch, _module_device(model))
+                else:
+                    if key not in decoded:
+                        decoded[key] = model.decode_for_scoring(latents_t, both_t, prompts)
+                    both = model.score_decoded(decoded[key], both_t, prompts).float().cpu()
+                    s0, s1 = both[: len(batch)], both[len(batch):]
+                scores[name][t][0].append(s0.cpu())
+                scores[name][t][1].append(s1.cpu())
+    return {name: {t: (torch.cat(a), torch.cat(b)) for t, (a, b) in by_t.items()} for name, by_t in scores.items()}
 
 
 def accuracy_from_scores(scores_0: Tensor, scores_1: Tensor, labels_0: Tensor) -> tuple[float, int]:

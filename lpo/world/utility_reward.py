@@ -28,12 +28,24 @@ class WorldUtilityOnX0(nn.Module):
         # PixelStepReward owns the x̂0 and decode path; its (random) scorer is never called.
         self.x0_path = PixelStepReward.from_components(components, config=PixelRewardConfig(guidance_scale=guidance_scale))
 
+    @property
+    def x0_key(self) -> tuple:
+        """Shared with SPO's pixel model when it predicts x̂0 the same way (same U-Net, VAE, CFG)."""
+        return self.x0_path.x0_key
+
+    def decode_for_scoring(self, latents_t: Tensor, timesteps: Tensor | int, prompts: Sequence[str]) -> Tensor:
+        return self.x0_path.decode_for_scoring(latents_t, timesteps, prompts)
+
+    def score_decoded(self, images: Tensor, timesteps: Tensor | int, prompts: Sequence[str]) -> Tensor:
+        """True utility of decoded images in [-1, 1] (read as the uint8 image a user would see)."""
+        pixels = ((images.permute(0, 2, 3, 1).cpu().numpy() + 1.0) * 127.5).round().clip(0, 255).astype(np.uint8)
+        return torch.tensor([judge(image, prompt).utility for image, prompt in zip(pixels, prompts)], dtype=torch.float32)
+
     @torch.no_grad()
     def decoded_x0(self, latents_t: Tensor, timesteps: Tensor | int, prompts: Sequence[str]) -> np.ndarray:
         """(B, H, W, 3) uint8 images of the decoded one-step x̂0."""
-        images = self.x0_path.decode_x0(self.x0_path.predict_x0(latents_t, timesteps, list(prompts)))
+        images = self.decode_for_scoring(latents_t, timesteps, prompts)
         return ((images.permute(0, 2, 3, 1).cpu().numpy() + 1.0) * 127.5).round().clip(0, 255).astype(np.uint8)
 
     def forward(self, latents_t: Tensor, timesteps: Tensor | int, prompts: Sequence[str]) -> Tensor:
-        images = self.decoded_x0(latents_t, timesteps, prompts)
-        return torch.tensor([judge(image, prompt).utility for image, prompt in zip(images, prompts)], dtype=torch.float32)
+        return self.score_decoded(self.decode_for_scoring(latents_t, timesteps, prompts), timesteps, prompts)

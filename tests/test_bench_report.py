@@ -454,3 +454,20 @@ def test_committed_quick_bench_report_fits_1280px_in_headless_chromium(tmp_path)
     assert overflow.group(1) == "", f"tables wider than the 1280 px page: {overflow.group(1)}"
     html_text = page.read_text()
     assert html_text.index("The answer: paired differences") < html_text.index("Leaderboard (final models)")
+
+
+def test_final_models_also_scored_on_the_curve_protocol_raise_no_note():
+    """The committed quick bench: every final model has a curve record (48 × 2) beside its
+    final one (128 × 4); only a model without a final-protocol record is noted."""
+    from pathlib import Path
+
+    from lpo.bench.headline import final_records
+    from lpo.evals.store import load_records
+
+    records = load_records(Path(__file__).resolve().parents[1] / "results" / "bench-quick" / "results")
+    base, finals, notes = final_records(records, "world", "world_utility")
+    assert base.n_prompts == 128 and set(finals) == {"lpo", "spo", "diffusion-dpo"} and notes == []
+    without = [r for r in records if not (r.method == "lpo" and r.n_prompts == 128)]
+    _, finals, notes = final_records(without, "world", "world_utility")
+    assert "lpo" not in finals
+    assert len(notes) == 1 and "only at 48 prompts × 2 images" in notes[0]

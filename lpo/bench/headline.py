@@ -62,15 +62,26 @@ def final_records(records: Sequence[Any], benchmark: str, metric: str) -> tuple[
     base = bases[-1]
     protocol = (base.metric_key, *_protocol_key(base))
     finals: dict[str, dict[int, Any]] = {}
+    other_protocol = []
     for r in sorted(chosen, key=lambda r: r.created):
         if r.method not in METHOD_ORDER:
             continue
         if (r.metric_key, *_protocol_key(r)) != protocol:
-            notes.append(f"{r.checkpoint.get('label')} ({r.record_id}) left out: evaluated under another protocol than the base model")
+            other_protocol.append(r)
             continue
         finals.setdefault(r.method, {})[seed_index(r)] = r
+    # a final model also scored on the smaller curve protocol is expected; one scored only
+    # under another protocol than the base model's cannot be paired with it, and is said
+    for r in other_protocol:
+        if seed_index(r) not in finals.get(r.method, {}):
+            notes.append(f"{r.checkpoint.get('label')} ({r.record_id}) is not in the table: it has no evaluation at the "
+                         f"base model's {_size_text(base)} on the same protocol, only at {_size_text(r)}")
     ordered = {m: dict(sorted(finals[m].items())) for m in METHOD_ORDER if m in finals}
     return base, ordered, notes
+
+
+def _size_text(record) -> str:
+    return f"{record.n_prompts} prompts × {record.protocol.get('images_per_prompt')} images"
 
 
 def _protocol_key(record) -> tuple[Any, ...]:

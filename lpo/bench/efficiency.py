@@ -253,9 +253,13 @@ def collect_curves(
                                      max(r.created for r in groups[k])))
     for other, group in groups.items():
         if other != key:
+            what = [f"prompt set {other[1]}"] if other[1] != key[1] else []
+            what += [f"{benchmark}@{other[0]}"] if other[0] != key[0] else []
+            what += [f"{metric}@{other[2]}"] if other[2] != key[2] else []
             notes.append(
-                f"{len(group)} {metric} record(s) of {benchmark}@{other[0]} / prompt set {other[1]} / {metric}@{other[2]} "
-                f"left out: not comparable with {benchmark}@{key[0]} / {key[1]} / {metric}@{key[2]}"
+                f"the curve is drawn on {benchmark}@{key[0]} / prompt set {key[1]} / {metric}@{key[2]} (where the "
+                f"checkpoints were evaluated); {len(group)} record(s) on {', '.join(what)} are not on it (a curve "
+                "mixes no prompt sets or versions)"
             )
     group = groups[key]
     higher = group[-1].higher_is_better

@@ -185,6 +185,7 @@ def test_resume_never_runs_a_planted_pickle(tiny_world_dir, world_lrm, tmp_path)
     sets = [f"model.base={tiny_world_dir}", f"reward.path={world_lrm}", *QUICK, "train.max_rounds=2"]
     run_dir = tmp_path / "run"
     run_training("lpo", "lpo-world", sets, run_dir=run_dir)
+    (run_dir / "result.json").unlink()  # as if killed after its last checkpoint: a run to resume
     state = run_dir / "checkpoints" / "step-000001" / "state"
     assert (state / "lr_schedule.json").is_file() and not list(state.glob("custom_checkpoint_*"))
     marker = tmp_path / "pwned"
@@ -207,6 +208,7 @@ def test_resume_never_runs_a_planted_pickle(tiny_world_dir, world_lrm, tmp_path)
 
     # 3. a poisoned RNG state: skipped (lpo's randomness is keyed, not global); the resume completes
     torch.save(_Poison(marker), state / "random_states_0.pkl")
+    (run_dir / "result.json").unlink(missing_ok=True)
     result = run_training("lpo", "lpo-world", sets, run_dir=run_dir, resume=True)
     assert result.resumed_from == 1 and not marker.exists()
 
@@ -234,6 +236,7 @@ def test_reward_training_checkpoints_store_the_schedule_as_json(tiny_world_dir, 
     run = RunFolder.create(config, name="lrm", root=tmp_path)
     train_step_reward(LatentRewardModel.from_components(components, LRMConfig(vfe_scale=1.0)), components, pairs,
                       config, run, save_model=save_lrm)
+    (run.path / "result.json").unlink(missing_ok=True)  # as if killed after its last checkpoint: a run to resume
     state = run.path / "checkpoints" / "step-000002" / "state"
     assert json.loads((state / "lr_schedule.json").read_text())["last_epoch"] == 2
     assert not list(state.glob("custom_checkpoint_*"))
@@ -272,5 +275,5 @@ def test_mpcf_world_scorers_on_real_captions_point_to_the_paper_preset():
 def test_an_unreachable_pickscore_names_the_hub_cache_fix():
     from lpo.reward.pixel import TimestepConditionedScorer
 
-    with pytest.raises(LpoError, match=r"allow hub access or fetch nobody/no-pickscore .* with `hf download`.*spo-pixel"):
+    with pytest.raises(LpoError, match=r"allow hub access or fetch nobody/no-pickscore .* with `hf download`.*--set pixel_scorer=FOLDER"):
         TimestepConditionedScorer.from_clip_pretrained("nobody/no-pickscore")

@@ -99,6 +99,9 @@ def test_a_killed_run_resumes_to_the_uninterrupted_weights(tiny_world_dir, tmp_p
     from lpo.core.errors import LpoError
     from lpo.trainers.jobs import run_training
 
+    with pytest.raises(LpoError, match="is finished"):  # a finished run is not resumed at all
+        run_training("lpo", "lpo-world", [*sets, "loss.beta=5"], run_dir=run_dir, resume=True)
+    (run_dir / "result.json").unlink()  # as if killed after its last checkpoint, before finishing
     before = (run_dir / "config.json").read_text(), (run_dir / "run.json").read_text()
     with pytest.raises(LpoError, match="loss.beta: 50.0 -> 5.0"):
         run_training("lpo", "lpo-world", [*sets, "loss.beta=5"], run_dir=run_dir, resume=True)

@@ -173,8 +173,19 @@ def _message(output: str) -> str:
 
 
 def _left(cwd: Path) -> list[str]:
+    """What is in ``cwd`` (LPO_HOME aside): files, and folders with what they hold."""
     home = cwd / "lpo-home"
-    return sorted(str(p.relative_to(cwd)) + ("/" if p.is_dir() else "") for p in cwd.iterdir() if p != home)
+    out = []
+    for path in sorted(cwd.iterdir()):
+        if path == home:
+            continue
+        if path.is_dir():
+            inside = sorted(str(p.relative_to(path)) for p in path.rglob("*") if p.is_file())
+            shown = ", ".join(inside[:6]) + (f", … {len(inside) - 6} more" if len(inside) > 6 else "")
+            out.append(f"{path.name}/ ({shown or 'empty'})")
+        else:
+            out.append(path.name)
+    return out
 
 
 def run_case(case: Case, number: int, root: Path) -> dict:
@@ -212,7 +223,7 @@ def render(rows: list[dict]) -> str:
         mark = "" if r["exit"] == r["expected"] and not r["traceback"] else " ⚠"
         message = r["message"].replace("|", "\\|")
         message = message if len(message) <= 220 else message[:217] + "..."
-        left = ", ".join(r["left"]) or "nothing"
+        left = (", ".join(r["left"]) or "nothing") + "".join(f" ({note})" for note in r["notes"])
         out.append(f"| {number} | {r['what']} | {r['exit']}{mark} | {message} | {left} |")
     return "\n".join(out) + "\n"
 

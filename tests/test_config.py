@@ -47,3 +47,12 @@ def test_overrides_apply_together_so_order_does_not_matter():
 
     cfg = apply_overrides(reward_training_preset("lrm-world"), ["max_steps=2", "warmup_steps=1"])
     assert (cfg.max_steps, cfg.warmup_steps) == (2, 1)
+
+
+def test_an_invalid_override_names_only_the_overrides_of_its_section():
+    from lpo.core.errors import LpoError
+    from lpo.trainers.jobs import resolve_config
+
+    with pytest.raises(LpoError) as err:
+        resolve_config("lpo", "lpo-world", ["model.base=/some/where", "train.max_rounds=2", "optim.lr=-1"])
+    assert str(err.value).startswith("invalid override optim.lr=-1: ") and "model.base" not in str(err.value)

@@ -174,3 +174,13 @@ def test_a_round_that_keeps_nothing_prints_no_library_warning(tiny_world_dir, wo
         with pytest.raises(LpoError, match="optimiser step"):
             run_training("lpo", "lpo-world", args, run_dir=tmp_path / "run")
     assert [str(w.message) for w in caught if "lr_scheduler" in str(w.message)] == []
+
+
+def test_a_new_run_that_diverges_before_its_first_checkpoint_leaves_nothing(tiny_world_dir, world_lrm, tmp_path):
+    """Nothing in it could be resumed, so the fixed command (a lower lr) runs in the same folder."""
+    run_dir = tmp_path / "run"
+    args = _lpo(tiny_world_dir, world_lrm, "train.prompts=world:train", "train.max_rounds=3")
+    with pytest.raises(LpoError, match="diverged"):
+        run_training("lpo", "lpo-world", [*args, "optim.lr=1e6"], run_dir=run_dir)
+    assert not run_dir.exists()
+    assert run_training("lpo", "lpo-world", args, run_dir=run_dir).steps == 3

@@ -90,12 +90,14 @@ def apply_overrides(cfg: Any, overrides: list[str]) -> Any:
     return _replace(cfg, changes, overrides)
 
 
-def _replace(cfg: Any, changes: dict[str, Any], overrides: list[str]) -> Any:
+def _replace(cfg: Any, changes: dict[str, Any], overrides: list[str], prefix: str = "") -> Any:
     values = {
-        name: _replace(getattr(cfg, name), value, overrides) if isinstance(value, dict) else value
+        name: _replace(getattr(cfg, name), value, overrides, f"{prefix}{name}.") if isinstance(value, dict) else value
         for name, value in changes.items()
     }
     try:
         return dataclasses.replace(cfg, **values)
     except (ValueError, TypeError) as err:
-        raise LpoError(f"invalid override {' '.join(overrides)}: {err}") from None
+        # name the overrides of the section whose validation failed, not every --set given
+        mine = [o for o in overrides if o.split("=", 1)[0].strip().startswith(prefix)]
+        raise LpoError(f"invalid override {' '.join(mine or overrides)}: {err}") from None

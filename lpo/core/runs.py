@@ -13,8 +13,9 @@ Every training run (reward model, LPO, SPO, Diffusion-DPO) writes one folder:
 ``result.json``       written last, after the final model: the run is finished
 ====================  ==================================================================
 
-Lifecycle: a run whose setup fails before training starts leaves nothing behind
-(:meth:`RunFolder.discarded_on_error`); ``--resume`` refuses a finished run, and a run
+Lifecycle: a new run that fails before its first checkpoint (setup errors, a diagnosed
+failure such as divergence or nothing trained) leaves nothing behind
+(:meth:`RunFolder.discarded_on_error`); a crash or Ctrl-C keeps the folder, which resumes; ``--resume`` refuses a finished run, and a run
 without checkpoints whose config.json differs; resuming on other hardware than the last
 segment ran on (thread count, device) is reported by :func:`resume_mismatches`, since
 CPU reductions depend on the thread count and the weights then differ from an
@@ -207,17 +208,23 @@ class RunFolder:
             )
 
     @contextmanager
-    def discarded_on_error(self, created: bool, accelerator: Any = None) -> Iterator[None]:
-        """Remove this run's config.json and run.json (and the folder, if then empty) when
-        the block fails, for a run ``created`` by this invocation: a run whose setup fails
-        (bad prompts, a missing reward model) must not leave a half-run that a rerun calls
-        "already holds a run". Resumed runs are left alone."""
+    def discarded_on_error(
+        self, created: bool, accelerator: Any = None, *, keep: frozenset[str] = frozenset(),
+        errors: tuple[type[BaseException], ...] = (BaseException,),
+    ) -> Iterator[None]:
+        """When the block fails with one of ``errors``, remove what this run wrote (every
+        entry of its folder not in ``keep``, the names that were there before it was made;
+        the folder itself if then empty), for a run ``created`` by this invocation that has
+        no complete checkpoint: nothing in it can be resumed, and a rerun of the fixed
+        command in the same folder must not be told it "already holds a run". Resumed runs
+        and runs with a checkpoint are left alone."""
         try:
             yield
-        except BaseException:
-            if created and (accelerator is None or accelerator.is_main_process):
-                for name in (CONFIG_NAME, RUN_NAME):
-                    (self.path / name).unlink(missing_ok=True)
+        except errors:
+            if created and (accelerator is None or accelerator.is_main_process) and not list_checkpoints(self):
+                for entry in self.path.iterdir() if self.path.is_dir() else ():
+                    if entry.name not in keep:
+                        shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink(missing_ok=True)
                 try:
                     self.path.rmdir()  # only when empty: nothing else of the user's is touched
                 except OSError:

@@ -97,6 +97,11 @@ def check_parts(config: Any) -> None:
     if config.method == "diffusion-dpo":
         if config.data.pairs is None:
             raise LpoError("diffusion-dpo needs preference pairs: set data.pairs to a parquet from `lpo pairs` or a dataset id")
+        from lpo.models.components import _HUB_ID
+
+        pairs = str(config.data.pairs)
+        if not Path(pairs).exists() and not _HUB_ID.match(pairs):
+            raise LpoError(f"pairs file {pairs} does not exist; pass an existing .parquet file or folder, or a hub dataset id")
         return
     if config.reward.path is None:
         what = "an LRM folder (lpo lrm train ... ; its run's model/)" if config.method == "lpo" else \
@@ -177,6 +182,7 @@ def run_training(
              "base_model": config.model.base}
     if method != "diffusion-dpo":
         extra["reward"] = config.reward.path
+    existing = frozenset(p.name for p in run_dir.iterdir()) if (run_dir is not None and run_dir.is_dir() and not resume) else frozenset()
     run = _open_run(config, run_dir, resume, accelerator, extra)
     say(f"run folder [bold]{run.path}[/]")
     if resume:
@@ -184,9 +190,11 @@ def run_training(
 
         for mismatch in resume_mismatches(run, accelerator.device):
             say(f"[yellow]warning:[/] {mismatch}")
-    with run.discarded_on_error(created=not resume, accelerator=accelerator):
+    with run.discarded_on_error(created=not resume, accelerator=accelerator, keep=existing):
         trainer = _build_trainer(method, config, run, accelerator, callbacks, trackers, evaluator, console, say)
-    with stage_progress(console if is_main else None) as progress:
+    # a diagnosed failure (divergence, nothing trained) before any checkpoint leaves nothing to resume
+    with run.discarded_on_error(created=not resume, accelerator=accelerator, keep=existing, errors=(LpoError,)), \
+            stage_progress(console if is_main else None) as progress:
         trainer.progress = progress if is_main else None
         return trainer.train(resume=resume)
 

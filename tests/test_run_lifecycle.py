@@ -184,3 +184,21 @@ def test_a_new_run_that_diverges_before_its_first_checkpoint_leaves_nothing(tiny
         run_training("lpo", "lpo-world", [*args, "optim.lr=1e6"], run_dir=run_dir)
     assert not run_dir.exists()
     assert run_training("lpo", "lpo-world", args, run_dir=run_dir).steps == 3
+
+
+def test_safetensors_headers_are_rewritten_in_one_key_order(tmp_path):
+    """safetensors writes __metadata__ from a hash map (its order changes between saves): the
+    LoRA saver sorts the header in place, keeping its length, so the tensors still load."""
+    from safetensors.torch import load_file, save_file
+
+    from lpo.trainers.lora import canonical_safetensors_header
+
+    tensors = {"b": torch.arange(6.0).reshape(2, 3), "a": torch.ones(4)}
+    for name, metadata in (("x", {"format": "pt", "lora_adapter_metadata": "{}"}),
+                           ("y", {"lora_adapter_metadata": "{}", "format": "pt"})):
+        save_file(tensors, str(tmp_path / f"{name}.safetensors"), metadata=metadata)
+        canonical_safetensors_header(tmp_path / f"{name}.safetensors")
+    x, y = (tmp_path / "x.safetensors").read_bytes(), (tmp_path / "y.safetensors").read_bytes()
+    assert x == y
+    loaded = load_file(str(tmp_path / "x.safetensors"))
+    assert all(torch.equal(loaded[k], v) for k, v in tensors.items())

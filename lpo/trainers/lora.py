@@ -139,7 +139,29 @@ def save_lora(unet: nn.Module, folder: str | Path, kind: str) -> Path:
             tmp, unet_lora_layers=state, safe_serialization=True, weight_name=LORA_WEIGHTS_NAME,
             unet_lora_adapter_metadata=metadata,
         )
+        canonical_safetensors_header(tmp / LORA_WEIGHTS_NAME)
     return folder
+
+
+def canonical_safetensors_header(path: Path) -> None:
+    """Rewrite a safetensors file's JSON header with its keys sorted, in place.
+
+    safetensors keeps ``__metadata__`` in a hash map whose order changes from one save to
+    the next, so two saves of the same LoRA (diffusers writes "format" and the adapter
+    metadata) differ in their bytes. The header is rewritten with the same length (padded
+    with spaces, which the format allows), so the tensor data does not move."""
+    import json
+    import struct
+
+    with open(path, "r+b") as f:
+        (length,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(length))
+        ordered = {k: (dict(sorted(v.items())) if k == "__metadata__" else v) for k, v in sorted(header.items())}
+        text = json.dumps(ordered, separators=(",", ":")).encode()
+        if len(text) > length:  # cannot happen for a header serde wrote compactly; leave the file as it is
+            return
+        f.seek(8)
+        f.write(text + b" " * (length - len(text)))
 
 
 def merged_unet(unet: nn.Module) -> nn.Module:

@@ -232,18 +232,12 @@ def append_new_records(
     ``records``) is removed when nothing is appended or the append fails."""
     try:
         appended, repeated = [], []
-        by_benchmark: dict[str, list[ResultRecord]] = {}
-        for record in records:
-            by_benchmark.setdefault(record.benchmark, []).append(record)
-        for benchmark, group in by_benchmark.items():
+        for benchmark, group in _by_benchmark(records).items():
             path = records_path(results_dir, benchmark)
             with _locked(path.parent):
-                stored = {}
-                if path.is_file():
-                    for line in path.read_text().splitlines():
-                        if line.strip():
-                            old = ResultRecord.from_dict(json.loads(line), str(path))
-                            stored.setdefault(evaluation_key(old), old)
+                stored: dict[tuple | None, ResultRecord] = {}
+                for old in _read_records_file(path) if path.is_file() else []:
+                    stored.setdefault(evaluation_key(old), old)
                 fresh = []
                 for record in group:
                     key = evaluation_key(record)
@@ -269,12 +263,16 @@ def _append_group(path: Path, group: Sequence[ResultRecord]) -> None:
     atomic_write_text(path, old + new)
 
 
-def _append_records(results_dir: Path, records: Sequence[ResultRecord]) -> list[Path]:
-    by_benchmark: dict[str, list[ResultRecord]] = {}
+def _by_benchmark(records: Sequence[ResultRecord]) -> dict[str, list[ResultRecord]]:
+    out: dict[str, list[ResultRecord]] = {}
     for record in records:
-        by_benchmark.setdefault(record.benchmark, []).append(record)
+        out.setdefault(record.benchmark, []).append(record)
+    return out
+
+
+def _append_records(results_dir: Path, records: Sequence[ResultRecord]) -> list[Path]:
     written = []
-    for benchmark, group in by_benchmark.items():
+    for benchmark, group in _by_benchmark(records).items():
         path = records_path(results_dir, benchmark)
         with _locked(path.parent):
             _append_group(path, group)
@@ -300,13 +298,20 @@ def load_records(results_dir: Path = DEFAULT_RESULTS_DIR, benchmarks: Sequence[s
             raise LpoError(f"{path}: cannot read the schema version from the file name (records-v<N>.jsonl)") from None
         if version > SCHEMA_VERSION:
             raise LpoError(f"{path} uses results schema v{version}, newer than this lpo (v{SCHEMA_VERSION}); upgrade lpo")
-        for number, line in enumerate(path.read_text().splitlines(), 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{number}"
-            try:
-                data = json.loads(line)
-            except ValueError as err:
-                raise LpoError(f"{where} is not valid JSON ({err}); restore the file from version control") from None
-            out.append(ResultRecord.from_dict(data, where))
+        out += _read_records_file(path)
+    return out
+
+
+def _read_records_file(path: Path) -> list[ResultRecord]:
+    """The records of one records file, each checked against its content id."""
+    out = []
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        where = f"{path}:{number}"
+        try:
+            data = json.loads(line)
+        except ValueError as err:
+            raise LpoError(f"{where} is not valid JSON ({err}); restore the file from version control") from None
+        out.append(ResultRecord.from_dict(data, where))
     return out

@@ -87,8 +87,11 @@ class RunFolder:
     :meth:`open` (read an existing run).
     """
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, preexisting: frozenset[str] | None = None) -> None:
         self.path = Path(path)
+        # For a run made by this process's create(): the names its folder held before (the
+        # user's files); None for a run opened or resumed. discarded_on_error() reads it.
+        self.preexisting = preexisting
 
     def __repr__(self) -> str:
         return f"RunFolder({str(self.path)!r})"
@@ -138,19 +141,21 @@ class RunFolder:
             raise LpoError(f"run name {name!r} must not contain '/' or start with '.'; pass folder= for a path")
         is_main = accelerator is None or accelerator.is_main_process
         path: Path | None = None
+        preexisting: frozenset[str] = frozenset()
         if is_main:
             path = Path(folder) if folder is not None else _timestamped(Path(root), str(name))
             if (path / RUN_NAME).exists() or (path / CONFIG_NAME).exists():
                 raise LpoError(
                     f"run folder {path} already holds a run; resume it (--resume) or choose another folder"
                 )
+            preexisting = frozenset(p.name for p in path.iterdir()) if path.is_dir() else frozenset()
             path.mkdir(parents=True, exist_ok=True)
             run = cls(path)
             run.write_config(config)
             meta = {"name": name or path.name, "created": _now(), **run_metadata(), **(extra or {}), "resumes": []}
             atomic_write_json(run.run_path, meta)
         path = _broadcast_path(path, accelerator)
-        return cls(path)
+        return cls(path, preexisting=preexisting)
 
     @classmethod
     def resume(
@@ -209,21 +214,20 @@ class RunFolder:
 
     @contextmanager
     def discarded_on_error(
-        self, created: bool, accelerator: Any = None, *, keep: frozenset[str] = frozenset(),
-        errors: tuple[type[BaseException], ...] = (BaseException,),
+        self, accelerator: Any = None, errors: tuple[type[BaseException], ...] = (BaseException,),
     ) -> Iterator[None]:
         """When the block fails with one of ``errors``, remove what this run wrote (every
-        entry of its folder not in ``keep``, the names that were there before it was made;
-        the folder itself if then empty), for a run ``created`` by this invocation that has
-        no complete checkpoint: nothing in it can be resumed, and a rerun of the fixed
-        command in the same folder must not be told it "already holds a run". Resumed runs
-        and runs with a checkpoint are left alone."""
+        entry of its folder but the ones there before :meth:`create` made it; the folder
+        itself if then empty), for a run made by this process (not opened or resumed) that
+        has no complete checkpoint: nothing in it can be resumed, and a rerun of the fixed
+        command in the same folder must not be told it "already holds a run"."""
         try:
             yield
         except errors:
-            if created and (accelerator is None or accelerator.is_main_process) and not list_checkpoints(self):
+            is_main = accelerator is None or accelerator.is_main_process
+            if self.preexisting is not None and is_main and not list_checkpoints(self):
                 for entry in self.path.iterdir() if self.path.is_dir() else ():
-                    if entry.name not in keep:
+                    if entry.name not in self.preexisting:
                         shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink(missing_ok=True)
                 try:
                     self.path.rmdir()  # only when empty: nothing else of the user's is touched

@@ -64,7 +64,6 @@ def train_reward_job(
     eval_pairs = None if eval_pairs_path is None else _pairs(eval_pairs_path, "eval pairs file").pairs
     reward_model, save_fn = build_reward_model(config, components)
     extra = {"base_model": model, "pairs": str(pairs_path), "reward_model": config.reward_model}
-    existing = frozenset(p.name for p in run_dir.iterdir()) if (run_dir is not None and run_dir.is_dir() and not resume) else frozenset()
     if resume:
         from lpo.reward.setup import RESUME_FREE_FIELDS
 
@@ -79,7 +78,7 @@ def train_reward_job(
     if console is not None:
         console.print(f"run folder [bold]{run.path}[/]")
     # a diagnosed failure (divergence) before any checkpoint leaves nothing to resume: nothing stays
-    with run.discarded_on_error(created=not resume, keep=existing, errors=(LpoError,)), stage_progress(console) as progress:
+    with run.discarded_on_error(errors=(LpoError,)), stage_progress(console) as progress:
         return train_step_reward(
             reward_model, components, loaded.pairs, config, run,
             save_model=save_fn, progress=progress, eval_pairs=eval_pairs, resume=resume,

@@ -136,6 +136,23 @@ def _say(console):
     return lambda message: print(message, file=sys.stderr)
 
 
+def check_sample_options(images_per_prompt: int, steps: int, guidance_scale: float) -> None:
+    """The one-line errors of `lpo sample` (plain and guided), before any model is loaded."""
+    if images_per_prompt < 1 or steps < 1:
+        raise LpoError(f"images_per_prompt and steps must be >= 1, got {images_per_prompt} and {steps}")
+    check_guidance_scale(guidance_scale)
+
+
+def sample_prompts(prompts: list[str], kind: str, source: str, num_prompts: int, tokenizer, console=None) -> list[str]:
+    """The prompts `lpo sample` draws: the given ones, else the model family's defaults;
+    prompts the text encoder will cut are reported."""
+    from lpo.models.prompts import warn_truncated
+
+    prompts = prompts or default_prompts(kind, source, num_prompts)
+    warn_truncated(tokenizer, prompts, _say(console))
+    return prompts
+
+
 def check_guidance_scale(guidance_scale: float) -> None:
     """One-line error for a CFG scale that is negative or not a number (eval and train refuse it too)."""
     import math
@@ -186,9 +203,7 @@ def run_sample(
     from lpo.core.grid import save_grid
     from lpo.core.progress import count_progress
 
-    if images_per_prompt < 1 or steps < 1:
-        raise LpoError(f"images_per_prompt and steps must be >= 1, got {images_per_prompt} and {steps}")
-    check_guidance_scale(guidance_scale)
+    check_sample_options(images_per_prompt, steps, guidance_scale)
     if prompts_file is not None:
         prompts = prompts + read_prompts_file(prompts_file)
     if load is None:
@@ -196,11 +211,7 @@ def run_sample(
         kind = components.kind
     else:
         pipe, kind = load(device, dtype)
-    if not prompts:
-        prompts = default_prompts(kind, model, num_prompts)
-    from lpo.models.prompts import warn_truncated
-
-    warn_truncated(pipe.tokenizer, prompts, _say(console))
+    prompts = sample_prompts(prompts, kind, model, num_prompts, pipe.tokenizer, console)
     jobs = [(p, k) for p in prompts for k in range(images_per_prompt)]
     images = []
     with count_progress(console, f"sampling {model}") as progress:

@@ -278,25 +278,18 @@ def run_guided_sample(
     loads the LRM folder and wraps it with :func:`lpo.sampling.guided.lrm_scorer`), so the sampler does not
     load reward models itself.
     """
-    from lpo.sampling.generate import check_guidance_scale, default_prompts, image_seed, read_prompts_file, resolve_device, resolve_dtype, resolve_model_name
+    from lpo.sampling.generate import check_sample_options, image_seed, read_prompts_file, resolve_device, resolve_dtype, resolve_model_name, sample_prompts
     from lpo.core.grid import save_grid
     from lpo.models.components import load_components
     from lpo.core.progress import count_progress
 
-    if images_per_prompt < 1 or steps < 1:
-        raise LpoError(f"images_per_prompt and steps must be >= 1, got {images_per_prompt} and {steps}")
-    check_guidance_scale(guidance_scale)
+    check_sample_options(images_per_prompt, steps, guidance_scale)
     settings = SamplerSettings(steps, guidance_scale, eta, batch_size=batch_size)
     if prompts_file is not None:
         prompts = prompts + read_prompts_file(prompts_file)
     components = load_components(resolve_model_name(model), dtype=resolve_dtype(dtype), device=resolve_device(device))
     scorer = load_scorer(components)
-    if not prompts:
-        prompts = default_prompts(components.kind, str(components.source), num_prompts)
-    from lpo.models.prompts import warn_truncated
-    from lpo.sampling.generate import _say
-
-    warn_truncated(components.tokenizer, prompts, _say(console))
+    prompts = sample_prompts(prompts, components.kind, str(components.source), num_prompts, components.tokenizer, console)
     jobs = [(p, k) for p in prompts for k in range(images_per_prompt)]
     with count_progress(console, f"LRM-guided sampling of {model} ({config.select} of {config.num_candidates})") as progress:
         result = guided_generate(

@@ -182,7 +182,6 @@ def run_training(
              "base_model": config.model.base}
     if method != "diffusion-dpo":
         extra["reward"] = config.reward.path
-    existing = frozenset(p.name for p in run_dir.iterdir()) if (run_dir is not None and run_dir.is_dir() and not resume) else frozenset()
     run = _open_run(config, run_dir, resume, accelerator, extra)
     say(f"run folder [bold]{run.path}[/]")
     if resume:
@@ -190,10 +189,10 @@ def run_training(
 
         for mismatch in resume_mismatches(run, accelerator.device):
             say(f"[yellow]warning:[/] {mismatch}")
-    with run.discarded_on_error(created=not resume, accelerator=accelerator, keep=existing):
+    with run.discarded_on_error(accelerator):
         trainer = _build_trainer(method, config, run, accelerator, callbacks, trackers, evaluator, console, say)
     # a diagnosed failure (divergence, nothing trained) before any checkpoint leaves nothing to resume
-    with run.discarded_on_error(created=not resume, accelerator=accelerator, keep=existing, errors=(LpoError,)), \
+    with run.discarded_on_error(accelerator, errors=(LpoError,)), \
             stage_progress(console if is_main else None) as progress:
         trainer.progress = progress if is_main else None
         return trainer.train(resume=resume)

@@ -38,7 +38,6 @@ machine, a strip of each row's first images.
 from __future__ import annotations
 
 import html
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence

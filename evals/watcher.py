@@ -54,8 +54,7 @@ def run_kind(run_dir: Path) -> str:
 def ready_checkpoints(run_dir: Path, finished: bool) -> list[tuple[str, str]]:
     """(name, spec) of what can be evaluated now: each complete checkpoint whose cost snapshot
     is written (or the run has finished), then the final model once the run has finished."""
-    from lpo.core.runs import COST_NAME, RunFolder
-    from lpo.trainers.harness import list_checkpoints
+    from lpo.core.runs import COST_NAME, RunFolder, list_checkpoints
 
     out = [(folder.name, str(folder)) for _, folder in list_checkpoints(RunFolder.open(run_dir))
            if finished or (folder / COST_NAME).is_file()]

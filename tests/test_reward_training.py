@@ -23,7 +23,8 @@ from lpo.reward.lrm import LatentRewardModel, LRMConfig
 from lpo.reward.lrm_io import load_lrm, save_lrm
 from lpo.pairs.format import PreferencePair
 from lpo.reward.config import REWARD_TRAINING_PRESETS, RewardTrainingConfig, reward_training_preset
-from lpo.reward.data import EncodedPairs, encode_pairs, image_to_tensor, keyed_generator, loss_weights, noise_pairs, pair_indices, timestep_pool
+from lpo.core.seeding import keyed_generator, pair_indices
+from lpo.reward.data import EncodedPairs, encode_pairs, image_to_tensor, loss_weights, noise_pairs, timestep_pool
 from lpo.reward.training import StepRewardModel, pairwise_accuracy_by_timestep, preference_loss, train_step_reward
 from lpo.core.runs import RunFolder, read_cost
 

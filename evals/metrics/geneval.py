@@ -90,7 +90,7 @@ def instance_postprocess(
     the image's size. Returns labels (K,), scores (K,), boxes (K, 4), masks (K, H, W) bool
     for the K = min(max_per_image, Q·C) best (query, class) pairs.
     """
-    num_queries, num_classes = class_logits.shape[0], class_logits.shape[1] - 1
+    num_classes = class_logits.shape[1] - 1
     scores = torch.softmax(class_logits.float(), dim=-1)[:, :-1]
     top_scores, top_index = scores.flatten().topk(min(max_per_image, scores.numel()), sorted=False)
     labels = top_index % num_classes

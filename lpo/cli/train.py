@@ -49,9 +49,11 @@ def train_command(
         )
     elif eval_benchmarks or eval_metrics or eval_max_prompts or eval_images_per_prompt or eval_prompts or eval_metric_weights:
         raise LpoError("--eval-* options have no effect with --no-eval; drop them, or pass them to `lpo eval --watch RUN_DIR`")
+    from lpo.trainers import TRAINERS
+
     result = run_training(method, preset, overrides, run_dir, resume, console=stdout_console(), auto_eval=auto_eval)
     stdout_console().print(
-        f"{result.label}: {result.steps} {'steps' if method == 'diffusion-dpo' else 'rounds'}, {result.optimizer_steps} "
+        f"{result.label}: {result.steps} {TRAINERS.get(method).unit}s, {result.optimizer_steps} "
         f"optimiser steps, final loss {result.final_loss if result.final_loss is None else format(result.final_loss, '.4f')}; "
         f"model [bold]{result.model_folder}[/]"
     )

@@ -3,7 +3,7 @@
 Both images of every pair are VAE-encoded once (:func:`encode_pairs`); each use of a pair
 re-samples x_0 from the cached posterior and noises it to a t shared by both images
 (:func:`noise_pairs`). Every draw comes from a generator keyed by (seed, stream, key)
-(:func:`keyed_generator`), so a resumed run draws what an uninterrupted one would. The
+(:func:`lpo.core.seeding.keyed_generator`), so a resumed run draws what an uninterrupted one would. The
 paper's notation is mapped to these names in :mod:`lpo.reward.training`.
 """
 
@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from lpo.core.errors import LpoError
+from lpo.core.seeding import Stream, keyed_generator
 from lpo.pairs.format import TIE, PreferencePair
 from lpo.reward.config import NoiseMode, PairWeighting, TimestepSampling
 
@@ -165,18 +166,6 @@ def timestep_pool(scheduler: Any, mode: TimestepSampling, num_inference_steps: i
     raise ValueError(f"timestep_sampling must be one of {', '.join(get_args(TimestepSampling))}, got {mode!r}")
 
 
-# Purposes of the keyed random streams (the first key), so no two uses share a stream.
-STREAM_STEP, STREAM_EPOCH, STREAM_SPLIT, STREAM_EVAL = 0, 1, 2, 3
-
-
-def keyed_generator(seed: int, *keys: int) -> torch.Generator:
-    """A CPU generator determined by (seed, *keys) alone (non-negative ints; independent streams per key)."""
-    if any(int(k) < 0 for k in (seed, *keys)):
-        raise ValueError(f"seed and keys must be >= 0, got {(seed, *keys)}")
-    state = np.random.SeedSequence([int(seed), *map(int, keys)]).generate_state(2, dtype=np.uint32)
-    return torch.Generator().manual_seed(int(state[0]) << 31 ^ int(state[1]))
-
-
 @dataclass
 class NoisyPairBatch:
     """B pairs noised for one forward (all tensors on the CPU unless moved).
@@ -267,21 +256,6 @@ def noise_pairs(
     )
 
 
-def pair_indices(num_pairs: int, start: int, count: int, seed: int) -> Tensor:
-    """Positions ``start … start+count−1`` of the endless stream of shuffled epochs.
-
-    Epoch e is a permutation of all pairs drawn from ``keyed_generator(seed, STREAM_EPOCH, e)``,
-    so position p always names the same pair, whatever was drawn before.
-    """
-    out, cache = [], {}
-    for position in range(start, start + count):
-        epoch, offset = divmod(position, num_pairs)
-        if epoch not in cache:
-            cache[epoch] = torch.randperm(num_pairs, generator=keyed_generator(seed, STREAM_EPOCH, epoch))
-        out.append(int(cache[epoch][offset]))
-    return torch.tensor(out, dtype=torch.long)
-
-
 def split_by_prompt(pairs: Sequence[PreferencePair], fraction: float, seed: int) -> tuple[list[PreferencePair], list[PreferencePair]]:
     """(train, held-out): a random ``fraction`` of the distinct prompts, with all their pairs, held out."""
     prompts = sorted({p.prompt for p in pairs})
@@ -290,6 +264,6 @@ def split_by_prompt(pairs: Sequence[PreferencePair], fraction: float, seed: int)
         raise LpoError(
             f"eval_fraction {fraction} of {len(prompts)} prompts leaves no training prompts; lower it or pass eval pairs"
         )
-    order = torch.randperm(len(prompts), generator=keyed_generator(seed, STREAM_SPLIT)).tolist()
+    order = torch.randperm(len(prompts), generator=keyed_generator(seed, Stream.SPLIT)).tolist()
     held_out = {prompts[i] for i in order[:held]}
     return [p for p in pairs if p.prompt not in held_out], [p for p in pairs if p.prompt in held_out]

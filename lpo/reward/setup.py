@@ -1,6 +1,7 @@
-"""Reward-model training's scaffold: accelerate, optimiser, lr schedule, checkpoints and resume.
+"""Reward-model training's parts: accelerate, optimiser, lr schedule and checkpoints.
 
-The loop itself is :func:`lpo.reward.training.train_step_reward`; these are its parts that
+The job is :class:`lpo.reward.training.RewardTrainingLoop` (resume by its scaffold,
+:class:`lpo.core.training_loop.TrainingLoop`); these are its parts that
 do not depend on the data. Checkpoints go through :func:`lpo.core.runs.write_checkpoint` (the
 same layout as the policy trainers'); the lr schedule is saved as JSON and resume loads
 no pickled objects (:mod:`lpo.core.checkpoint_state`).
@@ -14,15 +15,11 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from lpo.core.checkpoint_state import load_checkpoint_state
-from lpo.core.config import config_to_dict
 from lpo.core.errors import LpoError
 from lpo.core.finite import check_finite_module
 from lpo.reward.config import RewardTrainingConfig
-from lpo.reward.data import EncodedPairs
-from lpo.core.runs import TRAINER_STATE_NAME, RunFolder, config_changes, list_checkpoints, write_checkpoint
+from lpo.core.runs import RunFolder, write_checkpoint
 
-TRAINER_STATE_VERSION = 1
 NONFINITE_FIX = "lower lr and start a new run"
 SaveFn = Callable[[nn.Module, Path], Any]  # writes a model to a folder, e.g. lpo.reward.lrm_io.save_lrm
 
@@ -43,22 +40,6 @@ def write_reward_checkpoint(
     check_finite_module(model, f"the reward model of checkpoint {step}", NONFINITE_FIX)
     save = None if save_model is None else (lambda folder: save_model(accelerator.unwrap_model(model), folder))
     return write_checkpoint(accelerator, run, step, save, state, keep)
-
-
-def _check_resume(saved: dict[str, Any], config: RewardTrainingConfig, encoded: EncodedPairs, folder: Path) -> None:
-    if saved.get("version") != TRAINER_STATE_VERSION:
-        raise LpoError(f"{folder} has trainer-state version {saved.get('version')}; this lpo reads {TRAINER_STATE_VERSION}")
-    changed = config_changes(saved["config"], config_to_dict(config), RESUME_FREE_FIELDS)
-    if changed:
-        raise LpoError(
-            f"cannot resume {folder}: the config differs from the checkpoint's ({'; '.join(changed)}); "
-            "resume with the same settings or start a new run"
-        )
-    if saved["data_fingerprint"] != encoded.fingerprint() or saved["num_pairs"] != len(encoded):
-        raise LpoError(
-            f"cannot resume {folder}: it was trained on {saved['num_pairs']} other pairs (fingerprint "
-            f"{saved['data_fingerprint']}, now {len(encoded)} pairs, {encoded.fingerprint()}); pass the same pairs"
-        )
 
 
 # --------------------------------------------------------------------------- accelerate, optimiser, schedule
@@ -116,25 +97,3 @@ def reward_lr_schedule(optimizer: torch.optim.Optimizer, config: RewardTrainingC
 
 
 
-def json_load(path: Path) -> dict[str, Any]:
-    import json
-
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, ValueError) as err:
-        raise LpoError(f"could not read {path} ({type(err).__name__}: {err}); the checkpoint is damaged") from err
-
-
-def resume_reward_run(accelerator: Any, run: RunFolder, config: RewardTrainingConfig, encoded: EncodedPairs,
-                      ) -> tuple[int, dict[str, Any]] | None:
-    """Load the newest checkpoint of ``run`` (same config and pairs required): (its step, its
-    trainer state), or None when there is none."""
-    checkpoints = list_checkpoints(run)
-    if not checkpoints:
-        return None
-    step, folder = checkpoints[-1]
-    saved = json_load(folder / TRAINER_STATE_NAME)
-    _check_resume(saved, config, encoded, folder)
-    load_checkpoint_state(accelerator, folder / "state")
-    saved["folder"] = str(folder)
-    return step, saved

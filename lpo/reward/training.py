@@ -58,47 +58,40 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lpo.core.config import config_to_dict
 from lpo.core.errors import LpoError
 from lpo.core.checkpoint_state import register_schedule_checkpointing
 from lpo.core.finite import check_finite_module, diverged, nonfinite_quantity
-from lpo.core.io import atomic_write_json, atomic_write_text
+from lpo.core.io import atomic_write_json
+from lpo.core.training_loop import ProgressFn, TrainingLoop, write_metrics
+from lpo.core.seeding import Stream, keyed_generator, pair_indices
 from lpo.pairs.format import TIE, PreferencePair
 from lpo.reward.config import NoiseMode, RewardTrainingConfig
 from lpo.reward.data import (
-    STREAM_EVAL,
-    STREAM_STEP,
     EncodedPairs,
     NoisyPairBatch,
     encode_pairs,
-    keyed_generator,
     loss_weights,
     noise_pairs,
-    pair_indices,
     split_by_prompt,
     timestep_pool,
 )
 from lpo.reward.setup import (
     NONFINITE_FIX,
-    TRAINER_STATE_VERSION,
+    RESUME_FREE_FIELDS,
     SaveFn,
     make_reward_accelerator,
-    resume_reward_run,
     reward_lr_schedule,
     reward_optimizer,
     write_reward_checkpoint,
 )
-from lpo.core.runs import RESULT_NAME, DeviceMeter, RunFolder
+from lpo.core.runs import RESULT_NAME, RunFolder
 
 logger = logging.getLogger(__name__)
 
 TRAINING_STAGE = "reward_model_training"
 EVALUATION_STAGE = "evaluation"
 PROGRESS_LABEL = "reward model"
-METRICS_NAME = "metrics.jsonl"
 MODEL_DIR = "model"
-
-ProgressFn = Callable[[str, int, int, float], None]  # (stage, step, total, loss), as lpo.core.progress.stage_progress
 
 
 @runtime_checkable
@@ -226,7 +219,7 @@ def pair_scores_by_timestep_many(
     for number, start in enumerate(range(0, len(indices), batch_size)):
         batch_indices = indices[start : start + batch_size]
         for t in scores[next(iter(models))]:
-            generator = keyed_generator(seed, STREAM_EVAL, number)  # as pair_scores_by_timestep: same draws
+            generator = keyed_generator(seed, Stream.EVAL, number)  # as pair_scores_by_timestep: same draws
             batch = noise_pairs(encoded, batch_indices, components.scheduler, generator, timesteps=torch.tensor(t), noise=noise)
             latents_t = torch.cat([batch.latents_t_0, batch.latents_t_1])
             both_t, prompts = torch.cat([batch.timesteps, batch.timesteps]), batch.prompts + batch.prompts
@@ -384,6 +377,176 @@ class TrainingResult:
 # --------------------------------------------------------------------------- training
 
 
+class RewardTrainingLoop(TrainingLoop):
+    """Reward-model training as a :class:`~lpo.core.training_loop.TrainingLoop`: one unit = one optimiser step."""
+
+    stage = TRAINING_STAGE
+    progress_label = PROGRESS_LABEL
+    unit = "step"
+    history_key = "step"
+    resume_free = RESUME_FREE_FIELDS
+
+    def __init__(self, model: StepRewardModel, components: Any, pairs: Sequence[PreferencePair],
+                 config: RewardTrainingConfig, run: RunFolder | None, save_model: SaveFn | None, accelerator: Any,
+                 progress: ProgressFn | None, eval_pairs: Sequence[PreferencePair] | None,
+                 log: Callable[[str], None] | None) -> None:
+        self.model, self.components, self.pairs, self.eval_pairs = model, components, pairs, eval_pairs
+        self.config, self.run, self.save_model, self.progress, self.log = config, run, save_model, progress, log
+        self.accelerator = make_reward_accelerator(config, accelerator)
+
+    @property
+    def schedule(self) -> tuple[int, int, int]:
+        return self.config.log_every, self.config.save_every, self.config.keep_checkpoints
+
+    def data_fingerprint(self) -> str:
+        return self.encoded.fingerprint()
+
+    def check_saved_data(self, saved: dict[str, Any], folder: Path) -> None:
+        if saved["data_fingerprint"] != self.encoded.fingerprint() or saved["num_pairs"] != len(self.encoded):
+            raise LpoError(
+                f"cannot resume {folder}: it was trained on {saved['num_pairs']} other pairs (fingerprint "
+                f"{saved['data_fingerprint']}, now {len(self.encoded)} pairs, {self.encoded.fingerprint()}); pass the same pairs"
+            )
+
+    def setup(self) -> int:
+        config, acc = self.config, self.accelerator
+        self.pool = timestep_pool(self.components.scheduler, config.timestep_sampling, config.num_inference_steps)
+        # the data: posteriors of every image, once
+        self.encoded = encode_pairs(self.components, self.pairs, config.encode_batch_size)
+        self.eval_encoded = encode_pairs(self.components, self.eval_pairs, config.encode_batch_size) if self.eval_pairs else None
+        self.weights = loss_weights(self.encoded, config.pair_weighting)
+        self.run_plan = plan_training(
+            config, len(self.encoded), int((~self.encoded.decisive).sum()),
+            len(self.eval_encoded) if self.eval_encoded else 0, acc.num_processes, self.pool.tolist(),
+        )
+        self.say(self.run_plan.describe())
+        # optimiser, lr schedule, accelerate
+        optimizer = reward_optimizer(self.model, config)
+        self.lr_schedule = reward_lr_schedule(optimizer, config)
+        self.model, self.optimizer = acc.prepare(self.model, optimizer)
+        register_schedule_checkpointing(acc, self.lr_schedule)  # as JSON: nothing pickled
+        self.eval_history: list[dict[str, Any]] = []
+        return config.max_steps
+
+    def state_fields(self, done: int) -> dict[str, Any]:
+        return {"num_pairs": len(self.encoded), "eval_history": self.eval_history}
+
+    def restore(self, saved: dict[str, Any], done: int) -> None:
+        self.eval_history = [row for row in saved["eval_history"] if row["step"] <= done]
+
+    def begin_units(self) -> None:
+        self.model.train()
+        self.window = torch.zeros(4, dtype=torch.float64, device=self.accelerator.device)  # Σ w·ce, pairs, Σ correct, decisive
+        self.window_start = time.perf_counter()
+        self.last_norm: float | None = None
+        self.last_lr = float(self.optimizer.param_groups[0]["lr"])
+
+    def run_unit(self, step: int) -> dict[str, Any] | None:
+        """One optimiser step over the step's batch (this process's micro-batches); a row every log_every."""
+        config, acc, model, optimizer = self.config, self.accelerator, self.model, self.optimizer
+        device, micro, rank = acc.device, self.run_plan.micro_batch_size, acc.process_index
+        generator = keyed_generator(config.seed, Stream.REWARD_STEP, step)
+        indices = pair_indices(len(self.encoded), step * config.batch_size, config.batch_size, config.seed)
+        batch = noise_pairs(self.encoded, indices, self.components.scheduler, generator, pool=self.pool,
+                            noise=config.noise, weights=self.weights)
+        loss_finite = True
+        for m in range(config.gradient_accumulation_steps):
+            start = (m * acc.num_processes + rank) * micro
+            part = batch.slice(start, start + micro)
+            with acc.accumulate(model):
+                scores_0, scores_1 = score_pairs(model, part, device)
+                out = preference_loss(scores_0, scores_1, part.labels_0.to(device), part.weights.to(device))
+                acc.backward(out.loss)
+                loss_finite = loss_finite and math.isfinite(float(out.loss.detach()))
+                if acc.sync_gradients:
+                    if config.grad_clip is not None:
+                        self.last_norm = float(acc.clip_grad_norm_(model.parameters(), config.grad_clip))
+                    self.last_lr = float(optimizer.param_groups[0]["lr"])  # the lr this update uses
+                    # a NaN / inf loss or gradient must not reach the weights: stop before the update
+                    bad = nonfinite_quantity(acc, loss_finite, list(model.parameters()), self.last_norm)
+                    if bad is not None:
+                        raise diverged(f"step {step + 1}", bad, "lr", config.lr)
+                    optimizer.step()
+                    if not acc.optimizer_step_was_skipped:  # fp16 overflow: keep the schedule
+                        self.lr_schedule.step()
+                optimizer.zero_grad(set_to_none=True)
+            self.window += torch.stack([
+                (out.ce * part.weights.to(device)).sum().double(), torch.tensor(float(len(part)), device=device).double(),
+                out.correct.sum().double(), out.decisive.sum().double(),
+            ])
+        self.last_loss = float(out.loss.detach())
+        done = step + 1
+        if done % config.log_every and done != config.max_steps:
+            return None
+        totals = acc.reduce(self.window.clone(), "sum").tolist()
+        row = {
+            "step": done, "loss": totals[0] / max(totals[1], 1.0), "accuracy": totals[2] / totals[3] if totals[3] else None,
+            "lr": self.last_lr, "grad_norm": self.last_norm, "seconds": time.perf_counter() - self.window_start,
+        }
+        self.window.zero_()
+        self.window_start = time.perf_counter()
+        return row
+
+    def progress_loss(self, row: dict[str, Any] | None) -> float:
+        return self.last_loss
+
+    def describe_row(self, row: dict[str, Any], total: int) -> str:
+        accuracy = "n/a" if row["accuracy"] is None else format(row["accuracy"], ".3f")
+        return f"step {row['step']}/{total}: loss {row['loss']:.4f}, accuracy {accuracy}, lr {row['lr']:.2e}"
+
+    def evaluate(self, done: int) -> None:
+        """Held-out accuracy by t (main process; the others wait)."""
+        if self.eval_encoded is None:
+            return
+        config, acc = self.config, self.accelerator
+        with self.meter.stage(EVALUATION_STAGE):
+            if acc.is_main_process:
+                accuracy = pairwise_accuracy_by_timestep(
+                    acc.unwrap_model(self.model), self.components, self.eval_encoded, config.eval_timesteps,
+                    config.eval_batch_size, config.seed, noise=config.noise,
+                )
+                self.eval_history.append({"step": done, "accuracy": {str(t): [a, n] for t, (a, n) in accuracy.items()}})
+                self.say(f"step {done}: held-out accuracy " + ", ".join(f"t={t} {a:.3f}" for t, (a, _) in accuracy.items()))
+            acc.wait_for_everyone()
+
+    def after_unit(self, done: int, total: int) -> None:
+        if self.config.eval_every and done % self.config.eval_every == 0 and done < total:
+            self.evaluate(done)
+
+    def save_checkpoint(self, done: int, state: dict[str, Any]) -> Path:
+        return write_reward_checkpoint(self.accelerator, self.run, done, self.model, self.save_model, state,
+                                       self.config.keep_checkpoints)
+
+    def end_units(self) -> None:
+        self.evaluate(self.config.max_steps)
+        self.model.eval()
+
+    def finish(self) -> TrainingResult:
+        """The final model (``run/model``), its cost, ``metrics.jsonl`` and ``result.json``."""
+        acc, run, meter = self.accelerator, self.run, self.meter
+        unwrapped = acc.unwrap_model(self.model, keep_fp32_wrapper=False)
+        result = TrainingResult(
+            steps=self.config.max_steps, plan=self.run_plan, history=self.history, eval_history=self.eval_history,
+            cost=meter.as_dict(), resumed_from=self.resumed_from, run_folder=None if run is None else run.path,
+        )
+        if run is not None:  # every process: they hold the same weights and must stop together
+            check_finite_module(unwrapped, "the trained reward model", NONFINITE_FIX)
+        if run is not None and acc.is_main_process:
+            if self.save_model is not None:
+                result.model_folder = run.path / MODEL_DIR
+                with meter.stage(TRAINING_STAGE):
+                    self.save_model(unwrapped, result.model_folder)
+            result.cost = meter.as_dict()
+            run.write_cost(result.cost)
+            if result.model_folder is not None:
+                atomic_write_json(result.model_folder / "cost.json", result.cost)
+            write_metrics(run, self.history)
+            run.write_json(RESULT_NAME, result.as_dict())
+        if run is not None:
+            acc.wait_for_everyone()
+        return result
+
+
 def train_step_reward(
     model: StepRewardModel,
     components: Any,
@@ -424,166 +587,5 @@ def train_step_reward(
         )
     if config.eval_fraction > 0:
         pairs, eval_pairs = split_by_prompt(pairs, config.eval_fraction, config.seed)
-
-    # 1. accelerate, the meter, and the cost of any earlier part of this run
-    accelerator = make_reward_accelerator(config, accelerator)
-    is_main = accelerator.is_main_process
-    say = log if (log is not None and is_main) else (lambda message: None)
-    meter = DeviceMeter(accelerator=accelerator)
-    scheduler = components.scheduler
-    pool = timestep_pool(scheduler, config.timestep_sampling, config.num_inference_steps)
-    started = time.perf_counter()
-
-    with meter.stage(TRAINING_STAGE):
-        # 2. the data: posteriors of every image, once
-        encoded = encode_pairs(components, pairs, config.encode_batch_size)
-        eval_encoded = encode_pairs(components, eval_pairs, config.encode_batch_size) if eval_pairs else None
-        weights = loss_weights(encoded, config.pair_weighting)
-        plan = plan_training(
-            config, len(encoded), int((~encoded.decisive).sum()), len(eval_encoded) if eval_encoded else 0,
-            accelerator.num_processes, pool.tolist(),
-        )
-        say(plan.describe())
-
-        # 3. optimiser, lr schedule, accelerate
-        optimizer = reward_optimizer(model, config)
-        lr_schedule = reward_lr_schedule(optimizer, config)
-        model, optimizer = accelerator.prepare(model, optimizer)
-        register_schedule_checkpointing(accelerator, lr_schedule)  # as JSON: nothing pickled
-        device = accelerator.device
-
-        # 4. resume
-        step, resumed_from = 0, None
-        history: list[dict[str, Any]] = []
-        eval_history: list[dict[str, Any]] = []
-        if resume:
-            found = resume_reward_run(accelerator, run, config, encoded)
-            if found is not None:
-                resumed_from, saved = found
-                step = int(saved["step"])
-                history = [row for row in saved["history"] if row["step"] <= step]
-                eval_history = [row for row in saved["eval_history"] if row["step"] <= step]
-                say(f"resumed from {saved['folder']} at step {step}")
-            else:
-                say(f"no checkpoint in {run.checkpoints_dir}; starting at step 0")
-            previous = run.read_cost()
-            if previous is not None:
-                meter.restore(previous)
-
-        def trainer_state() -> dict[str, Any]:
-            return {
-                "version": TRAINER_STATE_VERSION, "step": step, "config": config_to_dict(config),
-                "plan": asdict(plan), "num_pairs": len(encoded), "data_fingerprint": encoded.fingerprint(),
-                "history": history, "eval_history": eval_history, "cost": meter.as_dict(),
-            }
-
-        def evaluate() -> None:
-            if eval_encoded is None:
-                return
-            with meter.stage(EVALUATION_STAGE):
-                if is_main:
-                    accuracy = pairwise_accuracy_by_timestep(
-                        accelerator.unwrap_model(model), components, eval_encoded, config.eval_timesteps,
-                        config.eval_batch_size, config.seed, noise=config.noise,
-                    )
-                    eval_history.append({"step": step, "accuracy": {str(t): [a, n] for t, (a, n) in accuracy.items()}})
-                    say(f"step {step}: held-out accuracy " + ", ".join(f"t={t} {a:.3f}" for t, (a, _) in accuracy.items()))
-                accelerator.wait_for_everyone()
-
-        # 5. the loop: one optimiser step per iteration, micro-batches inside
-        model.train()
-        micro, rank = plan.micro_batch_size, accelerator.process_index
-        window = torch.zeros(4, dtype=torch.float64, device=device)  # Σ w·ce, pairs, Σ correct, decisive
-        window_start = time.perf_counter()
-        last_norm: float | None = None
-        last_lr = float(optimizer.param_groups[0]["lr"])
-        while step < config.max_steps:
-            generator = keyed_generator(config.seed, STREAM_STEP, step)
-            indices = pair_indices(len(encoded), step * config.batch_size, config.batch_size, config.seed)
-            batch = noise_pairs(encoded, indices, scheduler, generator, pool=pool, noise=config.noise, weights=weights)
-            loss_finite = True
-            for m in range(config.gradient_accumulation_steps):
-                start = (m * accelerator.num_processes + rank) * micro
-                part = batch.slice(start, start + micro)
-                with accelerator.accumulate(model):
-                    scores_0, scores_1 = score_pairs(model, part, device)
-                    out = preference_loss(scores_0, scores_1, part.labels_0.to(device), part.weights.to(device))
-                    accelerator.backward(out.loss)
-                    loss_finite = loss_finite and math.isfinite(float(out.loss.detach()))
-                    if accelerator.sync_gradients:
-                        if config.grad_clip is not None:
-                            last_norm = float(accelerator.clip_grad_norm_(model.parameters(), config.grad_clip))
-                        last_lr = float(optimizer.param_groups[0]["lr"])  # the lr this update uses
-                        # a NaN / inf loss or gradient must not reach the weights: stop before the update
-                        bad = nonfinite_quantity(accelerator, loss_finite, list(model.parameters()), last_norm)
-                        if bad is not None:
-                            raise diverged(f"step {step + 1}", bad, "lr", config.lr)
-                        optimizer.step()
-                        if not accelerator.optimizer_step_was_skipped:  # fp16 overflow: keep the schedule
-                            lr_schedule.step()
-                    optimizer.zero_grad(set_to_none=True)
-                window += torch.stack([
-                    (out.ce * part.weights.to(device)).sum().double(), torch.tensor(float(len(part)), device=device).double(),
-                    out.correct.sum().double(), out.decisive.sum().double(),
-                ])
-            step += 1
-            if is_main and progress is not None:
-                progress(PROGRESS_LABEL, step, config.max_steps, float(out.loss.detach()))
-
-            if step % config.log_every == 0 or step == config.max_steps:
-                totals = accelerator.reduce(window.clone(), "sum").tolist()
-                row = {
-                    "step": step,
-                    "loss": totals[0] / max(totals[1], 1.0),
-                    "accuracy": totals[2] / totals[3] if totals[3] else None,
-                    "lr": last_lr,
-                    "grad_norm": last_norm,
-                    "seconds": time.perf_counter() - window_start,
-                }
-                history.append(row)
-                window.zero_()
-                window_start = time.perf_counter()
-                if is_main and run is not None:
-                    _write_metrics(run, history)
-                    run.write_cost(meter)
-                say(f"step {step}/{config.max_steps}: loss {row['loss']:.4f}, accuracy "
-                    f"{'n/a' if row['accuracy'] is None else format(row['accuracy'], '.3f')}, lr {row['lr']:.2e}")
-            if config.eval_every and step % config.eval_every == 0 and step < config.max_steps:
-                evaluate()
-            if run is not None and config.save_every and step % config.save_every == 0 and step < config.max_steps:
-                write_reward_checkpoint(accelerator, run, step, model, save_model, trainer_state(), config.keep_checkpoints)
-                if is_main:
-                    run.write_cost(meter)
-
-        evaluate()
-        model.eval()
-
-    # 6. the final model, its cost, the summary
-    unwrapped = accelerator.unwrap_model(model, keep_fp32_wrapper=False)
-    result = TrainingResult(
-        steps=step, plan=plan, history=history, eval_history=eval_history, cost=meter.as_dict(),
-        resumed_from=resumed_from, run_folder=None if run is None else run.path,
-    )
-    if run is not None:  # every process: they hold the same weights and must stop together
-        check_finite_module(unwrapped, "the trained reward model", NONFINITE_FIX)
-    if run is not None and is_main:
-        if save_model is not None:
-            result.model_folder = run.path / MODEL_DIR
-            with meter.stage(TRAINING_STAGE):
-                save_model(unwrapped, result.model_folder)
-        result.cost = meter.as_dict()
-        run.write_cost(result.cost)
-        if result.model_folder is not None:
-            atomic_write_json(result.model_folder / "cost.json", result.cost)
-        _write_metrics(run, history)
-        run.write_json(RESULT_NAME, result.as_dict())
-    if run is not None:
-        accelerator.wait_for_everyone()
-    logger.debug("reward model training took %.1f s", time.perf_counter() - started)
-    return result
-
-
-def _write_metrics(run: RunFolder, history: list[dict[str, Any]]) -> None:
-    import json
-
-    atomic_write_text(run.path / METRICS_NAME, "".join(json.dumps(row, sort_keys=True) + "\n" for row in history))
+    loop = RewardTrainingLoop(model, components, pairs, config, run, save_model, accelerator, progress, eval_pairs, log)
+    return loop.train(resume=resume)

@@ -1,10 +1,11 @@
 """Diffusion-DPO (SPEC §5.3; Wallace et al. 2023 and the official DiffusionDPO code).
 
-Per optimiser step s (read top to bottom in :meth:`DiffusionDPOTrainer.train`):
+Per optimiser step s (:meth:`DiffusionDPOTrainer.run_unit` and the loss it builds; the job
+around it is :class:`lpo.core.training_loop.TrainingLoop`):
 
 1. ``train.batch_size`` pairs from the shuffled stream of epochs (position-keyed, so the
    batch does not depend on what came before) and, for the whole batch, every random draw
-   from ``keyed_generator(seed, STREAM_DPO, s)`` in a fixed order: horizontal flips (one
+   from ``keyed_generator(seed, Stream.DPO, s)`` in a fixed order: horizontal flips (one
    per image, as the official per-image transform), caption dropout to "" (one per pair),
    the VAE posterior samples, t ~ U{0, …, T−1} (ONE per pair) and the noise ε (ONE per
    pair, shared by winner and loser);
@@ -24,45 +25,21 @@ from __future__ import annotations
 
 import hashlib
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Sequence
 
 import torch
 
-from lpo.core.config import config_to_dict
 from lpo.core.errors import LpoError
 from lpo.trainers.losses import diffusion_dpo_loss, per_sample_mse
 from lpo.models.components import DiffusionComponents, encode_prompts
 from lpo.pairs.format import PreferencePair
-from lpo.reward.data import image_to_tensor, keyed_generator, pair_indices
-from lpo.core.runs import DeviceMeter, RunFolder
+from lpo.core.seeding import Stream, keyed_generator, pair_indices
+from lpo.reward.data import image_to_tensor
 from lpo.trainers.config import DiffusionDPOConfig
-from lpo.trainers.harness import (
-    OPTIMISATION_STAGE,
-    TRAINER_STATE_VERSION,
-    CheckpointCallback,
-    CheckpointEvent,
-    Policy,
-    ProgressFn,
-    TrainResult,
-    accumulated_step,
-    build_lr_schedule,
-    check_step,
-    build_optimizer,
-    finish_run,
-    finite_or_none,
-    make_accelerator,
-    reduce_logs,
-    register_policy_checkpointing,
-    register_schedule_checkpointing,
-    resume_from_checkpoint,
-    start_trackers,
-    write_checkpoint,
-    write_checkpoint_cost,
-    write_metrics,
-)
+from lpo.trainers.harness import Policy, TrainResult, accumulated_step, check_step, finite_or_none, reduce_logs
+from lpo.trainers.policy_trainer import PolicyTrainer
 
-STREAM_DPO = 12
 PROGRESS_LABEL = "diffusion-dpo"
 
 
@@ -110,7 +87,7 @@ def draw_batch(config: DiffusionDPOConfig, num_pairs: int, step: int, latent_sha
                num_train_timesteps: int) -> DPOBatch:
     """Step ``step``'s pairs and random draws, in a fixed order from one keyed generator."""
     batch = config.train.batch_size
-    generator = keyed_generator(config.run.seed, STREAM_DPO, step)
+    generator = keyed_generator(config.run.seed, Stream.DPO, step)
     rows = pair_indices(num_pairs, step * batch, batch, config.run.seed)
     flips = torch.rand((batch, 2), generator=generator) < 0.5
     if not config.data.random_flip:
@@ -129,11 +106,15 @@ def pairs_fingerprint(pairs: Sequence[PreferencePair]) -> str:
     return h.hexdigest()[:16]
 
 
-class DiffusionDPOTrainer:
+class DiffusionDPOTrainer(PolicyTrainer):
     """Diffusion-DPO with its parts handed in: components, policy (full or LoRA), decisive pairs."""
 
     method: ClassVar[str] = "diffusion-dpo"
     config_class: ClassVar[type] = DiffusionDPOConfig
+    needs = "pairs"
+    progress_label = PROGRESS_LABEL
+    unit = "step"
+    history_key = "step"
 
     def __init__(
         self,
@@ -141,29 +122,13 @@ class DiffusionDPOTrainer:
         components: DiffusionComponents,
         policy: Policy,
         pairs: Sequence[PreferencePair],
-        *,
-        run: RunFolder | None = None,
-        accelerator: Any = None,
-        callbacks: Sequence[CheckpointCallback] = (),
-        trackers: Sequence[Any] = (),
-        progress: ProgressFn | None = None,
-        log: Callable[[str], None] | None = None,
+        **common: Any,
     ) -> None:
-        if policy.unet is not components.unet:
-            raise ValueError("policy.unet must be components.unet (build the policy on the components' U-Net)")
-        self.config = config
-        self.components = components
-        self.policy = policy
+        super().__init__(config, components, policy, **common)
         self.pairs = [p for p in pairs if not p.is_tie]
         self.num_ties = len(pairs) - len(self.pairs)
         if not self.pairs:
             raise LpoError(f"all {len(pairs)} pairs are ties; Diffusion-DPO needs pairs with a winner")
-        self.run = run
-        self.accelerator = make_accelerator(config.optim, config.run, accelerator)
-        self.callbacks = list(callbacks)
-        self.trackers = list(trackers)  # extra accelerate GeneralTracker objects, besides config.run.trackers
-        self.progress = progress
-        self.log = log
 
     @property
     def label(self) -> str:
@@ -246,93 +211,59 @@ class DiffusionDPOTrainer:
 
         return loss_fn
 
-    # ----------------------------------------------------------------- the loop
+    # ----------------------------------------------------------------- the scaffold's hooks
 
-    def train(self, resume: bool = False) -> TrainResult:
-        config, acc, run, c = self.config, self.accelerator, self.run, self.components
-        if resume and run is None:
-            raise LpoError("resume needs the run folder to resume from")
-        is_main = acc.is_main_process
-        say = self.log if (self.log is not None and is_main) else (lambda message: None)
-        plan = self.plan()
-        say(plan.describe())
-        fingerprint = pairs_fingerprint(self.pairs)
+    def data_fingerprint(self) -> str:
+        return pairs_fingerprint(self.pairs)
+
+    def setup(self) -> int:
+        c = self.components
+        self.run_plan = self.plan()
+        self.say(self.run_plan.describe())
         latent_size = self.resolution // c.vae_scale_factor
-        latent_shape = (c.latent_channels, latent_size, latent_size)
-        num_train_timesteps = int(c.scheduler.config.num_train_timesteps)
+        self.latent_shape = (c.latent_channels, latent_size, latent_size)
+        self.num_train_timesteps = int(c.scheduler.config.num_train_timesteps)
+        self.prepare_optimisation(self.config.train.max_steps)
+        self.window: list[Any] = []
+        return self.config.train.max_steps
 
-        meter = DeviceMeter(accelerator=acc)
-        register_policy_checkpointing(acc, self.policy)
-        params = self.policy.trainable_parameters()
-        optimizer = build_optimizer(params, config.optim)
-        lr_schedule = build_lr_schedule(optimizer, config.optim, config.train.max_steps)
-        model, optimizer = acc.prepare(self.policy.unet, optimizer)
-        register_schedule_checkpointing(acc, lr_schedule)  # as JSON: nothing pickled
-        start_trackers(acc, run, "lpo-diffusion-dpo", config, self.trackers)
+    def state_fields(self, done: int) -> dict[str, Any]:
+        return {"method": self.method, "unit": "steps", "optimizer_steps": done}
 
-        step, resumed_from = 0, None
-        history: list[dict[str, Any]] = []
-        saved = resume_from_checkpoint(acc, run, config, fingerprint) if resume else None
-        if saved is not None:
-            step = resumed_from = int(saved["step"])
-            history = [row for row in saved["history"] if row["step"] <= step]
-            say(f"resumed from {saved['folder']} at step {step}")
-        elif resume:
-            say(f"no checkpoint in {run.checkpoints_dir}; starting at step 0")
-        previous = run.read_cost() if (resume and run is not None) else None
-        if previous is not None:
-            meter.restore(previous)
+    def begin_units(self) -> None:
+        self.window_start = time.perf_counter()
+        self.model.train()
 
-        def trainer_state() -> dict[str, Any]:
-            return {
-                "version": TRAINER_STATE_VERSION, "method": self.method, "step": step, "unit": "steps",
-                "optimizer_steps": step, "config": config_to_dict(config), "plan": asdict(plan),
-                "data_fingerprint": fingerprint, "history": history, "cost": meter.as_dict(),
-            }
+    def run_unit(self, step: int) -> dict[str, Any] | None:
+        """One optimiser step over this process's micro-batches of the step's batch; a row every log_every."""
+        config, acc = self.config, self.accelerator
+        P, rank, micro = acc.num_processes, acc.process_index, self.run_plan.micro_batch_size
+        draws = draw_batch(config, len(self.pairs), step, self.latent_shape, self.num_train_timesteps)
+        group = [
+            torch.arange((m * P + rank) * micro, (m * P + rank + 1) * micro)
+            for m in range(config.optim.gradient_accumulation_steps)
+        ]
+        self.window.append(accumulated_step(
+            acc, self.model, self.optimizer, self.lr_schedule, self.params, group, self._loss_fn(self.model, draws),
+            config.train.batch_size, config.optim.grad_clip,
+        ))
+        check_step(self.window[-1], f"step {step + 1}", config.optim.lr)
+        done = step + 1
+        if done % config.run.log_every and done != config.train.max_steps:
+            return None
+        last = self.window[-1]
+        row = {"step": done, **reduce_logs(acc, self.window), "lr": last.lr, "grad_norm": finite_or_none(last.grad_norm),
+               "seconds": time.perf_counter() - self.window_start}
+        self.window, self.window_start = [], time.perf_counter()
+        return row
 
-        P, rank, micro = acc.num_processes, acc.process_index, plan.micro_batch_size
-        window: list[Any] = []
-        window_start = time.perf_counter()
-        model.train()
-        with meter.stage(OPTIMISATION_STAGE):
-            while step < config.train.max_steps:
-                draws = draw_batch(config, len(self.pairs), step, latent_shape, num_train_timesteps)
-                group = [
-                    torch.arange((m * P + rank) * micro, (m * P + rank + 1) * micro)
-                    for m in range(config.optim.gradient_accumulation_steps)
-                ]
-                window.append(accumulated_step(
-                    acc, model, optimizer, lr_schedule, params, group, self._loss_fn(model, draws),
-                    config.train.batch_size, config.optim.grad_clip,
-                ))
-                check_step(window[-1], f"step {step + 1}", config.optim.lr)
-                step += 1
-                if (step % config.run.log_every == 0) or step == config.train.max_steps:
-                    row = {"step": step, **reduce_logs(acc, window), "lr": window[-1].lr,
-                           "grad_norm": finite_or_none(window[-1].grad_norm), "seconds": time.perf_counter() - window_start}
-                    history.append(row)
-                    window, window_start = [], time.perf_counter()
-                    acc.log({k: v for k, v in row.items() if isinstance(v, (int, float)) and v is not None}, step=step)
-                    if is_main and run is not None:
-                        write_metrics(run, history)
-                        run.write_cost(meter)
-                    say(f"step {step}/{config.train.max_steps}: loss {row['loss']:.4f}, implicit accuracy "
-                        f"{row['implicit_accuracy']:.3f}, lr {row['lr']:.2e}")
-                if is_main and self.progress is not None:
-                    last = history[-1]["loss"] if history else float("nan")
-                    self.progress(PROGRESS_LABEL, step, config.train.max_steps, last)
-                if run is not None and config.run.save_every and step % config.run.save_every == 0 \
-                        and step < config.train.max_steps:
-                    folder = write_checkpoint(acc, run, step, self.policy, c.kind, trainer_state(), config.run.keep_checkpoints)
-                    if is_main:
-                        run.write_cost(meter)
-                        write_checkpoint_cost(folder, run)
-                        event = CheckpointEvent(step, folder, folder / "model", False, c.kind, self.label, self.policy.is_lora)
-                        for callback in self.callbacks:
-                            callback(event)
-        model.eval()
-        result = TrainResult(
-            method=self.method, label=self.label, steps=step, optimizer_steps=step, history=history, cost={},
-            resumed_from=resumed_from, run_folder=None if run is None else run.path,
-        )
-        return finish_run(acc, run, self.policy, c, result, meter, config.run.save_merged_pipeline, self.callbacks, history)
+    def describe_row(self, row: dict[str, Any], total: int) -> str:
+        return (f"step {row['step']}/{total}: loss {row['loss']:.4f}, implicit accuracy "
+                f"{row['implicit_accuracy']:.3f}, lr {row['lr']:.2e}")
+
+    def end_units(self) -> None:
+        self.model.eval()
+
+    def finish(self) -> TrainResult:
+        steps = self.config.train.max_steps
+        return self.finish_with(steps, steps)

@@ -13,7 +13,7 @@ Every trainer (LPO, SPO, Diffusion-DPO) is built from the same parts:
   summed loss is scaled by P / (samples in the optimiser step over all P processes), so
   after DDP's mean the gradient is exactly the mean over the whole step's samples, also
   when the last micro-batch of a round is smaller.
-- checkpoints (:func:`write_checkpoint` / :func:`resume_from_checkpoint`):
+- checkpoints (:func:`write_checkpoint`; resumed by :class:`lpo.core.training_loop.TrainingLoop`):
   ``checkpoints/step-NNNNNN/`` holds ``state/`` (``accelerator.save_state``: optimiser,
   RNG states, scaler; through save hooks the policy's trainable weights as
   ``trainable.safetensors``, never the frozen base, and the lr schedule as JSON: resume
@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import json
 import logging
 import math
 from dataclasses import dataclass
@@ -41,14 +40,13 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 from torch import Tensor, nn
 
-from lpo.core.checkpoint_state import load_checkpoint_state
-from lpo.core.checkpoint_state import register_schedule_checkpointing  # re-exported for the trainers
 from lpo.core.config import config_to_dict
 from lpo.core.errors import LpoError
 from lpo.core.finite import check_finite_weights, diverged, nonfinite_quantity
 from lpo.core.io import atomic_write_json
+from lpo.core.training_loop import write_metrics
 from lpo.trainers.lora import add_lora, adapters_disabled, save_lora, save_merged_pipeline, save_unet
-from lpo.core.runs import RESULT_NAME, TRAINER_STATE_NAME, RunFolder, list_checkpoints  # re-exported for the trainers
+from lpo.core.runs import RESULT_NAME, RunFolder
 from lpo.core.runs import config_changes as run_config_changes
 from lpo.core.runs import write_checkpoint as write_run_checkpoint
 from lpo.trainers.config import OptimConfig, PolicyConfig, RunConfig
@@ -58,8 +56,6 @@ logger = logging.getLogger(__name__)
 TRAINABLE_WEIGHTS_NAME = "trainable.safetensors"
 MODEL_DIR = "model"
 PIPELINE_DIR = "pipeline"
-METRICS_NAME = "metrics.jsonl"
-TRAINER_STATE_VERSION = 1
 OPTIMISATION_STAGE = "optimisation"
 REWARD_STAGE = "reward_model_training"
 # Run bookkeeping that may change between a run and its resume without changing its weights.
@@ -420,36 +416,6 @@ def config_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     return run_config_changes(old, new, RESUME_FREE_FIELDS)
 
 
-def resume_from_checkpoint(accelerator: Any, run: RunFolder, config: Any, fingerprint: str) -> dict[str, Any] | None:
-    """Load the newest checkpoint's state into the accelerator (policy, optimiser, schedule, RNG)
-    and return its trainer_state; None when there is none. The config (bookkeeping aside) and
-    the data fingerprint must match the checkpoint's."""
-    checkpoints = list_checkpoints(run)
-    if not checkpoints:
-        return None
-    _, folder = checkpoints[-1]
-    try:
-        saved = json.loads((folder / TRAINER_STATE_NAME).read_text())
-    except (OSError, ValueError) as err:
-        raise LpoError(f"could not read {folder / TRAINER_STATE_NAME} ({err}); the checkpoint is damaged") from err
-    if saved.get("version") != TRAINER_STATE_VERSION:
-        raise LpoError(f"{folder} has trainer-state version {saved.get('version')}; this lpo reads {TRAINER_STATE_VERSION}")
-    changes = config_changes(saved["config"], config_to_dict(config))
-    if changes:
-        raise LpoError(
-            f"cannot resume {folder}: the config differs from the checkpoint's ({'; '.join(changes)}); "
-            "resume with the same settings or start a new run"
-        )
-    if saved.get("data_fingerprint") != fingerprint:
-        raise LpoError(
-            f"cannot resume {folder}: it was trained on other data (fingerprint {saved.get('data_fingerprint')}, "
-            f"now {fingerprint}); pass the same prompts or pairs"
-        )
-    load_checkpoint_state(accelerator, folder / "state")
-    saved["folder"] = str(folder)
-    return saved
-
-
 # --------------------------------------------------------------------------- results and callbacks
 
 
@@ -503,12 +469,6 @@ class TrainResult:
             "model_folder": None if self.model_folder is None else str(self.model_folder),
             "pipeline_folder": None if self.pipeline_folder is None else str(self.pipeline_folder),
         }
-
-
-def write_metrics(run: RunFolder, history: list[dict[str, Any]]) -> None:
-    from lpo.core.io import atomic_write_text
-
-    atomic_write_text(run.path / METRICS_NAME, "".join(json.dumps(row, sort_keys=True) + "\n" for row in history))
 
 
 def finite_or_none(value: float | None) -> float | None:

@@ -60,15 +60,14 @@ def load_prompts(spec: str | None) -> list[str]:
 
 def _check_resumable(run_dir: Path, config: Any) -> None:
     """Refuse before touching run.json / config.json when the newest checkpoint has another config."""
-    import json
-
     from lpo.core.config import config_to_dict
-    from lpo.core.runs import RunFolder
-    from lpo.trainers.harness import TRAINER_STATE_NAME, config_changes, list_checkpoints
+    from lpo.core.runs import RunFolder, list_checkpoints
+    from lpo.core.training_loop import read_trainer_state
+    from lpo.trainers.harness import config_changes
 
     checkpoints = list_checkpoints(RunFolder.open(run_dir))
     if checkpoints:
-        saved = json.loads((checkpoints[-1][1] / TRAINER_STATE_NAME).read_text())
+        saved = read_trainer_state(checkpoints[-1][1])
         changes = config_changes(saved.get("config", {}), config_to_dict(config))
         if changes:
             raise LpoError(
@@ -93,10 +92,13 @@ def _open_run(config: Any, run_dir: Path | None, resume: bool, accelerator: Any,
 
 
 def check_parts(config: Any) -> None:
-    """The parts a method needs are named (checked before a run folder is made)."""
-    if config.method == "diffusion-dpo":
+    """The parts the method's trainer needs are named (checked before a run folder is made)."""
+    from lpo.trainers import TRAINERS
+
+    trainer_cls = TRAINERS.get(config.method)
+    if trainer_cls.needs == "pairs":
         if config.data.pairs is None:
-            raise LpoError("diffusion-dpo needs preference pairs: set data.pairs to a parquet from `lpo pairs` or a dataset id")
+            raise LpoError(f"{config.method} needs preference pairs: set data.pairs to a parquet from `lpo pairs` or a dataset id")
         from lpo.models.components import _HUB_ID
 
         pairs = str(config.data.pairs)
@@ -104,7 +106,7 @@ def check_parts(config: Any) -> None:
             raise LpoError(f"pairs file {pairs} does not exist; pass an existing .parquet file or folder, or a hub dataset id")
         return
     if config.reward.path is None:
-        what = "an LRM folder (lpo lrm train ... ; its run's model/)" if config.method == "lpo" else \
+        what = "an LRM folder (lpo lrm train ... ; its run's model/)" if trainer_cls.reward_kind == "lrm" else \
             "an SPO pixel model folder (lpo lrm train --preset spo-pixel-...)"
         raise LpoError(f"{config.method} needs a step reward: set reward.path to {what}")
     if not Path(config.reward.path).exists():
@@ -113,11 +115,11 @@ def check_parts(config: Any) -> None:
         raise LpoError("no training prompts: set train.prompts=world:train, a .txt file or a pairs .parquet")
 
 
-def _load_step_reward(config: Any, components: Any, policy: Any) -> Any:
+def _load_step_reward(config: Any, reward_kind: str, components: Any, policy: Any) -> Any:
     from lpo.core.finite import check_finite_module
 
     path = config.reward.path
-    if config.method == "lpo":
+    if reward_kind == "lrm":
         from lpo.reward.lrm_io import load_lrm
 
         reward = load_lrm(path, components)
@@ -164,6 +166,7 @@ def run_training(
     and the final model inline (:mod:`lpo.trainers.auto_eval`); None: no evaluation.
     """
     from lpo.core.progress import stage_progress
+    from lpo.trainers import TRAINERS
     from lpo.trainers.harness import make_accelerator
 
     config = resolve_config(method, preset, overrides)
@@ -180,7 +183,7 @@ def run_training(
     # 1. the run folder (refused before anything is loaded when a resume does not fit)
     extra = {"method": method, "label": getattr(config, "label", method), "preset": preset,
              "base_model": config.model.base}
-    if method != "diffusion-dpo":
+    if TRAINERS.get(method).needs == "step_reward":
         extra["reward"] = config.reward.path
     run = _open_run(config, run_dir, resume, accelerator, extra)
     say(f"run folder [bold]{run.path}[/]")
@@ -229,14 +232,14 @@ def _build_trainer(method: str, config: Any, run: Any, accelerator: Any, callbac
 
     # 3. the method's own parts, then the trainer
     common = dict(run=run, accelerator=accelerator, callbacks=list(callbacks), trackers=list(trackers), log=say)
-    if method == "diffusion-dpo":
+    if trainer_cls.needs == "pairs":
         from lpo.pairs.format import load_pairs
 
         loaded = load_pairs(config.data.pairs, split=config.data.split, limit=config.data.limit)
         say(loaded.summary())
         trainer = trainer_cls(config, components, policy, loaded.pairs, **common)
     else:
-        reward = _load_step_reward(config, components, policy)
+        reward = _load_step_reward(config, trainer_cls.reward_kind, components, policy)
         prompts = load_prompts(config.train.prompts)
         from lpo.models.prompts import warn_truncated
 

@@ -1,6 +1,7 @@
 """LPO (SPEC §5.1) and SPO (§5.2): online step-level DPO rounds on one loop.
 
-Per round (one loop iteration, read top to bottom in :meth:`StepDPOTrainer.train`):
+Per round (:meth:`StepDPOTrainer.run_unit`, read top to bottom; the job around it is
+:class:`lpo.core.training_loop.TrainingLoop`):
 
 1. each process takes ``sampler.sample_batch_size`` prompts of the shuffled prompt stream
    and rolls out that many trajectories with the policy (:func:`lpo.trainers.rollout.step_rollout`:
@@ -19,8 +20,8 @@ Per round (one loop iteration, read top to bottom in :meth:`StepDPOTrainer.train
 
 LPO and SPO differ only in their config (reward, skipped steps, thresholds, β) and in
 which reward model the job hands in. Reproducibility: round r's rollout on process p draws
-from ``keyed_generator(seed, STREAM_ROLLOUT, r, p)`` and the shuffle from
-``keyed_generator(seed, STREAM_SHUFFLE, r)``, so a resumed run needs only the weights,
+from ``keyed_generator(seed, Stream.ROLLOUT, r, p)`` and the shuffle from
+``keyed_generator(seed, Stream.SHUFFLE, r)``, so a resumed run needs only the weights,
 optimiser and schedule of its checkpoint to produce the weights of an uninterrupted run.
 """
 
@@ -30,49 +31,23 @@ import hashlib
 import math
 import time
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Sequence
 
 import torch
 
-from lpo.core.config import config_to_dict
 from lpo.core.errors import LpoError
 from lpo.trainers.losses import clipped_step_dpo_loss
 from lpo.models.components import DiffusionComponents, guided_conditioning
-from lpo.reward.data import keyed_generator, pair_indices
-from lpo.core.runs import DeviceMeter, RunFolder
-from lpo.sampling.ddim import ddim_step_with_logprob, initial_latents
+from lpo.core.seeding import Stream, keyed_generator, pair_indices
+from lpo.sampling.ddim import ddim_step_with_logprob, ddim_timesteps, initial_latents
 from lpo.models.conditioning import predict_noise
-from lpo.trainers.rollout import KeptSteps, StepReward, StepRolloutSettings, step_rollout
+from lpo.trainers.rollout import KeptSteps, StepReward, StepRolloutSettings, step_rollout, trained_steps
 from lpo.trainers.config import StepTrainerConfig
 from lpo.trainers.guards import GapTracker, check_rollout_scores, check_trained
-from lpo.trainers.harness import (
-    OPTIMISATION_STAGE,
-    TRAINER_STATE_VERSION,
-    CheckpointCallback,
-    CheckpointEvent,
-    Policy,
-    ProgressFn,
-    TrainResult,
-    accumulated_step,
-    build_lr_schedule,
-    check_step,
-    build_optimizer,
-    finish_run,
-    finite_or_none,
-    make_accelerator,
-    reduce_logs,
-    register_policy_checkpointing,
-    register_schedule_checkpointing,
-    resume_from_checkpoint,
-    start_trackers,
-    write_checkpoint,
-    write_checkpoint_cost,
-    write_metrics,
-)
+from lpo.trainers.harness import Policy, TrainResult, accumulated_step, check_step, finite_or_none, reduce_logs
+from lpo.trainers.policy_trainer import PolicyTrainer
 
-# Purposes of the keyed random streams (lpo.reward.data uses 0-3).
-STREAM_ROLLOUT, STREAM_SHUFFLE = 10, 11
 PROGRESS_LABEL = "rounds"
 
 
@@ -143,7 +118,7 @@ def gather_kept(accelerator: Any, kept: KeptSteps) -> KeptSteps:
     return KeptSteps.cat(gather_object([local]))
 
 
-class StepDPOTrainer:
+class StepDPOTrainer(PolicyTrainer):
     """The step-level DPO loop (LPO / SPO) with its parts handed in.
 
     components: the base model's parts (U-Net = ``policy.unet``, scheduler, text encoders).
@@ -155,6 +130,11 @@ class StepDPOTrainer:
 
     method: ClassVar[str] = "lpo"
     config_class: ClassVar[type] = StepTrainerConfig
+    needs = "step_reward"
+    reward_kind: ClassVar[str] = "lrm"  # which step reward the job loads: "lrm" or "pixel"
+    progress_label = PROGRESS_LABEL
+    unit = "round"
+    history_key = "round"
 
     def __init__(
         self,
@@ -164,36 +144,17 @@ class StepDPOTrainer:
         reward: StepReward,
         prompts: Sequence[str],
         *,
-        run: RunFolder | None = None,
-        accelerator: Any = None,
         reward_cost: dict[str, Any] | None = None,
         reward_source: str = "reward model",
-        callbacks: Sequence[CheckpointCallback] = (),
-        trackers: Sequence[Any] = (),
-        progress: ProgressFn | None = None,
-        log: Callable[[str], None] | None = None,
+        **common: Any,
     ) -> None:
         if config.method != self.method:
             raise LpoError(f"{type(self).__name__} trains {self.method}, but the config is for {config.method}")
-        if policy.unet is not components.unet:
-            raise ValueError("policy.unet must be components.unet (build the policy on the components' U-Net)")
-        self.config = config
-        self.components = components
-        self.policy = policy
+        super().__init__(config, components, policy, **common)
         self.reward = reward
         self.prompts = list(prompts)
-        self.run = run
-        self.accelerator = make_accelerator(config.optim, config.run, accelerator)
         self.reward_cost = reward_cost
         self.reward_source = reward_source
-        self.callbacks = list(callbacks)
-        self.trackers = list(trackers)  # extra accelerate GeneralTracker objects, besides config.run.trackers
-        self.progress = progress
-        self.log = log
-
-    @property
-    def label(self) -> str:
-        return self.method
 
     # ----------------------------------------------------------------- one round's pieces
 
@@ -205,7 +166,7 @@ class StepDPOTrainer:
     @torch.no_grad()
     def _rollout(self, round_index: int, prompts: list[str]) -> Any:
         c, s = self.components, self.config.sampler
-        generator = keyed_generator(self.config.run.seed, STREAM_ROLLOUT, round_index, self.accelerator.process_index)
+        generator = keyed_generator(self.config.run.seed, Stream.ROLLOUT, round_index, self.accelerator.process_index)
         conditioning = guided_conditioning(c, prompts, s.guidance_scale, s.negative_prompt)
         reward_text = self.reward.encode_text(prompts)
         height = width = c.default_resolution // c.vae_scale_factor
@@ -246,155 +207,112 @@ class StepDPOTrainer:
 
         return loss_fn
 
-    # ----------------------------------------------------------------- the loop
+    # ----------------------------------------------------------------- the scaffold's hooks
 
-    def train(self, resume: bool = False) -> TrainResult:
-        """Run the remaining rounds (all of them, or from the newest checkpoint with ``resume``)."""
-        config, acc, run = self.config, self.accelerator, self.run
-        if resume and run is None:
-            raise LpoError("resume needs the run folder to resume from")
-        is_main = acc.is_main_process
-        say = self.log if (self.log is not None and is_main) else (lambda message: None)
-        settings = rollout_settings(config)
+    def data_fingerprint(self) -> str:
+        return prompts_fingerprint(self.prompts)
+
+    def setup(self) -> int:
+        settings = rollout_settings(self.config)
         scheduler = self.components.scheduler
         scheduler.set_timesteps(settings.num_inference_steps)
-        from lpo.trainers.rollout import trained_steps
-        from lpo.sampling.ddim import ddim_timesteps
-
         timesteps = ddim_timesteps(scheduler, settings.num_inference_steps)
         trained = timesteps[trained_steps(timesteps, settings)].tolist()
-        plan = plan_rounds(config, len(self.prompts), acc.num_processes, trained)
-        fingerprint = prompts_fingerprint(self.prompts)
-        say(plan.describe())
+        self.run_plan = plan_rounds(self.config, len(self.prompts), self.accelerator.num_processes, trained)
+        self.say(self.run_plan.describe())
+        self.prepare_optimisation(self.run_plan.rounds)
+        self.optimizer_steps = 0
+        self.gaps = GapTracker()
+        return self.run_plan.rounds
 
-        # 1. the meter (with the reward model's own training cost), optimiser, accelerate
-        meter = DeviceMeter(accelerator=acc)
-        register_policy_checkpointing(acc, self.policy)
-        params = self.policy.trainable_parameters()
-        optimizer = build_optimizer(params, config.optim)
-        lr_schedule = build_lr_schedule(optimizer, config.optim, plan.rounds)
-        model, optimizer = acc.prepare(self.policy.unet, optimizer)
-        register_schedule_checkpointing(acc, lr_schedule)  # as JSON: nothing pickled
-        start_trackers(acc, run, f"lpo-{self.method}", config, self.trackers)
+    def start_meter(self) -> None:
+        if self.reward_cost is not None:
+            self.meter.include(self.reward_cost, source=self.reward_source)
 
-        # 2. resume
-        start, optimizer_steps, resumed_from = 0, 0, None
-        history: list[dict[str, Any]] = []
-        saved = resume_from_checkpoint(acc, run, config, fingerprint) if resume else None
-        if saved is not None:
-            start = resumed_from = int(saved["step"])
-            optimizer_steps = int(saved["optimizer_steps"])
-            history = [row for row in saved["history"] if row["round"] <= start]
-            say(f"resumed from {saved['folder']} after round {start}")
-        elif resume:
-            say(f"no checkpoint in {run.checkpoints_dir}; starting at round 0")
-        previous = run.read_cost() if (resume and run is not None) else None
-        if previous is not None:
-            meter.restore(previous)  # already holds the reward model's cost
-        elif self.reward_cost is not None:
-            meter.include(self.reward_cost, source=self.reward_source)
+    def state_fields(self, done: int) -> dict[str, Any]:
+        return {"method": self.method, "unit": "rounds", "optimizer_steps": self.optimizer_steps}
 
-        def trainer_state(round_done: int) -> dict[str, Any]:
-            return {
-                "version": TRAINER_STATE_VERSION, "method": self.method, "step": round_done, "unit": "rounds",
-                "optimizer_steps": optimizer_steps, "config": config_to_dict(config), "plan": asdict(plan),
-                "data_fingerprint": fingerprint, "history": history, "cost": meter.as_dict(),
-            }
+    def restore(self, saved: dict[str, Any], done: int) -> None:
+        self.optimizer_steps = int(saved["optimizer_steps"])
 
-        # 3. the rounds
+    def run_unit(self, round_index: int) -> dict[str, Any]:
+        """One round: roll out, gather and share the kept samples, one pass of optimiser steps."""
+        config, acc, model = self.config, self.accelerator, self.model
         P, rank = acc.num_processes, acc.process_index
         micro, accumulation = config.train.train_batch_size, config.optim.gradient_accumulation_steps
-        gaps = GapTracker()
-        with meter.stage(OPTIMISATION_STAGE):
-            for round_index in range(start, plan.rounds):
-                began = time.perf_counter()
-                # 3a. roll out this process's trajectories with the current policy
-                model.eval()
-                prompts = self._round_prompts(round_index)
-                out = self._rollout(round_index, prompts)
-                check_rollout_scores(acc, out.scores, f"round {round_index + 1}", optimizer_steps, self.reward_source,
-                                     config.optim.lr)
-                gaps.update(out.scores, out.branched)
-                # 3b. gather every process's kept samples; one shared shuffle; an even split
-                kept = gather_kept(acc, out.kept).to(acc.device)
-                total = len(kept)
-                per_process = total // P
-                order = torch.randperm(total, generator=keyed_generator(config.run.seed, STREAM_SHUFFLE, round_index))
-                mine = order[rank * per_process:(rank + 1) * per_process]
-                # 3c. one pass in micro-batches; accumulation groups form optimiser steps
-                model.train()
-                # a round that kept nothing trains nothing (torch.split of an empty range yields one empty chunk)
-                chunks = [c for c in torch.split(torch.arange(per_process), micro) if len(c)]
-                step_logs = []
-                for first in range(0, len(chunks), accumulation):
-                    group = [mine[c] for c in chunks[first:first + accumulation]]
-                    global_count = P * sum(len(g) for g in group)
-                    step_logs.append(accumulated_step(
-                        acc, model, optimizer, None, params, group, self._loss_fn(model, kept), global_count,
-                        config.optim.grad_clip,
-                    ))
-                    check_step(step_logs[-1], f"round {round_index + 1}, optimiser step {optimizer_steps + 1}",
-                               config.optim.lr)
-                    optimizer_steps += 1
-                with warnings.catch_warnings():  # a round that kept nothing took no step: intended, not a bug
-                    warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before")
-                    lr_schedule.step()  # the schedule counts rounds
-                model.eval()
-                # 3d. the round's record
-                counts = acc.reduce(torch.tensor([out.branched, len(out.kept)], dtype=torch.float64, device=acc.device), "sum")
-                row = {
-                    "round": round_index + 1, "optimizer_steps": optimizer_steps, "kept": total,
-                    "trained_on": per_process * P, "branched": int(counts[0]),
-                    "keep_rate": float(counts[1] / counts[0]) if counts[0] else 0.0,
-                    "kept_by_timestep": {str(int(t)): int(n) for t, n in zip(*kept.timesteps.unique(return_counts=True))},
-                    "mean_gap": float(kept.gaps.mean()) if total else None,
-                    "lr": float(optimizer.param_groups[0]["lr"]), "seconds": time.perf_counter() - began,
-                }
-                if step_logs:
-                    row.update(reduce_logs(acc, step_logs))
-                    norms = [s.grad_norm for s in step_logs if s.grad_norm is not None]
-                    row["grad_norm"] = finite_or_none(norms[-1]) if norms else None  # NaN after an fp16 overflow
-                history.append(row)
-                if (round_index + 1) % config.run.log_every == 0 or round_index + 1 == plan.rounds:
-                    numeric = {k: v for k, v in row.items() if isinstance(v, (int, float)) and v is not None}
-                    acc.log(numeric, step=round_index + 1)
-                    if is_main and run is not None:
-                        write_metrics(run, history)
-                        run.write_cost(meter)
-                    loss = row.get("loss")
-                    say(f"round {round_index + 1}/{plan.rounds}: kept {total} ({row['keep_rate']:.2f} of branched), "
-                        f"loss {'n/a' if loss is None else format(loss, '.4f')}, |log r| "
-                        f"{row.get('abs_log_ratio', float('nan')):.2e}, {row['seconds']:.1f} s")
-                if is_main and self.progress is not None:
-                    self.progress(PROGRESS_LABEL, round_index + 1, plan.rounds, float(row.get("loss") or float("nan")))
-                done = round_index + 1
-                if run is not None and config.run.save_every and done % config.run.save_every == 0 and done < plan.rounds:
-                    folder = write_checkpoint(acc, run, done, self.policy, self.components.kind, trainer_state(done),
-                                              config.run.keep_checkpoints)
-                    if is_main:
-                        run.write_cost(meter)
-                        write_checkpoint_cost(folder, run)
-                        event = CheckpointEvent(done, folder, folder / "model", False, self.components.kind, self.label,
-                                                self.policy.is_lora)
-                        for callback in self.callbacks:
-                            callback(event)
+        began = time.perf_counter()
+        # 1. roll out this process's trajectories with the current policy
+        model.eval()
+        prompts = self._round_prompts(round_index)
+        out = self._rollout(round_index, prompts)
+        check_rollout_scores(acc, out.scores, f"round {round_index + 1}", self.optimizer_steps, self.reward_source,
+                             config.optim.lr)
+        self.gaps.update(out.scores, out.branched)
+        # 2. gather every process's kept samples; one shared shuffle; an even split
+        kept = gather_kept(acc, out.kept).to(acc.device)
+        total = len(kept)
+        per_process = total // P
+        order = torch.randperm(total, generator=keyed_generator(config.run.seed, Stream.SHUFFLE, round_index))
+        mine = order[rank * per_process:(rank + 1) * per_process]
+        # 3. one pass in micro-batches; accumulation groups form optimiser steps
+        model.train()
+        # a round that kept nothing trains nothing (torch.split of an empty range yields one empty chunk)
+        chunks = [c for c in torch.split(torch.arange(per_process), micro) if len(c)]
+        step_logs = []
+        for first in range(0, len(chunks), accumulation):
+            group = [mine[c] for c in chunks[first:first + accumulation]]
+            global_count = P * sum(len(g) for g in group)
+            step_logs.append(accumulated_step(
+                acc, model, self.optimizer, None, self.params, group, self._loss_fn(model, kept), global_count,
+                config.optim.grad_clip,
+            ))
+            check_step(step_logs[-1], f"round {round_index + 1}, optimiser step {self.optimizer_steps + 1}",
+                       config.optim.lr)
+            self.optimizer_steps += 1
+        with warnings.catch_warnings():  # a round that kept nothing took no step: intended, not a bug
+            warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before")
+            self.lr_schedule.step()  # the schedule counts rounds
+        model.eval()
+        # 4. the round's record
+        counts = acc.reduce(torch.tensor([out.branched, len(out.kept)], dtype=torch.float64, device=acc.device), "sum")
+        row = {
+            "round": round_index + 1, "optimizer_steps": self.optimizer_steps, "kept": total,
+            "trained_on": per_process * P, "branched": int(counts[0]),
+            "keep_rate": float(counts[1] / counts[0]) if counts[0] else 0.0,
+            "kept_by_timestep": {str(int(t)): int(n) for t, n in zip(*kept.timesteps.unique(return_counts=True))},
+            "mean_gap": float(kept.gaps.mean()) if total else None,
+            "lr": float(self.optimizer.param_groups[0]["lr"]), "seconds": time.perf_counter() - began,
+        }
+        if step_logs:
+            row.update(reduce_logs(acc, step_logs))
+            norms = [s.grad_norm for s in step_logs if s.grad_norm is not None]
+            row["grad_norm"] = finite_or_none(norms[-1]) if norms else None  # NaN after an fp16 overflow
+        return row
 
-        check_trained(optimizer_steps, plan.rounds - start, gaps, config.sampler)
-        result = TrainResult(
-            method=self.method, label=self.label, steps=plan.rounds, optimizer_steps=optimizer_steps, history=history,
-            cost={}, resumed_from=resumed_from, run_folder=None if run is None else run.path,
-        )
-        return finish_run(acc, run, self.policy, self.components, result, meter, config.run.save_merged_pipeline,
-                          self.callbacks, history)
+    def describe_row(self, row: dict[str, Any], total: int) -> str:
+        loss = row.get("loss")
+        return (f"round {row['round']}/{total}: kept {row['kept']} ({row['keep_rate']:.2f} of branched), "
+                f"loss {'n/a' if loss is None else format(loss, '.4f')}, |log r| "
+                f"{row.get('abs_log_ratio', float('nan')):.2e}, {row['seconds']:.1f} s")
+
+    def progress_loss(self, row: dict[str, Any] | None) -> float:
+        return float(row.get("loss") or float("nan"))
+
+    def finish(self) -> TrainResult:
+        rounds = self.run_plan.rounds
+        check_trained(self.optimizer_steps, rounds - (self.resumed_from or 0), self.gaps, self.config.sampler)
+        return self.finish_with(rounds, self.optimizer_steps)
 
 
 class LPOTrainer(StepDPOTrainer):
     """LPO (SPEC §5.1): the LRM scores the candidate latents."""
 
     method = "lpo"
+    reward_kind = "lrm"
 
 
 class SPOTrainer(StepDPOTrainer):
     """SPO (SPEC §5.2): the step-aware pixel model scores the candidates' decoded x̂0."""
 
     method = "spo"
+    reward_kind = "pixel"

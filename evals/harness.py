@@ -46,7 +46,7 @@ from lpo.core.errors import LpoError
 from lpo.evals.benchmarks import BENCHMARKS, PromptSet
 from lpo.evals.checkpoints import Checkpoint, resolve_checkpoint
 from lpo.evals.image_cache import ImageCache, default_cache_dir
-from lpo.evals.metrics.base import METRICS, MetricSpec
+from lpo.evals.metrics.base import METRIC_ATTRIBUTES, METRICS, MetricSpec
 from lpo.evals.processes import Processes, eval_processes
 from lpo.evals.store import DEFAULT_RESULTS_DIR, ResultRecord, append_new_records, now, records_path, write_per_prompt
 from lpo.evals.summaries import aggregation_of, summarise
@@ -259,9 +259,11 @@ def _build_metric(name: str, spec: MetricSpec):
             f"metric {name!r} could not load {where} ({one_line(err)}); check --metric-weights {name}=PATH "
             "(a complete local folder/file or a reachable hub id)"
         ) from err
-    for attr in ("name", "version", "higher_is_better"):
-        if not hasattr(metric, attr):
-            raise TypeError(f"metric {name!r} built an object without {attr!r}")
+    missing = [attr for attr in METRIC_ATTRIBUTES if not hasattr(metric, attr)]
+    if missing:
+        raise TypeError(f"metric {name!r} built an object without {', '.join(missing)} (see lpo.evals.metrics.base.Metric)")
+    if metric.per_prompt and not hasattr(metric, "score_sets"):
+        raise TypeError(f"metric {name!r} is per_prompt but has no score_sets (see lpo.evals.metrics.base.SetScoringMetric)")
     return metric
 
 
@@ -422,7 +424,7 @@ def _score_metric(config: EvalConfig, plan: _Plan, name: str, procs: Processes, 
     t0 = time.perf_counter()
     metric = _build_metric(name, spec)
     load_s = time.perf_counter() - t0
-    per_prompt = bool(getattr(metric, "per_prompt", False))
+    per_prompt = bool(metric.per_prompt)
     mine_scores: list[tuple[int, int, float]] = []
     t0 = time.perf_counter()
     with count_progress(show, f"scoring {name}") as progress:
@@ -442,12 +444,12 @@ def _score_metric(config: EvalConfig, plan: _Plan, name: str, procs: Processes, 
                 progress(start + len(batch), len(mine))
     score_s = time.perf_counter() - t0
     key = f"{name}@{metric.version}"
-    loaded = getattr(metric, "weights", None)  # the real metrics record what they loaded
+    loaded = metric.weights  # what the metric loaded
     info = {
         "key": key,
         "version": str(metric.version),
         "higher_is_better": bool(metric.higher_is_better),
-        "formula": getattr(metric, "formula", None),
+        "formula": metric.formula,
         "weights": json.dumps(loaded, sort_keys=True) if isinstance(loaded, dict) and loaded else spec.weights,
         "per_prompt": per_prompt,
     }

@@ -227,7 +227,10 @@ def test_a_run_folder_lora_is_sampled_on_its_base_model(tmp_path, tiny_world_dir
 
 
 class _Exploding:
-    name, version, higher_is_better = "test_exploding", "0", True
+    name, version, higher_is_better, formula, per_prompt = "test_exploding", "0", True, None, False
+
+    def __init__(self):
+        self.weights = {}
 
     def score(self, images, prompts):
         raise RuntimeError("scorer crashed")
@@ -238,9 +241,27 @@ class _Broken:
         raise OSError(f"Error no file named model.safetensors found in directory {spec.weights}")
 
 
-if "test_exploding" not in METRICS:
-    METRICS.add("test_exploding", lambda spec: _Exploding())
-    METRICS.add("test_broken_weights", _Broken)
+class _NoContract:
+    name, version, higher_is_better = "test_no_contract", "0", True
+
+    def score(self, images, prompts):
+        raise AssertionError("never scored")
+
+
+@pytest.fixture(autouse=True)
+def _test_metrics(monkeypatch):
+    """Test-only metrics, registered for this module's tests alone (the registry contract tests
+    elsewhere see only lpo's own entries)."""
+    for name, factory in (("test_exploding", lambda spec: _Exploding()), ("test_broken_weights", _Broken),
+                          ("test_no_contract", lambda spec: _NoContract())):
+        monkeypatch.setitem(METRICS._items, name, factory)
+
+
+def test_a_metric_missing_part_of_the_contract_is_refused_when_built(tmp_path):
+    config = _config("noise", tmp_path, max_prompts=3, metrics=("test_no_contract",))
+    with pytest.raises(TypeError, match="'test_no_contract' built an object without formula, per_prompt, weights"):
+        run_eval(config)
+    assert not records_path(tmp_path / "results", "world").exists()
 
 
 def test_a_failing_metric_leaves_no_records(tmp_path):

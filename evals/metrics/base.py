@@ -32,14 +32,40 @@ class MetricSpec:
     processor: str | None = None  # last, so that positional construction keeps working
 
 
+# What the harness reads from every built metric (checked when one is built).
+METRIC_ATTRIBUTES = ("name", "version", "higher_is_better", "formula", "per_prompt", "weights")
+
+
 @runtime_checkable
 class Metric(Protocol):
+    """The contract of a built metric; :data:`METRIC_ATTRIBUTES` are checked by the harness.
+
+    name: the registry name.  version: part of every result key; bump it on any change of
+    formula, preprocessing or default weights.  formula: what a value is, shown in tables
+    (None only where the name says it: a column's identity includes it, so it must not
+    change without a version bump).  per_prompt: True for a measure of the images of one
+    prompt together (diversity): it implements ``score_sets``, one value per prompt, and
+    ``score`` refuses.  weights: the references actually loaded ({role: hub id or path};
+    empty when the metric has none), recorded with every result.
+    """
+
     name: str
     version: str
     higher_is_better: bool
+    formula: str | None
+    per_prompt: bool
+    weights: dict[str, str]
 
     def score(self, images: Sequence[Image.Image], prompts: Sequence[str]) -> torch.Tensor:
         """One float per image (shape (N,), float32, on the CPU)."""
+
+
+@runtime_checkable
+class SetScoringMetric(Metric, Protocol):
+    """A ``per_prompt`` metric: one value for the images of each prompt together."""
+
+    def score_sets(self, sets: Sequence[Sequence[Image.Image]], prompts: Sequence[str]) -> list[float]:
+        """One float per prompt."""
 
 
 MetricFactory = Callable[[MetricSpec], Metric]

@@ -60,6 +60,7 @@ class SetMetric:
 
     def __init__(self, spec: MetricSpec) -> None:
         self.spec = spec
+        self.weights: dict[str, str] = {}
 
     def vectors(self, images: list[Image.Image]) -> np.ndarray:
         raise NotImplementedError

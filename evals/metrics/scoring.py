@@ -23,6 +23,7 @@ class BatchedMetric:
     version: str
     formula: str
     higher_is_better: bool = True
+    per_prompt = False
 
     def __init__(self, spec: MetricSpec):
         if not isinstance(spec.batch_size, int) or spec.batch_size < 1:

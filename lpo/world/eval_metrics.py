@@ -68,6 +68,10 @@ class WorldJudgeMetric:
     """One judge score as a :class:`~lpo.evals.metrics.base.Metric`."""
 
     higher_is_better = True
+    per_prompt = False
+    # The judge's name is its formula (SPEC §2); a column's identity includes the formula,
+    # so results recorded before the contract was explicit stay in the same columns.
+    formula = None
 
     def __init__(self, name: str, score_key: str) -> None:
         from lpo.world.grammar import WORLD_VERSION
@@ -75,6 +79,7 @@ class WorldJudgeMetric:
 
         self.name = name
         self.score_key = score_key
+        self.weights: dict[str, str] = {}  # exact judges: nothing loaded
         # The judges' version and the world's (a new grammar or renderer is a new metric version too).
         self.version = f"{WORLD_VERSION}.{JUDGES_VERSION}"
 

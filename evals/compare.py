@@ -28,7 +28,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from lpo.core.errors import LpoError
-from lpo.evals.harness import EvalConfig, EvalOutput, EvalProtocol, run_eval
+from lpo.evals.harness import EvalConfig, EvalOutput, run_eval
+from lpo.evals.protocol import EvalProtocol
 from lpo.evals.paired import INTERVAL_METHOD, PRIMARY_METRICS, PairedDifference, paired_difference
 from lpo.evals.store import DEFAULT_RESULTS_DIR
 from lpo.evals.winrate import WinRate, paired_win_rate
@@ -42,18 +43,13 @@ class CompareConfig:
     checkpoints: tuple[str, ...]
     benchmarks: tuple[str, ...] = ("world",)
     reference: str | None = None  # None: the first checkpoint
-    cfg: float | None = None  # None: each checkpoint's own CFG
     prompts: dict[str, str] = field(default_factory=dict)  # benchmark -> prompt source
     metrics: tuple[str, ...] = ()  # empty: each benchmark's defaults (with its diversity measure)
     win_metrics: tuple[str, ...] = ()  # empty: WIN_METRIC_PREFERENCE
     max_prompts: int | None = None
-    steps: int = 20
-    seed: int = 42
-    eta: float = 0.0
-    images_per_prompt: int | None = None  # None: each benchmark's default
-    resolution: int | None = None
-    dtype: str = "fp32"
-    batch_size: int = 8
+    # One protocol for every checkpoint: guidance_scale None = each checkpoint's own CFG,
+    # images_per_prompt None = each benchmark's default
+    protocol: EvalProtocol = field(default_factory=EvalProtocol)
     tie_tolerance: float = 0.0
     metric_weights: dict[str, str] = field(default_factory=dict)
     metric_processors: dict[str, str] = field(default_factory=dict)
@@ -89,16 +85,10 @@ class CompareConfig:
         ref = self.reference_spec
         return self.checkpoints if ref in self.checkpoints else (ref, *self.checkpoints)
 
-    def protocol(self) -> EvalProtocol:
-        return EvalProtocol(
-            steps=self.steps, guidance_scale=self.cfg, eta=self.eta, resolution=self.resolution, dtype=self.dtype,
-            images_per_prompt=self.images_per_prompt, seed=self.seed, batch_size=self.batch_size,
-        )
-
     def eval_config(self, checkpoint: str, benchmark: str) -> EvalConfig:
         return EvalConfig(
             checkpoint=checkpoint, benchmark=benchmark, prompts=self.prompts.get(benchmark), metrics=tuple(self.metrics),
-            max_prompts=self.max_prompts, protocol=self.protocol(), metric_weights=dict(self.metric_weights),
+            max_prompts=self.max_prompts, protocol=self.protocol, metric_weights=dict(self.metric_weights),
             metric_processors=dict(self.metric_processors), metric_dtype=self.metric_dtype,
             metric_batch_size=self.metric_batch_size, device=self.device, label=self.labels.get(checkpoint),
             cache_dir=self.cache_dir, results_dir=self.results_dir, registry=self.registry,
@@ -239,8 +229,9 @@ def run_compare(config: CompareConfig, console=None) -> CompareResult:
 
 def _cfg_line(result: CompareResult, benchmark: str) -> str:
     by = result.outputs[benchmark]
-    if result.config.cfg is not None:
-        return f"CFG: one common value, {result.config.cfg:g}, for every checkpoint"
+    common = result.config.protocol.guidance_scale
+    if common is not None:
+        return f"CFG: one common value, {common:g}, for every checkpoint"
     values = ", ".join(f"{o.checkpoint.label} {o.protocol.guidance_scale:g} ({o.protocol_sources.get('guidance_scale')})" for o in by.values())
     return f"CFG: each checkpoint's own ({values})"
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -36,7 +36,7 @@ def watch_config(run_dir: Path, overrides: dict[str, Any]) -> AutoEvalConfig:
     """The config ``lpo train`` recorded for the run (else the defaults), with ``overrides`` applied."""
     recorded = read_state(run_dir).get("config")
     base = AutoEvalConfig.from_dict(recorded) if recorded else AutoEvalConfig()
-    return replace(base, **overrides)
+    return base.with_settings(overrides)
 
 
 def run_kind(run_dir: Path) -> str:

@@ -26,7 +26,7 @@ METRICS = ("world_utility", "world_alignment")
 def _tiny_eval(tmp_path: Path, **changes) -> AutoEvalConfig:
     values = dict(max_prompts=3, images_per_prompt=1, steps=4, metrics=METRICS, results_dir=tmp_path / "results",
                   cache_dir=tmp_path / "cache", device="cpu")
-    return AutoEvalConfig(**{**values, **changes})
+    return AutoEvalConfig.from_settings(**{**values, **changes})
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +114,7 @@ def test_defaults_follow_the_base_model(tiny_world_dir, tmp_path):
     # a benchmark with its own protocol keeps it; explicit values win
     pick, geneval = resolve_plan(AutoEvalConfig(benchmarks=("pickapic", "geneval")), "sd15").jobs
     assert (geneval.metrics, geneval.images_per_prompt) == (("geneval", "clip_diversity"), 4)  # the harness's default
-    (job,) = resolve_plan(AutoEvalConfig(metrics=("world_utility",), max_prompts=4, images_per_prompt=3), "world").jobs
+    (job,) = resolve_plan(AutoEvalConfig.from_settings(metrics=("world_utility",), max_prompts=4, images_per_prompt=3), "world").jobs
     assert (job.metrics, job.max_prompts, job.images_per_prompt) == (("world_utility",), 4, 3)
 
 
@@ -135,7 +135,7 @@ def test_mistakes_fail_before_training(tmp_path):
     with pytest.raises(LpoError, match="unknown metric 'pickscor'"):
         resolve_plan(AutoEvalConfig(metrics=("pickscor",)), "sd15")
     with pytest.raises(LpoError, match="world_diversity.*2 or more images"):
-        resolve_plan(AutoEvalConfig(metrics=("world_diversity",), images_per_prompt=1), "world")
+        resolve_plan(AutoEvalConfig.from_settings(metrics=("world_diversity",), images_per_prompt=1), "world")
     with pytest.raises(LpoError, match="weights given for metric 'pickscore', which is not evaluated"):
         resolve_plan(AutoEvalConfig(metric_weights={"pickscore": str(tmp_path)}), "world")
     with pytest.raises(LpoError, match="listed twice"):
@@ -294,6 +294,22 @@ def test_a_watch_starts_from_the_config_the_run_recorded(finished_dpo_run, tmp_p
     assert watch_config(run_dir, {}) == AutoEvalConfig()
     record_config(run_dir, _tiny_eval(tmp_path))
     assert watch_config(run_dir, {"max_prompts": 5}) == _tiny_eval(tmp_path, max_prompts=5)
+    assert watch_config(run_dir, {"steps": 3}).protocol.steps == 3  # a protocol option lands in the protocol
+    # a run recorded before the protocol object kept its fields flat: it still loads
+    flat = {k: v for k, v in _tiny_eval(tmp_path).as_dict().items() if k != "protocol"}
+    flat.update(images_per_prompt=1, steps=4, guidance_scale=None, seed=42, resolution=None, dtype="fp32", batch_size=8)
+    assert AutoEvalConfig.from_dict(flat) == _tiny_eval(tmp_path)
+
+
+def test_job_keys_are_those_of_jobs_recorded_before_the_protocol_object():
+    """A job done is never run again: its key (values computed by the code before the protocol
+    object moved into the config) must not move, or every recorded evaluation reruns."""
+    default = resolve_plan(AutoEvalConfig(results_dir=Path("/r")), "world")  # the key holds the results folder
+    assert [default.job_key(j) for j in default.jobs] == ["a63e687e41e7"]
+    custom = resolve_plan(AutoEvalConfig.from_settings(
+        max_prompts=3, images_per_prompt=1, steps=4, metrics=("world_utility",), results_dir=Path("/r"),
+        guidance_scale=3.0, seed=7, dtype="fp16"), "world")
+    assert [custom.job_key(j) for j in custom.jobs] == ["e407a95c40ce"]
 
 
 # --------------------------------------------------------------------------- command line

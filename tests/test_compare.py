@@ -14,6 +14,7 @@ from lpo.core.errors import LpoError
 from lpo.evals.compare import CompareConfig, render_markdown, run_compare
 from lpo.evals.paired import paired_difference_records
 from lpo.evals.store import load_records
+from lpo.evals.protocol import EvalProtocol
 from lpo.evals.winrate import paired_from_records, paired_win_rate
 
 runner = CliRunner()
@@ -41,10 +42,10 @@ def test_win_rate_counts_pairs_and_ties_by_hand():
         paired_win_rate([[1.0]], [[1.0], [2.0]])
 
 
-def _config(tmp_path, checkpoints, **kwargs) -> CompareConfig:
+def _config(tmp_path, checkpoints, cfg=None, **kwargs) -> CompareConfig:
     return CompareConfig(
-        checkpoints=tuple(checkpoints), max_prompts=4, images_per_prompt=2, steps=2, device="cpu",
-        cache_dir=tmp_path / "cache", results_dir=tmp_path / "results", **kwargs,
+        checkpoints=tuple(checkpoints), max_prompts=4, protocol=EvalProtocol(images_per_prompt=2, steps=2, guidance_scale=cfg),
+        device="cpu", cache_dir=tmp_path / "cache", results_dir=tmp_path / "results", **kwargs,
     )
 
 

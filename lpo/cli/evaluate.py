@@ -109,6 +109,7 @@ def compare_command(
     """Several checkpoints × benchmarks under one pinned protocol, with win-rates against a reference; nothing generated twice."""
     from lpo.evals.compare import CompareConfig, parse_prompt_sources, render_markdown, run_compare, write_compare
     from lpo.evals.harness import named_refs
+    from lpo.evals.protocol import EvalProtocol
 
     if cfg == "own":
         common = None
@@ -118,10 +119,12 @@ def compare_command(
         except ValueError:
             raise LpoError(f"--cfg {cfg!r} is neither 'own' nor a number; write --cfg own or e.g. --cfg 5") from None
     config = CompareConfig(
-        checkpoints=tuple(checkpoints), benchmarks=tuple(benchmarks), reference=reference, cfg=common,
+        checkpoints=tuple(checkpoints), benchmarks=tuple(benchmarks), reference=reference,
         prompts=parse_prompt_sources(prompts), metrics=tuple(metrics), win_metrics=tuple(win_metrics),
-        max_prompts=max_prompts, steps=steps, seed=seed, images_per_prompt=images_per_prompt, resolution=resolution,
-        dtype=dtype, batch_size=batch_size, tie_tolerance=tie_tolerance,
+        max_prompts=max_prompts,
+        protocol=EvalProtocol(steps=steps, guidance_scale=common, seed=seed, images_per_prompt=images_per_prompt,
+                              resolution=resolution, dtype=dtype, batch_size=batch_size),
+        tie_tolerance=tie_tolerance,
         metric_weights=named_refs(metric_weights, "--metric-weights"),
         metric_processors=named_refs(metric_processors, "--metric-processor"), metric_batch_size=metric_batch_size,
         device=device, cache_dir=cache_dir, results_dir=results_dir, registry=registry,

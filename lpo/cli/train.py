@@ -42,7 +42,7 @@ def train_command(
         from lpo.evals.harness import named_refs
         from lpo.trainers.auto_eval import AutoEvalConfig
 
-        auto_eval = AutoEvalConfig(
+        auto_eval = AutoEvalConfig.from_settings(
             benchmarks=tuple(eval_benchmarks), metrics=tuple(eval_metrics), max_prompts=eval_max_prompts,
             images_per_prompt=eval_images_per_prompt, prompts=named_refs(eval_prompts, "--eval-prompts"),
             metric_weights=named_refs(eval_metric_weights, "--eval-metric-weights"), results_dir=results_dir,

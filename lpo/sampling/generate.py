@@ -17,17 +17,6 @@ from lpo.core.errors import LpoError
 from lpo.models.families import MODEL_FAMILIES, alias_family
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-# One spelling for users (fp32, fp16, bf16) everywhere a precision is chosen; torch's own
-# names are accepted as aliases.
-DTYPE_ALIASES = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
-
-
-def canonical_dtype(name: str) -> str:
-    """``fp32`` / ``fp16`` / ``bf16`` for either spelling; a one-line error otherwise."""
-    name = DTYPE_ALIASES.get(name, name)
-    if name not in DTYPES:
-        raise LpoError(f"unknown dtype {name!r}; use one of {', '.join(DTYPES)}")
-    return name
 
 
 def image_seed(base_seed: int, prompt: str, index: int) -> int:

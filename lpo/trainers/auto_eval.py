@@ -61,6 +61,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from lpo.core.errors import LpoError
+from lpo.evals.protocol import EvalProtocol, split_protocol_fields
 
 logger = logging.getLogger(__name__)
 
@@ -87,20 +88,17 @@ class AutoEvalConfig:
 
     ``metrics`` apply to every benchmark; ``prompts`` maps a benchmark to its prompt source
     (e.g. a local Pick-a-Pic mirror); ``metric_weights`` / ``metric_processors`` map a metric
-    to a local folder or hub id. The protocol fields are :class:`lpo.evals.harness.EvalProtocol`'s.
+    to a local folder or hub id. ``protocol`` is how images are made, the object ``lpo eval``
+    and ``lpo compare`` use: its ``guidance_scale`` None is the checkpoint's own CFG, its
+    ``images_per_prompt`` None the benchmark's default (see the module docstring).
+    Built from flat settings (``lpo eval``'s option names) by :meth:`from_settings`.
     """
 
     benchmarks: tuple[str, ...] = ()
     metrics: tuple[str, ...] = ()
     max_prompts: int | None = None
-    images_per_prompt: int | None = None
     prompts: dict[str, str] = field(default_factory=dict)
-    steps: int = 20
-    guidance_scale: float | None = None
-    seed: int = 42
-    resolution: int | None = None
-    dtype: str = "fp32"
-    batch_size: int = 8
+    protocol: EvalProtocol = field(default_factory=EvalProtocol)
     metric_weights: dict[str, str] = field(default_factory=dict)
     metric_processors: dict[str, str] = field(default_factory=dict)
     metric_dtype: str = "float32"
@@ -111,10 +109,8 @@ class AutoEvalConfig:
 
     def __post_init__(self) -> None:
         self.benchmarks, self.metrics = tuple(self.benchmarks), tuple(self.metrics)
-        for name in ("max_prompts", "images_per_prompt"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise LpoError(f"evaluation {name.replace('_', ' ')} must be >= 1, got {value}")
+        if self.max_prompts is not None and self.max_prompts < 1:
+            raise LpoError(f"evaluation max prompts must be >= 1, got {self.max_prompts}")
         for what, names in (("benchmark", self.benchmarks), ("metric", self.metrics)):
             if len(set(names)) != len(names):
                 raise LpoError(f"evaluation {what} listed twice in {', '.join(names)}; list each once")
@@ -125,9 +121,23 @@ class AutoEvalConfig:
         return json.loads(json.dumps(asdict(self), default=str))
 
     @classmethod
+    def from_settings(cls, **values: Any) -> "AutoEvalConfig":
+        """From flat settings: protocol fields (steps, guidance_scale, images_per_prompt, ...) go into ``protocol``."""
+        protocol, rest = split_protocol_fields(values)
+        return cls(protocol=EvalProtocol(**protocol), **rest)
+
+    def with_settings(self, values: dict[str, Any]) -> "AutoEvalConfig":
+        """These flat settings changed (protocol fields inside the protocol)."""
+        protocol, rest = split_protocol_fields(values)
+        return replace(self, protocol=replace(self.protocol, **protocol), **rest)
+
+    @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "AutoEvalConfig":
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        """From :meth:`as_dict` (or the flat record of a run made before the protocol object)."""
+        known = {f.name for f in fields(cls)} - {"protocol"}
+        flat_protocol, rest = split_protocol_fields({k: v for k, v in data.items() if k != "protocol"})
+        protocol = {**(data.get("protocol") or {}), **flat_protocol}
+        return cls(protocol=EvalProtocol(**protocol), **{k: v for k, v in rest.items() if k in known})
 
 
 @dataclass(frozen=True)
@@ -154,8 +164,7 @@ class AutoEvalPlan:
         c = self.config
         data = {
             **asdict(job),
-            "protocol": {"steps": c.steps, "guidance_scale": c.guidance_scale, "seed": c.seed,
-                         "resolution": c.resolution, "dtype": c.dtype},
+            "protocol": self._image_settings(),
             "metric_weights": {m: c.metric_weights[m] for m in job.metrics if m in c.metric_weights},
             "metric_processors": {m: c.metric_processors[m] for m in job.metrics if m in c.metric_processors},
             "metric_dtype": c.metric_dtype,
@@ -163,20 +172,26 @@ class AutoEvalPlan:
         }
         return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
+    def _image_settings(self) -> dict[str, Any]:
+        """The protocol fields that change images, besides images per prompt (the job's).
+        eta enters only when set, so the keys of jobs recorded before it could be set stand."""
+        p = self.config.protocol
+        out = {"steps": p.steps, "guidance_scale": p.guidance_scale, "seed": p.seed, "resolution": p.resolution,
+               "dtype": p.dtype}
+        if p.eta:
+            out["eta"] = p.eta
+        return out
+
     def job_record(self, job: EvalJob) -> dict[str, Any]:
-        c = self.config
-        return {**asdict(job), "steps": c.steps, "guidance_scale": c.guidance_scale, "seed": c.seed,
-                "resolution": c.resolution, "dtype": c.dtype, "results_dir": str(c.results_dir)}
+        return {**asdict(job), **self._image_settings(), "results_dir": str(self.config.results_dir)}
 
     def eval_config(self, job: EvalJob, checkpoint: str) -> Any:
-        from lpo.evals.harness import EvalConfig, EvalProtocol
+        from lpo.evals.harness import EvalConfig
 
         c = self.config
         return EvalConfig(
             checkpoint=checkpoint, benchmark=job.benchmark, prompts=job.prompts, metrics=job.metrics,
-            max_prompts=job.max_prompts,
-            protocol=EvalProtocol(steps=c.steps, guidance_scale=c.guidance_scale, resolution=c.resolution, dtype=c.dtype,
-                                  images_per_prompt=job.images_per_prompt, seed=c.seed, batch_size=c.batch_size),
+            max_prompts=job.max_prompts, protocol=replace(c.protocol, images_per_prompt=job.images_per_prompt),
             metric_weights={m: w for m, w in c.metric_weights.items() if m in job.metrics},
             metric_processors={m: p for m, p in c.metric_processors.items() if m in job.metrics},
             metric_dtype=c.metric_dtype, metric_batch_size=c.metric_batch_size, device=c.device,
@@ -223,7 +238,7 @@ def resolve_plan(config: AutoEvalConfig, kind: str) -> AutoEvalPlan:
     for name in names:
         source = config.prompts.get(name)
         benchmark = BENCHMARKS.get(name)(source)
-        images = (config.images_per_prompt or getattr(benchmark, "default_images_per_prompt", None)
+        images = (config.protocol.images_per_prompt or getattr(benchmark, "default_images_per_prompt", None)
                   or (WORLD_IMAGES_PER_PROMPT if world else SD_IMAGES_PER_PROMPT))
         if config.metrics:
             metrics = config.metrics

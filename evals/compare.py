@@ -237,7 +237,8 @@ def _cfg_line(result: CompareResult, benchmark: str) -> str:
 
 
 def render_markdown(result: CompareResult, command: str | None = None) -> str:
-    from lpo.evals.leaderboard import Column, _md_table, format_cell
+    from lpo.core.tables import markdown_table
+    from lpo.evals.leaderboard import Column, format_cell
     from lpo.evals.signals import describe, mark
 
     config = result.config
@@ -284,7 +285,7 @@ def render_markdown(result: CompareResult, command: str | None = None) -> str:
                 d = result.differences.get(benchmark, {}).get(spec, {}).get(k)
                 row.append("reference" if spec == ref else ("—" if d is None else f"{d.format()} ({d.word})"))
             rows.append(row)
-        lines += _md_table(header, rows, 4) + [""]
+        lines += markdown_table(header, rows, 4) + [""]
         lines += [
             "- cells: mean over prompts ± half-width of the 95% interval; (optimised) / (related) / (held out): whether the "
             "row's training signals touched the metric (lpo.evals.signals); diversity columns compare a prompt's images "

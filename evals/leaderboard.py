@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from lpo.core.errors import LpoError
+from lpo.core.tables import markdown_table
 from lpo.evals.leaderboard_plots import cost_figure, sample_strip, scores_figure
 from lpo.evals.paired import INTERVAL_METHOD, PairedDifference, paired_difference_records, primary_metric
 from lpo.evals.reported import ReportedRow, published_row, reported_rows
@@ -247,16 +248,6 @@ def format_cost(row: Row) -> str:
     return ", ".join(f"{h:.3g} h {t}" for t, h in sorted(hours.items()))
 
 
-def _md_table(header: list[str], rows: list[list[str]], align_right_from: int) -> list[str]:
-    def esc(text: str) -> str:
-        return str(text).replace("|", "\\|")
-
-    lines = ["| " + " | ".join(esc(h) for h in header) + " |"]
-    lines.append("|" + "|".join("---:" if i >= align_right_from else "---" for i in range(len(header))) + "|")
-    lines += ["| " + " | ".join(esc(c) for c in row) + " |" for row in rows]
-    return lines
-
-
 MAIN_COLUMNS = 6  # checkpoint, method, base model, protocol, training cost, trained on
 SHAREABLE = ("base model", "protocol")  # a column every row agrees on moves into a line above the table
 
@@ -436,11 +427,11 @@ def render_markdown(
         for table in group:
             header, rows, text_columns = _main_rows(table, published)
             line = _shared_line(table)
-            lines += [f"{sub} {table.title}", ""] + ([line, ""] if line else []) + _md_table(header, rows, text_columns) + [""]
+            lines += [f"{sub} {table.title}", ""] + ([line, ""] if line else []) + markdown_table(header, rows, text_columns) + [""]
             for column in table.columns.values():
                 breakdown = _breakdown_rows(table, column, published)
                 if breakdown:
-                    lines += [f"{subsub} {column.key} by category", ""] + _md_table(breakdown[0], breakdown[1], 1) + [""]
+                    lines += [f"{subsub} {column.key} by category", ""] + markdown_table(breakdown[0], breakdown[1], 1) + [""]
             lines += [f"- {n}" for n in _footnotes(table, published)] + [""]
         if benchmark in reported:
             lines += _reported_markdown(benchmark, subsub, _metric_order(group))
@@ -465,7 +456,7 @@ def _reported_notes(benchmark: str) -> list[str]:
 def _reported_markdown(benchmark: str, heading: str = "###", metric_order: Sequence[str] = ()) -> list[str]:
     lines: list[str] = []
     for title, header, rows in _reported_tables(benchmark, metric_order):
-        lines += [f"{heading} {title}", ""] + _md_table(header, rows, 3) + [""]
+        lines += [f"{heading} {title}", ""] + markdown_table(header, rows, 3) + [""]
     if lines:
         lines += [f"- {n}" for n in _reported_notes(benchmark)] + [""]
     return lines

@@ -10,14 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from lpo.bench.efficiency import METHOD_NAMES, METHOD_ORDER, _fmt_ratio, _fmt_seconds, _fmt_value
-
-
-def _md(header: list[str], rows: list[list[str]]) -> list[str]:
-    def esc(text: Any) -> str:
-        return str(text).replace("|", "\\|")
-
-    lines = ["| " + " | ".join(esc(h) for h in header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    return lines + ["| " + " | ".join(esc(c) for c in row) + " |" for row in rows]
+from lpo.core.tables import markdown_table
 
 
 def curve_table(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
@@ -189,10 +182,10 @@ def render_efficiency_markdown(report: dict[str, Any], level: int = 2) -> str:
     lines += [f"{h}# Verdicts", ""]
     lines += [f"- {verdict_markdown(v)}" for v in report["verdicts"]] + [""]
     lines += [f"{h}# Quality against training device-seconds", "", report["curve_y"]["note"], ""]
-    lines += _md(*curve_table(report)) + [""]
-    lines += [f"{h}# Compute to reach a fraction of each method's own best gain", ""] + _md(*fraction_table(report)) + [""]
-    lines += [f"{h}# Device-seconds to reach a target", ""] + _md(*reach_table(report)) + [""]
-    lines += [f"{h}# Training cost: reward model in full and amortised, pair data", ""] + _md(*cost_table(report)) + [""]
-    lines += [f"{h}# Published training cost (reported)", ""] + _md(*reported_table(report)) + [""]
+    lines += markdown_table(*curve_table(report)) + [""]
+    lines += [f"{h}# Compute to reach a fraction of each method's own best gain", ""] + markdown_table(*fraction_table(report)) + [""]
+    lines += [f"{h}# Device-seconds to reach a target", ""] + markdown_table(*reach_table(report)) + [""]
+    lines += [f"{h}# Training cost: reward model in full and amortised, pair data", ""] + markdown_table(*cost_table(report)) + [""]
+    lines += [f"{h}# Published training cost (reported)", ""] + markdown_table(*reported_table(report)) + [""]
     lines += [f"- {n}" for n in efficiency_notes(report)]
     return "\n".join(lines) + "\n"

@@ -56,6 +56,7 @@ from lpo.bench.headline import (
     seed_index,
 )
 from lpo.core.errors import LpoError
+from lpo.core.tables import markdown_table
 from lpo.evals.leaderboard import html_text
 from lpo.evals.paired import INTERVAL_METHOD
 from lpo.core.io import atomic_write_bytes, atomic_write_json, atomic_write_text
@@ -115,11 +116,7 @@ class _Doc:
         self.html.append(f"<ul{cls}>" + "".join(f"<li>{html.escape(i)}</li>" for i in items) + "</ul>")
 
     def table(self, header: list[str], rows: list[list[str]], css: str | None = None) -> None:
-        def esc(text: Any) -> str:
-            return str(text).replace("|", "\\|").replace("\n", " ")
-
-        self.md += ["| " + " | ".join(esc(h) for h in header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-        self.md += ["| " + " | ".join(esc(c) for c in row) + " |" for row in rows] + [""]
+        self.md += markdown_table(header, rows) + [""]
         head = "".join(f"<th>{html_text(h)}</th>" for h in header)
         body = "".join("<tr>" + "".join(f"<td>{html_text(c)}</td>" for c in row) + "</tr>" for row in rows)
         cls = f" class='wide {css}'" if css else " class='wide'"

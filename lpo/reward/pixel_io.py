@@ -10,49 +10,42 @@ trained for another base model.
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, fields
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from lpo.reward.clip_preprocess import ImagePreprocessConfig
 from lpo.core.errors import LpoError
-from lpo.core.io import atomic_directory, load_safetensors_strict, one_line
-from lpo.reward.lrm_io import same_base_model
+from lpo.core.io import load_safetensors_strict, one_line
+from lpo.reward.folder_format import WEIGHTS_NAME, RewardFolder
 from lpo.models.components import DiffusionComponents
 from lpo.reward.pixel import PixelRewardConfig, PixelStepReward
 from lpo.reward.pixel_scorer import TimestepConditionedScorer
 from lpo.reward.time_conditioning import AdaLNConfig
 
 PIXEL_REWARD_CONFIG_NAME = "pixel_reward_config.json"
-PIXEL_REWARD_WEIGHTS_NAME = "model.safetensors"
-PIXEL_REWARD_FORMAT = "lpo-pixel-reward"
-PIXEL_REWARD_FORMAT_VERSION = 1
+PIXEL_REWARD_WEIGHTS_NAME = WEIGHTS_NAME
+PIXEL_REWARD_FOLDER = RewardFolder(
+    what="pixel reward", format="lpo-pixel-reward", version=1, config_name=PIXEL_REWARD_CONFIG_NAME,
+    writer="save_pixel_reward", hint="pass a folder written by save_pixel_reward", retrain="train it again",
+    text_model="text tower",
+)
 
 
 def save_pixel_reward(model: PixelStepReward, folder: str | Path) -> Path:
     """Write the scorer of ``model`` and its config to ``folder`` atomically."""
-    from safetensors.torch import save_file
-
     folder = Path(folder)
     if type(model.scorer.clip).__name__ != "CLIPModel":
         raise LpoError(
             f"cannot save a scorer around a {type(model.scorer.clip).__name__}; load_pixel_reward rebuilds a CLIPModel"
         )
     meta = {
-        "format": PIXEL_REWARD_FORMAT,
-        "format_version": PIXEL_REWARD_FORMAT_VERSION,
         "config": asdict(model.config),
         "scorer": model.scorer.describe(),
         "dtype": str(model.scorer.dtype).removeprefix("torch."),
     }
-    state = {key: tensor.detach().to("cpu").contiguous() for key, tensor in model.scorer.state_dict().items()}
-    with atomic_directory(folder) as tmp:
-        save_file(state, str(tmp / PIXEL_REWARD_WEIGHTS_NAME), metadata={"format": "pt"})
-        model.scorer.tokenizer.save_pretrained(tmp / "tokenizer")
-        (tmp / PIXEL_REWARD_CONFIG_NAME).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    PIXEL_REWARD_FOLDER.write(folder, model.scorer.state_dict(), meta, {"tokenizer": model.scorer.tokenizer})
     return folder
 
 
@@ -73,20 +66,10 @@ def load_pixel_reward(
     """
 
     folder = Path(folder)
-    hint = "pass a folder written by save_pixel_reward"
-    if not folder.exists():
-        raise LpoError(f"pixel reward folder {folder} does not exist; {hint}")
-    if not folder.is_dir():
-        raise LpoError(f"pixel reward path {folder} is a file, not a folder; {hint}")
-    config_path, weights_path = folder / PIXEL_REWARD_CONFIG_NAME, folder / PIXEL_REWARD_WEIGHTS_NAME
-    for path in (config_path, weights_path):
-        if not path.is_file():
-            raise LpoError(
-                f"{path} is missing: {folder} is not a complete pixel reward folder; {hint}, or train it again"
-            )
+    config_path, weights_path = PIXEL_REWARD_FOLDER.files(folder)
 
     # 1. the saved description, and whether it is for this base model
-    meta = _read_meta(config_path)
+    meta = PIXEL_REWARD_FOLDER.read_config(config_path)
     try:
         known = {f.name for f in fields(PixelRewardConfig)}
         config = PixelRewardConfig(**{k: v for k, v in meta["config"].items() if k in known})
@@ -98,16 +81,8 @@ def load_pixel_reward(
     except (KeyError, TypeError, ValueError, AttributeError) as err:
         raise LpoError(f"{config_path} has an invalid pixel reward config ({one_line(err)}); train it again") from err
     expected = expected_base if expected_base is not None else components.source
-    if not same_base_model(config.base_model, expected, config.base_model_hash):
-        raise LpoError(
-            f"pixel reward {folder} was trained for base model {config.base_model} but you are using {expected}; "
-            f"train a step-aware scorer for {expected}"
-        )
-    if components.kind != config.kind:
-        raise LpoError(
-            f"pixel reward {folder} is for a {config.kind} model but the components are {components.kind}; "
-            f"train a step-aware scorer for {components.source}"
-        )
+    PIXEL_REWARD_FOLDER.check_base(folder, config, expected, components.kind, components.source,
+                                   "train a step-aware scorer for {model}")
 
     # 2. the architecture with empty (meta) weights, then the weights strictly
     from accelerate import init_empty_weights
@@ -128,13 +103,7 @@ def load_pixel_reward(
         raise LpoError(
             f"could not rebuild the scorer described by {config_path} ({one_line(err)}); train it again"
         ) from err
-    vocab_size = clip.config.text_config.vocab_size
-    # transformers builds a 2-token default tokenizer from a folder without vocabulary files
-    if not vocab_size / 2 <= len(tokenizer) <= vocab_size:
-        raise LpoError(
-            f"{folder / 'tokenizer'} has {len(tokenizer)} tokens but the text tower has {vocab_size}; "
-            "the tokenizer files are missing or damaged: train it again"
-        )
+    PIXEL_REWARD_FOLDER.check_tokenizer(tokenizer, clip.config.text_config.vocab_size, folder / "tokenizer")
     load_safetensors_strict(
         scorer, weights_path, what="pixel reward weights", config_name=PIXEL_REWARD_CONFIG_NAME,
         fix="the file is damaged or from another scorer: train it again or restore the folder",
@@ -143,23 +112,3 @@ def load_pixel_reward(
     device = components.device if device is None else device
     scorer.to(**{k: v for k, v in (("device", device), ("dtype", dtype)) if v is not None})
     return PixelStepReward(components, scorer, config, freeze_base=freeze_base)
-
-
-def _read_meta(path: Path) -> dict[str, Any]:
-    try:
-        meta = json.loads(path.read_text())
-    except (OSError, ValueError) as err:
-        raise LpoError(
-            f"could not read {path} ({one_line(err)}); the pixel reward folder is damaged: train it again"
-        ) from err
-    if not isinstance(meta, dict) or meta.get("format") != PIXEL_REWARD_FORMAT:
-        raise LpoError(
-            f'{path} is not an lpo pixel reward config (no "format": "{PIXEL_REWARD_FORMAT}"); '
-            "pass a folder written by save_pixel_reward"
-        )
-    if meta.get("format_version") != PIXEL_REWARD_FORMAT_VERSION:
-        raise LpoError(
-            f"{path} has pixel reward format version {meta.get('format_version')}; this lpo reads version "
-            f"{PIXEL_REWARD_FORMAT_VERSION}: upgrade lpo or train it again"
-        )
-    return meta

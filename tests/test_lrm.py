@@ -165,8 +165,9 @@ def test_features_match_hooked_full_unet(components: DiffusionComponents) -> Non
         features = lrm.features(latents, timesteps, PROMPTS)
         scores = lrm(latents, timesteps, PROMPTS)
 
-    # Independent: the full diffusion U-Net, cond and uncond branches as CFG builds them.
-    guided = guided_conditioning(components, PROMPTS, g)
+    # Independent: the full diffusion U-Net, cond and uncond branches as CFG builds them with
+    # an explicit "" (encoded, never zeroed: the official LRMs' VFE branch)
+    guided = guided_conditioning(components, PROMPTS, g, negative_prompt="")
     down_c, mid_c, captured = _hooked_unet_pass(components.unet, latents, timesteps, guided.cond)
     _, mid_u, _ = _hooked_unet_pass(components.unet, latents, timesteps, guided.uncond)
 
@@ -254,8 +255,39 @@ def test_sdxl_text_tower_is_text_encoder_2_text_embeds(sdxl: DiffusionComponents
         torch.testing.assert_close(text.text, sdxl.text_encoder_2(ids).text_embeds, atol=1e-5, rtol=1e-4)
     cond, uncond = text.conditioning.cond, text.conditioning.uncond
     assert cond.add_time_ids.tolist()[0] == [lrm.resolution, lrm.resolution, 0, 0, lrm.resolution, lrm.resolution]
-    # force_zeros_for_empty_prompt: the VFE branch is all zeros, as in the SDXL pipeline's CFG
+    # The VFE branch is "" through both encoders, as the official LRM-XL encodes it, although
+    # the pipeline's own CFG zeros it (force_zeros_for_empty_prompt)
+    assert sdxl.force_zeros_for_empty_prompt and lrm.config.vfe_uncond == "empty_prompt"
+    with torch.no_grad():
+        ids = [tok([""], padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt").input_ids
+               for tok in (sdxl.tokenizer, sdxl.tokenizer_2)]
+        hidden_1 = sdxl.text_encoder(ids[0], output_hidden_states=True).hidden_states[-2]
+        out_2 = sdxl.text_encoder_2(ids[1], output_hidden_states=True)
+    expected = torch.cat([hidden_1, out_2.hidden_states[-2]], dim=-1)
+    torch.testing.assert_close(uncond.prompt_embeds, expected.expand(len(PROMPTS), -1, -1), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(uncond.pooled_prompt_embeds, out_2.text_embeds.expand(len(PROMPTS), -1), atol=1e-5, rtol=1e-4)
+    assert uncond.prompt_embeds.abs().sum() > 0 and uncond.pooled_prompt_embeds.abs().sum() > 0
+
+
+def test_sdxl_lrm_folders_saved_before_vfe_uncond_keep_their_zeros(sdxl: DiffusionComponents, tmp_path: Path) -> None:
+    """An SDXL LRM lpo wrote before ``vfe_uncond`` was trained with an all-zero VFE branch; it
+    loads as "zeros" and scores as it was trained. "zeros" is refused for other kinds."""
+    torch.manual_seed(0)
+    zeros = LatentRewardModel.from_components(sdxl, LRMConfig(vfe_uncond="zeros"))
+    with torch.no_grad():
+        uncond = zeros.encode_text(PROMPTS).conditioning.uncond
     assert not uncond.prompt_embeds.any() and not uncond.pooled_prompt_embeds.any()
+    folder = save_lrm(zeros, tmp_path / "old")
+    meta = json.loads((folder / LRM_CONFIG_NAME).read_text())
+    del meta["config"]["vfe_uncond"]  # as written before the field existed
+    (folder / LRM_CONFIG_NAME).write_text(json.dumps(meta))
+    loaded = load_lrm(folder, sdxl)
+    assert loaded.config.vfe_uncond == "zeros"
+    latents = _latents(2, seed=5)
+    with torch.no_grad():
+        assert torch.equal(loaded(latents, 501, PROMPTS), zeros(latents, 501, PROMPTS))
+    with pytest.raises(ValueError, match="vfe_uncond='zeros' needs an SDXL base model"):
+        LRMConfig(vfe_uncond="zeros", kind="sd15")
 
 
 # --------------------------------------------------------------------------- training

@@ -41,7 +41,7 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass, replace
-from typing import Any, Sequence, get_args
+from typing import Any, Literal, Sequence, get_args
 
 import torch
 import torch.nn.functional as F
@@ -54,6 +54,8 @@ from lpo.reward.lrm_unet import check_supported_unet, copy_truncated_unet, trunc
 
 
 # --------------------------------------------------------------------------- config and outputs
+
+VfeUncond = Literal["empty_prompt", "zeros"]
 
 
 @dataclass
@@ -71,8 +73,17 @@ class LRMConfig:
     # folder hash of the base pipeline's unet/ when it was a local folder: the same model
     # found under another path (a fresh clone, another machine) is still the same model
     base_model_hash: str | None = None
+    # The VFE branch's text: "empty_prompt" encodes "" with the LRM's text encoders, as the
+    # official LRM-1.5 and LRM-XL do (for SDXL both encoders, the pooled "" included);
+    # "zeros" (SDXL only) gives all-zero embeddings, as the SDXL pipeline's CFG does with
+    # force_zeros_for_empty_prompt: what SDXL LRM folders written by lpo before this field used.
+    vfe_uncond: VfeUncond = "empty_prompt"
 
     def __post_init__(self) -> None:
+        if self.vfe_uncond not in get_args(VfeUncond):
+            raise ValueError(f"vfe_uncond must be one of {', '.join(get_args(VfeUncond))}, got {self.vfe_uncond!r}")
+        if self.vfe_uncond == "zeros" and self.kind is not None and self.kind != "sdxl":
+            raise ValueError(f"vfe_uncond='zeros' needs an SDXL base model (pooled embeddings to zero), not {self.kind}")
         if not math.isfinite(self.vfe_scale) or self.vfe_scale < 1:
             raise ValueError(f"vfe_scale must be a finite number >= 1 (1 turns VFE off), got {self.vfe_scale}")
         if not math.isfinite(self.logit_scale_init):
@@ -292,11 +303,15 @@ class LatentRewardModel(nn.Module):
         view = self._text_components()
         # 1. prompt conditioning and the pooled text vector from one run of each encoder
         cond, pooled = encode_prompts_and_pooled(view, prompts, resolution=self.resolution)
-        # 2. the empty-prompt branch for VFE, built as guided_conditioning builds CFG's
-        # (SDXL: zeros when force_zeros_for_empty_prompt); encoded once, shared by every row
+        # 2. the empty-prompt branch for VFE, encoded once and shared by every row: "" through
+        # the text encoders (an explicit "" is never zeroed), or zeros (vfe_uncond="zeros")
         uncond = None
         if self.config.vfe:
-            uncond = encode_negative(view, 1, resolution=self.resolution).repeat_interleave(cond.batch_size)
+            if self.config.vfe_uncond == "zeros":
+                empty = encode_negative(replace(view, force_zeros_for_empty_prompt=True), 1, None, resolution=self.resolution)
+            else:
+                empty = encode_negative(view, 1, "", resolution=self.resolution)
+            uncond = empty.repeat_interleave(cond.batch_size)
         conditioning = GuidedConditioning(cond=cond, uncond=uncond, guidance_scale=self.config.vfe_scale)
         # 3. T, in float32
         text = pooled.to(device=self.device, dtype=torch.float32)

@@ -84,7 +84,10 @@ def load_lrm(
     meta = LRM_FOLDER.read_config(config_path)
     try:
         known = {f.name for f in fields(LRMConfig)}
-        config = LRMConfig(**{k: v for k, v in meta["config"].items() if k in known})
+        values = {k: v for k, v in meta["config"].items() if k in known}
+        if "vfe_uncond" not in values and meta.get("force_zeros_for_empty_prompt"):
+            values["vfe_uncond"] = "zeros"  # an SDXL LRM saved before the field: it was trained with zeros
+        config = LRMConfig(**values)
         if config.kind is None or config.base_model is None:
             raise ValueError("base_model and kind must be set")
     except (KeyError, TypeError, ValueError, AttributeError) as err:

@@ -83,7 +83,7 @@ class PolicyTrainer(TrainingLoop):
         run = self.config.run
         return run.log_every, run.save_every, run.keep_checkpoints
 
-    def prepare_optimisation(self, schedule_steps: int) -> None:
+    def prepare_optimisation(self, units: int) -> None:
         """Optimiser and lr schedule over the trainable weights, through accelerate; trackers started.
 
         Sets ``model`` (the accelerate-wrapped U-Net), ``params``, ``optimizer`` and ``lr_schedule``.
@@ -92,10 +92,14 @@ class PolicyTrainer(TrainingLoop):
         register_policy_checkpointing(acc, self.policy)
         self.params = self.policy.trainable_parameters()
         optimizer = build_optimizer(self.params, self.config.optim)
-        self.lr_schedule = build_lr_schedule(optimizer, self.config.optim, schedule_steps)
+        self.lr_schedule = self.build_schedule(optimizer, units)
         self.model, self.optimizer = acc.prepare(self.policy.unet, optimizer)
         register_schedule_checkpointing(acc, self.lr_schedule)  # as JSON: nothing pickled
         start_trackers(acc, self.run, f"lpo-{self.method}", self.config, self.trackers)
+
+    def build_schedule(self, optimizer: Any, units: int) -> Any:
+        """The lr schedule over ``units`` optimiser steps (transformers' schedules)."""
+        return build_lr_schedule(optimizer, self.config.optim, units)
 
     def save_checkpoint(self, done: int, state: dict[str, Any]) -> Path:
         return write_checkpoint(self.accelerator, self.run, done, self.policy, self.components.kind, state,

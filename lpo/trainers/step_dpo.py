@@ -16,7 +16,7 @@ Per round (:meth:`StepDPOTrainer.run_unit`, read top to bottom; the job around i
    U-Net, with CFG) and the reference (adapters off, or the frozen copy), and the clipped
    step DPO loss (:func:`lpo.trainers.losses.clipped_step_dpo_loss`). x_w and x_l share x_t, t and
    the prompt, so one policy and one reference forward serve both;
-4. the lr schedule advances once per round (warmup counts rounds).
+4. the lr: warmup counts optimiser steps, decay counts rounds (:mod:`lpo.trainers.schedules`).
 
 LPO and SPO differ only in their config (reward, skipped steps, thresholds, β) and in
 which reward model the job hands in. Reproducibility: round r's rollout on process p draws
@@ -30,7 +30,6 @@ from __future__ import annotations
 import hashlib
 import math
 import time
-import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Sequence
 
@@ -47,6 +46,7 @@ from lpo.trainers.config import StepTrainerConfig
 from lpo.trainers.guards import GapTracker, check_rollout_scores, check_trained
 from lpo.trainers.harness import Policy, TrainResult, accumulated_step, check_step, finite_or_none, reduce_logs
 from lpo.trainers.policy_trainer import PolicyTrainer
+from lpo.trainers.schedules import StepRoundSchedule
 
 PROGRESS_LABEL = "rounds"
 
@@ -232,8 +232,12 @@ class StepDPOTrainer(PolicyTrainer):
     def state_fields(self, done: int) -> dict[str, Any]:
         return {"method": self.method, "unit": "rounds", "optimizer_steps": self.optimizer_steps}
 
+    def build_schedule(self, optimizer: Any, units: int) -> StepRoundSchedule:
+        return StepRoundSchedule(optimizer, self.config.optim, units)  # warmup in optimiser steps, decay in rounds
+
     def restore(self, saved: dict[str, Any], done: int) -> None:
         self.optimizer_steps = int(saved["optimizer_steps"])
+        self.lr_schedule.restore(self.optimizer_steps, done)
 
     def run_unit(self, round_index: int) -> dict[str, Any]:
         """One round: roll out, gather and share the kept samples, one pass of optimiser steps."""
@@ -263,15 +267,13 @@ class StepDPOTrainer(PolicyTrainer):
             group = [mine[c] for c in chunks[first:first + accumulation]]
             global_count = P * sum(len(g) for g in group)
             step_logs.append(accumulated_step(
-                acc, model, self.optimizer, None, self.params, group, self._loss_fn(model, kept), global_count,
-                config.optim.grad_clip,
+                acc, model, self.optimizer, self.lr_schedule, self.params, group, self._loss_fn(model, kept),
+                global_count, config.optim.grad_clip,
             ))
             check_step(step_logs[-1], f"round {round_index + 1}, optimiser step {self.optimizer_steps + 1}",
                        config.optim.lr)
             self.optimizer_steps += 1
-        with warnings.catch_warnings():  # a round that kept nothing took no step: intended, not a bug
-            warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before")
-            self.lr_schedule.step()  # the schedule counts rounds
+        self.lr_schedule.end_round()
         model.eval()
         # 4. the round's record
         counts = acc.reduce(torch.tensor([out.branched, len(out.kept)], dtype=torch.float64, device=acc.device), "sum")

@@ -49,9 +49,12 @@ def test_pickscore_sized_scorer_is_vit_h_14():
 def test_time_parts_times_each_part_round_robin():
     calls: list[str] = []
     parts = {name: (lambda name=name: calls.append(name)) for name in ("a", "b")}
-    seconds, peaks = time_parts(parts, torch.device("cpu"), repeats=3, warmup=1)
+    seen: list[tuple[int, int]] = []
+    seconds, peaks = time_parts(parts, torch.device("cpu"), repeats=3, warmup=1,
+                                progress=lambda done, total: seen.append((done, total)))
     assert calls == ["a", "b"] * 4  # one warm-up round, then interleaved repeats
     assert set(seconds) == {"a", "b"} and all(s >= 0 for s in seconds.values()) and peaks == {}
+    assert seen == [(i, 8) for i in range(1, 9)]  # a long CPU run shows where it is
 
 
 def test_measure_reward_cost_on_tiny_sd15(sd15):

@@ -55,17 +55,26 @@ def run_reward_cost(
         raise LpoError(f"unknown architecture {unknown[0]!r}; choose from {', '.join(REWARD_COST_ARCHITECTURES)}")
     if prompts < 1 or candidates < 1 or repeats < 1 or warmup < 0:
         raise LpoError("--prompts, --candidates and --repeats must be >= 1 and --warmup >= 0")
+    from rich.console import Console
+
+    from lpo.core.progress import count_progress
+
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype)
+    console = Console(stderr=True)
     results = []
     for architecture in architectures:
+        # building full-size random models and timing them takes minutes on a CPU: say so
+        console.print(f"{architecture}: building the base model, the LRM and the pixel reward "
+                      f"({'world weights' if architecture == 'world' else 'random weights at full size'}) on {torch_device}")
         components, lrm, pixel = _build(architecture, torch_device, torch_dtype)
-        results.append(
-            measure_reward_cost(
-                components, lrm, pixel, [BENCH_PROMPT] * prompts,
-                candidates=candidates, repeats=repeats, warmup=warmup,
+        with count_progress(console, f"{architecture}: timing {len(PARTS)} parts × {warmup} untimed + {repeats} timed calls") as update:
+            results.append(
+                measure_reward_cost(
+                    components, lrm, pixel, [BENCH_PROMPT] * prompts,
+                    candidates=candidates, repeats=repeats, warmup=warmup, progress=update,
+                )
             )
-        )
         print_reward_cost([results[-1]])
         del components, lrm, pixel
         gc.collect()

@@ -80,16 +80,22 @@ def _synchronize(device: torch.device) -> None:
 
 
 def time_parts(
-    parts: dict[str, Callable[[], Any]], device: torch.device, *, repeats: int, warmup: int
+    parts: dict[str, Callable[[], Any]], device: torch.device, *, repeats: int, warmup: int,
+    progress: Callable[[int, int], None] | None = None,
 ) -> tuple[dict[str, float], dict[str, float]]:
     """Median seconds of each part and its peak CUDA MiB (empty off CUDA).
 
     The parts are timed round-robin (one call of each per repeat), so a load spike on a
     shared machine hits every part alike instead of one part's whole series.
+    ``progress(done, total)`` after every call (untimed ones included).
     """
+    total, done = (warmup + repeats) * len(parts), 0
     for _ in range(warmup):
         for fn in parts.values():
             fn()
+            done += 1
+            if progress is not None:
+                progress(done, total)
     _synchronize(device)
     times: dict[str, list[float]] = {name: [] for name in parts}
     peaks: dict[str, float] = {}
@@ -103,6 +109,9 @@ def time_parts(
             times[name].append(time.perf_counter() - start)
             if device.type == "cuda":
                 peaks[name] = max(peaks.get(name, 0.0), torch.cuda.max_memory_allocated(device) / 2**20)
+            done += 1
+            if progress is not None:
+                progress(done, total)  # after the timed span: drawing the bar is not timed
     return {name: statistics.median(ts) for name, ts in times.items()}, peaks
 
 
@@ -119,6 +128,7 @@ def measure_reward_cost(
     repeats: int = 5,
     warmup: int = 2,
     seed: int = 0,
+    progress: Callable[[int, int], None] | None = None,
 ) -> RewardCostResult:
     """Time each part of one step's scoring for ``len(prompts)`` prompts × ``candidates``.
 
@@ -149,7 +159,7 @@ def measure_reward_cost(
         "pixel_scorer": lambda: pixel_reward.score_images(images, timestep, pixel_text),
         "lrm": lambda: lrm.score_with_conditioning(candidate_latents, timestep, lrm_text),
     }
-    seconds, peaks = time_parts(parts, device, repeats=repeats, warmup=warmup)
+    seconds, peaks = time_parts(parts, device, repeats=repeats, warmup=warmup, progress=progress)
     setup = RewardCostSetup(
         architecture=components.kind,
         device=_describe_device(device),

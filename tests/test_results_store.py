@@ -154,3 +154,9 @@ def test_checkpoint_hash_follows_content(tmp_path, tiny_world_dir):
     config = json.loads((copy / "unet" / "config.json").read_text())
     (copy / "unet" / "config.json").write_text(json.dumps(config, indent=1))
     assert folder_hash(copy) != folder_hash(tiny_world_dir)
+    # the cost record beside a model (seconds differ on every run) is bookkeeping, not content
+    shutil.rmtree(copy)
+    shutil.copytree(tiny_world_dir, copy)
+    (copy / "cost.json").write_text('{"seconds": {"optimisation": 1.5}}')
+    (copy / "unet" / "cost.json").write_text('{"seconds": {"optimisation": 2.5}}')
+    assert folder_hash(copy) == folder_hash(tiny_world_dir)

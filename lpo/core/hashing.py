@@ -36,8 +36,14 @@ def _file_sha256(path: Path, memo: dict[str, str]) -> str:
     return memo[key]
 
 
+# Bookkeeping written beside the weights that never changes them: the device-hour record of
+# the run that made them (its seconds differ on every run), so it is not part of the content.
+NOT_CONTENT = frozenset({"cost.json"})
+
+
 def folder_hash(folder: Path) -> str:
-    """sha256 (first 16 hex) over the sorted (relative path, file sha256) of every non-hidden file."""
+    """sha256 (first 16 hex) over the sorted (relative path, file sha256) of every non-hidden file
+    but the bookkeeping in :data:`NOT_CONTENT`: two runs that wrote the same weights hash alike."""
     folder = Path(folder)
     memo_file = _memo_path()
     try:
@@ -47,7 +53,8 @@ def folder_hash(folder: Path) -> str:
     size_before = len(memo)
     digest = hashlib.sha256()
     files = sorted(
-        p for p in folder.rglob("*") if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+        p for p in folder.rglob("*")
+        if p.is_file() and p.name not in NOT_CONTENT and not any(part.startswith(".") for part in p.relative_to(folder).parts)
     )
     for path in files:
         digest.update(f"{path.relative_to(folder).as_posix()}\0{_file_sha256(path, memo)}\n".encode())

@@ -42,8 +42,10 @@ class _CategoryBenchmark:
         return None
 
 
-if "test-category-mean" not in BENCHMARKS:
-    BENCHMARKS.add("test-category-mean", lambda source: _CategoryBenchmark(source))
+@pytest.fixture(autouse=True)
+def _test_benchmark(monkeypatch):
+    """A test-only benchmark, registered for this module's tests alone."""
+    monkeypatch.setitem(BENCHMARKS._items, "test-category-mean", lambda source: _CategoryBenchmark(source))
 
 
 def test_images_per_prompt_and_cfg_come_from_benchmark_then_default():

@@ -29,6 +29,11 @@ def _benchmarks():
     return BENCHMARKS
 
 
+def _own(registry) -> list[str]:
+    """lpo's own entries (and the world's): a test module may register a fake for its own tests."""
+    return [name for name in registry.names() if getattr(registry.get(name), "__module__", "").startswith("lpo.")]
+
+
 def _world_image():
     import numpy as np
     from PIL import Image
@@ -40,7 +45,7 @@ def _world_image():
     return prompt, Image.fromarray(render_prompt(parse_prompt(prompt), np.random.default_rng(0)))
 
 
-@pytest.mark.parametrize("name", _metrics().names())
+@pytest.mark.parametrize("name", _own(_metrics()))
 def test_every_registered_metric_declares_its_contract(name):
     """Name, version, direction, formula and per-prompt-ness are declared where the registry
     can read them without loading weights (classes), or on the built metric (world judges,
@@ -76,7 +81,7 @@ def test_every_registered_metric_declares_its_contract(name):
             assert values.shape == (1,) and bool(values.isfinite().all())
 
 
-@pytest.mark.parametrize("name", _benchmarks().names())
+@pytest.mark.parametrize("name", _own(_benchmarks()))
 def test_every_registered_benchmark_declares_its_contract(name, tmp_path):
     """Metadata, default metrics that exist, and a missing prompt source is one line naming the fix."""
     metrics = _metrics()

@@ -330,17 +330,17 @@ def check_lora_fits(lora: str, subfolder: str | None, pipeline: str, name: str) 
     from diffusers import UNet2DConditionModel
     from safetensors import safe_open
 
+    from lpo.trainers.lora import parse_lora_key
+
     with init_empty_weights():
         unet = UNet2DConditionModel.from_config(json.loads(config_file.read_text()))
     modules = dict(unet.named_modules())
     with safe_open(str(files[0]), framework="pt") as handle:
         for key in handle.keys():
-            # peft names (lora_A / lora_B) and diffusers' saved names (lora.down / lora.up)
-            match = re.match(r"^(?:unet\.)?(.+?)\.(?:lora_([AB])(?:\.default)?|lora\.(down|up))\.weight$", key)
-            if not match:
+            parsed = parse_lora_key(key)
+            if parsed is None:
                 continue
-            path = match.group(1)
-            which = match.group(2) or ("A" if match.group(3) == "down" else "B")
+            path, which = parsed
             shape = tuple(handle.get_slice(key).get_shape())
             module = modules.get(path)
             problem = None

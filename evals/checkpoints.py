@@ -122,17 +122,21 @@ class Checkpoint:
         else:
             pipe, _ = load_pipeline(self.model, device=device, dtype=dtype)
         if self.adapter_kind == "lora":
+            where = "the registry entry's base" if self.registry else "the run's model.base"
             try:
                 kwargs = {"subfolder": self.adapter_subfolder} if self.adapter_subfolder else {}
                 pipe.load_lora_weights(self.adapter_path, **kwargs)
             except (OSError, ValueError, RuntimeError, KeyError) as err:
                 from lpo.core.io import one_line
 
-                where = "the registry entry's base" if self.registry else "the run's model.base"
                 raise LpoError(
                     f"could not apply the LoRA in {self.adapter_path} to {self.model} ({one_line(err)}); "
                     f"{where} must be the pipeline it was trained on"
                 ) from err
+            from lpo.trainers.lora import check_lora_applied
+
+            folder = Path(self.adapter_path) / (self.adapter_subfolder or "")
+            check_lora_applied(pipe.unet, folder, str(self.model), f"{where} must be the pipeline it was trained on")
         from lpo.core.finite import check_finite_module
 
         # A diverged run's weights would give normal-looking records for noise images.

@@ -124,3 +124,35 @@ def test_a_second_adapter_is_refused(tiny_sd15_dir):
     add_lora(components.unet, rank=2)
     with pytest.raises(LpoError, match="already carries"):
         add_lora(components.unet, rank=2)
+
+
+def test_applying_a_lora_reports_its_modules_and_refuses_one_that_fits_nothing(tiny_sd15_dir, tmp_path):
+    """diffusers can load a LoRA whose keys name no module of the base without an error (SPO
+    issue 25: a LoRA applied to a custom SDXL base changed nothing); lpo counts what it adapted."""
+    from safetensors.torch import load_file, save_file
+
+    from lpo.core.errors import LpoError
+    from lpo.trainers.lora import adapted_modules, check_lora_applied, lora_file_modules
+
+    components = load_components(tiny_sd15_dir)
+    add_lora(components.unet, rank=4)
+    lora_dir = save_lora(components.unet, tmp_path / "lora", components.kind)
+    named = lora_file_modules(lora_dir)
+    assert named == adapted_modules(components.unet) and len(named) > 0  # every attention projection
+
+    pipe = _from_pretrained("sd15", tiny_sd15_dir)
+    pipe.load_lora_weights(lora_dir)
+    assert check_lora_applied(pipe.unet, lora_dir, "base", "fix") == len(named)
+
+    # the same file with one module renamed to a path the base lacks: a partial fit is refused
+    state = load_file(str(lora_dir / LORA_WEIGHTS_NAME))
+    first = sorted(named)[0]
+    renamed = {k.replace(first + ".", "nowhere.", 1) if first + "." in k else k: v for k, v in state.items()}
+    (tmp_path / "partial").mkdir()
+    save_file(renamed, str(tmp_path / "partial" / LORA_WEIGHTS_NAME))
+    with pytest.raises(LpoError, match=rf"adapted {len(named) - 1} of the {len(named)} U-Net modules it names \(nowhere is not in base\); fix"):
+        check_lora_applied(pipe.unet, tmp_path / "partial", "base", "fix")
+    # a U-Net that nothing was applied to
+    bare = _from_pretrained("sd15", tiny_sd15_dir)
+    with pytest.raises(LpoError, match="adapted no module of base's U-Net; fix"):
+        check_lora_applied(bare.unet, lora_dir, "base", "fix")

@@ -22,6 +22,7 @@ All writes go through :func:`lpo.core.io.atomic_directory`.
 from __future__ import annotations
 
 import copy
+import re
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
@@ -36,6 +37,59 @@ from lpo.core.io import atomic_directory
 LORA_TARGETS: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0")
 LORA_WEIGHTS_NAME = "pytorch_lora_weights.safetensors"
 ADAPTER_NAME = "default"
+
+
+# A LoRA weight's key: peft's names (lora_A / lora_B, optionally the adapter's name) and
+# diffusers' older saved names (lora.down / lora.up), with or without the "unet." prefix.
+_LORA_KEY = re.compile(r"^(?:unet\.)?(.+?)\.(?:lora_([AB])(?:\.default)?|lora\.(down|up))\.weight$")
+
+
+def parse_lora_key(key: str) -> tuple[str, str] | None:
+    """(U-Net module path, "A" or "B") of a LoRA weight key; None for other keys (alphas, text encoders)."""
+    if key.startswith(("text_encoder", "lora_te")):
+        return None
+    match = _LORA_KEY.match(key)
+    if not match:
+        return None
+    return match.group(1), match.group(2) or ("A" if match.group(3) == "down" else "B")
+
+
+def lora_file_modules(folder: str | Path) -> set[str] | None:
+    """The U-Net modules a local LoRA folder's safetensors file adapts; None when there is no
+    local file to read (a hub reference) or its keys are in a layout lpo does not parse."""
+    folder = Path(folder).expanduser()
+    files = sorted(folder.glob("*.safetensors")) if folder.is_dir() else ([folder] if folder.suffix == ".safetensors" else [])
+    if not files or not files[0].is_file():
+        return None
+    from safetensors import safe_open
+
+    with safe_open(str(files[0]), framework="pt") as handle:
+        modules = {parsed[0] for parsed in map(parse_lora_key, handle.keys()) if parsed is not None}
+    return modules or None
+
+
+def adapted_modules(module: nn.Module) -> set[str]:
+    """Names of the modules of ``module`` that carry a LoRA adapter (peft tuner layers)."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    return {name for name, m in module.named_modules() if isinstance(m, BaseTunerLayer)}
+
+
+def check_lora_applied(unet: nn.Module, folder: str | Path, base: str, fix: str) -> int:
+    """After ``load_lora_weights``: the number of U-Net modules the LoRA adapted; one line when it
+    adapted none, or fewer than its file names (diffusers may load a LoRA that fits nothing
+    without an error, and the images are then the base model's)."""
+    applied = adapted_modules(unet)
+    named = lora_file_modules(folder)
+    if not applied:
+        raise LpoError(f"the LoRA in {folder} adapted no module of {base}'s U-Net; {fix}")
+    if named is not None and not named <= applied:
+        missing = sorted(named - applied)
+        raise LpoError(
+            f"the LoRA in {folder} adapted {len(named & applied)} of the {len(named)} U-Net modules it names "
+            f"({missing[0]} is not in {base}); {fix}"
+        )
+    return len(applied)
 
 
 def _tuner_layers(module: nn.Module) -> list[Any]:

@@ -360,3 +360,19 @@ def test_a_run_that_keeps_nothing_fails_without_saving_a_model(tiny_world_dir, w
                                               "train.max_rounds=1"], run_dir=tmp_path / "run")
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert fixed.optimizer_steps > 0 and rows[0]["round"] == 1 and rows[0]["kept"] > 0
+
+
+def test_adamw_8bit_is_refused_in_one_line_off_cuda_or_without_bitsandbytes(monkeypatch):
+    import sys
+
+    from lpo.core.errors import LpoError
+    from lpo.trainers.config import OptimConfig
+    from lpo.trainers.harness import build_optimizer
+
+    config = OptimConfig(optimizer="adamw8bit")
+    with pytest.raises(LpoError, match="adamw8bit runs on CUDA devices, but the weights are on cpu; use optim.optimizer=adamw"):
+        build_optimizer([torch.nn.Parameter(torch.zeros(2))], config)
+    monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # not installed
+    fake_cuda = type("P", (), {"device": torch.device("cuda"), "dtype": torch.float32})()
+    with pytest.raises(LpoError, match=r"needs bitsandbytes: pip install 'lpo\[memory\]'"):
+        build_optimizer([fake_cuda], config)

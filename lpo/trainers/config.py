@@ -21,7 +21,7 @@ from lpo.trainers.lora import LORA_TARGETS
 MixedPrecision = Literal["no", "fp16", "bf16"]
 WeightDtype = Literal["fp32", "fp16", "bf16"]
 PolicyMode = Literal["lora", "full"]
-OptimizerName = Literal["adamw", "adafactor"]
+OptimizerName = Literal["adamw", "adafactor", "adamw8bit"]
 LrScheduler = Literal["constant", "linear", "cosine"]
 StepMethod = Literal["lpo", "spo"]
 RewardTimestep = Literal["current", "prev", "zero"]
@@ -110,7 +110,8 @@ class PolicyConfig:
 
 @dataclass
 class OptimConfig:
-    optimizer: OptimizerName = _field("adamw", "adamw, or adafactor (Diffusion-DPO SDXL).")
+    optimizer: OptimizerName = _field(
+        "adamw", "adamw; adafactor (Diffusion-DPO SDXL); adamw8bit: bitsandbytes' 8-bit AdamW, CUDA only (pip install 'lpo[memory]').")
     lr: float = _field(6e-5, "Learning rate (after warmup).")
     weight_decay: float = _field(1e-4, "Weight decay.")
     adam_beta1: float = _field(0.9, "AdamW β1.")

@@ -265,6 +265,9 @@ class PairsDataConfig:
     pairs: str | None = _field(None, "Preference pairs: a parquet file / folder from `lpo pairs` or `lpo mpcf`, or a dataset id.")
     split: str | None = _field(None, "Split of a dataset id or parquet folder.")
     limit: int | None = _field(None, "Read at most this many rows.")
+    stream: bool = _field(True, "Local parquet: read pairs through a memory-mapped cache ($LPO_HOME/pair-cache), "
+                                "decoding each batch's images when it is drawn (memory independent of the set's size); "
+                                "false: decode every pair into memory first.")
     caption_dropout: float = _field(0.2, "Probability of replacing a pair's caption by \"\" (Diffusion-DPO: 0.2).")
     random_flip: bool = _field(True, "Flip each image horizontally with probability 0.5 (independently, as the official code).")
     resolution: int | None = _field(None, "Training image size; none = the model's (512 SD1.5, 1024 SDXL, 32 world).")

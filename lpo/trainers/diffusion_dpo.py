@@ -34,6 +34,7 @@ from lpo.core.errors import LpoError
 from lpo.trainers.losses import diffusion_dpo_loss, per_sample_mse
 from lpo.models.components import DiffusionComponents, encode_prompts
 from lpo.pairs.format import PreferencePair
+from lpo.pairs.stream import decisive_pairs, pair_meta
 from lpo.core.seeding import Stream, keyed_generator, pair_indices
 from lpo.reward.data import image_to_tensor
 from lpo.trainers.config import DiffusionDPOConfig
@@ -101,8 +102,8 @@ def draw_batch(config: DiffusionDPOConfig, num_pairs: int, step: int, latent_sha
 
 def pairs_fingerprint(pairs: Sequence[PreferencePair]) -> str:
     h = hashlib.sha256()
-    for pair in pairs:
-        h.update(f"{pair.pair_id}\x1f{pair.prompt}\x1f{pair.label_0}\x1e".encode())
+    for pair_id, prompt, label_0 in pair_meta(pairs):  # a streamed PairTable decodes no image for this
+        h.update(f"{pair_id}\x1f{prompt}\x1f{label_0}\x1e".encode())
     return h.hexdigest()[:16]
 
 
@@ -125,7 +126,7 @@ class DiffusionDPOTrainer(PolicyTrainer):
         **common: Any,
     ) -> None:
         super().__init__(config, components, policy, **common)
-        self.pairs = [p for p in pairs if not p.is_tie]
+        self.pairs = decisive_pairs(pairs)  # a list, or a view of a streamed PairTable
         self.num_ties = len(pairs) - len(self.pairs)
         if not self.pairs:
             raise LpoError(f"all {len(pairs)} pairs are ties; Diffusion-DPO needs pairs with a winner")
@@ -176,7 +177,7 @@ class DiffusionDPOTrainer(PolicyTrainer):
         noise = draws.noise[rows].to(device)
         x_t_w = c.scheduler.add_noise(latents[:, 0], noise, timesteps)
         x_t_l = c.scheduler.add_noise(latents[:, 1], noise, timesteps)
-        captions = ["" if bool(draws.drop_caption[r]) else self.pairs[int(draws.pair_rows[r])].prompt for r in rows]
+        captions = ["" if bool(draws.drop_caption[r]) else pair.prompt for r, pair in zip(rows, pairs)]
         conditioning = encode_prompts(c, captions, resolution=self.resolution)
         if c.scheduler.config.prediction_type == "v_prediction":
             target = torch.stack([c.scheduler.get_velocity(latents[:, i], noise, timesteps) for i in (0, 1)], dim=1)

@@ -60,7 +60,7 @@ OPTIMISATION_STAGE = "optimisation"
 REWARD_STAGE = "reward_model_training"
 # Run bookkeeping that may change between a run and its resume without changing its weights.
 RESUME_FREE_FIELDS = frozenset({"run.save_every", "run.keep_checkpoints", "run.log_every", "run.trackers",
-                                "run.save_merged_pipeline"})
+                                "run.save_merged_pipeline", "data.stream"})
 
 ProgressFn = Callable[[str, int, int, float], None]
 

@@ -83,23 +83,75 @@ def _big_pair_set(path, pairs: int = 2000, side: int = 96) -> int:
     return pairs * 2 * side * side * 3
 
 
-def test_streamed_training_memory_does_not_grow_with_the_set(tiny_world_dir, tmp_path):
-    from test_trainers_dpo import _trainer
-
-    decoded = _big_pair_set(tmp_path / "big.parquet")
+@pytest.fixture(scope="module")
+def big_set(tmp_path_factory):
+    path = tmp_path_factory.mktemp("big") / "big.parquet"
+    decoded = _big_pair_set(path)
     assert decoded > 2.5 * CAP_MB * 2**20  # the set is far larger than the cap
+    return path
+
+
+def test_streamed_training_memory_does_not_grow_with_the_set(tiny_world_dir, tmp_path, big_set):
+    from test_trainers_dpo import _trainer
 
     tracemalloc.start()
     try:
-        result = open_pairs(tmp_path / "big.parquet", cache_dir=tmp_path / "cache")  # the one indexing pass
+        result = open_pairs(big_set, cache_dir=tmp_path / "cache")  # the one indexing pass
         trainer = _trainer(tiny_world_dir, result.pairs, "train.max_steps=3")
         trainer.train()
         _, streamed_peak = tracemalloc.get_traced_memory()
         tracemalloc.reset_peak()
-        whole = load_pairs(tmp_path / "big.parquet")  # the comparison: every image decoded into memory
+        whole = load_pairs(big_set)  # the comparison: every image decoded into memory
         _, loaded_peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
     assert len(result.pairs) == len(whole.pairs) == 2000
     assert streamed_peak < CAP_MB * 2**20, f"streamed peak {streamed_peak / 2**20:.1f} MB"
     assert loaded_peak > 2 * CAP_MB * 2**20  # the test can fail: loading whole is over the cap
+
+
+def _reward_run(world_dir, pairs, tmp_path, name, **values):
+    from lpo.core.runs import RunFolder
+    from lpo.models.components import load_components
+    from lpo.reward.config import RewardTrainingConfig
+    from lpo.reward.lrm import LatentRewardModel, LRMConfig
+    from lpo.reward.training import train_step_reward
+
+    components = load_components(world_dir)
+    torch.manual_seed(0)
+    model = LatentRewardModel.from_components(components, LRMConfig(vfe_scale=1.0))
+    config = RewardTrainingConfig(**{**dict(lr=1e-4, warmup_steps=0, max_steps=3, batch_size=8, mixed_precision="no",
+                                          log_every=1, save_every=0, eval_every=0), **values})
+    run = RunFolder.create(config, folder=tmp_path / name)
+    result = train_step_reward(model, components, pairs, config, run)
+    return model, result, run
+
+
+def test_reward_training_on_streamed_pairs_and_a_disk_latent_cache_matches_memory(tiny_world_dir, tmp_path):
+    from test_trainers_dpo import _pairs
+
+    from lpo.pairs.format import save_pairs
+
+    save_pairs(_pairs(24), tmp_path / "pairs.parquet")
+    loaded = load_pairs(tmp_path / "pairs.parquet").pairs
+    streamed = open_pairs(tmp_path / "pairs.parquet", cache_dir=tmp_path / "cache").pairs
+    memory, memory_result, _ = _reward_run(tiny_world_dir, loaded, tmp_path, "memory", eval_fraction=0.25)
+    disk, disk_result, run = _reward_run(tiny_world_dir, streamed, tmp_path, "disk", eval_fraction=0.25,
+                                         latent_cache="disk")
+    assert (run.path / "latent-cache" / "mean.npy").is_file() and (run.path / "latent-cache" / "std.npy").is_file()
+    assert [r["loss"] for r in disk_result.history] == [r["loss"] for r in memory_result.history]
+    assert disk_result.eval_history == memory_result.eval_history  # the held-out prompts split alike
+    for (name, a), (_, b) in zip(memory.state_dict().items(), disk.state_dict().items()):
+        assert torch.equal(a, b), name
+
+
+def test_reward_training_memory_does_not_grow_with_the_set(tiny_world_dir, tmp_path, big_set):
+    tracemalloc.start()
+    try:
+        pairs = open_pairs(big_set, cache_dir=tmp_path / "cache").pairs
+        tracemalloc.reset_peak()
+        _reward_run(tiny_world_dir, pairs, tmp_path, "disk", latent_cache="disk", encode_batch_size=16)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < CAP_MB * 2**20, f"reward training peak {peak / 2**20:.1f} MB"

@@ -117,6 +117,10 @@ class PairTable(Sequence[PreferencePair]):
             rows = self.rows[start:start + chunk]
             yield from zip(ids.take(rows).to_pylist(), captions.take(rows).to_pylist(), self._labels[rows].tolist())
 
+    def select(self, positions: Sequence[int]) -> "PairTable":
+        """A view of the pairs at ``positions`` (of this table), in that order."""
+        return self._view(self.rows[np.asarray(positions, dtype=np.int64)])
+
     def decisive(self) -> "PairTable":
         """The pairs with a winner (ties left out), in order."""
         return self._view(self.rows[self._labels[self.rows] != TIE])

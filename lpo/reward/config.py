@@ -23,6 +23,7 @@ def _field(default: Any, help: str) -> Any:
 
 TimestepSampling = Literal["ddim", "uniform"]
 NoiseMode = Literal["independent", "shared"]
+LatentCache = Literal["memory", "disk"]
 PairWeighting = Literal["none", "pair", "per_prompt"]
 MixedPrecision = Literal["no", "fp16", "bf16"]
 LrScheduler = Literal["linear", "cosine", "constant"]
@@ -80,6 +81,9 @@ class RewardTrainingConfig:
     eval_timesteps: tuple[int, ...] = _field((1, 251, 501, 751, 951), "Timesteps at which held-out accuracy is measured.")
     eval_batch_size: int = _field(64, "Pairs per evaluation forward.")
     encode_batch_size: int = _field(32, "Images per VAE encode call when caching latents.")
+    latent_cache: LatentCache = _field(
+        "memory", "Where the pairs' VAE posteriors live: memory, or disk (memory-mapped files in the run folder's "
+        "latent-cache/, 256 KiB per pair at SD1.5: for pair sets larger than RAM).")
 
     def __post_init__(self) -> None:
         hints = get_type_hints(type(self))

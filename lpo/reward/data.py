@@ -10,9 +10,11 @@ paper's notation is mapped to these names in :mod:`lpo.reward.training`.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import math
 from dataclasses import dataclass, fields, replace
-from typing import Any, Sequence, get_args
+from pathlib import Path
+from typing import Any, Iterator, Sequence, get_args
 
 import numpy as np
 import torch
@@ -95,42 +97,84 @@ def image_to_tensor(image: np.ndarray, resolution: int, what: str = "image") -> 
     return torch.from_numpy(np.array(image, dtype=np.float32)).permute(2, 0, 1) / 127.5 - 1.0
 
 
+def _pair_fields(pairs: Sequence[PreferencePair]) -> tuple[list[str], list[str], list[float], list[float]]:
+    """(ids, prompts, labels, weights) without decoding a streamed PairTable's images."""
+    from lpo.pairs.stream import PairTable, pair_meta
+
+    ids, prompts, labels = [], [], []
+    for pair_id, prompt, label in pair_meta(pairs):
+        ids.append(pair_id)
+        prompts.append(prompt)
+        labels.append(float(label))
+    if isinstance(pairs, PairTable):
+        weights = [pairs.weight(i) for i in range(len(pairs))]
+    else:
+        weights = [float(p.weight) for p in pairs]
+    return ids, prompts, labels, weights
+
+
+def _latent_store(shape: tuple[int, ...], cache: Path | None, name: str) -> Tensor:
+    """A zeroed float32 tensor in memory, or backed by a file in ``cache`` (memory-mapped)."""
+    if cache is None:
+        return torch.empty(shape, dtype=torch.float32)
+    cache.mkdir(parents=True, exist_ok=True)
+    array = np.lib.format.open_memmap(cache / f"{name}.npy", mode="w+", dtype=np.float32, shape=shape)
+    return torch.from_numpy(array)  # shares the file's pages: rows load when a batch reads them
+
+
 @torch.no_grad()
-def encode_pairs(components: Any, pairs: Sequence[PreferencePair], batch_size: int = 32) -> EncodedPairs:
+def encode_pairs(components: Any, pairs: Sequence[PreferencePair], batch_size: int = 32,
+                 cache: Path | None = None) -> EncodedPairs:
     """VAE-encode both images of every pair once; keep the posterior's mean and std.
 
     Images are brought to ``components.default_resolution`` (:func:`image_to_tensor`).
-    The VAE runs in its own dtype and device, without gradients.
+    The VAE runs in its own dtype and device, without gradients, on ``batch_size`` images
+    at a time in pair order (image_0, image_1 of each pair); pairs are taken one by one, so
+    a streamed :class:`~lpo.pairs.stream.PairTable` decodes only the batch in hand.
+    ``cache``: a folder to hold mean and std as memory-mapped ``.npy`` files (2 images × 2
+    tensors × C·h·w float32 per pair; 256 KiB per pair at SD1.5) instead of RAM.
     """
-    if not pairs:
+    if not len(pairs):
         raise LpoError("no preference pairs to encode; pass at least one pair")
-    for pair in pairs:
-        if not (math.isfinite(pair.label_0) and 0.0 <= pair.label_0 <= 1.0):
-            raise LpoError(f"pair {pair.pair_id} has label_0 {pair.label_0}; it must be 1.0, 0.0 or 0.5 (tie)")
-        if not (math.isfinite(pair.weight) and pair.weight >= 0):
-            raise LpoError(f"pair {pair.pair_id} has weight {pair.weight}; weights must be finite and >= 0")
+    ids, prompts, labels, weights = _pair_fields(pairs)
+    for pair_id, label, weight in zip(ids, labels, weights):
+        if not (math.isfinite(label) and 0.0 <= label <= 1.0):
+            raise LpoError(f"pair {pair_id} has label_0 {label}; it must be 1.0, 0.0 or 0.5 (tie)")
+        if not (math.isfinite(weight) and weight >= 0):
+            raise LpoError(f"pair {pair_id} has weight {weight}; weights must be finite and >= 0")
     vae = components.vae
     resolution = components.default_resolution
-    images = [(p, k) for p in pairs for k in (0, 1)]  # image_0, image_1 of each pair, in order
-    means, stds = [], []
-    for start in range(0, len(images), batch_size):
-        chunk = images[start : start + batch_size]
-        pixels = torch.stack(
-            [image_to_tensor(p.image_0 if k == 0 else p.image_1, resolution, f"image_{k} of pair {p.pair_id}") for p, k in chunk]
-        )  # (b, 3, R, R)
-        posterior = vae.encode(pixels.to(device=vae.device, dtype=vae.dtype)).latent_dist
-        means.append(posterior.mean.float().cpu())
-        stds.append(posterior.std.float().cpu())
-    mean, std = torch.cat(means), torch.cat(stds)  # (2N, C, h, w)
-    shape = (len(pairs), 2, *mean.shape[1:])
+
+    def images() -> Iterator[Tensor]:
+        for index in range(len(pairs)):
+            pair = pairs[index]
+            for k, image in enumerate((pair.image_0, pair.image_1)):
+                yield image_to_tensor(image, resolution, f"image_{k} of pair {pair.pair_id}")
+
+    mean = std = None
+    flat_mean = flat_std = None
+    done = 0
+    stream = images()
+    while True:
+        chunk = list(itertools.islice(stream, batch_size))
+        if not chunk:
+            break
+        posterior = vae.encode(torch.stack(chunk).to(device=vae.device, dtype=vae.dtype)).latent_dist
+        if mean is None:
+            shape = (len(pairs), 2, *posterior.mean.shape[1:])
+            mean, std = _latent_store(shape, cache, "mean"), _latent_store(shape, cache, "std")
+            flat_mean, flat_std = mean.view(-1, *shape[2:]), std.view(-1, *shape[2:])
+        flat_mean[done:done + len(chunk)] = posterior.mean.float().cpu()
+        flat_std[done:done + len(chunk)] = posterior.std.float().cpu()
+        done += len(chunk)
     shift = getattr(vae.config, "shift_factor", None)
     return EncodedPairs(
-        pair_ids=[p.pair_id for p in pairs],
-        prompts=[p.prompt for p in pairs],
-        mean=mean.reshape(shape),
-        std=std.reshape(shape),
-        labels_0=torch.tensor([float(p.label_0) for p in pairs], dtype=torch.float32),
-        weights=torch.tensor([float(p.weight) for p in pairs], dtype=torch.float32),
+        pair_ids=ids,
+        prompts=prompts,
+        mean=mean,
+        std=std,
+        labels_0=torch.tensor(labels, dtype=torch.float32),
+        weights=torch.tensor(weights, dtype=torch.float32),
         scaling_factor=float(vae.config.scaling_factor),
         shift_factor=None if shift is None else float(shift),
     )
@@ -256,9 +300,13 @@ def noise_pairs(
     )
 
 
-def split_by_prompt(pairs: Sequence[PreferencePair], fraction: float, seed: int) -> tuple[list[PreferencePair], list[PreferencePair]]:
-    """(train, held-out): a random ``fraction`` of the distinct prompts, with all their pairs, held out."""
-    prompts = sorted({p.prompt for p in pairs})
+def split_by_prompt(pairs: Sequence[PreferencePair], fraction: float, seed: int) -> tuple[Sequence[PreferencePair], Sequence[PreferencePair]]:
+    """(train, held-out): a random ``fraction`` of the distinct prompts, with all their pairs, held out.
+    A streamed :class:`~lpo.pairs.stream.PairTable` is split into two views, no image decoded."""
+    from lpo.pairs.stream import PairTable, pair_meta
+
+    pair_prompts = [prompt for _, prompt, _ in pair_meta(pairs)]
+    prompts = sorted(set(pair_prompts))
     held = max(1, round(fraction * len(prompts))) if fraction > 0 else 0
     if held >= len(prompts):
         raise LpoError(
@@ -266,4 +314,8 @@ def split_by_prompt(pairs: Sequence[PreferencePair], fraction: float, seed: int)
         )
     order = torch.randperm(len(prompts), generator=keyed_generator(seed, Stream.SPLIT)).tolist()
     held_out = {prompts[i] for i in order[:held]}
-    return [p for p in pairs if p.prompt not in held_out], [p for p in pairs if p.prompt in held_out]
+    train = [i for i, prompt in enumerate(pair_prompts) if prompt not in held_out]
+    evaluation = [i for i, prompt in enumerate(pair_prompts) if prompt in held_out]
+    if isinstance(pairs, PairTable):
+        return pairs.select(train), pairs.select(evaluation)
+    return [pairs[i] for i in train], [pairs[i] for i in evaluation]

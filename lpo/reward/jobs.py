@@ -25,10 +25,17 @@ def _components(model: str):
     return load_components(resolve_model_name(model))
 
 
-def _pairs(path: str, what: str):
-    from lpo.pairs.format import load_pairs
+def _pairs(path: str, what: str, stream: bool = False):
+    """The pairs of ``path``: loaded whole, or (``stream``, a local file) a memory-mapped
+    :class:`~lpo.pairs.stream.PairTable` whose images are decoded as they are encoded."""
+    if stream and Path(path).expanduser().exists():
+        from lpo.pairs.stream import open_pairs
 
-    loaded = load_pairs(path)
+        loaded = open_pairs(path)
+    else:
+        from lpo.pairs.format import load_pairs
+
+        loaded = load_pairs(path)
     if not loaded.pairs:
         raise LpoError(f"{what} {path} holds no usable pairs ({loaded.summary()})")
     return loaded
@@ -57,7 +64,7 @@ def train_reward_job(
             raise LpoError("--resume needs --run-dir pointing at the run to continue")
         RunFolder.open(run_dir).refuse_if_finished()
     components = _components(model)
-    loaded = _pairs(pairs_path, "pairs file")
+    loaded = _pairs(pairs_path, "pairs file", stream=config.latent_cache == "disk")
     if console is not None:
         console.print(loaded.summary())
     # With eval_fraction > 0 the trainer holds out prompts itself (split_by_prompt).

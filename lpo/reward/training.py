@@ -92,6 +92,7 @@ TRAINING_STAGE = "reward_model_training"
 EVALUATION_STAGE = "evaluation"
 PROGRESS_LABEL = "reward model"
 MODEL_DIR = "model"
+LATENT_CACHE_DIR = "latent-cache"  # latent_cache=disk: the training pairs' posteriors, memory-mapped
 
 
 @runtime_checkable
@@ -412,7 +413,12 @@ class RewardTrainingLoop(TrainingLoop):
         config, acc = self.config, self.accelerator
         self.pool = timestep_pool(self.components.scheduler, config.timestep_sampling, config.num_inference_steps)
         # the data: posteriors of every image, once
-        self.encoded = encode_pairs(self.components, self.pairs, config.encode_batch_size)
+        cache = None
+        if config.latent_cache == "disk":
+            if self.run is None:
+                raise LpoError("latent_cache=disk keeps the latents in the run folder; pass a run folder or use latent_cache=memory")
+            cache = self.run.path / LATENT_CACHE_DIR
+        self.encoded = encode_pairs(self.components, self.pairs, config.encode_batch_size, cache=cache)
         self.eval_encoded = encode_pairs(self.components, self.eval_pairs, config.encode_batch_size) if self.eval_pairs else None
         self.weights = loss_weights(self.encoded, config.pair_weighting)
         self.run_plan = plan_training(

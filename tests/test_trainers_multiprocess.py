@@ -2,15 +2,18 @@
 Every rank must hold identical weights after every optimiser step (the gradients were
 averaged), and LPO's kept pairs must be gathered from both ranks.
 
-The processes are started with torchrun and ACCELERATE_USE_CPU=1: with accelerate 1.15,
-`accelerate launch --num_processes 2 --cpu` starts a SINGLE process unless an MPI hostfile is
-given, and `accelerate launch --multi_gpu` on a machine without GPUs starts two processes that
-each believe they are alone (lpo refuses that, see harness._check_world_size)."""
+The processes are started by `accelerate launch --multi_gpu --num_processes 2` itself, with
+ACCELERATE_USE_CPU=1. Why not `--cpu`: accelerate 1.15 sends `--cpu` to its simple launcher,
+which starts several processes only through MPI (`--mpirun_hostfile`), so `--cpu
+--num_processes 2` runs ONE process. `--multi_gpu` goes through torchrun; without
+ACCELERATE_USE_CPU=1 each of its processes then finds no GPU and believes it is alone (lpo
+refuses that, see harness._check_world_size); with it they form one gloo group."""
 
 from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 
@@ -88,8 +91,12 @@ def test_two_cpu_processes_keep_identical_weights_and_gather_kept_pairs(tiny_wor
     script = tmp_path / "job.py"
     script.write_text(SCRIPT)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "ACCELERATE_USE_CPU": "1"}
+    with socket.socket() as probe:  # a free rendezvous port: another job on the machine may hold accelerate's 29500
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
     proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script),
+        [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+         "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port), str(script),
          str(tmp_path), str(tiny_world_dir), str(lrm), str(tmp_path / "pairs.parquet")],
         env=env, capture_output=True, text=True, timeout=900,
     )

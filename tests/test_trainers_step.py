@@ -376,3 +376,16 @@ def test_adamw_8bit_is_refused_in_one_line_off_cuda_or_without_bitsandbytes(monk
     fake_cuda = type("P", (), {"device": torch.device("cuda"), "dtype": torch.float32})()
     with pytest.raises(LpoError, match=r"needs bitsandbytes: pip install 'lpo\[memory\]'"):
         build_optimizer([fake_cuda], config)
+
+
+def test_processes_that_each_believe_they_are_alone_are_refused_with_the_launch_that_works(monkeypatch):
+    from types import SimpleNamespace
+
+    from lpo.core.errors import LpoError
+    from lpo.trainers.harness import _check_world_size
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(LpoError, match=r"2 processes were launched \(WORLD_SIZE\) but accelerate sees 1; .*"
+                                       r"ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes N"):
+        _check_world_size(SimpleNamespace(num_processes=1))
+    _check_world_size(SimpleNamespace(num_processes=2))  # one group of two: fine

@@ -127,7 +127,8 @@ def _check_world_size(accelerator: Any) -> None:
     if world_size > 1 and accelerator.num_processes != world_size:
         raise LpoError(
             f"{world_size} processes were launched (WORLD_SIZE) but accelerate sees {accelerator.num_processes}; "
-            "on a machine without GPUs launch with ACCELERATE_USE_CPU=1 torchrun --nproc_per_node N -m lpo.cli train ..."
+            "on a machine without GPUs launch with ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes N "
+            "-m lpo.cli train ..."
         )
 
 

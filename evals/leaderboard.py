@@ -52,7 +52,7 @@ from lpo.evals.signals import mark as signal_mark
 from lpo.evals.store import ResultRecord
 
 FORMATS = ("md", "csv", "html")
-TRAINING_STAGES = ("reward_model_training", "optimisation")
+TRAINING_STAGES = ("reward_model_training", "rollout", "optimisation")
 
 
 @dataclass(frozen=True)

@@ -164,8 +164,14 @@ def test_one_step_of_every_trainer_trains_the_chosen_weights_only(method, tiny_w
     assert cost["seconds"]["optimisation"] > 0 and cost["device_type"] == "cpu" and cost["device_count"] == 1
     included = {r["source"]: r["seconds"] for r in cost["included"]}
     if method == "diffusion-dpo":
-        assert included == {}
+        assert included == {} and "rollout" not in cost["seconds"]
     else:
+        assert cost["seconds"]["rollout"] > 0  # sampling the round's trajectories, booked apart from the update
+        from lpo.bench.efficiency import training_seconds
+
+        counted = training_seconds(cost)
+        assert counted.rollout == pytest.approx(cost["seconds"]["rollout"])
+        assert counted.optimisation == pytest.approx(cost["seconds"]["rollout"] + cost["seconds"]["optimisation"])
         assert included == {str(reward): {"reward_model_training": REWARD_SECONDS if method == "lpo" else 3.0}}
     assert json.loads((result.model_folder / "cost.json").read_text()) == cost
 

@@ -14,15 +14,17 @@ record (:meth:`lpo.core.runs.DeviceMeter.as_dict`) its run had written when the 
 saved. Its training device-seconds are
 
     Σ over the record itself and every record in its ``included`` list
-      Σ over the stages ``reward_model_training`` and ``optimisation``
+      Σ over the stages ``reward_model_training``, ``rollout`` and ``optimisation``
         seconds[stage] × device_count
 
 so LPO's and SPO's totals contain the training of their step reward model (folded into
 the run with :meth:`DeviceMeter.include`; the reward model's own includes are flattened
 into the same list) and Diffusion-DPO's contain none because it has none. LPO's and SPO's
 rollouts (sampling the trajectories with the current policy and scoring them with the
-step reward) run inside the trainers' ``optimisation`` stage (:mod:`lpo.trainers.step_dpo`,
-step 3a), so they are counted there. Not counted here: the ``evaluation`` stage (periodic
+step reward) are booked as ``rollout`` (:mod:`lpo.trainers.step_dpo`, step 1); policy
+training (``optimisation`` of :class:`TrainingSeconds` and the curves) is rollout plus
+gradient steps, and the rollout share is reported beside it. Cost records written before
+the ledger split them count rollouts inside ``optimisation``, with the same total. Not counted here: the ``evaluation`` stage (periodic
 evaluation during training, and the bench's own evaluations), and the offline pair data
 (generation + MPCF) that all three methods share; :mod:`lpo.bench.efficiency_view` books
 that as a column of its own. Device-seconds of different device types are never silently
@@ -65,7 +67,7 @@ from lpo.core.errors import LpoError
 from lpo.evals.paired import paired_difference_records
 from lpo.evals.store import ResultRecord
 
-COUNTED_STAGES = ("reward_model_training", "optimisation")
+COUNTED_STAGES = ("reward_model_training", "rollout", "optimisation")
 DEFAULT_AMORTISE_RUNS = 10  # policy runs one reward model (and one pair set) serves, for the amortised view
 METHOD_ORDER = ("lpo", "spo", "diffusion-dpo")
 METHOD_NAMES = {"lpo": "LPO", "spo": "SPO", "diffusion-dpo": "Diffusion-DPO", "base": "base model"}
@@ -92,8 +94,9 @@ class TrainingSeconds:
     """Training device-seconds of one cost record, split by stage (see the module docstring)."""
 
     reward_model: float
-    optimisation: float
+    optimisation: float  # policy training: the gradient steps and, for LPO / SPO, their rollouts
     device_types: tuple[str, ...]
+    rollout: float = 0.0  # of ``optimisation``: LPO / SPO sampling and scoring their trajectories
 
     @property
     def total(self) -> float:
@@ -113,7 +116,8 @@ def training_seconds(cost: dict[str, Any]) -> TrainingSeconds:
             counted = counted or value > 0
         if counted and part.get("device_type") not in types:
             types.append(str(part.get("device_type")))
-    return TrainingSeconds(seconds["reward_model_training"], seconds["optimisation"], tuple(sorted(types)))
+    return TrainingSeconds(seconds["reward_model_training"], seconds["rollout"] + seconds["optimisation"],
+                           tuple(sorted(types)), rollout=seconds["rollout"])
 
 
 # --------------------------------------------------------------------------- curves
@@ -127,7 +131,7 @@ class CurvePoint:
     step: int | str | None  # None: the run's final model
     device_seconds: float
     reward_model_seconds: float
-    optimisation_seconds: float
+    optimisation_seconds: float  # policy training, rollouts included
     device_types: tuple[str, ...]
     value: float
     ci_half: float | None  # half-width of the 95% interval over prompts; None when unknown
@@ -135,6 +139,7 @@ class CurvePoint:
     record_id: str
     delta: float | None = None  # paired Δ vs the base model (None without side files)
     delta_half: float | None = None  # its 95% half-width (Student t over prompts)
+    rollout_seconds: float = 0.0  # of optimisation_seconds: LPO / SPO's rollouts
 
     @property
     def final(self) -> bool:
@@ -208,6 +213,7 @@ def _point(record: ResultRecord, cost: TrainingSeconds | None, delta=None) -> Cu
         device_seconds=cost.total if cost else 0.0,
         reward_model_seconds=cost.reward_model if cost else 0.0,
         optimisation_seconds=cost.optimisation if cost else 0.0,
+        rollout_seconds=cost.rollout if cost else 0.0,
         device_types=cost.device_types if cost else (),
         value=float(record.value),
         ci_half=_half(record),

@@ -99,7 +99,10 @@ def cost_table(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     for name, c in costs.items():
         one_run = (f"{c['reward_model_seconds']:.1f} + {c['optimisation_seconds']:.1f} = {c['one_run']:.1f} "
                    f"({', '.join(c['device_types']) or '?'})")
-        rows.append([name, _s(c["reward_model_seconds"]), _s(c["optimisation_seconds"]), _s(c["data_seconds"]), one_run,
+        optimisation = _s(c["optimisation_seconds"])
+        if c.get("rollout_seconds"):  # cost records written since the ledger books rollouts apart
+            optimisation += f" (rollouts {_s(c['rollout_seconds'])})"
+        rows.append([name, _s(c["reward_model_seconds"]), optimisation, _s(c["data_seconds"]), one_run,
                      _s(c["one_run_with_data"]), _s(c["amortised"]), _s(c["amortised_with_data"])])
     lpo = [c for c in costs.values() if c["method"] == "lpo"]
     for ref in ("diffusion-dpo", "spo"):

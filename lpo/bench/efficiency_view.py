@@ -10,10 +10,11 @@ What is booked where, per method (device-seconds = wall seconds × devices):
 ==================  =======================================================================
 reward model        the step reward model's training (LPO: the LRM; SPO: the pixel model;
                     Diffusion-DPO: none), from the cost record its policy run includes
-optimisation        the policy run's ``optimisation`` stage. LPO's and SPO's rollouts
-                    (sampling trajectories with the current policy, scoring them with the
-                    step reward) run inside it (:mod:`lpo.trainers.step_dpo`, step 3a), so
-                    their cost is here; Diffusion-DPO VAE-encodes its pairs inside it too
+optimisation        policy training: the run's ``rollout`` and ``optimisation`` stages. LPO's
+                    and SPO's rollouts (sampling trajectories with the current policy, scoring
+                    them with the step reward; :mod:`lpo.trainers.step_dpo`, step 1) are
+                    booked apart and shown beside the total; Diffusion-DPO VAE-encodes its
+                    pairs inside its optimisation
 pair data           the offline preference pairs of the training split (``pairs`` stage
                     less its val split) and their MPCF filtering (``mpcf`` stage), from
                     ``BENCH/stages/{pairs,mpcf}.json`` (:func:`read_data_cost`). All three
@@ -173,6 +174,7 @@ def method_costs(data: EfficiencyData, data_cost: DataCost | None, runs: int) ->
         out[name] = {
             "method": curve.method, "device_types": list(final.device_types),
             "reward_model_seconds": final.reward_model_seconds, "optimisation_seconds": final.optimisation_seconds,
+            "rollout_seconds": final.rollout_seconds,
             "data_seconds": shared, "one_run": final.device_seconds, "amortised": amortised,
             "one_run_with_data": None if shared is None else final.device_seconds + shared,
             "amortised_with_data": None if shared is None else amortised + shared / runs,
@@ -285,9 +287,10 @@ def efficiency_report(
         "counted": {
             "stages": list(COUNTED_STAGES),
             "formula": "Σ over the checkpoint's cost record and its included records (the reward model's training) of "
-            "seconds[stage] × device_count, stage ∈ {reward_model_training, optimisation}",
-            "rollouts": "LPO's and SPO's rollouts (sampling with the current policy, scoring with the step reward) run "
-            "inside the optimisation stage (lpo.trainers.step_dpo, step 3a) and are counted there",
+            "seconds[stage] × device_count, stage ∈ {reward_model_training, rollout, optimisation}",
+            "rollouts": "LPO's and SPO's rollouts (sampling with the current policy, scoring with the step reward) are "
+            "booked as rollout and counted in policy training (optimisation_seconds, with rollout_seconds beside it); "
+            "records written before the split count them inside optimisation",
             "data": "the training pairs' generation and MPCF (bench stages pairs less its val split, and mpcf), shared by "
             "all three methods (reward models and Diffusion-DPO train on them, LPO and SPO take their prompts): a column "
             "of its own, not on the curves' x axis",

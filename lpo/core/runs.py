@@ -60,7 +60,9 @@ CHECKPOINT_MODEL_DIR = "model"
 
 # The stages of SPEC §8. A typo in a stage name would silently split the cost, so only
 # these are accepted.
-STAGES: tuple[str, ...] = ("reward_model_training", "optimisation", "evaluation")
+# rollout: LPO / SPO sampling their training trajectories (K candidates scored by the step
+# reward), booked apart from the gradient steps; policy training = rollout + optimisation.
+STAGES: tuple[str, ...] = ("reward_model_training", "rollout", "optimisation", "evaluation")
 
 
 # --------------------------------------------------------------------------- run folders

@@ -57,6 +57,7 @@ TRAINABLE_WEIGHTS_NAME = "trainable.safetensors"
 MODEL_DIR = "model"
 PIPELINE_DIR = "pipeline"
 OPTIMISATION_STAGE = "optimisation"
+ROLLOUT_STAGE = "rollout"
 REWARD_STAGE = "reward_model_training"
 # Run bookkeeping that may change between a run and its resume without changing its weights.
 RESUME_FREE_FIELDS = frozenset({"run.save_every", "run.keep_checkpoints", "run.log_every", "run.trackers",

@@ -44,7 +44,15 @@ from lpo.models.conditioning import predict_noise
 from lpo.trainers.rollout import KeptSteps, StepReward, StepRolloutSettings, step_rollout, trained_steps
 from lpo.trainers.config import StepTrainerConfig
 from lpo.trainers.guards import GapTracker, check_rollout_scores, check_trained
-from lpo.trainers.harness import Policy, TrainResult, accumulated_step, check_step, finite_or_none, reduce_logs
+from lpo.trainers.harness import (
+    ROLLOUT_STAGE,
+    Policy,
+    TrainResult,
+    accumulated_step,
+    check_step,
+    finite_or_none,
+    reduce_logs,
+)
 from lpo.trainers.policy_trainer import PolicyTrainer
 from lpo.trainers.schedules import StepRoundSchedule
 
@@ -245,15 +253,16 @@ class StepDPOTrainer(PolicyTrainer):
         P, rank = acc.num_processes, acc.process_index
         micro, accumulation = config.train.train_batch_size, config.optim.gradient_accumulation_steps
         began = time.perf_counter()
-        # 1. roll out this process's trajectories with the current policy
+        # 1. roll out this process's trajectories with the current policy (booked as rollout)
         model.eval()
-        prompts = self._round_prompts(round_index)
-        out = self._rollout(round_index, prompts)
-        check_rollout_scores(acc, out.scores, f"round {round_index + 1}", self.optimizer_steps, self.reward_source,
-                             config.optim.lr)
-        self.gaps.update(out.scores, out.branched)
-        # 2. gather every process's kept samples; one shared shuffle; an even split
-        kept = gather_kept(acc, out.kept).to(acc.device)
+        with self.meter.stage(ROLLOUT_STAGE):
+            prompts = self._round_prompts(round_index)
+            out = self._rollout(round_index, prompts)
+            check_rollout_scores(acc, out.scores, f"round {round_index + 1}", self.optimizer_steps, self.reward_source,
+                                 config.optim.lr)
+            self.gaps.update(out.scores, out.branched)
+            # 2. gather every process's kept samples; one shared shuffle; an even split
+            kept = gather_kept(acc, out.kept).to(acc.device)
         total = len(kept)
         per_process = total // P
         order = torch.randperm(total, generator=keyed_generator(config.run.seed, Stream.SHUFFLE, round_index))

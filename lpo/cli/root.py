@@ -3,7 +3,7 @@ them, ``lpo version``, ``lpo env`` and :func:`main`, the console script's entry 
 
 Commands live in one module per group (:mod:`lpo.cli.world`, :mod:`lpo.cli.generate`,
 :mod:`lpo.cli.reward`, :mod:`lpo.cli.bench`, :mod:`lpo.cli.evaluate`,
-:mod:`lpo.cli.train`, :mod:`lpo.cli.perf`); they are registered here, explicitly, so the
+:mod:`lpo.cli.train`, :mod:`lpo.cli.perf`, :mod:`lpo.cli.data`); they are registered here, explicitly, so the
 list of commands can be read in one place.
 """
 
@@ -15,6 +15,7 @@ import typer
 
 from lpo.cli.bench import bench
 from lpo.cli.common import registry_help_command, user_errors
+from lpo.cli.data import data_app
 from lpo.cli.evaluate import compare_command, eval_command, leaderboard_command, list_app
 from lpo.cli.generate import pairs, sample
 from lpo.cli.perf import perf_app
@@ -61,6 +62,7 @@ app.command("train")(train_command)
 app.add_typer(world_app, name="world")
 app.add_typer(lrm_app, name="lrm")
 app.add_typer(perf_app, name="perf")
+app.add_typer(data_app, name="data")
 app.add_typer(list_app, name="list")
 
 

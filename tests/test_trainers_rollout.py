@@ -215,3 +215,59 @@ def test_bad_settings_raise():
         StepRolloutSettings(threshold_min=0.6, threshold_max=0.5)
     with pytest.raises(ValueError, match="skip_first_steps"):
         StepRolloutSettings(skip_first_steps=20)
+
+
+# --------------------------------------------------------------------------- inner steps (SPO SDXL)
+
+
+def test_inner_steps_continue_each_chain_and_pair_every_transition(world):
+    """K = 2, 2 inner steps: a branching, two more steps of each chain, then the chain ends are
+    scored; the winning and losing chains give 3 pairs each, linked transition by transition."""
+    settings = StepRolloutSettings(num_candidates=2, inner_steps=2, threshold_min=0.0, threshold_max=0.0,
+                                   min_timestep=651)  # branchings at 951, 801, 651 (each + 2 inner steps)
+    out, reward, _, cond = _rollout(world, settings)
+    kept = out.kept
+    assert kept.latents_t_l is not None and len(kept) == 3 * 3 * len(PROMPTS)  # 3 branchings × 3 pairs × prompts
+    assert out.branched == 3 * len(PROMPTS) and out.kept_count == 3 * len(PROMPTS) and out.keep_rate == 1.0
+    assert out.kept_by_timestep == {t: len(PROMPTS) for t in (951, 901, 851, 801, 751, 701, 651, 601, 551)}
+    # the reward saw the chain ends only: 3 calls of B·K latents, told the last inner step's t
+    assert [int(ts[0]) for _, ts in reward.calls] == [851, 701, 551]
+    assert all(x.shape[0] == 2 * len(PROMPTS) for x, _ in reward.calls)
+    for segment, (ends, _) in enumerate(reward.calls):
+        rows = [segment * 3 * len(PROMPTS) + j * len(PROMPTS) + b for j in range(3) for b in range(len(PROMPTS))]
+        part = kept.select(rows)
+        first, second, third = (part.select(range(j * len(PROMPTS), (j + 1) * len(PROMPTS))) for j in range(3))
+        assert torch.equal(first.latents_t, first.latents_t_l)  # the branching step: one x_t
+        assert torch.equal(second.latents_t, first.latents_w) and torch.equal(second.latents_t_l, first.latents_l)
+        assert torch.equal(third.latents_t, second.latents_w) and torch.equal(third.latents_t_l, second.latents_l)
+        scores = reward.scale * (ends.float() * reward.direction).mean(dim=(1, 2, 3))
+        by_prompt = scores.reshape(len(PROMPTS), 2)
+        ends_by_prompt = ends.reshape(len(PROMPTS), 2, *ends.shape[1:])
+        for b in range(len(PROMPTS)):  # the winner's chain ends at the better-scored end
+            best, worst = int(by_prompt[b].argmax()), int(by_prompt[b].argmin())
+            assert torch.equal(third.latents_w[b], ends_by_prompt[b, best])
+            assert torch.equal(third.latents_l[b], ends_by_prompt[b, worst])
+    # each inner transition is a sample of the policy's step from its own chain's x_t
+    row = second.select([0])
+    cond_row = cond.index(row.prompt_index)
+    for x_t, x_prev in ((row.latents_t, row.latents_w), (row.latents_t_l, row.latents_l)):
+        t = int(row.timesteps[0])
+        step = ddim_step_with_logprob(world.scheduler, predict_noise(world.unet, x_t, t, cond_row), t, x_t, eta=1.0,
+                                      noise=torch.zeros_like(x_t))
+        z = (x_prev - step.mean) / step.std
+        assert z.abs().max() < 6  # a draw from that Gaussian (not from the other chain's)
+
+
+def test_without_inner_steps_the_loser_shares_x_t(world):
+    out, _, _, _ = _rollout(world, StepRolloutSettings(num_candidates=2, threshold_min=0.0, threshold_max=0.0,
+                                                       min_timestep=851))
+    assert out.kept.latents_t_l is None and out.kept_count == len(out.kept)
+    parts = KeptSteps.cat([out.kept, out.kept])
+    assert parts.latents_t_l is None
+
+
+def test_a_trajectory_ending_inside_a_segment_scores_its_chains_there(world):
+    settings = StepRolloutSettings(num_inference_steps=4, num_candidates=2, inner_steps=3, threshold_min=0.0,
+                                   threshold_max=0.0, skip_first_steps=2)  # branch at step 3 of 4: 1 inner step left
+    out, reward, _, _ = _rollout(world, settings)
+    assert len(reward.calls) == 1 and len(out.kept) == 2 * len(PROMPTS)

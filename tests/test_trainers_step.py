@@ -395,3 +395,52 @@ def test_processes_that_each_believe_they_are_alone_are_refused_with_the_launch_
                                        r"ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes N"):
         _check_world_size(SimpleNamespace(num_processes=1))
     _check_world_size(SimpleNamespace(num_processes=2))  # one group of two: fine
+
+
+def test_spo_with_inner_steps_trains_on_both_chains_own_transitions(tiny_world_dir, world_pixel, tmp_path):
+    """SPO SDXL's recipe on the world: each pair's loser transition is scored from its own x_t."""
+    from lpo.models.components import load_components
+    from lpo.models.conditioning import predict_noise
+    from lpo.sampling.ddim import ddim_step_with_logprob
+    from lpo.trainers.jobs import _load_step_reward
+    from lpo.trainers.harness import build_policy
+    from lpo.trainers.losses import clipped_step_dpo_loss
+    from lpo.trainers.step_dpo import SPOTrainer
+
+    assert trainer_preset("spo-sdxl").sampler.inner_steps == 3 and trainer_preset("spo-sd15").sampler.inner_steps == 0
+    overrides = [f"model.base={tiny_world_dir}", f"reward.path={world_pixel}", *QUICK_STEP, "sampler.num_candidates=2",
+                 "sampler.inner_steps=2", "sampler.min_timestep=851", "sampler.skip_first_steps=0"]
+    result = run_training("spo", "spo-world", overrides, run_dir=tmp_path / "run")
+    row = result.history[0]
+    assert row["keep_rate"] == 1.0 and row["kept"] == 4 * 3  # 4 prompts × (branching + 2 inner steps)
+    assert math.isfinite(row["loss"])
+
+    # the loss of a pair whose chains start apart, against the log-probs computed here
+    config = resolve_config("spo", "spo-world", overrides)
+    components = load_components(tiny_world_dir)
+    policy = build_policy(components.unet, config.policy, config.run.seed)
+    reward = _load_step_reward(config, "pixel", components, policy)  # on the frozen reference, as lpo train does
+    trainer = SPOTrainer(config, components, policy, reward, ["a red circle"] * 4)
+    trainer.train()  # a round: the trained policy now differs from its reference
+    out = trainer._rollout(1, ["a red circle", "a blue square"])
+    kept = out.kept
+    inner = torch.nonzero((kept.latents_t != kept.latents_t_l).flatten(1).any(dim=1)).flatten()
+    assert len(inner) > 0
+    samples = kept.select(inner)
+    losses, _ = trainer._loss_fn(components.unet, samples)(torch.arange(len(samples)))
+    cond = samples.row_conditioning()
+    components.scheduler.set_timesteps(config.sampler.num_inference_steps)
+
+    def log_prob(unet, x_t, sample):
+        pred = predict_noise(unet, x_t, samples.timesteps, cond)
+        return ddim_step_with_logprob(components.scheduler, pred, samples.timesteps, x_t, eta=config.sampler.eta,
+                                      prev_sample=sample).log_prob
+
+    with torch.no_grad():
+        with policy.reference() as reference:
+            ref_w, ref_l = log_prob(reference, samples.latents_t, samples.latents_w), \
+                log_prob(reference, samples.latents_t_l, samples.latents_l)
+        pol_w, pol_l = log_prob(components.unet, samples.latents_t, samples.latents_w), \
+            log_prob(components.unet, samples.latents_t_l, samples.latents_l)
+    expected = clipped_step_dpo_loss(pol_w, pol_l, ref_w, ref_l, config.loss.beta, config.loss.clip_epsilon).losses
+    torch.testing.assert_close(losses.detach(), expected, atol=1e-5, rtol=1e-4)

@@ -179,7 +179,8 @@ class RunFolder:
         run = cls.open(folder)
         run.refuse_if_finished()
         if resume_free is not None and not list_checkpoints(run) and run.config_path.is_file():
-            changes = config_changes(run.read_config(), _config_dict(config), resume_free)
+            changes = config_changes(run.read_config(), _config_dict(config), resume_free,
+                                     getattr(config, "ADDED_DEFAULTS", None))
             if changes:
                 raise LpoError(
                     f"cannot resume {run.path}: the config differs from its config.json ({'; '.join(changes)}) "
@@ -273,8 +274,14 @@ def _timestamped(root: Path, name: str) -> Path:
     return path
 
 
-def config_changes(old: dict[str, Any], new: dict[str, Any], ignore: frozenset[str] = frozenset()) -> list[str]:
-    """'key: old -> new' for every dotted key of two (nested) config dicts that differs, ``ignore`` excepted."""
+def config_changes(old: dict[str, Any], new: dict[str, Any], ignore: frozenset[str] = frozenset(),
+                   added: dict[str, Any] | None = None) -> list[str]:
+    """'key: old -> new' for every dotted key of two (nested) config dicts that differs, ``ignore`` excepted.
+
+    ``added``: fields added to the config class since ``old`` may have been written, with the
+    value that reproduces what lpo did before them (a config class's ``ADDED_DEFAULTS``): a
+    key ``old`` lacks counts as holding that value, so a run started before can be resumed.
+    """
 
     def flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -283,6 +290,8 @@ def config_changes(old: dict[str, Any], new: dict[str, Any], ignore: frozenset[s
         return out
 
     a, b = flat(old), flat(new)
+    for key, value in (added or {}).items():
+        a.setdefault(key, value)
     keys = sorted(k for k in set(a) | set(b) if k not in ignore and a.get(k) != b.get(k))
     return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in keys]
 

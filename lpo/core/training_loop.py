@@ -69,7 +69,8 @@ def load_newest_checkpoint(
     saved = read_trainer_state(folder)
     if saved.get("version") != TRAINER_STATE_VERSION:
         raise LpoError(f"{folder} has trainer-state version {saved.get('version')}; this lpo reads {TRAINER_STATE_VERSION}")
-    changes = config_changes(saved.get("config", {}), config_to_dict(config), resume_free)
+    changes = config_changes(saved.get("config", {}), config_to_dict(config), resume_free,
+                             getattr(config, "ADDED_DEFAULTS", None))
     if changes:
         raise LpoError(
             f"cannot resume {folder}: the config differs from the checkpoint's ({'; '.join(changes)}); "

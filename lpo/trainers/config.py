@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, fields, is_dataclass
-from typing import Any, Literal, get_args, get_type_hints
+from typing import Any, ClassVar, Literal, get_args, get_type_hints
 
 from lpo.trainers.lora import LORA_TARGETS
 
@@ -186,6 +186,8 @@ class StepSamplerConfig:
     guidance_scale: float = _field(5.0, "CFG weight, in sampling and in the training forward.")
     negative_prompt: str | None = _field(None, "Negative prompt; none = the pipeline's default (\"\" for SD1.5, zeros for SDXL).")
     num_candidates: int = _field(4, "K candidates x_prev branched at every trained step.")
+    inner_steps: int = _field(0, "Continue each candidate this many more steps before scoring its chain end (SPO SDXL: 3); "
+                                 "every transition of the winning and the losing chain is then a pair. 0: score right away.")
     skip_first_steps: int = _field(0, "Steps at the start of each trajectory that keep no pairs (SPO: 4 of 20).")
     min_timestep: int = _field(0, "Keep pairs only at t >= this (0: every step); later steps are not even sampled.")
     reward_timestep: RewardTimestep = _field("current", "Timestep told to the reward: current t (official LPO code), prev t (the candidates') or zero (ablation: the LRM is told t = 0).")
@@ -201,6 +203,7 @@ class StepSamplerConfig:
         if not (math.isfinite(self.guidance_scale) and self.guidance_scale >= 1):
             raise ValueError(f"guidance_scale must be >= 1, got {self.guidance_scale}")
         _at_least("num_candidates", self.num_candidates, 2)
+        _at_least("inner_steps", self.inner_steps, 0)
         if not 0 <= self.skip_first_steps < self.num_inference_steps:
             raise ValueError(f"skip_first_steps must be in [0, {self.num_inference_steps - 1}], got {self.skip_first_steps}")
         _at_least("min_timestep", self.min_timestep, 0)
@@ -251,6 +254,10 @@ class StepTrainerConfig:
     train: StepTrainConfig = _field(StepTrainConfig(), "Prompts and round schedule.")
     optim: OptimConfig = _field(OptimConfig(), "Optimiser.")
     run: RunConfig = _field(RunConfig(), "Run bookkeeping.")
+
+    # Fields added since runs were first recorded, at the value that reproduces those runs
+    # (a run started before them resumes; lpo.core.runs.config_changes).
+    ADDED_DEFAULTS: ClassVar[dict[str, Any]] = {"sampler.inner_steps": 0}
 
     def __post_init__(self) -> None:
         _check_literals(self)

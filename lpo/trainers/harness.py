@@ -431,9 +431,10 @@ def write_checkpoint_cost(folder: Path, run: RunFolder) -> None:
         atomic_write_json(folder / COST_NAME, cost)
 
 
-def config_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    """'key: old -> new' for every dotted key that differs, bookkeeping fields excepted."""
-    return run_config_changes(old, new, RESUME_FREE_FIELDS)
+def config_changes(old: dict[str, Any], config: Any) -> list[str]:
+    """'key: old -> new' for every dotted key of ``config`` that differs from ``old``, bookkeeping
+    fields excepted and fields added since ``old`` taken at their former behaviour."""
+    return run_config_changes(old, config_to_dict(config), RESUME_FREE_FIELDS, getattr(config, "ADDED_DEFAULTS", None))
 
 
 # --------------------------------------------------------------------------- results and callbacks

@@ -60,7 +60,6 @@ def load_prompts(spec: str | None) -> list[str]:
 
 def _check_resumable(run_dir: Path, config: Any) -> None:
     """Refuse before touching run.json / config.json when the newest checkpoint has another config."""
-    from lpo.core.config import config_to_dict
     from lpo.core.runs import RunFolder, list_checkpoints
     from lpo.core.training_loop import read_trainer_state
     from lpo.trainers.harness import config_changes
@@ -68,7 +67,7 @@ def _check_resumable(run_dir: Path, config: Any) -> None:
     checkpoints = list_checkpoints(RunFolder.open(run_dir))
     if checkpoints:
         saved = read_trainer_state(checkpoints[-1][1])
-        changes = config_changes(saved.get("config", {}), config_to_dict(config))
+        changes = config_changes(saved.get("config", {}), config)
         if changes:
             raise LpoError(
                 f"cannot resume {run_dir}: the config differs from its checkpoint's ({'; '.join(changes)}); "

@@ -108,15 +108,16 @@ def _spo_sd15() -> StepTrainerConfig:
 
 
 def _spo_sdxl() -> StepTrainerConfig:
-    # SPO SDXL: K 2, threshold 0.4, LoRA r 64, lr 1e-5, sample 2 / train 2, accumulation 2. The
-    # official SDXL run also continues each candidate 3 "inner" steps before scoring; not
-    # implemented here (each candidate is scored right after its branching step).
+    # SPO SDXL: K 2, threshold 0.4, LoRA r 64, lr 1e-5, sample 2 / train 2, accumulation 2, and
+    # 3 inner steps: each candidate is continued 3 more steps before the chain ends are scored
+    # (the official config's num_inner_step = 3; lpo.trainers.rollout.chain_rollout).
     base = _spo_sd15()
     return replace(
         base, preset="spo-sdxl",
         model=ModelConfig(base=SDXL, vae=SDXL_VAE_FP16, dtype="fp16"),
         policy=PolicyConfig(mode="lora", lora_rank=64, gradient_checkpointing=True),
-        sampler=replace(base.sampler, num_candidates=2, threshold_min=0.4, threshold_max=0.4, sample_batch_size=2),
+        sampler=replace(base.sampler, num_candidates=2, threshold_min=0.4, threshold_max=0.4, sample_batch_size=2,
+                        inner_steps=3),
         train=replace(base.train, train_batch_size=2),
         optim=replace(base.optim, lr=1e-5, gradient_accumulation_steps=2),
         run=RunConfig(save_every=500),

@@ -73,8 +73,11 @@ class StepRolloutSettings:
     reward_timestep: RewardTimestep = "current"
     threshold_min: float = 0.35
     threshold_max: float = 0.5
+    inner_steps: int = 0  # SPO SDXL: 3 (see step_rollout)
 
     def __post_init__(self) -> None:
+        if self.inner_steps < 0:
+            raise ValueError(f"inner_steps must be >= 0, got {self.inner_steps}")
         if self.num_candidates < 2:
             raise ValueError(f"num_candidates must be >= 2 (a winner and a loser), got {self.num_candidates}")
         if not 0 <= self.skip_first_steps < self.num_inference_steps:
@@ -124,6 +127,8 @@ class KeptSteps:
     conditioning: the prompts' CFG conditioning (P rows; cond and uncond embeddings).
     gaps: (M,) float32 p_w − p_l.   scores_w / scores_l: (M,) the reward's S_w, S_l.
     prompts: the P prompt strings (for logs).
+    latents_t_l: (M, C, H, W) the loser's own x_t when the two differ (inner steps: the
+        transitions of two chains, :func:`step_rollout`); None: x_w and x_l share ``latents_t``.
     """
 
     latents_t: Tensor
@@ -136,6 +141,7 @@ class KeptSteps:
     scores_w: Tensor
     scores_l: Tensor
     prompts: list[str] = field(default_factory=list)
+    latents_t_l: Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.timesteps.shape[0])
@@ -150,7 +156,7 @@ class KeptSteps:
             timesteps=self.timesteps.to(device), prompt_index=self.prompt_index.to(device),
             conditioning=GuidedConditioning(move(cond.cond), move(cond.uncond), cond.guidance_scale),
             gaps=self.gaps.to(device), scores_w=self.scores_w.to(device), scores_l=self.scores_l.to(device),
-            prompts=list(self.prompts),
+            prompts=list(self.prompts), latents_t_l=None if self.latents_t_l is None else self.latents_t_l.to(device),
         )
 
     def select(self, rows: Tensor | Sequence[int]) -> "KeptSteps":
@@ -160,6 +166,7 @@ class KeptSteps:
             latents_t=self.latents_t[rows], latents_w=self.latents_w[rows], latents_l=self.latents_l[rows],
             timesteps=self.timesteps[rows], prompt_index=self.prompt_index[rows], conditioning=self.conditioning,
             gaps=self.gaps[rows], scores_w=self.scores_w[rows], scores_l=self.scores_l[rows], prompts=list(self.prompts),
+            latents_t_l=None if self.latents_t_l is None else self.latents_t_l[rows],
         )
 
     def row_conditioning(self) -> GuidedConditioning:
@@ -194,6 +201,8 @@ class KeptSteps:
             scores_w=torch.cat([p.scores_w for p in parts]),
             scores_l=torch.cat([p.scores_l for p in parts]),
             prompts=[prompt for p in parts for prompt in p.prompts],
+            latents_t_l=None if all(p.latents_t_l is None for p in parts) else torch.cat(
+                [p.latents_t if p.latents_t_l is None else p.latents_t_l for p in parts]),
         )
 
 
@@ -208,10 +217,16 @@ class RolloutOutput:
     branched: int
     kept_by_timestep: dict[int, int]
     scores: Tensor
+    kept_branches: int | None = None  # with inner steps: branchings kept (each gives inner_steps + 1 rows)
+
+    @property
+    def kept_count(self) -> int:
+        """Branchings whose pair was kept (rows of ``kept`` without inner steps)."""
+        return len(self.kept) if self.kept_branches is None else self.kept_branches
 
     @property
     def keep_rate(self) -> float:
-        return len(self.kept) / self.branched if self.branched else 0.0
+        return self.kept_count / self.branched if self.branched else 0.0
 
 
 @torch.no_grad()
@@ -237,6 +252,8 @@ def step_rollout(
     num_candidates = settings.num_candidates
     if conditioning.batch_size != batch:
         raise ValueError(f"conditioning has {conditioning.batch_size} rows for {batch} latents")
+    if settings.inner_steps:
+        return chain_rollout(unet, scheduler, conditioning, reward, reward_text, latents, settings, generator, prompts)
     scheduler.set_timesteps(settings.num_inference_steps, device=latents.device)
     timesteps = ddim_timesteps(scheduler, settings.num_inference_steps)
     thresholds = step_thresholds(scheduler, settings.num_inference_steps, settings.threshold_min, settings.threshold_max)
@@ -319,4 +336,121 @@ def step_rollout(
         branched=batch * int(trained.sum()),
         kept_by_timestep=kept_by_timestep,
         scores=torch.cat(all_scores) if all_scores else empty,
+    )
+
+
+@torch.no_grad()
+def chain_rollout(
+    unet: torch.nn.Module,
+    scheduler: Any,
+    conditioning: GuidedConditioning,
+    reward: StepReward,
+    reward_text: Any,
+    latents: Tensor,
+    settings: StepRolloutSettings,
+    generator: torch.Generator,
+    prompts: Sequence[str] = (),
+) -> RolloutOutput:
+    """:func:`step_rollout` with ``settings.inner_steps`` = n > 0 (SPO's SDXL recipe).
+
+    At a trained step the K candidates are branched as usual, but each is then continued
+    on its own for n more steps (one DDIM sample per step and chain) before the K chain ends
+    are scored (told the timestep of the chains' last transition, by ``reward_timestep``).
+    The winning and the losing chain give n + 1 pairs, one per transition: the branching
+    step (x_t shared) and each inner step (each chain's own x_t, ``latents_t_l``). The
+    σ-scheduled threshold of the branching step decides for all of them. The trajectory
+    continues from a uniformly random chain end; the next trained step branches again. A
+    trajectory that ends inside an inner segment scores its chains there. Random draws:
+    branching, then each inner step's K samples, then the continuation, from ``generator``.
+    """
+    batch, k = latents.shape[0], settings.num_candidates
+    scheduler.set_timesteps(settings.num_inference_steps, device=latents.device)
+    timesteps = ddim_timesteps(scheduler, settings.num_inference_steps)
+    thresholds = step_thresholds(scheduler, settings.num_inference_steps, settings.threshold_min, settings.threshold_max)
+    trained = trained_steps(timesteps, settings)
+    last_trained = int(torch.nonzero(trained).max()) if bool(trained.any()) else -1
+    candidate_text = reward_text.repeat_interleave(k)
+    chain_conditioning = conditioning.repeat_interleave(k)  # row b·K + j: chain j of prompt b
+    step_size = scheduler.config.num_train_timesteps // settings.num_inference_steps
+    rows = torch.arange(batch)
+
+    kept: dict[str, list[Tensor]] = {key: [] for key in ("t", "tl", "w", "l", "ts", "idx", "gap", "sw", "sl")}
+    kept_by_timestep: dict[int, int] = {}
+    all_scores: list[Tensor] = []
+    branchings = kept_branchings = 0
+    segment: list[tuple[Tensor, Tensor, int]] | None = None  # (x_t, x_prev, t) of every chain, (B, K, ...) each
+    branch_index = left = 0
+    chains = latents.new_zeros(0)
+
+    def close_segment() -> Tensor:
+        """Score the chain ends, keep the segment's pairs, return the continuation (B, ...)."""
+        nonlocal kept_branchings
+        last_t = segment[-1][2]
+        reward_t = {"current": last_t, "prev": max(last_t - step_size, 0), "zero": 0}[settings.reward_timestep]
+        flat = chains.reshape(batch * k, *chains.shape[2:])
+        reward_timesteps = torch.full((batch * k,), reward_t, dtype=torch.long, device=flat.device)
+        scores = reward.score_with_conditioning(flat, reward_timesteps, candidate_text).float().reshape(batch, k).cpu()
+        all_scores.append(scores)
+        best, worst = scores.argmax(dim=1), scores.argmin(dim=1)
+        gaps = softmax_gap(scores[rows, best], scores[rows, worst])
+        keep = gaps > float(thresholds[branch_index])
+        if bool(keep.any()):
+            sel = torch.nonzero(keep).flatten()
+            dev = sel.to(chains.device)
+            w, l = best[sel].to(chains.device), worst[sel].to(chains.device)
+            for x_t, x_prev, t in segment:
+                kept["t"].append(x_t[dev, w])
+                kept["tl"].append(x_t[dev, l])
+                kept["w"].append(x_prev[dev, w])
+                kept["l"].append(x_prev[dev, l])
+                kept["ts"].append(torch.full((len(sel),), t, dtype=torch.long))
+                kept["idx"].append(sel)
+                kept["gap"].append(gaps[sel])
+                kept["sw"].append(scores[sel, best[sel]])
+                kept["sl"].append(scores[sel, worst[sel]])
+                kept_by_timestep[t] = kept_by_timestep.get(t, 0) + len(sel)
+            kept_branchings += len(sel)
+        choice = torch.randint(k, (batch,), generator=generator)
+        return chains[rows.to(chains.device), choice.to(chains.device)]
+
+    for i, t in enumerate(timesteps.tolist()):
+        if segment is None and i > last_trained:
+            break  # nothing left to branch, no chain open
+        if segment is not None:  # one inner step of every chain
+            flat = chains.reshape(batch * k, *chains.shape[2:])
+            noise_pred = predict_noise(unet, flat, t, chain_conditioning)
+            step = ddim_step_with_logprob(scheduler, noise_pred, t, flat, eta=settings.eta, noise=torch.zeros_like(noise_pred))
+            following = branch_candidates(step.mean, step.std, 1, generator)[:, 0].to(latents.dtype).reshape(chains.shape)
+            segment.append((chains, following, t))
+            chains, left = following, left - 1
+            if left == 0:
+                latents, segment = close_segment(), None
+            continue
+        noise_pred = predict_noise(unet, latents, t, conditioning)
+        step = ddim_step_with_logprob(scheduler, noise_pred, t, latents, eta=settings.eta, noise=torch.zeros_like(noise_pred))
+        if not bool(trained[i]):
+            latents = branch_candidates(step.mean, step.std, 1, generator)[:, 0].to(latents.dtype)
+            continue
+        candidates = branch_candidates(step.mean, step.std, k, generator).to(latents.dtype)  # (B, K, ...)
+        segment = [(latents.unsqueeze(1).expand_as(candidates), candidates, t)]
+        chains, left, branch_index = candidates, settings.inner_steps, i
+        branchings += 1
+    if segment is not None:  # the trajectory ended inside a segment: score the chains where they are
+        latents, segment = close_segment(), None
+
+
+    def cat(key: str, like: Tensor) -> Tensor:
+        return torch.cat(kept[key]) if kept[key] else like
+
+    empty_latents = latents.new_zeros((0, *latents.shape[1:]))
+    empty = torch.zeros(0)
+    out = KeptSteps(
+        latents_t=cat("t", empty_latents), latents_w=cat("w", empty_latents), latents_l=cat("l", empty_latents),
+        timesteps=cat("ts", torch.zeros(0, dtype=torch.long)), prompt_index=cat("idx", torch.zeros(0, dtype=torch.long)),
+        conditioning=conditioning, gaps=cat("gap", empty), scores_w=cat("sw", empty), scores_l=cat("sl", empty),
+        prompts=list(prompts), latents_t_l=cat("tl", empty_latents),
+    )
+    return RolloutOutput(
+        kept=out, final_latents=None, branched=batch * branchings, kept_by_timestep=kept_by_timestep,
+        scores=torch.cat(all_scores) if all_scores else empty, kept_branches=kept_branchings,
     )

@@ -112,7 +112,7 @@ def rollout_settings(config: StepTrainerConfig) -> StepRolloutSettings:
     return StepRolloutSettings(
         num_inference_steps=s.num_inference_steps, eta=s.eta, num_candidates=s.num_candidates,
         skip_first_steps=s.skip_first_steps, min_timestep=s.min_timestep, reward_timestep=s.reward_timestep,
-        threshold_min=s.threshold_min, threshold_max=s.threshold_max,
+        threshold_min=s.threshold_min, threshold_max=s.threshold_max, inner_steps=s.inner_steps,
     )
 
 
@@ -192,19 +192,28 @@ class StepDPOTrainer(PolicyTrainer):
             batch = samples.select(rows)
             conditioning = batch.row_conditioning()
             latents_t, timesteps = batch.latents_t, batch.timesteps
-            # μ_θ and μ_ref at (x_t, t) with CFG; x_w and x_l are both scored against them
-            noise_pred = predict_noise(model, latents_t, timesteps, conditioning)
-            with self.policy.reference() as reference:
-                ref_noise_pred = predict_noise(reference, latents_t, timesteps, conditioning)
 
-            def log_prob(pred: torch.Tensor, sample: torch.Tensor) -> torch.Tensor:
-                return ddim_step_with_logprob(scheduler, pred, timesteps, latents_t, eta=eta, prev_sample=sample).log_prob
+            def log_prob(pred: torch.Tensor, sample: torch.Tensor, x_t: torch.Tensor) -> torch.Tensor:
+                return ddim_step_with_logprob(scheduler, pred, timesteps, x_t, eta=eta, prev_sample=sample).log_prob
 
-            out = clipped_step_dpo_loss(
-                log_prob(noise_pred, batch.latents_w), log_prob(noise_pred, batch.latents_l),
-                log_prob(ref_noise_pred, batch.latents_w), log_prob(ref_noise_pred, batch.latents_l),
-                beta, epsilon,
-            )
+            if batch.latents_t_l is None:
+                # μ_θ and μ_ref at (x_t, t) with CFG; x_w and x_l are both scored against them
+                noise_pred = predict_noise(model, latents_t, timesteps, conditioning)
+                with self.policy.reference() as reference:
+                    ref_noise_pred = predict_noise(reference, latents_t, timesteps, conditioning)
+                logs_w = log_prob(noise_pred, batch.latents_w, latents_t), log_prob(ref_noise_pred, batch.latents_w, latents_t)
+                logs_l = log_prob(noise_pred, batch.latents_l, latents_t), log_prob(ref_noise_pred, batch.latents_l, latents_t)
+            else:
+                # inner steps: the winner's and the loser's transitions start from their own x_t
+                both = torch.cat([latents_t, batch.latents_t_l])
+                both_t = torch.cat([timesteps, timesteps])
+                both_cond = conditioning.index(torch.cat([torch.arange(len(timesteps))] * 2))
+                pred_w, pred_l = predict_noise(model, both, both_t, both_cond).chunk(2)
+                with self.policy.reference() as reference:
+                    ref_w, ref_l = predict_noise(reference, both, both_t, both_cond).chunk(2)
+                logs_w = log_prob(pred_w, batch.latents_w, latents_t), log_prob(ref_w, batch.latents_w, latents_t)
+                logs_l = log_prob(pred_l, batch.latents_l, batch.latents_t_l), log_prob(ref_l, batch.latents_l, batch.latents_t_l)
+            out = clipped_step_dpo_loss(logs_w[0], logs_l[0], logs_w[1], logs_l[1], beta, epsilon)
             logs = {
                 "log_ratio_w": out.log_ratio_w, "log_ratio_l": out.log_ratio_l,
                 "abs_log_ratio": (out.log_ratio_w.abs() + out.log_ratio_l.abs()) / 2,
@@ -285,7 +294,7 @@ class StepDPOTrainer(PolicyTrainer):
         self.lr_schedule.end_round()
         model.eval()
         # 4. the round's record
-        counts = acc.reduce(torch.tensor([out.branched, len(out.kept)], dtype=torch.float64, device=acc.device), "sum")
+        counts = acc.reduce(torch.tensor([out.branched, out.kept_count], dtype=torch.float64, device=acc.device), "sum")
         row = {
             "round": round_index + 1, "optimizer_steps": self.optimizer_steps, "kept": total,
             "trained_on": per_process * P, "branched": int(counts[0]),

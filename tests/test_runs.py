@@ -217,3 +217,18 @@ def test_a_record_taken_inside_a_stage_counts_the_open_stage():
         assert meter.as_dict()["seconds"]["reward_model_training"] >= 0.02  # e.g. cost.json written mid-training
         time.sleep(0.02)
     assert meter.as_dict()["seconds"]["reward_model_training"] >= 0.04
+
+
+def test_a_field_added_since_a_run_started_counts_at_its_former_value():
+    from lpo.core.config import config_to_dict
+    from lpo.core.runs import config_changes
+    from lpo.trainers.presets import trainer_preset
+
+    config = trainer_preset("lpo-world")
+    old = config_to_dict(config)
+    del old["sampler"]["inner_steps"]  # a config.json written before the field existed
+    assert config_changes(old, config_to_dict(config), added=type(config).ADDED_DEFAULTS) == []
+    assert config_changes(old, config_to_dict(config)) == ["sampler.inner_steps: None -> 0"]  # without the table
+    changed = config_to_dict(config)
+    changed["sampler"]["inner_steps"] = 2
+    assert config_changes(old, changed, added=type(config).ADDED_DEFAULTS) == ["sampler.inner_steps: 0 -> 2"]

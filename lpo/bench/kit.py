@@ -28,7 +28,6 @@ other bench, or ``reward_kit=none``, makes everything itself.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from dataclasses import asdict
@@ -36,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from lpo.core.errors import LpoError
+from lpo.core.hashing import file_sha256
 from lpo.core.io import atomic_write_json, run_metadata
 
 KIT_VERSION = 1
@@ -93,14 +93,6 @@ def check_kit_matches(kit: dict[str, Any], config: Any, folder: Path) -> None:
             )
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _files(root: Path, relative: str) -> list[Path]:
     path = root / relative
     if path.is_file():
@@ -143,7 +135,7 @@ def export_kit(bench_folder: Path, config: Any, out: Path, command: str) -> Path
             rel = path.relative_to(bench_folder).as_posix()
             (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(path, tmp / rel)
-            files[rel] = _sha256(path)
+            files[rel] = file_sha256(path)
     seconds = {}
     for stage in stages:
         marker = json.loads((bench_folder / "stages" / f"{stage}.json").read_text())
@@ -180,7 +172,7 @@ def install_kit(kit_folder: Path, bench_folder: Path, config: Any) -> tuple[list
         return [], kit
     for rel, digest in kit["files"].items():
         path = kit_folder / rel
-        if not path.is_file() or _sha256(path) != digest:
+        if not path.is_file() or file_sha256(path) != digest:
             raise LpoError(f"reward kit file {path} is missing or damaged (SHA-256 differs from {KIT_FILE}); "
                            "reinstall lpo or rebuild the kit with `lpo bench --build-kit`")
     for rel in kit["files"]:

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from lpo.core.errors import LpoError
+from lpo.core.hashing import file_sha256
 from lpo.pairs.format import (
     SKIP_UNDECODABLE,
     TIE,
@@ -177,7 +178,7 @@ def convert_pickapic(version: str, out: str | Path, *, source: str | None = None
     sidecar = {
         "schema_version": 1,
         "file": out.name,
-        "sha256": _file_sha256(out),
+        "sha256": file_sha256(out),
         "source": {"version": version, "origin": origin, "split": dataset_split, "limit": limit, "keep_ties": keep_ties},
         "counts": {"rows": counts["rows"], "pairs": counts["kept"], "prompts": len(prompts),
                    "image_0_wins": labels.get(1.0, 0), "image_1_wins": labels.get(0.0, 0), "ties": labels.get(TIE, 0),
@@ -187,11 +188,3 @@ def convert_pickapic(version: str, out: str | Path, *, source: str | None = None
     }
     atomic_write_json(sidecar_path(out), sidecar)
     return sidecar
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

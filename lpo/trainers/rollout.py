@@ -229,6 +229,17 @@ class RolloutOutput:
         return self.kept_count / self.branched if self.branched else 0.0
 
 
+def _schedule(scheduler: Any, settings: StepRolloutSettings, device: Any) -> tuple[Tensor, Tensor, Tensor, int, int]:
+    """Sets the scheduler's N timesteps; (timesteps, thresholds, trained mask, last trained index, t spacing)."""
+    scheduler.set_timesteps(settings.num_inference_steps, device=device)
+    timesteps = ddim_timesteps(scheduler, settings.num_inference_steps)
+    thresholds = step_thresholds(scheduler, settings.num_inference_steps, settings.threshold_min, settings.threshold_max)
+    trained = trained_steps(timesteps, settings)
+    last_trained = int(torch.nonzero(trained).max()) if bool(trained.any()) else -1
+    step_size = scheduler.config.num_train_timesteps // settings.num_inference_steps
+    return timesteps, thresholds, trained, last_trained, step_size
+
+
 @torch.no_grad()
 def step_rollout(
     unet: torch.nn.Module,
@@ -254,13 +265,8 @@ def step_rollout(
         raise ValueError(f"conditioning has {conditioning.batch_size} rows for {batch} latents")
     if settings.inner_steps:
         return chain_rollout(unet, scheduler, conditioning, reward, reward_text, latents, settings, generator, prompts)
-    scheduler.set_timesteps(settings.num_inference_steps, device=latents.device)
-    timesteps = ddim_timesteps(scheduler, settings.num_inference_steps)
-    thresholds = step_thresholds(scheduler, settings.num_inference_steps, settings.threshold_min, settings.threshold_max)
-    trained = trained_steps(timesteps, settings)
-    last_trained = int(torch.nonzero(trained).max()) if bool(trained.any()) else -1
+    timesteps, thresholds, trained, last_trained, step_size = _schedule(scheduler, settings, latents.device)
     candidate_text = reward_text.repeat_interleave(num_candidates)  # row b·K + k is prompt b
-    step_size = scheduler.config.num_train_timesteps // settings.num_inference_steps
 
     kept: dict[str, list[Tensor]] = {k: [] for k in ("t", "w", "l", "ts", "idx", "gap", "sw", "sl")}
     kept_by_timestep: dict[int, int] = {}
@@ -364,14 +370,9 @@ def chain_rollout(
     branching, then each inner step's K samples, then the continuation, from ``generator``.
     """
     batch, k = latents.shape[0], settings.num_candidates
-    scheduler.set_timesteps(settings.num_inference_steps, device=latents.device)
-    timesteps = ddim_timesteps(scheduler, settings.num_inference_steps)
-    thresholds = step_thresholds(scheduler, settings.num_inference_steps, settings.threshold_min, settings.threshold_max)
-    trained = trained_steps(timesteps, settings)
-    last_trained = int(torch.nonzero(trained).max()) if bool(trained.any()) else -1
+    timesteps, thresholds, trained, last_trained, step_size = _schedule(scheduler, settings, latents.device)
     candidate_text = reward_text.repeat_interleave(k)
     chain_conditioning = conditioning.repeat_interleave(k)  # row b·K + j: chain j of prompt b
-    step_size = scheduler.config.num_train_timesteps // settings.num_inference_steps
     rows = torch.arange(batch)
 
     kept: dict[str, list[Tensor]] = {key: [] for key in ("t", "tl", "w", "l", "ts", "idx", "gap", "sw", "sl")}

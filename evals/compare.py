@@ -266,7 +266,7 @@ def render_markdown(result: CompareResult, command: str | None = None) -> str:
         for output in by.values():
             for r in output.records:
                 if all(c.key != r.metric_key for c in columns):
-                    columns.append(Column(r.metric, r.metric_version, r.higher_is_better, r.metric_formula))
+                    columns.append(Column.of(r))
         keys = result.win_metrics[benchmark]
         header = ["checkpoint", "method", "CFG", "trained on"] + [c.header for c in columns]
         header += [f"win-rate vs {ref_label} ({k.split('@')[0]})" for k in keys]

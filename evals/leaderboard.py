@@ -61,14 +61,28 @@ class Column:
     version: str
     higher_is_better: bool
     formula: str | None = None
+    # lpo.evals.metrics.base.COMPARABILITY as the metric declares it; None: not declared
+    comparability: str | None = None
+    comparability_note: str | None = None
+
+    @classmethod
+    def of(cls, record: ResultRecord) -> "Column":
+        from lpo.evals.metrics.base import declared_comparability
+
+        comparability, note = declared_comparability(record.metric, record.metric_version)
+        return cls(record.metric, record.metric_version, record.higher_is_better, record.metric_formula, comparability, note)
 
     @property
     def key(self) -> str:
         return f"{self.metric}@{self.version}"
 
     @property
+    def variant(self) -> bool:
+        return self.comparability == "variant"
+
+    @property
     def header(self) -> str:
-        return f"{self.key} {'↑' if self.higher_is_better else '↓'}"
+        return f"{self.key} {'↑' if self.higher_is_better else '↓'}" + (" (variant)" if self.variant else "")
 
 
 @dataclass
@@ -135,7 +149,7 @@ class Table:
             self.benchmark, self.benchmark_version, self.prompt_set_hash
         ):
             raise ValueError(f"record {record.record_id} belongs to another table")
-        column = Column(record.metric, record.metric_version, record.higher_is_better, record.metric_formula)
+        column = Column.of(record)
         existing = self.columns.setdefault(column.key, column)
         if existing.higher_is_better != column.higher_is_better:
             raise LpoError(
@@ -273,8 +287,8 @@ def _main_rows(table: Table, published: Sequence[ReportedRow] | None = None) -> 
     header = ["checkpoint", "method", "base model", "protocol", "training cost", "trained on"]
     for c in columns:
         header.append(c.header)
-        if c.key in with_published:
-            header.append(f"{c.metric} published")
+        if c.key in with_published:  # a variant's column is never read as the published one's
+            header.append(f"{c.metric} published" + (" (other scorer: not comparable)" if c.variant else ""))
     if table.delta_metric:
         header.append(f"Δ {table.delta_metric} vs base (paired, 95% t)")
     rows = []
@@ -374,6 +388,16 @@ def _footnotes(table: Table, published: Sequence[ReportedRow] | None = None) -> 
     for c in table.columns.values():
         if c.formula:
             notes.append(f"{c.key}: {c.formula}")
+        if c.variant:
+            notes.append(f"{c.key} (variant): {c.comparability_note}; consistent across the checkpoints here, "
+                         "not comparable with published numbers")
+    declared = {c.comparability for c in table.columns.values()}
+    if declared - {None}:
+        by = {kind: [c.key for c in table.columns.values() if c.comparability == kind] for kind in ("published", "variant", "lpo")}
+        parts = [f"{label}: {', '.join(keys)}" for label, keys in (
+            ("comparable with published numbers", by["published"]), ("variants", by["variant"]),
+            ("lpo's own measures", by["lpo"])) if keys]
+        notes.append("columns — " + "; ".join(parts))
         aggregations = {r.cells[c.key].aggregation for r in table.rows.values() if c.key in r.cells}
         if "category_mean" in aggregations:
             notes.append(

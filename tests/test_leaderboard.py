@@ -173,3 +173,25 @@ def test_delta_refused_on_another_protocol_is_a_footnote(tmp_path):
     assert "| +0.750 ± 3.177 (no detectable difference) |" in text
     assert "Δ not computed for spo: cannot pair spo with base: prompt 1 ('b') has other image seeds" in text
     assert text.splitlines()[[i for i, line in enumerate(text.splitlines()) if line.startswith("| spo")][0]].endswith("| — |")
+
+
+def test_variant_columns_are_marked_and_never_read_as_the_published_metric():
+    """GenEval here swaps the detector (a declared variant): its column says so, a footnote says
+    what differs, and the published column beside it says it is another scorer's."""
+    from lpo.evals.metrics import load_metrics
+    from lpo.evals.metrics.geneval import GenEval
+
+    load_metrics()
+    ckpt = {**_ckpt("sd15"), "registry": {"published_as": "SD1.5"}}
+    geneval = make_record(benchmark="geneval", metric="geneval", metric_version=GenEval.version, value=0.42,
+                          ci95=(0.4, 0.44), checkpoint=ckpt)
+    pick = make_record(checkpoint=ckpt)
+    md = render_leaderboard([geneval, pick], "md", reported=["geneval", "pickapic"])
+    geneval_part = md.split("## geneval", 1)[1].split("## pickapic", 1)[0]
+    assert f"geneval@{GenEval.version} ↑ (variant)" in geneval_part
+    assert f"geneval@{GenEval.version} (variant): detectron2's Mask2Former" in geneval_part
+    assert "not comparable with published numbers" in geneval_part
+    assert "geneval published (other scorer: not comparable)" in geneval_part
+    pick_part = md.split("## pickapic", 1)[1]
+    assert "(variant)" not in pick_part.split("### pickapic: reported")[0]
+    assert "comparable with published numbers: pickscore@v1+lpo1" in pick_part

@@ -67,6 +67,12 @@ def test_every_registered_metric_declares_its_contract(name):
     assert isinstance(declared.version, str) and declared.version
     assert isinstance(declared.higher_is_better, bool) and isinstance(declared.per_prompt, bool)
     assert declared.formula is None or (isinstance(declared.formula, str) and declared.formula)
+    from lpo.evals.metrics.base import COMPARABILITY
+
+    # every lpo metric says whether its numbers stand beside published ones; a variant says why not
+    assert declared.comparability in COMPARABILITY
+    if declared.comparability == "variant":
+        assert declared.comparability_note
     if declared.per_prompt:
         assert callable(getattr(declared, "score_sets", None))
     else:

@@ -60,6 +60,7 @@ class LaionAesthetic(BatchedMetric):
     name = "laion_aesthetic"
     version = "v2-l14-linearMSE+lpo1"
     formula = "MLP(normalised CLIP ViT-L/14 image embedding), sac+logos+ava1-l14-linearMSE"
+    comparability = "published"
 
     def __init__(self, spec: MetricSpec):
         super().__init__(spec)

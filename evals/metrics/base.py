@@ -9,7 +9,7 @@ two values with different versions never share a leaderboard column.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Protocol, Sequence, runtime_checkable
+from typing import Any, Callable, Protocol, Sequence, runtime_checkable
 
 import torch
 from PIL import Image
@@ -31,6 +31,13 @@ class MetricSpec:
     batch_size: int = 16
     processor: str | None = None  # last, so that positional construction keeps working
 
+
+# Whether a metric's numbers stand beside published ones (declared by every lpo metric,
+# read by the leaderboard and the report to mark columns):
+PUBLISHED = "published"  # the authors' formula, preprocessing and weights: comparable with published tables
+VARIANT = "variant"  # the published metric with a documented substitution: consistent across checkpoints, not comparable
+OWN = "lpo"  # a measure of lpo's own (the world's judges, diversity, the LRM): nothing published to compare with
+COMPARABILITY = (PUBLISHED, VARIANT, OWN)
 
 # What the harness reads from every built metric (checked when one is built).
 METRIC_ATTRIBUTES = ("name", "version", "higher_is_better", "formula", "per_prompt", "weights")
@@ -70,3 +77,24 @@ class SetScoringMetric(Metric, Protocol):
 
 MetricFactory = Callable[[MetricSpec], Metric]
 METRICS: Registry[MetricFactory] = Registry("metric")
+
+
+def declared(name: str) -> Any:
+    """What the registered metric ``name`` declares at class level (its class, or a factory's
+    ``declares``), read without building it (no weights load); None when unknown."""
+    if name not in METRICS:
+        return None
+    factory = METRICS.get(name)
+    return factory if isinstance(factory, type) else getattr(factory, "declares", None)
+
+
+def declared_comparability(name: str, version: str) -> tuple[str | None, str | None]:
+    """(comparability, note) of records of ``name@version``: the registered metric's declaration
+    when ``version`` is its current version (or it sets its version per instance), else (None, None)."""
+    cls = declared(name)
+    if cls is None:
+        return None, None
+    current = vars(cls).get("version") if "version" in vars(cls) else getattr(cls, "version", None)
+    if isinstance(current, str) and current != version:
+        return None, None
+    return getattr(cls, "comparability", None), getattr(cls, "comparability_note", None)

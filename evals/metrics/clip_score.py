@@ -43,6 +43,7 @@ class ClipScore(_ClipCosineMetric):
     name = "clip_score"
     version = "l14-100relucos+lpo1"
     formula = "100·max(cos(image, prompt), 0), openai/clip-vit-large-patch14 (torchmetrics)"
+    comparability = "published"
     default_weights = CLIP_L14
 
     def score_batch(self, images, prompts) -> torch.Tensor:
@@ -54,6 +55,8 @@ class ClipCosineH14(_ClipCosineMetric):
     name = "clip_cosine_h14"
     version = "h14-laion2b-cos+lpo1"
     formula = "cos(image, prompt), laion/CLIP-ViT-H-14-laion2B-s32B-b79K"
+    comparability = "lpo"
+    comparability_note = "the CLIP role of LPO's pair filter (MPCF), in cosine units; not a published evaluation metric"
     default_weights = CLIP_H14
 
     def score_batch(self, images, prompts) -> torch.Tensor:

@@ -54,6 +54,8 @@ class SetMetric:
 
     per_prompt = True
     higher_is_better = True
+    comparability = "lpo"
+    comparability_note: str | None = "a diversity measure of lpo's own"
     name: str
     version: str
     formula: str

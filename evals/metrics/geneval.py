@@ -274,6 +274,9 @@ class GenEval(BatchedMetric):
     name = "geneval"
     version = "m2f-swin-s-coco-hf+clip-l14-color+rules1+lpo1"
     formula = "1 if the image satisfies the prompt's GenEval metadata (Mask2Former Swin-S + CLIP ViT-L/14 colours), else 0"
+    comparability = "variant"
+    comparability_note = ("detectron2's Mask2Former from the hub in place of mmdetection's checkpoint; images resized with PIL's "
+                          "antialiased bilinear, not cv2 INTER_LINEAR")
 
     def __init__(self, spec: MetricSpec):
         super().__init__(spec)

@@ -49,6 +49,7 @@ class HPSv2(BatchedMetric):
     version = "v2.0+lpo1"
     filename = "HPS_v2_compressed.pt"
     formula = "100·cos(image, prompt), HPS v2.0 (open_clip ViT-H-14), pad-to-square 224"
+    comparability = "published"
 
     def __init__(self, spec: MetricSpec, *, architecture: OpenClipArchitecture = VIT_H_14):
         super().__init__(spec)

@@ -215,6 +215,7 @@ class ImageReward(BatchedMetric):
     name = "image_reward"
     version = "v1.0+lpo1"
     formula = "(MLP(BLIP cross-attended [CLS]) − 0.16717) / 1.03334, ImageReward v1.0"
+    comparability = "published"
 
     def __init__(self, spec: MetricSpec, *, architecture: BlipArchitecture = BLIP_LARGE):
         super().__init__(spec)

@@ -61,6 +61,8 @@ class LRMScore(BatchedMetric):
     name = "lrm_score"
     version = REVISION
     formula = f"LRM score exp(s)·cos(V, T) of the VAE posterior mean at t={SCORE_TIMESTEP}"
+    comparability = "lpo"
+    comparability_note = "a trained LRM's own score"
 
     def __init__(self, spec: MetricSpec):
         super().__init__(spec)

@@ -28,6 +28,7 @@ class PickScore(BatchedMetric):
     name = "pickscore"
     version = "v1+lpo1"
     formula = "exp(logit_scale)·cos(image, prompt), PickScore_v1 (CLIP-H/14)"
+    comparability = "published"
 
     def __init__(self, spec: MetricSpec):
         super().__init__(spec)

@@ -24,6 +24,9 @@ class BatchedMetric:
     formula: str
     higher_is_better: bool = True
     per_prompt = False
+    # lpo.evals.metrics.base.COMPARABILITY; None: not declared (a metric from outside lpo)
+    comparability: str | None = None
+    comparability_note: str | None = None  # what differs from the published metric, for a variant
 
     def __init__(self, spec: MetricSpec):
         if not isinstance(spec.batch_size, int) or spec.batch_size < 1:

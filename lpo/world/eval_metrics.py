@@ -72,6 +72,8 @@ class WorldJudgeMetric:
     # The judge's name is its formula (SPEC §2); a column's identity includes the formula,
     # so results recorded before the contract was explicit stay in the same columns.
     formula = None
+    comparability = "lpo"
+    comparability_note = "the embedded world's exact judge"
 
     def __init__(self, name: str, score_key: str) -> None:
         from lpo.world.grammar import WORLD_VERSION
@@ -102,6 +104,8 @@ def _factory(name: str, score_key: str):
         if spec.weights is not None:
             raise LpoError(f"metric {name!r} is an exact judge with no weights; drop its weights setting")
         return WorldJudgeMetric(name, score_key)
+
+    build.declares = WorldJudgeMetric  # what the registry reads without building (lpo.evals.metrics.base.declared)
 
     return build
 

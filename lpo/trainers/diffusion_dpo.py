@@ -178,6 +178,9 @@ class DiffusionDPOTrainer(PolicyTrainer):
         x_t_w = c.scheduler.add_noise(latents[:, 0], noise, timesteps)
         x_t_l = c.scheduler.add_noise(latents[:, 1], noise, timesteps)
         captions = ["" if bool(draws.drop_caption[r]) else pair.prompt for r, pair in zip(rows, pairs)]
+        # SDXL micro-conditioning (R, R, 0, 0, R, R) for every image, as the official DiffusionDPO
+        # train.py sets it ("for SDXL-base these are [resolution, resolution, *crop, *target]"),
+        # not each image's own size and crop as diffusers' SDXL fine-tuning script does.
         conditioning = encode_prompts(c, captions, resolution=self.resolution)
         if c.scheduler.config.prediction_type == "v_prediction":
             target = torch.stack([c.scheduler.get_velocity(latents[:, i], noise, timesteps) for i in (0, 1)], dim=1)

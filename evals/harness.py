@@ -172,7 +172,7 @@ def _metric_spec(config: EvalConfig, name: str, device) -> MetricSpec:
     )
 
 
-def _build_metric(name: str, spec: MetricSpec):
+def build_metric(name: str, spec: MetricSpec):
     from lpo.core.io import one_line
 
     try:
@@ -304,7 +304,7 @@ def _check_metrics_load(config: EvalConfig, plan: _Plan, device) -> None:
     if all(plan.cache.has(plan.prompts[i], k) for i, k in plan.jobs):
         return
     for name in plan.metric_names:
-        metric = _build_metric(name, _metric_spec(config, name, device))
+        metric = build_metric(name, _metric_spec(config, name, device))
         del metric
         _release_memory()
 
@@ -348,7 +348,7 @@ def _score_metric(config: EvalConfig, plan: _Plan, name: str, procs: Processes, 
     my_prompts = list(range(len(prompts)))[procs.index :: procs.count]
     spec = _metric_spec(config, name, device)
     t0 = time.perf_counter()
-    metric = _build_metric(name, spec)
+    metric = build_metric(name, spec)
     load_s = time.perf_counter() - t0
     per_prompt = bool(metric.per_prompt)
     mine_scores: list[tuple[int, int, float]] = []

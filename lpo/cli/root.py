@@ -16,6 +16,7 @@ import typer
 from lpo.cli.bench import bench
 from lpo.cli.common import registry_help_command, user_errors
 from lpo.cli.data import data_app
+from lpo.cli.doctor import doctor_command
 from lpo.cli.evaluate import compare_command, eval_command, leaderboard_command, list_app
 from lpo.cli.generate import pairs, sample
 from lpo.cli.perf import perf_app
@@ -59,6 +60,7 @@ app.command("eval", cls=registry_help_command())(eval_command)
 app.command("compare", cls=registry_help_command())(compare_command)
 app.command("leaderboard", cls=registry_help_command())(leaderboard_command)
 app.command("train")(train_command)
+app.command("doctor")(doctor_command)
 app.add_typer(world_app, name="world")
 app.add_typer(lrm_app, name="lrm")
 app.add_typer(perf_app, name="perf")

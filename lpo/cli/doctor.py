@@ -1,0 +1,38 @@
+"""``lpo doctor``: load the named metrics and checkpoints as a run would, and report what was found."""
+
+from __future__ import annotations
+
+from typing import List, Optional
+
+import typer
+
+from lpo.cli.common import stdout_console, user_errors
+
+
+@user_errors
+def doctor_command(
+    metrics: List[str] = typer.Option([], "--metric", help="A metric to load and run on the fixed doctor images (repeatable)."),
+    checkpoints: List[str] = typer.Option([], "--checkpoint", help="A checkpoint to resolve and load (repeatable)."),
+    metric_weights: List[str] = typer.Option([], "--metric-weights", help="NAME=REF: a metric's weights; repeatable."),
+    metric_processors: List[str] = typer.Option([], "--metric-processor", help="NAME=REF: a metric's tokenizer / image processor."),
+    device: str = typer.Option("cpu", help="cpu, cuda, cuda:1, ..."),
+    dtype: str = typer.Option("fp32", help="fp32, fp16 or bf16 (metrics and pipelines)."),
+    registry: Optional[str] = typer.Option(None, help="A checkpoint registry file (JSON)."),
+    load: bool = typer.Option(True, help="Load each checkpoint's pipeline (--no-load: its protocol card only)."),
+) -> None:
+    """Before a real run: load each metric (strict keys) and score fixed images; resolve and load each checkpoint."""
+    from lpo.core.dtypes import canonical_dtype
+    from lpo.core.errors import LpoError
+    from lpo.evals.doctor import run_doctor
+    from lpo.evals.harness import METRIC_DTYPES, named_refs
+
+    if not metrics and not checkpoints:
+        raise LpoError("name something to check: --metric NAME and/or --checkpoint SPEC (lpo list checkpoints)")
+    checks, cards = run_doctor(
+        metrics, checkpoints, metric_weights=named_refs(metric_weights, "--metric-weights"),
+        metric_processors=named_refs(metric_processors, "--metric-processor"), device=device,
+        dtype=METRIC_DTYPES[canonical_dtype(dtype)], registry=registry, load=load, console=stdout_console(),
+    )
+    failed = [c.name for c in checks if c.error] + [c["spec"] for c in cards if "error" in c]
+    if failed:
+        raise typer.Exit(1)

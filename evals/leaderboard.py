@@ -46,6 +46,7 @@ from lpo.core.errors import LpoError
 from lpo.core.tables import markdown_table
 from lpo.evals.leaderboard_plots import cost_figure, sample_strip, scores_figure
 from lpo.evals.paired import INTERVAL_METHOD, PairedDifference, paired_difference_records, primary_metric
+from lpo.evals.leaderboard_reported import published_value, reported_notes, reported_tables
 from lpo.evals.reported import ReportedRow, published_row, reported_rows
 from lpo.evals.signals import describe as describe_signals
 from lpo.evals.signals import mark as signal_mark
@@ -266,10 +267,6 @@ MAIN_COLUMNS = 6  # checkpoint, method, base model, protocol, training cost, tra
 SHAREABLE = ("base model", "protocol")  # a column every row agrees on moves into a line above the table
 
 
-def _published_value(values: dict[str, float] | None, key: str) -> str:
-    return f"{values[key]:g}" if values and key in values else "—"
-
-
 def shared_columns(table: Table) -> dict[str, str]:
     """The base model / protocol when every row of ``table`` has the same one (shown once, above the table)."""
     rows = table.sorted_rows()
@@ -300,7 +297,7 @@ def _main_rows(table: Table, published: Sequence[ReportedRow] | None = None) -> 
         for c in columns:
             cells.append(format_cell(row.cells.get(c.key), row.mark(c)))
             if c.key in with_published:
-                cells.append(_published_value(paper.values if paper else None, c.metric))
+                cells.append(published_value(paper.values if paper else None, c.metric))
         if table.delta_metric:
             cells.append(format_delta(table, row))
         rows.append(cells)
@@ -339,41 +336,9 @@ def _breakdown_rows(
         for c in categories:
             line.append(f"{values[c]:.3g}" if c in values else "—")
             if c in paper_categories:
-                line.append(_published_value(paper.categories.get(column.metric) if paper else None, c))
+                line.append(published_value(paper.categories.get(column.metric) if paper else None, c))
         rows.append(line)
     return header, rows
-
-
-def _reported_tables(benchmark: str, metric_order: Sequence[str] = ()) -> list[tuple[str, list[str], list[list[str]]]]:
-    """(title, header, rows) of the published rows: one table of overall values, one per
-    metric with per-category values; measured metrics' order first."""
-    published = reported_rows(benchmark)
-    if not published:
-        return []
-    metrics: list[str] = [m for m in metric_order if any(m in r.values for r in published)]
-    for r in published:
-        metrics += [m for m in r.values if m not in metrics]
-    out = []
-
-    def cost(r: ReportedRow) -> str:
-        return "—" if r.a100_hours is None else f"{r.a100_hours[0]:g} + {r.a100_hours[1]:g} = {r.total_a100_hours:g}"
-
-    head = ["model (reported)", "method", "base model"]
-    if metrics:
-        rows = [[r.model, r.method, r.base_model] + [_published_value(r.values, m) for m in metrics] + [cost(r)] for r in published]
-        out.append((f"{benchmark}: reported (published, not measured here)", head + metrics + ["A100-hours (RM + opt)"], rows))
-    by_metric: list[str] = []
-    for r in published:
-        by_metric += [m for m in r.categories if m not in by_metric]
-    for metric in by_metric:
-        categories: list[str] = []
-        for r in published:
-            categories += [c for c in r.categories.get(metric, {}) if c not in categories]
-        rows = [[r.model, r.method, r.base_model] + [_published_value(r.categories.get(metric), c) for c in categories] + [cost(r)]
-                for r in published]
-        out.append((f"{benchmark}: {metric} by category, reported (published, not measured here)",
-                    head + categories + ["A100-hours (RM + opt)"], rows))
-    return out
 
 
 def _footnotes(table: Table, published: Sequence[ReportedRow] | None = None) -> list[str]:
@@ -468,21 +433,12 @@ def _all_reported() -> list[ReportedRow]:
     return list(REPORTED)
 
 
-def _reported_notes(benchmark: str) -> list[str]:
-    rows = reported_rows(benchmark)
-    notes = [f"source: {s}" for s in sorted({f"{r.source}; {r.protocol}" for r in rows})]
-    examples = [f"{r.model} {metric}: {note}" for r in rows for metric, note in r.notes.items()]
-    if examples:
-        notes.append(f"values in lpo's units (e.g. {examples[0]})")
-    return notes
-
-
 def _reported_markdown(benchmark: str, heading: str = "###", metric_order: Sequence[str] = ()) -> list[str]:
     lines: list[str] = []
-    for title, header, rows in _reported_tables(benchmark, metric_order):
+    for title, header, rows in reported_tables(benchmark, metric_order):
         lines += [f"{heading} {title}", ""] + markdown_table(header, rows, 3) + [""]
     if lines:
-        lines += [f"- {n}" for n in _reported_notes(benchmark)] + [""]
+        lines += [f"- {n}" for n in reported_notes(benchmark)] + [""]
     return lines
 
 
@@ -549,10 +505,10 @@ def render_html(
 
 def _reported_html(benchmark: str, heading: str = "h3", metric_order: Sequence[str] = ()) -> list[str]:
     parts: list[str] = []
-    for title, header, rows in _reported_tables(benchmark, metric_order):
+    for title, header, rows in reported_tables(benchmark, metric_order):
         parts += [f"<{heading}>{html.escape(title)}</{heading}>", _html_table(header, rows)]
     if parts:
-        parts += [f"<p class='note'>{html.escape(n)}</p>" for n in _reported_notes(benchmark)]
+        parts += [f"<p class='note'>{html.escape(n)}</p>" for n in reported_notes(benchmark)]
     return parts
 
 

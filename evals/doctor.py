@@ -111,6 +111,10 @@ def run_doctor(metrics: Sequence[str], checkpoints: Sequence[str], *, metric_wei
     from lpo.evals.metrics import load_metrics
 
     load_metrics()
+    from lpo.evals.metrics.base import METRICS
+
+    for name in metrics:  # a misspelt name is the user's mistake (one line, exit 2), not a failed check
+        METRICS.get(name)
     weights, processors = metric_weights or {}, metric_processors or {}
     checks = []
     for name in metrics:

@@ -158,6 +158,11 @@ def cases(fx: dict[str, Path]) -> list[Case]:
         Case("compare: unknown checkpoint", ["compare", world, "no-such-checkpoint"]),
         Case("leaderboard: no results folder", ["leaderboard", "--results-dir", "/no/results"]),
         Case("world pretrain: unknown preset", ["world", "pretrain", "--preset", "huge"]),
+        Case("data pickapic: unknown version", ["data", "pickapic", "--version", "v3", "--out", "pairs.parquet"]),
+        Case("data pickapic: v2 without a source", ["data", "pickapic", "--version", "v2", "--out", "pairs.parquet"]),
+        Case("data pickapic: output not .parquet", ["data", "pickapic", "--source", "/no/mirror", "--out", "pairs.txt"]),
+        Case("doctor: nothing named", ["doctor"]),
+        Case("doctor: unknown metric", ["doctor", "--metric", "pickscor"]),
     ]
 
 

@@ -57,3 +57,5 @@ def test_the_command_exits_1_when_a_check_fails_and_2_on_a_user_mistake(tmp_path
     assert bad.exit_code == 1 and "nowhere" in bad.output
     nothing = runner.invoke(app, ["doctor"])
     assert nothing.exit_code == 2 and "name something to check" in nothing.output
+    misspelt = runner.invoke(app, ["doctor", "--metric", "pickscor"])
+    assert misspelt.exit_code == 2 and "unknown metric 'pickscor'" in misspelt.output

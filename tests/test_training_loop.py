@@ -63,7 +63,7 @@ class ToyLoop(TrainingLoop):
         self.model, self.optimizer = self.accelerator.prepare(model, torch.optim.SGD(model.parameters(), lr=self.config.lr))
         return self.config.units
 
-    def run_unit(self, index: int) -> dict[str, Any] | None:
+    def run_unit(self, index: int, log_due: bool) -> dict[str, Any] | None:
         if self.stop_after is not None and index == self.stop_after:
             raise Interrupted
         self.units_run.append(index)

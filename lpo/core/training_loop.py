@@ -87,7 +87,8 @@ class TrainingLoop(ABC):
 
     Set by the subclass before :meth:`train`: ``config``, ``accelerator``, ``run`` (None:
     in memory, no checkpoints), ``progress``, ``log``; by ``setup``: ``run_plan``. Available to the hooks during
-    :meth:`train`: ``meter``, ``history`` (the logged rows), ``say`` (main process only).
+    :meth:`train`: ``meter``, ``history`` (the logged rows), ``fingerprint`` (the data's), ``say``
+    (main process only).
     """
 
     stage: ClassVar[str]  # the device-meter stage the job is booked to
@@ -110,8 +111,9 @@ class TrainingLoop(ABC):
         """Data, plan, optimiser, accelerate: everything before the first unit. Returns the units to run."""
 
     @abstractmethod
-    def run_unit(self, index: int) -> dict[str, Any] | None:
-        """Unit ``index`` (0-based); a history row when one is due (every unit, or every log_every)."""
+    def run_unit(self, index: int, log_due: bool) -> dict[str, Any] | None:
+        """Unit ``index`` (0-based); a history row when one is due. ``log_due``: this unit's row is
+        logged (every log_every units and the last); a trainer that logs windows returns one then."""
 
     @abstractmethod
     def save_checkpoint(self, done: int, state: dict[str, Any]) -> Path:
@@ -123,7 +125,8 @@ class TrainingLoop(ABC):
 
     @abstractmethod
     def data_fingerprint(self) -> str:
-        """A hash of the training data: a checkpoint of other data is not resumed."""
+        """A hash of the training data: a checkpoint of other data is not resumed. Called once per
+        job, after ``setup`` (it may read all the pairs); :attr:`fingerprint` holds it."""
 
     @property
     @abstractmethod
@@ -131,10 +134,10 @@ class TrainingLoop(ABC):
         """(log_every, save_every, keep_checkpoints) from the config."""
 
     def check_saved_data(self, saved: dict[str, Any], folder: Path) -> None:
-        if saved.get("data_fingerprint") != self.data_fingerprint():
+        if saved.get("data_fingerprint") != self.fingerprint:
             raise LpoError(
                 f"cannot resume {folder}: it was trained on other data (fingerprint {saved.get('data_fingerprint')}, "
-                f"now {self.data_fingerprint()}); pass the same prompts or pairs"
+                f"now {self.fingerprint}); pass the same prompts or pairs"
             )
 
     def state_fields(self, done: int) -> dict[str, Any]:
@@ -177,7 +180,7 @@ class TrainingLoop(ABC):
     def trainer_state(self, done: int) -> dict[str, Any]:
         return {
             "version": TRAINER_STATE_VERSION, "step": done, "config": config_to_dict(self.config),
-            "plan": self.plan_record(), "data_fingerprint": self.data_fingerprint(), "history": self.history,
+            "plan": self.plan_record(), "data_fingerprint": self.fingerprint, "history": self.history,
             "cost": self.meter.as_dict(), **self.state_fields(done),
         }
 
@@ -191,9 +194,10 @@ class TrainingLoop(ABC):
         self.meter = DeviceMeter(accelerator=acc)
         self.history = []
         self.resumed_from = None
-        log_every, save_every, keep = self.schedule
+        log_every, save_every, _ = self.schedule
         with self.meter.stage(self.stage):
             total = self.setup()
+            self.fingerprint = self.data_fingerprint()
             start = self._resume() if resume else 0
             previous = run.read_cost() if (resume and run is not None) else None
             if previous is not None:
@@ -203,10 +207,11 @@ class TrainingLoop(ABC):
             self.begin_units()
             for index in range(start, total):
                 done = index + 1
-                row = self.run_unit(index)
+                log_due = done % log_every == 0 or done == total
+                row = self.run_unit(index, log_due)
                 if row is not None:
                     self.history.append(row)
-                if row is not None and (done % log_every == 0 or done == total):
+                if row is not None and log_due:
                     acc.log({k: v for k, v in row.items() if isinstance(v, (int, float)) and v is not None}, step=done)
                     if is_main and run is not None:
                         write_metrics(run, self.history)

@@ -403,10 +403,10 @@ class RewardTrainingLoop(TrainingLoop):
         return self.encoded.fingerprint()
 
     def check_saved_data(self, saved: dict[str, Any], folder: Path) -> None:
-        if saved["data_fingerprint"] != self.encoded.fingerprint() or saved["num_pairs"] != len(self.encoded):
+        if saved["data_fingerprint"] != self.fingerprint or saved["num_pairs"] != len(self.encoded):
             raise LpoError(
                 f"cannot resume {folder}: it was trained on {saved['num_pairs']} other pairs (fingerprint "
-                f"{saved['data_fingerprint']}, now {len(self.encoded)} pairs, {self.encoded.fingerprint()}); pass the same pairs"
+                f"{saved['data_fingerprint']}, now {len(self.encoded)} pairs, {self.fingerprint}); pass the same pairs"
             )
 
     def setup(self) -> int:
@@ -447,7 +447,7 @@ class RewardTrainingLoop(TrainingLoop):
         self.last_norm: float | None = None
         self.last_lr = float(self.optimizer.param_groups[0]["lr"])
 
-    def run_unit(self, step: int) -> dict[str, Any] | None:
+    def run_unit(self, step: int, log_due: bool) -> dict[str, Any] | None:
         """One optimiser step over the step's batch (this process's micro-batches); a row every log_every."""
         config, acc, model, optimizer = self.config, self.accelerator, self.model, self.optimizer
         device, micro, rank = acc.device, self.run_plan.micro_batch_size, acc.process_index
@@ -481,12 +481,11 @@ class RewardTrainingLoop(TrainingLoop):
                 out.correct.sum().double(), out.decisive.sum().double(),
             ])
         self.last_loss = float(out.loss.detach())
-        done = step + 1
-        if done % config.log_every and done != config.max_steps:
+        if not log_due:
             return None
         totals = acc.reduce(self.window.clone(), "sum").tolist()
         row = {
-            "step": done, "loss": totals[0] / max(totals[1], 1.0), "accuracy": totals[2] / totals[3] if totals[3] else None,
+            "step": step + 1, "loss": totals[0] / max(totals[1], 1.0), "accuracy": totals[2] / totals[3] if totals[3] else None,
             "lr": self.last_lr, "grad_norm": self.last_norm, "seconds": time.perf_counter() - self.window_start,
         }
         self.window.zero_()

@@ -238,7 +238,7 @@ class DiffusionDPOTrainer(PolicyTrainer):
         self.window_start = time.perf_counter()
         self.model.train()
 
-    def run_unit(self, step: int) -> dict[str, Any] | None:
+    def run_unit(self, step: int, log_due: bool) -> dict[str, Any] | None:
         """One optimiser step over this process's micro-batches of the step's batch; a row every log_every."""
         config, acc = self.config, self.accelerator
         P, rank, micro = acc.num_processes, acc.process_index, self.run_plan.micro_batch_size
@@ -252,11 +252,10 @@ class DiffusionDPOTrainer(PolicyTrainer):
             config.train.batch_size, config.optim.grad_clip,
         ))
         check_step(self.window[-1], f"step {step + 1}", config.optim.lr)
-        done = step + 1
-        if done % config.run.log_every and done != config.train.max_steps:
+        if not log_due:
             return None
         last = self.window[-1]
-        row = {"step": done, **reduce_logs(acc, self.window), "lr": last.lr, "grad_norm": finite_or_none(last.grad_norm),
+        row = {"step": step + 1, **reduce_logs(acc, self.window), "lr": last.lr, "grad_norm": finite_or_none(last.grad_norm),
                "seconds": time.perf_counter() - self.window_start}
         self.window, self.window_start = [], time.perf_counter()
         return row

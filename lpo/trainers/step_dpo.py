@@ -256,7 +256,7 @@ class StepDPOTrainer(PolicyTrainer):
         self.optimizer_steps = int(saved["optimizer_steps"])
         self.lr_schedule.restore(self.optimizer_steps, done)
 
-    def run_unit(self, round_index: int) -> dict[str, Any]:
+    def run_unit(self, round_index: int, log_due: bool) -> dict[str, Any]:
         """One round: roll out, gather and share the kept samples, one pass of optimiser steps."""
         config, acc, model = self.config, self.accelerator, self.model
         P, rank = acc.num_processes, acc.process_index

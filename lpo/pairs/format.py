@@ -364,6 +364,78 @@ def _row_to_pair(row: dict[str, Any], default_id: str, default_source: str) -> t
     return pair, None
 
 
+def image_bytes(value: Any) -> bytes:
+    """A row's image as its encoded bytes (a ``datasets`` Image feature stored with decode=False, or bytes)."""
+    if isinstance(value, dict):
+        value = value.get("bytes")
+    return bytes(value)
+
+
+class RowChecker:
+    """The row checks of :func:`load_pairs` over a stream of rows, every skip counted by reason.
+
+    ``pairs(rows, limit)`` yields (row, pair) for each usable row; ``n_rows``, ``skipped`` and
+    ``undecodable_ids`` count what it read and dropped. Rows without a ``pair_id`` get
+    ``id_prefix + row index``. With ``unique_ids``, :meth:`check_unique` refuses repeated ids.
+    """
+
+    def __init__(self, id_prefix: str, default_source: str, unique_ids: bool = True) -> None:
+        self.id_prefix, self.default_source = id_prefix, default_source
+        self.n_rows = 0
+        self.skipped: Counter[str] = Counter()
+        self.undecodable_ids: list[str] = []
+        self._seen: dict[str, None] | None = {} if unique_ids else None  # ids in order of first appearance
+        self._repeated: set[str] = set()
+
+    def pairs(self, rows: Iterable[dict[str, Any]], limit: int | None = None) -> Iterator[tuple[dict[str, Any], PreferencePair]]:
+        for index, row in enumerate(rows):
+            if limit is not None and index >= limit:
+                break
+            self.n_rows += 1
+            default_id = f"{self.id_prefix}{index}"
+            pair, reason = _row_to_pair(row, default_id, self.default_source)  # decodes both images: the check
+            if pair is None:
+                self.skipped[reason] += 1
+                if reason == SKIP_UNDECODABLE:
+                    self.undecodable_ids.append(str(row.get("pair_id") or default_id))
+                continue
+            if self._seen is not None:
+                if pair.pair_id in self._seen:
+                    self._repeated.add(pair.pair_id)
+                self._seen[pair.pair_id] = None
+            yield row, pair
+
+    def check_unique(self, origin: str) -> None:
+        if self._repeated:
+            first = next(pair_id for pair_id in self._seen if pair_id in self._repeated)
+            raise LpoError(
+                f"{origin} has {len(self._repeated)} duplicate pair_id values (first: {first!r}); pair ids must be unique"
+            )
+
+
+class ColumnBuffer:
+    """Rows gathered as columns and handed to a pyarrow writer (Parquet or Arrow IPC, both take
+    ``write_table``) every ``size`` rows, so a stream of pairs is written in bounded memory."""
+
+    def __init__(self, writer: Any, schema: Any, size: int = 256) -> None:
+        self.writer, self.schema, self.size = writer, schema, size
+        self.columns: dict[str, list[Any]] = {name: [] for name in schema.names}
+
+    def append(self, **values: Any) -> None:
+        for name, column in self.columns.items():
+            column.append(values[name])
+        if len(self.columns[self.schema.names[0]]) >= self.size:
+            self.flush()
+
+    def flush(self) -> None:
+        import pyarrow as pa
+
+        if self.columns[self.schema.names[0]]:
+            self.writer.write_table(pa.table(self.columns, schema=self.schema))
+            for column in self.columns.values():
+                column.clear()
+
+
 def prompt_weights(pairs: Sequence[PreferencePair]) -> list[float]:
     """1 / (number of pairs with the same prompt), per pair."""
     counts = Counter(p.prompt for p in pairs)
@@ -412,35 +484,14 @@ def load_pairs(
         origin = f"{text} [{split}]"
         row_iter = _hub_rows(text, split, streaming if streaming is not None else limit is not None)
         sidecar = None
-    id_prefix = f"{default_source}/{split}/" if split else f"{default_source}/"
-
     # 2. Convert row by row; every row is kept or counted.
-    pairs: list[PreferencePair] = []
-    skipped: Counter[str] = Counter()
-    undecodable: list[str] = []
-    n_rows = 0
-    for index, row in enumerate(row_iter):
-        if limit is not None and index >= limit:
-            break
-        n_rows += 1
-        default_id = f"{id_prefix}{index}"
-        pair, reason = _row_to_pair(row, default_id, default_source)
-        if pair is None:
-            skipped[reason] += 1
-            if reason == SKIP_UNDECODABLE:
-                undecodable.append(str(row.get("pair_id") or default_id))
-        else:
-            pairs.append(pair)
-
-    duplicates = [i for i, n in Counter(p.pair_id for p in pairs).items() if n > 1]
-    if duplicates:
-        raise LpoError(
-            f"{origin} has {len(duplicates)} duplicate pair_id values (first: {duplicates[0]!r}); pair ids must be unique"
-        )
+    checker = RowChecker(f"{default_source}/{split}/" if split else f"{default_source}/", default_source)
+    pairs = [pair for _, pair in checker.pairs(row_iter, limit)]
+    checker.check_unique(origin)
     if weight_by_prompt:
         for pair, weight in zip(pairs, prompt_weights(pairs)):
             pair.weight = weight
-    return PairLoadResult(pairs, n_rows, dict(skipped), undecodable, origin, sidecar)
+    return PairLoadResult(pairs, checker.n_rows, dict(checker.skipped), checker.undecodable_ids, origin, sidecar)
 
 
 def _read_sidecar(path: Path) -> dict[str, Any] | None:

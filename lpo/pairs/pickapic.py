@@ -11,9 +11,9 @@ row batches for a folder), applies the row checks of :func:`lpo.pairs.format.loa
 without them), drops repeated pairs (the same caption and the same two images, in either
 order: Pick-a-Pic's train split repeats pairs, its ``*_unique`` splits do not), and writes
 the kept rows with their original JPEG bytes in row groups as they come. Memory: one row
-batch, plus about 100 bytes per kept pair for the duplicate check (a 16-byte digest in a set). The sidecar holds every count
-and reason, and the row counts the publications state, where lpo knows them, beside the
-counts found.
+batch, plus about 100 bytes per kept pair for the duplicate check (a 16-byte digest in a
+set). The sidecar holds every count and reason, and the row counts the publications state,
+where lpo knows them, beside the counts found.
 """
 
 from __future__ import annotations
@@ -29,11 +29,13 @@ from lpo.core.hashing import file_sha256
 from lpo.pairs.format import (
     SKIP_UNDECODABLE,
     TIE,
+    ColumnBuffer,
+    RowChecker,
     _hub_rows,
     _parquet_files,
     _parquet_rows,
-    _row_to_pair,
     check_pairs_path,
+    image_bytes,
     sidecar_path,
 )
 
@@ -84,14 +86,8 @@ def _rows(source: str, split: str) -> Iterator[dict[str, Any]]:
 
 def _pair_key(row: dict[str, Any], caption: str) -> bytes:
     """Caption and the two images, in either order: a repeated pair has the same key."""
-    images = sorted(hashlib.sha256(_raw(row[name])).digest() for name in ("jpg_0", "jpg_1"))
+    images = sorted(hashlib.sha256(image_bytes(row[name])).digest() for name in ("jpg_0", "jpg_1"))
     return hashlib.blake2b(caption.encode() + b"\x00" + images[0] + images[1], digest_size=16).digest()
-
-
-def _raw(value: Any) -> bytes:
-    if isinstance(value, dict):  # a datasets Image feature (decode=False)
-        value = value.get("bytes")
-    return bytes(value)
 
 
 def convert_pickapic(version: str, out: str | Path, *, source: str | None = None, split: str = "train",
@@ -112,32 +108,24 @@ def convert_pickapic(version: str, out: str | Path, *, source: str | None = None
     schema = pa.schema([("pair_id", pa.string()), ("caption", pa.string()), ("jpg_0", pa.binary()),
                         ("jpg_1", pa.binary()), ("label_0", pa.float64()), ("label_1", pa.float64()),
                         ("source", pa.string()), ("weight", pa.float64()), ("annotator_kind", pa.string())])
-    skipped: Counter[str] = Counter()
+    checker = RowChecker(f"{name}/{split}/", name, unique_ids=False)  # ids are made unique; pairs are deduped by content
+    skipped = checker.skipped  # the row checks' reasons, then ties and repeats
     labels: Counter[float] = Counter()
     seen: set[bytes] = set()
     prompts: set[bytes] = set()
-    counts = {"rows": 0, "kept": 0}
+    kept = 0
+
+    def counted(rows: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        for read, row in enumerate(rows, 1):
+            if progress is not None and read % 1000 == 0:
+                progress(read, kept)
+            yield row
 
     def write(tmp: Path) -> None:
-        buffer: dict[str, list[Any]] = {n: [] for n in schema.names}
+        nonlocal kept
         with pq.ParquetWriter(str(tmp), schema) as writer:
-            def flush() -> None:
-                if buffer["pair_id"]:
-                    writer.write_table(pa.table({n: buffer[n] for n in schema.names}, schema=schema))
-                    for values in buffer.values():
-                        values.clear()
-
-            for index, row in enumerate(_rows(origin, dataset_split)):
-                if limit is not None and index >= limit:
-                    break
-                counts["rows"] += 1
-                if progress is not None and counts["rows"] % 1000 == 0:
-                    progress(counts["rows"], counts["kept"])
-                pair_id = f"{name}/{split}/{index}"
-                pair, reason = _row_to_pair(row, pair_id, name)  # decodes both images: the check
-                if pair is None:
-                    skipped[reason] += 1
-                    continue
+            buffer = ColumnBuffer(writer, schema, WRITE_ROWS)
+            for row, pair in checker.pairs(counted(_rows(origin, dataset_split)), limit):
                 if pair.label_0 == TIE and not keep_ties:
                     skipped[SKIP_TIE] += 1
                     continue
@@ -148,22 +136,18 @@ def convert_pickapic(version: str, out: str | Path, *, source: str | None = None
                 seen.add(key)
                 prompts.add(hashlib.blake2b(pair.prompt.encode(), digest_size=8).digest())
                 labels[pair.label_0] += 1
-                for column, value in (("pair_id", pair.pair_id), ("caption", pair.prompt), ("jpg_0", _raw(row["jpg_0"])),
-                                      ("jpg_1", _raw(row["jpg_1"])), ("label_0", pair.label_0),
-                                      ("label_1", 1.0 - pair.label_0), ("source", name), ("weight", pair.weight),
-                                      ("annotator_kind", None)):
-                    buffer[column].append(value)
-                counts["kept"] += 1
-                if len(buffer["pair_id"]) >= WRITE_ROWS:
-                    flush()
-            flush()
+                buffer.append(pair_id=pair.pair_id, caption=pair.prompt, jpg_0=image_bytes(row["jpg_0"]),
+                              jpg_1=image_bytes(row["jpg_1"]), label_0=pair.label_0, label_1=1.0 - pair.label_0,
+                              source=name, weight=pair.weight, annotator_kind=None)
+                kept += 1
+            buffer.flush()
             if progress is not None:
-                progress(counts["rows"], counts["kept"])
+                progress(checker.n_rows, kept)
 
     atomic_write_file(out, write)
-    if counts["kept"] == 0:
+    if kept == 0:
         out.unlink()
-        raise LpoError(f"no usable pairs in {origin} [{dataset_split}] ({counts['rows']} rows; skipped: "
+        raise LpoError(f"no usable pairs in {origin} [{dataset_split}] ({checker.n_rows} rows; skipped: "
                        f"{', '.join(f'{n} {r}' for r, n in sorted(skipped.items())) or 'none'}); check the source and split")
     decisive = labels.get(1.0, 0) + labels.get(0.0, 0)
     expected = known.published_decisive.get(split)
@@ -180,7 +164,7 @@ def convert_pickapic(version: str, out: str | Path, *, source: str | None = None
         "file": out.name,
         "sha256": file_sha256(out),
         "source": {"version": version, "origin": origin, "split": dataset_split, "limit": limit, "keep_ties": keep_ties},
-        "counts": {"rows": counts["rows"], "pairs": counts["kept"], "prompts": len(prompts),
+        "counts": {"rows": checker.n_rows, "pairs": kept, "prompts": len(prompts),
                    "image_0_wins": labels.get(1.0, 0), "image_1_wins": labels.get(0.0, 0), "ties": labels.get(TIE, 0),
                    "skipped": dict(sorted(skipped.items())), "undecodable": skipped.get(SKIP_UNDECODABLE, 0)},
         "published_check": check,

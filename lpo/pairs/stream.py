@@ -27,26 +27,21 @@ import numpy as np
 
 from lpo.core.errors import LpoError
 from lpo.pairs.format import (
-    SKIP_UNDECODABLE,
     TIE,
+    ColumnBuffer,
     PairLoadResult,
     PreferencePair,
+    RowChecker,
     _parquet_files,
     _parquet_rows,
     _read_sidecar,
-    _row_to_pair,
     decode_image,
+    image_bytes,
 )
 
 CACHE_VERSION = 1
 WRITE_BATCH = 256  # kept rows per Arrow record batch (the conversion's memory: this many encoded pairs)
 META_COLUMNS = ("pair_id", "caption", "label_0", "source", "weight", "annotator_kind")
-
-
-def _image_bytes(value: Any) -> bytes:
-    if isinstance(value, dict):  # a datasets Image feature stored with decode=False
-        value = value.get("bytes")
-    return bytes(value)
 
 
 class PairTable(Sequence[PreferencePair]):
@@ -61,7 +56,8 @@ class PairTable(Sequence[PreferencePair]):
         n = self._table.num_rows
         self.rows = np.arange(n, dtype=np.int64) if rows is None else np.asarray(rows, dtype=np.int64)
         self._labels = np.asarray(self._table.column("label_0").to_numpy(), dtype=np.float64)
-        self._weights = weights
+        # the stored weights, or the ones given (weight_by_prompt)
+        self._weights = np.asarray(self._table.column("weight").to_numpy() if weights is None else weights, dtype=np.float64)
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -105,10 +101,13 @@ class PairTable(Sequence[PreferencePair]):
 
     def weight(self, index: int) -> float:
         row = int(self.rows[index])
-        return float(self._weights[row]) if self._weights is not None else float(self._table.column("weight")[row].as_py())
+        return float(self._weights[row])
 
     def labels(self) -> np.ndarray:
         return self._labels[self.rows]
+
+    def weights(self) -> np.ndarray:
+        return self._weights[self.rows]
 
     def iter_meta(self, chunk: int = 4096) -> Iterator[tuple[str, str, float]]:
         """(pair_id, prompt, label_0) of every pair in order, read in chunks of Arrow columns."""
@@ -174,7 +173,7 @@ def open_pairs(
     if not (arrow.is_file() and summary_path.is_file()):
         if log is not None:
             log(f"indexing {origin} into {arrow} (once; images stay encoded)")
-        _convert(files, split, limit, default_source, arrow, summary_path)
+        _convert(files, split, limit, default_source, origin, arrow, summary_path)
     summary = json.loads(summary_path.read_text())
     table = PairTable(arrow, origin)
     if weight_by_prompt:  # 1 / (pairs of the same prompt), as load_pairs sets it
@@ -185,7 +184,7 @@ def open_pairs(
     return PairLoadResult(table, summary["n_rows"], summary["skipped"], summary["undecodable_ids"], origin, sidecar)
 
 
-def _convert(files: list[Path], split: str | None, limit: int | None, default_source: str,
+def _convert(files: list[Path], split: str | None, limit: int | None, default_source: str, origin: str,
              arrow: Path, summary_path: Path) -> None:
     """One pass over the rows: the same checks as load_pairs, kept rows appended encoded."""
     import pyarrow as pa
@@ -195,53 +194,23 @@ def _convert(files: list[Path], split: str | None, limit: int | None, default_so
     schema = pa.schema([("pair_id", pa.string()), ("caption", pa.string()), ("jpg_0", pa.binary()),
                         ("jpg_1", pa.binary()), ("label_0", pa.float64()), ("source", pa.string()),
                         ("weight", pa.float64()), ("annotator_kind", pa.string())])
-    id_prefix = f"{default_source}/{split}/" if split else f"{default_source}/"
-    skipped: Counter[str] = Counter()
-    undecodable: list[str] = []
-    seen: dict[str, None] = {}
-    duplicate: list[str] = []
-    n_rows = 0
+    checker = RowChecker(f"{default_source}/{split}/" if split else f"{default_source}/", default_source)
 
     def write(tmp: Path) -> None:
-        nonlocal n_rows
-        buffer: dict[str, list[Any]] = {name: [] for name in schema.names}
         with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, schema) as writer:
-            def flush() -> None:
-                if buffer["pair_id"]:
-                    writer.write_batch(pa.record_batch([pa.array(buffer[n], type=schema.field(n).type) for n in schema.names],
-                                                       schema=schema))
-                    for values in buffer.values():
-                        values.clear()
-
-            for index, row in enumerate(_parquet_rows(files)):
-                if limit is not None and index >= limit:
-                    break
-                n_rows += 1
-                default_id = f"{id_prefix}{index}"
-                pair, reason = _row_to_pair(row, default_id, default_source)  # decodes both images: the check
-                if pair is None:
-                    skipped[reason] += 1
-                    if reason == SKIP_UNDECODABLE:
-                        undecodable.append(str(row.get("pair_id") or default_id))
-                    continue
-                if pair.pair_id in seen:
-                    duplicate.append(pair.pair_id)
-                seen[pair.pair_id] = None
-                for name, value in (("pair_id", pair.pair_id), ("caption", pair.prompt),
-                                    ("jpg_0", _image_bytes(row["jpg_0"])), ("jpg_1", _image_bytes(row["jpg_1"])),
-                                    ("label_0", pair.label_0), ("source", pair.source), ("weight", pair.weight),
-                                    ("annotator_kind", pair.annotator_kind)):
-                    buffer[name].append(value)
-                if len(buffer["pair_id"]) >= WRITE_BATCH:
-                    flush()
-            flush()
+            buffer = ColumnBuffer(writer, schema, WRITE_BATCH)
+            for row, pair in checker.pairs(_parquet_rows(files), limit):
+                buffer.append(pair_id=pair.pair_id, caption=pair.prompt, jpg_0=image_bytes(row["jpg_0"]),
+                              jpg_1=image_bytes(row["jpg_1"]), label_0=pair.label_0, source=pair.source,
+                              weight=pair.weight, annotator_kind=pair.annotator_kind)
+            buffer.flush()
 
     arrow.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_file(arrow, write)
-    if duplicate:
+    try:
+        checker.check_unique(origin)
+    except LpoError:
         arrow.unlink()
-        origin = ", ".join(str(f) for f in files[:1]) + (" ..." if len(files) > 1 else "")
-        raise LpoError(
-            f"{origin} has {len(set(duplicate))} duplicate pair_id values (first: {duplicate[0]!r}); pair ids must be unique"
-        )
-    atomic_write_json(summary_path, {"n_rows": n_rows, "skipped": dict(skipped), "undecodable_ids": undecodable})
+        raise
+    atomic_write_json(summary_path, {"n_rows": checker.n_rows, "skipped": dict(checker.skipped),
+                                     "undecodable_ids": checker.undecodable_ids})

@@ -107,7 +107,7 @@ def _pair_fields(pairs: Sequence[PreferencePair]) -> tuple[list[str], list[str],
         prompts.append(prompt)
         labels.append(float(label))
     if isinstance(pairs, PairTable):
-        weights = [pairs.weight(i) for i in range(len(pairs))]
+        weights = pairs.weights().tolist()
     else:
         weights = [float(p.weight) for p in pairs]
     return ids, prompts, labels, weights

@@ -45,6 +45,7 @@ from lpo.core.errors import LpoError
 from lpo.evals.benchmarks import BENCHMARKS, PromptSet
 from lpo.evals.checkpoints import Checkpoint, resolve_checkpoint
 from lpo.evals.image_cache import ImageCache, default_cache_dir
+from lpo.evals.metrics import declared
 from lpo.evals.metrics.base import METRIC_ATTRIBUTES, METRICS, MetricSpec
 from lpo.evals.processes import Processes, eval_processes
 from lpo.evals.store import DEFAULT_RESULTS_DIR, ResultRecord, append_new_records, now, records_path, write_per_prompt
@@ -159,7 +160,7 @@ def _resolve_metrics(config: EvalConfig, benchmark, protocol: EvalProtocol) -> l
             if not Path(ref).expanduser().exists() and not _HUB_ID.match(ref):
                 raise LpoError(f"{what} {ref!r} for metric {name!r}: no such file or folder, and not a hub id; fix the path")
     for name in names:
-        if getattr(METRICS.get(name), "per_prompt", False) and protocol.images_per_prompt < 2:
+        if getattr(declared(name), "per_prompt", False) and protocol.images_per_prompt < 2:
             raise LpoError(f"metric {name!r} compares the images of a prompt; use --images-per-prompt 2 or more")
     return names
 

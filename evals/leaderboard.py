@@ -68,7 +68,7 @@ class Column:
 
     @classmethod
     def of(cls, record: ResultRecord) -> "Column":
-        from lpo.evals.metrics.base import declared_comparability
+        from lpo.evals.metrics import declared_comparability
 
         comparability, note = declared_comparability(record.metric, record.metric_version)
         return cls(record.metric, record.metric_version, record.higher_is_better, record.metric_formula, comparability, note)

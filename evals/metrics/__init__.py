@@ -7,6 +7,8 @@ per-category ``compbench_*`` scorers; ``geneval``. Then it runs the load hooks o
 :data:`lpo.core.plugins.METRIC_HOOKS` (the world's judges, when ``lpo.world.install()`` ran).
 """
 
+from typing import Any
+
 from lpo.evals.metrics.base import METRICS, Metric, MetricFactory, MetricSpec
 
 # Imported for their registrations.
@@ -25,4 +27,26 @@ def load_metrics() -> None:
     from lpo.evals.metrics import diversity, lrm_score  # noqa: F401  (their registrations)
 
 
-__all__ = ["METRICS", "Metric", "MetricFactory", "MetricSpec", "load_metrics"]
+def declared(name: str) -> Any:
+    """What the registered metric ``name`` declares at class level (its class, or a factory's
+    ``declares``), read without building it (no weights load); None when unknown."""
+    load_metrics()  # the diversity measures and lrm_score register on demand
+    if name not in METRICS:
+        return None
+    factory = METRICS.get(name)
+    return factory if isinstance(factory, type) else getattr(factory, "declares", None)
+
+
+def declared_comparability(name: str, version: str) -> tuple[str | None, str | None]:
+    """(comparability, note) of records of ``name@version``: the registered metric's declaration
+    when ``version`` is its current version (or it sets its version per instance), else (None, None)."""
+    cls = declared(name)
+    if cls is None:
+        return None, None
+    current = getattr(cls, "version", None)
+    if isinstance(current, str) and current != version:
+        return None, None
+    return getattr(cls, "comparability", None), getattr(cls, "comparability_note", None)
+
+
+__all__ = ["METRICS", "Metric", "MetricFactory", "MetricSpec", "declared", "declared_comparability", "load_metrics"]

@@ -9,7 +9,7 @@ two values with different versions never share a leaderboard column.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol, Sequence, runtime_checkable
+from typing import Callable, Protocol, Sequence, runtime_checkable
 
 import torch
 from PIL import Image
@@ -78,23 +78,3 @@ class SetScoringMetric(Metric, Protocol):
 MetricFactory = Callable[[MetricSpec], Metric]
 METRICS: Registry[MetricFactory] = Registry("metric")
 
-
-def declared(name: str) -> Any:
-    """What the registered metric ``name`` declares at class level (its class, or a factory's
-    ``declares``), read without building it (no weights load); None when unknown."""
-    if name not in METRICS:
-        return None
-    factory = METRICS.get(name)
-    return factory if isinstance(factory, type) else getattr(factory, "declares", None)
-
-
-def declared_comparability(name: str, version: str) -> tuple[str | None, str | None]:
-    """(comparability, note) of records of ``name@version``: the registered metric's declaration
-    when ``version`` is its current version (or it sets its version per instance), else (None, None)."""
-    cls = declared(name)
-    if cls is None:
-        return None, None
-    current = vars(cls).get("version") if "version" in vars(cls) else getattr(cls, "version", None)
-    if isinstance(current, str) and current != version:
-        return None, None
-    return getattr(cls, "comparability", None), getattr(cls, "comparability_note", None)

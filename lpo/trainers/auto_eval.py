@@ -226,7 +226,7 @@ def resolve_plan(config: AutoEvalConfig, kind: str) -> AutoEvalPlan:
     """The jobs for a base model of ``kind`` (world / sd15 / sdxl); see the module docstring for the defaults."""
     from lpo.evals.benchmarks import BENCHMARKS
     from lpo.evals.harness import default_metrics
-    from lpo.evals.metrics.base import METRICS
+    from lpo.evals.metrics import declared
 
     check_names(config)
     world = kind == "world"
@@ -247,7 +247,7 @@ def resolve_plan(config: AutoEvalConfig, kind: str) -> AutoEvalPlan:
         else:
             metrics = tuple(default_metrics(benchmark, images))
         for metric in metrics:
-            if getattr(METRICS.get(metric), "per_prompt", False) and images < 2:
+            if getattr(declared(metric), "per_prompt", False) and images < 2:
                 raise LpoError(f"metric {metric!r} compares the images of a prompt; evaluate 2 or more images per prompt")
         max_prompts = config.max_prompts if config.max_prompts is not None else (WORLD_MAX_PROMPTS if world else None)
         jobs.append(EvalJob(name, source, tuple(metrics), max_prompts, int(images)))

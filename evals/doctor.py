@@ -105,10 +105,16 @@ def checkpoint_card(spec: str, registry: str | None = None, load: bool = False, 
 
 
 def run_doctor(metrics: Sequence[str], checkpoints: Sequence[str], *, metric_weights: dict[str, str] | None = None,
-               metric_processors: dict[str, str] | None = None, device: str = "cpu", dtype: str = "float32",
+               metric_processors: dict[str, str] | None = None, device: str = "cpu", dtype: str = "fp32",
                registry: str | None = None, load: bool = True, console: Any = None) -> tuple[list[MetricCheck], list[dict]]:
-    """Check every metric and checkpoint; prints a table per kind when given a console."""
+    """Check every metric and checkpoint; prints a table per kind when given a console.
+
+    ``dtype``: fp32, fp16 or bf16 (torch's names too), for the metrics and the pipelines alike."""
+    from lpo.core.dtypes import canonical_dtype
+    from lpo.evals.harness import METRIC_DTYPES
     from lpo.evals.metrics import load_metrics
+
+    dtype = canonical_dtype(dtype)
 
     load_metrics()
     from lpo.evals.metrics.base import METRICS
@@ -120,13 +126,13 @@ def run_doctor(metrics: Sequence[str], checkpoints: Sequence[str], *, metric_wei
     for name in metrics:
         if console is not None:
             console.print(f"loading metric {name} ({weights.get(name) or 'its default weights'}) ...", highlight=False)
-        checks.append(check_metric(name, weights.get(name), processors.get(name), device, dtype))
+        checks.append(check_metric(name, weights.get(name), processors.get(name), device, METRIC_DTYPES[dtype]))
     cards = []
     for spec in checkpoints:
         if console is not None:
             console.print(f"resolving checkpoint {spec}{' and loading it' if load else ''} ...", highlight=False)
         try:
-            cards.append(checkpoint_card(spec, registry, load, device, {"float32": "fp32"}.get(dtype, dtype)))
+            cards.append(checkpoint_card(spec, registry, load, device, dtype))
         except LpoError as err:
             cards.append({"spec": spec, "error": str(err)})
     if console is not None:

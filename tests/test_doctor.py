@@ -59,3 +59,12 @@ def test_the_command_exits_1_when_a_check_fails_and_2_on_a_user_mistake(tmp_path
     assert nothing.exit_code == 2 and "name something to check" in nothing.output
     misspelt = runner.invoke(app, ["doctor", "--metric", "pickscor"])
     assert misspelt.exit_code == 2 and "unknown metric 'pickscor'" in misspelt.output
+
+
+def test_a_half_precision_doctor_loads_metrics_and_pipelines_in_it():
+    """--dtype reaches the metrics (torch's name) and the pipeline (lpo's) alike."""
+    result = CliRunner().invoke(app, ["doctor", "--metric", "pixel_diversity", "--checkpoint", "world", "--dtype", "bf16"])
+    assert result.exit_code == 0, result.output
+    assert "U-Net parameters" in result.output and "error" not in result.output
+    checks, cards = run_doctor(["pixel_diversity"], ["world"], dtype="bfloat16")  # torch's name is an alias
+    assert checks[0].error is None and "error" not in cards[0] and cards[0]["U-Net parameters"] > 0

@@ -21,17 +21,16 @@ def doctor_command(
     load: bool = typer.Option(True, help="Load each checkpoint's pipeline (--no-load: its protocol card only)."),
 ) -> None:
     """Before a real run: load each metric (strict keys) and score fixed images; resolve and load each checkpoint."""
-    from lpo.core.dtypes import canonical_dtype
     from lpo.core.errors import LpoError
     from lpo.evals.doctor import run_doctor
-    from lpo.evals.harness import METRIC_DTYPES, named_refs
+    from lpo.evals.harness import named_refs
 
     if not metrics and not checkpoints:
         raise LpoError("name something to check: --metric NAME and/or --checkpoint SPEC (lpo list checkpoints)")
     checks, cards = run_doctor(
         metrics, checkpoints, metric_weights=named_refs(metric_weights, "--metric-weights"),
         metric_processors=named_refs(metric_processors, "--metric-processor"), device=device,
-        dtype=METRIC_DTYPES[canonical_dtype(dtype)], registry=registry, load=load, console=stdout_console(),
+        dtype=dtype, registry=registry, load=load, console=stdout_console(),
     )
     failed = [c.name for c in checks if c.error] + [c["spec"] for c in cards if "error" in c]
     if failed:

@@ -184,6 +184,17 @@ def open_pairs(
     return PairLoadResult(table, summary["n_rows"], summary["skipped"], summary["undecodable_ids"], origin, sidecar)
 
 
+def read_pairs(path: str | Path, split: str | None = None, limit: int | None = None, *, stream: bool = True,
+               log: Any = None) -> PairLoadResult:
+    """A local parquet set streamed (``stream``: :func:`open_pairs`), else every pair loaded
+    (:func:`lpo.pairs.format.load_pairs`: hub datasets, or ``stream=False``)."""
+    if stream and Path(str(path)).expanduser().exists():
+        return open_pairs(path, split=split, limit=limit, log=log)
+    from lpo.pairs.format import load_pairs
+
+    return load_pairs(path, split=split, limit=limit)
+
+
 def _convert(files: list[Path], split: str | None, limit: int | None, default_source: str, origin: str,
              arrow: Path, summary_path: Path) -> None:
     """One pass over the rows: the same checks as load_pairs, kept rows appended encoded."""

@@ -28,14 +28,9 @@ def _components(model: str):
 def _pairs(path: str, what: str, stream: bool = False):
     """The pairs of ``path``: loaded whole, or (``stream``, a local file) a memory-mapped
     :class:`~lpo.pairs.stream.PairTable` whose images are decoded as they are encoded."""
-    if stream and Path(path).expanduser().exists():
-        from lpo.pairs.stream import open_pairs
+    from lpo.pairs.stream import read_pairs
 
-        loaded = open_pairs(path)
-    else:
-        from lpo.pairs.format import load_pairs
-
-        loaded = load_pairs(path)
+    loaded = read_pairs(path, stream=stream)
     if not loaded.pairs:
         raise LpoError(f"{what} {path} holds no usable pairs ({loaded.summary()})")
     return loaded

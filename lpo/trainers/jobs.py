@@ -135,18 +135,6 @@ def _load_step_reward(config: Any, reward_kind: str, components: Any, policy: An
     return reward.eval()
 
 
-def _load_training_pairs(data: Any, say: Callable[[str], None]) -> Any:
-    """A local parquet set streamed (data.stream: a memory-mapped cache, images decoded per
-    batch), else every pair loaded (hub datasets, data.stream=false)."""
-    if data.stream and Path(str(data.pairs)).expanduser().exists():
-        from lpo.pairs.stream import open_pairs
-
-        return open_pairs(data.pairs, split=data.split, limit=data.limit, log=say)
-    from lpo.pairs.format import load_pairs
-
-    return load_pairs(data.pairs, split=data.split, limit=data.limit)
-
-
 def _reward_cost(path: str, say: Callable[[str], None]) -> dict[str, Any] | None:
     from lpo.core.runs import read_cost
 
@@ -244,7 +232,9 @@ def _build_trainer(method: str, config: Any, run: Any, accelerator: Any, callbac
     # 3. the method's own parts, then the trainer
     common = dict(run=run, accelerator=accelerator, callbacks=list(callbacks), trackers=list(trackers), log=say)
     if trainer_cls.needs == "pairs":
-        loaded = _load_training_pairs(config.data, say)
+        from lpo.pairs.stream import read_pairs
+
+        loaded = read_pairs(config.data.pairs, config.data.split, config.data.limit, stream=config.data.stream, log=say)
         say(loaded.summary())
         trainer = trainer_cls(config, components, policy, loaded.pairs, **common)
     else:

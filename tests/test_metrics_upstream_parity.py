@@ -16,7 +16,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from metric_fixtures import IMAGE, random_image, randomise, tiny_clip_folder, write_image_reward_checkpoint
 from lpo.evals.metrics.preprocess import CLIP_MEAN, CLIP_STD, resize_longest_pad, resize_shorter_center_crop, to_pixel_values

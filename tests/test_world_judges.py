@@ -138,7 +138,6 @@ def test_soft_shape_credit_follows_the_template_margin():
 
 
 def test_blurred_edges_do_not_split_an_object():
-    spec = parse_prompt("a red circle and a blue square")
     image = _scene(("red", "circle", "solid", 11, 2, 2), ("blue", "square", "solid", 11, 18, 18)).astype(np.float32)
     # A 3x3 box blur mixes edge pixels with the background and with each other.
     padded = np.pad(image, ((1, 1), (1, 1), (0, 0)), mode="edge")

@@ -29,3 +29,19 @@ def perf_reward_cost(
 
     run_reward_cost(arch, device=device, dtype=dtype, prompts=prompts, candidates=candidates,
                     repeats=repeats, warmup=warmup, out=out)
+
+
+@perf_app.command("memory")
+@user_errors
+def perf_memory(
+    preset: list[str] = typer.Option(list(("lpo-sd15", "spo-sd15", "dpo-sd15", "lpo-sdxl", "spo-sdxl", "dpo-sdxl")),
+                                     "--preset", help="Trainer preset (repeatable); default: the six paper presets."),
+    set_: list[str] = typer.Option([], "--set", help="Override applied to every preset, e.g. --set train.train_batch_size=4."),
+    reward_dtype: str = typer.Option("fp32", help="The step reward model's weights as loaded (lpo's reward training saves fp32)."),
+    out: Optional[Path] = typer.Option(None, help="Also write the estimates as JSON here."),
+) -> None:
+    """Peak training memory per process of each preset, estimated on fake tensors (no GPU, no weights)."""
+    from lpo.core.dtypes import canonical_dtype
+    from lpo.perf.jobs import run_memory_estimates
+
+    run_memory_estimates(preset, set_, reward_dtype=canonical_dtype(reward_dtype), out=out)

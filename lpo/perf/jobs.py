@@ -121,3 +121,75 @@ def print_reward_cost(results: Sequence[RewardCostResult]) -> None:
             f"  pixel / LRM per candidate: [bold]{r.pixel_to_lrm:.1f}×[/]   "
             f"SPO / LPO per step (policy call + {s.candidates} candidates): [bold]{r.step_ratio:.1f}×[/]"
         )
+
+
+PAPER_PRESETS = ("lpo-sd15", "spo-sd15", "dpo-sd15", "lpo-sdxl", "spo-sdxl", "dpo-sdxl")
+
+
+def preset_architecture(config: Any) -> str:
+    """sd15 or sdxl, from the preset's base model; world presets have no full-size estimate."""
+    base = str(config.model.base).lower()
+    if base.startswith("world"):
+        raise LpoError(f"preset {config.preset} trains the world model; memory estimates are for the SD1.5 / SDXL "
+                       f"presets ({', '.join(PAPER_PRESETS)})")
+    return "sdxl" if "xl" in base else "sd15"
+
+
+def run_memory_estimates(presets: Sequence[str], overrides: Sequence[str] = (), *, reward_dtype: str = "fp32",
+                         out: Path | None = None) -> list[Any]:
+    """Estimate each preset's peak training memory (lpo.perf.memory) and print the table."""
+    from rich.console import Console
+
+    from lpo.perf.memory import estimate_training_memory
+    from lpo.trainers.jobs import resolve_config
+    from lpo.trainers.presets import PRESET_METHOD
+
+    unknown = [p for p in presets if p not in PRESET_METHOD]
+    if unknown:
+        raise LpoError(f"unknown trainer preset {unknown[0]!r}; known: {', '.join(PRESET_METHOD)}")
+    configs = [resolve_config(PRESET_METHOD[p], p, overrides) for p in presets]
+    architectures = [preset_architecture(c) for c in configs]
+    console = Console(stderr=True)
+    estimates = []
+    for n, (config, architecture) in enumerate(zip(configs, architectures), 1):
+        steps = "a rollout step and two updates" if config.method in ("lpo", "spo") else "two updates"
+        console.print(f"[{n}/{len(configs)}] {config.preset}: building {architecture} at full size on fake tensors "
+                      f"and running {steps} (10–40 s)")
+        estimates.append(estimate_training_memory(config, architecture, reward_dtype=reward_dtype))
+    print_memory_estimates(estimates)
+    if out is not None:
+        atomic_write_json(out, {"estimates": [e.to_dict() for e in estimates], "overrides": list(overrides),
+                                "meta": run_metadata()})
+    return estimates
+
+
+def print_memory_estimates(estimates: Sequence[Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    gib = 1024.0
+    table = Table(title="Estimated peak training memory per process, GiB (fake tensors, CUDA's autocast policy)",
+                  caption="batch: rollout prompts × candidates, update batch. rollout / update: transient above the "
+                          "resident weights and trainable + optimiser states. Add the CUDA context and kernel "
+                          "workspaces (~0.5-1 GiB; more for large convolutions). 40/48/80: fits a card of that many GB")
+    for column in ("preset", "batch", "ckpt", "optim", "weights", "train+opt", "rollout", "update", "peak", "40/48/80"):
+        table.add_column(column, justify="left" if column in ("preset", "batch", "optim") else "right")
+    for e in estimates:
+        r = e.resident_mib
+        weights = sum(v for k, v in r.items() if k.startswith(("base", "step reward")))
+        trainable = sum(v for k, v in r.items() if k.startswith(("policy", "optimiser")))
+        fits = "/".join("y" if e.peak_mib / gib <= cap else "n" for cap in (40, 48, 80))
+        b = e.batch
+        batch = (f"{b['rollout prompts']}×{b['candidates']}, {b['update']}" if "update" in b
+                 else f"{b['pairs per forward']} pair")
+        table.add_row(
+            e.preset, batch, "yes" if e.gradient_checkpointing else "no",
+            e.optimizer, f"{weights / gib:.1f}", f"{trainable / gib:.1f}",
+            f"{e.transient_mib.get('rollout', 0) / gib:.1f}" if "rollout" in e.transient_mib else "-",
+            f"{e.transient_mib['update'] / gib:.1f}", f"[bold]{e.peak_mib / gib:.1f}[/]", fits,
+        )
+    console = Console(width=max(Console().width, 116))  # ten columns: don't squeeze them into 80 when piped
+    console.print(table)
+    for e in estimates:
+        for note in e.notes:
+            console.print(f"  {e.preset}: {note}")

@@ -42,6 +42,7 @@ from dataclasses import dataclass
 from typing import Callable, Iterable, Sequence, Union
 
 import torch
+from torch._subclasses.fake_tensor import is_fake
 from diffusers import DDIMScheduler
 from torch import Tensor
 
@@ -302,7 +303,7 @@ def ddim_step_with_logprob(
     # 4. std = η·σ_t. A zero std (e.g. the last step when set_alpha_to_one=True, where
     #    ᾱ_prev = 1) is a deterministic step without a density.
     std = eta * _sigma(alpha_prod_t, alpha_prod_prev)  # (B, 1, 1, 1)
-    if bool((std == 0).any()):
+    if not is_fake(std) and bool((std == 0).any()):  # fake tensors (lpo perf memory) hold no values
         zero_t = timesteps[(std == 0).view(-1)].tolist()
         raise ValueError(
             f"std = η·σ_t is 0 at timesteps {zero_t} (eta={eta}), so the DDIM step has no density; "

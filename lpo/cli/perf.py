@@ -34,8 +34,7 @@ def perf_reward_cost(
 @perf_app.command("memory")
 @user_errors
 def perf_memory(
-    preset: list[str] = typer.Option(list(("lpo-sd15", "spo-sd15", "dpo-sd15", "lpo-sdxl", "spo-sdxl", "dpo-sdxl")),
-                                     "--preset", help="Trainer preset (repeatable); default: the six paper presets."),
+    preset: list[str] = typer.Option([], "--preset", help="Trainer preset (repeatable); default: the six paper presets."),
     set_: list[str] = typer.Option([], "--set", help="Override applied to every preset, e.g. --set train.train_batch_size=4."),
     reward_dtype: str = typer.Option("fp32", help="The step reward model's weights as loaded (lpo's reward training saves fp32)."),
     out: Optional[Path] = typer.Option(None, help="Also write the estimates as JSON here."),

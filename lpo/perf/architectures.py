@@ -118,9 +118,7 @@ def random_components(
         text_encoder_2 = CLIPTextModelWithProjection(_text_config(OPENCLIP_BIGG_TEXT, tokenizer)) if sdxl else None
     modules = [unet, vae, text_encoder] + ([text_encoder_2] if sdxl else [])
     for module in modules:
-        if any(p.dtype != dtype for p in module.parameters()):  # built in ``dtype`` already: nothing to cast
-            module.to(dtype=dtype)
-        module.eval().requires_grad_(False)
+        module.to(dtype=dtype).eval().requires_grad_(False)
     return DiffusionComponents(
         kind=architecture,
         source=f"random-{architecture}",
@@ -150,7 +148,6 @@ def random_pickscore_scorer(*, device: torch.device | str = "cpu", dtype: torch.
     )
     with torch.device(device):
         clip = CLIPModel(config)
-    if clip.dtype != dtype:
-        clip.to(dtype=dtype)
+    clip.to(dtype=dtype)
     preprocess = ImagePreprocessConfig(shortest_edge=224, crop_size=(224, 224))
     return TimestepConditionedScorer(clip, tokenizer, preprocess, None, source="random PickScore-size").to(device).eval()

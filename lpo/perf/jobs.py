@@ -137,13 +137,14 @@ def preset_architecture(config: Any) -> str:
 
 def run_memory_estimates(presets: Sequence[str], overrides: Sequence[str] = (), *, reward_dtype: str = "fp32",
                          out: Path | None = None) -> list[Any]:
-    """Estimate each preset's peak training memory (lpo.perf.memory) and print the table."""
+    """Estimate each preset's peak training memory (lpo.perf.memory) and print the table; no presets: the paper's six."""
     from rich.console import Console
 
     from lpo.perf.memory import estimate_training_memory
     from lpo.trainers.jobs import resolve_config
     from lpo.trainers.presets import PRESET_METHOD
 
+    presets = list(presets) or list(PAPER_PRESETS)
     unknown = [p for p in presets if p not in PRESET_METHOD]
     if unknown:
         raise LpoError(f"unknown trainer preset {unknown[0]!r}; known: {', '.join(PRESET_METHOD)}")
@@ -185,7 +186,7 @@ def print_memory_estimates(estimates: Sequence[Any]) -> None:
         table.add_row(
             e.preset, batch, "yes" if e.gradient_checkpointing else "no",
             e.optimizer, f"{weights / gib:.1f}", f"{trainable / gib:.1f}",
-            f"{e.transient_mib.get('rollout', 0) / gib:.1f}" if "rollout" in e.transient_mib else "-",
+            f"{e.transient_mib['rollout'] / gib:.1f}" if "rollout" in e.transient_mib else "-",
             f"{e.transient_mib['update'] / gib:.1f}", f"[bold]{e.peak_mib / gib:.1f}[/]", fits,
         )
     console = Console(width=max(Console().width, 116))  # ten columns: don't squeeze them into 80 when piped

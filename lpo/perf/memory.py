@@ -3,18 +3,20 @@
 `lpo perf memory` answers "does this preset fit my card?" before a user rents one. Every
 model is built at its real architecture size under torch's ``FakeTensorMode`` (shapes,
 dtypes and storages, no data), and :class:`LiveBytes` counts the bytes of every storage an
-operator creates while it is alive. The trainer's own code paths then run on fake inputs,
-in two phases whose transient peaks sit on top of what stays resident:
+operator creates while it is alive. Two phases, whose transient peaks sit on top of what
+stays resident:
 
-- **rollout** (LPO / SPO): one trained step of :func:`lpo.trainers.rollout.step_rollout` on
-  ``sample_batch_size`` prompts: the policy's CFG call, K candidates, the step reward scoring
-  all B·K of them (the LRM on latents; SPO's pixel model: x̂0 U-Net call, VAE decode, image
-  scorer), with the trainer's autocast;
-- **update**: one micro-batch of the trainer's loss with gradients (the policy with grads, the
-  reference without), backward and the optimiser step (which creates its states).
+- **rollout** (LPO / SPO): the calls of one trained step of
+  :func:`lpo.trainers.rollout.step_rollout` on ``sample_batch_size`` prompts (that function
+  itself picks winners by reading scores, which fake tensors do not hold): the policy's CFG
+  call, K candidates, the step reward scoring all B·K of them (the LRM on latents; SPO's pixel
+  model: x̂0 U-Net call, VAE decode, image scorer), with the trainer's autocast;
+- **update**: one micro-batch of the trainer's own loss (``_loss_fn`` of the step-DPO and
+  Diffusion-DPO trainers, run on a stand-in for ``self``) with backward, then the optimiser step
+  (which creates its states).
 
-Resident: the base model's weights, the reward model, the trainable weights, their gradients
-and the optimiser states. What this leaves out: the CUDA context and cuDNN/cuBLAS workspaces
+Resident: the base model's weights, the reward model, the trainable weights and the optimiser
+states; gradients count in the update's transient (alive from backward to zero_grad). What this leaves out: the CUDA context and cuDNN/cuBLAS workspaces
 (~0.5–1 GiB), allocator fragmentation, and kernels whose workspace differs between the CPU
 and CUDA (attention runs the fused SDPA path on both, so no T×T matrix is counted). Checked
 against the H100 probe in ``results/perf/train_probe_h100.json`` (see the README's table).
@@ -33,7 +35,6 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 MIB = 2**20
-DEVICE = "cpu"  # fake CPU tensors (fake CUDA ones cannot be indexed in a CPU-only build)
 
 
 class LiveBytes(TorchDispatchMode):
@@ -148,17 +149,6 @@ def _fake_model_building() -> Iterator[None]:
         torch.nn.Module._apply, torch.Tensor.__deepcopy__ = original_apply, original_deepcopy
 
 
-@contextlib.contextmanager
-def _default_dtype(dtype: torch.dtype) -> Iterator[None]:
-    # modules are built in their dtype: Module.to() cannot swap fake parameters in place
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        yield
-    finally:
-        torch.set_default_dtype(previous)
-
-
 class _Meter:
     """Resident bytes of each named part, as the live-byte counter grows while it is built."""
 
@@ -204,10 +194,9 @@ def estimate_training_memory(config: Any, architecture: str, *, reward_dtype: st
         # diffusers' ModelMixin.to reads a parameter's data pointer; a fake one has none (harmless here)
         warnings.filterwarnings("ignore", message="Accessing the data pointer of FakeTensor")
         meter = _Meter(live)
-        with meter.part("base model (U-Net, VAE, text encoders)"), _default_dtype(dtype):
+        with meter.part("base model (U-Net, VAE, text encoders)"):
             from lpo.perf.architectures import random_components
 
-            # initialised on the fake CPU (fake CUDA has no random generator), then moved
             components = random_components(architecture, dtype=dtype)
         reward = None
         if step_method:
@@ -310,8 +299,7 @@ def _build_reward(method: str, components: Any, dtype: torch.dtype) -> Any:
     from lpo.perf.architectures import random_pickscore_scorer
     from lpo.reward.pixel import PixelStepReward
 
-    with _default_dtype(dtype):
-        scorer = random_pickscore_scorer(dtype=dtype)
+    scorer = random_pickscore_scorer(dtype=dtype)
     return PixelStepReward.from_components(components, scorer).eval()
 
 
@@ -321,7 +309,7 @@ def _prompts(count: int) -> list[str]:
 
 def _latents(components: Any, batch: int) -> torch.Tensor:
     side = components.default_resolution // components.vae_scale_factor
-    return torch.randn(batch, components.latent_channels, side, side, dtype=components.unet.dtype, device=DEVICE)
+    return torch.randn(batch, components.latent_channels, side, side, dtype=components.unet.dtype)
 
 
 def _rollout_step(components: Any, reward: Any, config: Any, autocast: Callable[[], Any]) -> None:
@@ -345,7 +333,7 @@ def _rollout_step(components: Any, reward: Any, config: Any, autocast: Callable[
         # inner steps (SPO-SDXL): each candidate runs on as one batch before its chain end is scored
         for _ in range(s.inner_steps):
             flat = predict_noise(components.unet, flat, t, _repeat_conditioning(conditioning, k)).to(flat.dtype)
-        timesteps = torch.full((batch * k,), t, dtype=torch.long, device=DEVICE)
+        timesteps = torch.full((batch * k,), t, dtype=torch.long)
         reward.score_with_conditioning(flat, timesteps, reward_text.repeat_interleave(k))
 
 
@@ -359,40 +347,43 @@ def _middle_timestep(scheduler: Any, num_inference_steps: int) -> int:
 
 
 def _repeat_conditioning(conditioning: Any, k: int) -> Any:
-    rows = torch.arange(conditioning.batch_size, device=DEVICE).repeat_interleave(k)
+    rows = torch.arange(conditioning.batch_size).repeat_interleave(k)
     return conditioning.index(rows)
 
 
+def _trainer_stub(components: Any, policy: Any, config: Any, **extra: Any) -> Any:
+    """What a trainer's ``_loss_fn`` reads from ``self``, so the estimate runs the trainer's own loss."""
+    from types import SimpleNamespace
+
+    return SimpleNamespace(components=components, policy=policy, config=config, **extra)
+
+
+def _backward(loss_fn: Callable, rows: torch.Tensor, autocast: Callable[[], Any]) -> None:
+    # as lpo.trainers.harness.accumulated_step: the loss under autocast, backward outside it
+    with autocast():
+        losses, _ = loss_fn(rows)
+    losses.sum().backward()
+
+
 def _step_update(components: Any, policy: Any, config: Any, autocast: Callable[[], Any]) -> None:
-    """One micro-batch of the step-level DPO loss (lpo.trainers.step_dpo's), backward included."""
+    """One micro-batch of lpo.trainers.step_dpo's loss on fake kept steps, backward included."""
     from lpo.models.components import guided_conditioning
-    from lpo.models.conditioning import predict_noise
-    from lpo.sampling.ddim import ddim_step_with_logprob
-    from lpo.trainers.losses import clipped_step_dpo_loss
+    from lpo.trainers.rollout import KeptSteps
+    from lpo.trainers.step_dpo import StepDPOTrainer
 
     s, batch = config.sampler, config.train.train_batch_size
-    scheduler = components.scheduler
-    timesteps = torch.full((batch,), _middle_timestep(scheduler, s.num_inference_steps), dtype=torch.long, device=DEVICE)
+    t = _middle_timestep(components.scheduler, s.num_inference_steps)
     with torch.no_grad():
         conditioning = guided_conditioning(components, _prompts(batch), s.guidance_scale)
-    x_t, x_w, x_l = (_latents(components, batch) for _ in range(3))
-    x_t_l = _latents(components, batch) if s.inner_steps else None
-
-    def log_probs(unet: Any) -> list[torch.Tensor]:
-        with autocast():
-            if x_t_l is None:
-                eps_w = eps_l = predict_noise(unet, x_t, timesteps, conditioning)
-            else:  # inner steps: winner and loser start from their own x_t, one batched call
-                both_cond = conditioning.index(torch.cat([torch.arange(batch)] * 2))
-                eps_w, eps_l = predict_noise(unet, torch.cat([x_t, x_t_l]), torch.cat([timesteps] * 2), both_cond).chunk(2)
-        return [ddim_step_with_logprob(scheduler, eps, timesteps, x, eta=s.eta, prev_sample=sample).log_prob
-                for eps, x, sample in ((eps_w, x_t, x_w), (eps_l, x_t if x_t_l is None else x_t_l, x_l))]
-
-    with policy.reference() as reference:
-        ref_w, ref_l = log_probs(reference)
-    logp_w, logp_l = log_probs(policy.unet)
-    loss = clipped_step_dpo_loss(logp_w, logp_l, ref_w, ref_l, config.loss.beta, config.loss.clip_epsilon).loss
-    loss.backward()
+    empty = torch.zeros(batch)
+    kept = KeptSteps(
+        latents_t=_latents(components, batch), latents_w=_latents(components, batch),
+        latents_l=_latents(components, batch), timesteps=torch.full((batch,), t, dtype=torch.long),
+        prompt_index=torch.arange(batch), conditioning=conditioning, gaps=empty, scores_w=empty, scores_l=empty,
+        latents_t_l=_latents(components, batch) if s.inner_steps else None,  # inner steps: the loser's own x_t
+    )
+    loss_fn = StepDPOTrainer._loss_fn(_trainer_stub(components, policy, config), policy.unet, kept)
+    _backward(loss_fn, torch.arange(batch), autocast)
 
 
 def _dpo_micro_batch(config: Any, estimate: MemoryEstimate) -> int:
@@ -405,25 +396,26 @@ def _dpo_micro_batch(config: Any, estimate: MemoryEstimate) -> int:
 
 
 def _dpo_update(components: Any, policy: Any, config: Any, micro: int, autocast: Callable[[], Any]) -> None:
-    """One micro-batch of the Diffusion-DPO loss (lpo.trainers.diffusion_dpo's), VAE encode included."""
+    """One micro-batch of lpo.trainers.diffusion_dpo's loss, backward included.
+
+    The trainer's ``_encode`` decodes the pairs' images; here it VAE-encodes random pixels of
+    the same size (the frozen VAE's forward, as in training), the rest is the trainer's code.
+    """
     from lpo.models.components import encode_prompts
-    from lpo.trainers.losses import diffusion_dpo_loss, per_sample_mse
+    from lpo.trainers.diffusion_dpo import DiffusionDPOTrainer
 
     c = components
     resolution = c.default_resolution
-    with torch.no_grad():
-        pixels = torch.randn(2 * micro, 3, resolution, resolution, dtype=c.vae.dtype, device=DEVICE)
+
+    def encode(draws: Any, rows: torch.Tensor) -> tuple:
+        pixels = torch.randn(2 * micro, 3, resolution, resolution, dtype=c.vae.dtype)
         latents = c.vae.encode(pixels).latent_dist.mean.float() * c.vae.config.scaling_factor
+        latents = latents.reshape(micro, 2, *latents.shape[1:])
+        timesteps = torch.full((micro,), 500, dtype=torch.long)
+        noise = torch.randn_like(latents[:, 0])
+        x_t = [c.scheduler.add_noise(latents[:, i], noise, timesteps) for i in (0, 1)]
         conditioning = encode_prompts(c, _prompts(micro), resolution=resolution)
-    timesteps = torch.full((micro,), 500, dtype=torch.long, device=DEVICE)
-    noise = torch.randn_like(latents[:micro])
-    both = latents.to(c.unet.dtype)
-    both_t = torch.cat([timesteps, timesteps])
-    both_cond = type(conditioning).cat([conditioning, conditioning])
-    with autocast():
-        pred_w, pred_l = policy.unet(both, both_t, **both_cond.unet_kwargs()).sample.chunk(2)
-        with policy.reference() as reference:
-            ref_w, ref_l = reference(both.to(reference.dtype), both_t, **both_cond.unet_kwargs()).sample.chunk(2)
-    loss = diffusion_dpo_loss(per_sample_mse(pred_w, noise), per_sample_mse(pred_l, noise),
-                              per_sample_mse(ref_w, noise), per_sample_mse(ref_l, noise), config.loss.beta).losses.mean()
-    loss.backward()
+        return x_t[0], x_t[1], conditioning, timesteps, torch.stack([noise, noise], dim=1)
+
+    loss_fn = DiffusionDPOTrainer._loss_fn(_trainer_stub(c, policy, config, _encode=encode), policy.unet, None)
+    _backward(loss_fn, torch.arange(micro), autocast)

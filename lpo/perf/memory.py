@@ -25,6 +25,7 @@ against the H100 probe in ``results/perf/train_probe_h100.json`` (see the README
 from __future__ import annotations
 
 import contextlib
+import gc
 import warnings
 import weakref
 from dataclasses import asdict, dataclass, field
@@ -150,24 +151,45 @@ def _fake_model_building() -> Iterator[None]:
 
 
 class _Meter:
-    """Resident bytes of each named part, as the live-byte counter grows while it is built."""
+    """Resident bytes of each named part, as the live-byte counter grows while it is built.
+
+    Tensors held only by reference cycles (autograd graphs, hooks) die whenever Python's
+    cyclic collector happens to run, which depends on everything the process allocated
+    before. So automatic collection is off while the meter is used (:func:`_collect_at_boundaries`)
+    and garbage is collected at each boundary: the same estimate in any process.
+    """
 
     def __init__(self, live: LiveBytes) -> None:
         self.live = live
         self.parts: dict[str, float] = {}
 
+    def _settled(self) -> int:
+        gc.collect()
+        return self.live.live
+
     @contextlib.contextmanager
     def part(self, name: str) -> Iterator[None]:
-        before = self.live.live
+        before = self._settled()
         yield
-        self.parts[name] = self.parts.get(name, 0.0) + (self.live.live - before) / MIB
+        self.parts[name] = self.parts.get(name, 0.0) + (self._settled() - before) / MIB
 
     def transient(self, run: Callable[[], Any]) -> float:
         """MiB above what was live before ``run``, at its peak; what ``run`` keeps is counted too."""
-        before = self.live.live
+        before = self._settled()
         self.live.reset_peak()
         run()
         return (self.live.peak - before) / MIB
+
+
+@contextlib.contextmanager
+def _collect_at_boundaries() -> Iterator[None]:
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 def estimate_training_memory(config: Any, architecture: str, *, reward_dtype: str = "fp32") -> MemoryEstimate:
@@ -189,8 +211,8 @@ def estimate_training_memory(config: Any, architecture: str, *, reward_dtype: st
         gradient_checkpointing=config.policy.gradient_checkpointing, optimizer=config.optim.optimizer,
         trainable_parameters=0, reward_dtype=reward_dtype if step_method else "",
     )
-    with FakeTensorMode(allow_non_fake_inputs=True), _fake_model_building(), LiveBytes() as live, \
-            contextlib.ExitStack() as stack, warnings.catch_warnings():
+    with FakeTensorMode(allow_non_fake_inputs=True), _fake_model_building(), _collect_at_boundaries(), \
+            LiveBytes() as live, contextlib.ExitStack() as stack, warnings.catch_warnings():
         # diffusers' ModelMixin.to reads a parameter's data pointer; a fake one has none (harmless here)
         warnings.filterwarnings("ignore", message="Accessing the data pointer of FakeTensor")
         meter = _Meter(live)
@@ -230,11 +252,27 @@ def estimate_training_memory(config: Any, architecture: str, *, reward_dtype: st
 
         # the first step creates the optimiser states, which then stay; the second shows the
         # steady state: gradients (alive from backward to zero_grad) count in its transient
-        with meter.part("optimiser states"):
-            update_and_step()
+        update_and_step()
+        meter.parts["optimiser states"] = _state_bytes(optimizer) / MIB
         estimate.transient_mib["update"] = meter.transient(update_and_step)
     estimate.resident_mib = meter.parts
     return estimate
+
+
+def _state_bytes(optimizer: torch.optim.Optimizer) -> int:
+    """Bytes of the optimiser's state tensors, each storage once.
+
+    Read from the state itself rather than as the live-byte growth over the first step: a
+    handful of the step's temporaries (0-2 MiB at SD1.5 LoRA) outlive it for as long as
+    autograd's C++ side holds them, which varied between processes.
+    """
+    storages = {}
+    for state in optimizer.state.values():
+        for value in state.values():
+            if isinstance(value, torch.Tensor):
+                storage = value.untyped_storage()
+                storages[storage._cdata] = storage.nbytes()
+    return sum(storages.values())
 
 
 def _fake_safe_optim(optim: Any, estimate: MemoryEstimate) -> Any:

@@ -360,6 +360,45 @@ def test_prompt_benchmarks_read_local_files(tmp_path):
         BENCHMARKS.get("prompts-file")(str(bad)).prompt_set()
 
 
+def test_hpdv3_reads_captions_per_category_local_and_from_the_hub(tmp_path, monkeypatch):
+    from lpo.evals.benchmarks import prompt_files
+
+    folder = tmp_path / "hpdv3"
+    folder.mkdir()
+    (folder / "benchmark_Animals.json").write_text(json.dumps([{"caption": "a fox", "id": 1}, {"caption": "an owl", "id": 2}]))
+    # JSON lines under a .json name: the hub files are read by datasets' json loader, which takes both
+    (folder / "benchmark_Natural Scenery.json").write_text('{"caption": "a lake"}\n{"caption": "a fox"}\n')
+    local = BENCHMARKS.get("hpdv3")(str(folder)).prompt_set()
+    assert local.prompts == ("a fox", "an owl", "a lake") and local.categories == ("Animals", "Animals", "Natural Scenery")
+    assert "1 repeated prompts kept once" in local.source
+    assert BENCHMARKS.get("hpdv3")(None).default_metrics[0] == "hpsv3"
+
+    hub = tmp_path / "hub" / "benchmark"
+    hub.mkdir(parents=True)
+    for i, category in enumerate(prompt_files.HPDV3_CATEGORIES):
+        (hub / f"benchmark_{category}.json").write_text(json.dumps([{"caption": f"{category} {i}"}]))
+    calls = []
+
+    def download(repo_id, filename, subfolder, repo_type):
+        calls.append((repo_id, subfolder, repo_type))
+        return str(hub / filename)
+
+    monkeypatch.setattr("huggingface_hub.hf_hub_download", download)
+    published = BENCHMARKS.get("hpdv3")(None).prompt_set()
+    assert len(calls) == 12 and set(calls) == {("MizzenAI/HPDv3", "benchmark", "dataset")}
+    assert published.prompts[:2] == ("Characters 0", "Arts 1") and published.categories[-1] == "Science"
+
+    def offline(*args, **kwargs):
+        raise OSError("no network\nsecond line")
+
+    monkeypatch.setattr("huggingface_hub.hf_hub_download", offline)
+    with pytest.raises(LpoError, match="could not download the HPDv3 benchmark prompts from MizzenAI/HPDv3") as err:
+        BENCHMARKS.get("hpdv3")(None).prompt_set()
+    assert "\n" not in str(err.value)
+    with pytest.raises(LpoError, match="does not exist"):
+        BENCHMARKS.get("hpdv3")(str(tmp_path / "missing")).prompt_set()
+
+
 def test_prompt_set_hash_is_the_shared_convention():
     from lpo.core.hashing import prompt_set_hash
 

@@ -18,6 +18,7 @@ import pytest
 import torch
 from PIL import Image
 
+from hpsv3_fixtures import write_hpsv3_checkpoint
 from metric_fixtures import random_image, tiny_clip_folder, write_aesthetic_head, write_hps_checkpoints, write_image_reward_checkpoint
 
 PROMPTS = ["a photo of a red cat", "two small blue birds above a green tree", "a house"]
@@ -32,6 +33,7 @@ GOLDEN = {
     "hpsv2@v2.0+lpo1": [25.899918, 9.323414, -17.876236],
     "hpsv21@v2.1+lpo1": [17.870546, 7.31012, -7.598612],
     "image_reward@v1.0+lpo1": [-43.097385, -48.6978, -19.288137],
+    "hpsv3@v3.0+lpo1": [-0.741496, -0.70785, -0.740164],
     "pixel_diversity@1": [0.409083, 0.406403],
     "clip_diversity@l14-1mcos+lpo1": [0.048379, 0.03575],
     "world_alignment@1.2": [1.0, 1.0, 0.0],
@@ -58,6 +60,7 @@ def metrics(tmp_path_factory):
     write_aesthetic_head(root / "aesthetic")
     _, hps_arch, _ = write_hps_checkpoints(root / "hps")
     _, ir_arch, _, _ = write_image_reward_checkpoint(root / "ir")
+    hpsv3_base, hpsv3_weights = write_hpsv3_checkpoint(root / "hpsv3")
     hps = MetricSpec(weights=str(root / "hps"), processor=str(root / "hps" / "tokenizer"))
     built = {
         "pickscore": METRICS.get("pickscore")(MetricSpec(weights=str(clip), processor=str(clip))),
@@ -68,6 +71,7 @@ def metrics(tmp_path_factory):
         "hpsv21": HPSv21(hps, architecture=hps_arch),
         "image_reward": ImageReward(MetricSpec(weights=str(root / "ir"), processor=str(root / "ir" / "tokenizer")),
                                     architecture=ir_arch),
+        "hpsv3": METRICS.get("hpsv3")(MetricSpec(weights=str(hpsv3_weights), processor=str(hpsv3_base))),
         "pixel_diversity": METRICS.get("pixel_diversity")(MetricSpec()),
         "clip_diversity": METRICS.get("clip_diversity")(MetricSpec(weights=str(clip))),
     }

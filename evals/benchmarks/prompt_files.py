@@ -11,6 +11,8 @@ benchmark          default source                                             ca
                    ``validation_unique``, column ``caption`` (SPEC §6.2)
 ``hpsv2``          ``zhwang/HPDv2`` files ``benchmark/{anime,concept-art,     the style
                    paintings,photo}.json`` (800 prompts each)
+``hpdv3``          ``MizzenAI/HPDv3`` files ``benchmark/benchmark_{Category}.   the category
+                   json`` (12 categories, field ``caption``; HPSv3's test set)
 ``partiprompts``   ``nateraw/parti-prompts`` (the ``PartiPrompts.tsv`` of     ``Category``
                    google-research/parti, 1,632 prompts)
 ``prompts-file``   (required) a .txt (one prompt per line), .tsv/.csv/.parquet/.json file
@@ -18,8 +20,9 @@ benchmark          default source                                             ca
 
 Local files: ``.txt`` one prompt per line; ``.tsv`` / ``.csv`` / ``.parquet`` with a
 ``prompt`` / ``Prompt`` / ``caption`` column and optionally ``category`` / ``Category``;
-``.json`` a list of prompts or of ``{"prompt": ..., "category": ...}``. A folder holds
-one such file per category (its stem is the category), HPSv2's layout.
+``.json`` a list of prompts or of ``{"prompt": ..., "category": ...}`` (or JSON lines of such
+objects, ``.jsonl``). A folder holds one such file per category (its stem is the category,
+less a ``benchmark_`` prefix), HPSv2's and HPDv3's layouts.
 
 The published sets are read as they are, except that a prompt repeated in them is kept
 once (seeds derive from the prompt text, so a repeat would count the same images twice);
@@ -43,10 +46,14 @@ PICKAPIC_DATASET = "pickapic-anonymous/pickapic_v1"
 PICKAPIC_SPLIT = "validation_unique"
 HPSV2_DATASET = "zhwang/HPDv2"
 HPSV2_STYLES = ("anime", "concept-art", "paintings", "photo")
+HPDV3_DATASET = "MizzenAI/HPDv3"
+HPDV3_CATEGORIES = ("Characters", "Arts", "Design", "Architecture", "Animals", "Natural Scenery", "Transportation",
+                    "Products", "Others", "Plants", "Food", "Science")
+HPDV3_METRICS = ("hpsv3", "hpsv21", "pickscore")
 PARTI_DATASET = "nateraw/parti-prompts"
 PROMPT_COLUMNS = ("prompt", "Prompt", "caption", "text")
 CATEGORY_COLUMNS = ("category", "Category")
-FILE_SUFFIXES = (".txt", ".tsv", ".csv", ".parquet", ".json")
+FILE_SUFFIXES = (".txt", ".tsv", ".csv", ".parquet", ".json", ".jsonl")
 
 
 # --------------------------------------------------------------------------- readers
@@ -76,10 +83,7 @@ def read_prompt_file(path: Path) -> tuple[list[str], list[str] | None]:
         names = table.column_names
         wanted = [c for c in names if c in PROMPT_COLUMNS + CATEGORY_COLUMNS]
         return _columns(table.select(wanted).to_pylist(), names, str(path))
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except ValueError as err:
-        raise LpoError(f"{path} is not valid JSON ({err}); pass a JSON list of prompts") from None
+    data = _read_json(path)
     if not isinstance(data, list):
         raise LpoError(f"{path} holds a JSON {type(data).__name__}; it must be a list of prompts or of {{'prompt': ...}} objects")
     if all(isinstance(x, str) for x in data):
@@ -87,6 +91,22 @@ def read_prompt_file(path: Path) -> tuple[list[str], list[str] | None]:
     if all(isinstance(x, dict) for x in data):
         return _columns(data, list(data[0]) if data else [], str(path))
     raise LpoError(f"{path} mixes prompt strings and objects; use one form")
+
+
+def _read_json(path: Path):
+    """A JSON document, or the list of objects of a JSON-lines file (datasets' json loader reads both)."""
+    text = path.read_text(encoding="utf-8")
+    try:
+        return json.loads(text)
+    except ValueError as err:
+        lines = [line for line in text.splitlines() if line.strip()]
+        try:
+            rows = [json.loads(line) for line in lines]
+        except ValueError:
+            raise LpoError(f"{path} is not valid JSON or JSON lines ({err}); pass a JSON list of prompts") from None
+        if len(rows) > 1 or path.suffix.lower() == ".jsonl":
+            return rows
+        raise LpoError(f"{path} is not valid JSON ({err}); pass a JSON list of prompts") from None
 
 
 def _columns(rows: list[dict], names: Sequence[str], where: str) -> tuple[list[str], list[str] | None]:
@@ -119,7 +139,7 @@ def read_prompt_folder(folder: Path) -> tuple[list[str], list[str]]:
     for file in files:
         ps, _ = read_prompt_file(file)
         prompts += ps
-        categories += [file.stem] * len(ps)
+        categories += [file.stem.removeprefix("benchmark_")] * len(ps)
     return prompts, categories
 
 
@@ -227,22 +247,45 @@ class HPSv2Prompts(PromptBenchmark):
 
 
 def _download_hpsv2() -> Path:
-    """The four HPSv2 style files from the hub (huggingface_hub's own cache); their folder."""
+    return _download_files(HPSV2_DATASET, [f"{style}.json" for style in HPSV2_STYLES], "HPSv2 benchmark prompts")
+
+
+def _download_files(dataset: str, names: Sequence[str], what: str) -> Path:
+    """Files of ``dataset``'s ``benchmark/`` folder from the hub (huggingface_hub's own cache); their folder."""
     try:
         from huggingface_hub import hf_hub_download
 
-        paths = [
-            Path(hf_hub_download(HPSV2_DATASET, f"{style}.json", subfolder="benchmark", repo_type="dataset"))
-            for style in HPSV2_STYLES
-        ]
+        paths = [Path(hf_hub_download(dataset, name, subfolder="benchmark", repo_type="dataset")) for name in names]
     except Exception as err:  # offline or moved files: user-fixable
         from lpo.core.io import one_line
 
         raise LpoError(
-            f"could not download the HPSv2 benchmark prompts from {HPSV2_DATASET} ({one_line(err)}); "
-            f"pass a local folder with {', '.join(s + '.json' for s in HPSV2_STYLES)} via --prompts"
+            f"could not download the {what} from {dataset} ({one_line(err)}); "
+            f"pass a local folder with {', '.join(names[:2])}, ... via --prompts"
         ) from None
     return paths[0].parent
+
+
+@dataclass(frozen=True)
+class HPDv3Prompts(PromptBenchmark):
+    """HPSv3's benchmark prompts: one file per category, its objects' ``caption``."""
+
+    def load(self) -> PromptSet:
+        if self.source is not None:
+            path = Path(self.source).expanduser()
+            if not path.exists():
+                raise LpoError(f"HPDv3 prompt source {self.source} does not exist; pass the folder holding "
+                               "benchmark_Characters.json, ... (12 files), or omit --prompts to download them")
+            prompts, categories = read_local(path)
+            return unique_prompts(prompts, categories, f"HPDv3 benchmark prompts from {path}")
+        names = [f"benchmark_{category}.json" for category in HPDV3_CATEGORIES]
+        folder = _download_files(HPDV3_DATASET, names, "HPDv3 benchmark prompts")
+        prompts, categories = [], []
+        for name, category in zip(names, HPDV3_CATEGORIES):  # the published order, not the sorted one
+            file_prompts, _ = read_prompt_file(folder / name)
+            prompts += file_prompts
+            categories += [category] * len(file_prompts)
+        return unique_prompts(prompts, categories, f"{HPDV3_DATASET} benchmark/benchmark_*.json")
 
 
 @dataclass(frozen=True)
@@ -269,5 +312,6 @@ class PromptsFile(PromptBenchmark):
 # Versions: bump on any change of the default source or of how prompts are read/selected.
 BENCHMARKS.add("pickapic", lambda source: PickAPic("pickapic", "1", "Pick-a-Pic v1 validation_unique captions (500)", source))
 BENCHMARKS.add("hpsv2", lambda source: HPSv2Prompts("hpsv2", "1", "HPSv2 benchmark prompts, 4 styles × 800", source))
+BENCHMARKS.add("hpdv3", lambda source: HPDv3Prompts("hpdv3", "1", "HPDv3 benchmark prompts (HPSv3's test set), 12 categories", source, HPDV3_METRICS))
 BENCHMARKS.add("partiprompts", lambda source: PartiPrompts("partiprompts", "1", "PartiPrompts (1,632 prompts, 12 categories)", source))
 BENCHMARKS.add("prompts-file", lambda source: PromptsFile("prompts-file", "1", "any prompt file (--prompts PATH)", source))

@@ -1,7 +1,7 @@
 """Metric registry: ``METRICS.get(name)(MetricSpec(...))`` builds a metric.
 
 Importing this package registers the real scorers (their weights load only when one is
-built): ``pickscore``, ``hpsv2``, ``hpsv21``, ``image_reward``, ``laion_aesthetic``,
+built): ``pickscore``, ``hpsv2``, ``hpsv21``, ``hpsv3``, ``image_reward``, ``laion_aesthetic``,
 ``clip_score`` and ``clip_cosine_h14``; T2I-CompBench++'s ``t2i_compbench`` and its
 per-category ``compbench_*`` scorers; ``geneval``. Then it runs the load hooks of
 :data:`lpo.core.plugins.METRIC_HOOKS` (the world's judges, when ``lpo.world.install()`` ran).
@@ -12,7 +12,7 @@ from typing import Any
 from lpo.evals.metrics.base import METRICS, Metric, MetricFactory, MetricSpec
 
 # Imported for their registrations.
-from lpo.evals.metrics import aesthetic, clip_score, hps, image_reward, pickscore  # noqa: E402,F401  isort: skip
+from lpo.evals.metrics import aesthetic, clip_score, hps, hpsv3, image_reward, pickscore  # noqa: E402,F401  isort: skip
 from lpo.evals.metrics import compbench, geneval  # noqa: E402,F401  isort: skip
 from lpo.core.plugins import METRIC_HOOKS  # noqa: E402  isort: skip
 

@@ -203,6 +203,27 @@ def test_spatial_score_formula():
     assert rules.spatial_score("on the left of", None, both, zero_below_half=False) == 0.0
 
 
+def test_3d_locates_objects_as_upstreams_3d_script():
+    a, b, c, d = box(0, 0, 50, 50), box(300, 0, 350, 50), box(100, 0, 150, 50), box(0, 100, 50, 150)
+    detections = [det("dog", 0.9, a), det("dog", 0.6, c), det("cat", 0.8, b), det("cat", 0.5, d)]
+    # 2D: each name's first exact match
+    assert rules.locate_2d(detections, ("dog", "cat")) == (detections[0], detections[2])
+    # 3D: both found, so walk until both have a match; the dog keeps its last match before the cat's first
+    assert rules.locate_3d(detections, ("dog", "cat")) == (detections[1], detections[2])
+    assert rules.locate_3d(detections, ("cat", "dog")) == (detections[2], detections[1])
+    # substring of a label: "dog" is found in "hot dog"; one name found: its first match
+    hot = [det("hot dog", 0.7, a), det("hot dog", 0.4, b)]
+    assert rules.locate_3d(hot, ("dog", "bird")) == (hot[0], None)
+    assert rules.locate_2d(hot, ("dog", "bird")) == (None, None)
+    # a name only across two joined labels is not found (upstream fails there)
+    assert rules.locate_3d([det("red", 0.9, a), det("panda", 0.8, b)], ("d pan", "panda"))[0] is None
+    # the 3D score reads the boxes locate_3d picked: the dog's second box is at x 100-150, not 0-50
+    depth = np.zeros((480, 480))
+    score_3d = rules.spatial_score("in front of", ("dog", "cat"), detections, depth=depth, zero_below_half=False,
+                                   locate=rules.locate_3d)
+    assert score_3d == pytest.approx(0.25 * 0.6 + 0.25 * 0.8)  # no overlap: position 0
+
+
 def test_dedup_and_numeracy():
     cat1, cat1_again, cat2 = box(0, 0, 100, 100), box(2, 2, 100, 100), box(200, 0, 300, 100)
     inner = box(10, 10, 50, 50)  # 90%+ of it lies inside cat1: the same object

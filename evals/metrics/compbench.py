@@ -69,7 +69,7 @@ _DETECTOR_TAG = "owlv2-b16ens-t0.1-nms0.5-for-unidet"
 VERSIONS = {
     "blip": "blip-vqa-capfilt-large-480+np-rule1+lpo1",
     "spatial": f"{_DETECTOR_TAG}+official-2d-rules+lpo1",
-    "3d_spatial": f"{_DETECTOR_TAG}+dpt-hybrid-midas-480+official-3d-rules+lpo1",
+    "3d_spatial": f"{_DETECTOR_TAG}+dpt-hybrid-midas-480+official-3d-rules2+lpo1",  # rules2: upstream's 3D label matching
     "numeracy": f"{_DETECTOR_TAG}+official-count-rules+lpo1",
     "clip": "clip-b32-cos+lpo1",
     "complex": f"3in1(blip,{_DETECTOR_TAG},clip-b32)+lpo1",
@@ -136,7 +136,7 @@ class CompBenchScorer:
         detections = self._detections(images, [list(o) if o else [] for o in objects])
         depths = self.model("depth").depth(images)
         return [
-            rules.spatial_score(r, o, d, depth=depth, zero_below_half=False)
+            rules.spatial_score(r, o, d, depth=depth, zero_below_half=False, locate=rules.locate_3d)
             for r, o, d, depth in zip(relations, objects, detections, depths)
         ]
 
@@ -267,7 +267,7 @@ class T2ICompBench(_CompBenchMetric):
     is then the paper's table row."""
 
     name = "t2i_compbench"
-    version = f"blip-capfilt480+{_DETECTOR_TAG}+dpt-hybrid480+clip-b32+rules1+lpo1"
+    version = f"blip-capfilt480+{_DETECTOR_TAG}+dpt-hybrid480+clip-b32+rules2+lpo1"
     formula = "each T2I-CompBench++ prompt scored by its category's official rule (see the per-category metrics)"
     roles = ("blip", "detector", "depth", "clip")
     primary = "blip"

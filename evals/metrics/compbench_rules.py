@@ -23,9 +23,12 @@ branch for branch; only the detector that produces the detections is a variant (
   Distances are in the official detector's frame: images resized with the shorter side
   479 and the longer at most 480 (:func:`unidet_frame`).
 - :func:`spatial_score` — both objects found: 0.25·s₁ + 0.25·s₂ + position / 2 (s = the
-  detector's confidence in the first-listed, i.e. most confident, detection of each);
-  one found: 0.25·s; none: 0. The 2D script then sets scores below 0.5 to 0 (the 3D
-  script does not).
+  detector's confidence in the detection picked for each); one found: 0.25·s; none: 0.
+  The 2D script then sets scores below 0.5 to 0 (the 3D script does not). Which detection
+  stands for an object differs between the scripts: 2D takes the first (most confident)
+  whose label equals the name (``list.index``); 3D (:func:`locate_3d`) finds a name as a
+  substring of the labels and, when both names are found, walks the detections keeping the
+  last match of each until both have one.
 - :func:`dedup_detections` + :func:`numeracy_score` — ``numeracy_eval.py``: a detection
   is dropped when one kept earlier with the same label covers it (IoU > 0.9 or either
   box's overlap share > 0.9, +1 pixel convention); each of the n objects of the prompt
@@ -155,6 +158,34 @@ def first_of(detections: Sequence[Detection], label: str) -> Detection | None:
     return next((d for d in detections if d.label == label), None)
 
 
+def locate_2d(detections: Sequence[Detection], objects: tuple[str, str]) -> tuple[Detection | None, Detection | None]:
+    """2D_spatial_eval.py: each name's first detection with exactly that label."""
+    return first_of(detections, objects[0]), first_of(detections, objects[1])
+
+
+def locate_3d(detections: Sequence[Detection], objects: tuple[str, str]) -> tuple[Detection | None, Detection | None]:
+    """3D_spatial_eval.py: a name is found when it is a substring of the labels joined by spaces.
+
+    Both found: walk the detections, each name taking every detection whose label contains
+    it, and stop once both have one (so the name matched first keeps its last match before
+    the other's first). One found: its first match. Where upstream would fail (a name found
+    only across two joined labels), the name counts as not found here.
+    """
+    labels = [d.label for d in detections]
+    joined = " ".join(labels)
+    name1, name2 = objects
+    if name1 in joined and name2 in joined:
+        pos1 = pos2 = None
+        for i, label in enumerate(labels):
+            pos1 = i if name1 in label else pos1
+            pos2 = i if name2 in label else pos2
+            if pos1 is not None and pos2 is not None:
+                break
+        return (detections[pos1] if pos1 is not None else None), (detections[pos2] if pos2 is not None else None)
+    first = lambda name: next((d for d in detections if name in d.label), None) if name in joined else None  # noqa: E731
+    return first(name1), first(name2)
+
+
 def spatial_score(
     relation: str | None,
     objects: tuple[str, str] | None,
@@ -163,15 +194,17 @@ def spatial_score(
     depth: np.ndarray | None = None,
     zero_below_half: bool = True,
     transposed_depth_window: bool = True,
+    locate=locate_2d,
 ) -> float:
     """The official spatial score of one image (see the module docstring).
 
     ``detections`` must be sorted by score, highest first, with boxes in the frame of
-    :func:`unidet_frame`; ``zero_below_half`` is the 2D script's final rule.
+    :func:`unidet_frame`; ``zero_below_half`` is the 2D script's final rule; ``locate``
+    picks each object's detection (:func:`locate_2d` or :func:`locate_3d`).
     """
     found1 = found2 = None
     if objects is not None:
-        found1, found2 = first_of(detections, objects[0]), first_of(detections, objects[1])
+        found1, found2 = locate(detections, objects)
     if found1 is not None and found2 is not None:
         score = 0.25 * found1.score + 0.25 * found2.score
         score += position_score(

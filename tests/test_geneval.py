@@ -168,6 +168,35 @@ def test_overall_is_the_mean_of_task_scores():
 # -------------------------------------------------------------------- Mask2Former
 
 
+def test_resize_is_mmcvs_cv2_linear_not_pils_antialiased():
+    # mmcv.imrescale: cv2.INTER_LINEAR (half-pixel centres, no antialiasing), here SDXL's 1024 px down to 800
+    rng = np.random.default_rng(0)
+    image = Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8))
+    resized = ge.mmcv_bilinear_resize(image, (50, 40))
+    assert resized.shape == (40, 50, 3) and resized.dtype == np.uint8
+    source = torch.from_numpy(np.array(image)).permute(2, 0, 1)[None].double()
+    bilinear = torch.nn.functional.interpolate(source, size=(40, 50), mode="bilinear", align_corners=False, antialias=False)
+    bilinear = bilinear[0].permute(1, 2, 0).numpy()
+    assert np.abs(resized - bilinear).max() <= 1.0  # cv2's fixed-point rounding only
+    pil = np.asarray(image.resize((50, 40), Image.BILINEAR), dtype=np.float64)
+    assert np.abs(pil - bilinear).mean() > 5.0  # PIL's antialiased filter is another resize
+
+
+def test_resize_without_opencv_names_the_extra(monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_cv2(name, *args, **kwargs):
+        if name == "cv2":
+            raise ImportError("no cv2")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_cv2)
+    with pytest.raises(LpoError, match=r"pip install 'lpo\[geneval\]'"):
+        ge.mmcv_bilinear_resize(Image.new("RGB", (8, 8)), (4, 4))
+
+
 def test_mmdet_resize_shape():
     assert ge.mmdet_resize_shape(512, 512) == (800, 800)
     assert ge.mmdet_resize_shape(1024, 768) == (1067, 800)

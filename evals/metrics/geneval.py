@@ -11,7 +11,8 @@ Models (what differs from the official ``evaluate_images.py`` is in the version 
   ``facebook/mask2former-swin-small-coco-instance`` (the same architecture, trained by
   the Mask2Former authors in detectron2; mmdetection's weights are not on the hub), run
   through mmdetection's inference: the image resized to fit 1333×800 keeping its aspect
-  ratio (bilinear), ImageNet mean/std on 0–255 pixels, padded to a multiple of 32; the
+  ratio (mmcv's ``imrescale``: OpenCV ``INTER_LINEAR`` on the 8-bit image, no antialiasing,
+  which matters when SDXL's 1024 px go down to 800; OpenCV is the ``geneval`` extra), ImageNet mean/std on 0–255 pixels, padded to a multiple of 32; the
   mask logits upsampled to the padded size, cropped and upsampled to the image
   (bilinear); the 100 best (query, class) pairs by class probability, each scored
   class probability × mean mask probability inside its mask, its box the mask's
@@ -173,6 +174,16 @@ def load_mask2former(ref: str, *, metric: str, fix: str) -> Mask2FormerInstances
     return Mask2FormerInstances(base, head).eval()
 
 
+def mmcv_bilinear_resize(image: Image.Image, size: tuple[int, int]) -> np.ndarray:
+    """(H, W, 3) uint8: ``image`` resized to ``size`` (width, height) as mmcv does, cv2.INTER_LINEAR."""
+    try:
+        import cv2
+    except ImportError:
+        raise LpoError("geneval: resizing as mmdetection does needs OpenCV; pip install 'lpo[geneval]' "
+                       "(opencv-python-headless)") from None
+    return cv2.resize(np.ascontiguousarray(np.asarray(to_rgb(image))), size, interpolation=cv2.INTER_LINEAR)
+
+
 class GenevalDetector:
     """``detect(image)`` -> {GenEval class name: [GenevalObject, ...]} (all candidates)."""
 
@@ -183,7 +194,7 @@ class GenevalDetector:
     def pixel_values(self, image: Image.Image) -> tuple[torch.Tensor, tuple[int, int]]:
         """(1, 3, H', W') padded input and the resized (width, height) inside it."""
         resized_size = mmdet_resize_shape(*image.size, self.scale)
-        array = np.asarray(to_rgb(image).resize(resized_size, Image.BILINEAR), dtype=np.float32)
+        array = mmcv_bilinear_resize(image, resized_size).astype(np.float32)
         array = (array - np.array(PIXEL_MEAN, dtype=np.float32)) / np.array(PIXEL_STD, dtype=np.float32)
         width, height = resized_size
         padded_h = -(-height // SIZE_DIVISOR) * SIZE_DIVISOR
@@ -272,11 +283,10 @@ def prompt_metadata(prompt: str, metric: str) -> dict:
 @METRICS.register("geneval")
 class GenEval(BatchedMetric):
     name = "geneval"
-    version = "m2f-swin-s-coco-hf+clip-l14-color+rules1+lpo1"
+    version = "m2f-swin-s-coco-hf+cv2-linear+clip-l14-color+rules1+lpo1"
     formula = "1 if the image satisfies the prompt's GenEval metadata (Mask2Former Swin-S + CLIP ViT-L/14 colours), else 0"
     comparability = "variant"
-    comparability_note = ("detectron2's Mask2Former from the hub in place of mmdetection's checkpoint; images resized with PIL's "
-                          "antialiased bilinear, not cv2 INTER_LINEAR")
+    comparability_note = "detectron2's Mask2Former from the hub in place of mmdetection's checkpoint"
 
     def __init__(self, spec: MetricSpec):
         super().__init__(spec)

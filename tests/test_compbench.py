@@ -598,3 +598,49 @@ def test_role_refs(tmp_path):
     plain = tmp_path / "plain-model"
     plain.mkdir()
     assert role_refs(str(plain), defaults, "detector") == {"blip": "Salesforce/blip", "detector": str(plain)}
+
+
+def test_blip_vqa_original_checkpoint_converts_at_its_native_size(tmp_path):
+    """BLIP's model_base_vqa_capfilt_large.pth layout (timm ViT + med.py BERT towers) into a transformers folder."""
+    from transformers import BlipForQuestionAnswering
+    from typer.testing import CliRunner
+
+    from lpo.cli import app
+    from lpo.evals.metrics.image_reward import BlipArchitecture
+    from metric_fixtures import RefVit, randomise
+
+    hub = tiny_blip_folder(tmp_path / "hub")  # the hub conversion: 64 px, 2×2 patches of 32
+    reference = BlipForQuestionAnswering.from_pretrained(hub)
+    vision = reference.config.vision_config
+    arch = BlipArchitecture(image_size=96, patch_size=32, vision_width=32, vision_layers=2, vision_heads=2, vision_mlp=37,
+                            vocab_size=0, text_width=32, text_layers=2, text_heads=2, text_mlp=37, max_positions=64)
+    assert vision.patch_size == arch.patch_size and vision.image_size != arch.image_size
+    vit = randomise(RefVit(arch), seed=5, std=0.2).eval()  # BLIP's own ViT code, trained at 96 px
+    state = {f"visual_encoder.{k}": v for k, v in vit.state_dict().items()}
+    state.update({f"text_encoder.{k}": v for k, v in reference.text_encoder.state_dict().items()})
+    state.update({f"text_decoder.{k}": v for k, v in reference.text_decoder.state_dict().items()})
+    state["text_encoder.embeddings.position_ids"] = torch.arange(64)[None]  # med.py's buffer, dropped
+    torch.save({"model": state, "epoch": 9}, tmp_path / "model_base_vqa.pth")
+
+    result = CliRunner().invoke(app, ["convert", "blip-vqa", str(tmp_path / "model_base_vqa.pth"), "--out",
+                                      str(tmp_path / "native"), "--config", str(hub)])
+    assert result.exit_code == 0, result.output
+    converted = BlipForQuestionAnswering.from_pretrained(tmp_path / "native").eval()
+    assert converted.config.vision_config.image_size == 96  # read from pos_embed: 1 + 3×3 patches
+    pixels = torch.randn(2, 3, 96, 96)
+    with torch.no_grad():
+        torch.testing.assert_close(converted.vision_model(pixel_values=pixels).last_hidden_state, vit(pixels),
+                                   rtol=1e-4, atol=1e-4)
+        for name, tensor in reference.text_decoder.state_dict().items():
+            torch.testing.assert_close(converted.text_decoder.state_dict()[name], tensor)
+    # the converted folder is what the metric loads: no position-embedding interpolation at its size
+    blip = BlipVqa(str(tmp_path / "native"), metric="m", fix="f", device=torch.device("cpu"), dtype=torch.float32,
+                   image_size=96)
+    assert len(blip.yes_probability([random_image(0, (96, 96))], [["is there a cat?"]])[0]) == 1
+
+    bad = dict(state, **{"visual_encoder_m.cls_token": torch.zeros(1)})
+    torch.save({"model": bad}, tmp_path / "momentum.pth")
+    result = CliRunner().invoke(app, ["convert", "blip-vqa", str(tmp_path / "momentum.pth"), "--out",
+                                      str(tmp_path / "x"), "--config", str(hub)])
+    assert result.exit_code == 2 and "not a tensor of BLIP's VQA model" in result.output
+    assert "Traceback" not in result.output and not (tmp_path / "x").exists()

@@ -19,7 +19,8 @@ official test transform does. ``Salesforce/blip-vqa-capfilt-large`` was converte
 transformers at 384 px (its position embeddings resized from the 480-px original); at
 480 px they are resized back bicubically (transformers' ``interpolate_pos_encoding``, the
 same interpolation BLIP applies), so they are close to but not bit-identical with the
-original checkpoint's.
+original checkpoint's. ``lpo convert blip-vqa model_base_vqa_capfilt_large.pth --out DIR``
+writes the original at its native 480 px (:mod:`.blip_convert`); pass DIR as the BLIP weights.
 """
 
 from __future__ import annotations

@@ -206,8 +206,9 @@ class _CompBenchMetric(BatchedMetric):
     roles: tuple[str, ...]
     primary: str
     comparability = "variant"
-    comparability_note = ("BLIP-VQA from the hub's 384-px conversion run at 480 px (upstream: the 480-px original); noun "
-                          "phrases without spaCy; OWLv2 at 0.1 in place of UniDet at 0.5 (spatial, numeracy, 3D)")
+    comparability_note = ("BLIP-VQA from the hub's 384-px conversion run at 480 px (upstream: the 480-px original, which "
+                          "`lpo convert blip-vqa` makes loadable); noun phrases without spaCy; OWLv2 at 0.1 in place of "
+                          "UniDet at 0.5 (spatial, numeracy, 3D)")
 
     def __init__(self, spec: MetricSpec):
         super().__init__(spec)

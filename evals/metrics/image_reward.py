@@ -31,6 +31,7 @@ from torch import nn
 
 from lpo.core.errors import LpoError
 from lpo.evals.metrics.base import METRICS, MetricSpec
+from lpo.evals.metrics.blip_convert import vit_key
 from lpo.evals.metrics.preprocess import CLIP_MEAN, CLIP_STD, resize_shorter_center_crop, to_pixel_values
 from lpo.evals.metrics.scoring import BatchedMetric
 from lpo.evals.metrics.weights import from_pretrained, load_checkpoint, load_into, provenance, resolve_file, weights_fix
@@ -153,25 +154,6 @@ class ImageRewardModel(nn.Module):
 
 
 _IGNORED = re.compile(r"^blip\.(vision_proj|text_proj)\.(weight|bias)$|^blip\.text_encoder\.embeddings\.position_ids$")
-_VIT_BLOCK = {
-    "norm1": "layer_norm1",
-    "norm2": "layer_norm2",
-    "attn.qkv": "self_attn.qkv",
-    "attn.proj": "self_attn.projection",
-    "mlp.fc1": "mlp.fc1",
-    "mlp.fc2": "mlp.fc2",
-}
-_VIT_DIRECT = {
-    "cls_token": "embeddings.class_embedding",
-    "pos_embed": "embeddings.position_embedding",
-    "patch_embed.proj.weight": "embeddings.patch_embedding.weight",
-    "patch_embed.proj.bias": "embeddings.patch_embedding.bias",
-    "norm.weight": "post_layernorm.weight",
-    "norm.bias": "post_layernorm.bias",
-}
-_VIT_BLOCK_KEY = re.compile(r"^blocks\.(\d+)\.(.+)\.(weight|bias)$")
-
-
 def image_reward_to_model(
     state: Mapping[str, torch.Tensor], *, metric: str, source: str, fix: str
 ) -> dict[str, torch.Tensor]:
@@ -181,13 +163,9 @@ def image_reward_to_model(
         if _IGNORED.match(key):
             continue
         if key.startswith("blip.visual_encoder."):
-            rest = key[len("blip.visual_encoder.") :]
-            if rest in _VIT_DIRECT:
-                out["vision." + _VIT_DIRECT[rest]] = tensor
-                continue
-            match = _VIT_BLOCK_KEY.match(rest)
-            if match and match.group(2) in _VIT_BLOCK:
-                out[f"vision.encoder.layers.{match.group(1)}.{_VIT_BLOCK[match.group(2)]}.{match.group(3)}"] = tensor
+            name = vit_key(key[len("blip.visual_encoder.") :])
+            if name is not None:
+                out["vision." + name] = tensor
                 continue
         elif key.startswith("blip.text_encoder."):
             # BLIP's med.py is the BERT that transformers' BlipText* ports: same names.

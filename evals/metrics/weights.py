@@ -115,14 +115,16 @@ def load_checkpoint(path: Path, *, metric: str, fix: str) -> dict[str, torch.Ten
     """The state dict in a ``torch.save`` file.
 
     Accepts a bare state dict or a training checkpoint holding one under ``state_dict``
-    (HPSv2's files), and drops a ``module.`` prefix left by DistributedDataParallel.
+    (HPSv2's files) or ``model`` (BLIP's), and drops a ``module.`` prefix left by DistributedDataParallel.
     """
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # pickle errors have no common base class
         raise LpoError(f"{metric}: could not read {path} ({one_line(err)}); {fix}") from err
-    if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
-        obj = obj["state_dict"]
+    for wrapper in ("state_dict", "model"):  # HPSv2's training checkpoints; BLIP's {"model": ...}
+        if isinstance(obj, Mapping) and isinstance(obj.get(wrapper), Mapping):
+            obj = obj[wrapper]
+            break
     if not isinstance(obj, Mapping) or not obj:
         raise LpoError(f"{metric}: {path} holds no state dict; {fix}")
     bad = [k for k, v in obj.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]

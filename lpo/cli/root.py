@@ -15,6 +15,7 @@ import typer
 
 from lpo.cli.bench import bench
 from lpo.cli.common import registry_help_command, user_errors
+from lpo.cli.convert import convert_app
 from lpo.cli.data import data_app
 from lpo.cli.doctor import doctor_command
 from lpo.cli.evaluate import compare_command, eval_command, leaderboard_command, list_app
@@ -65,6 +66,7 @@ app.add_typer(world_app, name="world")
 app.add_typer(lrm_app, name="lrm")
 app.add_typer(perf_app, name="perf")
 app.add_typer(data_app, name="data")
+app.add_typer(convert_app, name="convert")
 app.add_typer(list_app, name="list")
 
 

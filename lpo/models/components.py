@@ -173,7 +173,8 @@ def load_components(
     if kind is None:
         raise LpoError(
             f"{source.describe()} holds a {class_name} pipeline; lpo loads "
-            f"{' and '.join(PIPELINE_KINDS)} pipelines (SD1.5- and SDXL-style)"
+            f"{' and '.join(PIPELINE_KINDS)} pipelines (SD1.5- and SDXL-style) here; SD3-style flow pipelines "
+            "load with lpo.models.flow_components.load_flow_components"
         )
     if _has_world_marker(source):
         if kind != "sd15":

@@ -112,3 +112,49 @@ def flow_sde_step_with_logprob(
         sigma=sigma,
         sigma_next=sigma_next,
     )
+
+
+def sample_flow(
+    components,
+    cond,
+    latents: Tensor,
+    *,
+    uncond=None,
+    guidance_scale: float = 1.0,
+    num_inference_steps: int = 28,
+    noise_level: float = 0.0,
+    generator: Generators = None,
+    record: bool = True,
+):
+    """Run N flow steps from x_1 = ``latents`` (B, C, H, W) with a flow pipeline's transformer.
+
+    ``cond`` / ``uncond`` are :class:`lpo.models.flow_components.FlowConditioning` (uncond None:
+    no guidance). ``noise_level`` 0 is the pipeline's own Euler ODE (log-probs NaN); above 0,
+    the SDE of :func:`flow_sde_step_with_logprob` with a recorded log-prob per step, as the
+    policy side of step-level preference training samples. Sets the scheduler's timesteps
+    (σ·1000, SD3's shift applied by the scheduler) and runs without gradients.
+    Returns a :class:`lpo.sampling.ddim.Trajectory` (timesteps, latents (B, N+1, ...) when
+    ``record``, log_probs (B, N), final_latents).
+    """
+    from lpo.models.flow_components import predict_velocity
+    from lpo.sampling.ddim import Trajectory
+
+    scheduler = components.scheduler
+    scheduler.set_timesteps(num_inference_steps, device=latents.device)
+    history = [latents] if record else None
+    log_probs = []
+    with torch.no_grad():
+        for t in scheduler.timesteps:
+            velocity = predict_velocity(components.transformer, latents, t, cond, uncond, guidance_scale)
+            step = flow_sde_step_with_logprob(scheduler, velocity, t, latents, noise_level=noise_level,
+                                              generator=generator)
+            latents = step.prev_sample.to(latents.dtype)
+            log_probs.append(step.log_prob)
+            if record:
+                history.append(latents)
+    return Trajectory(
+        timesteps=scheduler.timesteps,
+        latents=torch.stack(history, dim=1) if record else None,
+        log_probs=torch.stack(log_probs, dim=1),
+        final_latents=latents,
+    )

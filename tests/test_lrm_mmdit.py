@@ -1,0 +1,63 @@
+"""The LRM on an MMDiT: features are the transformer's own block-N tokens; it trains without touching the policy."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lpo.models.flow_components import load_flow_components
+from lpo.reward.lrm_mmdit import MMDiTLatentRewardModel, MMDiTLRMConfig, flow_noisy_latents
+from tiny_flow_models import T5_LENGTH, tiny_sd3_pipeline
+
+PROMPTS = ["a red circle", "a blue square"]
+
+
+@pytest.fixture(scope="module")
+def components(tmp_path_factory):
+    return load_flow_components(tiny_sd3_pipeline(tmp_path_factory.mktemp("sd3") / "pipe"))
+
+
+def test_image_feature_is_the_transformers_block_n_output(components):
+    lrm = MMDiTLatentRewardModel.from_components(components, MMDiTLRMConfig(num_blocks=1, max_sequence_length=T5_LENGTH))
+    latents = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    timesteps = torch.tensor([900.0, 250.0])
+    text = lrm.encode_text(PROMPTS)
+    captured = {}
+    hook = components.transformer.transformer_blocks[0].register_forward_hook(
+        lambda module, args, out: captured.setdefault("tokens", out[1]))
+    with torch.no_grad():
+        components.transformer(hidden_states=latents, timestep=timesteps, encoder_hidden_states=text.cond.prompt_embeds,
+                               pooled_projections=text.cond.pooled)
+        feature = lrm.image_feature(latents, timesteps, text)
+    hook.remove()
+    torch.testing.assert_close(feature, captured["tokens"].float().mean(dim=1))
+    scores = lrm(latents, timesteps, PROMPTS)
+    assert scores.shape == (2,) and scores.dtype == torch.float32
+    assert float(scores.detach().abs().max()) <= float(lrm.logit_scale.detach().exp()) + 1e-5
+
+
+def test_training_the_lrm_leaves_the_policy_and_vfe_mixes_the_empty_prompt(components):
+    policy_before = {k: v.clone() for k, v in components.transformer.state_dict().items()}
+    lrm = MMDiTLatentRewardModel.from_components(components, MMDiTLRMConfig(num_blocks=2, vfe_scale=3.0,
+                                                                            max_sequence_length=T5_LENGTH))
+    assert len(lrm.backbone.blocks) == 2
+    optimizer = torch.optim.AdamW(lrm.parameters(), lr=1e-2)
+    x0 = torch.randn(2, 4, 8, 8)
+    noisy = flow_noisy_latents(x0, torch.randn_like(x0), torch.tensor([0.2, 0.8]))
+    loss = -lrm(noisy, torch.tensor([200.0, 800.0]), PROMPTS).sum()
+    loss.backward()
+    assert lrm.visual_projection.weight.grad is not None and lrm.backbone.blocks[0].attn.to_q.weight.grad is not None
+    assert lrm.text_encoder.text_model.embeddings.token_embedding.weight.grad is not None
+    optimizer.step()
+    for key, value in components.transformer.state_dict().items():
+        torch.testing.assert_close(value, policy_before[key])
+    text = lrm.encode_text(PROMPTS)
+    assert text.uncond is not None and text.repeat_interleave(3).batch_size == 6
+    with pytest.raises(ValueError, match="num_blocks is 5 but the transformer has 2"):
+        MMDiTLatentRewardModel.from_components(components, MMDiTLRMConfig(num_blocks=5))
+
+
+def test_flow_noising_is_the_flow_path():
+    x0, noise = torch.ones(2, 1, 2, 2), torch.zeros(2, 1, 2, 2)
+    out = flow_noisy_latents(x0, noise, torch.tensor([0.0, 0.25]))
+    assert out[0].eq(1).all() and torch.allclose(out[1], torch.full((1, 2, 2), 0.75))

@@ -28,6 +28,7 @@ PairWeighting = Literal["none", "pair", "per_prompt"]
 MixedPrecision = Literal["no", "fp16", "bf16"]
 LrScheduler = Literal["linear", "cosine", "constant"]
 RewardModelName = Literal["lrm", "spo-pixel"]
+Likelihood = Literal["bradley_terry", "thurstone"]
 
 
 # SPO's pixel model starts from PickScore (SPEC §4.3); its processor comes from the CLIP it was tuned from.
@@ -84,6 +85,9 @@ class RewardTrainingConfig:
     latent_cache: LatentCache = _field(
         "memory", "Where the pairs' VAE posteriors live: memory, or disk (memory-mapped files in the run folder's "
         "latent-cache/, 256 KiB per pair at SD1.5: for pair sets larger than RAM).")
+    likelihood: Likelihood = _field(
+        "bradley_terry", "bradley_terry: cross-entropy on σ(S_0 − S_1) (LPO); thurstone: DiNa-LRM's noise-calibrated "
+        "P = Φ((S_0 − S_1) / √(2σ_t² + 0.05)), σ_t² = 1 − ᾱ_t, with its fidelity loss.")
 
     def __post_init__(self) -> None:
         hints = get_type_hints(type(self))

@@ -23,7 +23,9 @@ x_t = add_noise(x_0,ε,t) ``latents_t_0`` / ``latents_t_1`` (``scheduler.add_noi
 S_0, S_1                 ``scores_0`` / ``scores_1`` = model(x_t, t, prompt)
 soft labels              [label_0, 1 − label_0]: (1, 0), (0, 1) or (0.5, 0.5) for a tie
 loss                     2-way cross-entropy on the logits [S_0, S_1] (Bradley–Terry:
-                         P(0 ≻ 1) = σ(S_0 − S_1)), per pair × its loss weight, averaged
+                         P(0 ≻ 1) = σ(S_0 − S_1)), per pair × its loss weight, averaged;
+                         or DiNa-LRM's noise-calibrated Thurstone likelihood with its
+                         fidelity loss (``likelihood="thurstone"``, :func:`thurstone_loss`)
 =======================  ================================================================
 
 Optimisation (paper): AdamW (β = 0.9, 0.999), weight decay 0.3 on matrices and
@@ -55,7 +57,6 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Protocol, Sequence, runtime_checkable
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lpo.core.errors import LpoError
@@ -64,8 +65,9 @@ from lpo.core.finite import check_finite_module, diverged, nonfinite_quantity
 from lpo.core.io import atomic_write_json
 from lpo.core.training_loop import ProgressFn, TrainingLoop, write_metrics
 from lpo.core.seeding import Stream, keyed_generator, pair_indices
-from lpo.pairs.format import TIE, PreferencePair
+from lpo.pairs.format import PreferencePair
 from lpo.reward.config import NoiseMode, RewardTrainingConfig
+from lpo.reward.likelihood import PreferenceLossOutput, noise_variance, preference_loss, thurstone_loss  # noqa: F401  (re-exported)
 from lpo.reward.data import (
     EncodedPairs,
     NoisyPairBatch,
@@ -108,38 +110,7 @@ class StepRewardModel(Protocol):
     def parameters(self, recurse: bool = True) -> Iterator[nn.Parameter]: ...
 
 
-# --------------------------------------------------------------------------- loss
-
-
-@dataclass
-class PreferenceLossOutput:
-    """loss: weighted mean CE (scalar). ce: (B,) per-pair CE. correct: (B,) 1 / 0 / 0.5 (equal
-    scores) for decisive pairs, 0 for ties. decisive: (B,) bool."""
-
-    loss: Tensor
-    ce: Tensor
-    correct: Tensor
-    decisive: Tensor
-
-    @property
-    def accuracy(self) -> float:
-        n = int(self.decisive.sum())
-        return float(self.correct.sum()) / n if n else float("nan")
-
-
-def preference_loss(scores_0: Tensor, scores_1: Tensor, labels_0: Tensor, weights: Tensor | None = None) -> PreferenceLossOutput:
-    """Bradley–Terry 2-way cross-entropy on logits [S_0, S_1] with soft labels [label_0, 1 − label_0]."""
-    logits = torch.stack([scores_0, scores_1], dim=-1).float()  # (B, 2)
-    labels_0 = labels_0.to(logits)
-    targets = torch.stack([labels_0, 1.0 - labels_0], dim=-1)  # (B, 2)
-    ce = F.cross_entropy(logits, targets, reduction="none")  # (B,)
-    loss = (ce * weights.to(ce)).mean() if weights is not None else ce.mean()
-    decisive = labels_0 != TIE
-    with torch.no_grad():
-        won_0 = labels_0 > TIE
-        agree = torch.where(scores_0 == scores_1, 0.5, ((scores_0 > scores_1) == won_0).float())
-        correct = torch.where(decisive, agree.float(), 0.0)
-    return PreferenceLossOutput(loss=loss, ce=ce.detach(), correct=correct, decisive=decisive)
+# --------------------------------------------------------------------------- scoring
 
 
 def score_pairs(model: Any, batch: NoisyPairBatch, device: torch.device) -> tuple[Tensor, Tensor]:
@@ -461,7 +432,11 @@ class RewardTrainingLoop(TrainingLoop):
             part = batch.slice(start, start + micro)
             with acc.accumulate(model):
                 scores_0, scores_1 = score_pairs(model, part, device)
-                out = preference_loss(scores_0, scores_1, part.labels_0.to(device), part.weights.to(device))
+                if config.likelihood == "thurstone":
+                    variance = noise_variance(self.components.scheduler, part.timesteps).to(device)
+                    out = thurstone_loss(scores_0, scores_1, part.labels_0.to(device), variance, part.weights.to(device))
+                else:
+                    out = preference_loss(scores_0, scores_1, part.labels_0.to(device), part.weights.to(device))
                 acc.backward(out.loss)
                 loss_finite = loss_finite and math.isfinite(float(out.loss.detach()))
                 if acc.sync_gradients:

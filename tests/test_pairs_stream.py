@@ -155,3 +155,38 @@ def test_reward_training_memory_does_not_grow_with_the_set(tiny_world_dir, tmp_p
     finally:
         tracemalloc.stop()
     assert peak < CAP_MB * 2**20, f"reward training peak {peak / 2**20:.1f} MB"
+
+
+def test_reward_training_encoding_on_the_fly_matches_memory_and_stores_nothing(tiny_world_dir, tmp_path):
+    from test_trainers_dpo import _pairs
+
+    from lpo.pairs.format import save_pairs
+
+    save_pairs(_pairs(24), tmp_path / "pairs.parquet")
+    loaded = load_pairs(tmp_path / "pairs.parquet").pairs
+    streamed = open_pairs(tmp_path / "pairs.parquet", cache_dir=tmp_path / "cache").pairs
+    memory, memory_result, _ = _reward_run(tiny_world_dir, loaded, tmp_path, "memory", eval_fraction=0.25)
+    lazy, lazy_result, run = _reward_run(tiny_world_dir, streamed, tmp_path, "none", eval_fraction=0.25,
+                                         latent_cache="none")
+    assert not (run.path / "latent-cache").exists()
+    # the same draws: the VAE encodes each batch's images when drawn instead of all at the start
+    for a, b in zip(lazy_result.history, memory_result.history):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5, abs=1e-6)
+    for (name, a), (_, b) in zip(memory.state_dict().items(), lazy.state_dict().items()):
+        # Adam normalises each update, so a gradient element near 0 may flip its lr-sized step: at most 3 × lr apart
+        assert float((a - b).abs().max()) <= 3 * 1e-4 + 1e-6, name
+
+
+def test_encoded_pairs_on_the_fly_subset_and_posterior(tiny_world_dir, tmp_path):
+    from test_trainers_dpo import _pairs
+
+    from lpo.models.components import load_components
+    from lpo.reward.data import encode_pairs
+
+    components = load_components(tiny_world_dir)
+    pairs = _pairs(6)
+    cached = encode_pairs(components, pairs, batch_size=4)
+    lazy = encode_pairs(components, pairs, on_the_fly=True)
+    assert lazy.mean is None and lazy.fingerprint() == cached.fingerprint()
+    for got, want in zip(lazy.subset([4, 1]).posterior([1, 0]), cached.posterior([1, 4])):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)

@@ -23,7 +23,7 @@ def _field(default: Any, help: str) -> Any:
 
 TimestepSampling = Literal["ddim", "uniform"]
 NoiseMode = Literal["independent", "shared"]
-LatentCache = Literal["memory", "disk"]
+LatentCache = Literal["memory", "disk", "none"]
 PairWeighting = Literal["none", "pair", "per_prompt"]
 MixedPrecision = Literal["no", "fp16", "bf16"]
 LrScheduler = Literal["linear", "cosine", "constant"]
@@ -83,8 +83,9 @@ class RewardTrainingConfig:
     eval_batch_size: int = _field(64, "Pairs per evaluation forward.")
     encode_batch_size: int = _field(32, "Images per VAE encode call when caching latents.")
     latent_cache: LatentCache = _field(
-        "memory", "Where the pairs' VAE posteriors live: memory, or disk (memory-mapped files in the run folder's "
-        "latent-cache/, 256 KiB per pair at SD1.5: for pair sets larger than RAM).")
+        "memory", "Where the pairs' VAE posteriors live: memory, disk (memory-mapped files in the run folder's "
+        "latent-cache/, 256 KiB per pair at SD1.5: for pair sets larger than RAM), or none (each batch's images "
+        "VAE-encoded when drawn: no storage, one VAE encode per pair use).")
     likelihood: Likelihood = _field(
         "bradley_terry", "bradley_terry: cross-entropy on σ(S_0 − S_1) (LPO); thurstone: DiNa-LRM's noise-calibrated "
         "P = Φ((S_0 − S_1) / √(2σ_t² + 0.05)), σ_t² = 1 − ᾱ_t, with its fidelity loss.")

@@ -14,7 +14,7 @@ import itertools
 import math
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from typing import Any, Iterator, Sequence, get_args
+from typing import Any, Callable, Iterator, Sequence, get_args
 
 import numpy as np
 import torch
@@ -32,22 +32,31 @@ class EncodedPairs:
     """VAE posteriors of both images of N pairs, computed once (SPEC §4.1 training data).
 
     mean, std: (N, 2, C, h, w) float32 on the CPU: posterior of ``image_0`` ([:, 0]) and
-        ``image_1`` ([:, 1]), unscaled.
+        ``image_1`` ([:, 1]), unscaled; None when the pairs are encoded on the fly, in which case
+        ``encoder(rows)`` gives (mean, std) of those rows (:meth:`posterior` reads either).
     labels_0: (N,) float32 P(image_0 ≻ image_1).   weights: (N,) float32 the pairs' own weights.
     scaling_factor / shift_factor: x_0 = (posterior sample − shift) × scale.
     """
 
     pair_ids: list[str]
     prompts: list[str]
-    mean: Tensor
-    std: Tensor
+    mean: Tensor | None
+    std: Tensor | None
     labels_0: Tensor
     weights: Tensor
     scaling_factor: float
     shift_factor: float | None = None
+    encoder: Callable[[list[int]], tuple[Tensor, Tensor]] | None = None
 
     def __len__(self) -> int:
         return len(self.prompts)
+
+    def posterior(self, indices: Sequence[int] | Tensor) -> tuple[Tensor, Tensor]:
+        """(mean, std), each (B, 2, C, h, w) float32, of pairs ``indices``: cached or encoded now."""
+        idx = torch.as_tensor(indices, dtype=torch.long)
+        if self.mean is not None:
+            return self.mean[idx], self.std[idx]
+        return self.encoder(idx.tolist())
 
     @property
     def decisive(self) -> Tensor:
@@ -57,14 +66,17 @@ class EncodedPairs:
     def subset(self, indices: Sequence[int] | Tensor) -> "EncodedPairs":
         idx = torch.as_tensor(indices, dtype=torch.long)
         rows = idx.tolist()
+        lazy = self.mean is None
+        encoder = self.encoder
         return replace(
             self,
             pair_ids=[self.pair_ids[i] for i in rows],
             prompts=[self.prompts[i] for i in rows],
-            mean=self.mean[idx],
-            std=self.std[idx],
+            mean=None if lazy else self.mean[idx],
+            std=None if lazy else self.std[idx],
             labels_0=self.labels_0[idx],
             weights=self.weights[idx],
+            encoder=(lambda picked: encoder([rows[i] for i in picked])) if lazy else None,
         )
 
     def fingerprint(self) -> str:
@@ -124,7 +136,7 @@ def _latent_store(shape: tuple[int, ...], cache: Path | None, name: str) -> Tens
 
 @torch.no_grad()
 def encode_pairs(components: Any, pairs: Sequence[PreferencePair], batch_size: int = 32,
-                 cache: Path | None = None) -> EncodedPairs:
+                 cache: Path | None = None, on_the_fly: bool = False) -> EncodedPairs:
     """VAE-encode both images of every pair once; keep the posterior's mean and std.
 
     Images are brought to ``components.default_resolution`` (:func:`image_to_tensor`).
@@ -133,6 +145,8 @@ def encode_pairs(components: Any, pairs: Sequence[PreferencePair], batch_size: i
     a streamed :class:`~lpo.pairs.stream.PairTable` decodes only the batch in hand.
     ``cache``: a folder to hold mean and std as memory-mapped ``.npy`` files (2 images × 2
     tensors × C·h·w float32 per pair; 256 KiB per pair at SD1.5) instead of RAM.
+    ``on_the_fly``: encode nothing now; each batch's pairs are encoded when drawn
+    (:meth:`EncodedPairs.posterior`), so nothing grows with the number of pairs.
     """
     if not len(pairs):
         raise LpoError("no preference pairs to encode; pass at least one pair")
@@ -144,6 +158,14 @@ def encode_pairs(components: Any, pairs: Sequence[PreferencePair], batch_size: i
             raise LpoError(f"pair {pair_id} has weight {weight}; weights must be finite and >= 0")
     vae = components.vae
     resolution = components.default_resolution
+    shift = getattr(vae.config, "shift_factor", None)
+    encoded = EncodedPairs(
+        pair_ids=ids, prompts=prompts, mean=None, std=None, labels_0=torch.tensor(labels, dtype=torch.float32),
+        weights=torch.tensor(weights, dtype=torch.float32), scaling_factor=float(vae.config.scaling_factor),
+        shift_factor=None if shift is None else float(shift),
+    )
+    if on_the_fly:
+        return replace(encoded, encoder=lambda rows: _encode_rows(vae, pairs, rows, resolution))
 
     def images() -> Iterator[Tensor]:
         for index in range(len(pairs)):
@@ -167,17 +189,20 @@ def encode_pairs(components: Any, pairs: Sequence[PreferencePair], batch_size: i
         flat_mean[done:done + len(chunk)] = posterior.mean.float().cpu()
         flat_std[done:done + len(chunk)] = posterior.std.float().cpu()
         done += len(chunk)
-    shift = getattr(vae.config, "shift_factor", None)
-    return EncodedPairs(
-        pair_ids=ids,
-        prompts=prompts,
-        mean=mean,
-        std=std,
-        labels_0=torch.tensor(labels, dtype=torch.float32),
-        weights=torch.tensor(weights, dtype=torch.float32),
-        scaling_factor=float(vae.config.scaling_factor),
-        shift_factor=None if shift is None else float(shift),
-    )
+    return replace(encoded, mean=mean, std=std)
+
+
+@torch.no_grad()
+def _encode_rows(vae: Any, pairs: Sequence[PreferencePair], rows: list[int], resolution: int) -> tuple[Tensor, Tensor]:
+    """(mean, std) (B, 2, C, h, w) float32 CPU of pairs ``rows``, both images in one VAE call."""
+    images = []
+    for index in rows:
+        pair = pairs[index]
+        images += [image_to_tensor(image, resolution, f"image_{k} of pair {pair.pair_id}")
+                   for k, image in enumerate((pair.image_0, pair.image_1))]
+    posterior = vae.encode(torch.stack(images).to(device=vae.device, dtype=vae.dtype)).latent_dist
+    shape = (len(rows), 2, *posterior.mean.shape[1:])
+    return posterior.mean.float().cpu().reshape(shape), posterior.std.float().cpu().reshape(shape)
 
 
 def loss_weights(encoded: EncodedPairs, mode: PairWeighting) -> Tensor:
@@ -244,7 +269,7 @@ class NoisyPairBatch:
 
 def sample_clean_latents(encoded: EncodedPairs, indices: Tensor, generator: torch.Generator) -> Tensor:
     """(B, 2, C, h, w) x_0 of both images: posterior samples × scaling factor."""
-    mean, std = encoded.mean[indices], encoded.std[indices]
+    mean, std = encoded.posterior(indices)
     sample = mean + std * torch.randn(mean.shape, generator=generator)
     if encoded.shift_factor is not None:
         sample = sample - encoded.shift_factor

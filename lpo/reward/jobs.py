@@ -59,7 +59,7 @@ def train_reward_job(
             raise LpoError("--resume needs --run-dir pointing at the run to continue")
         RunFolder.open(run_dir).refuse_if_finished()
     components = _components(model)
-    loaded = _pairs(pairs_path, "pairs file", stream=config.latent_cache == "disk")
+    loaded = _pairs(pairs_path, "pairs file", stream=config.latent_cache in ("disk", "none"))
     if console is not None:
         console.print(loaded.summary())
     # With eval_fraction > 0 the trainer holds out prompts itself (split_by_prompt).

@@ -36,6 +36,15 @@ def test_noisier_latents_believe_a_gap_less():
     assert all(math.isfinite(g) and g > 0 for g in grads)  # finite at a decisive label (no 0/0 from √(y·P))
 
 
+def test_gradients_stay_finite_for_large_gaps():
+    # a gap of 30 at σ² = 0: z ≈ 134, 1 − Φ(z) is 0 in float32; both labels must still give finite gradients
+    scores_0 = torch.tensor([30.0, 30.0, -30.0], requires_grad=True)
+    out = thurstone_loss(scores_0, torch.zeros(3), torch.tensor([1.0, 0.0, 1.0]), torch.zeros(3))
+    (grad,) = torch.autograd.grad(out.loss, scores_0)
+    assert bool(torch.isfinite(grad).all()) and bool(torch.isfinite(out.loss))
+    assert float(out.ce[0]) == pytest.approx(0.0, abs=1e-5) and float(out.ce[1]) == pytest.approx(1.0, abs=1e-5)
+
+
 def test_noise_variance_is_one_minus_alpha_bar():
     from diffusers import DDPMScheduler
 

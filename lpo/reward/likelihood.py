@@ -64,11 +64,13 @@ def thurstone_loss(scores_0: Tensor, scores_1: Tensor, labels_0: Tensor, noise_v
     ``ce`` holds this loss; accuracy bookkeeping is :func:`preference_loss`'s.
     """
     diff = (scores_0 - scores_1).float()
-    scale = torch.sqrt(2 * noise_variance.to(diff) + THURSTONE_FLOOR)
-    p = torch.special.ndtr(diff / scale).clamp(1e-12, 1 - 1e-12)
-    y = labels_0.to(p)
+    z = diff / torch.sqrt(2 * noise_variance.to(diff) + THURSTONE_FLOOR)
+    # P and 1 − P each from Φ (1 − Φ(z) = Φ(−z)): 1 − P computed as a difference rounds to 0 in
+    # float32 for a large gap, and √0 has an infinite gradient; the floor keeps both finite
+    p_win, p_lose = torch.special.ndtr(z).clamp_min(1e-12), torch.special.ndtr(-z).clamp_min(1e-12)
+    y = labels_0.to(z)
     # √y·√P rather than √(y·P): the latter's gradient is 0/0 at y = 0 (a decisive label)
-    fidelity = 1 - torch.sqrt(y) * torch.sqrt(p) - torch.sqrt(1 - y) * torch.sqrt(1 - p)
+    fidelity = 1 - torch.sqrt(y) * torch.sqrt(p_win) - torch.sqrt(1 - y) * torch.sqrt(p_lose)
     loss = (fidelity * weights.to(fidelity)).mean() if weights is not None else fidelity.mean()
     bookkeeping = preference_loss(scores_0.detach(), scores_1.detach(), labels_0)
     return PreferenceLossOutput(loss=loss, ce=fidelity.detach(), correct=bookkeeping.correct, decisive=bookkeeping.decisive)

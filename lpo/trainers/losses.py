@@ -174,3 +174,63 @@ def diffusion_dpo_loss(
         model_diff=model_diff.detach(),
         ref_diff=ref_diff.detach(),
     )
+
+
+# --------------------------------------------------------------------------- step-level GRPO
+#
+# The LPO paper's appendix describes step-wise GRPO with the LRM and ships no code; these are
+# this project's functions for it, in the form Flow-GRPO / DanceGRPO use per step:
+#
+#     A_k     = (S_k − mean_k S) / (std_k S + δ)      over the K candidates of one x_t
+#     r_k     = exp(log p_θ(x_k | x_t) − log p_old(x_k | x_t))
+#     loss_k  = −min(r_k·A_k, clip(r_k, 1 − ε, 1 + ε)·A_k) + β_KL·KL_k
+#
+# with KL_k the k3 estimator exp(q) − q − 1 of q = log p_ref − log p_θ (DeepSeek-GRPO's form),
+# 0 when no reference log-probs are given.
+
+
+def group_relative_advantages(scores: Tensor, eps: float = 1e-4) -> Tensor:
+    """(B, K) advantages: each row's scores standardised over its K candidates (population std).
+
+    A group whose candidates all score alike gets advantages 0 (nothing to learn from it).
+    """
+    if scores.dim() != 2 or scores.shape[1] < 2:
+        raise ValueError(f"scores must be (B, K) with K >= 2 candidates, got shape {tuple(scores.shape)}")
+    scores = scores.float()
+    mean = scores.mean(dim=1, keepdim=True)
+    std = scores.std(dim=1, unbiased=False, keepdim=True)
+    return (scores - mean) / (std + eps)
+
+
+@dataclass
+class GRPOLossOutput:
+    """loss: scalar mean of ``losses`` (N,). ratio: (N,) detached r. clipped: (N,) bool, where the
+    clipped term is the smaller one (no gradient flows). kl: (N,) detached KL estimate."""
+
+    loss: Tensor
+    losses: Tensor
+    ratio: Tensor
+    clipped: Tensor
+    kl: Tensor
+
+
+def clipped_grpo_loss(
+    log_probs: Tensor, old_log_probs: Tensor, advantages: Tensor, clip_epsilon: float,
+    ref_log_probs: Tensor | None = None, kl_beta: float = 0.0,
+) -> GRPOLossOutput:
+    """PPO's clipped surrogate on per-candidate step log-probs (all (N,), flattened B·K)."""
+    if not clip_epsilon > 0:
+        raise ValueError(f"clip_epsilon must be > 0, got {clip_epsilon}")
+    log_ratio = log_probs - old_log_probs.detach()
+    ratio = torch.exp(log_ratio)
+    advantages = advantages.detach().to(ratio)
+    unclipped = ratio * advantages
+    clipped = torch.clamp(ratio, 1 - clip_epsilon, 1 + clip_epsilon) * advantages
+    losses = -torch.minimum(unclipped, clipped)
+    kl = torch.zeros_like(losses)
+    if ref_log_probs is not None and kl_beta:
+        q = ref_log_probs.detach() - log_probs
+        kl = torch.exp(q) - q - 1
+        losses = losses + kl_beta * kl
+    return GRPOLossOutput(loss=losses.mean(), losses=losses, ratio=ratio.detach(), clipped=(clipped < unclipped).detach(),
+                          kl=kl.detach())

@@ -78,8 +78,8 @@ def world_pairs(tmp_path_factory) -> Path:
 
 
 def test_registry_and_presets():
-    assert TRAINERS.names() == ["diffusion-dpo", "lpo", "spo"]
-    with pytest.raises(LpoError, match="unknown trainer 'ppo'; known: diffusion-dpo, lpo, spo"):
+    assert TRAINERS.names() == ["diffusion-dpo", "grpo", "lpo", "spo"]
+    with pytest.raises(LpoError, match="unknown trainer 'ppo'; known: diffusion-dpo, grpo, lpo, spo"):
         TRAINERS.get("ppo")
     for name in PRESETS:  # every preset builds and validates
         config = trainer_preset(name)
@@ -174,6 +174,57 @@ def test_one_step_of_every_trainer_trains_the_chosen_weights_only(method, tiny_w
         assert counted.optimisation == pytest.approx(cost["seconds"]["rollout"] + cost["seconds"]["optimisation"])
         assert included == {str(reward): {"reward_model_training": REWARD_SECONDS if method == "lpo" else 3.0}}
     assert json.loads((result.model_folder / "cost.json").read_text()) == cost
+
+
+def test_grpo_round_keeps_every_group_and_starts_at_ratio_one(tiny_world_dir, world_lrm, tmp_path):
+    """Step-level GRPO with the LRM: all B × trained-steps groups kept, advantages centred per group,
+    the first update's ratio 1 (old log-probs are the rollout policy's own), so its loss is −mean(A) = 0."""
+    from lpo.trainers.presets import trainer_preset
+
+    grpo = trainer_preset("grpo-world")
+    assert (grpo.method, grpo.loss.clip_epsilon, grpo.loss.kl_beta) == ("grpo", 0.2, 0.0)
+    result = run_training("grpo", "grpo-world", [f"model.base={tiny_world_dir}", f"reward.path={world_lrm}", *QUICK_STEP,
+                                                 "loss.kl_beta=0.05"], run_dir=tmp_path / "run")
+    row = result.history[-1]
+    assert row["kept"] == row["branched"] == 4 * 4  # 4 trajectories × the 4 steps at t >= 801, nothing thresholded
+    assert row["ratio"] == pytest.approx(1.0, abs=1e-4) and row["kl"] == pytest.approx(0.0, abs=1e-6)
+    assert result.optimizer_steps == 1 and abs(result.final_loss) < 1e-4
+    before, after = _unet_state(tiny_world_dir / "unet"), _unet_state(result.model_folder)
+    assert any(not torch.equal(before[n], after[n]) for n in before)
+    with pytest.raises(LpoError, match="grpo needs loss.clip_epsilon"):
+        run_training("grpo", "grpo-world", [f"model.base={tiny_world_dir}", f"reward.path={world_lrm}", *QUICK_STEP,
+                                            "loss.clip_epsilon=none"], run_dir=tmp_path / "none")
+
+
+def test_group_rollout_advantages_and_old_log_probs(tiny_world_dir, world_lrm):
+    from lpo.models.components import guided_conditioning, load_components
+    from lpo.reward.lrm_io import load_lrm
+    from lpo.sampling.ddim import initial_latents
+    from lpo.trainers.rollout import StepRolloutSettings
+    from lpo.trainers.step_grpo import group_rollout
+
+    c = load_components(tiny_world_dir)
+    lrm = load_lrm(world_lrm).eval()
+    prompts = ["a red circle", "a blue square", "two green triangles"]
+    generator = torch.Generator().manual_seed(0)
+    latents = initial_latents(3, c.latent_channels, 8, 8, generator, c.scheduler)
+    settings = StepRolloutSettings(num_inference_steps=10, num_candidates=5, min_timestep=501)
+    out = group_rollout(c.unet, c.scheduler, guided_conditioning(c, prompts, 5.0), lrm, lrm.encode_text(prompts),
+                        latents, settings, generator, prompts)
+    groups = out.kept
+    assert len(groups) == out.branched == 3 * 5 and groups.candidates.shape == (15, 5, 4, 8, 8)
+    torch.testing.assert_close(groups.advantages.mean(dim=1), torch.zeros(15), atol=1e-5, rtol=0)
+    assert groups.prompt_index.tolist() == [0, 1, 2] * 5 and set(groups.timesteps.tolist()) == {901, 801, 701, 601, 501}
+    # the candidates' log-probs under the policy that drew them, recomputed here
+    from lpo.models.conditioning import predict_noise
+    from lpo.sampling.ddim import candidate_log_probs, ddim_step_with_logprob
+
+    first = groups.select(torch.arange(3))
+    with torch.no_grad():
+        pred = predict_noise(c.unet, first.latents_t, first.timesteps, first.row_conditioning())
+        step = ddim_step_with_logprob(c.scheduler, pred, first.timesteps, first.latents_t, eta=1.0, noise=torch.zeros_like(pred))
+    torch.testing.assert_close(candidate_log_probs(first.candidates, step.mean, step.std), first.old_log_probs,
+                               rtol=1e-4, atol=1e-4)
 
 
 def test_lpo_round_records_kept_pairs_and_log_ratios(tiny_world_dir, world_lrm, tmp_path):

@@ -23,7 +23,7 @@ WeightDtype = Literal["fp32", "fp16", "bf16"]
 PolicyMode = Literal["lora", "full"]
 OptimizerName = Literal["adamw", "adafactor", "adamw8bit"]
 LrScheduler = Literal["constant", "linear", "cosine"]
-StepMethod = Literal["lpo", "spo"]
+StepMethod = Literal["lpo", "spo", "grpo"]
 RewardTimestep = Literal["current", "prev", "zero"]
 
 
@@ -217,10 +217,13 @@ class StepSamplerConfig:
 @dataclass
 class StepLossConfig:
     beta: float = _field(500.0, "β of the step DPO loss (LPO 500, SPO 10).")
-    clip_epsilon: float | None = _field(0.1, "Clamp the likelihood ratio to [1−ε, 1+ε]; none disables the clamp.")
+    clip_epsilon: float | None = _field(0.1, "Clamp the likelihood ratio to [1−ε, 1+ε]; none disables the clamp (DPO loss only; grpo: the PPO clip range).")
+    kl_beta: float = _field(0.0, "grpo only: weight of the k3 KL estimate to the reference policy (0: no reference pass).")
 
     def __post_init__(self) -> None:
         _positive("beta", self.beta)
+        if not (math.isfinite(self.kl_beta) and self.kl_beta >= 0):
+            raise ValueError(f"kl_beta must be a finite number >= 0, got {self.kl_beta}")
         if self.clip_epsilon is not None and not 0 < self.clip_epsilon < 1:
             raise ValueError(f"clip_epsilon must be in (0, 1) or none, got {self.clip_epsilon}")
 
@@ -244,7 +247,8 @@ class StepTrainerConfig:
     """LPO (SPEC §5.1) or SPO (§5.2): the same step loop; the reward, skipped steps,
     thresholds and β are the only differences, all here."""
 
-    method: StepMethod = _field("lpo", "lpo: the LRM scores candidate latents; spo: SPO's pixel model scores their decoded x̂0.")
+    method: StepMethod = _field("lpo", "lpo: the LRM scores candidate latents; spo: SPO's pixel model scores their decoded x̂0; "
+                                       "grpo: the LRM's scores as group-relative advantages (lpo.trainers.step_grpo).")
     preset: str = _field("custom", "Name of the preset these values started from (recorded, not used).")
     model: ModelConfig = _field(ModelConfig(), "Base model.")
     reward: StepRewardConfig = _field(StepRewardConfig(), "The frozen step reward.")
@@ -257,7 +261,7 @@ class StepTrainerConfig:
 
     # Fields added since runs were first recorded, at the value that reproduces those runs
     # (a run started before them resumes; lpo.core.runs.config_changes).
-    ADDED_DEFAULTS: ClassVar[dict[str, Any]] = {"sampler.inner_steps": 0}
+    ADDED_DEFAULTS: ClassVar[dict[str, Any]] = {"sampler.inner_steps": 0, "loss.kl_beta": 0.0}
 
     def __post_init__(self) -> None:
         _check_literals(self)

@@ -146,6 +146,20 @@ def _spo_world() -> StepTrainerConfig:
     )
 
 
+def _grpo_sd15() -> StepTrainerConfig:
+    # Step-level GRPO with the LRM: no paper gives values (the LPO paper's appendix has no code).
+    # This project's choice: LPO SD1.5's rollout, LoRA and optimiser, PPO's clip ε 0.2, no KL
+    # term (Flow-GRPO's SD3 default is a small one; set loss.kl_beta to add it).
+    base = _lpo_sd15()
+    return replace(base, method="grpo", preset="grpo-sd15", loss=StepLossConfig(beta=1.0, clip_epsilon=0.2))
+
+
+def _grpo_world() -> StepTrainerConfig:
+    # the lpo-world rollout and optimiser with GRPO's objective (this project's values, not tuned)
+    base = _lpo_world()
+    return replace(base, method="grpo", preset="grpo-world", loss=StepLossConfig(beta=1.0, clip_epsilon=0.2))
+
+
 def _dpo_sd15() -> DiffusionDPOConfig:
     # Diffusion-DPO SD1.5: full U-Net, β 2000 (paper; the launchers use 5000), effective batch
     # 2048 pairs, 2000 steps, AdamW lr 1e-8 × 2048 = 2.048e-5 with 500 warmup steps, 20% empty
@@ -191,6 +205,7 @@ def _dpo_world() -> DiffusionDPOConfig:
 PRESETS: dict[str, Callable[[], Any]] = {
     "lpo-sd15": _lpo_sd15, "lpo-sdxl": _lpo_sdxl, "lpo-world": _lpo_world,
     "spo-sd15": _spo_sd15, "spo-sdxl": _spo_sdxl, "spo-world": _spo_world,
+    "grpo-sd15": _grpo_sd15, "grpo-world": _grpo_world,
     "dpo-sd15": _dpo_sd15, "dpo-sdxl": _dpo_sdxl, "dpo-world": _dpo_world,
 }
 PRESET_METHOD = {name: ("diffusion-dpo" if name.startswith("dpo-") else name.split("-")[0]) for name in PRESETS}

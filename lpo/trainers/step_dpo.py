@@ -116,14 +116,14 @@ def rollout_settings(config: StepTrainerConfig) -> StepRolloutSettings:
     )
 
 
-def gather_kept(accelerator: Any, kept: KeptSteps) -> KeptSteps:
-    """Every process's kept samples, concatenated in process order (on the CPU)."""
+def gather_kept(accelerator: Any, kept: Any) -> Any:
+    """Every process's kept samples (KeptSteps, or GRPO's GroupSteps), concatenated in process order (on the CPU)."""
     local = kept.to("cpu")
     if accelerator.num_processes == 1:
         return local
     from accelerate.utils import gather_object
 
-    return KeptSteps.cat(gather_object([local]))
+    return type(kept).cat(gather_object([local]))
 
 
 class StepDPOTrainer(PolicyTrainer):

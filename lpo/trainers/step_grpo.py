@@ -1,0 +1,211 @@
+"""Step-level GRPO with the LRM: the LPO loop with group-relative advantages instead of winner/loser pairs.
+
+The LPO paper's appendix describes step-wise GRPO with the LRM and ships no code; this is
+this project's version, in the harness of :mod:`lpo.trainers.step_dpo`:
+
+1. roll out with the policy as LPO does; at every trained step t branch K candidates
+   x_k ~ N(μ_θ(x_t), σ_t²) from one state, score them with the frozen LRM and keep the whole
+   group (no threshold): x_t, the K candidates, their scores, the group-relative advantages
+   A_k = (S_k − mean S)/(std S + δ) and the rollout policy's log p_old(x_k | x_t); continue
+   from a uniformly random candidate;
+2. after the round, one pass over the kept groups: the policy's log p_θ(x_k | x_t) of every
+   candidate (one U-Net call per x_t, with CFG), PPO's clipped surrogate
+   −min(r·A, clip(r, 1 − ε, 1 + ε)·A), r = p_θ / p_old, plus β_KL times the k3 estimate of
+   KL(p_θ ‖ p_ref) when ``loss.kl_beta`` > 0 (:func:`lpo.trainers.losses.clipped_grpo_loss`).
+
+Log-probabilities are means over C, H, W like every step log-prob in lpo, so ε means the
+same per-element ratio as in the DPO loss. Thresholds of the sampler are not used.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any, Callable, ClassVar, Sequence
+
+import torch
+from torch import Tensor
+
+from lpo.core.errors import LpoError
+from lpo.models.conditioning import GuidedConditioning, TextConditioning, predict_noise
+from lpo.sampling.ddim import branch_candidates, candidate_log_probs, ddim_step_with_logprob
+from lpo.trainers.losses import clipped_grpo_loss, group_relative_advantages
+from lpo.trainers.rollout import StepReward, StepRolloutSettings, _schedule, softmax_gap
+from lpo.trainers.step_dpo import StepDPOTrainer
+
+
+@dataclass
+class GroupSteps:
+    """M kept groups: x_t (M, C, H, W), candidates (M, K, C, H, W), t (M,), the prompt row of each,
+    the prompts' CFG conditioning, scores / advantages / old_log_probs (M, K)."""
+
+    latents_t: Tensor
+    candidates: Tensor
+    timesteps: Tensor
+    prompt_index: Tensor
+    scores: Tensor
+    advantages: Tensor
+    old_log_probs: Tensor
+    conditioning: GuidedConditioning
+    prompts: list[str] = field(default_factory=list)
+
+    _ROWS: ClassVar[tuple[str, ...]] = ("latents_t", "candidates", "timesteps", "prompt_index", "scores", "advantages",
+                                        "old_log_probs")
+
+    def __len__(self) -> int:
+        return int(self.timesteps.shape[0])
+
+    @property
+    def gaps(self) -> Tensor:
+        """(M,) the best-vs-worst softmax gap of each group, as LPO logs it."""
+        if not len(self):
+            return torch.zeros(0)
+        return softmax_gap(self.scores.max(dim=1).values, self.scores.min(dim=1).values)
+
+    def _with(self, **rows: Tensor) -> "GroupSteps":
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        return GroupSteps(**{**values, **rows})
+
+    def to(self, device: torch.device | str) -> "GroupSteps":
+        def move(c: TextConditioning | None) -> TextConditioning | None:
+            return None if c is None else c.to(device=device)
+
+        c = self.conditioning
+        moved = self._with(**{name: getattr(self, name).to(device) for name in self._ROWS})
+        moved.conditioning = GuidedConditioning(move(c.cond), move(c.uncond), c.guidance_scale)
+        return moved
+
+    def select(self, rows: Tensor | Sequence[int]) -> "GroupSteps":
+        rows = torch.as_tensor(rows, dtype=torch.long, device=self.timesteps.device)
+        return self._with(**{name: getattr(self, name)[rows] for name in self._ROWS})
+
+    def row_conditioning(self) -> GuidedConditioning:
+        return self.conditioning.index(self.prompt_index.to(self.conditioning.cond.prompt_embeds.device))
+
+    @staticmethod
+    def cat(parts: Sequence["GroupSteps"]) -> "GroupSteps":
+        """One part per process: prompt tables stacked, prompt indices shifted."""
+        offsets, total = [], 0
+        for part in parts:
+            offsets.append(total)
+            total += part.conditioning.batch_size
+        uncond = None
+        if parts[0].conditioning.uncond is not None:
+            uncond = TextConditioning.cat([p.conditioning.uncond for p in parts])
+        rows = {name: torch.cat([getattr(p, name) for p in parts]) for name in GroupSteps._ROWS}
+        rows["prompt_index"] = torch.cat([p.prompt_index + o for p, o in zip(parts, offsets)])
+        conditioning = GuidedConditioning(TextConditioning.cat([p.conditioning.cond for p in parts]), uncond,
+                                          parts[0].conditioning.guidance_scale)
+        return GroupSteps(**rows, conditioning=conditioning, prompts=[q for p in parts for q in p.prompts])
+
+
+@dataclass
+class GroupRolloutOutput:
+    kept: GroupSteps
+    branched: int
+    scores: Tensor
+
+    @property
+    def kept_count(self) -> int:
+        return len(self.kept)
+
+
+@torch.no_grad()
+def group_rollout(unet: torch.nn.Module, scheduler: Any, conditioning: GuidedConditioning, reward: StepReward,
+                  reward_text: Any, latents: Tensor, settings: StepRolloutSettings, generator: torch.Generator,
+                  prompts: Sequence[str] = ()) -> GroupRolloutOutput:
+    """Step 1 of the module docstring for B trajectories from x_T = ``latents``; draws from ``generator`` only."""
+    batch, k = latents.shape[0], settings.num_candidates
+    timesteps, _, trained, last_trained, step_size = _schedule(scheduler, settings, latents.device)
+    candidate_text = reward_text.repeat_interleave(k)
+    kept: dict[str, list[Tensor]] = {name: [] for name in GroupSteps._ROWS}
+    rows = torch.arange(batch)
+    for i, t in enumerate(timesteps.tolist()):
+        if i > last_trained:
+            break
+        noise_pred = predict_noise(unet, latents, t, conditioning)
+        step = ddim_step_with_logprob(scheduler, noise_pred, t, latents, eta=settings.eta, noise=torch.zeros_like(noise_pred))
+        if not bool(trained[i]):
+            latents = branch_candidates(step.mean, step.std, 1, generator)[:, 0].to(latents.dtype)
+            continue
+        candidates = branch_candidates(step.mean, step.std, k, generator).to(latents.dtype)  # (B, K, C, H, W)
+        reward_t = {"current": t, "prev": max(t - step_size, 0), "zero": 0}[settings.reward_timestep]
+        flat = candidates.reshape(batch * k, *candidates.shape[2:])
+        told = torch.full((batch * k,), reward_t, dtype=torch.long, device=flat.device)
+        scores = reward.score_with_conditioning(flat, told, candidate_text).float().reshape(batch, k)
+        kept["latents_t"].append(latents.cpu())
+        kept["candidates"].append(candidates.cpu())
+        kept["timesteps"].append(torch.full((batch,), t, dtype=torch.long))
+        kept["prompt_index"].append(rows.clone())
+        kept["scores"].append(scores.cpu())
+        kept["advantages"].append(group_relative_advantages(scores).cpu())
+        kept["old_log_probs"].append(candidate_log_probs(candidates.float(), step.mean, step.std).cpu())
+        choice = torch.randint(k, (batch,), generator=generator)
+        latents = candidates[rows.to(candidates.device), choice.to(candidates.device)]
+    if not kept["timesteps"]:
+        shape = latents.shape[1:]
+        empty = {"latents_t": latents.new_zeros((0, *shape)).cpu(), "candidates": latents.new_zeros((0, k, *shape)).cpu(),
+                 "timesteps": torch.zeros(0, dtype=torch.long), "prompt_index": torch.zeros(0, dtype=torch.long),
+                 "scores": torch.zeros(0, k), "advantages": torch.zeros(0, k), "old_log_probs": torch.zeros(0, k)}
+        groups = GroupSteps(**empty, conditioning=conditioning, prompts=list(prompts))
+    else:
+        groups = GroupSteps(**{n: torch.cat(v) for n, v in kept.items()}, conditioning=conditioning, prompts=list(prompts))
+    return GroupRolloutOutput(kept=groups, branched=batch * int(trained.sum()), scores=groups.scores)
+
+
+class GRPOTrainer(StepDPOTrainer):
+    """Step-level GRPO with the LRM (``--method grpo``): LPO's rollout and harness, GRPO's objective."""
+
+    method = "grpo"
+    reward_kind = "lrm"
+
+    def __init__(self, config: Any, *args: Any, **kwargs: Any) -> None:
+        if config.loss.clip_epsilon is None:
+            raise LpoError("grpo needs loss.clip_epsilon (the PPO clip range, e.g. 0.2); none is only for the DPO loss")
+        super().__init__(config, *args, **kwargs)
+
+    @torch.no_grad()
+    def _rollout(self, round_index: int, prompts: list[str]) -> GroupRolloutOutput:
+        from lpo.core.seeding import Stream, keyed_generator
+        from lpo.models.components import guided_conditioning
+        from lpo.sampling.ddim import initial_latents
+        from lpo.trainers.step_dpo import rollout_settings
+
+        c, s = self.components, self.config.sampler
+        generator = keyed_generator(self.config.run.seed, Stream.ROLLOUT, round_index, self.accelerator.process_index)
+        conditioning = guided_conditioning(c, prompts, s.guidance_scale, s.negative_prompt)
+        reward_text = self.reward.encode_text(prompts)
+        side = c.default_resolution // c.vae_scale_factor
+        latents = initial_latents(len(prompts), c.latent_channels, side, side, generator, c.scheduler,
+                                  device=c.device, dtype=c.unet.dtype)
+        with self.accelerator.autocast():
+            return group_rollout(c.unet, c.scheduler, conditioning, self.reward, reward_text, latents,
+                                 rollout_settings(self.config), generator, prompts)
+
+    def _loss_fn(self, model: Any, samples: GroupSteps) -> Callable[[Tensor], tuple[Tensor, dict]]:
+        scheduler, eta = self.components.scheduler, self.config.sampler.eta
+        epsilon, kl_beta = self.config.loss.clip_epsilon, self.config.loss.kl_beta
+
+        def group_log_probs(unet: Any, batch: GroupSteps, conditioning: GuidedConditioning) -> Tensor:
+            pred = predict_noise(unet, batch.latents_t, batch.timesteps, conditioning)
+            step = ddim_step_with_logprob(scheduler, pred, batch.timesteps, batch.latents_t, eta=eta,
+                                          noise=torch.zeros_like(pred))
+            return candidate_log_probs(batch.candidates.float(), step.mean, step.std)  # (m, K)
+
+        def loss_fn(rows: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+            batch = samples.select(rows)
+            conditioning = batch.row_conditioning()
+            log_probs = group_log_probs(model, batch, conditioning)
+            ref = None
+            if kl_beta:
+                with self.policy.reference() as reference:
+                    ref = group_log_probs(reference, batch, conditioning).flatten()
+            out = clipped_grpo_loss(log_probs.flatten(), batch.old_log_probs.flatten(), batch.advantages.flatten(),
+                                    epsilon, ref, kl_beta)
+            groups = len(batch)
+            per_group = lambda x: x.float().view(groups, -1).mean(dim=1)  # noqa: E731  (one value per kept row)
+            logs = {"ratio": per_group(out.ratio), "abs_log_ratio": per_group(out.ratio.log().abs()),
+                    "clip_fraction": per_group(out.clipped), "kl": per_group(out.kl),
+                    "advantage_abs": per_group(batch.advantages.abs())}
+            return per_group(out.losses), logs
+
+        return loss_fn

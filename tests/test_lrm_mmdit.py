@@ -61,3 +61,33 @@ def test_flow_noising_is_the_flow_path():
     x0, noise = torch.ones(2, 1, 2, 2), torch.zeros(2, 1, 2, 2)
     out = flow_noisy_latents(x0, noise, torch.tensor([0.0, 0.25]))
     assert out[0].eq(1).all() and torch.allclose(out[1], torch.full((1, 2, 2), 0.75))
+
+
+def test_the_mmdit_lrm_trains_and_is_evaluated_through_the_reward_training_loop(components):
+    """The same train_step_reward / accuracy-by-t as the U-Net LRM, on the flow path (t = σ·1000)."""
+    import numpy as np
+
+    from lpo.pairs.format import PreferencePair
+    from lpo.reward.config import RewardTrainingConfig
+    from lpo.reward.data import encode_pairs, noise_pairs, timestep_pool
+    from lpo.reward.training import pairwise_accuracy_by_timestep, train_step_reward
+
+    rng = np.random.default_rng(0)
+    pairs = [PreferencePair(f"p{i}", PROMPTS[i % 2], rng.integers(0, 255, (16, 16, 3), dtype=np.uint8),
+                            rng.integers(0, 255, (16, 16, 3), dtype=np.uint8), float(i % 2), "test") for i in range(8)]
+    pool = timestep_pool(components.scheduler, "ddim", 4)
+    assert pool.dtype == torch.float32 and float(pool.max()) == pytest.approx(1000.0) and float(pool.min()) < 1000
+    encoded = encode_pairs(components, pairs)
+    batch = noise_pairs(encoded, torch.arange(2), components.scheduler, torch.Generator().manual_seed(0),
+                        timesteps=torch.tensor(250.0))
+    expected = flow_noisy_latents(batch.latents_0, batch.noise_0, torch.full((2,), 0.25))
+    torch.testing.assert_close(batch.latents_t_0, expected)  # the flow path, not DDPM's add_noise
+
+    lrm = MMDiTLatentRewardModel.from_components(components, MMDiTLRMConfig(num_blocks=1, max_sequence_length=T5_LENGTH))
+    for likelihood in ("bradley_terry", "thurstone"):
+        config = RewardTrainingConfig(lr=1e-3, warmup_steps=0, max_steps=3, batch_size=4, mixed_precision="no",
+                                      num_inference_steps=4, save_every=0, eval_every=0, log_every=1, likelihood=likelihood)
+        result = train_step_reward(lrm, components, pairs, config)
+        assert len(result.history) == 3 and all(np.isfinite(r["loss"]) for r in result.history)
+    accuracy = pairwise_accuracy_by_timestep(lrm.eval(), components, encoded, (100, 900), seed=0)
+    assert set(accuracy) == {100, 900} and all(0 <= a <= 1 for a, _ in accuracy.values())

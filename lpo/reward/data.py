@@ -224,8 +224,26 @@ def loss_weights(encoded: EncodedPairs, mode: PairWeighting) -> Tensor:
     return weights * (len(weights) / total)
 
 
+def is_flow_scheduler(scheduler: Any) -> bool:
+    """A flow-matching scheduler (x_σ = (1 − σ)·x0 + σ·ε, t = σ·1000), not a DDPM-style one."""
+    return hasattr(scheduler, "scale_noise") and not hasattr(scheduler, "alphas_cumprod")
+
+
+def flow_noise(latents: Tensor, noise: Tensor, timesteps: Tensor, num_train_timesteps: int) -> Tensor:
+    """x_σ = (1 − σ)·x0 + σ·ε per sample with σ = t / T (flow-matching models take t = σ·T)."""
+    sigma = (timesteps.float() / num_train_timesteps).to(latents.dtype).view(-1, *([1] * (latents.dim() - 1)))
+    return (1 - sigma) * latents + sigma * noise
+
+
 def timestep_pool(scheduler: Any, mode: TimestepSampling, num_inference_steps: int = 20) -> Tensor:
-    """(M,) long ascending timesteps t is drawn from: the DDIM set ({1, 51, …, 951}) or 0…T−1."""
+    """(M,) ascending timesteps t is drawn from: the DDIM set ({1, 51, …, 951}) or 0…T−1 (long).
+
+    A flow-matching scheduler gives float t = σ·1000: its N sampling timesteps (shift applied),
+    or for ``uniform`` the 1,000-step grid the same schedule makes.
+    """
+    if is_flow_scheduler(scheduler):
+        scheduler.set_timesteps(num_inference_steps if mode == "ddim" else int(scheduler.config.num_train_timesteps))
+        return scheduler.timesteps.float().cpu().sort().values
     if mode == "ddim":
         from lpo.sampling.ddim import ddim_timesteps
 
@@ -242,7 +260,7 @@ class NoisyPairBatch:
     latents_0 / latents_1: (B, C, h, w) x_0 (scaled posterior samples).
     noise_0 / noise_1: (B, C, h, w) ε (the same tensor values when noise="shared").
     latents_t_0 / latents_t_1: (B, C, h, w) x_t = add_noise(x_0, ε, t).
-    timesteps: (B,) long, shared by both images of a pair.
+    timesteps: (B,) shared by both images of a pair: long, or float σ·1000 for a flow-matching model.
     labels_0: (B,) P(image_0 ≻ image_1).   weights: (B,) loss weights.
     """
 
@@ -301,7 +319,8 @@ def noise_pairs(
         if pool is None:
             raise ValueError("pass fixed timesteps or a pool to draw them from")
         timesteps = pool[torch.randint(len(pool), (batch,), generator=generator)]
-    timesteps = torch.as_tensor(timesteps, dtype=torch.long).reshape(-1).expand(batch).clone()
+    flow = is_flow_scheduler(scheduler)
+    timesteps = torch.as_tensor(timesteps, dtype=torch.float32 if flow else torch.long).reshape(-1).expand(batch).clone()
     # 3. independent noise per image (LRM) or one noise per pair (SPO)
     if noise == "independent":
         eps = torch.randn(latents.shape, generator=generator)
@@ -317,12 +336,18 @@ def noise_pairs(
         latents_1=latents_1,
         noise_0=noise_0,
         noise_1=noise_1,
-        latents_t_0=scheduler.add_noise(latents_0, noise_0, timesteps),
-        latents_t_1=scheduler.add_noise(latents_1, noise_1, timesteps),
+        latents_t_0=_noised(scheduler, flow, latents_0, noise_0, timesteps),
+        latents_t_1=_noised(scheduler, flow, latents_1, noise_1, timesteps),
         timesteps=timesteps,
         labels_0=encoded.labels_0[indices],
         weights=(weights[indices] if weights is not None else torch.ones(batch)),
     )
+
+
+def _noised(scheduler: Any, flow: bool, latents: Tensor, noise: Tensor, timesteps: Tensor) -> Tensor:
+    if flow:
+        return flow_noise(latents, noise, timesteps, int(scheduler.config.num_train_timesteps))
+    return scheduler.add_noise(latents, noise, timesteps)
 
 
 def split_by_prompt(pairs: Sequence[PreferencePair], fraction: float, seed: int) -> tuple[Sequence[PreferencePair], Sequence[PreferencePair]]:

@@ -91,3 +91,27 @@ def test_the_mmdit_lrm_trains_and_is_evaluated_through_the_reward_training_loop(
         assert len(result.history) == 3 and all(np.isfinite(r["loss"]) for r in result.history)
     accuracy = pairwise_accuracy_by_timestep(lrm.eval(), components, encoded, (100, 900), seed=0)
     assert set(accuracy) == {100, 900} and all(0 <= a <= 1 for a, _ in accuracy.values())
+
+
+def test_lpo_lrm_train_and_eval_on_a_flow_pipeline(tmp_path):
+    """The CLI path: `lpo lrm train` builds the MMDiT LRM for an SD3 folder, saves it, `lpo lrm eval` loads it."""
+    import numpy as np
+
+    from lpo.pairs.format import PreferencePair, save_pairs
+    from lpo.reward.jobs import eval_reward_job, train_reward_job
+    from lpo.reward.lrm_mmdit_io import is_mmdit_lrm_folder, load_mmdit_lrm
+
+    pipe = tiny_sd3_pipeline(tmp_path / "sd3")
+    rng = np.random.default_rng(1)
+    pairs = [PreferencePair(f"p{i}", PROMPTS[i % 2], rng.integers(0, 255, (16, 16, 3), dtype=np.uint8),
+                            rng.integers(0, 255, (16, 16, 3), dtype=np.uint8), float(i % 2), "test") for i in range(8)]
+    save_pairs(pairs, tmp_path / "pairs.parquet")
+    overrides = ["max_steps=2", "batch_size=4", "warmup_steps=0", "mixed_precision=no", "save_every=0", "eval_every=0",
+                 "vfe_scale=1.0", "mmdit_blocks=1"]
+    train_reward_job(str(pipe), str(tmp_path / "pairs.parquet"), "lrm-world", overrides, run_dir=tmp_path / "run")
+    folder = tmp_path / "run" / "model"
+    assert is_mmdit_lrm_folder(folder)
+    lrm = load_mmdit_lrm(folder)
+    assert lrm.config.num_blocks == 1 and len(lrm.backbone.blocks) == 1
+    result = eval_reward_job(str(pipe), str(tmp_path / "pairs.parquet"), tmp_path / "eval", lrm_dir=folder)
+    assert set(result["accuracy"]) == {"LRM (latent)"}

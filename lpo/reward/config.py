@@ -47,6 +47,8 @@ class RewardTrainingConfig:
     preset: str = _field("custom", "Name of the preset these values started from (recorded, not used).")
     reward_model: RewardModelName = _field("lrm", "Which step reward model the run builds: lrm (§4.1) or spo-pixel (§4.3).")
     vfe_scale: float = _field(7.5, "LRM only: VFE scale g of a newly built LRM (mid feature V_u + g·(V_c − V_u)); 1 turns VFE off.")
+    mmdit_blocks: int = _field(18, "LRM on a flow model (SD3) only: joint transformer blocks whose image tokens it pools "
+                                   "(18 of SD3-medium's 24: the LPO authors' LRM-SD3 recipe).")
     pixel_scorer: str = _field(
         PICKSCORE_MODEL_ID,
         "spo-pixel on SD1.5/SDXL only: the CLIPModel (folder or hub id) its scorer starts from; a local folder works offline.")

@@ -19,10 +19,13 @@ REWARD_KINDS = ("lrm", "spo-pixel")
 
 
 def _components(model: str):
+    """The base model's components: a U-Net pipeline's, or a flow pipeline's (SD3)."""
     from lpo.sampling.generate import resolve_model_name
     from lpo.models.components import load_components
+    from lpo.models.flow_components import is_flow_pipeline, load_flow_components
 
-    return load_components(resolve_model_name(model))
+    name = resolve_model_name(model)
+    return load_flow_components(name) if is_flow_pipeline(name) else load_components(name)
 
 
 def _pairs(path: str, what: str, stream: bool = False):
@@ -94,6 +97,21 @@ def build_reward_model(config, components):
     global RNG left untouched), so a run does not depend on what the process did before
     it, e.g. the stages ahead of it in ``lpo bench``.
     """
+    from lpo.models.flow_components import FlowComponents
+
+    if isinstance(components, FlowComponents):
+        if config.reward_model != "lrm":
+            raise LpoError(f"{config.reward_model} is not built for flow models; train reward_model=lrm (the MMDiT LRM)")
+        import torch
+
+        from lpo.reward.lrm_mmdit import MMDiTLatentRewardModel, MMDiTLRMConfig
+        from lpo.reward.lrm_mmdit_io import save_mmdit_lrm
+
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.seed)
+            model = MMDiTLatentRewardModel.from_components(
+                components, MMDiTLRMConfig(num_blocks=config.mmdit_blocks, vfe_scale=config.vfe_scale))
+        return model, save_mmdit_lrm
     if config.reward_model == "lrm":
         import torch
 
@@ -137,17 +155,18 @@ def eval_reward_job(
 
     from lpo.core.io import atomic_write_json
     from lpo.models.families import kind_family
-    from lpo.reward.data import encode_pairs
+    from lpo.reward.data import encode_pairs, timestep_pool
     from lpo.reward.training import accuracy_from_scores, pair_scores_by_timestep_many
-    from lpo.sampling.ddim import ddim_timesteps
 
     components = _components(model)
     pairs = _pairs(pairs_path, "held-out pairs file").pairs
     rewards: dict[str, Any] = {}
     if lrm_dir is not None:
         from lpo.reward.lrm_io import load_lrm
+        from lpo.reward.lrm_mmdit_io import is_mmdit_lrm_folder, load_mmdit_lrm
 
-        rewards["LRM (latent)"] = load_lrm(lrm_dir, components)
+        load = load_mmdit_lrm if is_mmdit_lrm_folder(lrm_dir) else load_lrm
+        rewards["LRM (latent)"] = load(lrm_dir, components)
     if pixel_dir is not None:
         from lpo.reward.pixel_io import load_pixel_reward
 
@@ -157,7 +176,7 @@ def eval_reward_job(
         rewards["true utility on x̂0 (ceiling)"] = family.true_utility(components)
     if not rewards:
         raise LpoError("nothing to evaluate: pass --lrm and/or --pixel (the utility ceiling exists only in the world)")
-    timesteps = sorted(int(t) for t in ddim_timesteps(components.scheduler, 20))
+    timesteps = sorted(int(t) for t in timestep_pool(components.scheduler, "ddim", 20))  # flow models: σ·1000
     encoded = encode_pairs(components, pairs)  # once: every model scores the same latents
     if not bool(encoded.decisive.any()):
         raise LpoError(f"all {len(encoded)} held-out pairs are ties; accuracy needs pairs with a winner")

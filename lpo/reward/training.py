@@ -75,6 +75,7 @@ from lpo.reward.data import (
     loss_weights,
     noise_pairs,
     split_by_prompt,
+    is_flow_scheduler,
     timestep_pool,
 )
 from lpo.reward.setup import (
@@ -182,9 +183,10 @@ def pair_scores_by_timestep_many(
     """
     indices = torch.arange(len(encoded)) if indices is None else torch.as_tensor(indices, dtype=torch.long)
     num_train = int(components.scheduler.config.num_train_timesteps)
-    bad = [int(t) for t in timesteps if not 0 <= int(t) < num_train]
+    last = num_train if is_flow_scheduler(components.scheduler) else num_train - 1  # flow: t = σ·1000, σ ≤ 1
+    bad = [int(t) for t in timesteps if not 0 <= int(t) <= last]
     if bad or not len(timesteps):
-        raise LpoError(f"evaluation timesteps must be in [0, {num_train - 1}], got {list(timesteps)}")
+        raise LpoError(f"evaluation timesteps must be in [0, {last}], got {list(timesteps)}")
     for model in models.values():
         model.eval()
     scores = {name: {int(t): ([], []) for t in timesteps} for name in models}

@@ -41,6 +41,7 @@ import torch
 from torch import Tensor
 
 from lpo.models.conditioning import GuidedConditioning, TextConditioning
+from lpo.models.parts import LatentPipelineParts
 from lpo.core.errors import LpoError
 
 logger = logging.getLogger(__name__)
@@ -77,7 +78,7 @@ _LATENT_DDIM_DEFAULTS = {"clip_sample": False, "set_alpha_to_one": False}
 
 
 @dataclass
-class DiffusionComponents:
+class DiffusionComponents(LatentPipelineParts):
     """The parts of a text-to-image pipeline that sampling, rewards and trainers use.
 
     ``text_encoder_2`` / ``tokenizer_2`` are set only for ``kind == "sdxl"``.
@@ -97,38 +98,12 @@ class DiffusionComponents:
     force_zeros_for_empty_prompt: bool = False
 
     @property
-    def latent_channels(self) -> int:
-        return int(self.vae.config.latent_channels)
-
-    @property
-    def vae_scale_factor(self) -> int:
-        """Pixels per latent cell, computed as the diffusers pipelines do (8 for SD1.5/SDXL)."""
-        return 2 ** (len(self.vae.config.block_out_channels) - 1)
-
-    @property
-    def default_resolution(self) -> int:
-        """Image side the U-Net was configured for: 512 for SD1.5, 1024 for SDXL."""
-        return int(self.unet.config.sample_size) * self.vae_scale_factor
-
-    @property
-    def device(self) -> torch.device:
-        return self.unet.device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.unet.dtype
+    def denoiser(self) -> torch.nn.Module:
+        return self.unet
 
     @property
     def text_encoders(self) -> list[torch.nn.Module]:
         return [m for m in (self.text_encoder, self.text_encoder_2) if m is not None]
-
-    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "DiffusionComponents":
-        """Move (and optionally cast) every module in place; returns self for chaining."""
-        # Only pass what is set: diffusers warns about fp32 modules whenever dtype= is given.
-        kwargs = {k: v for k, v in (("device", device), ("dtype", dtype)) if v is not None}
-        for module in (self.unet, self.vae, *self.text_encoders):
-            module.to(**kwargs)
-        return self
 
 
 # --------------------------------------------------------------------------- loading

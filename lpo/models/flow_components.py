@@ -27,6 +27,7 @@ from torch import Tensor
 
 from lpo.core.errors import LpoError
 from lpo.models.components import _guarded, _load, _locate, _read_model_index
+from lpo.models.parts import LatentPipelineParts
 
 FlowKind = Literal["sd3"]
 FLOW_PIPELINE_KINDS: dict[str, FlowKind] = {"StableDiffusion3Pipeline": "sd3"}
@@ -35,7 +36,7 @@ SD3_MAX_SEQUENCE_LENGTH = 256  # the pipeline's default T5 length
 
 
 @dataclass
-class FlowComponents:
+class FlowComponents(LatentPipelineParts):
     """The parts of a flow-matching text-to-image pipeline; ``text_encoder_3`` is None without T5."""
 
     kind: FlowKind
@@ -51,35 +52,12 @@ class FlowComponents:
     tokenizer_3: Any = None
 
     @property
-    def latent_channels(self) -> int:
-        return int(self.vae.config.latent_channels)
-
-    @property
-    def vae_scale_factor(self) -> int:
-        return 2 ** (len(self.vae.config.block_out_channels) - 1)
-
-    @property
-    def default_resolution(self) -> int:
-        """1024 for SD3-medium / SD3.5 (transformer sample_size 128 latents × 8)."""
-        return int(self.transformer.config.sample_size) * self.vae_scale_factor
-
-    @property
-    def device(self) -> torch.device:
-        return self.transformer.device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.transformer.dtype
+    def denoiser(self) -> torch.nn.Module:
+        return self.transformer
 
     @property
     def text_encoders(self) -> list[torch.nn.Module]:
         return [m for m in (self.text_encoder, self.text_encoder_2, self.text_encoder_3) if m is not None]
-
-    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "FlowComponents":
-        kwargs = {k: v for k, v in (("device", device), ("dtype", dtype)) if v is not None}
-        for module in (self.transformer, self.vae, *self.text_encoders):
-            module.to(**kwargs)
-        return self
 
     def latents_to_vae(self, latents: Tensor) -> Tensor:
         """Model latents -> VAE latents, as the pipeline decodes: z / scaling_factor + shift_factor."""

@@ -459,3 +459,16 @@ def test_the_spo_pixel_preset_starts_from_the_configured_clip_folder(sd15, tiny_
     with pytest.raises(LpoError, match=r"--set pixel_scorer=FOLDER") as err:
         build_reward_model(missing, sd15)
     assert "\n" not in str(err.value)
+
+
+def test_chunked_decode_gives_the_same_scores(reward: PixelStepReward) -> None:
+    # reward.decode_batch_size (the trainers' reward.decode_batch_size) bounds the decoder's batch, not the scores
+    latents, prompts = _latents(5), ["a red cat"] * 5
+    with torch.no_grad():
+        whole = reward(latents, 501, prompts)
+        reward.decode_batch_size = 2
+        try:
+            chunked = reward(latents, 501, prompts)
+        finally:
+            reward.decode_batch_size = None
+    torch.testing.assert_close(chunked, whole, rtol=1e-5, atol=1e-5)

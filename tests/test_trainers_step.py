@@ -145,7 +145,8 @@ def test_one_step_of_every_trainer_trains_the_chosen_weights_only(method, tiny_w
         reward = world_lrm if method == "lpo" else world_pixel
         overrides += [f"reward.path={reward}", *QUICK_STEP]
         if method == "spo":
-            overrides += ["sampler.min_timestep=601"]  # SPO trains from t = 751 down
+            overrides += ["sampler.min_timestep=601",  # SPO trains from t = 751 down
+                          "reward.decode_batch_size=3"]  # the candidates' x̂0 decoded 3 at a time
     result = run_training(method, preset, overrides, run_dir=tmp_path / "run")
 
     assert result.optimizer_steps == 1 and math.isfinite(result.final_loss)

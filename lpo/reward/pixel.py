@@ -231,6 +231,7 @@ class PixelStepReward(nn.Module):
                               base_model_hash=config.base_model_hash or base_model_fingerprint(components.source))
         self.scorer = scorer
         self.components = components  # a dataclass, not a Module: not registered, not saved
+        self.decode_batch_size: int | None = None  # a runtime setting (trainers' reward.decode_batch_size), not saved
         if freeze_base:
             _freeze_base_weights(components.vae)
             _freeze_base_weights(components.unet)
@@ -317,8 +318,11 @@ class PixelStepReward(nn.Module):
         shift = getattr(vae.config, "shift_factor", None)
         if shift is not None:  # latents were (z − shift)·scale; SD1.5/SDXL have no shift
             latents = latents + shift
+        # decode_batch_size (set by the trainer): chunks bound the decoder's activations; each image's
+        # decode is independent of the others in the batch, so the scores do not change
+        chunk = self.decode_batch_size or len(latents)
         with _base_model(vae):
-            return vae.decode(latents).sample.float().clamp(-1, 1)
+            return torch.cat([vae.decode(part).sample.float().clamp(-1, 1) for part in latents.split(chunk)])
 
     def score_images(
         self, images: Tensor, timesteps: Tensor | int, text: str | Sequence[str] | PixelRewardText | Tensor

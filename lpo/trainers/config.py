@@ -173,10 +173,15 @@ def _check_precision(config: Any) -> None:
 @dataclass
 class StepRewardConfig:
     path: str | None = _field(None, "Folder of the frozen step reward: an LRM (lpo) or SPO pixel model (spo), e.g. a run's model/.")
+    decode_batch_size: int | None = _field(
+        None, "SPO only: decode the candidates' x̂0 this many at a time (none: all B·K at once); lower peak memory, "
+              "same scores (SPO-SD15's 40 decodes at 512 px measured 42.9 GB on an H100).")
 
     def __post_init__(self) -> None:
         if self.path is not None and not str(self.path).strip():
             raise ValueError("reward.path is empty; give the reward model's folder")
+        if self.decode_batch_size is not None:
+            _at_least("decode_batch_size", self.decode_batch_size, 1)
 
 
 @dataclass
@@ -261,7 +266,8 @@ class StepTrainerConfig:
 
     # Fields added since runs were first recorded, at the value that reproduces those runs
     # (a run started before them resumes; lpo.core.runs.config_changes).
-    ADDED_DEFAULTS: ClassVar[dict[str, Any]] = {"sampler.inner_steps": 0, "loss.kl_beta": 0.0}
+    ADDED_DEFAULTS: ClassVar[dict[str, Any]] = {"sampler.inner_steps": 0, "loss.kl_beta": 0.0,
+                                                "reward.decode_batch_size": None}
 
     def __post_init__(self) -> None:
         _check_literals(self)

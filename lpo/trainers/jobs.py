@@ -129,6 +129,7 @@ def _load_step_reward(config: Any, reward_kind: str, components: Any, policy: An
         # adapters off (LoRA), or the frozen reference copy (full fine-tune).
         base = components if policy.reference_unet is None else replace(components, unet=policy.reference_unet)
         reward = load_pixel_reward(path, base, expected_base=components.source)
+        reward.decode_batch_size = config.reward.decode_batch_size
     check_finite_module(reward, f"the step reward {path}",
                         "retrain it (lpo lrm train with a lower lr) or set reward.path to another reward model")
     reward.requires_grad_(False)

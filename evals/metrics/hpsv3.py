@@ -116,7 +116,17 @@ class HPSv3(BatchedMetric):
     def __init__(self, spec: MetricSpec):
         super().__init__(spec)
         from accelerate import init_empty_weights
-        from transformers import AutoConfig, AutoTokenizer, Qwen2VLImageProcessorPil, Qwen2VLModel
+        from transformers import AutoConfig, AutoTokenizer, Qwen2VLModel
+
+        if not hasattr(Qwen2VLModel, "get_image_features"):  # before 4.52 Qwen2VLModel was the decoder alone
+            import transformers
+
+            raise LpoError(f"hpsv3 needs transformers >= 4.52 (Qwen2-VL's composite model), found "
+                           f"{transformers.__version__}; pip install -U transformers")
+        try:  # transformers 5 names the PIL processor; in 4.x the plain class is it
+            from transformers import Qwen2VLImageProcessorPil as ImageProcessor
+        except ImportError:
+            from transformers import Qwen2VLImageProcessor as ImageProcessor
 
         weights = spec.weights or HPSV3_REPO
         base = spec.processor or HPSV3_BASE
@@ -129,7 +139,7 @@ class HPSv3(BatchedMetric):
             raise LpoError(f"hpsv3: the tokenizer at {base!r} has no chat template; {base_fix}")
         self.tokenizer.add_special_tokens({"additional_special_tokens": [REWARD_TOKEN]})
         self.reward_token_id = self.tokenizer.convert_tokens_to_ids(REWARD_TOKEN)
-        self.image_processor = from_pretrained(Qwen2VLImageProcessorPil.from_pretrained, base, metric=self.name,
+        self.image_processor = from_pretrained(ImageProcessor.from_pretrained, base, metric=self.name,
                                                what="image processor", fix=base_fix)
         config = from_pretrained(AutoConfig.from_pretrained, base, metric=self.name, what="config", fix=base_fix)
         text_config = getattr(config, "text_config", config)

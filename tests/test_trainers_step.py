@@ -183,7 +183,7 @@ def test_grpo_round_keeps_every_group_and_starts_at_ratio_one(tiny_world_dir, wo
     from lpo.trainers.presets import trainer_preset
 
     grpo = trainer_preset("grpo-world")
-    assert (grpo.method, grpo.loss.clip_epsilon, grpo.loss.kl_beta) == ("grpo", 0.2, 0.0)
+    assert (grpo.method, grpo.loss.clip_epsilon, grpo.loss.kl_beta) == ("grpo", 1e-4, 0.0)
     result = run_training("grpo", "grpo-world", [f"model.base={tiny_world_dir}", f"reward.path={world_lrm}", *QUICK_STEP,
                                                  "loss.kl_beta=0.05"], run_dir=tmp_path / "run")
     row = result.history[-1]

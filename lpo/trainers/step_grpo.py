@@ -6,7 +6,7 @@ this project's version, in the harness of :mod:`lpo.trainers.step_dpo`:
 1. roll out with the policy as LPO does; at every trained step t branch K candidates
    x_k ~ N(μ_θ(x_t), σ_t²) from one state, score them with the frozen LRM and keep the whole
    group (no threshold): x_t, the K candidates, their scores, the group-relative advantages
-   A_k = (S_k − mean S)/(std S + δ) and the rollout policy's log p_old(x_k | x_t); continue
+   A_k = (S_k − mean S)/(std S + δ), clipped to ±5, and the rollout policy's log p_old(x_k | x_t); continue
    from a uniformly random candidate;
 2. after the round, one pass over the kept groups: the policy's log p_θ(x_k | x_t) of every
    candidate (one U-Net call per x_t, with CFG), PPO's clipped surrogate
@@ -31,6 +31,8 @@ from lpo.sampling.ddim import branch_candidates, candidate_log_probs, ddim_step_
 from lpo.trainers.losses import clipped_grpo_loss, group_relative_advantages
 from lpo.trainers.rollout import StepReward, StepRolloutSettings, _schedule, softmax_gap
 from lpo.trainers.step_dpo import StepDPOTrainer
+
+ADVANTAGE_CLIP = 5.0  # DDPO's / Flow-GRPO's adv_clip_max: |A| <= 5
 
 
 @dataclass
@@ -137,7 +139,7 @@ def group_rollout(unet: torch.nn.Module, scheduler: Any, conditioning: GuidedCon
         kept["timesteps"].append(torch.full((batch,), t, dtype=torch.long))
         kept["prompt_index"].append(rows.clone())
         kept["scores"].append(scores.cpu())
-        kept["advantages"].append(group_relative_advantages(scores).cpu())
+        kept["advantages"].append(group_relative_advantages(scores).clamp(-ADVANTAGE_CLIP, ADVANTAGE_CLIP).cpu())
         kept["old_log_probs"].append(candidate_log_probs(candidates.float(), step.mean, step.std).cpu())
         choice = torch.randint(k, (batch,), generator=generator)
         latents = candidates[rows.to(candidates.device), choice.to(candidates.device)]

@@ -3,7 +3,8 @@
 - ``RELEASED``: the published checkpoints (SD1.5 / SDXL bases, Diffusion-DPO, SPO, LPO)
   as registry entries, the names ``lpo eval`` / ``lpo compare`` resolve;
 - ``TRAINERS``: the trainers that reproduce them on the shared harness (``lpo``, ``spo``,
-  ``diffusion-dpo``), with the papers' presets in ``PRESETS``;
+  ``diffusion-dpo``; and ``grpo``, step-level GRPO with the LRM, which no paper released), with
+  the papers' presets in ``PRESETS`` (``grpo-*``: this project's values);
 - ``REPORTED``: the published numbers of SPEC §7, shown as "reported" rows.
 
 Nothing is defined here: the code lives where it runs (``lpo.evals.checkpoint_registry``,

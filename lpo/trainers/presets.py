@@ -159,6 +159,12 @@ def _grpo_sd15() -> StepTrainerConfig:
     return replace(base, method="grpo", preset="grpo-sd15", loss=StepLossConfig(beta=1.0, clip_epsilon=1e-4))
 
 
+def _grpo_sdxl() -> StepTrainerConfig:
+    # LPO SDXL's rollout, LoRA r 64 and optimiser with GRPO's objective (this project's values)
+    base = _lpo_sdxl()
+    return replace(base, method="grpo", preset="grpo-sdxl", loss=StepLossConfig(beta=1.0, clip_epsilon=1e-4))
+
+
 def _grpo_world() -> StepTrainerConfig:
     # the lpo-world rollout and optimiser with GRPO's objective (this project's values, not tuned)
     base = _lpo_world()
@@ -210,7 +216,7 @@ def _dpo_world() -> DiffusionDPOConfig:
 PRESETS: dict[str, Callable[[], Any]] = {
     "lpo-sd15": _lpo_sd15, "lpo-sdxl": _lpo_sdxl, "lpo-world": _lpo_world,
     "spo-sd15": _spo_sd15, "spo-sdxl": _spo_sdxl, "spo-world": _spo_world,
-    "grpo-sd15": _grpo_sd15, "grpo-world": _grpo_world,
+    "grpo-sd15": _grpo_sd15, "grpo-sdxl": _grpo_sdxl, "grpo-world": _grpo_world,
     "dpo-sd15": _dpo_sd15, "dpo-sdxl": _dpo_sdxl, "dpo-world": _dpo_world,
 }
 PRESET_METHOD = {name: ("diffusion-dpo" if name.startswith("dpo-") else name.split("-")[0]) for name in PRESETS}

@@ -8,6 +8,7 @@ initial noise.
 from __future__ import annotations
 
 import hashlib
+import inspect
 from pathlib import Path
 
 import numpy as np
@@ -77,12 +78,31 @@ def build_pipeline(components):
     )
 
 
-def load_pipeline(model: str, device: str = "auto", dtype: str = "fp32"):
-    """(pipeline, components) for a model name, folder or hub id."""
-    from lpo.models.components import load_components
+def build_flow_pipeline(components):
+    """diffusers' ``StableDiffusion3Pipeline`` over loaded flow components (its own FlowMatch scheduler)."""
+    from diffusers import StableDiffusion3Pipeline
 
-    components = load_components(resolve_model_name(model), dtype=resolve_dtype(dtype), device=resolve_device(device))
-    pipe = build_pipeline(components)
+    return StableDiffusion3Pipeline(
+        transformer=components.transformer, scheduler=components.scheduler, vae=components.vae,
+        text_encoder=components.text_encoder, tokenizer=components.tokenizer,
+        text_encoder_2=components.text_encoder_2, tokenizer_2=components.tokenizer_2,
+        text_encoder_3=components.text_encoder_3, tokenizer_3=components.tokenizer_3,
+    )
+
+
+def load_pipeline(model: str, device: str = "auto", dtype: str = "fp32"):
+    """(pipeline, components) for a model name, folder or hub id: SD1.5/SDXL/world with DDIM, or an
+    SD3-style flow pipeline with its own Euler sampler."""
+    from lpo.models.components import load_components
+    from lpo.models.flow_components import is_flow_pipeline, load_flow_components
+
+    name = resolve_model_name(model)
+    if is_flow_pipeline(name):
+        components = load_flow_components(name, dtype=resolve_dtype(dtype), device=resolve_device(device))
+        pipe = build_flow_pipeline(components)
+    else:
+        components = load_components(name, dtype=resolve_dtype(dtype), device=resolve_device(device))
+        pipe = build_pipeline(components)
     pipe.set_progress_bar_config(disable=True)
     return pipe, components
 
@@ -104,11 +124,12 @@ def generate_images(
     kwargs = {}
     if resolution is not None:
         kwargs.update(height=resolution, width=resolution)
+    if "eta" in inspect.signature(pipeline.__call__).parameters:  # DDIM's; a flow pipeline's Euler has none
+        kwargs["eta"] = eta
     out = pipeline(
         prompt=list(prompts),
         num_inference_steps=num_inference_steps,
         guidance_scale=guidance_scale,
-        eta=eta,
         generator=generators,
         output_type="np",
         **kwargs,

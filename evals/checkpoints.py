@@ -120,7 +120,10 @@ class Checkpoint:
             pipe = build_pipeline(components)
             pipe.set_progress_bar_config(disable=True)
         else:
-            pipe, _ = load_pipeline(self.model, device=device, dtype=dtype)
+            pipe, components = load_pipeline(self.model, device=device, dtype=dtype)
+            if components.kind == "sd3":  # its sampler is the flow Euler, not the protocol's DDIM: a record would lie
+                raise LpoError(f"{self.model} is a flow-matching (SD3-style) pipeline; lpo eval's protocol samples "
+                               "with DDIM and has no flow sampler yet: draw its images with lpo sample")
         if self.adapter_kind == "lora":
             where = "the registry entry's base" if self.registry else "the run's model.base"
             try:

@@ -126,3 +126,10 @@ def test_lpo_sample_on_a_flow_pipeline_matches_diffusers(pipelines, tmp_path):
     np.testing.assert_array_equal(ours, (np.clip(expected, 0, 1) * 255).round().astype(np.uint8))
     grid = run_sample(str(folder), PROMPTS, None, 2, 1, 5.0, 3, 0, tmp_path / "grid.png", device="cpu")
     assert grid.is_file() and image_seed(0, PROMPTS[0], 0) != image_seed(0, PROMPTS[1], 0)
+
+
+def test_lpo_eval_refuses_a_flow_pipeline_in_one_line(pipelines):
+    from lpo.evals.checkpoints import resolve_checkpoint
+
+    with pytest.raises(LpoError, match="flow-matching .* no flow sampler yet"):
+        resolve_checkpoint(str(pipelines["t5"])).load_pipeline("cpu", "fp32")

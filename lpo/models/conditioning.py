@@ -114,6 +114,26 @@ class GuidedConditioning:
             uncond=None if self.uncond is None else self.uncond.repeat_interleave(repeats),
         )
 
+    def to(self, device=None, dtype=None) -> "GuidedConditioning":
+        return replace(self, cond=self.cond.to(device=device, dtype=dtype),
+                       uncond=None if self.uncond is None else self.uncond.to(device=device, dtype=dtype))
+
+    @staticmethod
+    def stack(parts: Sequence["GuidedConditioning"]) -> tuple["GuidedConditioning", list[int]]:
+        """The prompt tables of ``parts`` one after another, and the row offset of each part
+        (for shifting indices into them); every part must use the same guidance scale."""
+        if not parts:
+            raise ValueError("nothing to concatenate")
+        guidance = {p.guidance_scale for p in parts}
+        if len(guidance) != 1:
+            raise ValueError(f"parts were sampled with different guidance scales {sorted(guidance)}")
+        offsets, total = [], 0
+        for part in parts:
+            offsets.append(total)
+            total += part.batch_size
+        uncond = None if parts[0].uncond is None else TextConditioning.cat([p.uncond for p in parts])
+        return GuidedConditioning(TextConditioning.cat([p.cond for p in parts]), uncond, guidance.pop()), offsets
+
 
 def predict_noise(
     unet: torch.nn.Module,

@@ -41,7 +41,7 @@ from typing import Any, Literal, Protocol, Sequence, runtime_checkable
 import torch
 from torch import Tensor
 
-from lpo.models.conditioning import GuidedConditioning, TextConditioning, predict_noise
+from lpo.models.conditioning import GuidedConditioning, predict_noise
 from lpo.sampling.ddim import branch_candidates, ddim_step_with_logprob, ddim_timesteps, sigma_schedule
 
 RewardTimestep = Literal["current", "prev", "zero"]
@@ -147,14 +147,10 @@ class KeptSteps:
         return int(self.timesteps.shape[0])
 
     def to(self, device: torch.device | str) -> "KeptSteps":
-        def move(c: TextConditioning | None) -> TextConditioning | None:
-            return None if c is None else c.to(device=device)
-
-        cond = self.conditioning
         return KeptSteps(
             latents_t=self.latents_t.to(device), latents_w=self.latents_w.to(device), latents_l=self.latents_l.to(device),
             timesteps=self.timesteps.to(device), prompt_index=self.prompt_index.to(device),
-            conditioning=GuidedConditioning(move(cond.cond), move(cond.uncond), cond.guidance_scale),
+            conditioning=self.conditioning.to(device=device),
             gaps=self.gaps.to(device), scores_w=self.scores_w.to(device), scores_l=self.scores_l.to(device),
             prompts=list(self.prompts), latents_t_l=None if self.latents_t_l is None else self.latents_t_l.to(device),
         )
@@ -176,27 +172,14 @@ class KeptSteps:
     @staticmethod
     def cat(parts: Sequence["KeptSteps"]) -> "KeptSteps":
         """Concatenate (e.g. one part per process); prompt tables are stacked and indices shifted."""
-        if not parts:
-            raise ValueError("nothing to concatenate")
-        offsets, total = [], 0
-        for part in parts:
-            offsets.append(total)
-            total += part.conditioning.batch_size
-        guidance = {p.conditioning.guidance_scale for p in parts}
-        if len(guidance) != 1:
-            raise ValueError(f"parts were sampled with different guidance scales {sorted(guidance)}")
-        uncond = None
-        if parts[0].conditioning.uncond is not None:
-            uncond = TextConditioning.cat([p.conditioning.uncond for p in parts])
+        conditioning, offsets = GuidedConditioning.stack([p.conditioning for p in parts])
         return KeptSteps(
             latents_t=torch.cat([p.latents_t for p in parts]),
             latents_w=torch.cat([p.latents_w for p in parts]),
             latents_l=torch.cat([p.latents_l for p in parts]),
             timesteps=torch.cat([p.timesteps for p in parts]),
             prompt_index=torch.cat([p.prompt_index + offset for p, offset in zip(parts, offsets)]),
-            conditioning=GuidedConditioning(
-                TextConditioning.cat([p.conditioning.cond for p in parts]), uncond, guidance.pop()
-            ),
+            conditioning=conditioning,
             gaps=torch.cat([p.gaps for p in parts]),
             scores_w=torch.cat([p.scores_w for p in parts]),
             scores_l=torch.cat([p.scores_l for p in parts]),

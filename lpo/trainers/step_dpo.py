@@ -143,6 +143,7 @@ class StepDPOTrainer(PolicyTrainer):
     progress_label = PROGRESS_LABEL
     unit = "round"
     history_key = "round"
+    rollout = staticmethod(step_rollout)  # (unet, scheduler, conditioning, reward, reward_text, latents, settings, generator, prompts)
 
     def __init__(
         self,
@@ -181,7 +182,7 @@ class StepDPOTrainer(PolicyTrainer):
         latents = initial_latents(len(prompts), c.latent_channels, height, width, generator, c.scheduler,
                                   device=c.device, dtype=c.unet.dtype)
         with self.accelerator.autocast():
-            return step_rollout(c.unet, c.scheduler, conditioning, self.reward, reward_text, latents,
+            return self.rollout(c.unet, c.scheduler, conditioning, self.reward, reward_text, latents,
                                 rollout_settings(self.config), generator, prompts)
 
     def _loss_fn(self, model: Any, samples: KeptSteps) -> Callable[[torch.Tensor], tuple[torch.Tensor, dict]]:

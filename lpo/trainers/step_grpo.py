@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from lpo.core.errors import LpoError
-from lpo.models.conditioning import GuidedConditioning, TextConditioning, predict_noise
+from lpo.models.conditioning import GuidedConditioning, predict_noise
 from lpo.sampling.ddim import branch_candidates, candidate_log_probs, ddim_step_with_logprob
 from lpo.trainers.losses import clipped_grpo_loss, group_relative_advantages
 from lpo.trainers.rollout import StepReward, StepRolloutSettings, _schedule, softmax_gap
@@ -63,18 +63,13 @@ class GroupSteps:
             return torch.zeros(0)
         return softmax_gap(self.scores.max(dim=1).values, self.scores.min(dim=1).values)
 
-    def _with(self, **rows: Tensor) -> "GroupSteps":
+    def _with(self, **rows: Any) -> "GroupSteps":
         values = {f.name: getattr(self, f.name) for f in fields(self)}
         return GroupSteps(**{**values, **rows})
 
     def to(self, device: torch.device | str) -> "GroupSteps":
-        def move(c: TextConditioning | None) -> TextConditioning | None:
-            return None if c is None else c.to(device=device)
-
-        c = self.conditioning
-        moved = self._with(**{name: getattr(self, name).to(device) for name in self._ROWS})
-        moved.conditioning = GuidedConditioning(move(c.cond), move(c.uncond), c.guidance_scale)
-        return moved
+        return self._with(**{name: getattr(self, name).to(device) for name in self._ROWS},
+                          conditioning=self.conditioning.to(device=device))
 
     def select(self, rows: Tensor | Sequence[int]) -> "GroupSteps":
         rows = torch.as_tensor(rows, dtype=torch.long, device=self.timesteps.device)
@@ -86,17 +81,9 @@ class GroupSteps:
     @staticmethod
     def cat(parts: Sequence["GroupSteps"]) -> "GroupSteps":
         """One part per process: prompt tables stacked, prompt indices shifted."""
-        offsets, total = [], 0
-        for part in parts:
-            offsets.append(total)
-            total += part.conditioning.batch_size
-        uncond = None
-        if parts[0].conditioning.uncond is not None:
-            uncond = TextConditioning.cat([p.conditioning.uncond for p in parts])
+        conditioning, offsets = GuidedConditioning.stack([p.conditioning for p in parts])
         rows = {name: torch.cat([getattr(p, name) for p in parts]) for name in GroupSteps._ROWS}
         rows["prompt_index"] = torch.cat([p.prompt_index + o for p, o in zip(parts, offsets)])
-        conditioning = GuidedConditioning(TextConditioning.cat([p.conditioning.cond for p in parts]), uncond,
-                                          parts[0].conditioning.guidance_scale)
         return GroupSteps(**rows, conditioning=conditioning, prompts=[q for p in parts for q in p.prompts])
 
 
@@ -159,29 +146,12 @@ class GRPOTrainer(StepDPOTrainer):
 
     method = "grpo"
     reward_kind = "lrm"
+    rollout = staticmethod(group_rollout)  # every group kept, with advantages and old log-probs
 
     def __init__(self, config: Any, *args: Any, **kwargs: Any) -> None:
         if config.loss.clip_epsilon is None:
-            raise LpoError("grpo needs loss.clip_epsilon (the PPO clip range, e.g. 0.2); none is only for the DPO loss")
+            raise LpoError("grpo needs loss.clip_epsilon (the PPO clip range, 1e-4 in the presets); none is only for the DPO loss")
         super().__init__(config, *args, **kwargs)
-
-    @torch.no_grad()
-    def _rollout(self, round_index: int, prompts: list[str]) -> GroupRolloutOutput:
-        from lpo.core.seeding import Stream, keyed_generator
-        from lpo.models.components import guided_conditioning
-        from lpo.sampling.ddim import initial_latents
-        from lpo.trainers.step_dpo import rollout_settings
-
-        c, s = self.components, self.config.sampler
-        generator = keyed_generator(self.config.run.seed, Stream.ROLLOUT, round_index, self.accelerator.process_index)
-        conditioning = guided_conditioning(c, prompts, s.guidance_scale, s.negative_prompt)
-        reward_text = self.reward.encode_text(prompts)
-        side = c.default_resolution // c.vae_scale_factor
-        latents = initial_latents(len(prompts), c.latent_channels, side, side, generator, c.scheduler,
-                                  device=c.device, dtype=c.unet.dtype)
-        with self.accelerator.autocast():
-            return group_rollout(c.unet, c.scheduler, conditioning, self.reward, reward_text, latents,
-                                 rollout_settings(self.config), generator, prompts)
 
     def _loss_fn(self, model: Any, samples: GroupSteps) -> Callable[[Tensor], tuple[Tensor, dict]]:
         scheduler, eta = self.components.scheduler, self.config.sampler.eta

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from lpo.models.flow_components import load_flow_components
-from lpo.reward.lrm_mmdit import MMDiTLatentRewardModel, MMDiTLRMConfig, flow_noisy_latents
+from lpo.reward.lrm_mmdit import MMDiTLatentRewardModel, MMDiTLRMConfig
+from lpo.sampling.flow import flow_noisy_latents
 from tiny_flow_models import T5_LENGTH, tiny_sd3_pipeline
 
 PROMPTS = ["a red circle", "a blue square"]

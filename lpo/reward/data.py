@@ -24,6 +24,7 @@ from lpo.core.errors import LpoError
 from lpo.core.seeding import Stream, keyed_generator
 from lpo.pairs.format import TIE, PreferencePair
 from lpo.reward.config import NoiseMode, PairWeighting, TimestepSampling
+from lpo.sampling.flow import flow_noisy_latents
 
 
 
@@ -229,12 +230,6 @@ def is_flow_scheduler(scheduler: Any) -> bool:
     return hasattr(scheduler, "scale_noise") and not hasattr(scheduler, "alphas_cumprod")
 
 
-def flow_noise(latents: Tensor, noise: Tensor, timesteps: Tensor, num_train_timesteps: int) -> Tensor:
-    """x_σ = (1 − σ)·x0 + σ·ε per sample with σ = t / T (flow-matching models take t = σ·T)."""
-    sigma = (timesteps.float() / num_train_timesteps).to(latents.dtype).view(-1, *([1] * (latents.dim() - 1)))
-    return (1 - sigma) * latents + sigma * noise
-
-
 def timestep_pool(scheduler: Any, mode: TimestepSampling, num_inference_steps: int = 20) -> Tensor:
     """(M,) ascending timesteps t is drawn from: the DDIM set ({1, 51, …, 951}) or 0…T−1 (long).
 
@@ -345,8 +340,8 @@ def noise_pairs(
 
 
 def _noised(scheduler: Any, flow: bool, latents: Tensor, noise: Tensor, timesteps: Tensor) -> Tensor:
-    if flow:
-        return flow_noise(latents, noise, timesteps, int(scheduler.config.num_train_timesteps))
+    if flow:  # t = σ·T
+        return flow_noisy_latents(latents, noise, timesteps.float() / int(scheduler.config.num_train_timesteps))
     return scheduler.add_noise(latents, noise, timesteps)
 
 

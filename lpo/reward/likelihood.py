@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from lpo.pairs.format import TIE
+from lpo.reward.data import is_flow_scheduler
 
 
 @dataclass
@@ -78,7 +79,7 @@ def thurstone_loss(scores_0: Tensor, scores_1: Tensor, labels_0: Tensor, noise_v
 
 def noise_variance(scheduler: Any, timesteps: Tensor) -> Tensor:
     """σ_t² at ``timesteps`` (B,): 1 − ᾱ_t for a DDPM-style scheduler, σ² = (t / T)² on a flow path."""
-    if not hasattr(scheduler, "alphas_cumprod"):  # flow matching: x_σ = (1 − σ)·x0 + σ·ε
+    if is_flow_scheduler(scheduler):  # flow matching: x_σ = (1 − σ)·x0 + σ·ε
         return (timesteps.float() / float(scheduler.config.num_train_timesteps)) ** 2
     alphas = scheduler.alphas_cumprod.to(torch.float32)
     return 1 - alphas[timesteps.long().cpu()].to(timesteps.device)

@@ -172,10 +172,3 @@ class MMDiTLatentRewardModel(nn.Module):
         """(B,) float32 scores; ``timesteps`` σ·1000, a number or (B,)."""
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         return self.score_with_conditioning(latents_t, timesteps, self.encode_text(prompts))
-
-
-def flow_noisy_latents(latents: Tensor, noise: Tensor, sigmas: Tensor) -> Tensor:
-    """x_σ = (1 − σ)·x0 + σ·ε per sample (the flow-matching path; σ (B,))."""
-    view = (-1,) + (1,) * (latents.dim() - 1)
-    s = sigmas.to(latents.dtype).view(view)
-    return (1 - s) * latents + s * noise

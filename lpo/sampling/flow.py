@@ -45,6 +45,13 @@ class FlowStepOutput:
     sigma_next: Tensor
 
 
+def flow_noisy_latents(latents: Tensor, noise: Tensor, sigmas: Tensor) -> Tensor:
+    """x_σ = (1 − σ)·x0 + σ·ε per sample (the flow-matching path; σ (B,))."""
+    view = (-1,) + (1,) * (latents.dim() - 1)
+    s = sigmas.to(latents.dtype).view(view)
+    return (1 - s) * latents + s * noise
+
+
 def step_sigmas(scheduler, timesteps: Tensor | float, batch: int, device: torch.device) -> tuple[Tensor, Tensor]:
     """(σ, σ_next) per sample for ``timesteps`` of the scheduler's current schedule (set_timesteps first)."""
     if scheduler.timesteps is None or scheduler.sigmas is None:

@@ -37,8 +37,9 @@ def test_winner_and_loser_share_t_and_noise(tiny_world_dir):
     assert draws.timesteps.shape == (8,) and draws.noise.shape == (8, 4, 8, 8)  # one per pair
     # identical images and the same posterior noise for both sides: x_t differ only if t or ε did
     draws.posterior_noise[:, 1] = draws.posterior_noise[:, 0]
-    x_t_w, x_t_l, _, timesteps, target = trainer._encode(draws, torch.arange(8))
-    assert torch.equal(x_t_w, x_t_l) and torch.equal(timesteps, draws.timesteps)
+    x_t, _, timesteps, target = trainer._encode(draws, torch.arange(8))
+    x_t_w, x_t_l = x_t.chunk(2)
+    assert torch.equal(x_t_w, x_t_l) and torch.equal(timesteps, draws.timesteps.repeat(2))
     assert torch.equal(target[:, 0], draws.noise) and torch.equal(target[:, 1], draws.noise)  # ε-prediction target
     # x_t = √ᾱ_t·x0 + √(1−ᾱ_t)·ε with x0 = (posterior mean + std·z)·scale of the winner image
     from lpo.reward.data import image_to_tensor
@@ -69,12 +70,46 @@ def test_caption_dropout_and_flips_follow_their_rates(tiny_world_dir):
 def test_dropped_captions_are_encoded_as_empty(tiny_world_dir):
     trainer = _trainer(tiny_world_dir, _pairs(8), "data.caption_dropout=0.5")
     draws = draw_batch(trainer.config, 8, 0, (4, 8, 8), 1000)
-    _, _, cond, _, _ = trainer._encode(draws, torch.arange(8))
+    _, cond, _, _ = trainer._encode(draws, torch.arange(8))
     empty = encode_prompts(trainer.components, [""]).prompt_embeds[0]
     dropped = draws.drop_caption
     assert 0 < int(dropped.sum()) < 8
-    for row in range(8):
-        assert torch.equal(cond.prompt_embeds[row], empty) == bool(dropped[row])
+    for row in range(16):  # winners then losers: the same caption for both images of a pair
+        assert torch.equal(cond.prompt_embeds[row], empty) == bool(dropped[row % 8])
+
+
+@pytest.mark.parametrize("mode", ["fixed", "per-image"])
+def test_sdxl_size_and_crop_conditioning_fixed_or_from_each_image(tiny_sdxl_dir, mode):
+    from lpo.reward.data import sdxl_image_time_ids
+
+    rng = np.random.default_rng(1)
+    shapes = [((48, 32), (32, 32)), ((32, 56), (40, 40))]  # (winner (h, w), loser (h, w)) per pair
+    pairs = [PreferencePair(f"p{i}", "a cat", rng.integers(0, 255, (*w, 3), dtype=np.uint8),
+                            rng.integers(0, 255, (*l, 3), dtype=np.uint8), 1.0, "test")
+             for i, (w, l) in enumerate(shapes)]
+    config = resolve_config("diffusion-dpo", "dpo-sdxl", [f"model.base={tiny_sdxl_dir}", "train.batch_size=2",
+                                                          "data.resolution=32", f"data.micro_conditioning={mode}",
+                                                          "data.caption_dropout=0", "policy.mode=lora",
+                                                          "optim.gradient_accumulation_steps=1", "model.vae=none",
+                                                          "optim.mixed_precision=no", "optim.optimizer=adamw"])
+    components = load_components(tiny_sdxl_dir)
+    trainer = DiffusionDPOTrainer(config, components, build_policy(components.unet, config.policy, 0), pairs)
+    side = 32 // components.vae_scale_factor
+    draws = draw_batch(config, 2, 0, (components.latent_channels, side, side), 1000)
+    _, cond, _, _ = trainer._encode(draws, torch.arange(2))
+    got = cond.add_time_ids.tolist()
+    if mode == "fixed":  # the official DiffusionDPO train.py: (R, R, 0, 0, R, R) for every image
+        assert got == [[32, 32, 0, 0, 32, 32]] * 4
+        return
+    rows = [int(i) for i in draws.pair_rows]
+    expected = [sdxl_image_time_ids(*shapes[r][side], 32, bool(draws.flips[k, side]))
+                for side in (0, 1) for k, r in enumerate(rows)]  # winners first, then losers
+    assert got == [list(e) for e in expected]
+    # a 48 × 32 portrait resized to 48 × 32 keeps its size and is cropped 8 px from the top
+    assert sdxl_image_time_ids(48, 32, 32) == (48, 32, 8, 0, 32, 32)
+    # a 32 × 56 landscape: cropped 12 px from the left, mirrored by a flip of 56 − 32 − 12 = 12
+    assert sdxl_image_time_ids(32, 56, 32) == (32, 56, 0, 12, 32, 32)
+    assert sdxl_image_time_ids(32, 57, 32, flipped=True) == (32, 57, 0, 13, 32, 32)
 
 
 def test_ties_are_skipped_and_the_lora_variant_is_labelled(tiny_world_dir):

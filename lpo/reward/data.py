@@ -88,6 +88,26 @@ class EncodedPairs:
         return h.hexdigest()[:16]
 
 
+def resize_crop_geometry(height: int, width: int, resolution: int) -> tuple[tuple[int, int], tuple[int, int]]:
+    """((resized width, resized height), (crop left, crop top)) of :func:`image_to_tensor`:
+    the shorter side resized to ``resolution``, then the centre ``resolution`` square."""
+    scale = resolution / min(height, width)
+    size = (max(resolution, round(width * scale)), max(resolution, round(height * scale)))
+    return size, ((size[0] - resolution) // 2, (size[1] - resolution) // 2)
+
+
+def sdxl_image_time_ids(height: int, width: int, resolution: int, flipped: bool = False) -> tuple[int, ...]:
+    """SDXL micro-conditioning of one training image, as diffusers' SDXL fine-tuning
+    script derives it: (original h, original w, crop top, crop left, R, R), the crop in
+    the resized image's pixels. A horizontal flip mirrors the crop's left edge within the
+    resized image (diffusers writes ``R - left`` there, which is the mirror only when the
+    resized width is ``2R``; the centre crops here make the two agree up to rounding)."""
+    (resized_width, _), (left, top) = resize_crop_geometry(height, width, resolution)
+    if flipped:
+        left = resized_width - resolution - left
+    return (height, width, top, left, resolution, resolution)
+
+
 def image_to_tensor(image: np.ndarray, resolution: int, what: str = "image") -> Tensor:
     """(3, R, R) float32 in [-1, 1] from an (H, W, 3) uint8 image.
 
@@ -100,11 +120,8 @@ def image_to_tensor(image: np.ndarray, resolution: int, what: str = "image") -> 
     if image.shape[0] != resolution or image.shape[1] != resolution:
         from PIL import Image
 
-        pil = Image.fromarray(image)
-        scale = resolution / min(pil.size)
-        size = (max(resolution, round(pil.size[0] * scale)), max(resolution, round(pil.size[1] * scale)))
-        pil = pil.resize(size, Image.BICUBIC)
-        left, top = (size[0] - resolution) // 2, (size[1] - resolution) // 2
+        (width, height), (left, top) = resize_crop_geometry(image.shape[0], image.shape[1], resolution)
+        pil = Image.fromarray(image).resize((width, height), Image.BICUBIC)
         image = np.array(pil.crop((left, top, left + resolution, top + resolution)))
     # A copy: decoded images can be read-only arrays, which torch warns about.
     return torch.from_numpy(np.array(image, dtype=np.float32)).permute(2, 0, 1) / 127.5 - 1.0

@@ -288,8 +288,13 @@ class PairsDataConfig:
     caption_dropout: float = _field(0.2, "Probability of replacing a pair's caption by \"\" (Diffusion-DPO: 0.2).")
     random_flip: bool = _field(True, "Flip each image horizontally with probability 0.5 (independently, as the official code).")
     resolution: int | None = _field(None, "Training image size; none = the model's (512 SD1.5, 1024 SDXL, 32 world).")
+    micro_conditioning: Literal["fixed", "per-image"] = _field(
+        "fixed", "SDXL's size/crop conditioning (add_time_ids): fixed = (R, R, 0, 0, R, R) for every image, as the "
+                 "official DiffusionDPO train.py; per-image = each image's original size and the crop taken from it "
+                 "after the resize, as diffusers' SDXL fine-tuning script. Other models have none.")
 
     def __post_init__(self) -> None:
+        _check_literals(self)
         if not 0 <= self.caption_dropout < 1:
             raise ValueError(f"caption_dropout must be in [0, 1), got {self.caption_dropout}")
         if self.limit is not None:

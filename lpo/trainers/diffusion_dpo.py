@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable, ClassVar, Sequence
 
 import torch
@@ -36,7 +36,7 @@ from lpo.models.components import DiffusionComponents, encode_prompts
 from lpo.pairs.format import PreferencePair
 from lpo.pairs.stream import decisive_pairs, pair_meta
 from lpo.core.seeding import Stream, keyed_generator, pair_indices
-from lpo.reward.data import image_to_tensor
+from lpo.reward.data import image_to_tensor, sdxl_image_time_ids
 from lpo.trainers.config import DiffusionDPOConfig
 from lpo.trainers.harness import Policy, TrainResult, accumulated_step, check_step, finite_or_none, reduce_logs
 from lpo.trainers.policy_trainer import PolicyTrainer
@@ -156,15 +156,18 @@ class DiffusionDPOTrainer(PolicyTrainer):
     # ----------------------------------------------------------------- one micro-batch
 
     @torch.no_grad()
-    def _encode(self, draws: DPOBatch, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, Any, torch.Tensor, torch.Tensor]:
-        """(x_t of winners, x_t of losers, text conditioning, timesteps, target) for batch rows ``rows``."""
+    def _encode(self, draws: DPOBatch, rows: torch.Tensor) -> tuple[torch.Tensor, Any, torch.Tensor, torch.Tensor]:
+        """(x_t of the winners then the losers (2b, C, h, w), their text conditioning, their
+        timesteps, target (b, 2, C, h, w)) for batch rows ``rows``."""
         c, device = self.components, self.accelerator.device
         pairs = [self.pairs[int(i)] for i in draws.pair_rows[rows]]
-        images = []
+        images, time_ids = [], []
         for k, pair in enumerate(pairs):
             for side, image in enumerate((pair.winner, pair.loser)):
+                flipped = bool(draws.flips[rows[k], side])
                 pixels = image_to_tensor(image, self.resolution, f"image of pair {pair.pair_id}")
-                images.append(pixels.flip(-1) if bool(draws.flips[rows[k], side]) else pixels)
+                images.append(pixels.flip(-1) if flipped else pixels)
+                time_ids.append(sdxl_image_time_ids(image.shape[0], image.shape[1], self.resolution, flipped))
         pixels = torch.stack(images).to(device=device, dtype=c.vae.dtype)  # (2b, 3, R, R): w0, l0, w1, l1, ...
         posterior = c.vae.encode(pixels).latent_dist
         eps = draws.posterior_noise[rows].reshape(-1, *draws.posterior_noise.shape[2:]).to(device)
@@ -175,18 +178,21 @@ class DiffusionDPOTrainer(PolicyTrainer):
         latents = (latents * c.vae.config.scaling_factor).reshape(len(pairs), 2, *latents.shape[1:])  # (b, 2, C, h, w)
         timesteps = draws.timesteps[rows].to(device)
         noise = draws.noise[rows].to(device)
-        x_t_w = c.scheduler.add_noise(latents[:, 0], noise, timesteps)
-        x_t_l = c.scheduler.add_noise(latents[:, 1], noise, timesteps)
+        x_t = torch.cat([c.scheduler.add_noise(latents[:, i], noise, timesteps) for i in (0, 1)])
         captions = ["" if bool(draws.drop_caption[r]) else pair.prompt for r, pair in zip(rows, pairs)]
-        # SDXL micro-conditioning (R, R, 0, 0, R, R) for every image, as the official DiffusionDPO
-        # train.py sets it ("for SDXL-base these are [resolution, resolution, *crop, *target]"),
-        # not each image's own size and crop as diffusers' SDXL fine-tuning script does.
         conditioning = encode_prompts(c, captions, resolution=self.resolution)
+        conditioning = type(conditioning).cat([conditioning, conditioning])
+        if conditioning.add_time_ids is not None and self.config.data.micro_conditioning == "per-image":
+            # each image's own size and crop (winners first, as x_t); "fixed" keeps (R, R, 0, 0, R, R)
+            # for every image, as the official DiffusionDPO train.py does
+            rows_w, rows_l = time_ids[0::2], time_ids[1::2]
+            conditioning = replace(conditioning, add_time_ids=torch.tensor(
+                rows_w + rows_l, dtype=conditioning.add_time_ids.dtype, device=conditioning.add_time_ids.device))
         if c.scheduler.config.prediction_type == "v_prediction":
             target = torch.stack([c.scheduler.get_velocity(latents[:, i], noise, timesteps) for i in (0, 1)], dim=1)
         else:
             target = torch.stack([noise, noise], dim=1)
-        return x_t_w, x_t_l, conditioning, timesteps, target
+        return x_t, conditioning, torch.cat([timesteps, timesteps]), target
 
     def _loss_fn(self, model: Any, draws: DPOBatch) -> Callable[[torch.Tensor], tuple[torch.Tensor, dict]]:
         beta = self.config.loss.beta
@@ -196,10 +202,7 @@ class DiffusionDPOTrainer(PolicyTrainer):
             return unet(latents.to(unet_dtype), timesteps, **conditioning.unet_kwargs()).sample
 
         def loss_fn(rows: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-            x_t_w, x_t_l, conditioning, timesteps, target = self._encode(draws, rows)
-            both = torch.cat([x_t_w, x_t_l])  # (2b, C, h, w): winners first
-            both_t = torch.cat([timesteps, timesteps])
-            both_cond = type(conditioning).cat([conditioning, conditioning])
+            both, both_cond, both_t, target = self._encode(draws, rows)  # winners first
             pred_w, pred_l = predict(model, both, both_t, both_cond).chunk(2)
             with self.policy.reference() as reference:
                 ref_w, ref_l = predict(reference, both, both_t, both_cond).chunk(2)

@@ -9,6 +9,7 @@ run stays under a fixed cap that loading the set whole exceeds.
 from __future__ import annotations
 
 import tracemalloc
+from dataclasses import replace
 
 import numpy as np
 import pyarrow as pa
@@ -137,8 +138,10 @@ def test_reward_training_on_streamed_pairs_and_a_disk_latent_cache_matches_memor
     streamed = open_pairs(tmp_path / "pairs.parquet", cache_dir=tmp_path / "cache").pairs
     memory, memory_result, _ = _reward_run(tiny_world_dir, loaded, tmp_path, "memory", eval_fraction=0.25)
     disk, disk_result, run = _reward_run(tiny_world_dir, streamed, tmp_path, "disk", eval_fraction=0.25,
-                                         latent_cache="disk")
-    assert (run.path / "latent-cache" / "mean.npy").is_file() and (run.path / "latent-cache" / "std.npy").is_file()
+                                         latent_cache="disk", latent_shard_pairs=8)
+    shards = sorted(p.name for p in (run.path / "latent-cache").glob("*.npy"))
+    assert shards == ["mean-00000.npy", "mean-00001.npy", "mean-00002.npy", "std-00000.npy", "std-00001.npy",
+                      "std-00002.npy"]  # 18 training pairs in shards of 8
     assert [r["loss"] for r in disk_result.history] == [r["loss"] for r in memory_result.history]
     assert disk_result.eval_history == memory_result.eval_history  # the held-out prompts split alike
     for (name, a), (_, b) in zip(memory.state_dict().items(), disk.state_dict().items()):
@@ -175,6 +178,42 @@ def test_reward_training_encoding_on_the_fly_matches_memory_and_stores_nothing(t
     for (name, a), (_, b) in zip(memory.state_dict().items(), lazy.state_dict().items()):
         # Adam normalises each update, so a gradient element near 0 may flip its lr-sized step: at most 3 × lr apart
         assert float((a - b).abs().max()) <= 3 * 1e-4 + 1e-6, name
+
+
+def test_the_disk_latent_cache_reuses_finished_shards_and_re_encodes_stale_ones(tiny_world_dir, tmp_path):
+    from test_trainers_dpo import _pairs
+
+    from lpo.models.components import load_components
+    from lpo.reward.data import encode_pairs
+
+    components = load_components(tiny_world_dir)
+    calls = []
+    encode = components.vae.encode
+    components.vae.encode = lambda x: calls.append(len(x)) or encode(x)
+    pairs = _pairs(10)
+    memory = encode_pairs(components, pairs, batch_size=4)
+    calls.clear()
+    disk = encode_pairs(components, pairs, batch_size=4, cache=tmp_path / "cache", shard_pairs=4)
+    assert sum(calls) == 20 and disk.mean is None  # 10 pairs × 2 images, read back through memory maps
+    for got, want in zip(disk.posterior([9, 0, 5]), memory.posterior([9, 0, 5])):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+    for got, want in zip(disk.subset([7, 2]).posterior([1]), memory.posterior([2])):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+    # an interrupted run: the last shard never finished; the first two are reused
+    (tmp_path / "cache" / "mean-00002.npy").unlink()
+    calls.clear()
+    again = encode_pairs(components, pairs, batch_size=4, cache=tmp_path / "cache", shard_pairs=4)
+    assert sum(calls) == 2 * 2  # only shard 2 (pairs 8 and 9)
+    torch.testing.assert_close(again.posterior([8])[0], memory.posterior([8])[0], rtol=0, atol=0)
+    # other pairs in the same folder: the shards that hold them are encoded again
+    changed = pairs[:4] + [replace(p, pair_id=p.pair_id + "-new") for p in pairs[4:]]
+    calls.clear()
+    encode_pairs(components, changed, batch_size=4, cache=tmp_path / "cache", shard_pairs=4)
+    assert sum(calls) == 2 * 6
+    # a restart of nothing reads no image
+    calls.clear()
+    encode_pairs(components, changed, batch_size=4, cache=tmp_path / "cache", shard_pairs=4)
+    assert calls == []
 
 
 def test_encoded_pairs_on_the_fly_subset_and_posterior(tiny_world_dir, tmp_path):

@@ -85,9 +85,11 @@ class RewardTrainingConfig:
     eval_batch_size: int = _field(64, "Pairs per evaluation forward.")
     encode_batch_size: int = _field(32, "Images per VAE encode call when caching latents.")
     latent_cache: LatentCache = _field(
-        "memory", "Where the pairs' VAE posteriors live: memory, disk (memory-mapped files in the run folder's "
-        "latent-cache/, 256 KiB per pair at SD1.5: for pair sets larger than RAM), or none (each batch's images "
-        "VAE-encoded when drawn: no storage, one VAE encode per pair use).")
+        "memory", "Where the pairs' VAE posteriors live: memory, disk (shards of latent_shard_pairs pairs in the "
+        "run folder's latent-cache/, read through memory maps, 256 KiB per pair at SD1.5: for pair sets larger than "
+        "RAM; a resumed run reuses the finished shards), or none (each batch's images VAE-encoded when drawn: no "
+        "storage, one VAE encode per pair use).")
+    latent_shard_pairs: int = _field(4096, "Pairs per shard of latent_cache=disk (1 GiB per shard at SD1.5).")
     likelihood: Likelihood = _field(
         "bradley_terry", "bradley_terry: cross-entropy on σ(S_0 − S_1) (LPO); thurstone: DiNa-LRM's noise-calibrated "
         "P = Φ((S_0 − S_1) / √(2σ_t² + 0.05)), σ_t² = 1 − ᾱ_t, with its fidelity loss.")
@@ -108,7 +110,7 @@ class RewardTrainingConfig:
         if not (math.isfinite(self.vfe_scale) and self.vfe_scale >= 1):
             raise ValueError(f"vfe_scale must be a finite number >= 1 (1 turns VFE off), got {self.vfe_scale}")
         for name in ("max_steps", "batch_size", "gradient_accumulation_steps", "log_every", "keep_checkpoints",
-                     "eval_batch_size", "encode_batch_size"):
+                     "eval_batch_size", "encode_batch_size", "latent_shard_pairs"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("warmup_steps", "save_every", "eval_every", "seed"):

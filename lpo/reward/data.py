@@ -33,8 +33,9 @@ class EncodedPairs:
     """VAE posteriors of both images of N pairs, computed once (SPEC §4.1 training data).
 
     mean, std: (N, 2, C, h, w) float32 on the CPU: posterior of ``image_0`` ([:, 0]) and
-        ``image_1`` ([:, 1]), unscaled; None when the pairs are encoded on the fly, in which case
-        ``encoder(rows)`` gives (mean, std) of those rows (:meth:`posterior` reads either).
+        ``image_1`` ([:, 1]), unscaled; None when the pairs are encoded on the fly or kept in
+        disk shards, in which case ``encoder(rows)`` gives (mean, std) of those rows
+        (:meth:`posterior` reads either).
     labels_0: (N,) float32 P(image_0 ≻ image_1).   weights: (N,) float32 the pairs' own weights.
     scaling_factor / shift_factor: x_0 = (posterior sample − shift) × scale.
     """
@@ -143,26 +144,19 @@ def _pair_fields(pairs: Sequence[PreferencePair]) -> tuple[list[str], list[str],
     return ids, prompts, labels, weights
 
 
-def _latent_store(shape: tuple[int, ...], cache: Path | None, name: str) -> Tensor:
-    """A zeroed float32 tensor in memory, or backed by a file in ``cache`` (memory-mapped)."""
-    if cache is None:
-        return torch.empty(shape, dtype=torch.float32)
-    cache.mkdir(parents=True, exist_ok=True)
-    array = np.lib.format.open_memmap(cache / f"{name}.npy", mode="w+", dtype=np.float32, shape=shape)
-    return torch.from_numpy(array)  # shares the file's pages: rows load when a batch reads them
-
-
 @torch.no_grad()
 def encode_pairs(components: Any, pairs: Sequence[PreferencePair], batch_size: int = 32,
-                 cache: Path | None = None, on_the_fly: bool = False) -> EncodedPairs:
+                 cache: Path | None = None, on_the_fly: bool = False, shard_pairs: int = 4096) -> EncodedPairs:
     """VAE-encode both images of every pair once; keep the posterior's mean and std.
 
     Images are brought to ``components.default_resolution`` (:func:`image_to_tensor`).
     The VAE runs in its own dtype and device, without gradients, on ``batch_size`` images
     at a time in pair order (image_0, image_1 of each pair); pairs are taken one by one, so
     a streamed :class:`~lpo.pairs.stream.PairTable` decodes only the batch in hand.
-    ``cache``: a folder to hold mean and std as memory-mapped ``.npy`` files (2 images × 2
-    tensors × C·h·w float32 per pair; 256 KiB per pair at SD1.5) instead of RAM.
+    ``cache``: a folder to hold mean and std on disk instead of RAM (2 images × 2 tensors ×
+    C·h·w float32 per pair; 256 KiB per pair at SD1.5), in shards of ``shard_pairs`` pairs
+    read through memory maps; finished shards of the same pairs are reused, so an
+    interrupted run does not encode them again (:mod:`lpo.reward.latent_shards`).
     ``on_the_fly``: encode nothing now; each batch's pairs are encoded when drawn
     (:meth:`EncodedPairs.posterior`), so nothing grows with the number of pairs.
     """
@@ -184,6 +178,14 @@ def encode_pairs(components: Any, pairs: Sequence[PreferencePair], batch_size: i
     )
     if on_the_fly:
         return replace(encoded, encoder=lambda rows: _encode_rows(vae, pairs, rows, resolution))
+    if cache is not None:
+        from lpo.reward.latent_shards import build_shards
+
+        scaling = f"{vae.config.scaling_factor}/{shift}/{vae.dtype}"
+        reader, _ = build_shards(cache, ids, prompts, resolution, scaling,
+                                 lambda rows: _encode_rows(vae, pairs, rows, resolution), shard_pairs,
+                                 max(1, batch_size // 2))
+        return replace(encoded, encoder=reader)
 
     def images() -> Iterator[Tensor]:
         for index in range(len(pairs)):
@@ -202,7 +204,7 @@ def encode_pairs(components: Any, pairs: Sequence[PreferencePair], batch_size: i
         posterior = vae.encode(torch.stack(chunk).to(device=vae.device, dtype=vae.dtype)).latent_dist
         if mean is None:
             shape = (len(pairs), 2, *posterior.mean.shape[1:])
-            mean, std = _latent_store(shape, cache, "mean"), _latent_store(shape, cache, "std")
+            mean, std = torch.empty(shape), torch.empty(shape)
             flat_mean, flat_std = mean.view(-1, *shape[2:]), std.view(-1, *shape[2:])
         flat_mean[done:done + len(chunk)] = posterior.mean.float().cpu()
         flat_std[done:done + len(chunk)] = posterior.std.float().cpu()

@@ -28,7 +28,8 @@ SaveFn = Callable[[nn.Module, Path], Any]  # writes a model to a folder, e.g. lp
 
 # Changing these between a run and its resume does not change the weights it produces.
 RESUME_FREE_FIELDS = frozenset({"log_every", "save_every", "keep_checkpoints", "eval_every", "eval_timesteps",
-                                "eval_batch_size", "encode_batch_size", "latent_cache"})
+                                "eval_batch_size", "encode_batch_size", "latent_cache",
+                                "latent_shard_pairs"})
 
 
 def write_reward_checkpoint(

@@ -392,7 +392,7 @@ class RewardTrainingLoop(TrainingLoop):
                 raise LpoError("latent_cache=disk keeps the latents in the run folder; pass a run folder or use latent_cache=memory")
             cache = self.run.path / LATENT_CACHE_DIR
         self.encoded = encode_pairs(self.components, self.pairs, config.encode_batch_size, cache=cache,
-                                    on_the_fly=config.latent_cache == "none")
+                                    on_the_fly=config.latent_cache == "none", shard_pairs=config.latent_shard_pairs)
         self.eval_encoded = encode_pairs(self.components, self.eval_pairs, config.encode_batch_size) if self.eval_pairs else None
         self.weights = loss_weights(self.encoded, config.pair_weighting)
         self.run_plan = plan_training(

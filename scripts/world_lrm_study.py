@@ -78,7 +78,8 @@ def run(args) -> None:
     from lpo.sampling.generate import resolve_model_name
     from lpo.reward.config import reward_training_preset
     from lpo.reward.data import encode_pairs
-    from lpo.reward.training import pairwise_accuracy_by_timestep, train_step_reward
+    from lpo.reward.jobs import noise_ensembles
+    from lpo.reward.training import accuracy_from_scores, pair_scores_by_timestep_many, train_step_reward
     from lpo.world.utility_reward import WorldUtilityOnX0
 
     torch.manual_seed(0)
@@ -94,6 +95,14 @@ def run(args) -> None:
     val_pairs = labelled(val_pool, judges, annotators, seed=1)
     if args.labels == "truth":  # noise-free labels: the true-utility order
         train_pairs = [replace(p, label_0=l) for p, l in zip(train_pairs, true_order_labels(train_pairs, judges.judge))]
+    if args.mpcf != "none":  # the bench's filter: the world MPCF preset at this strategy
+        from lpo.pairs.mpcf import build_gap_scorers, compute_gap_scores, filter_pairs, mpcf_preset
+
+        mpcf = replace(mpcf_preset("world"), strategy=args.mpcf)
+        scores = compute_gap_scores(train_pairs, build_gap_scorers(mpcf), Path(args.out).parent / ".mpcf-scores")
+        kept = filter_pairs(train_pairs, mpcf, scores).pairs
+        print(f"MPCF strategy {args.mpcf}: {len(kept)} of {len(train_pairs)} train pairs kept", flush=True)
+        train_pairs = kept
 
     components = load_components(resolve_model_name(args.model))
     val_enc = encode_pairs(components, val_pairs)
@@ -109,7 +118,7 @@ def run(args) -> None:
         key, value = item.split("=", 1)
         config = replace(config, **{key: type(getattr(config, key))(value)})
     config = replace(config, save_every=0, eval_every=0)
-    lrm = LatentRewardModel.from_components(components, LRMConfig(vfe_scale=config.vfe_scale))
+    lrm = LatentRewardModel.from_components(components, LRMConfig(vfe_scale=config.vfe_scale, head=config.lrm_head))
     t0 = time.time()
     train_step_reward(lrm, components, train_pairs, config)
     result["lrm_train_seconds"] = time.time() - t0
@@ -117,13 +126,21 @@ def run(args) -> None:
     scorers = {"lrm": lrm}
     if args.ceiling:
         scorers["utility_x0"] = WorldUtilityOnX0(components)
-    for name, scorer in scorers.items():
+    for scorer in scorers.values():
         scorer.eval()
-        for target, enc in (("labels", val_enc), ("truth", replace(val_enc, labels_0=truth))):
-            acc = pairwise_accuracy_by_timestep(scorer, components, enc, EVAL_T, seed=0)
+    # every scorer on the same x_t (the eval job's scoring), then per-t accuracy and the
+    # test-time noise ensembles (scores averaged over a band of t before the pair is judged)
+    all_scores = pair_scores_by_timestep_many(scorers, components, val_enc, EVAL_T, seed=0)
+    result["ensembles"] = {}
+    for name, scores in all_scores.items():
+        for target, labels in (("labels", val_enc.labels_0), ("truth", truth)):
+            acc = {t: accuracy_from_scores(s0, s1, labels) for t, (s0, s1) in scores.items()}
             result["accuracy"][f"{name}/{target}"] = {int(t): [a, n] for t, (a, n) in acc.items()}
+            result["ensembles"][f"{name}/{target}"] = noise_ensembles(scores, labels)
             low = np.mean([acc[t][0] for t in EVAL_T if t <= 251])
-            print(f"{name} vs {target}: mean t<=251 {low:.3f} | " + " ".join(f"{t}:{acc[t][0]:.3f}" for t in EVAL_T), flush=True)
+            ens = result["ensembles"][f"{name}/{target}"]["t<=251"][0]
+            print(f"{name} vs {target}: mean t<=251 {low:.3f} (ensemble {ens:.3f}) | "
+                  + " ".join(f"{t}:{acc[t][0]:.3f}" for t in EVAL_T), flush=True)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1))
@@ -180,6 +197,7 @@ def main(argv=None) -> None:
     r.add_argument("--set", action="append")
     r.add_argument("--model", default="world", help="the world model whose U-Net the LRM is built from")
     r.add_argument("--max-train-pairs", type=int, default=None, help="train on the first N pairs of the pool")
+    r.add_argument("--mpcf", choices=("none", "1", "2", "3"), default="none", help="filter the train pairs as the bench does")
     st = sub.add_parser("stability")
     st.add_argument("--pool", required=True)
     st.add_argument("--out", required=True)

@@ -416,3 +416,28 @@ def test_world_pipeline(tiny_world_dir: Path, tmp_path: Path) -> None:
     loaded = load_lrm(save_lrm(lrm, tmp_path / "world-lrm"), world)
     with torch.no_grad():
         assert torch.equal(loaded(latents, torch.tensor([1, 951]), prompts), scores)
+
+
+def test_the_film_head_starts_as_the_plain_lrm_learns_a_per_t_modulation_and_round_trips(
+        sd15: DiffusionComponents, tmp_path: Path) -> None:
+    plain = _lrm(sd15, vfe_scale=1.0)
+    torch.manual_seed(0)
+    film = LatentRewardModel.from_components(sd15, LRMConfig(vfe_scale=1.0, head="film"))
+    assert film.feature_film is not None and plain.feature_film is None
+    film.load_state_dict(plain.state_dict(), strict=False)  # the same backbone and projections
+    latents = _latents(2, seed=5)
+    with torch.no_grad():  # zero-initialised modulation: the plain LRM's scores
+        torch.testing.assert_close(film(latents, 651, PROMPTS), plain(latents, 651, PROMPTS), rtol=0, atol=0)
+    # the modulation's own weights get gradients (it is trained with the LRM)
+    film(latents, torch.tensor([1, 951]), PROMPTS).sum().backward()
+    assert film.feature_film.linear.weight.grad is not None and film.feature_film.linear.weight.grad.abs().sum() > 0
+    with torch.no_grad():  # once trained, the same latent scores differently at different t
+        film.feature_film.linear.weight.normal_(std=0.5)
+        expected = film(latents, 651, PROMPTS)
+        assert not torch.allclose(film(latents, 1, PROMPTS), plain(latents, 1, PROMPTS))
+    loaded = load_lrm(save_lrm(film, tmp_path / "film"), sd15)
+    assert loaded.config.head == "film"
+    with torch.no_grad():
+        assert torch.equal(loaded(latents, 651, PROMPTS), expected)
+    with pytest.raises(ValueError, match="head must be one of cosine, film"):
+        LRMConfig(head="mlp")

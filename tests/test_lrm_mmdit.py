@@ -116,3 +116,23 @@ def test_lpo_lrm_train_and_eval_on_a_flow_pipeline(tmp_path):
     assert lrm.config.num_blocks == 1 and len(lrm.backbone.blocks) == 1
     result = eval_reward_job(str(pipe), str(tmp_path / "pairs.parquet"), tmp_path / "eval", lrm_dir=folder)
     assert set(result["accuracy"]) == {"LRM (latent)"}
+
+
+def test_the_film_head_on_an_mmdit_starts_as_the_plain_one_and_round_trips(components, tmp_path):
+    from lpo.reward.lrm_mmdit_io import load_mmdit_lrm, save_mmdit_lrm
+
+    config = MMDiTLRMConfig(num_blocks=1, max_sequence_length=T5_LENGTH)
+    torch.manual_seed(0)
+    plain = MMDiTLatentRewardModel.from_components(components, config)
+    torch.manual_seed(0)
+    film = MMDiTLatentRewardModel.from_components(components, MMDiTLRMConfig(**{**config.__dict__, "head": "film"}))
+    film.load_state_dict(plain.state_dict(), strict=False)
+    latents = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        torch.testing.assert_close(film(latents, 500.0, PROMPTS), plain(latents, 500.0, PROMPTS), rtol=0, atol=0)
+        film.feature_film.linear.weight.normal_(std=0.5)
+        expected = film(latents, 500.0, PROMPTS)
+        assert not torch.allclose(expected, plain(latents, 500.0, PROMPTS))
+    loaded = load_mmdit_lrm(save_mmdit_lrm(film, tmp_path / "film"), components)
+    with torch.no_grad():
+        assert torch.equal(loaded(latents, 500.0, PROMPTS), expected)

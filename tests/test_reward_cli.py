@@ -74,6 +74,25 @@ def test_train_both_step_rewards_and_compare_them_by_timestep(tiny_world_dir, tm
         for name, bands in result["bands"][key].items():
             ts = [t for t in result[key][name] if int(t) <= 251]
             assert bands["t<=251"][0] == pytest.approx(sum(result[key][name][t][0] for t in ts) / len(ts))
+        for name, ensembles in result["ensembles"][key].items():  # one judgement per pair and band
+            assert ensembles["t<=251"][1] == ensembles["all"][1] == 6
+
+
+def test_noise_ensembles_average_the_scores_before_judging_the_pair():
+    import torch
+
+    from lpo.reward.jobs import noise_ensembles
+
+    labels = torch.tensor([1.0, 0.0, 0.5])  # image_0 wins, image_1 wins, a tie (not counted)
+    scores = {1: (torch.tensor([1.0, 0.0, 3.0]), torch.tensor([0.0, 1.0, 0.0])),
+              51: (torch.tensor([1.0, 2.0, 3.0]), torch.tensor([0.0, 1.0, 0.0])),
+              251: (torch.tensor([-5.0, 0.0, 3.0]), torch.tensor([0.0, 1.0, 0.0])),
+              501: (torch.tensor([9.0, -9.0, 0.0]), torch.tensor([0.0, 0.0, 0.0]))}
+    out = noise_ensembles(scores, labels)
+    # t <= 251: pair 0 averages 1 + 1 - 5 = -1 < 0 (wrong, though right at two of three t); pair 1 averages 2/3 < 1 (right)
+    assert out["t<=251"] == [0.5, 2]
+    # all t: pair 0 averages 6/4 > 0 (right); pair 1 averages -7/4 < 3/4 (right)
+    assert out["all"] == [1.0, 2]
 
 
 def test_lrm_eval_without_models_is_a_user_error(tiny_world_dir, tmp_path):

@@ -29,6 +29,7 @@ MixedPrecision = Literal["no", "fp16", "bf16"]
 LrScheduler = Literal["linear", "cosine", "constant"]
 RewardModelName = Literal["lrm", "spo-pixel"]
 Likelihood = Literal["bradley_terry", "thurstone"]
+LRMHeadName = Literal["cosine", "film"]
 
 
 # SPO's pixel model starts from PickScore (SPEC §4.3); its processor comes from the CLIP it was tuned from.
@@ -47,6 +48,9 @@ class RewardTrainingConfig:
     preset: str = _field("custom", "Name of the preset these values started from (recorded, not used).")
     reward_model: RewardModelName = _field("lrm", "Which step reward model the run builds: lrm (§4.1) or spo-pixel (§4.3).")
     vfe_scale: float = _field(7.5, "LRM only: VFE scale g of a newly built LRM (mid feature V_u + g·(V_c − V_u)); 1 turns VFE off.")
+    lrm_head: LRMHeadName = _field(
+        "cosine", "LRM only: cosine (the paper's exp(s)·cos(W_v·f, T)) or film (the pooled feature f modulated by "
+        "the timestep first, zero-initialised: DiNa-LRM's timestep-conditioned head).")
     mmdit_blocks: int = _field(18, "LRM on a flow model (SD3) only: joint transformer blocks whose image tokens it pools "
                                    "(18 of SD3-medium's 24: the LPO authors' LRM-SD3 recipe).")
     pixel_scorer: str = _field(

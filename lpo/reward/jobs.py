@@ -110,7 +110,8 @@ def build_reward_model(config, components):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)
             model = MMDiTLatentRewardModel.from_components(
-                components, MMDiTLRMConfig(num_blocks=config.mmdit_blocks, vfe_scale=config.vfe_scale))
+                components, MMDiTLRMConfig(num_blocks=config.mmdit_blocks, vfe_scale=config.vfe_scale,
+                                           head=config.lrm_head))
         return model, save_mmdit_lrm
     if config.reward_model == "lrm":
         import torch
@@ -120,7 +121,8 @@ def build_reward_model(config, components):
 
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)
-            model = LatentRewardModel.from_components(components, LRMConfig(vfe_scale=config.vfe_scale))
+            model = LatentRewardModel.from_components(
+                components, LRMConfig(vfe_scale=config.vfe_scale, head=config.lrm_head))
         return model, save_lrm
     from lpo.reward.pixel import PixelStepReward
     from lpo.reward.pixel_io import save_pixel_reward
@@ -195,7 +197,9 @@ def eval_reward_job(
         console.print(f"scored {', '.join(all_scores)}")
     out_dir.mkdir(parents=True, exist_ok=True)
     result = {"model": model, "pairs": str(pairs_path), "noise": "independent", "seed": seed, **tables,
-              "bands": {key: accuracy_bands(table) for key, table in tables.items()}}
+              "bands": {key: accuracy_bands(table) for key, table in tables.items()},
+              "ensembles": {key: {name: noise_ensembles(scores, labels) for name, scores in all_scores.items()}
+                            for key, labels in targets.items()}}
     if "accuracy_true_order" in targets:
         both = (targets["accuracy"] != 0.5) & (targets["accuracy_true_order"] != 0.5)
         agree = (targets["accuracy"][both] == targets["accuracy_true_order"][both]).float()
@@ -209,6 +213,32 @@ def eval_reward_job(
 LOW_T = 251  # the band the paper's claim is about: low noise, where pixel rewards still work
 
 
+def noise_ensembles(scores: dict[int, tuple[Any, Any]], labels: Any) -> dict[str, list]:
+    """Test-time noise ensembling (DiNa-LRM): each image's score averaged over its noised
+    copies at every t of a band (t <= 251, and all t), then the pair judged once:
+    {"t<=251": [accuracy, n], "all": [accuracy, n]}. The copies are the table's own x_t
+    (one posterior sample and one ε per pair, shared by every t), so the ensemble is over
+    noise levels, as DiNa-LRM's multi-timestep ensemble."""
+    import torch
+
+    from lpo.reward.training import accuracy_from_scores
+
+    out = {}
+    for band, keep in (("t<=251", lambda t: t <= LOW_T), ("all", lambda t: True)):
+        chosen = [scores[t] for t in sorted(scores) if keep(t)]
+        if chosen:
+            s0 = torch.stack([torch.as_tensor(a, dtype=torch.float64) for a, _ in chosen]).mean(dim=0)
+            s1 = torch.stack([torch.as_tensor(b, dtype=torch.float64) for _, b in chosen]).mean(dim=0)
+            accuracy, n = accuracy_from_scores(s0, s1, labels)
+            out[band] = [float(accuracy), int(n)]
+    return out
+
+
+def binomial_half_width(accuracy: float, n: int) -> float:
+    """95% normal-approximation half-width of an accuracy over n pairs."""
+    return 1.96 * math.sqrt(max(accuracy * (1 - accuracy), 0.0) / n) if n else float("nan")
+
+
 def accuracy_bands(table: dict[str, dict[int, list]]) -> dict[str, dict[str, list[float]]]:
     """{scorer: {"t<=251": [mean, half-width], "all": [...]}} with a 95% binomial half-width."""
     out = {}
@@ -218,8 +248,7 @@ def accuracy_bands(table: dict[str, dict[int, list]]) -> dict[str, dict[str, lis
             if not ts:
                 continue
             mean = sum(by_t[t][0] for t in ts) / len(ts)
-            n = min(by_t[t][1] for t in ts)
-            bands[band] = [mean, 1.96 * math.sqrt(max(mean * (1 - mean), 0.0) / n) if n else float("nan")]
+            bands[band] = [mean, binomial_half_width(mean, min(by_t[t][1] for t in ts))]
         out[name] = bands
     return out
 
@@ -275,6 +304,10 @@ def render_accuracy_table(result: dict[str, Any], console) -> None:
         for band in (f"t<={LOW_T}", "all"):
             cells = [result.get("bands", {}).get(key, {}).get(n, {}).get(band) for n in names]
             table.add_row(f"mean {band}", *("—" if c is None else f"{c[0]:.3f} ± {c[1]:.3f}" for c in cells))
+        for band in (f"t<={LOW_T}", "all"):  # one judgement of the scores averaged over the band's t
+            cells = [result.get("ensembles", {}).get(key, {}).get(n, {}).get(band) for n in names]
+            table.add_row(f"ensemble {band}", *("—" if c is None else f"{c[0]:.3f} ± {binomial_half_width(*c):.3f}"
+                                                for c in cells))
         n = next(iter(result[key].values()))[ts[0]][1]
         console.print(table)
         console.print(f"n = {n} decisive pairs per cell; same noise for every model at each t; ± is a 95% binomial half-width")

@@ -50,12 +50,14 @@ from torch import Tensor, nn
 from lpo.core.hashing import base_model_fingerprint
 from lpo.models.components import DiffusionComponents, ModelKind, encode_negative, encode_prompts_and_pooled
 from lpo.models.conditioning import GuidedConditioning, TextConditioning
+from lpo.reward.time_conditioning import feature_film
 from lpo.reward.lrm_unet import check_supported_unet, copy_truncated_unet, truncate_unet, unet_down_mid
 
 
 # --------------------------------------------------------------------------- config and outputs
 
 VfeUncond = Literal["empty_prompt", "zeros"]
+LRMHead = Literal["cosine", "film"]
 
 
 @dataclass
@@ -78,8 +80,14 @@ class LRMConfig:
     # "zeros" (SDXL only) gives all-zero embeddings, as the SDXL pipeline's CFG does with
     # force_zeros_for_empty_prompt: what SDXL LRM folders written by lpo before this field used.
     vfe_uncond: VfeUncond = "empty_prompt"
+    # "cosine": S = exp(s)·cos(W_v·f, T) on the pooled feature f (the paper's LRM); "film":
+    # f is first modulated by the timestep, (1 + γ(t))·f + β(t), zero-initialised (DiNa-LRM's
+    # timestep-conditioned head, lpo.reward.time_conditioning.PooledFeatureFiLM)
+    head: LRMHead = "cosine"
 
     def __post_init__(self) -> None:
+        if self.head not in get_args(LRMHead):
+            raise ValueError(f"head must be one of {', '.join(get_args(LRMHead))}, got {self.head!r}")
         if self.vfe_uncond not in get_args(VfeUncond):
             raise ValueError(f"vfe_uncond must be one of {', '.join(get_args(VfeUncond))}, got {self.vfe_uncond!r}")
         if self.vfe_uncond == "zeros" and self.kind is not None and self.kind != "sdxl":
@@ -226,6 +234,7 @@ class LatentRewardModel(nn.Module):
         elif text_projection_init is not None:
             raise ValueError("text_projection_init is for SD1.5/world LRMs; SDXL uses text_encoder_2's own projection")
         self.logit_scale = nn.Parameter(torch.tensor(float(config.logit_scale_init), **factory))
+        self.feature_film = feature_film(config.head, sum(self.feature_dims), factory)
 
     # ----------------------------------------------------------------- construction
 
@@ -348,8 +357,11 @@ class LatentRewardModel(nn.Module):
             pooled_down = [p.chunk(2)[1] for p in pooled_down]
             mid_uncond, mid_cond = pooled_mid.chunk(2)
             pooled_mid = mid_uncond + guided.guidance_scale * (mid_cond - mid_uncond)
-        # 4. V = W_v · concat(down, mid)
-        visual = F.linear(torch.cat([*pooled_down, pooled_mid], dim=-1), self.visual_projection.weight.float())
+        # 4. V = W_v · concat(down, mid), the concatenation modulated by t first with head="film"
+        pooled = torch.cat([*pooled_down, pooled_mid], dim=-1)
+        if self.feature_film is not None:
+            pooled = self.feature_film(pooled, timesteps)
+        visual = F.linear(pooled, self.visual_projection.weight.float())
         return LRMFeatures(down_features=pooled_down, mid_feature=pooled_mid, visual=visual, text=text.text)
 
     def features(self, latents_t: Tensor, timesteps: Tensor | int, prompts: Sequence[str] | LRMText) -> LRMFeatures:

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lpo.models.flow_components import FlowComponents, FlowConditioning, encode_flow_prompts
+from lpo.reward.time_conditioning import feature_film
 
 DEFAULT_NUM_BLOCKS = 18
 
@@ -45,8 +46,11 @@ class MMDiTLRMConfig:
     logit_scale_init: float = 2.6592
     max_sequence_length: int = 256  # T5 tokens, as the pipeline's default
     base_model: str | None = None
+    head: str = "cosine"  # "film": the pooled image feature modulated by t first (lpo.reward.lrm.LRMConfig.head)
 
     def __post_init__(self) -> None:
+        if self.head not in ("cosine", "film"):
+            raise ValueError(f"head must be cosine or film, got {self.head!r}")
         if not isinstance(self.num_blocks, int) or self.num_blocks < 1:
             raise ValueError(f"num_blocks must be a positive integer, got {self.num_blocks!r}")
         if not math.isfinite(self.vfe_scale) or self.vfe_scale < 1:
@@ -124,6 +128,7 @@ class MMDiTLatentRewardModel(nn.Module):
         with torch.no_grad():
             self.text_projection.weight.copy_(torch.eye(text_dim))
         self.logit_scale = nn.Parameter(torch.tensor(float(config.logit_scale_init), **factory))
+        self.feature_film = feature_film(config.head, self.backbone.inner_dim, factory)
         self.requires_grad_(True)
 
     @classmethod
@@ -151,7 +156,8 @@ class MMDiTLatentRewardModel(nn.Module):
         return MMDiTText(cond, uncond, text)
 
     def image_feature(self, latents_t: Tensor, timesteps: Tensor | float, text: MMDiTText) -> Tensor:
-        """(B, inner) float32 pooled image tokens after block N (VFE-combined when on)."""
+        """(B, inner) float32 pooled image tokens after block N (VFE-combined when on, then
+        modulated by t with ``head="film"``)."""
         batch = latents_t.shape[0]
         if text.batch_size != batch:
             raise ValueError(f"{batch} latents but text for {text.batch_size} prompts; use text.repeat_interleave(K)")
@@ -159,10 +165,12 @@ class MMDiTLatentRewardModel(nn.Module):
         t = torch.as_tensor(timesteps, device=self.device, dtype=torch.float32).reshape(-1)
         t = t.expand(batch) if t.numel() == 1 else t
         if text.uncond is None:
-            return self.backbone(latents_t, t, text.cond).float().mean(dim=1)
-        pooled = self.backbone(torch.cat([latents_t, latents_t]), torch.cat([t, t]), text.uncond.cat(text.cond))
-        uncond, cond = pooled.float().mean(dim=1).chunk(2)
-        return uncond + self.config.vfe_scale * (cond - uncond)
+            feature = self.backbone(latents_t, t, text.cond).float().mean(dim=1)
+        else:
+            pooled = self.backbone(torch.cat([latents_t, latents_t]), torch.cat([t, t]), text.uncond.cat(text.cond))
+            uncond, cond = pooled.float().mean(dim=1).chunk(2)
+            feature = uncond + self.config.vfe_scale * (cond - uncond)
+        return feature if self.feature_film is None else self.feature_film(feature, t)
 
     def score_with_conditioning(self, latents_t: Tensor, timesteps: Tensor | float, text: MMDiTText) -> Tensor:
         visual = F.linear(self.image_feature(latents_t, timesteps, text), self.visual_projection.weight.float())

@@ -154,3 +154,32 @@ class PooledAdaLN(nn.Module):
         if self._modulation is None:
             return None
         return _modulate(output, self._modulation[0], self._modulation[1])
+
+
+class PooledFeatureFiLM(nn.Module):
+    """Timestep FiLM of a pooled feature vector: (1 + γ(t))·x + β(t), zero-initialised.
+
+    DiNa-LRM (arXiv 2602.11146) conditions its reward head on the timestep with FiLM
+    adapters whose modulation MLP starts at zero ("no modulation"). Here the same
+    conditioning acts on the LRM's pooled visual feature before its projection, so an LRM
+    with ``head="film"`` starts as the plain one and learns a per-t re-weighting of its
+    features. (DiNa's query/cross-attention token head itself is not reproduced.)
+    """
+
+    def __init__(self, feature_dim: int, hidden_size: int = 256, config: AdaLNConfig | None = None) -> None:
+        super().__init__()
+        self.embedding = TimestepEmbedding(hidden_size, config or AdaLNConfig())
+        self.linear = nn.Linear(hidden_size, 2 * feature_dim)
+        nn.init.zeros_(self.linear.weight)
+        nn.init.zeros_(self.linear.bias)
+
+    def forward(self, features: Tensor, timesteps: Tensor) -> Tensor:
+        """(B, F) float32 modulated features for (B, F) ``features`` and (B,) ``timesteps``."""
+        gamma, beta = self.linear(F.silu(self.embedding(timesteps))).float().chunk(2, dim=-1)
+        return features.float() * (1 + gamma) + beta
+
+
+def feature_film(head: str, feature_dim: int, factory: dict[str, Any]) -> PooledFeatureFiLM | None:
+    """The timestep FiLM of an LRM with ``head="film"`` (None for the plain cosine head),
+    on the model's device and in its dtype."""
+    return PooledFeatureFiLM(feature_dim).to(**factory) if head == "film" else None

@@ -644,3 +644,95 @@ def test_blip_vqa_original_checkpoint_converts_at_its_native_size(tmp_path):
                                       str(tmp_path / "x"), "--config", str(hub)])
     assert result.exit_code == 2 and "not a tensor of BLIP's VQA model" in result.output
     assert "Traceback" not in result.output and not (tmp_path / "x").exists()
+
+
+# --------------------------------------------------------------- spaCy's reading
+
+class _Token:
+    def __init__(self, text, pos):
+        self.text, self.pos_ = text, pos
+
+
+class _Span:
+    def __init__(self, tokens):
+        self.text = " ".join(t.text for t in tokens)
+
+    def __str__(self):
+        return self.text
+
+
+class _Doc(list):
+    """What the readings use of a spaCy Doc: tokens with .text / .pos_, and noun_chunks."""
+
+    def __init__(self, tagged):
+        super().__init__(_Token(w, p) for w, p in tagged)
+        chunks, current = [], []
+        for token in self:  # a toy chunker: DET/ADJ/NOUN runs that end in a NOUN
+            if token.pos_ in ("DET", "ADJ", "NOUN"):
+                current.append(token)
+            else:
+                current = []
+            if token.pos_ == "NOUN" and (token is self[-1] or self[self.index(token) + 1].pos_ != "NOUN"):
+                chunks.append(_Span(current))
+                current = []
+        self.noun_chunks = chunks
+
+
+class _FakeNlp:
+    """A stand-in for spacy.load("en_core_web_sm") that knows a few tagged prompts."""
+
+    TAGGED = {
+        "a red book and a yellow vase": [("a", "DET"), ("red", "ADJ"), ("book", "NOUN"), ("and", "CCONJ"),
+                                         ("a", "DET"), ("yellow", "ADJ"), ("vase", "NOUN")],
+        "a girl on the left of a horse": [("a", "DET"), ("girl", "NOUN"), ("on", "ADP"), ("the", "DET"),
+                                          ("left", "NOUN"), ("of", "ADP"), ("a", "DET"), ("horse", "NOUN")],
+        "the brown cat sat next to the wooden table": [
+            ("the", "DET"), ("brown", "ADJ"), ("cat", "NOUN"), ("sat", "VERB"), ("next", "ADV"), ("to", "ADP"),
+            ("the", "DET"), ("wooden", "ADJ"), ("table", "NOUN")],
+    }
+    meta = {"lang": "en", "name": "core_web_sm", "version": "3.8.0"}
+
+    def __call__(self, prompt):
+        return _Doc(self.TAGGED[prompt])
+
+
+def test_spacy_reading_gives_the_official_readings_from_the_parse():
+    from lpo.evals.metrics.compbench_spacy import SpacyReading
+
+    reading = SpacyReading(_FakeNlp(), "spacy-test")
+    assert reading.noun_chunks("a red book and a yellow vase") == ["a red book", "a yellow vase"]
+    assert reading.blip_questions("a red book and a yellow vase", max_phrases=1) == ["a red book?"]
+    # 2D spatial: the first and last NOUN of the whole prompt (spaCy tags "left" a noun; upstream reads the ends)
+    assert reading.spatial_objects("a girl on the left of a horse", "on the left of") == ("girl", "horse")
+    # complex: the nearest NOUN before "next to" and the first after it
+    assert reading.complex_spatial_objects("the brown cat sat next to the wooden table") == ("cat", "table")
+    assert reading.complex_spatial_objects("a red book and a yellow vase") is None  # no preposition of the list
+    assert reading.remove_adjectives("the brown cat sat next to the wooden table") == "the cat sat next to the table"
+
+
+def test_the_parser_is_chosen_by_what_is_installed_and_named_in_the_version(roles, monkeypatch):
+    import lpo.evals.metrics.compbench as compbench
+    from lpo.evals.metrics.compbench_spacy import SpacyReading, spacy_reading
+
+    monkeypatch.setenv("LPO_COMPBENCH_PARSER", "rules")
+    assert spacy_reading() is None
+    monkeypatch.setenv("LPO_COMPBENCH_PARSER", "parsey")
+    with pytest.raises(LpoError, match="not a parser; use auto, rules or spacy"):
+        spacy_reading()
+    monkeypatch.setenv("LPO_COMPBENCH_PARSER", "spacy")
+    with pytest.raises(LpoError, match=r"pip install 'lpo\[compbench-spacy\]'"):
+        spacy_reading(model="lpo_no_such_spacy_model")
+    monkeypatch.delenv("LPO_COMPBENCH_PARSER")
+    assert spacy_reading(model="lpo_no_such_spacy_model") is None  # auto: the rules stay the fallback
+
+    rules_metric = METRICS.get("compbench_blip_vqa")(MetricSpec(weights=str(roles)))
+    monkeypatch.setattr(compbench, "spacy_reading", lambda: SpacyReading(_FakeNlp(), "spacy3.8-en_core_web_sm3.8.0"))
+    spacy_metric = METRICS.get("compbench_blip_vqa")(MetricSpec(weights=str(roles)))
+    assert spacy_metric.version == f"{rules_metric.version}+spacy3.8-en_core_web_sm3.8.0"
+    assert "without spaCy" in rules_metric.comparability_note and "without spaCy" not in spacy_metric.comparability_note
+    assert METRICS.get("compbench_clip")(MetricSpec(weights=str(roles))).version == compbench.VERSIONS["clip"]
+    # the questions asked are spaCy's chunks
+    image = random_image(3, (48, 48))
+    (score,) = spacy_metric.score([image], ["a red book and a yellow vase"]).tolist()
+    (probs,) = spacy_metric.scorer.model("blip").yes_probability([image], [["a red book?", "a yellow vase?"]])
+    assert score == pytest.approx(phrase_product(probs), abs=1e-6)

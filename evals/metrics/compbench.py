@@ -48,6 +48,7 @@ from PIL import Image
 
 import lpo.evals.metrics.compbench_rules as rules
 import lpo.evals.metrics.compbench_text as text
+from lpo.evals.metrics.compbench_spacy import spacy_reading
 from lpo.core.errors import LpoError
 from lpo.evals.metrics.base import METRICS, MetricSpec
 from lpo.evals.metrics.blip_vqa import BLIP_VQA_DEFAULT, BlipVqa, phrase_product
@@ -82,9 +83,12 @@ class CompBenchScorer:
     Every ``*_scores`` method takes images with their prompts and returns one float each.
     """
 
-    def __init__(self, refs: dict[str, str], *, metric: str, device: torch.device, dtype: torch.dtype):
+    def __init__(self, refs: dict[str, str], *, metric: str, device: torch.device, dtype: torch.dtype,
+                 reading=None):
         self.refs, self.metric, self.device, self.dtype = refs, metric, device, dtype
         self._models: dict[str, object] = {}
+        # the prompt readings: spaCy's (compbench_spacy.SpacyReading) or the rules (compbench_text)
+        self.text = reading or text
 
     def _fix(self, role: str) -> str:
         return weights_fix(self.metric, f"the {DEFAULT_WEIGHTS[role]} folder (or a folder with a {role}/ subfolder)")
@@ -113,7 +117,7 @@ class CompBenchScorer:
     # ------------------------------------------------------------------ per category
 
     def attribute_scores(self, images: Sequence[Image.Image], prompts: Sequence[str]) -> list[float]:
-        questions = [text.blip_questions(p) for p in prompts]
+        questions = [self.text.blip_questions(p) for p in prompts]
         probabilities = self.model("blip").yes_probability(images, questions)
         return [phrase_product(ps) for ps in probabilities]
 
@@ -124,15 +128,15 @@ class CompBenchScorer:
     def spatial_scores(self, images: Sequence[Image.Image], prompts: Sequence[str], *, complex_prompts: bool = False) -> list[float]:
         relations = [text.find_relation(p, text.SPATIAL_2D) for p in prompts]
         if complex_prompts:
-            objects = [text.complex_spatial_objects(p) for p in prompts]
+            objects = [self.text.complex_spatial_objects(p) for p in prompts]
         else:
-            objects = [text.spatial_objects(p, r) for p, r in zip(prompts, relations)]
+            objects = [self.text.spatial_objects(p, r) for p, r in zip(prompts, relations)]
         detections = self._detections(images, [list(o) if o else [] for o in objects])
         return [rules.spatial_score(r, o, d, zero_below_half=True) for r, o, d in zip(relations, objects, detections)]
 
     def spatial_3d_scores(self, images: Sequence[Image.Image], prompts: Sequence[str]) -> list[float]:
         relations = [text.find_relation(p, text.SPATIAL_3D) for p in prompts]
-        objects = [text.spatial_objects(p, r) for p, r in zip(prompts, relations)]
+        objects = [self.text.spatial_objects(p, r) for p, r in zip(prompts, relations)]
         detections = self._detections(images, [list(o) if o else [] for o in objects])
         depths = self.model("depth").depth(images)
         return [
@@ -166,7 +170,7 @@ class CompBenchScorer:
         action = [0.0] * len(prompts)
         need_action = [i for i, k in enumerate(kinds) if k != "spatial"]
         if need_action:
-            values = self.clip_scores([images[i] for i in need_action], [text.remove_adjectives(prompts[i]) for i in need_action])
+            values = self.clip_scores([images[i] for i in need_action], [self.text.remove_adjectives(prompts[i]) for i in need_action])
             for i, v in zip(need_action, values):
                 action[i] = v
         return [rules.three_in_one(k, a, s, c) for k, a, s, c in zip(kinds, attribute, spatial, action)]
@@ -210,17 +214,24 @@ class _CompBenchMetric(BatchedMetric):
                           "`lpo convert blip-vqa` makes loadable); noun phrases without spaCy; OWLv2 at 0.1 in place of "
                           "UniDet at 0.5 (spatial, numeracy, 3D)")
 
+    uses_parser = True  # reads prompts with spaCy upstream (numeracy and CLIP do not)
+
     def __init__(self, spec: MetricSpec):
         super().__init__(spec)
         no_processor(spec.processor, self.name)
         refs = role_refs(spec.weights, DEFAULT_WEIGHTS, self.primary)
-        self.scorer = CompBenchScorer(refs, metric=self.name, device=self.device, dtype=self.dtype)
+        reading = spacy_reading() if self.uses_parser else None
+        if reading is not None:  # the official parser: its name and version join the metric's
+            self.version = f"{type(self).version}+{reading.tag}"
+            self.comparability_note = self.comparability_note.replace("; noun phrases without spaCy", "")
+        self.scorer = CompBenchScorer(refs, metric=self.name, device=self.device, dtype=self.dtype, reading=reading)
         for role in self.roles:  # load now: the harness times loading apart from scoring
             self.scorer.model(role)
         self.weights = {role: refs[role] for role in self.roles}
 
 
-def _category_metric(metric_name: str, category: str, roles: tuple[str, ...], primary: str, version: str, formula: str):
+def _category_metric(metric_name: str, category: str, roles: tuple[str, ...], primary: str, version: str, formula: str,
+                     uses_parser: bool = True):
     @METRICS.register(metric_name)
     class CategoryMetric(_CompBenchMetric):
         name = metric_name
@@ -233,6 +244,7 @@ def _category_metric(metric_name: str, category: str, roles: tuple[str, ...], pr
     CategoryMetric.formula = formula
     CategoryMetric.roles = roles
     CategoryMetric.primary = primary
+    CategoryMetric.uses_parser = uses_parser
     return CategoryMetric
 
 
@@ -251,10 +263,12 @@ CompBenchSpatial3d = _category_metric(
 CompBenchNumeracy = _category_metric(
     "compbench_numeracy", "numeracy", ("detector",), "detector", VERSIONS["numeracy"],
     "Σ per object 0.5/n found + 0.5/n counted right; OWLv2 detector in place of UniDet (T2I-CompBench++ numeracy)",
+    uses_parser=False,
 )
 CompBenchClip = _category_metric(
     "compbench_clip", "non_spatial", ("clip",), "clip", VERSIONS["clip"],
     "cos(image, prompt), CLIP ViT-B/32 (T2I-CompBench++ non-spatial)",
+    uses_parser=False,
 )
 CompBenchComplex = _category_metric(
     "compbench_complex", "complex", ("blip", "detector", "clip"), "blip", VERSIONS["complex"],

@@ -31,7 +31,7 @@ import html
 import io
 import json
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from lpo.bench.efficiency import DEFAULT_AMORTISE_RUNS, METHOD_ORDER
 from lpo.bench.efficiency_tables import (
@@ -56,12 +56,11 @@ from lpo.bench.headline import (
     seed_index,
 )
 from lpo.core.errors import LpoError
-from lpo.core.tables import markdown_table
-from lpo.evals.leaderboard import html_text
 from lpo.evals.paired import INTERVAL_METHOD
 from lpo.core.io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from lpo.bench.report_doc import REPORT_DIR, ReportDoc, fmt_interval, read_json_noted
+from lpo.bench.report_rewards import reward_eval_section
 
-REPORT_DIR = "report"
 HTML_NAME = "index.html"
 MARKDOWN_NAME = "summary.md"
 EFFICIENCY_NAME = "efficiency.json"
@@ -89,58 +88,7 @@ CSS = (
 )
 
 
-class _Doc:
-    """The report built twice in step: Markdown lines and HTML parts."""
-
-    def __init__(self) -> None:
-        self.md: list[str] = []
-        self.html: list[str] = []
-
-    def heading(self, level: int, text: str) -> None:
-        self.md += [f"{'#' * level} {text}", ""]
-        self.html.append(f"<h{level}>{html.escape(text)}</h{level}>")
-
-    def para(self, text: str, css: str | None = None) -> None:
-        self.md += [text if css != "skip" else f"_{text}_", ""]
-        cls = f" class='{css}'" if css else ""
-        self.html.append(f"<p{cls}>{html.escape(text)}</p>")
-
-    def skip(self, text: str) -> None:
-        self.para(f"skipped: {text}", "skip")
-
-    def bullets(self, items: Sequence[str], css: str | None = "note") -> None:
-        if not items:
-            return
-        self.md += [f"- {i}" for i in items] + [""]
-        cls = f" class='{css}'" if css else ""
-        self.html.append(f"<ul{cls}>" + "".join(f"<li>{html.escape(i)}</li>" for i in items) + "</ul>")
-
-    def table(self, header: list[str], rows: list[list[str]], css: str | None = None) -> None:
-        self.md += markdown_table(header, rows) + [""]
-        head = "".join(f"<th>{html_text(h)}</th>" for h in header)
-        body = "".join("<tr>" + "".join(f"<td>{html_text(c)}</td>" for c in row) + "</tr>" for row in rows)
-        cls = f" class='wide {css}'" if css else " class='wide'"
-        self.html.append(f"<div{cls}><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>")
-
-    def image(self, png: bytes, alt: str, md_link: str | None) -> None:
-        if md_link:
-            self.md += [f"![{alt}]({md_link})", ""]
-        self.html.append(f"<img alt='{html.escape(alt)}' src='data:image/png;base64,{base64.b64encode(png).decode()}'>")
-
-    def code(self, text: str, lang: str = "") -> None:
-        self.md += [f"```{lang}", text, "```", ""]
-        self.html.append(f"<pre>{html.escape(text)}</pre>")
-
-
 # --------------------------------------------------------------------------- reading
-
-
-def _read_json(path: Path, notes: list[str]) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError) as err:
-        notes.append(f"could not read {path} ({type(err).__name__}: {err}); left out")
-        return None
 
 
 def _model_order(name: str) -> tuple[int, str]:
@@ -159,7 +107,7 @@ def _load_records(results_dir: Path) -> list:
 # --------------------------------------------------------------------------- sections
 
 
-def _headline(doc: _Doc, answers: list[dict[str, Any]]) -> None:
+def _headline(doc: ReportDoc, answers: list[dict[str, Any]]) -> None:
     doc.heading(2, "The answer: paired differences of the final models")
     if not answers or not answers[0]["rows"]:
         doc.skip("no final models with per-prompt scores to pair against the base model"
@@ -182,7 +130,7 @@ def _headline(doc: _Doc, answers: list[dict[str, Any]]) -> None:
     ])
 
 
-def _power(doc: _Doc, data: dict[str, Any] | None) -> None:
+def _power(doc: ReportDoc, data: dict[str, Any] | None) -> None:
     doc.heading(2, "Minimum detectable difference and evaluation size")
     if not data or not data["mde"]:
         doc.skip("no paired final models, so no observed per-prompt SD")
@@ -193,7 +141,7 @@ def _power(doc: _Doc, data: dict[str, Any] | None) -> None:
     doc.bullets(power_notes(data))
 
 
-def _leaderboard(doc: _Doc, records: list, results_dir: Path) -> None:
+def _leaderboard(doc: ReportDoc, records: list, results_dir: Path) -> None:
     from lpo.evals.leaderboard import attach_deltas, build_tables, render_html, render_markdown
 
     doc.heading(2, "Leaderboard (final models)")
@@ -209,7 +157,7 @@ def _leaderboard(doc: _Doc, records: list, results_dir: Path) -> None:
     doc.html.append(render_html(tables, fragment=True, level=2))
 
 
-def _verdicts(doc: _Doc, report: dict[str, Any]) -> None:
+def _verdicts(doc: ReportDoc, report: dict[str, Any]) -> None:
     doc.heading(2, "Verdicts")
     for v in report["verdicts"]:
         doc.md.append(f"- {verdict_markdown(v)}")
@@ -285,7 +233,7 @@ def quality_cost_figure(report: dict[str, Any]) -> bytes | None:
     return buffer.getvalue()
 
 
-def _efficiency(doc: _Doc, report: dict[str, Any], out_dir: Path) -> None:
+def _efficiency(doc: ReportDoc, report: dict[str, Any], out_dir: Path) -> None:
     doc.heading(2, f"Efficiency: {report['metric_key'] or report['metric']} on {report['benchmark']} against training device-seconds")
     if not report["methods"]:
         doc.skip(f"no trained checkpoints with a training cost for {report['metric']} on {report['benchmark']}")
@@ -309,80 +257,7 @@ def _efficiency(doc: _Doc, report: dict[str, Any], out_dir: Path) -> None:
     doc.bullets(efficiency_notes(report))
 
 
-def _reward_eval(doc: _Doc, bench: Path, notes: list[str]) -> None:
-    from lpo.reward.jobs import LOW_T, TARGET_TITLES, accuracy_bands, plot_accuracy
-
-    doc.heading(2, "Step reward models: held-out accuracy by timestep")
-    folder = bench / "reward-eval"
-    data = _read_json(folder / "accuracy_by_timestep.json", notes) if (folder / "accuracy_by_timestep.json").is_file() else None
-    png_path = folder / "accuracy_by_timestep.png"
-    if data is None and not png_path.is_file():
-        doc.skip(f"no {folder}/accuracy_by_timestep.json (run `lpo lrm eval`)")
-        return
-    tables = {} if data is None else {key: _accuracy_table(data, key) for key in TARGET_TITLES if data.get(key)}
-    png = png_path.read_bytes() if png_path.is_file() else None
-    if png is None and "accuracy" in tables:  # draw it from the JSON
-        png = plot_accuracy(tables["accuracy"], bench / REPORT_DIR / "accuracy_by_timestep.png",
-                            tables.get("accuracy_true_order")).read_bytes()
-    if png is not None:
-        link = "../reward-eval/accuracy_by_timestep.png" if png_path.is_file() else "accuracy_by_timestep.png"
-        doc.image(png, "held-out accuracy by timestep", link)
-    if data is None:
-        return
-    bands_from_table = []
-    for key, table in tables.items():
-        # older JSON (before the bands were written): the same bands from its own table
-        bands = (data.get("bands") or {}).get(key) or accuracy_bands(table)
-        if not (data.get("bands") or {}).get(key):
-            bands_from_table.append(TARGET_TITLES[key])
-        names = list(table)
-        ts = sorted({t for by_t in table.values() for t in by_t}, reverse=True)
-        rows = [[str(t)] + [f"{table[n][t][0]:.3f}" if t in table[n] else "—" for n in names] for t in ts]
-        for band, label in ((f"t<={LOW_T}", f"mean t≤{LOW_T}"), ("all", "mean all t")):
-            cells = [bands.get(n, {}).get(band) for n in names]
-            rows.append([label] + ["—" if c is None else _fmt(c[0], c[1]) for c in cells])
-        n = next((cell[1] for by_t in table.values() for cell in by_t.values()), None)
-        doc.para(f"Against the {TARGET_TITLES[key]} (n = {n} decisive pairs per cell):")
-        doc.table(["t"] + names, rows)
-    lines = [f"held-out pairs: {data.get('pairs')}; noise: {data.get('noise')}, seed {data.get('seed')}; the same noise "
-             "for every model at each t; ± is a 95% binomial half-width over the decisive pairs (pairs are shared across "
-             "t, so averaging over t does not narrow it)"]
-    agreement = data.get("label_agreement") or [None, None]
-    if agreement[0] is not None:
-        lines.append(f"the annotators' labels agree with the true-utility order on {agreement[0]:.3f} of {agreement[1]} "
-                     "pairs decisive under both")
-    if bands_from_table:
-        lines.append(f"band rows computed here from the table ({', '.join(bands_from_table)}): the JSON predates them")
-    kit = _kit_note(bench, notes)
-    if kit:
-        lines.append(kit)
-    doc.bullets(lines)
-
-
-def _kit_note(bench: Path, notes: list[str]) -> str | None:
-    """Where the reward models came from, when a reward kit supplied them (lpo.bench.kit)."""
-    marker = bench / "stages" / "reward-eval.json"
-    kit = (_read_json(marker, notes) or {}).get("kit") if marker.is_file() else None
-    if not kit:
-        return None
-    git = kit.get("git") or {}
-    return (f"the pairs, the reward models and this table come from the reward kit {kit.get('folder')} (built at commit "
-            f"{str(git.get('commit'))[:7]} on {kit.get('built_on')}; rebuild: {kit.get('command')}); their measured "
-            "seconds are booked in the efficiency section as if this bench had run them")
-
-
-def _accuracy_table(data: dict[str, Any], key: str = "accuracy") -> dict[str, dict[int, list]]:
-    return {name: {int(t): cell for t, cell in by_t.items()} for name, by_t in data.get(key, {}).items()}
-
-
-def _fmt(mean: Any, se: Any, signed: bool = False) -> str:
-    if mean is None:
-        return "—"
-    text = f"{mean:+.3f}" if signed else f"{mean:.3f}"
-    return text if se is None or se != se else f"{text} ± {se:.3f}"
-
-
-def _guided(doc: _Doc, bench: Path, notes: list[str]) -> None:
+def _guided(doc: ReportDoc, bench: Path, notes: list[str]) -> None:
     doc.heading(2, "LRM-guided sampling")
     folder = bench / "guided"
     files = sorted(folder.glob("*.json"), key=lambda p: _model_order(p.stem)) if folder.is_dir() else []
@@ -391,7 +266,7 @@ def _guided(doc: _Doc, bench: Path, notes: list[str]) -> None:
         return
     rows, protocols = [], []
     for path in files:
-        data = _read_json(path, notes)
+        data = read_json_noted(path, notes)
         if not isinstance(data, dict) or "methods" not in data:
             continue
         methods, diffs = data["methods"], data.get("differences", {})
@@ -405,9 +280,9 @@ def _guided(doc: _Doc, bench: Path, notes: list[str]) -> None:
             rows.append([
                 path.stem,
                 GUIDED_LABELS.get(method, method),
-                _fmt(row.get("utility"), row.get("utility_se")),
-                "—" if method == "plain" else (_fmt(delta["mean"], delta["se"], signed=True) if delta else "—"),
-                _fmt(row.get("alignment"), row.get("alignment_se")),
+                fmt_interval(row.get("utility"), row.get("utility_se")),
+                "—" if method == "plain" else (fmt_interval(delta["mean"], delta["se"], signed=True) if delta else "—"),
+                fmt_interval(row.get("alignment"), row.get("alignment_se")),
                 "—" if calls is None else f"{calls:g}",
                 "—" if calls is None or not plain_calls else f"{calls / plain_calls:g}×",
                 f"{lrm:g}" if "judge_calls_per_image" not in row else f"0 ({row['judge_calls_per_image']:g} judge)",
@@ -418,7 +293,7 @@ def _guided(doc: _Doc, bench: Path, notes: list[str]) -> None:
             f"{path.stem}: {data.get('n_prompts')} {p.get('split')} prompts × {p.get('seeds_per_prompt')} seeds, "
             f"K = {p.get('num_candidates')}, DDIM {p.get('num_inference_steps')} η = {p.get('eta')}, CFG {p.get('guidance_scale')}, "
             f"LRM {data.get('lrm')}"
-            + ("" if step_vs_final is None else f"; guided-best − best-of-K final: {_fmt(step_vs_final['mean'], step_vs_final['se'], True)}")
+            + ("" if step_vs_final is None else f"; guided-best − best-of-K final: {fmt_interval(step_vs_final['mean'], step_vs_final['se'], True)}")
         )
     if not rows:
         doc.skip(f"no readable guided-sampling results in {folder}")
@@ -431,7 +306,7 @@ def _guided(doc: _Doc, bench: Path, notes: list[str]) -> None:
     ])
 
 
-def _samples(doc: _Doc, bench: Path) -> None:
+def _samples(doc: ReportDoc, bench: Path) -> None:
     doc.heading(2, "Samples (same prompts and seeds for every model)")
     folder = bench / "samples"
     grids = sorted(folder.glob("*.png"), key=lambda p: _model_order(p.stem)) if folder.is_dir() else []
@@ -449,7 +324,7 @@ def _samples(doc: _Doc, bench: Path) -> None:
     doc.html.append("<div class='grids'>" + "".join(figures) + "</div>")
 
 
-def _ablations(doc: _Doc, bench: Path, notes: list[str]) -> None:
+def _ablations(doc: ReportDoc, bench: Path, notes: list[str]) -> None:
     from lpo.evals.leaderboard import build_tables, render_html, render_markdown
 
     doc.heading(2, "Ablations")
@@ -459,7 +334,7 @@ def _ablations(doc: _Doc, bench: Path, notes: list[str]) -> None:
         doc.skip(f"no ablations in {folder}")
         return
     for entry in entries:
-        meta = _read_json(entry / "ablation.json", notes) if (entry / "ablation.json").is_file() else None
+        meta = read_json_noted(entry / "ablation.json", notes) if (entry / "ablation.json").is_file() else None
         meta = meta if isinstance(meta, dict) else {}
         doc.heading(3, f"Ablation: {meta.get('name') or entry.name}")
         if meta.get("description"):
@@ -476,7 +351,7 @@ def _ablations(doc: _Doc, bench: Path, notes: list[str]) -> None:
         doc.html.append(render_html(tables, fragment=True, level=3))
 
 
-def _config(doc: _Doc, summary: dict[str, Any] | None, bench: Path) -> None:
+def _config(doc: ReportDoc, summary: dict[str, Any] | None, bench: Path) -> None:
     doc.heading(2, "Bench config and stage timings")
     if summary is None:
         doc.skip(f"no {bench / 'bench.json'}")
@@ -519,7 +394,7 @@ def render_report(bench_dir: str | Path, *, benchmark: str = "world", metric: st
     out_dir = bench / REPORT_DIR
     out_dir.mkdir(parents=True, exist_ok=True)
     notes: list[str] = []
-    summary = _read_json(bench / "bench.json", notes) if (bench / "bench.json").is_file() else None
+    summary = read_json_noted(bench / "bench.json", notes) if (bench / "bench.json").is_file() else None
     summary = summary if isinstance(summary, dict) else None
     results_dir = bench / "results"
     records = _load_records(results_dir)
@@ -532,7 +407,7 @@ def render_report(bench_dir: str | Path, *, benchmark: str = "world", metric: st
     answers = [headline(records, results_dir, b, metric, preset) for b in (benchmark, f"{benchmark}-heldout")
                if b == benchmark or any(r.benchmark == b for r in records)]
 
-    doc = _Doc()
+    doc = ReportDoc()
     doc.heading(1, f"lpo bench report: {bench.name}")
     doc.para(
         f"bench folder {bench.resolve()}" + (f" · preset {preset}" if preset else "")
@@ -544,7 +419,7 @@ def render_report(bench_dir: str | Path, *, benchmark: str = "world", metric: st
     _verdicts(doc, efficiency)
     _leaderboard(doc, records, results_dir)
     _efficiency(doc, efficiency, out_dir)
-    _reward_eval(doc, bench, notes)
+    reward_eval_section(doc, bench, notes)
     _guided(doc, bench, notes)
     _samples(doc, bench)
     _ablations(doc, bench, notes)

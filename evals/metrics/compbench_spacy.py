@@ -23,7 +23,7 @@ import os
 from typing import Any
 
 from lpo.core.errors import LpoError
-from lpo.evals.metrics.compbench_text import COMPLEX_PREPOSITIONS
+from lpo.evals.metrics.compbench_text import complex_preposition_spans
 
 PARSER_VARIABLE = "LPO_COMPBENCH_PARSER"
 SPACY_MODEL = "en_core_web_sm"
@@ -51,13 +51,8 @@ class SpacyReading:
 
     def complex_spatial_objects(self, prompt: str) -> tuple[str, str] | None:
         tokens = list(self.nlp(prompt))
-        lower = [token.text.lower() for token in tokens]
-        by_length = {n: {p for p in COMPLEX_PREPOSITIONS if len(p.split()) == n} for n in (3, 2, 1)}
         objects: list[str] = []
-        for i in range(len(tokens)):
-            k = next((n for n in (3, 2, 1) if " ".join(lower[i : i + n]) in by_length[n]), 0)
-            if not k:
-                continue
+        for i, k in complex_preposition_spans([token.text for token in tokens]):
             before = next((t.text for t in reversed(tokens[:i]) if t.pos_ == "NOUN"), None)
             after = next((t.text for t in tokens[i + k :] if t.pos_ == "NOUN"), None)
             objects += [word.lower() for word in (before, after) if word is not None]

@@ -207,6 +207,19 @@ def spatial_objects(prompt: str, relation: str | None) -> tuple[str, str] | None
     return first.lower(), last.lower()
 
 
+def complex_preposition_spans(words: list[str]) -> list[tuple[int, int]]:
+    """(start, length) of every :data:`COMPLEX_PREPOSITIONS` match in ``words``, scanning left
+    to right and trying three-, then two-, then one-word matches at each word, as upstream."""
+    lower = [w.lower() for w in words]
+    by_length = {n: {p for p in COMPLEX_PREPOSITIONS if len(p.split()) == n} for n in (3, 2, 1)}
+    spans = []
+    for i in range(len(words)):
+        k = next((n for n in (3, 2, 1) if " ".join(lower[i : i + n]) in by_length[n]), 0)
+        if k:
+            spans.append((i, k))
+    return spans
+
+
 def complex_spatial_objects(prompt: str) -> tuple[str, str] | None:
     """The two objects the official complex-category parser finds, or None.
 
@@ -219,13 +232,8 @@ def complex_spatial_objects(prompt: str) -> tuple[str, str] | None:
     coat rack" -> "coat", as spaCy tags the compound).
     """
     words = [w for w in tokens(prompt)]
-    lower = [w.lower() for w in words]
-    by_length = {n: {p for p in COMPLEX_PREPOSITIONS if len(p.split()) == n} for n in (3, 2, 1)}
     objects: list[str] = []
-    for i in range(len(words)):
-        k = next((n for n in (3, 2, 1) if " ".join(lower[i : i + n]) in by_length[n]), 0)
-        if not k:
-            continue
+    for i, k in complex_preposition_spans(words):
         before = noun_chunks(" ".join(words[:i]))
         if before:
             objects.append(before[-1].split()[-1].lower())

@@ -14,7 +14,7 @@ from lpo.core.errors import LpoError
 def _micro(model: str) -> BenchConfig:
     return BenchConfig(
         preset="micro", model=model, train_prompts=8, pairs_per_prompt=2, val_prompts=4, val_pairs_per_prompt=1,
-        mpcf_strategy="none",
+        reward_train_prompts=11, mpcf_strategy="none",
         lrm_overrides=("max_steps=4", "warmup_steps=1", "batch_size=8", "eval_every=0", "save_every=2"),
         pixel_overrides=("max_steps=2", "warmup_steps=1", "batch_size=8", "eval_every=0", "save_every=2"),
         # thresholds 0: a 4-step reward model's gaps are tiny, and a run that keeps no pair is an error
@@ -63,6 +63,30 @@ def test_bench_runs_every_stage_and_writes_the_report(micro_bench):
     assert "<img" in html and "lpo" in html
 
 
+def test_the_reward_models_learn_from_the_whole_pool_and_the_policies_from_its_first_prompts(micro_bench):
+    from lpo.pairs.format import load_pairs
+
+    folder, _ = micro_bench
+    pool = load_pairs(str(folder / "pairs" / "train.parquet")).pairs
+    reward = load_pairs(str(folder / "pairs" / "reward-mpcf.parquet")).pairs
+    policy = load_pairs(str(folder / "pairs" / "train-mpcf.parquet")).pairs
+    assert len(pool) == 11 * 2 and len({p.prompt for p in pool}) == 11
+    first_prompts = list(dict.fromkeys(p.prompt for p in pool))[:8]
+    assert {p.prompt for p in policy} == set(first_prompts)  # strategy none keeps every decisive pair
+    assert {p.pair_id for p in policy} == {p.pair_id for p in reward if p.prompt in first_prompts}
+    assert len(reward) > len(policy)
+    for name in ("lrm", "pixel"):  # both reward models read the whole pool's kept pairs
+        run = json.loads((folder / "rewards" / name / "run.json").read_text())
+        assert run["pairs"] == str(folder / "pairs" / "reward-mpcf.parquet")
+    dpo = json.loads((folder / "stages" / "train-diffusion-dpo.json").read_text())["output"]["overrides"]
+    assert f"data.pairs={folder / 'pairs' / 'train-mpcf.parquet'}" in dpo
+    # the report says what each learned from, and shows the noise-ensemble rows of the accuracy table
+    summary = (folder / "report" / "summary.md").read_text()
+    assert f"the reward models learned from {len(reward)} MPCF-kept pairs of {len(pool)} generated" in summary
+    assert f"the policies from the {len(policy)} of them that belong to the pool's first 8 prompts" in summary
+    assert "ensemble t≤251" in summary
+
+
 def test_rerun_skips_finished_stages_and_refuses_another_config(micro_bench, tiny_world_dir):
     folder, first = micro_bench
     before = (folder / "results" / "world" / "records-v1.jsonl").read_text()
@@ -81,6 +105,8 @@ def test_presets_and_config_errors():
         BenchConfig(methods=("ppo",))
     with pytest.raises(LpoError, match="unknown pair_sources 'sdxl'; choose from single, pickapic"):
         BenchConfig(pair_sources="sdxl")
+    with pytest.raises(LpoError, match="reward_train_prompts"):
+        BenchConfig(train_prompts=100, reward_train_prompts=50)
 
 
 def test_an_ablation_reuses_the_bench_and_lands_in_the_report(micro_bench, tiny_world_dir):

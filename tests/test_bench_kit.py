@@ -31,6 +31,9 @@ def test_the_shipped_quick_kit_is_whole_and_built_with_the_quick_presets_values(
     accuracy = json.loads((tmp_path / "reward-eval" / "accuracy_by_timestep.json").read_text())
     assert accuracy  # the accuracy table the report shows
     assert not (tmp_path / "pairs" / "train.parquet").exists()  # only the filtered pairs ship
+    # the reward models' own 9,000-odd pairs stay out too: the kit ships the policies' part
+    assert not (tmp_path / "pairs" / "reward-mpcf.parquet").exists()
+    assert kit["fields"]["reward_train_prompts"] > kit["fields"]["train_prompts"]
 
 
 def _fake_bench(folder):

@@ -9,7 +9,10 @@ Pick-a-Pic and a released reward model:
 ======================  =================================================================
 ``pairs/``              the MPCF-filtered training pairs every method trains on, and the
                         validation pairs of the accuracy table (the unfiltered training
-                        pairs stay out: 8 MB that only the ``mpcf`` ablation reads)
+                        pairs stay out: 8 MB that only the ``mpcf`` ablation reads; so do
+                        the reward models' own pairs when they learn from a larger pool,
+                        ``reward_train_prompts``: they are the trained models' input, not
+                        the bench's)
 ``rewards/lrm|pixel/``  the trained LRM and pixel model, each with its cost record
 ``reward-eval/``        their accuracy by timestep on the validation pairs
 ``stages/``             the stage markers: outputs and measured wall seconds
@@ -44,8 +47,9 @@ SHIPPED_KITS = Path(__file__).resolve().parents[1] / "world" / "assets" / "kits"
 # The stages a kit replaces, in bench order.
 KIT_STAGES = ("pairs", "mpcf", "reward-lrm", "reward-pixel", "reward-eval")
 # The bench values that decide what those stages produce.
-KIT_FIELDS = ("model", "seed", "train_prompts", "pairs_per_prompt", "val_prompts", "val_pairs_per_prompt",
-              "pair_sources", "mpcf_strategy", "lrm_preset", "lrm_overrides", "pixel_preset", "pixel_overrides")
+KIT_FIELDS = ("model", "seed", "train_prompts", "pairs_per_prompt", "reward_train_prompts", "val_prompts",
+              "val_pairs_per_prompt", "pair_sources", "mpcf_strategy", "lrm_preset", "lrm_overrides", "pixel_preset",
+              "pixel_overrides")
 KIT_PATHS = ("pairs/train-mpcf.parquet", "pairs/train-mpcf.parquet.json", "pairs/val.parquet",
              "pairs/val.parquet.json", "rewards/lrm", "rewards/pixel", "reward-eval")
 _REWARD_RUN_SKIP = ("checkpoints",)  # resumable training state: not needed to use the model

@@ -67,7 +67,16 @@ class Bench:
 
     @property
     def filtered_pairs(self) -> Path:
+        """The MPCF-kept pairs the policies train on."""
         return self.folder / "pairs" / "train-mpcf.parquet"
+
+    @property
+    def reward_pairs(self) -> Path:
+        """The MPCF-kept pairs the reward models train on: the whole pool's, when it is larger
+        than the policies' part (``reward_train_prompts``), else the policies' own."""
+        if self.config.separate_reward_pairs:
+            return self.folder / "pairs" / "reward-mpcf.parquet"
+        return self.filtered_pairs
 
     def reward_run(self, name: str) -> Path:
         return self.folder / "rewards" / name
@@ -132,7 +141,7 @@ def _pairs(bench: Bench) -> dict[str, Any]:
 
     c = bench.config
     sources = source_mix(c.pair_sources)
-    train = run_pairs(c.model, bench.train_pairs, c.train_prompts, c.pairs_per_prompt, c.seed, bench.console,
+    train = run_pairs(c.model, bench.train_pairs, c.pool_prompts, c.pairs_per_prompt, c.seed, bench.console,
                       device=c.device, sources=sources)
     val = run_pairs(c.model, bench.val_pairs, c.val_prompts, c.val_pairs_per_prompt, c.seed + 1, bench.console,
                     device=c.device, prompt_split="val", sources=sources)
@@ -143,18 +152,40 @@ def _mpcf(bench: Bench) -> dict[str, Any]:
     from dataclasses import replace
 
     from lpo.pairs.mpcf import filter_pairs_file, mpcf_preset
-    from lpo.pairs.format import load_pairs
+    from lpo.pairs.format import load_pairs, save_pairs
 
     if not bench.train_pairs.is_file():  # a reward kit ships the filtered pairs only
         raise LpoError(f"{bench.train_pairs} is missing: the unfiltered training pairs are not part of a reward kit; "
                        "run the bench with --set reward_kit=none to make them (the mpcf ablation needs them)")
     config = replace(mpcf_preset("world"), strategy=bench.config.mpcf_strategy)
     loaded = load_pairs(str(bench.train_pairs))
-    result = filter_pairs_file(loaded.pairs, config, bench.filtered_pairs, str(bench.train_pairs),
+    result = filter_pairs_file(loaded.pairs, config, bench.reward_pairs, str(bench.train_pairs),
                                cache_dir=bench.folder / "pairs" / ".mpcf-scores")
     if bench.console is not None:
         bench.console.print(result.report.as_table())
-    return {"kept": len(result.pairs), "of": len(loaded.pairs), "report": result.report.as_dict()}
+    summary = {"kept": len(result.pairs), "of": len(loaded.pairs), "report": result.report.as_dict()}
+    if bench.config.separate_reward_pairs:
+        policy = policy_part(loaded.pairs, result.pairs, bench.config.train_prompts)
+        save_pairs(policy, bench.filtered_pairs, provenance={
+            "mpcf": result.report.as_dict(), "input": str(bench.train_pairs),
+            "part": f"the kept pairs of the pool's first {bench.config.train_prompts} prompts (the policies' data)"})
+        summary["policy"] = {"kept": len(policy), "prompts": bench.config.train_prompts}
+        bench.say(f"policies train on {len(policy)} of the kept pairs (the first {bench.config.train_prompts} prompts); "
+                  f"the reward models on all {len(result.pairs)}")
+    return summary
+
+
+def policy_part(pool: list, kept: list, prompts: int) -> list:
+    """The pairs of ``kept`` whose prompt is one of the first ``prompts`` prompts of ``pool``
+    (in pool order, which is the order the prompts were drawn in)."""
+    first: list[str] = []
+    seen: set[str] = set()
+    for pair in pool:
+        if pair.prompt not in seen:
+            seen.add(pair.prompt)
+            first.append(pair.prompt)
+    wanted = set(first[:prompts])
+    return [pair for pair in kept if pair.prompt in wanted]
 
 
 def _train_reward(bench: Bench, name: str, preset: str, overrides: tuple[str, ...]) -> dict[str, Any]:
@@ -165,7 +196,7 @@ def _train_reward(bench: Bench, name: str, preset: str, overrides: tuple[str, ..
     if done is not None:
         return {"model": done["model_folder"], "steps": done["steps"], "cost": done["cost"]}
     resume = _prepare_run_dir(run_dir)
-    result = train_reward_job(bench.config.model, str(bench.filtered_pairs), preset,
+    result = train_reward_job(bench.config.model, str(bench.reward_pairs), preset,
                               [*overrides, f"seed={bench.config.seed}"], run_dir=run_dir, resume=resume,
                               console=bench.console)
     return {"model": str(result.model_folder), "steps": result.steps, "cost": result.cost}
@@ -498,8 +529,9 @@ def _run_ablation(main: Bench, name: str) -> dict[str, Any]:
 
 def _reuse(main: Bench, folder: Path, config: BenchConfig) -> None:
     """Copy the main bench's finished stages that ``config`` would redo identically."""
-    same_pairs = (config.model, config.seed, config.train_prompts, config.pairs_per_prompt) == (
-        main.config.model, main.config.seed, main.config.train_prompts, main.config.pairs_per_prompt)
+    same_pairs = (config.model, config.seed, config.train_prompts, config.pairs_per_prompt, config.pool_prompts) == (
+        main.config.model, main.config.seed, main.config.train_prompts, main.config.pairs_per_prompt,
+        main.config.pool_prompts)
     same_mpcf = same_pairs and config.mpcf_strategy == main.config.mpcf_strategy
     shared = [("pairs", "pairs", same_pairs), ("mpcf", "pairs", same_mpcf),
               ("reward-lrm", "rewards/lrm", same_mpcf and config.lrm_overrides == main.config.lrm_overrides

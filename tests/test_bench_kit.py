@@ -143,3 +143,18 @@ def test_the_kits_reward_models_load_on_the_world_model_found_under_another_path
     weights.write_bytes(weights.read_bytes()[:-4] + b"\0\0\0\0")  # other weights, same path
     with pytest.raises(LpoError, match="was trained for base model"):
         load_lrm(kit / "rewards" / "lrm" / "model", load_components(str(moved), device="cpu"))
+
+
+def test_a_kit_says_where_its_stages_ran_not_where_it_was_exported(tmp_path):
+    config = BenchConfig(train_prompts=8, val_prompts=4)
+    built = tmp_path / "built"
+    _fake_bench(built)
+    # bench.json as a later rerun of the finished bench leaves it: another commit and machine
+    (built / "bench.json").write_text(json.dumps({"meta": {"git": {"commit": "b" * 40}, "hardware": {"cpu": "later"}}}))
+    kit = export_kit(built, config, tmp_path / "kit-old", "x")
+    assert json.loads((kit / KIT_FILE).read_text())["git"]["commit"] == "b" * 40  # a bench without stage records
+    pairs = json.loads((built / "stages" / "pairs.json").read_text())
+    pairs["ran"] = {"git": {"commit": "a" * 40, "dirty": False}, "hardware": {"cpu": "first"}}
+    (built / "stages" / "pairs.json").write_text(json.dumps(pairs))
+    data = json.loads((export_kit(built, config, tmp_path / "kit", "x") / KIT_FILE).read_text())
+    assert data["git"] == {"commit": "a" * 40, "dirty": False} and data["hardware"] == {"cpu": "first"}

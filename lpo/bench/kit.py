@@ -147,7 +147,10 @@ def export_kit(bench_folder: Path, config: Any, out: Path, command: str) -> Path
         atomic_write_json(tmp / "stages" / f"{stage}.json", marker)
         seconds[stage] = marker.get("timing", {}).get("seconds")
     meta = run_metadata()
-    built = _bench_meta(bench_folder) or meta  # where the stages ran, if they ran before this export
+    # where the stages ran: the first kit stage's own record (benches since this field), else the
+    # bench's meta (which a later rerun of the finished bench rewrites), else this export
+    first = json.loads((bench_folder / "stages" / f"{stages[0]}.json").read_text()).get("ran")
+    built = first or _bench_meta(bench_folder) or meta
     atomic_write_json(tmp / KIT_FILE, {
         "kit_version": KIT_VERSION, "fields": kit_fields(config), "stages": stages, "stage_seconds": seconds,
         "command": command, "built_from": str(bench_folder), "git": built.get("git"), "hardware": built.get("hardware"),

@@ -32,7 +32,7 @@ from typing import Any, Callable
 
 from lpo.bench.config import BenchConfig
 from lpo.core.errors import LpoError
-from lpo.core.io import atomic_write_json, run_metadata
+from lpo.core.io import atomic_write_json, git_state, hardware, run_metadata
 
 TRAINER_PRESETS = {"lpo": "lpo-world", "spo": "spo-world", "diffusion-dpo": "dpo-world"}
 STAGES_DIR = "stages"
@@ -120,7 +120,9 @@ class Bench:
         self.say(f"[bold]{name}[/]")
         start = time.perf_counter()
         output = fn() or {}
-        payload = {"output": output, "timing": {"seconds": round(time.perf_counter() - start, 2)}}
+        # where the stage ran: a later rerun that skips it rewrites bench.json's meta, not this
+        payload = {"output": output, "timing": {"seconds": round(time.perf_counter() - start, 2)},
+                   "ran": {"git": git_state(), "hardware": hardware()}}
         atomic_write_json(self._marker(name), payload)
         self.timings[name] = payload["timing"]
         self.write_summary()

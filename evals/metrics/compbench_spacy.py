@@ -27,7 +27,6 @@ from lpo.evals.metrics.compbench_text import complex_preposition_spans
 
 PARSER_VARIABLE = "LPO_COMPBENCH_PARSER"
 SPACY_MODEL = "en_core_web_sm"
-RULES_TAG = "rules2"  # the tag of compbench_text's readings in the version strings
 
 
 class SpacyReading:

@@ -180,13 +180,7 @@ def _mpcf(bench: Bench) -> dict[str, Any]:
 def policy_part(pool: list, kept: list, prompts: int) -> list:
     """The pairs of ``kept`` whose prompt is one of the first ``prompts`` prompts of ``pool``
     (in pool order, which is the order the prompts were drawn in)."""
-    first: list[str] = []
-    seen: set[str] = set()
-    for pair in pool:
-        if pair.prompt not in seen:
-            seen.add(pair.prompt)
-            first.append(pair.prompt)
-    wanted = set(first[:prompts])
+    wanted = set(list(dict.fromkeys(pair.prompt for pair in pool))[:prompts])
     return [pair for pair in kept if pair.prompt in wanted]
 
 

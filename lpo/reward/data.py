@@ -182,7 +182,7 @@ def encode_pairs(components: Any, pairs: Sequence[PreferencePair], batch_size: i
         from lpo.reward.latent_shards import build_shards
 
         scaling = f"{vae.config.scaling_factor}/{shift}/{vae.dtype}"
-        reader, _ = build_shards(cache, ids, prompts, resolution, scaling,
+        reader = build_shards(cache, ids, prompts, resolution, scaling,
                                  lambda rows: _encode_rows(vae, pairs, rows, resolution), shard_pairs,
                                  max(1, batch_size // 2))
         return replace(encoded, encoder=reader)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -25,7 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from lpo.core.io import atomic_write_json
+from lpo.core.io import atomic_write_file, atomic_write_json
 
 MANIFEST = "shards.json"
 SHARD_VERSION = 1
@@ -42,12 +41,11 @@ def shard_key(pair_ids: Sequence[str], prompts: Sequence[str], resolution: int, 
 
 
 def _save_npy(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as handle:
-        np.save(handle, array)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as handle:  # a handle: np.save would add ".npy" to the temporary name
+            np.save(handle, array)
+
+    atomic_write_file(path, write)
 
 
 class ShardedPosteriors:
@@ -84,10 +82,8 @@ class ShardedPosteriors:
 
 
 def build_shards(folder: Path, pair_ids: Sequence[str], prompts: Sequence[str], resolution: int, scaling: str,
-                 encode_rows: EncodeRows, shard_pairs: int, batch_size: int,
-                 progress: Callable[[int, int], None] | None = None) -> tuple[ShardedPosteriors, int]:
-    """Encode the shards of ``folder`` that are missing or stale; returns the reader and how
-    many shards were encoded now (the rest were reused)."""
+                 encode_rows: EncodeRows, shard_pairs: int, batch_size: int) -> ShardedPosteriors:
+    """Encode the shards of ``folder`` that are missing or stale (the rest are reused); returns their reader."""
     if shard_pairs < 1:
         raise ValueError(f"shard_pairs must be >= 1, got {shard_pairs}")
     folder = Path(folder)
@@ -102,7 +98,6 @@ def build_shards(folder: Path, pair_ids: Sequence[str], prompts: Sequence[str], 
             manifest = {}
     if manifest.get("version") != SHARD_VERSION or manifest.get("shard_pairs") != shard_pairs:
         manifest = {"version": SHARD_VERSION, "shard_pairs": shard_pairs, "shards": {}}
-    encoded_now = 0
     for shard in range(reader.num_shards):
         start, stop = shard * shard_pairs, min((shard + 1) * shard_pairs, len(pair_ids))
         key = shard_key(pair_ids[start:stop], prompts[start:stop], resolution, scaling)
@@ -114,7 +109,4 @@ def build_shards(folder: Path, pair_ids: Sequence[str], prompts: Sequence[str], 
         _save_npy(std_path, torch.cat([s for _, s in parts]).numpy())
         manifest["shards"][f"{shard:05d}"] = key
         atomic_write_json(manifest_path, manifest)  # a shard counts once its files are in place
-        encoded_now += 1
-        if progress is not None:
-            progress(stop, len(pair_ids))
-    return reader, encoded_now
+    return reader

@@ -50,6 +50,7 @@ from torch import Tensor, nn
 from lpo.core.hashing import base_model_fingerprint
 from lpo.models.components import DiffusionComponents, ModelKind, encode_negative, encode_prompts_and_pooled
 from lpo.models.conditioning import GuidedConditioning, TextConditioning
+from lpo.reward.config import LRMHeadName
 from lpo.reward.time_conditioning import feature_film
 from lpo.reward.lrm_unet import check_supported_unet, copy_truncated_unet, truncate_unet, unet_down_mid
 
@@ -57,7 +58,6 @@ from lpo.reward.lrm_unet import check_supported_unet, copy_truncated_unet, trunc
 # --------------------------------------------------------------------------- config and outputs
 
 VfeUncond = Literal["empty_prompt", "zeros"]
-LRMHead = Literal["cosine", "film"]
 
 
 @dataclass
@@ -83,11 +83,11 @@ class LRMConfig:
     # "cosine": S = exp(s)·cos(W_v·f, T) on the pooled feature f (the paper's LRM); "film":
     # f is first modulated by the timestep, (1 + γ(t))·f + β(t), zero-initialised (DiNa-LRM's
     # timestep-conditioned head, lpo.reward.time_conditioning.PooledFeatureFiLM)
-    head: LRMHead = "cosine"
+    head: LRMHeadName = "cosine"
 
     def __post_init__(self) -> None:
-        if self.head not in get_args(LRMHead):
-            raise ValueError(f"head must be one of {', '.join(get_args(LRMHead))}, got {self.head!r}")
+        if self.head not in get_args(LRMHeadName):
+            raise ValueError(f"head must be one of {', '.join(get_args(LRMHeadName))}, got {self.head!r}")
         if self.vfe_uncond not in get_args(VfeUncond):
             raise ValueError(f"vfe_uncond must be one of {', '.join(get_args(VfeUncond))}, got {self.vfe_uncond!r}")
         if self.vfe_uncond == "zeros" and self.kind is not None and self.kind != "sdxl":

@@ -27,13 +27,14 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass, replace
-from typing import Any, Sequence
+from typing import Any, Sequence, get_args
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lpo.models.flow_components import FlowComponents, FlowConditioning, encode_flow_prompts
+from lpo.reward.config import LRMHeadName
 from lpo.reward.time_conditioning import feature_film
 
 DEFAULT_NUM_BLOCKS = 18
@@ -46,11 +47,11 @@ class MMDiTLRMConfig:
     logit_scale_init: float = 2.6592
     max_sequence_length: int = 256  # T5 tokens, as the pipeline's default
     base_model: str | None = None
-    head: str = "cosine"  # "film": the pooled image feature modulated by t first (lpo.reward.lrm.LRMConfig.head)
+    head: LRMHeadName = "cosine"  # "film": the pooled image feature modulated by t first (lpo.reward.lrm.LRMConfig.head)
 
     def __post_init__(self) -> None:
-        if self.head not in ("cosine", "film"):
-            raise ValueError(f"head must be cosine or film, got {self.head!r}")
+        if self.head not in get_args(LRMHeadName):
+            raise ValueError(f"head must be one of {', '.join(get_args(LRMHeadName))}, got {self.head!r}")
         if not isinstance(self.num_blocks, int) or self.num_blocks < 1:
             raise ValueError(f"num_blocks must be a positive integer, got {self.num_blocks!r}")
         if not math.isfinite(self.vfe_scale) or self.vfe_scale < 1:

@@ -176,7 +176,7 @@ class PooledFeatureFiLM(nn.Module):
     def forward(self, features: Tensor, timesteps: Tensor) -> Tensor:
         """(B, F) float32 modulated features for (B, F) ``features`` and (B,) ``timesteps``."""
         gamma, beta = self.linear(F.silu(self.embedding(timesteps))).float().chunk(2, dim=-1)
-        return features.float() * (1 + gamma) + beta
+        return _modulate(features.float(), beta, gamma)
 
 
 def feature_film(head: str, feature_dim: int, factory: dict[str, Any]) -> PooledFeatureFiLM | None:

@@ -161,13 +161,15 @@ class DiffusionDPOTrainer(PolicyTrainer):
         timesteps, target (b, 2, C, h, w)) for batch rows ``rows``."""
         c, device = self.components, self.accelerator.device
         pairs = [self.pairs[int(i)] for i in draws.pair_rows[rows]]
+        per_image = self.config.data.micro_conditioning == "per-image"
         images, time_ids = [], []
         for k, pair in enumerate(pairs):
             for side, image in enumerate((pair.winner, pair.loser)):
                 flipped = bool(draws.flips[rows[k], side])
                 pixels = image_to_tensor(image, self.resolution, f"image of pair {pair.pair_id}")
                 images.append(pixels.flip(-1) if flipped else pixels)
-                time_ids.append(sdxl_image_time_ids(image.shape[0], image.shape[1], self.resolution, flipped))
+                if per_image:
+                    time_ids.append(sdxl_image_time_ids(image.shape[0], image.shape[1], self.resolution, flipped))
         pixels = torch.stack(images).to(device=device, dtype=c.vae.dtype)  # (2b, 3, R, R): w0, l0, w1, l1, ...
         posterior = c.vae.encode(pixels).latent_dist
         eps = draws.posterior_noise[rows].reshape(-1, *draws.posterior_noise.shape[2:]).to(device)
@@ -182,7 +184,7 @@ class DiffusionDPOTrainer(PolicyTrainer):
         captions = ["" if bool(draws.drop_caption[r]) else pair.prompt for r, pair in zip(rows, pairs)]
         conditioning = encode_prompts(c, captions, resolution=self.resolution)
         conditioning = type(conditioning).cat([conditioning, conditioning])
-        if conditioning.add_time_ids is not None and self.config.data.micro_conditioning == "per-image":
+        if conditioning.add_time_ids is not None and per_image:
             # each image's own size and crop (winners first, as x_t); "fixed" keeps (R, R, 0, 0, R, R)
             # for every image, as the official DiffusionDPO train.py does
             rows_w, rows_l = time_ids[0::2], time_ids[1::2]

@@ -105,6 +105,8 @@ class MMDiTLatentRewardModel(nn.Module):
 
     def __init__(self, components: FlowComponents, config: MMDiTLRMConfig) -> None:
         super().__init__()
+        if getattr(components.transformer, "peft_config", None):
+            raise ValueError("the transformer carries peft adapters; build the MMDiT LRM from the base transformer")
         layers = int(components.transformer.config.num_layers)
         if config.num_blocks > layers:
             raise ValueError(f"num_blocks is {config.num_blocks} but the transformer has {layers} blocks")

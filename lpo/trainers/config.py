@@ -187,7 +187,9 @@ class StepRewardConfig:
 @dataclass
 class StepSamplerConfig:
     num_inference_steps: int = _field(20, "DDIM steps N of each trajectory.")
-    eta: float = _field(1.0, "DDIM η (1 in all published code; 0 has no log-prob).")
+    eta: float = _field(1.0, "DDIM η (1 in all published code; 0 has no log-prob). U-Net models only.")
+    noise_level: float = _field(0.7, "Flow models (SD3) only: the SDE's noise level g/√(σ/(1−σ)) that turns the flow ODE into "
+                                     "a sampler with step log-probs (Flow-GRPO's default 0.7; lpo.sampling.flow).")
     guidance_scale: float = _field(5.0, "CFG weight, in sampling and in the training forward.")
     negative_prompt: str | None = _field(None, "Negative prompt; none = the pipeline's default (\"\" for SD1.5, zeros for SDXL).")
     num_candidates: int = _field(4, "K candidates x_prev branched at every trained step.")
@@ -205,6 +207,8 @@ class StepSamplerConfig:
         _at_least("num_inference_steps", self.num_inference_steps, 1)
         if not 0 < self.eta <= 1:
             raise ValueError(f"eta must be in (0, 1] (eta=0 has no log-prob), got {self.eta}")
+        if not (math.isfinite(self.noise_level) and self.noise_level > 0):
+            raise ValueError(f"noise_level must be a finite number > 0 (0 is the ODE, which has no log-prob), got {self.noise_level}")
         if not (math.isfinite(self.guidance_scale) and self.guidance_scale >= 1):
             raise ValueError(f"guidance_scale must be >= 1, got {self.guidance_scale}")
         _at_least("num_candidates", self.num_candidates, 2)
@@ -267,7 +271,7 @@ class StepTrainerConfig:
     # Fields added since runs were first recorded, at the value that reproduces those runs
     # (a run started before them resumes; lpo.core.runs.config_changes).
     ADDED_DEFAULTS: ClassVar[dict[str, Any]] = {"sampler.inner_steps": 0, "loss.kl_beta": 0.0,
-                                                "reward.decode_batch_size": None}
+                                                "reward.decode_batch_size": None, "sampler.noise_level": 0.7}
 
     def __post_init__(self) -> None:
         _check_literals(self)

@@ -117,8 +117,20 @@ def check_parts(config: Any) -> None:
 def _load_step_reward(config: Any, reward_kind: str, components: Any, policy: Any) -> Any:
     from lpo.core.finite import check_finite_module
 
+    from lpo.models.flow_components import FlowComponents
+
     path = config.reward.path
-    if reward_kind == "lrm":
+    if isinstance(components, FlowComponents):
+        if reward_kind != "lrm":
+            raise LpoError(f"{config.method} on a flow model needs a pixel reward on the flow x̂0, which lpo does not "
+                           "build yet; train lpo or grpo (the MMDiT LRM) on flow models")
+        from lpo.reward.lrm_mmdit_io import is_mmdit_lrm_folder, load_mmdit_lrm
+
+        if not is_mmdit_lrm_folder(path):
+            raise LpoError(f"reward.path {path} is not an MMDiT LRM, but {components.source} is a flow model; "
+                           "train one with lpo lrm train --set base_model=THE_SD3_PIPELINE")
+        reward = load_mmdit_lrm(path, components)
+    elif reward_kind == "lrm":
         from lpo.reward.lrm_io import load_lrm
 
         reward = load_lrm(path, components)
@@ -201,13 +213,31 @@ def run_training(
         return trainer.train(resume=resume)
 
 
-def _build_trainer(method: str, config: Any, run: Any, accelerator: Any, callbacks: Sequence[Callable],
-                   trackers: Sequence[Any], evaluator: Any, console: Any, say: Callable[[str], None]) -> Any:
-    """Load what ``method`` is handed (base model, policy, reward or pairs, prompts) and build its trainer."""
+def _load_base(config: Any, device: Any, trainer_cls: Any, evaluator: Any) -> Any:
+    """The base model's components: a U-Net pipeline's, or a flow pipeline's (SD3; step trainers only)."""
     import torch
 
     from lpo.models.components import load_components
+    from lpo.models.flow_components import is_flow_pipeline, load_flow_components
     from lpo.sampling.generate import resolve_model_name
+
+    dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[config.model.dtype]
+    name = resolve_model_name(config.model.base)
+    if not is_flow_pipeline(name):
+        return load_components(name, dtype=dtype, device=device, vae=config.model.vae)
+    if trainer_cls.needs != "step_reward":
+        raise LpoError(f"{config.method} does not train flow models yet; lpo, grpo train {config.model.base}")
+    if config.model.vae is not None:
+        raise LpoError("model.vae replaces a U-Net pipeline's VAE; flow models keep their own: leave it unset")
+    if evaluator is not None:
+        raise LpoError(f"{config.model.base} is a flow model, which lpo eval's DDIM protocol does not sample yet; "
+                       "train with --no-eval")
+    return load_flow_components(name, dtype=dtype, device=device)
+
+
+def _build_trainer(method: str, config: Any, run: Any, accelerator: Any, callbacks: Sequence[Callable],
+                   trackers: Sequence[Any], evaluator: Any, console: Any, say: Callable[[str], None]) -> Any:
+    """Load what ``method`` is handed (base model, policy, reward or pairs, prompts) and build its trainer."""
     from lpo.trainers import TRAINERS
     from lpo.trainers.harness import build_policy
 
@@ -215,12 +245,14 @@ def _build_trainer(method: str, config: Any, run: Any, accelerator: Any, callbac
     trainer_cls = TRAINERS.get(method)
 
     # 2. the base model on this process's device; frozen parts frozen
-    dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[config.model.dtype]
-    components = load_components(resolve_model_name(config.model.base), dtype=dtype, device=accelerator.device,
-                                 vae=config.model.vae)
+    components = _load_base(config, accelerator.device, trainer_cls, evaluator)
     for module in (components.vae, *components.text_encoders):
         module.requires_grad_(False)
-    policy = build_policy(components.unet, config.policy, config.run.seed, config.model.dtype)
+    reward = None
+    if trainer_cls.needs == "step_reward" and components.kind == "sd3":
+        # the MMDiT LRM copies the base transformer's blocks: built before the policy's LoRA lands on them
+        reward = _load_step_reward(config, trainer_cls.reward_kind, components, None)
+    policy = build_policy(components.denoiser, config.policy, config.run.seed, config.model.dtype)
     if evaluator is not None:
         evaluator.log, evaluator.console = say, (console if is_main else None)
         evaluator.prepare(run.path, components.kind, record=is_main)  # every process: the same errors
@@ -239,7 +271,8 @@ def _build_trainer(method: str, config: Any, run: Any, accelerator: Any, callbac
         say(loaded.summary())
         trainer = trainer_cls(config, components, policy, loaded.pairs, **common)
     else:
-        reward = _load_step_reward(config, trainer_cls.reward_kind, components, policy)
+        if reward is None:
+            reward = _load_step_reward(config, trainer_cls.reward_kind, components, policy)
         prompts = load_prompts(config.train.prompts)
         from lpo.models.prompts import warn_truncated
 

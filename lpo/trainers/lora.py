@@ -10,7 +10,9 @@ Outputs, loadable by plain diffusers:
 - :func:`save_lora` -> a diffusers LoRA folder (``pytorch_lora_weights.safetensors``) via
   ``StableDiffusionPipeline.save_lora_weights`` / ``StableDiffusionXLPipeline.save_lora_weights``
   (peft keys converted with ``convert_state_dict_to_diffusers``, the adapter config stored
-  as metadata); ``pipe.load_lora_weights(folder)`` loads it.
+  as metadata), or, for an SD3 transformer, ``StableDiffusion3Pipeline.save_lora_weights``
+  with peft's keys under ``transformer.`` (the layout diffusers' SD3 LoRA scripts write);
+  ``pipe.load_lora_weights(folder)`` loads it.
 - :func:`save_unet` -> a ``UNet2DConditionModel`` folder (full fine-tunes);
   ``UNet2DConditionModel.from_pretrained(folder)`` loads it.
 - :func:`save_merged_pipeline` -> a whole pipeline folder with the LoRA merged into the
@@ -40,8 +42,9 @@ ADAPTER_NAME = "default"
 
 
 # A LoRA weight's key: peft's names (lora_A / lora_B, optionally the adapter's name) and
-# diffusers' older saved names (lora.down / lora.up), with or without the "unet." prefix.
-_LORA_KEY = re.compile(r"^(?:unet\.)?(.+?)\.(?:lora_([AB])(?:\.default)?|lora\.(down|up))\.weight$")
+# diffusers' older saved names (lora.down / lora.up), with or without the "unet." (or an SD3
+# LoRA's "transformer.") prefix.
+_LORA_KEY = re.compile(r"^(?:unet\.|transformer\.)?(.+?)\.(?:lora_([AB])(?:\.default)?|lora\.(down|up))\.weight$")
 
 
 def parse_lora_key(key: str) -> tuple[str, str] | None:
@@ -158,15 +161,17 @@ def adapters_disabled(unet: nn.Module) -> Iterator[None]:
             layer._disable_adapters = False
 
 
-def lora_state_dict(unet: nn.Module) -> dict[str, torch.Tensor]:
-    """The adapter weights in diffusers' key layout (``unet`` prefix added by ``save_lora_weights``)."""
+def lora_state_dict(unet: nn.Module, convert: bool = True) -> dict[str, torch.Tensor]:
+    """The adapter weights in diffusers' key layout (``unet`` prefix added by ``save_lora_weights``);
+    ``convert=False``: peft's own keys (what SD3 LoRA files hold)."""
     from diffusers.utils import convert_state_dict_to_diffusers
     from peft.utils import get_peft_model_state_dict
 
     if not has_lora(unet):
         raise LpoError("the U-Net has no LoRA adapter to save")
     state = get_peft_model_state_dict(unet, adapter_name=ADAPTER_NAME)
-    return {k: v.detach().to("cpu").contiguous() for k, v in convert_state_dict_to_diffusers(state).items()}
+    state = convert_state_dict_to_diffusers(state) if convert else state
+    return {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
 
 
 def lora_metadata(unet: nn.Module) -> dict[str, Any]:
@@ -181,18 +186,25 @@ def lora_metadata(unet: nn.Module) -> dict[str, Any]:
 
 
 def save_lora(unet: nn.Module, folder: str | Path, kind: str) -> Path:
-    """Write the U-Net's LoRA as a diffusers LoRA folder for an SD1.5/world (``kind`` sd15 or
-    world) or SDXL (``sdxl``) pipeline; ``pipe.load_lora_weights(folder)`` reads it."""
-    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+    """Write the denoiser's LoRA as a diffusers LoRA folder for an SD1.5/world (``kind`` sd15 or
+    world), SDXL (``sdxl``) or SD3 (``sd3``, the transformer's) pipeline;
+    ``pipe.load_lora_weights(folder)`` reads it."""
+    from diffusers import StableDiffusion3Pipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
 
-    pipeline_cls = StableDiffusionXLPipeline if kind == "sdxl" else StableDiffusionPipeline
-    state, metadata = lora_state_dict(unet), lora_metadata(unet)
+    metadata = lora_metadata(unet)
     folder = Path(folder)
     with atomic_directory(folder) as tmp:
-        pipeline_cls.save_lora_weights(
-            tmp, unet_lora_layers=state, safe_serialization=True, weight_name=LORA_WEIGHTS_NAME,
-            unet_lora_adapter_metadata=metadata,
-        )
+        if kind == "sd3":
+            StableDiffusion3Pipeline.save_lora_weights(
+                tmp, transformer_lora_layers=lora_state_dict(unet, convert=False), safe_serialization=True,
+                weight_name=LORA_WEIGHTS_NAME, transformer_lora_adapter_metadata=metadata,
+            )
+        else:
+            pipeline_cls = StableDiffusionXLPipeline if kind == "sdxl" else StableDiffusionPipeline
+            pipeline_cls.save_lora_weights(
+                tmp, unet_lora_layers=lora_state_dict(unet), safe_serialization=True, weight_name=LORA_WEIGHTS_NAME,
+                unet_lora_adapter_metadata=metadata,
+            )
         canonical_safetensors_header(tmp / LORA_WEIGHTS_NAME)
     return folder
 
@@ -243,11 +255,14 @@ def save_merged_pipeline(components: Any, unet: nn.Module, folder: str | Path) -
     ``unet`` (LoRA merged in). A world pipeline keeps its marker file so lpo loads it as one."""
     from dataclasses import replace
 
-    from lpo.sampling.generate import build_pipeline
+    from lpo.sampling.generate import build_flow_pipeline, build_pipeline
     from lpo.models.components import WORLD_MARKER
 
     plain = merged_unet(unet) if has_lora(unet) else unet
-    pipeline = build_pipeline(replace(components, unet=plain))
+    if components.kind == "sd3":
+        pipeline = build_flow_pipeline(replace(components, transformer=plain))
+    else:
+        pipeline = build_pipeline(replace(components, unet=plain))
     folder = Path(folder)
     with atomic_directory(folder) as tmp:
         pipeline.save_pretrained(tmp, safe_serialization=True)

@@ -41,7 +41,7 @@ Needs = Literal["step_reward", "pairs"]
 
 
 class PolicyTrainer(TrainingLoop):
-    """Trains ``policy`` (built on ``components.unet``) inside a run folder (or in memory)."""
+    """Trains ``policy`` (built on ``components.denoiser``) inside a run folder (or in memory)."""
 
     method: ClassVar[str]
     config_class: ClassVar[type]
@@ -62,8 +62,8 @@ class PolicyTrainer(TrainingLoop):
         progress: ProgressFn | None = None,
         log: Callable[[str], None] | None = None,
     ) -> None:
-        if policy.unet is not components.unet:
-            raise ValueError("policy.unet must be components.unet (build the policy on the components' U-Net)")
+        if policy.unet is not components.denoiser:
+            raise ValueError("policy.unet must be components.denoiser (build the policy on the components' U-Net or MMDiT)")
         self.config = config
         self.components = components
         self.policy = policy

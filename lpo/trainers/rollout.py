@@ -1,10 +1,13 @@
 """The step-level rollout shared by LPO and SPO (SPEC §5.1 step 1, §5.2).
 
-For a batch of prompts, sample DDIM trajectories with the policy; at every *training*
+For a batch of prompts, sample trajectories with the policy; at every *training*
 step t branch K candidates x_prev^k from the step's Gaussian, score them with a step
 reward, keep (x_t, x_w, x_l, t, prompt) when the winner is clearly better, and continue
 from a uniformly random candidate. The trainers then replay the kept transitions through
-:func:`lpo.sampling.ddim.ddim_step_with_logprob` with the policy and the reference.
+the same step's log-probability with the policy and the reference. The step is the model
+family's :class:`lpo.sampling.step_kernels.StepKernel`: DDIM with η for U-Nets (pass the
+scheduler, or a :class:`~lpo.sampling.step_kernels.DDIMKernel`), the flow ODE's SDE for
+flow models (:class:`~lpo.sampling.step_kernels.FlowSDEKernel`).
 
 Paper notation -> code:
 
@@ -20,9 +23,9 @@ reward timestep        ``reward_timestep="current"``: the reward is told t altho
                        "zero": told t = 0 (the paper's ablation that hides the noise level)
 w, l                   argmax / argmin of S over the K candidates
 p_w − p_l              the 2-way softmax gap = tanh((S_w − S_l)/2)
-th_t                   ``step_thresholds``: rises linearly with σ_t from ``threshold_min``
+th_t                   the kernel's thresholds: rise linearly with σ_t from ``threshold_min``
                        (smallest σ, t = 1) to ``threshold_max`` (largest σ, t = 951); equal
-                       bounds give SPO's fixed threshold
+                       bounds give SPO's fixed threshold (flow models: with the SDE step's std)
 kept                   :class:`KeptSteps`: rows with p_w − p_l > th_t
 skipped steps          the first ``skip_first_steps`` steps (SPO: 4 of 20) and every step
                        with t < ``min_timestep`` draw one sample and keep nothing
@@ -41,8 +44,9 @@ from typing import Any, Literal, Protocol, Sequence, runtime_checkable
 import torch
 from torch import Tensor
 
-from lpo.models.conditioning import GuidedConditioning, predict_noise
-from lpo.sampling.ddim import branch_candidates, ddim_step_with_logprob, ddim_timesteps, sigma_schedule
+from lpo.models.conditioning import GuidedConditioning
+from lpo.sampling.ddim import branch_candidates, sigma_schedule
+from lpo.sampling.step_kernels import StepKernel, _rising, as_step_kernel
 
 RewardTimestep = Literal["current", "prev", "zero"]
 
@@ -99,11 +103,7 @@ def step_thresholds(scheduler: Any, num_inference_steps: int, threshold_min: flo
     th_t = th_min + (σ_t − σ_min)/(σ_max − σ_min)·(th_max − th_min) with σ_t the η = 1 DDIM
     σ (SPEC §3), as LPO's ``dynamic_threshold_sigma``; th_min == th_max is a fixed threshold.
     """
-    sigmas = sigma_schedule(scheduler, num_inference_steps, eta=1.0).float()
-    if threshold_min == threshold_max or sigmas.max() == sigmas.min():
-        return torch.full_like(sigmas, float(threshold_min))
-    scale = (sigmas - sigmas.min()) / (sigmas.max() - sigmas.min())
-    return threshold_min + scale * (threshold_max - threshold_min)
+    return _rising(sigma_schedule(scheduler, num_inference_steps, eta=1.0).float(), threshold_min, threshold_max)
 
 
 def trained_steps(timesteps: Tensor, settings: StepRolloutSettings) -> Tensor:
@@ -212,21 +212,25 @@ class RolloutOutput:
         return self.kept_count / self.branched if self.branched else 0.0
 
 
-def _schedule(scheduler: Any, settings: StepRolloutSettings, device: Any) -> tuple[Tensor, Tensor, Tensor, int, int]:
-    """Sets the scheduler's N timesteps; (timesteps, thresholds, trained mask, last trained index, t spacing)."""
-    scheduler.set_timesteps(settings.num_inference_steps, device=device)
-    timesteps = ddim_timesteps(scheduler, settings.num_inference_steps)
-    thresholds = step_thresholds(scheduler, settings.num_inference_steps, settings.threshold_min, settings.threshold_max)
+def _schedule(kernel: StepKernel, settings: StepRolloutSettings, device: Any) -> tuple[Tensor, Tensor, Tensor, int]:
+    """Sets the kernel's N timesteps; (timesteps, thresholds, trained mask, last trained index)."""
+    thresholds = kernel.thresholds(settings.num_inference_steps, settings.threshold_min, settings.threshold_max)
+    timesteps = kernel.set_schedule(settings.num_inference_steps, device)
     trained = trained_steps(timesteps, settings)
     last_trained = int(torch.nonzero(trained).max()) if bool(trained.any()) else -1
-    step_size = scheduler.config.num_train_timesteps // settings.num_inference_steps
-    return timesteps, thresholds, trained, last_trained, step_size
+    return timesteps, thresholds, trained, last_trained
+
+
+def _policy_step(kernel: StepKernel, unet: torch.nn.Module, latents: Tensor, t: Any,
+                 conditioning: GuidedConditioning) -> tuple[Tensor, Tensor]:
+    """(mean, std) of the policy's step from x_t = ``latents`` (with CFG)."""
+    return kernel.gaussian(kernel.predict(unet, latents, t, conditioning), t, latents)
 
 
 @torch.no_grad()
 def step_rollout(
     unet: torch.nn.Module,
-    scheduler: Any,
+    sampler: StepKernel | Any,
     conditioning: GuidedConditioning,
     reward: StepReward,
     reward_text: Any,
@@ -240,15 +244,18 @@ def step_rollout(
     conditioning: the prompts' CFG conditioning (B rows), used for the policy's ε̂.
     reward_text: ``reward.encode_text(prompts)`` for the same B prompts (not repeated).
     generator: the source of every random draw of the round (see the module docstring).
-    Sets ``scheduler``'s timesteps to N. Stops after the last trained step.
+    sampler: the family's :class:`~lpo.sampling.step_kernels.StepKernel`, or a DDIM scheduler
+    (stepped with ``settings.eta``). Sets the scheduler's timesteps to N. Stops after the
+    last trained step.
     """
     batch = latents.shape[0]
     num_candidates = settings.num_candidates
     if conditioning.batch_size != batch:
         raise ValueError(f"conditioning has {conditioning.batch_size} rows for {batch} latents")
     if settings.inner_steps:
-        return chain_rollout(unet, scheduler, conditioning, reward, reward_text, latents, settings, generator, prompts)
-    timesteps, thresholds, trained, last_trained, step_size = _schedule(scheduler, settings, latents.device)
+        return chain_rollout(unet, sampler, conditioning, reward, reward_text, latents, settings, generator, prompts)
+    kernel = as_step_kernel(sampler, settings.eta)
+    timesteps, thresholds, trained, last_trained = _schedule(kernel, settings, latents.device)
     candidate_text = reward_text.repeat_interleave(num_candidates)  # row b·K + k is prompt b
 
     kept: dict[str, list[Tensor]] = {k: [] for k in ("t", "w", "l", "ts", "idx", "gap", "sw", "sl")}
@@ -259,18 +266,17 @@ def step_rollout(
         if i > last_trained:
             break  # nothing left to keep: the rest of the trajectory is not needed
         # 1a. μ and std of the policy's step (with CFG); z = 0 makes prev_sample = μ
-        noise_pred = predict_noise(unet, latents, t, conditioning)
-        step = ddim_step_with_logprob(scheduler, noise_pred, t, latents, eta=settings.eta, noise=torch.zeros_like(noise_pred))
+        mean, std = _policy_step(kernel, unet, latents, t, conditioning)
         if not bool(trained[i]):
-            latents = branch_candidates(step.mean, step.std, 1, generator)[:, 0].to(latents.dtype)
+            latents = branch_candidates(mean, std, 1, generator)[:, 0].to(latents.dtype)
             continue
         # 1a. K candidates from the one Gaussian
-        candidates = branch_candidates(step.mean, step.std, num_candidates, generator).to(latents.dtype)  # (B, K, C, H, W)
+        candidates = branch_candidates(mean, std, num_candidates, generator).to(latents.dtype)  # (B, K, C, H, W)
         # 1b. score them (told t, or prev_t clamped at 0)
         # "zero": the paper's ablation that hides the noise level from the LRM (tells it t = 0)
-        reward_t = {"current": t, "prev": max(t - step_size, 0), "zero": 0}[settings.reward_timestep]
+        reward_t = kernel.reward_timestep(timesteps, i, settings.reward_timestep)
         flat = candidates.reshape(batch * num_candidates, *candidates.shape[2:])
-        reward_timesteps = torch.full((batch * num_candidates,), reward_t, dtype=torch.long, device=flat.device)
+        reward_timesteps = torch.full((batch * num_candidates,), reward_t, dtype=timesteps.dtype, device=flat.device)
         scores = reward.score_with_conditioning(flat, reward_timesteps, candidate_text).float().reshape(batch, num_candidates)
         all_scores.append(scores.cpu())
         # 1c. winner / loser and the σ_t-scheduled threshold on the softmax gap
@@ -285,7 +291,7 @@ def step_rollout(
             kept["t"].append(latents[dev])
             kept["w"].append(candidates[dev, best[sel].to(candidates.device)])
             kept["l"].append(candidates[dev, worst[sel].to(candidates.device)])
-            kept["ts"].append(torch.full((len(sel),), t, dtype=torch.long))
+            kept["ts"].append(torch.full((len(sel),), t, dtype=timesteps.dtype))
             kept["idx"].append(sel)
             kept["gap"].append(gaps[sel])
             kept["sw"].append(scores_cpu[sel, best[sel]])
@@ -298,9 +304,8 @@ def step_rollout(
     finished = last_trained == len(timesteps) - 1 or last_trained < 0
     if last_trained < 0:  # no trained step at all: run the plain trajectory for the final latents
         for t in timesteps.tolist():
-            noise_pred = predict_noise(unet, latents, t, conditioning)
-            step = ddim_step_with_logprob(scheduler, noise_pred, t, latents, eta=settings.eta, noise=torch.zeros_like(noise_pred))
-            latents = branch_candidates(step.mean, step.std, 1, generator)[:, 0].to(latents.dtype)
+            mean, std = _policy_step(kernel, unet, latents, t, conditioning)
+            latents = branch_candidates(mean, std, 1, generator)[:, 0].to(latents.dtype)
 
     def cat(key: str, like: Tensor) -> Tensor:
         return torch.cat(kept[key]) if kept[key] else like
@@ -311,7 +316,7 @@ def step_rollout(
         latents_t=cat("t", empty_latents),
         latents_w=cat("w", empty_latents),
         latents_l=cat("l", empty_latents),
-        timesteps=cat("ts", torch.zeros(0, dtype=torch.long)),
+        timesteps=cat("ts", torch.zeros(0, dtype=timesteps.dtype)),
         prompt_index=cat("idx", torch.zeros(0, dtype=torch.long)),
         conditioning=conditioning,
         gaps=cat("gap", empty),
@@ -331,7 +336,7 @@ def step_rollout(
 @torch.no_grad()
 def chain_rollout(
     unet: torch.nn.Module,
-    scheduler: Any,
+    sampler: StepKernel | Any,
     conditioning: GuidedConditioning,
     reward: StepReward,
     reward_text: Any,
@@ -353,7 +358,8 @@ def chain_rollout(
     branching, then each inner step's K samples, then the continuation, from ``generator``.
     """
     batch, k = latents.shape[0], settings.num_candidates
-    timesteps, thresholds, trained, last_trained, step_size = _schedule(scheduler, settings, latents.device)
+    kernel = as_step_kernel(sampler, settings.eta)
+    timesteps, thresholds, trained, last_trained = _schedule(kernel, settings, latents.device)
     candidate_text = reward_text.repeat_interleave(k)
     chain_conditioning = conditioning.repeat_interleave(k)  # row b·K + j: chain j of prompt b
     rows = torch.arange(batch)
@@ -362,17 +368,16 @@ def chain_rollout(
     kept_by_timestep: dict[int, int] = {}
     all_scores: list[Tensor] = []
     branchings = kept_branchings = 0
-    segment: list[tuple[Tensor, Tensor, int]] | None = None  # (x_t, x_prev, t) of every chain, (B, K, ...) each
+    segment: list[tuple[Tensor, Tensor, int]] | None = None  # (x_t, x_prev, step index) of every chain, (B, K, ...) each
     branch_index = left = 0
     chains = latents.new_zeros(0)
 
     def close_segment() -> Tensor:
         """Score the chain ends, keep the segment's pairs, return the continuation (B, ...)."""
         nonlocal kept_branchings
-        last_t = segment[-1][2]
-        reward_t = {"current": last_t, "prev": max(last_t - step_size, 0), "zero": 0}[settings.reward_timestep]
+        reward_t = kernel.reward_timestep(timesteps, segment[-1][2], settings.reward_timestep)
         flat = chains.reshape(batch * k, *chains.shape[2:])
-        reward_timesteps = torch.full((batch * k,), reward_t, dtype=torch.long, device=flat.device)
+        reward_timesteps = torch.full((batch * k,), reward_t, dtype=timesteps.dtype, device=flat.device)
         scores = reward.score_with_conditioning(flat, reward_timesteps, candidate_text).float().reshape(batch, k).cpu()
         all_scores.append(scores)
         best, worst = scores.argmax(dim=1), scores.argmin(dim=1)
@@ -382,12 +387,13 @@ def chain_rollout(
             sel = torch.nonzero(keep).flatten()
             dev = sel.to(chains.device)
             w, l = best[sel].to(chains.device), worst[sel].to(chains.device)
-            for x_t, x_prev, t in segment:
+            for x_t, x_prev, index in segment:
+                t = timesteps[index].item()
                 kept["t"].append(x_t[dev, w])
                 kept["tl"].append(x_t[dev, l])
                 kept["w"].append(x_prev[dev, w])
                 kept["l"].append(x_prev[dev, l])
-                kept["ts"].append(torch.full((len(sel),), t, dtype=torch.long))
+                kept["ts"].append(torch.full((len(sel),), t, dtype=timesteps.dtype))
                 kept["idx"].append(sel)
                 kept["gap"].append(gaps[sel])
                 kept["sw"].append(scores[sel, best[sel]])
@@ -402,21 +408,19 @@ def chain_rollout(
             break  # nothing left to branch, no chain open
         if segment is not None:  # one inner step of every chain
             flat = chains.reshape(batch * k, *chains.shape[2:])
-            noise_pred = predict_noise(unet, flat, t, chain_conditioning)
-            step = ddim_step_with_logprob(scheduler, noise_pred, t, flat, eta=settings.eta, noise=torch.zeros_like(noise_pred))
-            following = branch_candidates(step.mean, step.std, 1, generator)[:, 0].to(latents.dtype).reshape(chains.shape)
-            segment.append((chains, following, t))
+            mean, std = _policy_step(kernel, unet, flat, t, chain_conditioning)
+            following = branch_candidates(mean, std, 1, generator)[:, 0].to(latents.dtype).reshape(chains.shape)
+            segment.append((chains, following, i))
             chains, left = following, left - 1
             if left == 0:
                 latents, segment = close_segment(), None
             continue
-        noise_pred = predict_noise(unet, latents, t, conditioning)
-        step = ddim_step_with_logprob(scheduler, noise_pred, t, latents, eta=settings.eta, noise=torch.zeros_like(noise_pred))
+        mean, std = _policy_step(kernel, unet, latents, t, conditioning)
         if not bool(trained[i]):
-            latents = branch_candidates(step.mean, step.std, 1, generator)[:, 0].to(latents.dtype)
+            latents = branch_candidates(mean, std, 1, generator)[:, 0].to(latents.dtype)
             continue
-        candidates = branch_candidates(step.mean, step.std, k, generator).to(latents.dtype)  # (B, K, ...)
-        segment = [(latents.unsqueeze(1).expand_as(candidates), candidates, t)]
+        candidates = branch_candidates(mean, std, k, generator).to(latents.dtype)  # (B, K, ...)
+        segment = [(latents.unsqueeze(1).expand_as(candidates), candidates, i)]
         chains, left, branch_index = candidates, settings.inner_steps, i
         branchings += 1
     if segment is not None:  # the trajectory ended inside a segment: score the chains where they are
@@ -430,7 +434,7 @@ def chain_rollout(
     empty = torch.zeros(0)
     out = KeptSteps(
         latents_t=cat("t", empty_latents), latents_w=cat("w", empty_latents), latents_l=cat("l", empty_latents),
-        timesteps=cat("ts", torch.zeros(0, dtype=torch.long)), prompt_index=cat("idx", torch.zeros(0, dtype=torch.long)),
+        timesteps=cat("ts", torch.zeros(0, dtype=timesteps.dtype)), prompt_index=cat("idx", torch.zeros(0, dtype=torch.long)),
         conditioning=conditioning, gaps=cat("gap", empty), scores_w=cat("sw", empty), scores_l=cat("sl", empty),
         prompts=list(prompts), latents_t_l=cat("tl", empty_latents),
     )

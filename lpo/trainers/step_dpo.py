@@ -37,10 +37,10 @@ import torch
 
 from lpo.core.errors import LpoError
 from lpo.trainers.losses import clipped_step_dpo_loss
-from lpo.models.components import DiffusionComponents, guided_conditioning
+from lpo.models.parts import LatentPipelineParts
 from lpo.core.seeding import Stream, keyed_generator, pair_indices
-from lpo.sampling.ddim import ddim_step_with_logprob, ddim_timesteps, initial_latents
-from lpo.models.conditioning import predict_noise
+from lpo.sampling.ddim import initial_latents
+from lpo.sampling.step_kernels import kernel_for, policy_conditioning
 from lpo.trainers.rollout import KeptSteps, StepReward, StepRolloutSettings, step_rollout, trained_steps
 from lpo.trainers.config import StepTrainerConfig
 from lpo.trainers.guards import GapTracker, check_rollout_scores, check_trained
@@ -129,8 +129,10 @@ def gather_kept(accelerator: Any, kept: Any) -> Any:
 class StepDPOTrainer(PolicyTrainer):
     """The step-level DPO loop (LPO / SPO) with its parts handed in.
 
-    components: the base model's parts (U-Net = ``policy.unet``, scheduler, text encoders).
-    policy: from :func:`lpo.trainers.harness.build_policy` on ``components.unet``.
+    components: the base model's parts (denoiser = ``policy.unet``, scheduler, text encoders):
+    a U-Net pipeline's (DDIM steps with ``sampler.eta``) or a flow pipeline's (SD3: the flow
+    ODE's SDE with ``sampler.noise_level``; :mod:`lpo.sampling.step_kernels`).
+    policy: from :func:`lpo.trainers.harness.build_policy` on ``components.denoiser``.
     reward: the frozen step reward (:class:`lpo.trainers.rollout.StepReward`), in eval mode.
     prompts: the training prompts.  reward_cost: the reward model's own cost record
     (:func:`lpo.core.runs.read_cost`), folded into this run's cost.
@@ -143,12 +145,12 @@ class StepDPOTrainer(PolicyTrainer):
     progress_label = PROGRESS_LABEL
     unit = "round"
     history_key = "round"
-    rollout = staticmethod(step_rollout)  # (unet, scheduler, conditioning, reward, reward_text, latents, settings, generator, prompts)
+    rollout = staticmethod(step_rollout)  # (unet, kernel, conditioning, reward, reward_text, latents, settings, generator, prompts)
 
     def __init__(
         self,
         config: StepTrainerConfig,
-        components: DiffusionComponents,
+        components: LatentPipelineParts,
         policy: Policy,
         reward: StepReward,
         prompts: Sequence[str],
@@ -164,6 +166,7 @@ class StepDPOTrainer(PolicyTrainer):
         self.prompts = list(prompts)
         self.reward_cost = reward_cost
         self.reward_source = reward_source
+        self.kernel = kernel_for(components, config.sampler.eta, config.sampler.noise_level)
 
     # ----------------------------------------------------------------- one round's pieces
 
@@ -176,17 +179,17 @@ class StepDPOTrainer(PolicyTrainer):
     def _rollout(self, round_index: int, prompts: list[str]) -> Any:
         c, s = self.components, self.config.sampler
         generator = keyed_generator(self.config.run.seed, Stream.ROLLOUT, round_index, self.accelerator.process_index)
-        conditioning = guided_conditioning(c, prompts, s.guidance_scale, s.negative_prompt)
+        conditioning = policy_conditioning(c, prompts, s.guidance_scale, s.negative_prompt)
         reward_text = self.reward.encode_text(prompts)
         height = width = c.default_resolution // c.vae_scale_factor
-        latents = initial_latents(len(prompts), c.latent_channels, height, width, generator, c.scheduler,
-                                  device=c.device, dtype=c.unet.dtype)
+        latents = initial_latents(len(prompts), c.latent_channels, height, width, generator, self.kernel,
+                                  device=c.device, dtype=c.denoiser.dtype)
         with self.accelerator.autocast():
-            return self.rollout(c.unet, c.scheduler, conditioning, self.reward, reward_text, latents,
+            return self.rollout(c.denoiser, self.kernel, conditioning, self.reward, reward_text, latents,
                                 rollout_settings(self.config), generator, prompts)
 
     def _loss_fn(self, model: Any, samples: KeptSteps) -> Callable[[torch.Tensor], tuple[torch.Tensor, dict]]:
-        scheduler, eta = self.components.scheduler, self.config.sampler.eta
+        kernel = self.kernel
         beta, epsilon = self.config.loss.beta, self.config.loss.clip_epsilon
 
         def loss_fn(rows: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -195,13 +198,13 @@ class StepDPOTrainer(PolicyTrainer):
             latents_t, timesteps = batch.latents_t, batch.timesteps
 
             def log_prob(pred: torch.Tensor, sample: torch.Tensor, x_t: torch.Tensor) -> torch.Tensor:
-                return ddim_step_with_logprob(scheduler, pred, timesteps, x_t, eta=eta, prev_sample=sample).log_prob
+                return kernel.log_prob(pred, timesteps, x_t, sample)
 
             if batch.latents_t_l is None:
                 # μ_θ and μ_ref at (x_t, t) with CFG; x_w and x_l are both scored against them
-                noise_pred = predict_noise(model, latents_t, timesteps, conditioning)
+                noise_pred = kernel.predict(model, latents_t, timesteps, conditioning)
                 with self.policy.reference() as reference:
-                    ref_noise_pred = predict_noise(reference, latents_t, timesteps, conditioning)
+                    ref_noise_pred = kernel.predict(reference, latents_t, timesteps, conditioning)
                 logs_w = log_prob(noise_pred, batch.latents_w, latents_t), log_prob(ref_noise_pred, batch.latents_w, latents_t)
                 logs_l = log_prob(noise_pred, batch.latents_l, latents_t), log_prob(ref_noise_pred, batch.latents_l, latents_t)
             else:
@@ -209,9 +212,9 @@ class StepDPOTrainer(PolicyTrainer):
                 both = torch.cat([latents_t, batch.latents_t_l])
                 both_t = torch.cat([timesteps, timesteps])
                 both_cond = conditioning.index(torch.cat([torch.arange(len(timesteps))] * 2))
-                pred_w, pred_l = predict_noise(model, both, both_t, both_cond).chunk(2)
+                pred_w, pred_l = kernel.predict(model, both, both_t, both_cond).chunk(2)
                 with self.policy.reference() as reference:
-                    ref_w, ref_l = predict_noise(reference, both, both_t, both_cond).chunk(2)
+                    ref_w, ref_l = kernel.predict(reference, both, both_t, both_cond).chunk(2)
                 logs_w = log_prob(pred_w, batch.latents_w, latents_t), log_prob(ref_w, batch.latents_w, latents_t)
                 logs_l = log_prob(pred_l, batch.latents_l, batch.latents_t_l), log_prob(ref_l, batch.latents_l, batch.latents_t_l)
             out = clipped_step_dpo_loss(logs_w[0], logs_l[0], logs_w[1], logs_l[1], beta, epsilon)
@@ -232,9 +235,7 @@ class StepDPOTrainer(PolicyTrainer):
 
     def setup(self) -> int:
         settings = rollout_settings(self.config)
-        scheduler = self.components.scheduler
-        scheduler.set_timesteps(settings.num_inference_steps)
-        timesteps = ddim_timesteps(scheduler, settings.num_inference_steps)
+        timesteps = self.kernel.set_schedule(settings.num_inference_steps)
         trained = timesteps[trained_steps(timesteps, settings)].tolist()
         self.run_plan = plan_rounds(self.config, len(self.prompts), self.accelerator.num_processes, trained)
         self.say(self.run_plan.describe())

@@ -26,10 +26,11 @@ import torch
 from torch import Tensor
 
 from lpo.core.errors import LpoError
-from lpo.models.conditioning import GuidedConditioning, predict_noise
-from lpo.sampling.ddim import branch_candidates, candidate_log_probs, ddim_step_with_logprob
+from lpo.models.conditioning import GuidedConditioning
+from lpo.sampling.ddim import branch_candidates, candidate_log_probs
+from lpo.sampling.step_kernels import StepKernel, as_step_kernel
 from lpo.trainers.losses import clipped_grpo_loss, group_relative_advantages
-from lpo.trainers.rollout import StepReward, StepRolloutSettings, _schedule, softmax_gap
+from lpo.trainers.rollout import StepReward, StepRolloutSettings, _policy_step, _schedule, softmax_gap
 from lpo.trainers.step_dpo import StepDPOTrainer
 
 ADVANTAGE_CLIP = 5.0  # DDPO's / Flow-GRPO's adv_clip_max: |A| <= 5
@@ -99,41 +100,41 @@ class GroupRolloutOutput:
 
 
 @torch.no_grad()
-def group_rollout(unet: torch.nn.Module, scheduler: Any, conditioning: GuidedConditioning, reward: StepReward,
+def group_rollout(unet: torch.nn.Module, sampler: StepKernel | Any, conditioning: GuidedConditioning, reward: StepReward,
                   reward_text: Any, latents: Tensor, settings: StepRolloutSettings, generator: torch.Generator,
                   prompts: Sequence[str] = ()) -> GroupRolloutOutput:
     """Step 1 of the module docstring for B trajectories from x_T = ``latents``; draws from ``generator`` only."""
     batch, k = latents.shape[0], settings.num_candidates
-    timesteps, _, trained, last_trained, step_size = _schedule(scheduler, settings, latents.device)
+    kernel = as_step_kernel(sampler, settings.eta)
+    timesteps, _, trained, last_trained = _schedule(kernel, settings, latents.device)
     candidate_text = reward_text.repeat_interleave(k)
     kept: dict[str, list[Tensor]] = {name: [] for name in GroupSteps._ROWS}
     rows = torch.arange(batch)
     for i, t in enumerate(timesteps.tolist()):
         if i > last_trained:
             break
-        noise_pred = predict_noise(unet, latents, t, conditioning)
-        step = ddim_step_with_logprob(scheduler, noise_pred, t, latents, eta=settings.eta, noise=torch.zeros_like(noise_pred))
+        mean, std = _policy_step(kernel, unet, latents, t, conditioning)
         if not bool(trained[i]):
-            latents = branch_candidates(step.mean, step.std, 1, generator)[:, 0].to(latents.dtype)
+            latents = branch_candidates(mean, std, 1, generator)[:, 0].to(latents.dtype)
             continue
-        candidates = branch_candidates(step.mean, step.std, k, generator).to(latents.dtype)  # (B, K, C, H, W)
-        reward_t = {"current": t, "prev": max(t - step_size, 0), "zero": 0}[settings.reward_timestep]
+        candidates = branch_candidates(mean, std, k, generator).to(latents.dtype)  # (B, K, C, H, W)
+        reward_t = kernel.reward_timestep(timesteps, i, settings.reward_timestep)
         flat = candidates.reshape(batch * k, *candidates.shape[2:])
-        told = torch.full((batch * k,), reward_t, dtype=torch.long, device=flat.device)
+        told = torch.full((batch * k,), reward_t, dtype=timesteps.dtype, device=flat.device)
         scores = reward.score_with_conditioning(flat, told, candidate_text).float().reshape(batch, k)
         kept["latents_t"].append(latents.cpu())
         kept["candidates"].append(candidates.cpu())
-        kept["timesteps"].append(torch.full((batch,), t, dtype=torch.long))
+        kept["timesteps"].append(torch.full((batch,), t, dtype=timesteps.dtype))
         kept["prompt_index"].append(rows.clone())
         kept["scores"].append(scores.cpu())
         kept["advantages"].append(group_relative_advantages(scores).clamp(-ADVANTAGE_CLIP, ADVANTAGE_CLIP).cpu())
-        kept["old_log_probs"].append(candidate_log_probs(candidates.float(), step.mean, step.std).cpu())
+        kept["old_log_probs"].append(candidate_log_probs(candidates.float(), mean, std).cpu())
         choice = torch.randint(k, (batch,), generator=generator)
         latents = candidates[rows.to(candidates.device), choice.to(candidates.device)]
     if not kept["timesteps"]:
         shape = latents.shape[1:]
         empty = {"latents_t": latents.new_zeros((0, *shape)).cpu(), "candidates": latents.new_zeros((0, k, *shape)).cpu(),
-                 "timesteps": torch.zeros(0, dtype=torch.long), "prompt_index": torch.zeros(0, dtype=torch.long),
+                 "timesteps": torch.zeros(0, dtype=timesteps.dtype), "prompt_index": torch.zeros(0, dtype=torch.long),
                  "scores": torch.zeros(0, k), "advantages": torch.zeros(0, k), "old_log_probs": torch.zeros(0, k)}
         groups = GroupSteps(**empty, conditioning=conditioning, prompts=list(prompts))
     else:
@@ -154,14 +155,12 @@ class GRPOTrainer(StepDPOTrainer):
         super().__init__(config, *args, **kwargs)
 
     def _loss_fn(self, model: Any, samples: GroupSteps) -> Callable[[Tensor], tuple[Tensor, dict]]:
-        scheduler, eta = self.components.scheduler, self.config.sampler.eta
+        kernel = self.kernel
         epsilon, kl_beta = self.config.loss.clip_epsilon, self.config.loss.kl_beta
 
         def group_log_probs(unet: Any, batch: GroupSteps, conditioning: GuidedConditioning) -> Tensor:
-            pred = predict_noise(unet, batch.latents_t, batch.timesteps, conditioning)
-            step = ddim_step_with_logprob(scheduler, pred, batch.timesteps, batch.latents_t, eta=eta,
-                                          noise=torch.zeros_like(pred))
-            return candidate_log_probs(batch.candidates.float(), step.mean, step.std)  # (m, K)
+            mean, std = _policy_step(kernel, unet, batch.latents_t, batch.timesteps, conditioning)
+            return candidate_log_probs(batch.candidates.float(), mean, std)  # (m, K)
 
         def loss_fn(rows: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
             batch = samples.select(rows)

@@ -1,0 +1,210 @@
+"""Step-level training on flow-matching models (SD3-style): the SDE step kernel against independent
+references, the flow rollout with the MMDiT LRM, and LPO / GRPO runs on a tiny random SD3
+pipeline whose LoRA plain diffusers reloads."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from lpo.core.errors import LpoError
+from lpo.core.io import atomic_write_json
+from lpo.core.runs import DeviceMeter
+from lpo.sampling.flow import flow_sde_step_with_logprob
+from lpo.sampling.step_kernels import DDIMKernel, FlowSDEKernel, policy_conditioning
+from lpo.trainers.jobs import run_training
+from lpo.trainers.rollout import StepRolloutSettings, step_rollout
+
+from tiny_flow_models import T5_LENGTH, tiny_sd3_pipeline
+
+PROMPTS = ["a red circle", "a blue square", "a green cat"]
+# One round of 3 trajectories of 4 steps, pairs at t >= 801 (the first two flow steps), all kept.
+FLOW_STEP = ["train.max_rounds=1", "sampler.sample_batch_size=3", "train.train_batch_size=64", "sampler.num_inference_steps=4",
+             "sampler.threshold_min=0.0", "sampler.threshold_max=0.0", "sampler.min_timestep=801", "run.save_every=0",
+             "model.dtype=fp32", "optim.mixed_precision=no", "policy.gradient_checkpointing=false", "policy.lora_rank=4",
+             "optim.lr=0.05"]
+
+
+def _flow_scheduler(steps: int = 6):
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0)
+    scheduler.set_timesteps(steps)
+    return scheduler
+
+
+@pytest.fixture(scope="module")
+def sd3_dir(tmp_path_factory) -> Path:
+    return tiny_sd3_pipeline(tmp_path_factory.mktemp("sd3") / "pipe")
+
+
+@pytest.fixture(scope="module")
+def mmdit_lrm(sd3_dir, tmp_path_factory) -> Path:
+    from lpo.models.flow_components import load_flow_components
+    from lpo.reward.lrm_mmdit import MMDiTLatentRewardModel, MMDiTLRMConfig
+    from lpo.reward.lrm_mmdit_io import save_mmdit_lrm
+
+    torch.manual_seed(0)
+    lrm = MMDiTLatentRewardModel.from_components(load_flow_components(sd3_dir),
+                                                 MMDiTLRMConfig(num_blocks=1, max_sequence_length=T5_LENGTH, vfe_scale=1.0))
+    out = save_mmdit_lrm(lrm, tmp_path_factory.mktemp("rewards") / "lrm")
+    meter = DeviceMeter()
+    meter.add("reward_model_training", 4.0)
+    atomic_write_json(out / "cost.json", meter.as_dict())
+    return out
+
+
+# --------------------------------------------------------------------------- the kernels
+
+
+def test_the_flow_kernel_is_the_sde_step_and_its_log_prob_the_gaussian_density():
+    kernel = FlowSDEKernel(_flow_scheduler(), noise_level=0.7)
+    timesteps = kernel.set_schedule(6)
+    gen = torch.Generator().manual_seed(0)
+    latents = torch.randn(3, 4, 8, 8, generator=gen)
+    velocity = torch.randn(3, 4, 8, 8, generator=gen)
+    t = timesteps[[0, 2, 5]]
+    mean, std = kernel.gaussian(velocity, t, latents)
+    # the SDE mean and std written out independently (Flow-GRPO's form; σ = t / 1000 here, shift applied)
+    sigmas = torch.cat([kernel.scheduler.sigmas[[0, 2, 5]]])
+    sigmas_next = kernel.scheduler.sigmas[[1, 3, 6]]
+    s, s_next = sigmas.view(-1, 1, 1, 1), sigmas_next.view(-1, 1, 1, 1)
+    ds = s_next - s
+    g = 0.7 * torch.sqrt(s / (1 - torch.where(s >= 1, kernel.scheduler.sigmas[1], s)))
+    expected = latents * (1 + g**2 / (2 * s) * ds) + velocity * (1 + g**2 * (1 - s) / (2 * s)) * ds
+    torch.testing.assert_close(mean, expected)
+    torch.testing.assert_close(std, g * torch.sqrt(-ds))
+    prev = mean + std * torch.randn(3, 4, 8, 8, generator=gen)
+    density = torch.distributions.Normal(mean.double(), std.double()).log_prob(prev.double()).mean(dim=(1, 2, 3))
+    torch.testing.assert_close(kernel.log_prob(velocity, t, latents, prev).double(), density, rtol=1e-5, atol=1e-5)
+    # the kernel's Euler limit: noise level -> 0 gives the scheduler's own step
+    euler = kernel.scheduler.step(velocity[:1], timesteps[2], latents[:1]).prev_sample
+    near_ode = flow_sde_step_with_logprob(kernel.scheduler, velocity[:1], timesteps[2], latents[:1], noise_level=1e-6,
+                                          noise=torch.zeros_like(latents[:1])).mean
+    torch.testing.assert_close(near_ode, euler, rtol=1e-4, atol=1e-5)
+
+
+def test_flow_thresholds_rise_with_the_step_std_and_reward_timesteps_follow_the_schedule():
+    kernel = FlowSDEKernel(_flow_scheduler())
+    stds = kernel.step_stds(6)
+    thresholds = kernel.thresholds(6, 0.2, 0.6)
+    assert thresholds.shape == (6,)
+    assert float(thresholds[int(stds.argmax())]) == pytest.approx(0.6) and float(thresholds[int(stds.argmin())]) == pytest.approx(0.2)
+    order = stds.argsort()
+    assert bool((thresholds[order].diff() >= 0).all())  # monotone in the std
+    assert bool((kernel.thresholds(6, 0.3, 0.3) == 0.3).all())
+    timesteps = kernel.set_schedule(6)
+    assert kernel.reward_timestep(timesteps, 1, "current") == pytest.approx(float(timesteps[1]))
+    assert kernel.reward_timestep(timesteps, 1, "prev") == pytest.approx(float(timesteps[2]))
+    assert kernel.reward_timestep(timesteps, 5, "prev") == 0.0 and kernel.reward_timestep(timesteps, 1, "zero") == 0.0
+    with pytest.raises(ValueError, match="noise_level must be > 0"):
+        FlowSDEKernel(_flow_scheduler(), noise_level=0.0)
+
+
+def test_the_ddim_kernel_is_the_ddim_step(tiny_world_dir):
+    from lpo.models.components import load_components
+    from lpo.sampling.ddim import ddim_step_with_logprob, ddim_timesteps, sigma_schedule
+    from lpo.trainers.rollout import step_thresholds
+
+    scheduler = load_components(tiny_world_dir).scheduler
+    kernel = DDIMKernel(scheduler, eta=1.0)
+    timesteps = kernel.set_schedule(10)
+    torch.testing.assert_close(timesteps, ddim_timesteps(scheduler, 10))
+    torch.testing.assert_close(kernel.thresholds(10, 0.35, 0.5), step_thresholds(scheduler, 10, 0.35, 0.5))
+    assert bool((kernel.thresholds(10, 0.35, 0.5).argsort() == sigma_schedule(scheduler, 10).argsort()).all())
+    gen = torch.Generator().manual_seed(1)
+    x, eps = torch.randn(2, 4, 8, 8, generator=gen), torch.randn(2, 4, 8, 8, generator=gen)
+    t = timesteps[[1, 4]]
+    mean, std = kernel.gaussian(eps, t, x)
+    prev = mean + std * torch.randn(2, 4, 8, 8, generator=gen)
+    step = ddim_step_with_logprob(scheduler, eps, t, x, eta=1.0, prev_sample=prev)
+    torch.testing.assert_close(mean, step.mean)
+    torch.testing.assert_close(kernel.log_prob(eps, t, x, prev), step.log_prob)
+    assert kernel.reward_timestep(timesteps, 1, "prev") == int(timesteps[1]) - 100
+
+
+# --------------------------------------------------------------------------- the rollout
+
+
+def test_the_flow_rollout_keeps_the_lrm_winner_at_the_schedule_timesteps(sd3_dir, mmdit_lrm):
+    from lpo.models.flow_components import load_flow_components
+    from lpo.reward.lrm_mmdit_io import load_mmdit_lrm
+
+    components = load_flow_components(sd3_dir)
+    lrm = load_mmdit_lrm(mmdit_lrm, components)
+    kernel = FlowSDEKernel(components.scheduler, 0.7)
+    settings = StepRolloutSettings(num_inference_steps=4, num_candidates=3, threshold_min=0.0, threshold_max=0.0,
+                                   min_timestep=500)
+    conditioning = policy_conditioning(components, PROMPTS, 4.5)
+
+    def roll(seed: int):
+        gen = torch.Generator().manual_seed(seed)
+        latents = torch.randn(3, 4, 8, 8, generator=gen)
+        return step_rollout(components.transformer, kernel, conditioning, lrm, lrm.encode_text(PROMPTS), latents,
+                            settings, gen, PROMPTS)
+
+    out = roll(0)
+    schedule = kernel.set_schedule(4)
+    trained = schedule[schedule >= 500]
+    assert out.branched == 3 * len(trained) and len(out.kept) > 0
+    assert out.kept.timesteps.dtype == torch.float32
+    assert set(out.kept.timesteps.tolist()) <= set(trained.tolist())
+    # the stored winner is the candidate the LRM scored highest (told the current t)
+    with torch.no_grad():
+        rescored = lrm(out.kept.latents_w, out.kept.timesteps, [PROMPTS[i] for i in out.kept.prompt_index.tolist()])
+    torch.testing.assert_close(rescored, out.kept.scores_w, rtol=1e-4, atol=1e-4)
+    again = roll(0)
+    torch.testing.assert_close(again.kept.latents_w, out.kept.latents_w)
+    assert not torch.equal(roll(1).kept.latents_w, out.kept.latents_w)
+
+
+# --------------------------------------------------------------------------- whole runs
+
+
+def test_lpo_and_grpo_train_a_tiny_sd3_lora_that_plain_diffusers_reloads(sd3_dir, mmdit_lrm, tmp_path):
+    from diffusers import StableDiffusion3Pipeline
+
+    from lpo.trainers.lora import LORA_WEIGHTS_NAME
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("\n".join(PROMPTS) + "\n")
+    common = [f"model.base={sd3_dir}", f"reward.path={mmdit_lrm}", f"train.prompts={prompts}", *FLOW_STEP]
+    lpo = run_training("lpo", "lpo-sd3", [*common, "run.save_merged_pipeline=true"], run_dir=tmp_path / "lpo")
+    grpo = run_training("grpo", "grpo-sd3", common, run_dir=tmp_path / "grpo")
+    assert math.isfinite(lpo.final_loss) and math.isfinite(grpo.final_loss)
+
+    def samples(pipe):
+        pipe.set_progress_bar_config(disable=True)
+        return pipe(prompt=["a red circle", "a dog"], num_inference_steps=4, guidance_scale=4.5, max_sequence_length=T5_LENGTH,
+                    generator=[torch.Generator().manual_seed(s) for s in (1, 2)], output_type="np").images
+
+    base = samples(StableDiffusion3Pipeline.from_pretrained(sd3_dir))
+    for result in (lpo, grpo):
+        assert (result.model_folder / LORA_WEIGHTS_NAME).is_file()
+        pipe = StableDiffusion3Pipeline.from_pretrained(sd3_dir)
+        pipe.load_lora_weights(result.model_folder)
+        assert not np.allclose(samples(pipe), base, atol=1e-5)  # the update moved the transformer
+    # the merged pipeline is the LoRA'd policy, loadable by diffusers alone
+    lora = StableDiffusion3Pipeline.from_pretrained(sd3_dir)
+    lora.load_lora_weights(lpo.model_folder)
+    merged = StableDiffusion3Pipeline.from_pretrained(lpo.pipeline_folder)
+    assert np.allclose(samples(merged), samples(lora), atol=1e-4)
+
+
+def test_what_flow_models_do_not_train_yet_is_a_one_line_error(sd3_dir, mmdit_lrm, tmp_path):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red circle\n")
+    common = [f"model.base={sd3_dir}", f"train.prompts={prompts}", *FLOW_STEP]
+    with pytest.raises(LpoError, match="pixel reward on the flow"):
+        run_training("spo", "spo-sdxl", [*common, f"reward.path={mmdit_lrm}", "model.vae=none", "sampler.inner_steps=0", "sampler.skip_first_steps=0"],
+                     run_dir=tmp_path / "spo")
+    with pytest.raises(LpoError, match="lpo eval's DDIM protocol"):
+        from lpo.trainers.auto_eval import AutoEvalConfig
+
+        run_training("lpo", "lpo-sd3", [*common, f"reward.path={mmdit_lrm}"], run_dir=tmp_path / "eval",
+                     auto_eval=AutoEvalConfig())
+    assert not (tmp_path / "spo").exists() and not (tmp_path / "eval").exists()  # nothing half-written

@@ -437,8 +437,9 @@ def test_config_validation() -> None:
     assert PixelRewardConfig().guidance_scale == 5.0 and PixelRewardConfig().negative_prompt is None
     with pytest.raises(ValueError, match="0.5"):
         PixelRewardConfig(guidance_scale=0.5)
-    with pytest.raises(ValueError, match="'sd3'"):
-        PixelRewardConfig(kind="sd3")
+    with pytest.raises(ValueError, match="'flux'"):
+        PixelRewardConfig(kind="flux")
+    assert PixelRewardConfig(kind="sd3").kind == "sd3"  # flow models' x̂0 is scored too
     with pytest.raises(ValueError, match="not both"):
         ImagePreprocessConfig(shortest_edge=224, size=(224, 224))
 

@@ -4,6 +4,7 @@ pipeline whose LoRA plain diffusers reloads."""
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -195,16 +196,99 @@ def test_lpo_and_grpo_train_a_tiny_sd3_lora_that_plain_diffusers_reloads(sd3_dir
     assert np.allclose(samples(merged), samples(lora), atol=1e-4)
 
 
+@pytest.fixture(scope="module")
+def flow_pixel(sd3_dir, tmp_path_factory) -> Path:
+    from lpo.models.flow_components import load_flow_components
+    from lpo.reward.pixel import PixelStepReward
+    from lpo.reward.pixel_io import save_pixel_reward
+    from lpo.reward.pixel_scorer import world_pixel_scorer
+
+    torch.manual_seed(0)
+    components = load_flow_components(sd3_dir)  # its own copy: the reward freezes the transformer it is given
+    out = save_pixel_reward(PixelStepReward.from_components(components, world_pixel_scorer(components.tokenizer)),
+                            tmp_path_factory.mktemp("rewards") / "pixel")
+    meter = DeviceMeter()
+    meter.add("reward_model_training", 2.0)
+    atomic_write_json(out / "cost.json", meter.as_dict())
+    return out
+
+
+def test_the_pixel_reward_on_a_flow_model_decodes_the_velocitys_x0(sd3_dir, flow_pixel):
+    from lpo.models.flow_components import flow_guided_conditioning, load_flow_components, predict_velocity
+    from lpo.reward.pixel_io import load_pixel_reward
+
+    components = load_flow_components(sd3_dir)
+    reward = load_pixel_reward(flow_pixel, components)
+    latents = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(3))
+    timesteps = torch.tensor([960.129, 250.0])
+    cond, uncond = flow_guided_conditioning(components, PROMPTS[:2], 5.0)
+    with torch.no_grad():
+        velocity = predict_velocity(components.transformer, latents, timesteps, cond, uncond, 5.0)
+        x0 = reward.predict_x0(latents, timesteps, PROMPTS[:2])
+        scores = reward(latents, timesteps, PROMPTS[:2])
+    torch.testing.assert_close(x0, latents - (timesteps / 1000).view(-1, 1, 1, 1) * velocity, rtol=1e-4, atol=1e-5)
+    assert scores.shape == (2,) and bool(torch.isfinite(scores).all())
+    # the scorer is told the integer t its embedding knows: 960.129 scores as 960
+    images = reward.decode_x0(x0)
+    torch.testing.assert_close(reward.score_images(images, timesteps, reward.encode_text(PROMPTS[:2])),
+                               reward.score_images(images, torch.tensor([960, 250]), reward.encode_text(PROMPTS[:2])))
+
+
+def test_spo_with_inner_steps_trains_a_tiny_sd3_lora(sd3_dir, flow_pixel, tmp_path):
+    from diffusers import StableDiffusion3Pipeline
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("\n".join(PROMPTS) + "\n")
+    spo = run_training("spo", "spo-sd3", [f"model.base={sd3_dir}", f"reward.path={flow_pixel}", f"train.prompts={prompts}",
+                                          *FLOW_STEP, "sampler.skip_first_steps=0", "sampler.inner_steps=1"],
+                       run_dir=tmp_path / "spo")
+    assert math.isfinite(spo.final_loss)
+    history = [json.loads(line) for line in (tmp_path / "spo" / "metrics.jsonl").read_text().splitlines()]
+    rounds = [row for row in history if "kept_by_timestep" in row]
+    assert rounds and rounds[0]["kept"] == 2 * rounds[0]["branched"]  # each branching gives inner_steps + 1 pairs
+    pipe = StableDiffusion3Pipeline.from_pretrained(sd3_dir)
+    pipe.set_progress_bar_config(disable=True)
+    run = lambda: pipe(prompt=["a red circle"], num_inference_steps=4, max_sequence_length=T5_LENGTH,  # noqa: E731
+                       generator=torch.Generator().manual_seed(0), output_type="np").images
+    base = run()
+    pipe.load_lora_weights(spo.model_folder)
+    assert not np.allclose(run(), base, atol=1e-5)
+
+
 def test_what_flow_models_do_not_train_yet_is_a_one_line_error(sd3_dir, mmdit_lrm, tmp_path):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a red circle\n")
     common = [f"model.base={sd3_dir}", f"train.prompts={prompts}", *FLOW_STEP]
-    with pytest.raises(LpoError, match="pixel reward on the flow"):
-        run_training("spo", "spo-sdxl", [*common, f"reward.path={mmdit_lrm}", "model.vae=none", "sampler.inner_steps=0", "sampler.skip_first_steps=0"],
-                     run_dir=tmp_path / "spo")
+    with pytest.raises(LpoError, match="is not an MMDiT LRM"):
+        run_training("lpo", "lpo-sd3", [*common, f"reward.path={tmp_path}"], run_dir=tmp_path / "wrong")
     with pytest.raises(LpoError, match="lpo eval's DDIM protocol"):
         from lpo.trainers.auto_eval import AutoEvalConfig
 
         run_training("lpo", "lpo-sd3", [*common, f"reward.path={mmdit_lrm}"], run_dir=tmp_path / "eval",
                      auto_eval=AutoEvalConfig())
-    assert not (tmp_path / "spo").exists() and not (tmp_path / "eval").exists()  # nothing half-written
+    assert not (tmp_path / "wrong").exists() and not (tmp_path / "eval").exists()  # nothing half-written
+
+
+def test_lpo_lrm_train_builds_and_evaluates_a_pixel_reward_on_a_flow_pipeline(sd3_dir, tmp_path):
+    """The CLI path of SPO's step model on SD3: noised on the flow path, x̂0 from the velocity, saved and reloaded."""
+    from lpo.pairs.format import PreferencePair, save_pairs
+    from lpo.reward.jobs import eval_reward_job, train_reward_job
+    from lpo.reward.pixel_io import load_pixel_reward
+
+    from metric_fixtures import tiny_clip_folder
+
+    clip = tiny_clip_folder(tmp_path / "clip")
+    rng = np.random.default_rng(2)
+    pairs = [PreferencePair(f"p{i}", PROMPTS[i % 3], rng.integers(0, 255, (16, 16, 3), dtype=np.uint8),
+                            rng.integers(0, 255, (16, 16, 3), dtype=np.uint8), float(i % 2), "test") for i in range(8)]
+    save_pairs(pairs, tmp_path / "pairs.parquet")
+    overrides = ["max_steps=2", "batch_size=4", "warmup_steps=0", "mixed_precision=no", "save_every=0", "eval_every=0",
+                 f"pixel_scorer={clip}", f"pixel_scorer_processor={clip}"]
+    train_reward_job(str(sd3_dir), str(tmp_path / "pairs.parquet"), "spo-pixel-sd15", overrides, run_dir=tmp_path / "run")
+    folder = tmp_path / "run" / "model"
+    from lpo.models.flow_components import load_flow_components
+
+    reward = load_pixel_reward(folder, load_flow_components(sd3_dir))
+    assert reward.kind == "sd3"
+    result = eval_reward_job(str(sd3_dir), str(tmp_path / "pairs.parquet"), tmp_path / "eval", pixel_dir=folder)
+    assert set(result["accuracy"]) == {"SPO pixel model on x̂0"}

@@ -55,10 +55,10 @@ class RewardTrainingConfig:
                                    "(18 of SD3-medium's 24: the LPO authors' LRM-SD3 recipe).")
     pixel_scorer: str = _field(
         PICKSCORE_MODEL_ID,
-        "spo-pixel on SD1.5/SDXL only: the CLIPModel (folder or hub id) its scorer starts from; a local folder works offline.")
+        "spo-pixel on SD1.5/SDXL/SD3 only: the CLIPModel (folder or hub id) its scorer starts from; a local folder works offline.")
     pixel_scorer_processor: str = _field(
         PICKSCORE_PROCESSOR_ID,
-        "spo-pixel on SD1.5/SDXL only: the folder or hub id with the scorer's tokenizer and preprocessor_config.json.")
+        "spo-pixel on SD1.5/SDXL/SD3 only: the folder or hub id with the scorer's tokenizer and preprocessor_config.json.")
     lr: float = _field(1e-5, "Peak AdamW learning rate (after warmup).")
     weight_decay: float = _field(0.3, "AdamW weight decay, applied to weight matrices and convolutions only.")
     adam_beta1: float = _field(0.9, "AdamW β1.")

@@ -24,7 +24,7 @@ from lpo.core.errors import LpoError
 from lpo.core.seeding import Stream, keyed_generator
 from lpo.pairs.format import TIE, PreferencePair
 from lpo.reward.config import NoiseMode, PairWeighting, TimestepSampling
-from lpo.sampling.flow import flow_noisy_latents
+from lpo.sampling.flow import flow_noisy_latents, is_flow_scheduler
 
 
 
@@ -242,11 +242,6 @@ def loss_weights(encoded: EncodedPairs, mode: PairWeighting) -> Tensor:
     if total <= 0:
         raise LpoError("every pair has weight 0; give some pairs a positive weight or use pair_weighting=none")
     return weights * (len(weights) / total)
-
-
-def is_flow_scheduler(scheduler: Any) -> bool:
-    """A flow-matching scheduler (x_σ = (1 − σ)·x0 + σ·ε, t = σ·1000), not a DDPM-style one."""
-    return hasattr(scheduler, "scale_noise") and not hasattr(scheduler, "alphas_cumprod")
 
 
 def timestep_pool(scheduler: Any, mode: TimestepSampling, num_inference_steps: int = 20) -> Tensor:

@@ -99,9 +99,7 @@ def build_reward_model(config, components):
     """
     from lpo.models.flow_components import FlowComponents
 
-    if isinstance(components, FlowComponents):
-        if config.reward_model != "lrm":
-            raise LpoError(f"{config.reward_model} is not built for flow models; train reward_model=lrm (the MMDiT LRM)")
+    if isinstance(components, FlowComponents) and config.reward_model == "lrm":
         import torch
 
         from lpo.reward.lrm_mmdit import MMDiTLatentRewardModel, MMDiTLRMConfig

@@ -12,7 +12,9 @@ Paper notation -> code:
 x_t, t                ``latents_t`` (B, C, h, w), ``timesteps`` (B,) or an int
 ε̂                     CFG-combined noise prediction of the FROZEN base U-Net, w = 5.0
                       (``PixelRewardConfig.guidance_scale``), empty negative prompt
-x̂0                    ``predicted_original_sample`` = (x_t − √(1−ᾱ_t)·ε̂)/√ᾱ_t  (B, C, h, w)
+x̂0                    ``predicted_original_sample`` = (x_t − √(1−ᾱ_t)·ε̂)/√ᾱ_t  (B, C, h, w);
+                      flow models (SD3): x_σ − σ·v̂ with σ = t/1000 (the transformer's
+                      velocity with CFG, :func:`lpo.sampling.flow.flow_predicted_x0`)
 D(x̂0)                 ``PixelStepReward.decode_x0``: frozen VAE decode of x̂0/scaling_factor,
                       an image (B, 3, H, W) in [-1, 1]
 e_t                   timestep embedding: sinusoid(t) -> MLP (``TimestepEmbedding``)
@@ -48,8 +50,12 @@ import torch
 from torch import Tensor, nn
 
 from lpo.core.hashing import base_model_fingerprint
-from lpo.models.components import DiffusionComponents, ModelKind, guided_conditioning
-from lpo.models.conditioning import GuidedConditioning, predict_noise
+from lpo.models.components import ModelKind
+from lpo.models.conditioning import GuidedConditioning
+from lpo.models.flow_components import FlowKind
+from lpo.models.parts import LatentPipelineParts
+from lpo.sampling.flow import flow_predicted_x0, is_flow_scheduler
+from lpo.sampling.step_kernels import kernel_for, policy_conditioning
 from lpo.reward.pixel_scorer import (
     PICKSCORE_MODEL_ID,
     PICKSCORE_PROCESSOR_ID,
@@ -64,14 +70,14 @@ from lpo.reward.pixel_scorer import (
 class PixelRewardConfig:
     """Settings of the pixel step reward (SPEC §4.3, §5.2).
 
-    ``base_model`` and ``kind`` name the diffusion model whose U-Net predicts x̂0 and whose
+    ``base_model`` and ``kind`` name the diffusion model whose denoiser predicts x̂0 and whose
     VAE decodes it; left as None they are filled in from the components.
     """
 
     guidance_scale: float = 5.0  # CFG weight of the one-step x̂0 prediction (SPO: 5)
     negative_prompt: str | None = None  # None: the pipeline's default ("" for SD1.5/world, zeros for SDXL)
     base_model: str | None = None
-    kind: ModelKind | None = None
+    kind: ModelKind | FlowKind | None = None
     base_model_hash: str | None = None  # as LRMConfig.base_model_hash
 
     def __post_init__(self) -> None:
@@ -79,7 +85,7 @@ class PixelRewardConfig:
             raise ValueError(
                 f"guidance_scale must be a finite number >= 1 (1 turns CFG off), got {self.guidance_scale}"
             )
-        kinds = get_args(ModelKind)
+        kinds = (*get_args(ModelKind), *get_args(FlowKind))
         if self.kind is not None and self.kind not in kinds:
             raise ValueError(f"kind must be one of {', '.join(kinds)} (or None), got {self.kind!r}")
         if self.base_model is not None and not str(self.base_model).strip():
@@ -169,6 +175,16 @@ def _base_model(module: nn.Module) -> Iterator[None]:
             module.train()
 
 
+def _flow_timesteps(timesteps: Tensor | float, batch: int, device: torch.device) -> Tensor:
+    """(B,) float32 σ·1000 timesteps from a number or a (B,) / 1-element tensor."""
+    t = torch.as_tensor(timesteps, device=device, dtype=torch.float32).reshape(-1)
+    if t.numel() == 1:
+        return t.expand(batch)
+    if t.numel() != batch:
+        raise ValueError(f"got {t.numel()} timesteps for a batch of {batch}; pass one or one per sample")
+    return t
+
+
 @dataclass
 class PixelRewardText:
     """The text side of the pixel reward for B prompts, reusable for many latents.
@@ -217,7 +233,7 @@ class PixelStepReward(nn.Module):
 
     def __init__(
         self,
-        components: DiffusionComponents,
+        components: LatentPipelineParts,
         scorer: TimestepConditionedScorer,
         config: PixelRewardConfig | None = None,
         *,
@@ -234,12 +250,13 @@ class PixelStepReward(nn.Module):
         self.decode_batch_size: int | None = None  # a runtime setting (trainers' reward.decode_batch_size), not saved
         if freeze_base:
             _freeze_base_weights(components.vae)
-            _freeze_base_weights(components.unet)
+            _freeze_base_weights(components.denoiser)
+        self._flow = is_flow_scheduler(components.scheduler)
 
     @classmethod
     def from_components(
         cls,
-        components: DiffusionComponents,
+        components: LatentPipelineParts,
         scorer: TimestepConditionedScorer | None = None,
         config: PixelRewardConfig | None = None,
         *,
@@ -248,7 +265,7 @@ class PixelStepReward(nn.Module):
         """A pixel reward on ``components``; the scorer defaults to the paper's.
 
         Without ``scorer``: world -> :func:`world_pixel_scorer` on the world tokenizer
-        (random init); SD1.5/SDXL -> PickScore (``PICKSCORE_MODEL_ID`` with the processor
+        (random init); SD1.5/SDXL/SD3 -> PickScore (``PICKSCORE_MODEL_ID`` with the processor
         ``PICKSCORE_PROCESSOR_ID``), which needs hub access or the local cache.
         """
         if scorer is None:
@@ -274,10 +291,10 @@ class PixelStepReward(nn.Module):
     # ----------------------------------------------------------------- the three steps
 
     def encode_text(self, prompts: str | Sequence[str]) -> PixelRewardText:
-        """The base U-Net's CFG conditioning (no grad) and the scorer's T (grad) for ``prompts``."""
+        """The base denoiser's CFG conditioning (no grad) and the scorer's T (grad) for ``prompts``."""
         prompts = prompt_list(prompts)
         with torch.no_grad():  # the base text encoder is frozen too
-            conditioning = guided_conditioning(
+            conditioning = policy_conditioning(
                 self.components, prompts, self.config.guidance_scale, self.config.negative_prompt
             )
         return PixelRewardText(conditioning=conditioning, text_embeds=self.scorer.encode_text(prompts))
@@ -288,8 +305,9 @@ class PixelStepReward(nn.Module):
         timesteps: Tensor | int,
         text: str | Sequence[str] | PixelRewardText | GuidedConditioning,
     ) -> Tensor:
-        """(B, C, h, w) float32 one-step x̂0 of the frozen base U-Net with CFG (no grad)."""
-        unet = self.components.unet
+        """(B, C, h, w) float32 one-step x̂0 of the frozen base denoiser with CFG (no grad);
+        flow models take σ·1000 timesteps (floats allowed)."""
+        unet = self.components.denoiser
         batch = latents_t.shape[0]
         if isinstance(text, PixelRewardText):
             conditioning = text.conditioning
@@ -297,7 +315,7 @@ class PixelStepReward(nn.Module):
             conditioning = text
         else:
             with torch.no_grad():
-                conditioning = guided_conditioning(
+                conditioning = policy_conditioning(
                     self.components, prompt_list(text), self.config.guidance_scale, self.config.negative_prompt
                 )
         if conditioning.batch_size != batch:
@@ -305,11 +323,14 @@ class PixelStepReward(nn.Module):
                 f"{batch} latents but conditioning for {conditioning.batch_size} prompts; "
                 "for K latents per prompt use text.repeat_interleave(K)"
             )
-        timesteps = as_timesteps(timesteps, batch, unet.device)
+        scheduler = self.components.scheduler
+        timesteps = _flow_timesteps(timesteps, batch, unet.device) if self._flow else as_timesteps(timesteps, batch, unet.device)
         latents_t = latents_t.to(device=unet.device, dtype=unet.dtype)
         with _base_model(unet):
-            noise_pred = predict_noise(unet, latents_t, timesteps, conditioning)
-            return predicted_original_sample(self.components.scheduler, noise_pred, timesteps, latents_t)
+            prediction = kernel_for(self.components).predict(unet, latents_t, timesteps, conditioning)
+            if self._flow:
+                return flow_predicted_x0(scheduler, prediction, timesteps, latents_t)
+            return predicted_original_sample(scheduler, prediction, timesteps, latents_t)
 
     def decode_x0(self, pred_original_sample: Tensor) -> Tensor:
         """(B, 3, H, W) float32 image in [-1, 1]: the frozen VAE's decode of x̂0 / scaling_factor (no grad)."""
@@ -327,8 +348,13 @@ class PixelStepReward(nn.Module):
     def score_images(
         self, images: Tensor, timesteps: Tensor | int, text: str | Sequence[str] | PixelRewardText | Tensor
     ) -> Tensor:
-        """(B,) float32 scorer output on decoded images in [-1, 1] at timesteps t (with grad)."""
+        """(B,) float32 scorer output on decoded images in [-1, 1] at timesteps t (with grad);
+        a flow model's σ·1000 is rounded to the integer t the scorer's embedding was trained on."""
         text_embeds = text.text_embeds if isinstance(text, PixelRewardText) else text
+        if self._flow and torch.is_tensor(timesteps) and timesteps.is_floating_point():
+            timesteps = timesteps.round().long()
+        elif self._flow and isinstance(timesteps, float):
+            timesteps = round(timesteps)
         return self.scorer.score(images, timesteps, text_embeds)
 
     def score_with_conditioning(self, latents_t: Tensor, timesteps: Tensor | int, text: PixelRewardText) -> Tensor:
@@ -342,7 +368,7 @@ class PixelStepReward(nn.Module):
     def x0_key(self) -> tuple:
         """Readers of x̂0 with equal keys see the same decoded image of an x_t (see
         :func:`lpo.reward.training.pair_scores_by_timestep_many`)."""
-        return ("x0", id(self.components.unet), id(self.components.vae), self.config.guidance_scale,
+        return ("x0", id(self.components.denoiser), id(self.components.vae), self.config.guidance_scale,
                 self.config.negative_prompt)
 
     def decode_for_scoring(self, latents_t: Tensor, timesteps: Tensor | int, prompts: Sequence[str]) -> Tensor:

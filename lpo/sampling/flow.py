@@ -52,6 +52,18 @@ def flow_noisy_latents(latents: Tensor, noise: Tensor, sigmas: Tensor) -> Tensor
     return (1 - s) * latents + s * noise
 
 
+def is_flow_scheduler(scheduler) -> bool:
+    """A flow-matching scheduler (x_σ = (1 − σ)·x0 + σ·ε, t = σ·1000), not a DDPM-style one."""
+    return hasattr(scheduler, "scale_noise") and not hasattr(scheduler, "alphas_cumprod")
+
+
+def flow_predicted_x0(scheduler, velocity: Tensor, timesteps: Tensor, latents: Tensor) -> Tensor:
+    """(B, C, H, W) float32 one-step x̂0 = x_σ − σ·v with σ = t / num_train_timesteps per sample
+    (the flow path's x0 given the velocity; the scheduler's timesteps are σ·1000)."""
+    sigmas = timesteps.float().to(latents.device) / float(scheduler.config.num_train_timesteps)
+    return latents.float() - sigmas.view(-1, *([1] * (latents.dim() - 1))) * velocity.float()
+
+
 def step_sigmas(scheduler, timesteps: Tensor | float, batch: int, device: torch.device) -> tuple[Tensor, Tensor]:
     """(σ, σ_next) per sample for ``timesteps`` of the scheduler's current schedule (set_timesteps first)."""
     if scheduler.timesteps is None or scheduler.sigmas is None:

@@ -120,10 +120,7 @@ def _load_step_reward(config: Any, reward_kind: str, components: Any, policy: An
     from lpo.models.flow_components import FlowComponents
 
     path = config.reward.path
-    if isinstance(components, FlowComponents):
-        if reward_kind != "lrm":
-            raise LpoError(f"{config.method} on a flow model needs a pixel reward on the flow x̂0, which lpo does not "
-                           "build yet; train lpo or grpo (the MMDiT LRM) on flow models")
+    if isinstance(components, FlowComponents) and reward_kind == "lrm":
         from lpo.reward.lrm_mmdit_io import is_mmdit_lrm_folder, load_mmdit_lrm
 
         if not is_mmdit_lrm_folder(path):
@@ -137,9 +134,14 @@ def _load_step_reward(config: Any, reward_kind: str, components: Any, policy: An
     else:
         from lpo.reward.pixel_io import load_pixel_reward
 
-        # The pixel model predicts x̂0 with the BASE U-Net: the policy's own U-Net with its
-        # adapters off (LoRA), or the frozen reference copy (full fine-tune).
-        base = components if policy.reference_unet is None else replace(components, unet=policy.reference_unet)
+        # The pixel model predicts x̂0 with the BASE denoiser: the policy's own U-Net / MMDiT with
+        # its adapters off (LoRA), or the frozen reference copy (full fine-tune).
+        if policy.reference_unet is None:
+            base = components
+        elif isinstance(components, FlowComponents):
+            base = replace(components, transformer=policy.reference_unet)
+        else:
+            base = replace(components, unet=policy.reference_unet)
         reward = load_pixel_reward(path, base, expected_base=components.source)
         reward.decode_batch_size = config.reward.decode_batch_size
     check_finite_module(reward, f"the step reward {path}",
@@ -226,7 +228,7 @@ def _load_base(config: Any, device: Any, trainer_cls: Any, evaluator: Any) -> An
     if not is_flow_pipeline(name):
         return load_components(name, dtype=dtype, device=device, vae=config.model.vae)
     if trainer_cls.needs != "step_reward":
-        raise LpoError(f"{config.method} does not train flow models yet; lpo, grpo train {config.model.base}")
+        raise LpoError(f"{config.method} does not train flow models yet; lpo, spo and grpo train {config.model.base}")
     if config.model.vae is not None:
         raise LpoError("model.vae replaces a U-Net pipeline's VAE; flow models keep their own: leave it unset")
     if evaluator is not None:
@@ -249,7 +251,7 @@ def _build_trainer(method: str, config: Any, run: Any, accelerator: Any, callbac
     for module in (components.vae, *components.text_encoders):
         module.requires_grad_(False)
     reward = None
-    if trainer_cls.needs == "step_reward" and components.kind == "sd3":
+    if trainer_cls.needs == "step_reward" and trainer_cls.reward_kind == "lrm" and components.kind == "sd3":
         # the MMDiT LRM copies the base transformer's blocks: built before the policy's LoRA lands on them
         reward = _load_step_reward(config, trainer_cls.reward_kind, components, None)
     policy = build_policy(components.denoiser, config.policy, config.run.seed, config.model.dtype)

@@ -104,6 +104,19 @@ class Checkpoint:
             raise ValueError(f"{self.spec} is a reference source, not a pipeline")
         return self.base or self.path or self.hub_id  # type: ignore[return-value]
 
+    @property
+    def sampler(self) -> str | None:
+        """The protocol sampler of this checkpoint's family: flow-euler for a flow-matching
+        (SD3-style) pipeline, ddim otherwise; None for a reference source."""
+        if self.kind != "pipeline":
+            return None
+        from lpo.models.flow_components import is_flow_pipeline
+
+        try:
+            return "flow-euler" if is_flow_pipeline(self.model) else "ddim"
+        except LpoError:  # an unreadable hub model: loading it gives the real error
+            return "ddim"
+
     def load_pipeline(self, device: str, dtype: str):
         """The diffusers pipeline to sample: the folder / hub model, or the base with the run's policy."""
         from lpo.sampling.generate import build_pipeline, load_pipeline, resolve_device, resolve_dtype, resolve_model_name
@@ -121,9 +134,6 @@ class Checkpoint:
             pipe.set_progress_bar_config(disable=True)
         else:
             pipe, components = load_pipeline(self.model, device=device, dtype=dtype)
-            if components.kind == "sd3":  # its sampler is the flow Euler, not the protocol's DDIM: a record would lie
-                raise LpoError(f"{self.model} is a flow-matching (SD3-style) pipeline; lpo eval's protocol samples "
-                               "with DDIM and has no flow sampler yet: draw its images with lpo sample")
         if self.adapter_kind == "lora":
             where = "the registry entry's base" if self.registry else "the run's model.base"
             try:
@@ -139,13 +149,18 @@ class Checkpoint:
             from lpo.trainers.lora import check_lora_applied
 
             folder = Path(self.adapter_path) / (self.adapter_subfolder or "")
-            check_lora_applied(pipe.unet, folder, str(self.model), f"{where} must be the pipeline it was trained on")
+            check_lora_applied(_denoiser(pipe), folder, str(self.model), f"{where} must be the pipeline it was trained on")
         from lpo.core.finite import check_finite_module
 
         # A diverged run's weights would give normal-looking records for noise images.
-        check_finite_module(pipe.unet, f"the U-Net of checkpoint {self.spec}",
+        check_finite_module(_denoiser(pipe), f"the denoiser of checkpoint {self.spec}",
                             "it comes from a diverged run: retrain it with a lower optim.lr; lpo eval does not score it")
         return pipe
+
+
+def _denoiser(pipe):
+    """The pipeline's U-Net, or its transformer (flow-matching pipelines)."""
+    return pipe.unet if getattr(pipe, "unet", None) is not None else pipe.transformer
 
 
 # --------------------------------------------------------------------------- resolution

@@ -15,7 +15,9 @@ from typing import Any
 from lpo.core.dtypes import canonical_dtype
 from lpo.core.errors import LpoError
 
-SAMPLERS = ("ddim",)  # the one sampler lpo's pipelines load with (lpo.models.components swaps in DDIM)
+# The sampler is the model family's: DDIM for U-Net pipelines (lpo.models.components swaps it
+# in), the pipeline's own FlowMatch Euler ODE for flow-matching pipelines (SD3 / SD3.5).
+SAMPLERS = ("ddim", "flow-euler")
 
 
 DEFAULT_GUIDANCE_SCALE = 5.0  # SPEC §6.2: LPO/SPO's evaluation CFG
@@ -87,8 +89,16 @@ def resolve_protocol(protocol: EvalProtocol, benchmark=None, checkpoint=None) ->
 
     Sources: ``user`` (set explicitly), ``checkpoint`` (the registry entry's CFG of its
     original evaluation), ``benchmark`` (its ``default_images_per_prompt``), ``default``.
+    The sampler is the checkpoint's family's (its ``sampler``: ddim or flow-euler); a flow
+    model's Euler ODE has no η, so η is recorded as 0 for it.
     """
     sources = {"guidance_scale": "user", "images_per_prompt": "user"}
+    family = getattr(checkpoint, "sampler", None)
+    if family is not None and family != protocol.sampler:
+        if protocol.sampler != EvalProtocol.sampler:
+            raise LpoError(f"{checkpoint.spec} samples with {family}, not {protocol.sampler}; leave the sampler at its default")
+        protocol = replace(protocol, sampler=family, eta=0.0 if family == "flow-euler" else protocol.eta)
+        sources["sampler"] = "checkpoint"
     guidance, images = protocol.guidance_scale, protocol.images_per_prompt
     if guidance is None:
         own = getattr(checkpoint, "guidance_scale", None)

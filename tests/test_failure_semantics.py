@@ -163,7 +163,7 @@ def test_eval_refuses_a_unet_with_nan_weights(tiny_world_dir, tmp_path):
     save_file(state, str(weights))
     config = EvalConfig(checkpoint=str(folder), max_prompts=2, cache_dir=tmp_path / "cache",
                         results_dir=tmp_path / "results", protocol=EvalProtocol(steps=2, images_per_prompt=1))
-    with pytest.raises(LpoError, match=r"the U-Net of checkpoint .*nan-pipeline has non-finite weights.*diverged run"):
+    with pytest.raises(LpoError, match=r"the denoiser of checkpoint .*nan-pipeline has non-finite weights.*diverged run"):
         run_eval(config)
     assert not (tmp_path / "results").exists() or not any((tmp_path / "results").rglob("*.jsonl"))
 

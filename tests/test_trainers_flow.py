@@ -5,6 +5,7 @@ pipeline whose LoRA plain diffusers reloads."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 import math
 from pathlib import Path
 
@@ -255,18 +256,36 @@ def test_spo_with_inner_steps_trains_a_tiny_sd3_lora(sd3_dir, flow_pixel, tmp_pa
     assert not np.allclose(run(), base, atol=1e-5)
 
 
+def test_a_flow_run_is_evaluated_inline_with_the_flow_sampler(sd3_dir, mmdit_lrm, tmp_path):
+    """Auto-eval of a flow run: the protocol's sampler is the pipeline's Euler ODE, recorded as flow-euler,
+    and the final model's images are those of its LoRA on the base pipeline."""
+    from lpo.evals.store import load_records
+    from lpo.trainers.auto_eval import AutoEvalConfig
+    from lpo.evals.protocol import EvalProtocol
+
+    from metric_fixtures import tiny_clip_folder
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("\n".join(PROMPTS) + "\n")
+    clip = tiny_clip_folder(tmp_path / "clip")
+    auto = AutoEvalConfig(benchmarks=("prompts-file",), prompts={"prompts-file": str(prompts)}, metrics=("clip_score",),
+                          metric_weights={"clip_score": str(clip)}, metric_processors={"clip_score": str(clip)},
+                          protocol=EvalProtocol(steps=3, images_per_prompt=1, batch_size=4),
+                          results_dir=tmp_path / "results", cache_dir=tmp_path / "cache")
+    run_training("lpo", "lpo-sd3", [f"model.base={sd3_dir}", f"reward.path={mmdit_lrm}", f"train.prompts={prompts}",
+                                    *FLOW_STEP], run_dir=tmp_path / "run", auto_eval=auto)
+    records = load_records(tmp_path / "results")
+    assert records and {r.protocol["sampler"] for r in records} == {"flow-euler"}
+    assert {r.protocol["eta"] for r in records} == {0.0} and all(math.isfinite(r.value) for r in records)
+
+
 def test_what_flow_models_do_not_train_yet_is_a_one_line_error(sd3_dir, mmdit_lrm, tmp_path):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a red circle\n")
     common = [f"model.base={sd3_dir}", f"train.prompts={prompts}", *FLOW_STEP]
     with pytest.raises(LpoError, match="is not an MMDiT LRM"):
         run_training("lpo", "lpo-sd3", [*common, f"reward.path={tmp_path}"], run_dir=tmp_path / "wrong")
-    with pytest.raises(LpoError, match="lpo eval's DDIM protocol"):
-        from lpo.trainers.auto_eval import AutoEvalConfig
-
-        run_training("lpo", "lpo-sd3", [*common, f"reward.path={mmdit_lrm}"], run_dir=tmp_path / "eval",
-                     auto_eval=AutoEvalConfig())
-    assert not (tmp_path / "wrong").exists() and not (tmp_path / "eval").exists()  # nothing half-written
+    assert not (tmp_path / "wrong").exists()  # nothing half-written
 
 
 def test_lpo_lrm_train_builds_and_evaluates_a_pixel_reward_on_a_flow_pipeline(sd3_dir, tmp_path):
@@ -292,3 +311,18 @@ def test_lpo_lrm_train_builds_and_evaluates_a_pixel_reward_on_a_flow_pipeline(sd
     assert reward.kind == "sd3"
     result = eval_reward_job(str(sd3_dir), str(tmp_path / "pairs.parquet"), tmp_path / "eval", pixel_dir=folder)
     assert set(result["accuracy"]) == {"SPO pixel model on x̂0"}
+
+
+def test_the_protocol_sampler_is_the_checkpoints_family(sd3_dir, tiny_world_dir):
+    from lpo.evals.checkpoints import resolve_checkpoint
+    from lpo.evals.protocol import EvalProtocol, resolve_protocol
+
+    flow, unet = resolve_checkpoint(str(sd3_dir)), resolve_checkpoint(str(tiny_world_dir))
+    assert (flow.sampler, unet.sampler) == ("flow-euler", "ddim")
+    protocol, sources = resolve_protocol(EvalProtocol(eta=1.0), checkpoint=flow)
+    assert (protocol.sampler, protocol.eta, sources["sampler"]) == ("flow-euler", 0.0, "checkpoint")
+    assert protocol.pixel_hash() != resolve_protocol(EvalProtocol(eta=1.0), checkpoint=unet)[0].pixel_hash()
+    assert resolve_protocol(EvalProtocol(eta=1.0), checkpoint=unet)[0] == replace(EvalProtocol(eta=1.0), guidance_scale=5.0,
+                                                                                   images_per_prompt=4)
+    with pytest.raises(LpoError, match="samples with ddim, not flow-euler"):
+        resolve_protocol(EvalProtocol(sampler="flow-euler"), checkpoint=unet)

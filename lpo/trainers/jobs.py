@@ -215,7 +215,7 @@ def run_training(
         return trainer.train(resume=resume)
 
 
-def _load_base(config: Any, device: Any, trainer_cls: Any, evaluator: Any) -> Any:
+def _load_base(config: Any, device: Any, trainer_cls: Any) -> Any:
     """The base model's components: a U-Net pipeline's, or a flow pipeline's (SD3; step trainers only)."""
     import torch
 
@@ -231,9 +231,6 @@ def _load_base(config: Any, device: Any, trainer_cls: Any, evaluator: Any) -> An
         raise LpoError(f"{config.method} does not train flow models yet; lpo, spo and grpo train {config.model.base}")
     if config.model.vae is not None:
         raise LpoError("model.vae replaces a U-Net pipeline's VAE; flow models keep their own: leave it unset")
-    if evaluator is not None:
-        raise LpoError(f"{config.model.base} is a flow model, which lpo eval's DDIM protocol does not sample yet; "
-                       "train with --no-eval")
     return load_flow_components(name, dtype=dtype, device=device)
 
 
@@ -247,7 +244,7 @@ def _build_trainer(method: str, config: Any, run: Any, accelerator: Any, callbac
     trainer_cls = TRAINERS.get(method)
 
     # 2. the base model on this process's device; frozen parts frozen
-    components = _load_base(config, accelerator.device, trainer_cls, evaluator)
+    components = _load_base(config, accelerator.device, trainer_cls)
     for module in (components.vae, *components.text_encoders):
         module.requires_grad_(False)
     reward = None

@@ -128,8 +128,12 @@ def test_lpo_sample_on_a_flow_pipeline_matches_diffusers(pipelines, tmp_path):
     assert grid.is_file() and image_seed(0, PROMPTS[0], 0) != image_seed(0, PROMPTS[1], 0)
 
 
-def test_lpo_eval_refuses_a_flow_pipeline_in_one_line(pipelines):
+def test_lpo_eval_loads_a_flow_pipeline_with_its_own_sampler(pipelines):
+    from diffusers import FlowMatchEulerDiscreteScheduler, StableDiffusion3Pipeline
+
     from lpo.evals.checkpoints import resolve_checkpoint
 
-    with pytest.raises(LpoError, match="flow-matching .* no flow sampler yet"):
-        resolve_checkpoint(str(pipelines["t5"])).load_pipeline("cpu", "fp32")
+    checkpoint = resolve_checkpoint(str(pipelines["t5"]))
+    pipe = checkpoint.load_pipeline("cpu", "fp32")
+    assert checkpoint.sampler == "flow-euler" and isinstance(pipe, StableDiffusion3Pipeline)
+    assert isinstance(pipe.scheduler, FlowMatchEulerDiscreteScheduler) and pipe.lpo_max_sequence_length == 256

@@ -19,7 +19,7 @@ world_app = typer.Typer(no_args_is_help=True, help="The embedded synthetic world
 @world_app.command("pretrain")
 @user_errors
 def world_pretrain(
-    preset: str = typer.Option("quick", help="quick (~5 min on 2 cores), full, or tiny (tests)."),
+    preset: str = typer.Option("quick", help="quick (~5 min on 2 cores), full, wide, tiny (tests); flow: the flow-matching (SD3-style) world, flow-tiny (tests)."),
     overrides: List[str] = SET_OPTION,
     output: Optional[Path] = typer.Option(None, help="Folder to write; default: the cache ($LPO_HOME/world/PRESET-HASH)."),
     force: bool = typer.Option(False, help="Retrain even if the cache holds this model."),
@@ -39,8 +39,17 @@ def world_pretrain(
         console.print(f"world model already pretrained: [bold]{target}[/] (use --force to retrain)")
         return
     from lpo.core.progress import stage_progress
-    from lpo.world.pretrain import pretrain_world
+    from lpo.world.pretrain import pretrain_world, resolve_world_alias
+    from lpo.world.pretrain_flow import WorldFlowPretrainConfig, pretrain_world_flow
 
+    if isinstance(config, WorldFlowPretrainConfig):
+        console.print(f"pretraining flow world model [bold]{preset}[/]: {config.num_images} images, transformer "
+                      f"{config.layers} blocks × {config.heads} heads × {config.head_dim}, {config.steps} steps × {config.batch_size}")
+        with stage_progress(console) as progress:
+            flow = pretrain_world_flow(config, resolve_world_alias(f"world:{config.vae_from}"), target, progress)
+        console.print(f"saved [bold]{flow.folder}[/] in {sum(flow.seconds.values()):.0f} s "
+                      f"(transformer {flow.seconds['transformer']:.0f} s); flow-matching loss {flow.loss:.4f}")
+        return
     console.print(
         f"pretraining world model [bold]{preset}[/]: {config.num_images} images, "
         f"VAE {config.vae_steps} steps × {config.vae_batch_size}, U-Net {config.unet_steps} steps × {config.unet_batch_size}"

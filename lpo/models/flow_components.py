@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, Literal, Sequence, get_args
 
 import torch
 from torch import Tensor
@@ -29,15 +29,21 @@ from lpo.core.errors import LpoError
 from lpo.models.components import _guarded, _load, _locate, _read_model_index
 from lpo.models.parts import LatentPipelineParts
 
-FlowKind = Literal["sd3"]
+FlowKind = Literal["sd3", "world-flow"]
 FLOW_PIPELINE_KINDS: dict[str, FlowKind] = {"StableDiffusion3Pipeline": "sd3"}
+FLOW_KINDS: tuple[str, ...] = get_args(FlowKind)
+# An SD3 pipeline folder holding this marker is the embedded world's flow model (kind
+# "world-flow"); the marker names the T5 length it was trained with (its own, not SD3's 256).
+WORLD_FLOW_MARKER_KIND = "lpo-world-flow"
 SD3_SUBFOLDERS = ("transformer", "vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2", "scheduler")
 SD3_MAX_SEQUENCE_LENGTH = 256  # the pipeline's default T5 length
 
 
 @dataclass
 class FlowComponents(LatentPipelineParts):
-    """The parts of a flow-matching text-to-image pipeline; ``text_encoder_3`` is None without T5."""
+    """The parts of a flow-matching text-to-image pipeline; ``text_encoder_3`` is None without T5.
+    ``max_sequence_length``: the T5 tokens (zeros without T5) appended to the prompt, as the
+    pipeline's ``max_sequence_length``; 256 for SD3, the world flow model's own from its marker."""
 
     kind: FlowKind
     source: str
@@ -50,6 +56,7 @@ class FlowComponents(LatentPipelineParts):
     tokenizer_2: Any
     text_encoder_3: Any = None  # transformers.T5EncoderModel
     tokenizer_3: Any = None
+    max_sequence_length: int = SD3_MAX_SEQUENCE_LENGTH
 
     @property
     def denoiser(self) -> torch.nn.Module:
@@ -90,6 +97,9 @@ def load_flow_components(
                 raise LpoError(f"{source.where}/{name} is missing (expected an SD3 pipeline folder with "
                                f"{', '.join(s + '/' for s in SD3_SUBFOLDERS)} and optionally text_encoder_3/, tokenizer_3/)")
     has_t5 = (index.get("text_encoder_3") or [None])[0] is not None
+    world = _world_flow_marker(source)
+    if world is not None:
+        kind = "world-flow"
     scheduler_config = _guarded(source, "scheduler", "scheduler config",
                                 lambda: FlowMatchEulerDiscreteScheduler.load_config(source.where, subfolder="scheduler"))
     components = FlowComponents(
@@ -104,11 +114,28 @@ def load_flow_components(
         tokenizer_2=_load(CLIPTokenizer, source, "tokenizer_2"),
         text_encoder_3=_load(T5EncoderModel, source, "text_encoder_3", dtype=dtype) if has_t5 else None,
         tokenizer_3=_load(AutoTokenizer, source, "tokenizer_3") if has_t5 else None,
+        max_sequence_length=int(world.get("max_sequence_length", SD3_MAX_SEQUENCE_LENGTH)) if world else SD3_MAX_SEQUENCE_LENGTH,
     )
     _check_flow_compatible(components, source.describe())
     for module in (components.transformer, components.vae, *components.text_encoders):
         module.eval()
     return components.to(device=device)
+
+
+def _world_flow_marker(source) -> dict[str, Any] | None:
+    """The world flow model's marker (a local folder's ``lpo_world.json`` of its kind), else None."""
+    import json
+
+    from lpo.models.components import WORLD_MARKER
+
+    marker = Path(source.where) / WORLD_MARKER
+    if source.is_hub or not marker.is_file():
+        return None
+    try:
+        data = json.loads(marker.read_text())
+    except (OSError, ValueError) as err:
+        raise LpoError(f"could not read {marker} ({err}); re-save the world flow model (lpo world pretrain --preset flow)") from err
+    return data if data.get("kind") == WORLD_FLOW_MARKER_KIND else None
 
 
 def _check_flow_compatible(c: FlowComponents, where: str) -> None:
@@ -146,10 +173,12 @@ def _clip_embeds(tokenizer, encoder, prompts: list[str], device: torch.device) -
 
 
 def encode_flow_prompts(
-    c: FlowComponents, prompts: str | Sequence[str], *, max_sequence_length: int = SD3_MAX_SEQUENCE_LENGTH
+    c: FlowComponents, prompts: str | Sequence[str], *, max_sequence_length: int | None = None
 ) -> FlowConditioning:
-    """``StableDiffusion3Pipeline.encode_prompt`` for one image per prompt (see the module docstring)."""
+    """``StableDiffusion3Pipeline.encode_prompt`` for one image per prompt (see the module docstring);
+    ``max_sequence_length`` None: the components' own."""
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+    max_sequence_length = c.max_sequence_length if max_sequence_length is None else max_sequence_length
     device = c.device
     hidden_1, pooled_1 = _clip_embeds(c.tokenizer, c.text_encoder, prompts, device)
     hidden_2, pooled_2 = _clip_embeds(c.tokenizer_2, c.text_encoder_2, prompts, device)
@@ -166,7 +195,7 @@ def encode_flow_prompts(
 
 
 def flow_guided_conditioning(
-    c: FlowComponents, prompts: Sequence[str], guidance_scale: float, *, max_sequence_length: int = SD3_MAX_SEQUENCE_LENGTH
+    c: FlowComponents, prompts: Sequence[str], guidance_scale: float, *, max_sequence_length: int | None = None
 ) -> tuple[FlowConditioning, FlowConditioning | None]:
     """(conditional, unconditional "" or None when guidance is off, i.e. scale ≤ 1 as the pipeline decides)."""
     cond = encode_flow_prompts(c, prompts, max_sequence_length=max_sequence_length)

@@ -109,7 +109,7 @@ def build_reward_model(config, components):
             torch.manual_seed(config.seed)
             model = MMDiTLatentRewardModel.from_components(
                 components, MMDiTLRMConfig(num_blocks=config.mmdit_blocks, vfe_scale=config.vfe_scale,
-                                           head=config.lrm_head))
+                                           head=config.lrm_head, max_sequence_length=components.max_sequence_length))
         return model, save_mmdit_lrm
     if config.reward_model == "lrm":
         import torch
@@ -126,7 +126,7 @@ def build_reward_model(config, components):
     from lpo.reward.pixel_io import save_pixel_reward
 
     scorer = None
-    if components.kind != "world":  # the world's scorer is built on its own tokenizer
+    if components.kind not in ("world", "world-flow"):  # the world's scorer is built on its own tokenizer
         from lpo.reward.pixel_scorer import TimestepConditionedScorer
 
         scorer = TimestepConditionedScorer.from_clip_pretrained(config.pixel_scorer, config.pixel_scorer_processor)

@@ -269,7 +269,7 @@ class PixelStepReward(nn.Module):
         ``PICKSCORE_PROCESSOR_ID``), which needs hub access or the local cache.
         """
         if scorer is None:
-            if components.kind == "world":
+            if components.kind in ("world", "world-flow"):
                 scorer = world_pixel_scorer(components.tokenizer)
             else:
                 scorer = TimestepConditionedScorer.from_clip_pretrained(PICKSCORE_MODEL_ID, PICKSCORE_PROCESSOR_ID)

@@ -79,15 +79,19 @@ def build_pipeline(components):
 
 
 def build_flow_pipeline(components):
-    """diffusers' ``StableDiffusion3Pipeline`` over loaded flow components (its own FlowMatch scheduler)."""
+    """diffusers' ``StableDiffusion3Pipeline`` over loaded flow components (its own FlowMatch scheduler).
+    It remembers the components' T5 length (:func:`generate_images` passes it on): the world flow
+    model's is not the pipeline's default."""
     from diffusers import StableDiffusion3Pipeline
 
-    return StableDiffusion3Pipeline(
+    pipe = StableDiffusion3Pipeline(
         transformer=components.transformer, scheduler=components.scheduler, vae=components.vae,
         text_encoder=components.text_encoder, tokenizer=components.tokenizer,
         text_encoder_2=components.text_encoder_2, tokenizer_2=components.tokenizer_2,
         text_encoder_3=components.text_encoder_3, tokenizer_3=components.tokenizer_3,
     )
+    pipe.lpo_max_sequence_length = components.max_sequence_length
+    return pipe
 
 
 def load_pipeline(model: str, device: str = "auto", dtype: str = "fp32"):
@@ -126,6 +130,8 @@ def generate_images(
         kwargs.update(height=resolution, width=resolution)
     if "eta" in inspect.signature(pipeline.__call__).parameters:  # DDIM's; a flow pipeline's Euler has none
         kwargs["eta"] = eta
+    if getattr(pipeline, "lpo_max_sequence_length", None) is not None:  # flow pipelines: the components' T5 length
+        kwargs["max_sequence_length"] = pipeline.lpo_max_sequence_length
     out = pipeline(
         prompt=list(prompts),
         num_inference_steps=num_inference_steps,

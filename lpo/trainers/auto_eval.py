@@ -229,7 +229,7 @@ def resolve_plan(config: AutoEvalConfig, kind: str) -> AutoEvalPlan:
     from lpo.evals.metrics import declared
 
     check_names(config)
-    world = kind == "world"
+    world = kind in ("world", "world-flow")
     names = config.benchmarks or (WORLD_BENCHMARKS if world else SD_BENCHMARKS)
     for name in config.prompts:
         if name not in names:

@@ -35,6 +35,7 @@ from torch import nn
 
 from lpo.core.errors import LpoError
 from lpo.core.io import atomic_directory
+from lpo.models.flow_components import FLOW_KINDS
 
 LORA_TARGETS: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0")
 LORA_WEIGHTS_NAME = "pytorch_lora_weights.safetensors"
@@ -194,7 +195,7 @@ def save_lora(unet: nn.Module, folder: str | Path, kind: str) -> Path:
     metadata = lora_metadata(unet)
     folder = Path(folder)
     with atomic_directory(folder) as tmp:
-        if kind == "sd3":
+        if kind in FLOW_KINDS:
             StableDiffusion3Pipeline.save_lora_weights(
                 tmp, transformer_lora_layers=lora_state_dict(unet, convert=False), safe_serialization=True,
                 weight_name=LORA_WEIGHTS_NAME, transformer_lora_adapter_metadata=metadata,
@@ -259,7 +260,7 @@ def save_merged_pipeline(components: Any, unet: nn.Module, folder: str | Path) -
     from lpo.models.components import WORLD_MARKER
 
     plain = merged_unet(unet) if has_lora(unet) else unet
-    if components.kind == "sd3":
+    if components.kind in FLOW_KINDS:
         pipeline = build_flow_pipeline(replace(components, transformer=plain))
     else:
         pipeline = build_pipeline(replace(components, unet=plain))
@@ -267,6 +268,6 @@ def save_merged_pipeline(components: Any, unet: nn.Module, folder: str | Path) -
     with atomic_directory(folder) as tmp:
         pipeline.save_pretrained(tmp, safe_serialization=True)
         marker = Path(str(components.source)) / WORLD_MARKER
-        if components.kind == "world" and marker.is_file():
+        if components.kind in ("world", "world-flow") and marker.is_file():
             shutil.copy2(marker, tmp / WORLD_MARKER)
     return folder

@@ -2,7 +2,8 @@
 
 Real-mode modules never import the world (it is a leaf). Instead the world registers:
   - the ``world`` model family (:mod:`lpo.models.families`): the ``world`` /
-    ``world:PRESET`` alias resolves to the pretrained folder
+    ``world:PRESET`` alias resolves to the pretrained folder (``world-flow``: the
+    flow-matching world model, an SD3-style pipeline, :mod:`lpo.world.pretrain_flow`)
     (:func:`lpo.world.pretrain.resolve_world_alias`), a world model given no prompts
     samples the first test prompts, round-robin over categories; ``world:SPLIT`` is a
     training prompt source; the true utility of x̂0 (lpo.world.utility_reward) and the
@@ -72,6 +73,13 @@ def _resolve(name: str) -> Path:
     return resolve_world_alias(name)
 
 
+def _resolve_flow(name: str) -> Path:
+    """``world-flow`` / ``world-flow:PRESET`` -> the flow world's folder (preset ``flow`` by default)."""
+    from lpo.world.pretrain import resolve_world_alias
+
+    return resolve_world_alias("world:" + (name.split(":", 1)[1] if ":" in name else "flow"))
+
+
 def _default_prompts(num_prompts: int) -> list[str]:
     from lpo.world.benchmark import WorldEvalProtocol, world_prompts
 
@@ -130,6 +138,11 @@ def install() -> None:
 
     if "world" not in MODEL_FAMILIES:
         MODEL_FAMILIES.add("world", ModelFamily(name="world", **WORLD_FAMILY_PARTS))
+    if "world-flow" not in MODEL_FAMILIES:
+        # the flow-matching world (components kind "world-flow"): the same prompts and ground truth;
+        # the true utility of x̂0 reads a U-Net's x̂0, so the flow world has no ceiling row yet
+        MODEL_FAMILIES.add("world-flow", ModelFamily(name="world-flow", **{**WORLD_FAMILY_PARTS, "resolve": _resolve_flow,
+                                                                            "true_utility": None}))
     for name, judge_field in WORLD_GAP_SCORERS.items():
         if name not in GAP_SCORERS:
             GAP_SCORERS.add(name, functools.partial(WorldJudgeScorer, name, judge_field))

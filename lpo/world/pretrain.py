@@ -19,13 +19,11 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -33,9 +31,16 @@ from lpo.core.config import config_to_dict
 from lpo.core.errors import LpoError
 from lpo.core.io import atomic_directory, atomic_write_json, run_metadata
 from lpo.models.components import SD15_SCHEDULER_CONFIG, WORLD_MARKER
-from lpo.core.paths import lpo_home
-from lpo.world.grammar import CATEGORIES, WORLD_VERSION, PromptSpec, make_splits
-from lpo.world.render import IMAGE_SIZE, render_prompt
+from lpo.world.grammar import WORLD_VERSION
+from lpo.world.render import IMAGE_SIZE
+from lpo.world.pretrain_common import (
+    encode_dataset,
+    images_to_tensor,
+    render_training_set,
+    warmup_cosine_lr,
+    world_model_dir,
+)
+from lpo.world.pretrain_flow import WorldFlowPretrainConfig
 from lpo.world.tokenizer import MODEL_MAX_LENGTH, build_world_tokenizer
 
 
@@ -99,7 +104,7 @@ class WorldPretrainConfig:
         return hashlib.sha256(payload.encode()).hexdigest()[:10]
 
 
-PRETRAIN_PRESETS: dict[str, WorldPretrainConfig] = {
+PRETRAIN_PRESETS: dict[str, "WorldPretrainConfig | WorldFlowPretrainConfig"] = {
     # ~5 minutes on 2 CPU cores; the default world model.
     "quick": WorldPretrainConfig(),
     # Longer training: a stronger (still imperfect) base model.
@@ -110,17 +115,18 @@ PRETRAIN_PRESETS: dict[str, WorldPretrainConfig] = {
     "wide": WorldPretrainConfig(preset="wide", model=WorldModelConfig(unet_channels=(64, 128))),
     # Seconds; for tests of the machinery only (samples are blobs).
     "tiny": WorldPretrainConfig(preset="tiny", num_images=256, vae_steps=4, unet_steps=4, warmup_steps=2, vae_batch_size=16, unet_batch_size=16),
+    # The flow-matching world (lpo.world.pretrain_flow): an SD3-style MMDiT on the quick world's VAE.
+    "flow": WorldFlowPretrainConfig(),
+    "flow-tiny": WorldFlowPretrainConfig(preset="flow-tiny", num_images=256, layers=1, steps=3, warmup_steps=1, batch_size=8),
 }
 
 
-def pretrain_preset(name: str) -> WorldPretrainConfig:
+def pretrain_preset(name: str) -> "WorldPretrainConfig | WorldFlowPretrainConfig":
     if name not in PRETRAIN_PRESETS:
         raise LpoError(f"unknown world pretrain preset {name!r}; known: {', '.join(PRETRAIN_PRESETS)}")
     return PRETRAIN_PRESETS[name]
 
 
-def world_model_dir(config: WorldPretrainConfig) -> Path:
-    return lpo_home() / "world" / f"{config.preset}-{config.fingerprint()}"
 
 
 # --------------------------------------------------------------------- components
@@ -180,34 +186,10 @@ def build_components(config: WorldModelConfig, tokenizer_dir: Path, seed: int):
 # ----------------------------------------------------------------------- data
 
 
-def render_training_set(num_images: int, seed: int) -> tuple[np.ndarray, list[str]]:
-    """(N, H, W, 3) uint8 images and their prompts; category first, then prompt, uniformly."""
-    splits = make_splits(seed=0)
-    by_category: dict[str, list[PromptSpec]] = {c: [s for s in splits.train if s.category == c] for c in CATEGORIES}
-    rng = np.random.default_rng(seed)
-    images = np.empty((num_images, IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
-    prompts = []
-    for i in range(num_images):
-        specs = by_category[CATEGORIES[rng.integers(len(CATEGORIES))]]
-        spec = specs[rng.integers(len(specs))]
-        images[i] = render_prompt(spec, rng)
-        prompts.append(spec.text())
-    return images, prompts
 
 
-def images_to_tensor(images: np.ndarray) -> torch.Tensor:
-    """uint8 (N, H, W, 3) -> float (N, 3, H, W) in [-1, 1]."""
-    return torch.from_numpy(images).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
 
 
-def _lr_lambda(warmup: int, total: int) -> Callable[[int], float]:
-    def fn(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = (step - warmup) / max(1, total - warmup)
-        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
-
-    return fn
 
 
 # ------------------------------------------------------------------- training
@@ -226,7 +208,7 @@ ProgressFn = Callable[[str, int, int, float], None]  # (stage, step, total, loss
 
 def train_vae(vae, images: torch.Tensor, config: WorldPretrainConfig, generator: torch.Generator, progress: ProgressFn | None) -> float:
     opt = torch.optim.AdamW(vae.parameters(), lr=config.vae_lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(config.warmup_steps, config.vae_steps))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine_lr(config.warmup_steps, config.vae_steps))
     vae.train()
     ema_mse = None
     for step in range(config.vae_steps):
@@ -249,15 +231,6 @@ def train_vae(vae, images: torch.Tensor, config: WorldPretrainConfig, generator:
     return float(ema_mse)
 
 
-@torch.no_grad()
-def encode_dataset(vae, images: torch.Tensor, batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
-    """Posterior mean and std of every image, unscaled: (N, C, h, w) each."""
-    means, stds = [], []
-    for start in range(0, len(images), batch_size):
-        posterior = vae.encode(images[start : start + batch_size]).latent_dist
-        means.append(posterior.mean)
-        stds.append(posterior.std)
-    return torch.cat(means), torch.cat(stds)
 
 
 def train_unet(
@@ -280,7 +253,7 @@ def train_unet(
     snr_table = alphas_cumprod / (1 - alphas_cumprod)
     params = list(unet.parameters()) + list(text_encoder.parameters())
     opt = torch.optim.AdamW(params, lr=config.unet_lr, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(config.warmup_steps, config.unet_steps))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine_lr(config.warmup_steps, config.unet_steps))
     ema_unet = copy.deepcopy(unet).requires_grad_(False)
     ema_text = copy.deepcopy(text_encoder).requires_grad_(False)
     unet.train()

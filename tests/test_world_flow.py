@@ -1,0 +1,96 @@
+"""The flow-matching world model: pretrained as an SD3 pipeline on the quick world's VAE, loaded as
+kind world-flow with its own T5 length, sampled alike by lpo and plain diffusers, trained by LPO."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from lpo.models.components import WORLD_MARKER
+from lpo.models.flow_components import encode_flow_prompts, load_flow_components
+from lpo.world.pretrain import pretrain_preset, resolve_world_alias, world_model_dir
+from lpo.world.pretrain_flow import logit_normal_sigmas, pretrain_world_flow
+
+
+@pytest.fixture(scope="module")
+def flow_world(tmp_path_factory) -> Path:
+    return pretrain_world_flow(pretrain_preset("flow-tiny"), resolve_world_alias("world:quick"),
+                               tmp_path_factory.mktemp("world-flow") / "flow-tiny").folder
+
+
+def test_the_flow_world_is_an_sd3_pipeline_on_the_quick_worlds_vae(flow_world):
+    components = load_flow_components(flow_world)
+    assert components.kind == "world-flow" and components.max_sequence_length == 0
+    assert components.text_encoder_3 is None and components.scheduler.config.shift == 1.0
+    from lpo.models.components import load_components
+
+    base = load_components(resolve_world_alias("world:quick"))
+    for name, value in base.vae.state_dict().items():
+        torch.testing.assert_close(components.vae.state_dict()[name], value)
+    marker = json.loads((flow_world / WORLD_MARKER).read_text())
+    assert marker["fingerprint"] == pretrain_preset("flow-tiny").fingerprint() and marker["max_sequence_length"] == 0
+    # the prompt is the CLIP tokens alone: no zero T5 tokens after them
+    encoded = encode_flow_prompts(components, ["a red circle"])
+    assert encoded.prompt_embeds.shape[1] == components.tokenizer.model_max_length
+
+
+def test_lpo_and_plain_diffusers_draw_the_same_images(flow_world):
+    from diffusers import StableDiffusion3Pipeline
+
+    from lpo.sampling.generate import generate_images, load_pipeline
+
+    pipe, components = load_pipeline(str(flow_world))
+    ours = generate_images(pipe, ["a red circle"], [7], num_inference_steps=3, guidance_scale=5.0)
+    plain = StableDiffusion3Pipeline.from_pretrained(flow_world, text_encoder_3=None, tokenizer_3=None)  # no T5, as SD3 without it
+    plain.set_progress_bar_config(disable=True)
+    theirs = plain(prompt=["a red circle"], num_inference_steps=3, guidance_scale=5.0, max_sequence_length=0,
+                   generator=[torch.Generator().manual_seed(7)], output_type="np").images
+    assert np.array_equal(ours, (np.clip(theirs, 0, 1) * 255).round().astype(np.uint8))
+
+
+def test_the_world_flow_alias_resolves_to_the_cached_preset(flow_world):
+    import shutil
+
+    target = world_model_dir(pretrain_preset("flow-tiny"))
+    shutil.copytree(flow_world, target)
+    from lpo.models.families import resolve_model_alias
+
+    assert resolve_model_alias("world-flow:flow-tiny") == target == resolve_world_alias("world:flow-tiny")
+
+
+def test_logit_normal_sigmas_are_sd3s_training_distribution():
+    sigmas = logit_normal_sigmas(20000, torch.Generator().manual_seed(0))
+    assert 0 < float(sigmas.min()) and float(sigmas.max()) < 1
+    assert float(sigmas.median()) == pytest.approx(0.5, abs=0.01)
+    # logit(σ) is standard normal
+    logits = torch.log(sigmas / (1 - sigmas))
+    assert float(logits.std()) == pytest.approx(1.0, abs=0.03)
+
+
+def test_lpo_trains_on_the_flow_world_with_an_mmdit_lrm(flow_world, tmp_path):
+    from lpo.core.io import atomic_write_json
+    from lpo.core.runs import DeviceMeter
+    from lpo.reward.jobs import build_reward_model
+    from lpo.reward.config import reward_training_preset
+    from lpo.trainers.jobs import run_training
+
+    components = load_flow_components(flow_world)
+    config = reward_training_preset("lrm-world")
+    from dataclasses import replace
+
+    lrm, save = build_reward_model(replace(config, mmdit_blocks=1), components)
+    assert lrm.config.max_sequence_length == 0  # the LRM reads prompts as its base model does
+    save(lrm, tmp_path / "lrm")
+    meter = DeviceMeter()
+    meter.add("reward_model_training", 1.0)
+    atomic_write_json(tmp_path / "lrm" / "cost.json", meter.as_dict())
+    result = run_training("lpo", "lpo-sd3", [
+        f"model.base={flow_world}", f"reward.path={tmp_path / 'lrm'}", "train.prompts=world:train", "model.dtype=fp32",
+        "optim.mixed_precision=no", "policy.gradient_checkpointing=false", "train.max_rounds=1", "sampler.sample_batch_size=2",
+        "sampler.num_inference_steps=4", "sampler.threshold_min=0.0", "sampler.threshold_max=0.0", "sampler.min_timestep=801",
+        "run.save_every=0", "optim.lr=0.05"], run_dir=tmp_path / "run")
+    assert result.model_folder.is_dir() and np.isfinite(result.final_loss)

@@ -121,7 +121,10 @@ class Checkpoint:
         """The diffusers pipeline to sample: the folder / hub model, or the base with the run's policy."""
         from lpo.sampling.generate import build_pipeline, load_pipeline, resolve_device, resolve_dtype, resolve_model_name
 
-        if self.adapter_kind == "unet" or self.vae:
+        if self.adapter_kind == "unet" and self.sampler == "flow-euler":
+            pipe = _flow_with_transformer(resolve_model_name(self.model), self.adapter_path, self.adapter_subfolder,
+                                          resolve_device(device), resolve_dtype(dtype))
+        elif self.adapter_kind == "unet" or self.vae:
             from lpo.models.components import load_components
 
             unet = self.adapter_path if self.adapter_kind == "unet" else None
@@ -156,6 +159,25 @@ class Checkpoint:
         check_finite_module(_denoiser(pipe), f"the denoiser of checkpoint {self.spec}",
                             "it comes from a diverged run: retrain it with a lower optim.lr; lpo eval does not score it")
         return pipe
+
+
+def _flow_with_transformer(model: str, folder: str, subfolder: str | None, device, dtype):
+    """A flow pipeline with a run's fully fine-tuned transformer (``SD3Transformer2DModel`` folder) swapped in."""
+    from dataclasses import replace
+
+    from diffusers import SD3Transformer2DModel
+
+    from lpo.models.flow_components import load_flow_components
+    from lpo.sampling.generate import build_flow_pipeline
+
+    components = load_flow_components(model, dtype=dtype, device=device)
+    try:
+        transformer = SD3Transformer2DModel.from_pretrained(folder, subfolder=subfolder, torch_dtype=dtype)
+    except (OSError, ValueError) as err:
+        raise LpoError(f"could not load the fine-tuned transformer in {folder} ({err}); it must come from a run on {model}") from err
+    pipe = build_flow_pipeline(replace(components, transformer=transformer.to(device).eval()))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
 
 
 def _denoiser(pipe):

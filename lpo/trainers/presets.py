@@ -204,6 +204,18 @@ def _grpo_world() -> StepTrainerConfig:
     return replace(base, method="grpo", preset="grpo-world", loss=StepLossConfig(beta=1.0, clip_epsilon=1e-4))
 
 
+# The flow-matching world (lpo world pretrain --preset flow): the U-Net world presets' values on
+# its MMDiT (this project's choice, not tuned): a full fine-tune of the joint blocks' attention
+# and feed-forward weights, lr 1e-4, β 50, pairs at t >= 501 (σ >= 0.5: the first 10 of 20 flow
+# steps, as t >= 501 is for the U-Net world), the SDE's noise level 0.7.
+WORLD_FLOW_POLICY = PolicyConfig(mode="full", full_trainable=("attn", "ff", "ff_context"))
+
+
+def _world_flow(base: StepTrainerConfig, preset: str) -> StepTrainerConfig:
+    return replace(base, preset=preset, model=ModelConfig(base="world-flow"), policy=WORLD_FLOW_POLICY,
+                   sampler=replace(base.sampler, noise_level=0.7))
+
+
 def _dpo_sd15() -> DiffusionDPOConfig:
     # Diffusion-DPO SD1.5: full U-Net, β 2000 (paper; the launchers use 5000), effective batch
     # 2048 pairs, 2000 steps, AdamW lr 1e-8 × 2048 = 2.048e-5 with 500 warmup steps, 20% empty
@@ -251,6 +263,9 @@ PRESETS: dict[str, Callable[[], Any]] = {
     "spo-sd15": _spo_sd15, "spo-sdxl": _spo_sdxl, "spo-sd3": _spo_sd3, "spo-world": _spo_world,
     "grpo-sd15": _grpo_sd15, "grpo-sdxl": _grpo_sdxl, "grpo-sd3": _grpo_sd3, "grpo-world": _grpo_world,
     "dpo-sd15": _dpo_sd15, "dpo-sdxl": _dpo_sdxl, "dpo-world": _dpo_world,
+    "lpo-world-flow": lambda: _world_flow(_lpo_world(), "lpo-world-flow"),
+    "spo-world-flow": lambda: _world_flow(_spo_world(), "spo-world-flow"),
+    "grpo-world-flow": lambda: _world_flow(_grpo_world(), "grpo-world-flow"),
 }
 PRESET_METHOD = {name: ("diffusion-dpo" if name.startswith("dpo-") else name.split("-")[0]) for name in PRESETS}
 

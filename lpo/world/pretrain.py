@@ -37,6 +37,7 @@ from lpo.world.pretrain_common import (
     encode_dataset,
     images_to_tensor,
     render_training_set,
+    step_with_ema,
     warmup_cosine_lr,
     world_model_dir,
 )
@@ -278,17 +279,7 @@ def train_unet(
             snr = snr_table[timesteps]
             per_sample = per_sample * snr.clamp(max=config.snr_gamma) / snr
         loss = per_sample.mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        sched.step()
-        # EMA warms up (decay ramps from 0) so that short runs are not dominated by the init.
-        decay = min(config.ema_decay, (1 + step) / (10 + step))
-        with torch.no_grad():
-            for ema, live in ((ema_unet, unet), (ema_text, text_encoder)):
-                for p_ema, p in zip(ema.parameters(), live.parameters()):
-                    p_ema.lerp_(p, 1 - decay)
+        step_with_ema(loss, opt, sched, params, [(ema_unet, unet), (ema_text, text_encoder)], step, config.ema_decay)
         ema_loss = loss.item() if ema_loss is None else 0.95 * ema_loss + 0.05 * loss.item()
         if progress:
             progress("unet", step + 1, config.unet_steps, ema_loss)

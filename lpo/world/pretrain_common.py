@@ -63,3 +63,21 @@ def encode_dataset(vae, images: torch.Tensor, batch_size: int = 256) -> tuple[to
         means.append(posterior.mean)
         stds.append(posterior.std)
     return torch.cat(means), torch.cat(stds)
+
+
+def step_with_ema(loss: torch.Tensor, opt, sched, params: list, ema_pairs: list[tuple[Any, Any]], step: int,
+                  ema_decay: float) -> None:
+    """One optimiser step (gradients clipped at norm 1) and the EMA update of each (ema, live) pair.
+
+    The EMA warms up (decay ramps from 0) so that short runs are not dominated by the init.
+    """
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    opt.step()
+    sched.step()
+    decay = min(ema_decay, (1 + step) / (10 + step))
+    with torch.no_grad():
+        for ema, live in ema_pairs:
+            for p_ema, p in zip(ema.parameters(), live.parameters()):
+                p_ema.lerp_(p, 1 - decay)

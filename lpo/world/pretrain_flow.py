@@ -41,7 +41,14 @@ from lpo.core.config import config_to_dict
 from lpo.core.io import atomic_directory, atomic_write_json, run_metadata
 from lpo.models.components import WORLD_MARKER
 from lpo.world.grammar import WORLD_VERSION
-from lpo.world.pretrain_common import encode_dataset, images_to_tensor, render_training_set, warmup_cosine_lr, world_model_dir
+from lpo.world.pretrain_common import (
+    encode_dataset,
+    images_to_tensor,
+    render_training_set,
+    step_with_ema,
+    warmup_cosine_lr,
+    world_model_dir,
+)
 
 FLOW_MARKER_KIND = "lpo-world-flow"
 WORLD_FLOW_MAX_SEQUENCE_LENGTH = 0
@@ -161,16 +168,7 @@ def train_flow_transformer(transformer, encoders, input_ids, empty_ids, latent_m
         velocity = transformer(hidden_states=noisy, timestep=sigmas * 1000, encoder_hidden_states=prompt_embeds,
                                pooled_projections=pooled, return_dict=False)[0]
         loss = F.mse_loss(velocity.float(), (noise - x0).float())
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        sched.step()
-        decay = min(config.ema_decay, (1 + step) / (10 + step))
-        with torch.no_grad():
-            for slow, fast in zip(ema, live):
-                for p_ema, p in zip(slow.parameters(), fast.parameters()):
-                    p_ema.lerp_(p, 1 - decay)
+        step_with_ema(loss, opt, sched, params, list(zip(ema, live)), step, config.ema_decay)
         ema_loss = loss.item() if ema_loss is None else 0.95 * ema_loss + 0.05 * loss.item()
         if not math.isfinite(ema_loss):
             from lpo.core.errors import LpoError

@@ -32,6 +32,7 @@ multi-GB pipeline does not re-read it.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -104,7 +105,7 @@ class Checkpoint:
             raise ValueError(f"{self.spec} is a reference source, not a pipeline")
         return self.base or self.path or self.hub_id  # type: ignore[return-value]
 
-    @property
+    @functools.cached_property
     def sampler(self) -> str | None:
         """The protocol sampler of this checkpoint's family: flow-euler for a flow-matching
         (SD3-style) pipeline, ddim otherwise; None for a reference source."""

@@ -93,14 +93,17 @@ def checkpoint_card(spec: str, registry: str | None = None, load: bool = False, 
         "run": ckpt.run_path,
     }
     if load:
+        from lpo.evals.checkpoints import _denoiser
         from lpo.trainers.lora import adapted_modules
 
         started = time.perf_counter()
         pipe = ckpt.load_pipeline(device, dtype)  # the LoRA and finite-weight checks of lpo eval
         card["load seconds"] = round(time.perf_counter() - started, 1)
-        card["U-Net parameters"] = sum(p.numel() for p in pipe.unet.parameters())
+        denoiser = _denoiser(pipe)  # the U-Net, or a flow pipeline's transformer
+        card["U-Net parameters" if getattr(pipe, "unet", None) is not None else "transformer parameters"] = \
+            sum(p.numel() for p in denoiser.parameters())
         if ckpt.adapter_kind == "lora":
-            card["LoRA modules adapted"] = len(adapted_modules(pipe.unet))
+            card["LoRA modules adapted"] = len(adapted_modules(denoiser))
     return {k: v for k, v in card.items() if v is not None}
 
 

@@ -105,6 +105,15 @@ def test_flow_thresholds_rise_with_the_step_std_and_reward_timesteps_follow_the_
     assert kernel.reward_timestep(timesteps, 5, "prev") == 0.0 and kernel.reward_timestep(timesteps, 1, "zero") == 0.0
     with pytest.raises(ValueError, match="noise_level must be > 0"):
         FlowSDEKernel(_flow_scheduler(), noise_level=0.0)
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    with pytest.raises(ValueError, match="use_dynamic_shifting"):
+        FlowSDEKernel(FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True))
+    # flow states stay float32 under a bf16 transformer: the last steps' std is below bf16's spacing
+    assert kernel.state_dtype(torch.bfloat16) == torch.float32 and float(kernel.step_stds(20)[-1]) < 0.01
+    from diffusers import DDIMScheduler
+
+    assert DDIMKernel(DDIMScheduler()).state_dtype(torch.float16) == torch.float16
 
 
 def test_the_ddim_kernel_is_the_ddim_step(tiny_world_dir):

@@ -60,6 +60,10 @@ def test_the_world_flow_alias_resolves_to_the_cached_preset(flow_world):
     from lpo.models.families import resolve_model_alias
 
     assert resolve_model_alias("world-flow:flow-tiny") == target == resolve_world_alias("world:flow-tiny")
+    from lpo.core.errors import LpoError
+
+    with pytest.raises(LpoError, match="'quick' is not a flow world preset; known: flow, flow-tiny"):
+        resolve_model_alias("world-flow:quick")
 
 
 def test_logit_normal_sigmas_are_sd3s_training_distribution():

@@ -73,7 +73,7 @@ def train_reward_job(
         from lpo.reward.setup import RESUME_FREE_FIELDS
 
         run = RunFolder.resume(run_dir, config, resume_free=RESUME_FREE_FIELDS)
-        for mismatch in resume_mismatches(run, components.unet.device):
+        for mismatch in resume_mismatches(run, components.device):
             if console is not None:
                 console.print(f"[yellow]warning:[/] {mismatch}", highlight=False)
     elif run_dir is not None:

@@ -63,6 +63,9 @@ class StepKernel(Protocol):
     def init_noise_sigma(self) -> float:
         """The std of x_T (the scheduler's init_noise_sigma; 1 for flow models)."""
 
+    def state_dtype(self, model_dtype: torch.dtype) -> torch.dtype:
+        """The dtype trajectories and candidates are kept in for a model of ``model_dtype``."""
+
 
 class DDIMKernel:
     """The DDIM step with η (U-Net pipelines); numerically the functions the trainers always called."""
@@ -99,6 +102,9 @@ class DDIMKernel:
     def init_noise_sigma(self) -> float:
         return float(self.scheduler.init_noise_sigma)
 
+    def state_dtype(self, model_dtype: torch.dtype) -> torch.dtype:
+        return model_dtype  # as the official LPO / SPO code (fp16 latents under fp16 U-Nets)
+
 
 class FlowSDEKernel:
     """The flow ODE's SDE step with per-step log-probabilities (SD3-style flow pipelines)."""
@@ -107,6 +113,9 @@ class FlowSDEKernel:
         if not noise_level > 0:
             raise ValueError(f"noise_level must be > 0 for step-level training (0 is the ODE, which has no "
                              f"log-prob), got {noise_level}")
+        if getattr(scheduler.config, "use_dynamic_shifting", False):
+            raise ValueError("the flow scheduler shifts its σ by resolution (use_dynamic_shifting, Flux-style), which "
+                             "the step kernel does not compute; SD3 / SD3.5 use a fixed shift")
         self.scheduler = scheduler
         self.noise_level = noise_level
 
@@ -139,7 +148,8 @@ class FlowSDEKernel:
             return FlowConditioning(text.prompt_embeds, text.pooled_prompt_embeds)
 
         uncond = None if conditioning.uncond is None or conditioning.guidance_scale == 1.0 else flow(conditioning.uncond)
-        return predict_velocity(model, latents, timesteps, flow(conditioning.cond), uncond, conditioning.guidance_scale)
+        return predict_velocity(model, latents.to(model.dtype), timesteps, flow(conditioning.cond), uncond,
+                                conditioning.guidance_scale)
 
     def gaussian(self, prediction, timesteps, latents):
         step = flow_sde_step_with_logprob(self.scheduler, prediction, timesteps, latents, noise_level=self.noise_level,
@@ -153,6 +163,11 @@ class FlowSDEKernel:
     @property
     def init_noise_sigma(self) -> float:
         return 1.0  # x_1 ~ N(0, I): the flow path's noise end
+
+    def state_dtype(self, model_dtype: torch.dtype) -> torch.dtype:
+        # float32 always: the SDE's last steps have std ~0.006 (SD3, 20 steps), below bf16's
+        # spacing at |x| ~ 1, so bf16 states would distort the log-probs (Flow-GRPO keeps fp32)
+        return torch.float32
 
 
 def _rising(levels: Tensor, threshold_min: float, threshold_max: float) -> Tensor:

@@ -100,6 +100,12 @@ def plan_rounds(config: StepTrainerConfig, num_prompts: int, num_processes: int,
     )
 
 
+def _timestep_key(t: torch.Tensor) -> str:
+    """A DDIM timestep as its integer; a flow timestep (σ·1000) with one decimal, so steps never merge."""
+    value = float(t)
+    return str(int(value)) if value.is_integer() else f"{value:.1f}"
+
+
 def prompts_fingerprint(prompts: Sequence[str]) -> str:
     h = hashlib.sha256()
     for prompt in prompts:
@@ -183,7 +189,7 @@ class StepDPOTrainer(PolicyTrainer):
         reward_text = self.reward.encode_text(prompts)
         height = width = c.default_resolution // c.vae_scale_factor
         latents = initial_latents(len(prompts), c.latent_channels, height, width, generator, self.kernel,
-                                  device=c.device, dtype=c.denoiser.dtype)
+                                  device=c.device, dtype=self.kernel.state_dtype(c.denoiser.dtype))
         with self.accelerator.autocast():
             return self.rollout(c.denoiser, self.kernel, conditioning, self.reward, reward_text, latents,
                                 rollout_settings(self.config), generator, prompts)
@@ -301,7 +307,7 @@ class StepDPOTrainer(PolicyTrainer):
             "round": round_index + 1, "optimizer_steps": self.optimizer_steps, "kept": total,
             "trained_on": per_process * P, "branched": int(counts[0]),
             "keep_rate": float(counts[1] / counts[0]) if counts[0] else 0.0,
-            "kept_by_timestep": {str(int(t)): int(n) for t, n in zip(*kept.timesteps.unique(return_counts=True))},
+            "kept_by_timestep": {_timestep_key(t): int(n) for t, n in zip(*kept.timesteps.unique(return_counts=True))},
             "mean_gap": float(kept.gaps.mean()) if total else None,
             "lr": float(self.optimizer.param_groups[0]["lr"]), "seconds": time.perf_counter() - began,
         }

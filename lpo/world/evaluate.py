@@ -30,7 +30,7 @@ def evaluate_named_source(name: str, protocol: WorldEvalProtocol, console=None, 
         from lpo.sampling.generate import load_pipeline
 
         pipe, components = load_pipeline(name, device=device)
-        if components.kind != "world":
+        if components.kind not in ("world", "world-flow"):
             raise LpoError(
                 f"{name!r} is a {components.kind} pipeline; the world judges read only world images. "
                 f"Use a world model (world, world:PRESET or a folder from `lpo world pretrain`) or one of: {', '.join(REFERENCE_SOURCES)}"

@@ -75,9 +75,14 @@ def _resolve(name: str) -> Path:
 
 def _resolve_flow(name: str) -> Path:
     """``world-flow`` / ``world-flow:PRESET`` -> the flow world's folder (preset ``flow`` by default)."""
-    from lpo.world.pretrain import resolve_world_alias
+    from lpo.world.pretrain import PRETRAIN_PRESETS, resolve_world_alias
+    from lpo.world.pretrain_flow import WorldFlowPretrainConfig
 
-    return resolve_world_alias("world:" + (name.split(":", 1)[1] if ":" in name else "flow"))
+    preset = name.split(":", 1)[1] if ":" in name else "flow"
+    flow = [p for p, c in PRETRAIN_PRESETS.items() if isinstance(c, WorldFlowPretrainConfig)]
+    if preset not in flow:
+        raise LpoError(f"{name}: {preset!r} is not a flow world preset; known: {', '.join(flow)}")
+    return resolve_world_alias(f"world:{preset}")
 
 
 def _default_prompts(num_prompts: int) -> list[str]:

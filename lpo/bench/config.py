@@ -160,10 +160,10 @@ QUICK = BenchConfig(
 # Full: the quick preset's data and training, made from scratch (no reward kit) and
 # repeated over 3 training seeds per method (a verdict needs the seed spread), judged on a
 # validation set of ~1,050 decisive pairs (86 prompts × 14) and on 128 test prompts × 8
-# images. Its kit stages alone (the 17,844-pair pool, MPCF, both reward models at 1,500
-# steps) take about an hour on two CPU cores (the quick kit's measured stage seconds), so
-# it runs past the 75-minute budget that the first, 2,000-pair pool kept to; the
-# accuracy table scales with the val pairs (~1,050 s), training 3 × 290, evaluations ~1,000 s.
+# images. It runs past the 75-minute budget that the first, 2,000-pair pool kept to:
+# measured here (results/bench-full/COMMAND.md) pairs 1,783 s, MPCF 164 s, LRM 350 s, pixel
+# model 975 s and accuracy table 571 s (both under load), training 573 s for the 9 runs,
+# evaluations ~60 s per final model when alone; about 117 min under load, ~80–85 idle.
 FULL = BenchConfig(
     preset="full",
     **REWARD_DATA,

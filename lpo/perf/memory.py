@@ -406,6 +406,7 @@ def _backward(loss_fn: Callable, rows: torch.Tensor, autocast: Callable[[], Any]
 def _step_update(components: Any, policy: Any, config: Any, autocast: Callable[[], Any]) -> None:
     """One micro-batch of lpo.trainers.step_dpo's loss on fake kept steps, backward included."""
     from lpo.models.components import guided_conditioning
+    from lpo.sampling.step_kernels import kernel_for
     from lpo.trainers.rollout import KeptSteps
     from lpo.trainers.step_dpo import StepDPOTrainer
 
@@ -420,7 +421,8 @@ def _step_update(components: Any, policy: Any, config: Any, autocast: Callable[[
         prompt_index=torch.arange(batch), conditioning=conditioning, gaps=empty, scores_w=empty, scores_l=empty,
         latents_t_l=_latents(components, batch) if s.inner_steps else None,  # inner steps: the loser's own x_t
     )
-    loss_fn = StepDPOTrainer._loss_fn(_trainer_stub(components, policy, config), policy.unet, kept)
+    kernel = kernel_for(components, config.sampler.eta, config.sampler.noise_level)
+    loss_fn = StepDPOTrainer._loss_fn(_trainer_stub(components, policy, config, kernel=kernel), policy.unet, kept)
     _backward(loss_fn, torch.arange(batch), autocast)
 
 

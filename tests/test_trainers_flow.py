@@ -335,3 +335,55 @@ def test_the_protocol_sampler_is_the_checkpoints_family(sd3_dir, tiny_world_dir)
                                                                                    images_per_prompt=4)
     with pytest.raises(LpoError, match="samples with ddim, not flow-euler"):
         resolve_protocol(EvalProtocol(sampler="flow-euler"), checkpoint=unet)
+
+
+def test_diffusion_dpo_trains_a_tiny_sd3_lora_on_the_flow_path(sd3_dir, tmp_path):
+    """Diffusion-DPO on a flow model: σ = t / T on the flow path, the velocity as the target."""
+    from diffusers import StableDiffusion3Pipeline
+
+    from lpo.pairs.format import PreferencePair, save_pairs
+
+    rng = np.random.default_rng(0)
+    pairs = [PreferencePair(f"p{i}", PROMPTS[i % 3], rng.integers(0, 255, (16, 16, 3), dtype=np.uint8),
+                            rng.integers(0, 255, (16, 16, 3), dtype=np.uint8), 1.0, "test") for i in range(4)]
+    save_pairs(pairs, tmp_path / "pairs.parquet")
+    dpo = run_training("diffusion-dpo", "dpo-sd15", [
+        f"model.base={sd3_dir}", f"data.pairs={tmp_path / 'pairs.parquet'}", "policy.mode=lora", "train.max_steps=1",
+        "train.batch_size=4", "optim.gradient_accumulation_steps=1", "optim.warmup_steps=0", "run.save_every=0",
+        "optim.mixed_precision=no", "optim.lr=0.05"], run_dir=tmp_path / "dpo")
+    assert math.isfinite(dpo.final_loss) and dpo.label == "diffusion-dpo-lora"
+    history = [json.loads(line) for line in (tmp_path / "dpo" / "metrics.jsonl").read_text().splitlines()]
+    assert history[0]["loss"] == pytest.approx(math.log(2), abs=1e-4)  # policy = reference at the first step
+    pipe = StableDiffusion3Pipeline.from_pretrained(sd3_dir)
+    pipe.set_progress_bar_config(disable=True)
+    run = lambda: pipe(prompt=["a red circle"], num_inference_steps=3, max_sequence_length=T5_LENGTH,  # noqa: E731
+                       generator=torch.Generator().manual_seed(0), output_type="np").images
+    base = run()
+    pipe.load_lora_weights(dpo.model_folder)
+    assert not np.allclose(run(), base, atol=1e-5)
+
+
+def test_the_flow_dpo_draw_is_the_flow_path_and_the_velocity(sd3_dir):
+    """_encode on a flow model: x_t = (1 − σ)·x0 + σ·ε with σ = t / T, target ε − x0 (winners first)."""
+    from types import SimpleNamespace
+
+    from lpo.models.flow_components import load_flow_components
+    from lpo.pairs.format import PreferencePair
+    from lpo.trainers.diffusion_dpo import DiffusionDPOTrainer, DPOBatch
+
+    components = load_flow_components(sd3_dir)
+    rng = np.random.default_rng(1)
+    pair = PreferencePair("p", "a cat", rng.integers(0, 255, (16, 16, 3), dtype=np.uint8),
+                          rng.integers(0, 255, (16, 16, 3), dtype=np.uint8), 1.0, "test")
+    from lpo.trainers.presets import trainer_preset
+
+    stub = SimpleNamespace(components=components, pairs=[pair], resolution=components.default_resolution,
+                           config=trainer_preset("dpo-sd15"), accelerator=SimpleNamespace(device=torch.device("cpu")),
+                           num_train_timesteps=1000)
+    shape = (components.latent_channels, 8, 8)
+    draws = DPOBatch(torch.tensor([0]), torch.zeros(1, 2, dtype=torch.bool), torch.zeros(1, dtype=torch.bool),
+                     torch.zeros(1, 2, *shape), torch.tensor([250]), torch.randn(1, *shape, generator=torch.Generator().manual_seed(0)))
+    x_t, conditioning, timesteps, target = DiffusionDPOTrainer._encode(stub, draws, torch.tensor([0]))
+    assert timesteps.tolist() == [250.0, 250.0] and conditioning.prompt_embeds.shape[0] == 2
+    x0 = -(target[0] - draws.noise[0])  # target = ε − x0 per image
+    torch.testing.assert_close(x_t, 0.75 * x0 + 0.25 * draws.noise[0].expand_as(x0))

@@ -19,6 +19,11 @@ around it is :class:`lpo.core.training_loop.TrainingLoop`):
 
 Ties are not used (Diffusion-DPO trains on Pick-a-Pic v2 without ties); they are counted
 and skipped. The LoRA variant (``policy.mode=lora``) is labelled ``diffusion-dpo-lora``.
+
+Flow-matching models (SD3-style; this project's extension, no published Diffusion-DPO
+config): the same draws, with σ = t / T on the flow path x_σ = (1 − σ)·x0 + σ·ε, the
+transformer told σ·1000, and the velocity ε − x0 as the target of the per-image mse; the
+text conditioning is the pipeline's own (both CLIPs, T5 or its zeros, the pooled embedding).
 """
 
 from __future__ import annotations
@@ -33,6 +38,8 @@ import torch
 from lpo.core.errors import LpoError
 from lpo.trainers.losses import diffusion_dpo_loss, per_sample_mse
 from lpo.models.components import DiffusionComponents, encode_prompts
+from lpo.models.flow_components import FlowComponents, encode_flow_prompts
+from lpo.sampling.flow import flow_noisy_latents
 from lpo.pairs.format import PreferencePair
 from lpo.pairs.stream import decisive_pairs, pair_meta
 from lpo.core.seeding import Stream, keyed_generator, pair_indices
@@ -120,7 +127,7 @@ class DiffusionDPOTrainer(PolicyTrainer):
     def __init__(
         self,
         config: DiffusionDPOConfig,
-        components: DiffusionComponents,
+        components: DiffusionComponents | FlowComponents,
         policy: Policy,
         pairs: Sequence[PreferencePair],
         **common: Any,
@@ -180,8 +187,14 @@ class DiffusionDPOTrainer(PolicyTrainer):
         latents = (latents * c.vae.config.scaling_factor).reshape(len(pairs), 2, *latents.shape[1:])  # (b, 2, C, h, w)
         timesteps = draws.timesteps[rows].to(device)
         noise = draws.noise[rows].to(device)
-        x_t = torch.cat([c.scheduler.add_noise(latents[:, i], noise, timesteps) for i in (0, 1)])
         captions = ["" if bool(draws.drop_caption[r]) else pair.prompt for r, pair in zip(rows, pairs)]
+        if isinstance(c, FlowComponents):
+            sigmas = timesteps.float() / self.num_train_timesteps
+            x_t = torch.cat([flow_noisy_latents(latents[:, i], noise, sigmas) for i in (0, 1)])
+            flow = encode_flow_prompts(c, captions)
+            target = torch.stack([noise - latents[:, i] for i in (0, 1)], dim=1)  # the velocity
+            return x_t, flow.cat(flow), torch.cat([timesteps, timesteps]).float(), target
+        x_t = torch.cat([c.scheduler.add_noise(latents[:, i], noise, timesteps) for i in (0, 1)])
         conditioning = encode_prompts(c, captions, resolution=self.resolution)
         conditioning = type(conditioning).cat([conditioning, conditioning])
         if conditioning.add_time_ids is not None and per_image:
@@ -198,9 +211,13 @@ class DiffusionDPOTrainer(PolicyTrainer):
 
     def _loss_fn(self, model: Any, draws: DPOBatch) -> Callable[[torch.Tensor], tuple[torch.Tensor, dict]]:
         beta = self.config.loss.beta
-        unet_dtype = self.components.unet.dtype
+        unet_dtype = self.components.denoiser.dtype
+        flow = isinstance(self.components, FlowComponents)
 
         def predict(unet: Any, latents: torch.Tensor, timesteps: torch.Tensor, conditioning: Any) -> torch.Tensor:
+            if flow:  # the transformer's velocity at σ·1000
+                return unet(hidden_states=latents.to(unet_dtype), timestep=timesteps, encoder_hidden_states=conditioning.prompt_embeds,
+                            pooled_projections=conditioning.pooled, return_dict=False)[0]
             return unet(latents.to(unet_dtype), timesteps, **conditioning.unet_kwargs()).sample
 
         def loss_fn(rows: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

@@ -215,8 +215,8 @@ def run_training(
         return trainer.train(resume=resume)
 
 
-def _load_base(config: Any, device: Any, trainer_cls: Any) -> Any:
-    """The base model's components: a U-Net pipeline's, or a flow pipeline's (SD3; step trainers only)."""
+def _load_base(config: Any, device: Any) -> Any:
+    """The base model's components: a U-Net pipeline's, or a flow pipeline's (SD3)."""
     import torch
 
     from lpo.models.components import load_components
@@ -227,8 +227,6 @@ def _load_base(config: Any, device: Any, trainer_cls: Any) -> Any:
     name = resolve_model_name(config.model.base)
     if not is_flow_pipeline(name):
         return load_components(name, dtype=dtype, device=device, vae=config.model.vae)
-    if trainer_cls.needs != "step_reward":
-        raise LpoError(f"{config.method} does not train flow models yet; lpo, spo and grpo train {config.model.base}")
     if config.model.vae is not None:
         raise LpoError("model.vae replaces a U-Net pipeline's VAE; flow models keep their own: leave it unset")
     return load_flow_components(name, dtype=dtype, device=device)
@@ -245,7 +243,7 @@ def _build_trainer(method: str, config: Any, run: Any, accelerator: Any, callbac
     trainer_cls = TRAINERS.get(method)
 
     # 2. the base model on this process's device; frozen parts frozen
-    components = _load_base(config, accelerator.device, trainer_cls)
+    components = _load_base(config, accelerator.device)
     for module in (components.vae, *components.text_encoders):
         module.requires_grad_(False)
     reward = None

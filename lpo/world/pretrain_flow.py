@@ -64,7 +64,7 @@ class WorldFlowPretrainConfig:
     layers: int = 4
     heads: int = 4
     head_dim: int = 16
-    steps: int = 2000
+    steps: int = 4000  # 2,000 left the model below chance (results/world/flow-world); 4,000: 12 min idle here
     batch_size: int = 32
     lr: float = 1e-3
     warmup_steps: int = 100

@@ -31,6 +31,18 @@ FLOW_STEP = ["train.max_rounds=1", "sampler.sample_batch_size=3", "train.train_b
              "optim.lr=0.05"]
 
 
+def _sd3_images(folder: Path, lora: Path | None = None) -> np.ndarray:
+    """Two images drawn by plain diffusers from the SD3 pipeline in ``folder`` (with ``lora`` loaded)."""
+    from diffusers import StableDiffusion3Pipeline
+
+    pipe = StableDiffusion3Pipeline.from_pretrained(folder)
+    pipe.set_progress_bar_config(disable=True)
+    if lora is not None:
+        pipe.load_lora_weights(lora)
+    return pipe(prompt=["a red circle", "a dog"], num_inference_steps=4, guidance_scale=4.5, max_sequence_length=T5_LENGTH,
+                generator=[torch.Generator().manual_seed(s) for s in (1, 2)], output_type="np").images
+
+
 def _flow_scheduler(steps: int = 6):
     from diffusers import FlowMatchEulerDiscreteScheduler
 
@@ -177,8 +189,6 @@ def test_the_flow_rollout_keeps_the_lrm_winner_at_the_schedule_timesteps(sd3_dir
 
 
 def test_lpo_and_grpo_train_a_tiny_sd3_lora_that_plain_diffusers_reloads(sd3_dir, mmdit_lrm, tmp_path):
-    from diffusers import StableDiffusion3Pipeline
-
     from lpo.trainers.lora import LORA_WEIGHTS_NAME
 
     prompts = tmp_path / "prompts.txt"
@@ -187,23 +197,12 @@ def test_lpo_and_grpo_train_a_tiny_sd3_lora_that_plain_diffusers_reloads(sd3_dir
     lpo = run_training("lpo", "lpo-sd3", [*common, "run.save_merged_pipeline=true"], run_dir=tmp_path / "lpo")
     grpo = run_training("grpo", "grpo-sd3", common, run_dir=tmp_path / "grpo")
     assert math.isfinite(lpo.final_loss) and math.isfinite(grpo.final_loss)
-
-    def samples(pipe):
-        pipe.set_progress_bar_config(disable=True)
-        return pipe(prompt=["a red circle", "a dog"], num_inference_steps=4, guidance_scale=4.5, max_sequence_length=T5_LENGTH,
-                    generator=[torch.Generator().manual_seed(s) for s in (1, 2)], output_type="np").images
-
-    base = samples(StableDiffusion3Pipeline.from_pretrained(sd3_dir))
+    base = _sd3_images(sd3_dir)
     for result in (lpo, grpo):
         assert (result.model_folder / LORA_WEIGHTS_NAME).is_file()
-        pipe = StableDiffusion3Pipeline.from_pretrained(sd3_dir)
-        pipe.load_lora_weights(result.model_folder)
-        assert not np.allclose(samples(pipe), base, atol=1e-5)  # the update moved the transformer
+        assert not np.allclose(_sd3_images(sd3_dir, result.model_folder), base, atol=1e-5)  # the update moved the transformer
     # the merged pipeline is the LoRA'd policy, loadable by diffusers alone
-    lora = StableDiffusion3Pipeline.from_pretrained(sd3_dir)
-    lora.load_lora_weights(lpo.model_folder)
-    merged = StableDiffusion3Pipeline.from_pretrained(lpo.pipeline_folder)
-    assert np.allclose(samples(merged), samples(lora), atol=1e-4)
+    assert np.allclose(_sd3_images(lpo.pipeline_folder), _sd3_images(sd3_dir, lpo.model_folder), atol=1e-4)
 
 
 @pytest.fixture(scope="module")
@@ -245,7 +244,6 @@ def test_the_pixel_reward_on_a_flow_model_decodes_the_velocitys_x0(sd3_dir, flow
 
 
 def test_spo_with_inner_steps_trains_a_tiny_sd3_lora(sd3_dir, flow_pixel, tmp_path):
-    from diffusers import StableDiffusion3Pipeline
 
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("\n".join(PROMPTS) + "\n")
@@ -256,13 +254,7 @@ def test_spo_with_inner_steps_trains_a_tiny_sd3_lora(sd3_dir, flow_pixel, tmp_pa
     history = [json.loads(line) for line in (tmp_path / "spo" / "metrics.jsonl").read_text().splitlines()]
     rounds = [row for row in history if "kept_by_timestep" in row]
     assert rounds and rounds[0]["kept"] == 2 * rounds[0]["branched"]  # each branching gives inner_steps + 1 pairs
-    pipe = StableDiffusion3Pipeline.from_pretrained(sd3_dir)
-    pipe.set_progress_bar_config(disable=True)
-    run = lambda: pipe(prompt=["a red circle"], num_inference_steps=4, max_sequence_length=T5_LENGTH,  # noqa: E731
-                       generator=torch.Generator().manual_seed(0), output_type="np").images
-    base = run()
-    pipe.load_lora_weights(spo.model_folder)
-    assert not np.allclose(run(), base, atol=1e-5)
+    assert not np.allclose(_sd3_images(sd3_dir, spo.model_folder), _sd3_images(sd3_dir), atol=1e-5)
 
 
 def test_a_flow_run_is_evaluated_inline_with_the_flow_sampler(sd3_dir, mmdit_lrm, tmp_path):
@@ -339,7 +331,6 @@ def test_the_protocol_sampler_is_the_checkpoints_family(sd3_dir, tiny_world_dir)
 
 def test_diffusion_dpo_trains_a_tiny_sd3_lora_on_the_flow_path(sd3_dir, tmp_path):
     """Diffusion-DPO on a flow model: σ = t / T on the flow path, the velocity as the target."""
-    from diffusers import StableDiffusion3Pipeline
 
     from lpo.pairs.format import PreferencePair, save_pairs
 
@@ -354,13 +345,7 @@ def test_diffusion_dpo_trains_a_tiny_sd3_lora_on_the_flow_path(sd3_dir, tmp_path
     assert math.isfinite(dpo.final_loss) and dpo.label == "diffusion-dpo-lora"
     history = [json.loads(line) for line in (tmp_path / "dpo" / "metrics.jsonl").read_text().splitlines()]
     assert history[0]["loss"] == pytest.approx(math.log(2), abs=1e-4)  # policy = reference at the first step
-    pipe = StableDiffusion3Pipeline.from_pretrained(sd3_dir)
-    pipe.set_progress_bar_config(disable=True)
-    run = lambda: pipe(prompt=["a red circle"], num_inference_steps=3, max_sequence_length=T5_LENGTH,  # noqa: E731
-                       generator=torch.Generator().manual_seed(0), output_type="np").images
-    base = run()
-    pipe.load_lora_weights(dpo.model_folder)
-    assert not np.allclose(run(), base, atol=1e-5)
+    assert not np.allclose(_sd3_images(sd3_dir, dpo.model_folder), _sd3_images(sd3_dir), atol=1e-5)
 
 
 def test_the_flow_dpo_draw_is_the_flow_path_and_the_velocity(sd3_dir):

@@ -252,6 +252,7 @@ class PixelStepReward(nn.Module):
             _freeze_base_weights(components.vae)
             _freeze_base_weights(components.denoiser)
         self._flow = is_flow_scheduler(components.scheduler)
+        self._kernel = kernel_for(components)  # the base denoiser's CFG prediction, by family
 
     @classmethod
     def from_components(
@@ -327,7 +328,7 @@ class PixelStepReward(nn.Module):
         timesteps = _flow_timesteps(timesteps, batch, unet.device) if self._flow else as_timesteps(timesteps, batch, unet.device)
         latents_t = latents_t.to(device=unet.device, dtype=unet.dtype)
         with _base_model(unet):
-            prediction = kernel_for(self.components).predict(unet, latents_t, timesteps, conditioning)
+            prediction = self._kernel.predict(unet, latents_t, timesteps, conditioning)
             if self._flow:
                 return flow_predicted_x0(scheduler, prediction, timesteps, latents_t)
             return predicted_original_sample(scheduler, prediction, timesteps, latents_t)

@@ -67,7 +67,21 @@ class StepKernel(Protocol):
         """The dtype trajectories and candidates are kept in for a model of ``model_dtype``."""
 
 
-class DDIMKernel:
+class _GaussianStepKernel:
+    """``gaussian`` and ``log_prob`` from one family step function (``_step``: mean, std and log-prob)."""
+
+    def _step(self, prediction: Tensor, timesteps: Any, latents: Tensor, **sample: Any) -> Any:
+        raise NotImplementedError
+
+    def gaussian(self, prediction, timesteps, latents):
+        step = self._step(prediction, timesteps, latents, noise=torch.zeros_like(prediction))
+        return step.mean, step.std
+
+    def log_prob(self, prediction, timesteps, latents, prev_sample):
+        return self._step(prediction, timesteps, latents, prev_sample=prev_sample).log_prob
+
+
+class DDIMKernel(_GaussianStepKernel):
     """The DDIM step with η (U-Net pipelines); numerically the functions the trainers always called."""
 
     def __init__(self, scheduler: Any, eta: float = 1.0) -> None:
@@ -89,14 +103,8 @@ class DDIMKernel:
     def predict(self, model, latents, timesteps, conditioning):
         return predict_noise(model, latents, timesteps, conditioning)
 
-    def gaussian(self, prediction, timesteps, latents):
-        step = ddim_step_with_logprob(self.scheduler, prediction, timesteps, latents, eta=self.eta,
-                                      noise=torch.zeros_like(prediction))
-        return step.mean, step.std
-
-    def log_prob(self, prediction, timesteps, latents, prev_sample):
-        return ddim_step_with_logprob(self.scheduler, prediction, timesteps, latents, eta=self.eta,
-                                      prev_sample=prev_sample).log_prob
+    def _step(self, prediction, timesteps, latents, **sample):
+        return ddim_step_with_logprob(self.scheduler, prediction, timesteps, latents, eta=self.eta, **sample)
 
     @property
     def init_noise_sigma(self) -> float:
@@ -106,7 +114,7 @@ class DDIMKernel:
         return model_dtype  # as the official LPO / SPO code (fp16 latents under fp16 U-Nets)
 
 
-class FlowSDEKernel:
+class FlowSDEKernel(_GaussianStepKernel):
     """The flow ODE's SDE step with per-step log-probabilities (SD3-style flow pipelines)."""
 
     def __init__(self, scheduler: Any, noise_level: float = DEFAULT_NOISE_LEVEL) -> None:
@@ -151,14 +159,9 @@ class FlowSDEKernel:
         return predict_velocity(model, latents.to(model.dtype), timesteps, flow(conditioning.cond), uncond,
                                 conditioning.guidance_scale)
 
-    def gaussian(self, prediction, timesteps, latents):
-        step = flow_sde_step_with_logprob(self.scheduler, prediction, timesteps, latents, noise_level=self.noise_level,
-                                          noise=torch.zeros_like(prediction))
-        return step.mean, step.std
-
-    def log_prob(self, prediction, timesteps, latents, prev_sample):
+    def _step(self, prediction, timesteps, latents, **sample):
         return flow_sde_step_with_logprob(self.scheduler, prediction, timesteps, latents, noise_level=self.noise_level,
-                                          prev_sample=prev_sample).log_prob
+                                          **sample)
 
     @property
     def init_noise_sigma(self) -> float:
@@ -180,7 +183,7 @@ def _rising(levels: Tensor, threshold_min: float, threshold_max: float) -> Tenso
 
 def as_step_kernel(sampler: Any, eta: float = 1.0) -> StepKernel:
     """``sampler`` when it is a :class:`StepKernel`; a DDIM scheduler becomes :class:`DDIMKernel` with ``eta``."""
-    if isinstance(sampler, (DDIMKernel, FlowSDEKernel)):
+    if isinstance(sampler, _GaussianStepKernel):
         return sampler
     return DDIMKernel(sampler, eta)
 

@@ -235,7 +235,6 @@ def _load_base(config: Any, device: Any) -> Any:
 def _build_trainer(method: str, config: Any, run: Any, accelerator: Any, callbacks: Sequence[Callable],
                    trackers: Sequence[Any], evaluator: Any, console: Any, say: Callable[[str], None]) -> Any:
     """Load what ``method`` is handed (base model, policy, reward or pairs, prompts) and build its trainer."""
-    from lpo.models.flow_components import FLOW_KINDS
     from lpo.trainers import TRAINERS
     from lpo.trainers.harness import build_policy
 
@@ -247,8 +246,9 @@ def _build_trainer(method: str, config: Any, run: Any, accelerator: Any, callbac
     for module in (components.vae, *components.text_encoders):
         module.requires_grad_(False)
     reward = None
-    if trainer_cls.needs == "step_reward" and trainer_cls.reward_kind == "lrm" and components.kind in FLOW_KINDS:
-        # the MMDiT LRM copies the base transformer's blocks: built before the policy's LoRA lands on them
+    if trainer_cls.needs == "step_reward" and trainer_cls.reward_kind == "lrm":
+        # an LRM needs no policy (the pixel model does: below); loaded first because the MMDiT LRM
+        # copies the base transformer's blocks, before the policy's LoRA lands on them
         reward = _load_step_reward(config, trainer_cls.reward_kind, components, None)
     policy = build_policy(components.denoiser, config.policy, config.run.seed, config.model.dtype)
     if evaluator is not None:

@@ -45,8 +45,8 @@ import torch
 from torch import Tensor
 
 from lpo.models.conditioning import GuidedConditioning
-from lpo.sampling.ddim import branch_candidates, sigma_schedule
-from lpo.sampling.step_kernels import StepKernel, _rising, as_step_kernel
+from lpo.sampling.ddim import branch_candidates
+from lpo.sampling.step_kernels import DDIMKernel, StepKernel, as_step_kernel
 
 RewardTimestep = Literal["current", "prev", "zero"]
 
@@ -103,7 +103,7 @@ def step_thresholds(scheduler: Any, num_inference_steps: int, threshold_min: flo
     th_t = th_min + (σ_t − σ_min)/(σ_max − σ_min)·(th_max − th_min) with σ_t the η = 1 DDIM
     σ (SPEC §3), as LPO's ``dynamic_threshold_sigma``; th_min == th_max is a fixed threshold.
     """
-    return _rising(sigma_schedule(scheduler, num_inference_steps, eta=1.0).float(), threshold_min, threshold_max)
+    return DDIMKernel(scheduler).thresholds(num_inference_steps, threshold_min, threshold_max)
 
 
 def trained_steps(timesteps: Tensor, settings: StepRolloutSettings) -> Tensor:

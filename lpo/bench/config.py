@@ -29,7 +29,9 @@ def _f(default, help: str):
 @dataclass(frozen=True)
 class BenchConfig:
     preset: str = _f("quick", "Name of the preset these values started from (recorded, not used).")
-    model: str = _f("world", "World base model: world, world:PRESET or a world pipeline folder.")
+    model: str = _f("world", "World base model: world, world:PRESET, world-flow (the flow-matching world) or a world pipeline folder; a flow model trains with the *-world-flow trainer presets.")
+    pair_model: str = _f("", "World model whose images the preference pairs are made of; empty: model. As Pick-a-Pic's images come from other models than the one a reward model is then trained for (LRM-SD3 learns from SD1.5/SDXL-era pairs), a flow bench may learn from the U-Net world's pairs.")
+    pairs_from: str = _f("none", "A bench folder whose finished pairs and MPCF stages this bench copies instead of making them (none: make them). Its pair values (pair model, seed, prompts, pairs per prompt, sources, MPCF strategy) must equal this bench's; their measured cost is booked as this bench's.")
     seed: int = _f(0, "Seed of pair generation, of the reward models and of training seed 0 of every method.")
     seeds: int = _f(1, "Policy training seeds per method: seed i trains with seed + i in runs/METHOD/seed-i (seed 0 in runs/METHOD); reward models train once.")
     # data
@@ -90,6 +92,8 @@ class BenchConfig:
                            "(its images are a subset of the final models' ones)")
         if self.guided_prompts < 0 or self.guided_candidates < 2:
             raise LpoError("guided_prompts must be >= 0 and guided_candidates >= 2")
+        if self.reward_kit != "none" and self.pairs_from != "none":
+            raise LpoError("reward_kit and pairs_from both supply the pairs; set one of them to none")
         for name in self.ablations:
             ablation(name)  # unknown name -> one-line error listing the known ones
 
@@ -102,6 +106,11 @@ class BenchConfig:
     def separate_reward_pairs(self) -> bool:
         """Whether the reward models train on more pairs than the policies."""
         return self.pool_prompts > self.train_prompts
+
+    @property
+    def images_model(self) -> str:
+        """The model the pairs' images come from."""
+        return self.pair_model or self.model
 
     def curve_protocol(self) -> tuple[int, int]:
         """(prompts, images per prompt) of the quality-vs-compute curve."""
@@ -181,7 +190,35 @@ FULL = BenchConfig(
     spo_overrides=QUICK.spo_overrides,
     dpo_overrides=QUICK.dpo_overrides,
 )
-BENCH_PRESETS = {"quick": QUICK, "full": FULL}
+# Flow: LPO, SPO and Diffusion-DPO on the flow-matching world (world-flow, an SD3-style MMDiT
+# pipeline on the U-Net world's VAE), side by side with the U-Net benches. The reward models
+# learn from the U-Net world's pairs (pair_model=world), as LRM-SD3 learns from Pick-a-Pic's
+# SD1.5/SDXL-era images, so the pairs, MPCF and the validation set are the full preset's
+# and a bench folder of that preset can lend them (--set pairs_from=FULL_BENCH: 30 min of
+# pair generation saved; without it this preset makes them). The LRM pools the image tokens
+# after 3 of the flow world's 4 joint blocks (lrm-world-flow; the authors' LRM-SD3 uses 18 of
+# SD3-medium's 24); the trainers run the *-world-flow presets. One training seed; raise
+# --seeds on the finished bench to add more.
+FLOW = BenchConfig(
+    preset="flow",
+    model="world-flow",
+    pair_model="world",
+    **{**REWARD_DATA, "lrm_overrides": ("max_steps=1500",)},
+    val_prompts=FULL.val_prompts,
+    val_pairs_per_prompt=FULL.val_pairs_per_prompt,
+    lrm_preset="lrm-world-flow",
+    eval_prompts=128,
+    eval_images_per_prompt=8,
+    curve_prompts=64,
+    curve_images_per_prompt=4,
+    heldout_images_per_prompt=2,
+    checkpoints_per_run=1,
+    guided_prompts=0,
+    lpo_overrides=QUICK.lpo_overrides,
+    spo_overrides=QUICK.spo_overrides,
+    dpo_overrides=QUICK.dpo_overrides,
+)
+BENCH_PRESETS = {"quick": QUICK, "full": FULL, "flow": FLOW}
 
 
 def variant_config(base: BenchConfig, ablation: Ablation, changes: dict[str, Any]) -> BenchConfig:

@@ -47,9 +47,11 @@ SHIPPED_KITS = Path(__file__).resolve().parents[1] / "world" / "assets" / "kits"
 # The stages a kit replaces, in bench order.
 KIT_STAGES = ("pairs", "mpcf", "reward-lrm", "reward-pixel", "reward-eval")
 # The bench values that decide what those stages produce.
-KIT_FIELDS = ("model", "seed", "train_prompts", "pairs_per_prompt", "reward_train_prompts", "val_prompts",
+KIT_FIELDS = ("model", "pair_model", "seed", "train_prompts", "pairs_per_prompt", "reward_train_prompts", "val_prompts",
               "val_pairs_per_prompt", "pair_sources", "mpcf_strategy", "lrm_preset", "lrm_overrides", "pixel_preset",
               "pixel_overrides")
+# Values of kit fields added after a kit was built: a kit without the field was built with this.
+KIT_FIELD_DEFAULTS = {"pair_model": ""}
 KIT_PATHS = ("pairs/train-mpcf.parquet", "pairs/train-mpcf.parquet.json", "pairs/val.parquet",
              "pairs/val.parquet.json", "rewards/lrm", "rewards/pixel", "reward-eval")
 _REWARD_RUN_SKIP = ("checkpoints",)  # resumable training state: not needed to use the model
@@ -90,9 +92,10 @@ def check_kit_matches(kit: dict[str, Any], config: Any, folder: Path) -> None:
     """LpoError naming the first bench value that differs from the kit's."""
     wanted = kit_fields(config)
     for name in KIT_FIELDS:
-        if kit["fields"].get(name) != wanted[name]:
+        built = kit["fields"].get(name, KIT_FIELD_DEFAULTS.get(name))
+        if built != wanted[name]:
             raise LpoError(
-                f"reward kit {folder} was built with {name}={kit['fields'].get(name)!r}, this bench has "
+                f"reward kit {folder} was built with {name}={built!r}, this bench has "
                 f"{wanted[name]!r}; use --set reward_kit=none to build the pairs and reward models in the bench"
             )
 
@@ -104,14 +107,14 @@ def _files(root: Path, relative: str) -> list[Path]:
     return sorted(p for p in path.rglob("*") if p.is_file() and not any(s in p.relative_to(root).parts for s in _REWARD_RUN_SKIP))
 
 
-def _relocate(value: Any, old: str, new: str) -> Any:
+def relocate_paths(value: Any, old: str, new: str) -> Any:
     """``value`` with every string path under ``old`` moved under ``new`` (stage outputs hold absolute paths)."""
     if isinstance(value, str):
         return new + value[len(old):] if value == old or value.startswith(old + "/") else value
     if isinstance(value, dict):
-        return {k: _relocate(v, old, new) for k, v in value.items()}
+        return {k: relocate_paths(v, old, new) for k, v in value.items()}
     if isinstance(value, list):
-        return [_relocate(v, old, new) for v in value]
+        return [relocate_paths(v, old, new) for v in value]
     return value
 
 
@@ -143,7 +146,7 @@ def export_kit(bench_folder: Path, config: Any, out: Path, command: str) -> Path
     seconds = {}
     for stage in stages:
         marker = json.loads((bench_folder / "stages" / f"{stage}.json").read_text())
-        marker = _relocate(marker, str(bench_folder), _BENCH_TOKEN)
+        marker = relocate_paths(marker, str(bench_folder), _BENCH_TOKEN)
         atomic_write_json(tmp / "stages" / f"{stage}.json", marker)
         seconds[stage] = marker.get("timing", {}).get("seconds")
     meta = run_metadata()
@@ -189,7 +192,7 @@ def install_kit(kit_folder: Path, bench_folder: Path, config: Any) -> tuple[list
             shutil.copy2(kit_folder / rel, target)
     for stage in installed:  # markers last: a stage is done only once its files are in place
         marker = json.loads((kit_folder / "stages" / f"{stage}.json").read_text())
-        marker = _relocate(marker, _BENCH_TOKEN, str(bench_folder.resolve()))
+        marker = relocate_paths(marker, _BENCH_TOKEN, str(bench_folder.resolve()))
         marker["kit"] = {"folder": str(kit_folder), "built_on": kit.get("hardware", {}).get("cpu_dispatch", {}).get("cpu_model"),
                          "command": kit.get("command"), "git": kit.get("git")}
         atomic_write_json(bench_folder / "stages" / f"{stage}.json", marker)

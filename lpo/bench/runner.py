@@ -35,6 +35,7 @@ from lpo.core.errors import LpoError
 from lpo.core.io import atomic_write_json, git_state, hardware, run_metadata
 
 TRAINER_PRESETS = {"lpo": "lpo-world", "spo": "spo-world", "diffusion-dpo": "dpo-world"}
+FLOW_TRAINER_PRESETS = {"lpo": "lpo-world-flow", "spo": "spo-world-flow", "diffusion-dpo": "dpo-world-flow"}
 STAGES_DIR = "stages"
 SAMPLE_GRID_SIZE = 8  # prompts per sample grid (image 0 of each, from the eval cache)
 SEED_RUN = re.compile(r"^seed-\d+$")  # runs/METHOD/seed-i: training seed i of METHOD
@@ -143,9 +144,9 @@ def _pairs(bench: Bench) -> dict[str, Any]:
 
     c = bench.config
     sources = source_mix(c.pair_sources)
-    train = run_pairs(c.model, bench.train_pairs, c.pool_prompts, c.pairs_per_prompt, c.seed, bench.console,
+    train = run_pairs(c.images_model, bench.train_pairs, c.pool_prompts, c.pairs_per_prompt, c.seed, bench.console,
                       device=c.device, sources=sources)
-    val = run_pairs(c.model, bench.val_pairs, c.val_prompts, c.val_pairs_per_prompt, c.seed + 1, bench.console,
+    val = run_pairs(c.images_model, bench.val_pairs, c.val_prompts, c.val_pairs_per_prompt, c.seed + 1, bench.console,
                     device=c.device, prompt_split="val", sources=sources)
     return {"train": _jsonable(train), "val": _jsonable(val)}
 
@@ -214,7 +215,7 @@ def _train_policy(bench: Bench, method: str, seed: int = 0) -> dict[str, Any]:
     from lpo.trainers.jobs import resolve_config, run_training
 
     c = bench.config
-    preset = TRAINER_PRESETS[method]
+    preset = trainer_preset(method, c.model)
     overrides = [f"model.base={c.model}", f"run.seed={c.training_seed(seed)}", *c.trainer_overrides(method)]
     if method == "diffusion-dpo":
         overrides.append(f"data.pairs={bench.filtered_pairs}")
@@ -234,6 +235,15 @@ def _train_policy(bench: Bench, method: str, seed: int = 0) -> dict[str, Any]:
     return {"run": str(run_dir), "model": done["model_folder"], "steps": done["steps"],
             "optimizer_steps": done["optimizer_steps"], "final_loss": done["final_loss"], "cost": done["cost"],
             "preset": preset, "overrides": overrides}
+
+
+def trainer_preset(method: str, model: str) -> str:
+    """The world preset ``method`` trains ``model`` with: the flow world's for a flow-matching model."""
+    from lpo.models.families import is_model_alias, resolve_model_alias
+    from lpo.models.flow_components import is_flow_pipeline
+
+    folder = resolve_model_alias(model) if is_model_alias(model) else model
+    return (FLOW_TRAINER_PRESETS if is_flow_pipeline(folder) else TRAINER_PRESETS)[method]
 
 
 def _run_length(config: Any, method: str, prompts_path: Path) -> int:
@@ -412,6 +422,8 @@ def _check_same_bench(folder: Path, config: BenchConfig, kit_only: bool = False)
     previous.pop("ablations", None)
     previous.pop("seeds", None)
     current = _comparable(config)
+    defaults = _comparable(BenchConfig())  # a bench saved before a field existed ran with its default
+    previous = {**{k: v for k, v in defaults.items() if k not in previous}, **previous} if previous else previous
     if kit_only:
         previous = {k: previous.get(k) for k in KIT_FIELDS}
         current = {k: current[k] for k in KIT_FIELDS}
@@ -427,6 +439,9 @@ def run_bench(folder: Path, config: BenchConfig, console: Any = None) -> Bench:
     """Run (or continue) the whole bench in ``folder``, then its ablations; returns the Bench."""
     folder = Path(folder)
     _check_same_bench(folder, config)
+    if config.guided_prompts and trainer_preset("lpo", config.model) != TRAINER_PRESETS["lpo"]:
+        raise LpoError(f"the guided-sampling rows judge U-Net world samples; {config.model} is a flow model: "
+                       "set guided_prompts=0")
     bench = Bench(folder, config, console)
     _core_stages(bench)
     c = config
@@ -456,6 +471,8 @@ def _core_stages(bench: Bench, reward_eval: bool = True) -> None:
     c = bench.config
     if c.reward_kit != "none":
         _install_kit(bench)
+    if c.pairs_from != "none":
+        _copy_pairs(bench)
     _kit_stages(bench, reward_eval)
     for method in c.methods:
         for seed in range(c.seeds):
@@ -487,6 +504,15 @@ def _install_kit(bench: Bench) -> None:
         bench.say(f"reward kit [bold]{bench.config.reward_kit}[/]: {', '.join(installed)} from {folder} "
                   f"({seconds / 60:.1f} min measured where it was built, booked as this bench's; "
                   f"rebuild: {kit.get('command')})")
+
+
+def _copy_pairs(bench: Bench) -> None:
+    from lpo.bench.shared_pairs import copy_pair_stages
+
+    copied = copy_pair_stages(Path(bench.config.pairs_from), bench.folder, bench.config)
+    if copied:
+        bench.say(f"{', '.join(copied)}: copied from {bench.config.pairs_from} (images of {bench.config.images_model}; "
+                  "their measured seconds are booked as this bench's)")
 
 
 def build_kit(folder: Path, config: BenchConfig, out: Path, command: str, console: Any = None) -> Path:

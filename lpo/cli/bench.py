@@ -13,7 +13,7 @@ from lpo.cli.common import SET_OPTION, stdout_console, user_errors
 
 @user_errors
 def bench(
-    preset: str = typer.Option("quick", help="quick (about 10 minutes on 2 CPU cores) or full."),
+    preset: str = typer.Option("quick", help="quick (about 10 minutes on 2 CPU cores), full (everything made, 3 seeds) or flow (the flow-matching world; --set pairs_from=FULL_BENCH reuses the full preset's pairs)."),
     out: Optional[Path] = typer.Option(None, help="Bench folder (default: bench-PRESET); rerunning continues it."),
     ablation: List[str] = typer.Option([], "--ablation", help="Also run an ablation (repeatable): mpcf, vfe, lrm-t0, lpo-timesteps, spo-all-t, beta."),
     seeds: Optional[int] = typer.Option(None, help="Training seeds per method (default: the preset's); seed i trains in runs/METHOD/seed-i."),

@@ -50,7 +50,7 @@ def mpcf(
 def lrm_train(
     pairs_path: str = typer.Argument(..., help="Training pairs (parquet from `lpo pairs` / `lpo mpcf`, or a dataset id)."),
     model: str = typer.Option("world", help="Base diffusion model: world, a pipeline folder or a hub id."),
-    preset: str = typer.Option("lrm-world", help="lrm-world, lrm-sd15, lrm-sdxl, spo-pixel-world, spo-pixel-sd15, spo-pixel-sdxl."),
+    preset: str = typer.Option("lrm-world", help="lrm-world, lrm-world-flow, lrm-sd15, lrm-sdxl, spo-pixel-world, spo-pixel-sd15, spo-pixel-sdxl."),
     overrides: List[str] = SET_OPTION,
     run_dir: Optional[Path] = typer.Option(None, help="Run folder (default runs/PRESET-TIMESTAMP)."),
     resume: bool = typer.Option(False, help="Continue the run in --run-dir from its last checkpoint."),

@@ -16,7 +16,8 @@ from lpo.core.errors import LpoError
 def train_command(
     method: str = typer.Option(..., help="lpo, spo, grpo or diffusion-dpo."),
     preset: str = typer.Option(..., help="lpo-sd15, lpo-sdxl, lpo-sd3, lpo-world, spo-sd15, spo-sdxl, spo-world, grpo-sd15, grpo-sdxl, "
-                                         "grpo-sd3, grpo-world, dpo-sd15, dpo-sdxl, dpo-world (sd3: flow models)."),
+                                         "grpo-sd3, grpo-world, dpo-sd15, dpo-sdxl, dpo-world, and lpo|spo|grpo|dpo-world-flow "
+                                         "(sd3, world-flow: flow models)."),
     overrides: List[str] = typer.Option([], "--set", help="Override a config value, e.g. --set loss.beta=250 --set reward.path=RUN/model (repeatable)."),
     run_dir: Optional[Path] = typer.Option(None, help="Run folder (default runs/PRESET-TIMESTAMP)."),
     resume: bool = typer.Option(False, help="Continue the run in --run-dir from its last checkpoint."),

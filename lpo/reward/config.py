@@ -170,6 +170,13 @@ REWARD_TRAINING_PRESETS: dict[str, RewardTrainingConfig] = {
         "lrm-world", reward_model="lrm", lr=2e-4, warmup_steps=30, max_steps=400, batch_size=32,
         mixed_precision="no", save_every=100, eval_every=100, log_every=10,
     ),
+    # The flow world's MMDiT (lpo world pretrain --preset flow, 4 joint blocks): lrm-world's
+    # values, the image tokens pooled after 3 of its 4 blocks as the authors' LRM-SD3 pools
+    # them after 18 of SD3-medium's 24 (this project's scaling, not tuned).
+    "lrm-world-flow": _preset(
+        "lrm-world-flow", reward_model="lrm", lr=2e-4, warmup_steps=30, max_steps=400, batch_size=32, mmdit_blocks=3,
+        mixed_precision="no", save_every=100, eval_every=100, log_every=10,
+    ),
     # SPO's step-aware preference model, PickScore-initialised in the paper: lr 3e-6, wd 0.3,
     # 8k steps; one shared noise for both images (SPEC §4.3). Batch size: PickScore's 128 (assumed).
     "spo-pixel-sd15": _preset(

@@ -258,6 +258,11 @@ def _dpo_world() -> DiffusionDPOConfig:
     )
 
 
+def _dpo_world_flow() -> DiffusionDPOConfig:
+    # dpo-world's values on the flow world's MMDiT (its attention and feed-forward weights)
+    return replace(_dpo_world(), preset="dpo-world-flow", model=ModelConfig(base="world-flow"), policy=WORLD_FLOW_POLICY)
+
+
 PRESETS: dict[str, Callable[[], Any]] = {
     "lpo-sd15": _lpo_sd15, "lpo-sdxl": _lpo_sdxl, "lpo-sd3": _lpo_sd3, "lpo-world": _lpo_world,
     "spo-sd15": _spo_sd15, "spo-sdxl": _spo_sdxl, "spo-sd3": _spo_sd3, "spo-world": _spo_world,
@@ -266,6 +271,7 @@ PRESETS: dict[str, Callable[[], Any]] = {
     "lpo-world-flow": lambda: _world_flow(_lpo_world(), "lpo-world-flow"),
     "spo-world-flow": lambda: _world_flow(_spo_world(), "spo-world-flow"),
     "grpo-world-flow": lambda: _world_flow(_grpo_world(), "grpo-world-flow"),
+    "dpo-world-flow": _dpo_world_flow,
 }
 PRESET_METHOD = {name: ("diffusion-dpo" if name.startswith("dpo-") else name.split("-")[0]) for name in PRESETS}
 

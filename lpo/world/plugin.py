@@ -144,10 +144,8 @@ def install() -> None:
     if "world" not in MODEL_FAMILIES:
         MODEL_FAMILIES.add("world", ModelFamily(name="world", **WORLD_FAMILY_PARTS))
     if "world-flow" not in MODEL_FAMILIES:
-        # the flow-matching world (components kind "world-flow"): the same prompts and ground truth;
-        # the true utility of x̂0 reads a U-Net's x̂0, so the flow world has no ceiling row yet
-        MODEL_FAMILIES.add("world-flow", ModelFamily(name="world-flow", **{**WORLD_FAMILY_PARTS, "resolve": _resolve_flow,
-                                                                            "true_utility": None}))
+        # the flow-matching world (components kind "world-flow"): the same prompts and ground truth
+        MODEL_FAMILIES.add("world-flow", ModelFamily(name="world-flow", **{**WORLD_FAMILY_PARTS, "resolve": _resolve_flow}))
     for name, judge_field in WORLD_GAP_SCORERS.items():
         if name not in GAP_SCORERS:
             GAP_SCORERS.add(name, functools.partial(WorldJudgeScorer, name, judge_field))

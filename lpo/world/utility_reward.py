@@ -1,9 +1,9 @@
 """The world's true utility of the one-step x̂0, as a step reward: the ceiling that any
 pixel-space step reward (SPO's) can reach at a given noise level.
 
-It scores a noisy latent the way SPO's pixel model sees it — frozen base U-Net with CFG
-predicts x̂0 in one step, the VAE decodes it — but reads the decoded image with the
-world's exact judges instead of a learned scorer.
+It scores a noisy latent the way SPO's pixel model sees it — the frozen base model with CFG
+predicts x̂0 in one step (the U-Net's ε or the flow world's velocity), the VAE decodes it —
+but reads the decoded image with the world's exact judges instead of a learned scorer.
 """
 
 from __future__ import annotations
@@ -23,14 +23,14 @@ class WorldUtilityOnX0(nn.Module):
 
     def __init__(self, components, guidance_scale: float = 5.0):
         super().__init__()
-        if components.kind != "world":
+        if components.kind not in ("world", "world-flow"):
             raise ValueError(f"the true utility exists only in the world, not for a {components.kind} model")
         # PixelStepReward owns the x̂0 and decode path; its (random) scorer is never called.
         self.x0_path = PixelStepReward.from_components(components, config=PixelRewardConfig(guidance_scale=guidance_scale))
 
     @property
     def x0_key(self) -> tuple:
-        """Shared with SPO's pixel model when it predicts x̂0 the same way (same U-Net, VAE, CFG)."""
+        """Shared with SPO's pixel model when it predicts x̂0 the same way (same denoiser, VAE, CFG)."""
         return self.x0_path.x0_key
 
     def decode_for_scoring(self, latents_t: Tensor, timesteps: Tensor | int, prompts: Sequence[str]) -> Tensor:

@@ -67,6 +67,16 @@ def tiny_world_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return pretrain_world(pretrain_preset("tiny"), tmp_path_factory.mktemp("world") / "tiny").folder
 
 
+@pytest.fixture(scope="session")
+def tiny_flow_world_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A flow-matching world pipeline from the `flow-tiny` pretrain preset on the quick world's VAE (seconds)."""
+    from lpo.world.pretrain import pretrain_preset, resolve_world_alias
+    from lpo.world.pretrain_flow import pretrain_world_flow
+
+    return pretrain_world_flow(pretrain_preset("flow-tiny"), resolve_world_alias("world:quick"),
+                               tmp_path_factory.mktemp("world-flow") / "flow-tiny").folder
+
+
 @pytest.fixture(autouse=True)
 def _isolated_lpo_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
     """Tests never read or write the user's cache."""

@@ -10,16 +10,18 @@ import numpy as np
 import pytest
 import torch
 
+import lpo.world.pretrain
 from lpo.models.components import WORLD_MARKER
 from lpo.models.flow_components import encode_flow_prompts, load_flow_components
 from lpo.world.pretrain import pretrain_preset, resolve_world_alias, world_model_dir
-from lpo.world.pretrain_flow import logit_normal_sigmas, pretrain_world_flow
+from lpo.world.pretrain_flow import logit_normal_sigmas
+
+SHIPPED_FLOW = Path(lpo.world.pretrain.__file__).parent / "assets" / "flow"
 
 
 @pytest.fixture(scope="module")
-def flow_world(tmp_path_factory) -> Path:
-    return pretrain_world_flow(pretrain_preset("flow-tiny"), resolve_world_alias("world:quick"),
-                               tmp_path_factory.mktemp("world-flow") / "flow-tiny").folder
+def flow_world(tiny_flow_world_dir) -> Path:
+    return tiny_flow_world_dir
 
 
 def test_the_flow_world_is_an_sd3_pipeline_on_the_quick_worlds_vae(flow_world):
@@ -113,3 +115,60 @@ def test_lpo_trains_on_the_flow_world_with_an_mmdit_lrm(flow_world, tmp_path):
     tuned = generate_images(checkpoint.load_pipeline("cpu", "fp32"), ["a red circle"], [3], num_inference_steps=3)
     plain = generate_images(load_pipeline(str(flow_world))[0], ["a red circle"], [3], num_inference_steps=3)
     assert tuned.shape == plain.shape and not np.array_equal(tuned, plain)
+
+
+def test_the_ceiling_reads_the_flow_worlds_one_step_x0(flow_world):
+    """The true utility of x̂0 = x_σ − σ·v with σ = t / 1000: given the exact velocity ε − x0 (an
+    oracle in place of the transformer), x̂0 is the clean image at every noise level."""
+    from lpo.world.grammar import parse_prompt
+    from lpo.world.judges import judge
+    from lpo.world.render import render_prompt
+    from lpo.world.utility_reward import WorldUtilityOnX0
+
+    components = load_flow_components(flow_world)
+    prompt = "a red circle"
+    image = render_prompt(parse_prompt(prompt), np.random.default_rng(0))
+    pixels = torch.from_numpy(image).permute(2, 0, 1)[None].float() / 127.5 - 1.0
+    vae = components.vae.config
+    with torch.no_grad():
+        x0 = (components.vae.encode(pixels).latent_dist.mean - (vae.shift_factor or 0.0)) * vae.scaling_factor
+        clean = components.vae.decode(components.latents_to_vae(x0)).sample
+    clean = judge(((clean[0].permute(1, 2, 0).numpy() + 1.0) * 127.5).round().clip(0, 255).astype(np.uint8), prompt)
+    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(0))
+
+    exact = load_flow_components(flow_world)
+    exact.transformer.forward = lambda hidden_states, **_: ((noise - x0).expand_as(hidden_states),)
+    ceiling = WorldUtilityOnX0(exact)
+    for t in (1, 400, 900):
+        sigma = t / 1000
+        score = ceiling((1 - sigma) * x0 + sigma * noise, torch.tensor([t]), [prompt])
+        assert float(score[0]) == pytest.approx(clean.utility, abs=0.01), t
+    # the barely trained transformer's x̂0 at σ = 1 is not the image
+    assert abs(float(WorldUtilityOnX0(components)(noise, torch.tensor([1000]), [prompt])[0]) - clean.utility) > 0.05
+
+
+def test_the_shipped_flow_world_is_the_flow_presets_model():
+    """`world-flow` resolves to the package asset (an empty cache) that `lpo world pretrain --preset flow` made."""
+    from lpo.models.families import resolve_model_alias
+
+    folder = resolve_model_alias("world-flow")
+    assert folder == SHIPPED_FLOW
+    marker = json.loads((folder / WORLD_MARKER).read_text())
+    assert marker["fingerprint"] == pretrain_preset("flow").fingerprint() and marker["kind"] == "lpo-world-flow"
+    assert load_flow_components(folder).kind == "world-flow"
+
+
+@pytest.mark.slow
+def test_the_flow_preset_reproduces_the_shipped_flow_world(tmp_path):
+    """~12 minutes: `lpo world pretrain --preset flow` rebuilds the transformer that ships in the package."""
+    from safetensors.torch import load_file
+
+    from lpo.world.pretrain_flow import pretrain_world_flow
+
+    shipped = SHIPPED_FLOW
+    rebuilt = pretrain_world_flow(pretrain_preset("flow"), resolve_world_alias("world:quick"), tmp_path / "flow").folder
+    for sub, name in (("transformer", "diffusion_pytorch_model.safetensors"), ("text_encoder", "model.safetensors"),
+                      ("text_encoder_2", "model.safetensors")):
+        a, b = load_file(shipped / sub / name), load_file(rebuilt / sub / name)
+        assert set(a) == set(b), sub
+        assert all(torch.allclose(a[k], b[k], atol=1e-4) for k in a), sub

@@ -1,11 +1,12 @@
-"""What `lpo bench` runs: one dataclass, two presets, every value saved with the bench.
+"""What `lpo bench` runs: one dataclass, three presets, every value saved with the bench.
 
 The quick preset is sized to finish in about ten minutes on two CPU cores: its pairs and
 reward models come from a shipped reward kit (:mod:`lpo.bench.kit`, their measured cost
 booked), its policies train shorter and its quality-vs-compute curve uses a subset of the
-final evaluation's images. The full preset makes everything itself. Every method trains on the same prompts (the captions of the training pairs), so the
-comparison spends the same prompt budget; compute is what differs and what the
-efficiency view measures.
+final evaluation's images. The full preset makes everything itself. The flow preset runs
+the study on the flow-matching world from the U-Net world's pairs. Every method trains on
+the same prompts (the captions of the training pairs), so the comparison spends the same
+prompt budget; compute is what differs and what the efficiency view measures.
 """
 
 from __future__ import annotations

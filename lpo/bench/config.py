@@ -198,8 +198,10 @@ FULL = BenchConfig(
 # and a bench folder of that preset can lend them (--set pairs_from=FULL_BENCH: 30 min of
 # pair generation saved; without it this preset makes them). The LRM pools the image tokens
 # after 3 of the flow world's 4 joint blocks (lrm-world-flow; the authors' LRM-SD3 uses 18 of
-# SD3-medium's 24); the trainers run the *-world-flow presets. One training seed; raise
-# --seeds on the finished bench to add more.
+# SD3-medium's 24); the trainers run the *-world-flow presets (this project's values, not
+# tuned), 3 training seeds each. Measured here (results/bench-flow/COMMAND.md; pairs lent by a
+# full bench): LRM 993 s and pixel model 783 s (partly under load), accuracy table 482 s,
+# training 38-70 s per run, final evaluations ~60 s per model; about an hour in all.
 FLOW = BenchConfig(
     preset="flow",
     model="world-flow",
@@ -215,6 +217,7 @@ FLOW = BenchConfig(
     heldout_images_per_prompt=2,
     checkpoints_per_run=1,
     guided_prompts=0,
+    seeds=3,
     lpo_overrides=QUICK.lpo_overrides,
     spo_overrides=QUICK.spo_overrides,
     dpo_overrides=QUICK.dpo_overrides,

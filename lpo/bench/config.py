@@ -202,26 +202,8 @@ FULL = BenchConfig(
 # tuned), 3 training seeds each. Measured here (results/bench-flow/COMMAND.md; pairs lent by a
 # full bench): LRM 993 s and pixel model 783 s (partly under load), accuracy table 482 s,
 # training 38-70 s per run, final evaluations ~60 s per model; about an hour in all.
-FLOW = BenchConfig(
-    preset="flow",
-    model="world-flow",
-    pair_model="world",
-    **{**REWARD_DATA, "lrm_overrides": ("max_steps=1500",)},
-    val_prompts=FULL.val_prompts,
-    val_pairs_per_prompt=FULL.val_pairs_per_prompt,
-    lrm_preset="lrm-world-flow",
-    eval_prompts=128,
-    eval_images_per_prompt=8,
-    curve_prompts=64,
-    curve_images_per_prompt=4,
-    heldout_images_per_prompt=2,
-    checkpoints_per_run=1,
-    guided_prompts=0,
-    seeds=3,
-    lpo_overrides=QUICK.lpo_overrides,
-    spo_overrides=QUICK.spo_overrides,
-    dpo_overrides=QUICK.dpo_overrides,
-)
+FLOW = replace(FULL, preset="flow", model="world-flow", pair_model="world", lrm_preset="lrm-world-flow",
+               checkpoints_per_run=1, guided_prompts=0)
 BENCH_PRESETS = {"quick": QUICK, "full": FULL, "flow": FLOW}
 
 

@@ -175,8 +175,10 @@ def run_signals(run_dir: Path) -> list[dict[str, Any]]:
 
 def reward_signals(folder: Path) -> list[dict[str, Any]]:
     """A step reward folder: the reward itself, then what it was trained on."""
+    from lpo.reward.lrm_mmdit_io import is_mmdit_lrm_folder
+
     folder = Path(folder)
-    if (folder / "lrm_config.json").is_file():
+    if (folder / "lrm_config.json").is_file() or is_mmdit_lrm_folder(folder):  # a U-Net's or an MMDiT's LRM
         from lpo.evals.metrics.lrm_score import lrm_metric_version
 
         signal = SIGNALS["lrm"].record("lrm", str(folder))

@@ -43,9 +43,15 @@ def test_the_flow_bench_trains_every_method_on_the_flow_world_from_the_unet_worl
     assert "true utility on x̂0 (ceiling)" in accuracy["accuracy"]
     from lpo.evals.store import load_records
 
-    labels = {(r.benchmark, r.checkpoint["label"]) for r in load_records(folder / "results") if r.metric == "world_utility"}
+    records = [r for r in load_records(folder / "results") if r.metric == "world_utility"]
+    labels = {(r.benchmark, r.checkpoint["label"]) for r in records}
     for name in ("base", "lpo", "spo", "diffusion-dpo"):
         assert ("world", name) in labels and ("world-heldout", name) in labels
+    # what each final model learned from: LPO the MMDiT LRM, SPO the pixel model
+    final = {r.checkpoint["label"]: {s["signal"] for s in r.training_signals} for r in records
+             if r.method != "base" and "step" not in r.checkpoint}
+    assert "lrm" in final["lpo"] and "pixel-step-model" not in final["lpo"]
+    assert "pixel-step-model" in final["spo"]
     assert (folder / "report" / "index.html").is_file()
 
 

@@ -239,11 +239,15 @@ def _train_policy(bench: Bench, method: str, seed: int = 0) -> dict[str, Any]:
 
 def trainer_preset(method: str, model: str) -> str:
     """The world preset ``method`` trains ``model`` with: the flow world's for a flow-matching model."""
+    return (FLOW_TRAINER_PRESETS if _is_flow_model(model) else TRAINER_PRESETS)[method]
+
+
+def _is_flow_model(model: str) -> bool:
+    """Whether ``model`` (an alias or a pipeline folder) is a flow-matching pipeline."""
     from lpo.models.families import is_model_alias, resolve_model_alias
     from lpo.models.flow_components import is_flow_pipeline
 
-    folder = resolve_model_alias(model) if is_model_alias(model) else model
-    return (FLOW_TRAINER_PRESETS if is_flow_pipeline(folder) else TRAINER_PRESETS)[method]
+    return is_flow_pipeline(resolve_model_alias(model) if is_model_alias(model) else model)
 
 
 def _run_length(config: Any, method: str, prompts_path: Path) -> int:
@@ -423,7 +427,7 @@ def _check_same_bench(folder: Path, config: BenchConfig, kit_only: bool = False)
     previous.pop("seeds", None)
     current = _comparable(config)
     defaults = _comparable(BenchConfig())  # a bench saved before a field existed ran with its default
-    previous = {**{k: v for k, v in defaults.items() if k not in previous}, **previous} if previous else previous
+    previous = {**defaults, **previous} if previous else previous
     if kit_only:
         previous = {k: previous.get(k) for k in KIT_FIELDS}
         current = {k: current[k] for k in KIT_FIELDS}
@@ -439,7 +443,7 @@ def run_bench(folder: Path, config: BenchConfig, console: Any = None) -> Bench:
     """Run (or continue) the whole bench in ``folder``, then its ablations; returns the Bench."""
     folder = Path(folder)
     _check_same_bench(folder, config)
-    if config.guided_prompts and trainer_preset("lpo", config.model) != TRAINER_PRESETS["lpo"]:
+    if config.guided_prompts and _is_flow_model(config.model):
         raise LpoError(f"the guided-sampling rows judge U-Net world samples; {config.model} is a flow model: "
                        "set guided_prompts=0")
     bench = Bench(folder, config, console)

@@ -160,23 +160,21 @@ def _preset(name: str, **values: Any) -> RewardTrainingConfig:
 # settings stay. Data is what moved it: 1,600 pairs of 400 prompts 0.52, 4,600–7,600 pairs of
 # 1,900–3,400 prompts 0.55. More than ~3 epochs memorises images (1,200 steps on 4,600 pairs:
 # train 0.65, held-out 0.54). Use: 400 steps on MPCF strategy-2 pairs (~3,900 kept of 7,600).
+_LRM_WORLD = _preset(
+    "lrm-world", reward_model="lrm", lr=2e-4, warmup_steps=30, max_steps=400, batch_size=32,
+    mixed_precision="no", save_every=100, eval_every=100, log_every=10,
+)
 REWARD_TRAINING_PRESETS: dict[str, RewardTrainingConfig] = {
     # LRM-1.5: 4,000 steps × 128 pairs, 512 px, 15 A100-hours (SPEC §4.1)
     "lrm-sd15": _preset("lrm-sd15", reward_model="lrm", max_steps=4000, batch_size=128),
     # LRM-XL: 8,000 steps × 32 pairs, 1024 px, 52 A100-hours
     "lrm-sdxl": _preset("lrm-sdxl", reward_model="lrm", max_steps=8000, batch_size=32),
     # World: ~1-2 minutes on CPU; no mixed precision (bf16 helps only from ~6 M parameters).
-    "lrm-world": _preset(
-        "lrm-world", reward_model="lrm", lr=2e-4, warmup_steps=30, max_steps=400, batch_size=32,
-        mixed_precision="no", save_every=100, eval_every=100, log_every=10,
-    ),
+    "lrm-world": _LRM_WORLD,
     # The flow world's MMDiT (lpo world pretrain --preset flow, 4 joint blocks): lrm-world's
     # values, the image tokens pooled after 3 of its 4 blocks as the authors' LRM-SD3 pools
     # them after 18 of SD3-medium's 24 (this project's scaling, not tuned).
-    "lrm-world-flow": _preset(
-        "lrm-world-flow", reward_model="lrm", lr=2e-4, warmup_steps=30, max_steps=400, batch_size=32, mmdit_blocks=3,
-        mixed_precision="no", save_every=100, eval_every=100, log_every=10,
-    ),
+    "lrm-world-flow": replace(_LRM_WORLD, preset="lrm-world-flow", mmdit_blocks=3),
     # SPO's step-aware preference model, PickScore-initialised in the paper: lr 3e-6, wd 0.3,
     # 8k steps; one shared noise for both images (SPEC §4.3). Batch size: PickScore's 128 (assumed).
     "spo-pixel-sd15": _preset(

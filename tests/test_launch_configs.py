@@ -20,3 +20,12 @@ def test_launch_config_parses(name, machines, processes):
     # precision is the preset's (optim.mixed_precision), not the launcher's
     assert config.mixed_precision == "no"
     assert f"--config_file lpo/trainers/launch/{name}" in (LAUNCH / name).read_text()
+
+
+def test_zero2_config_parses_as_deepspeed_stage_2_and_leaves_the_numbers_to_lpo():
+    config = load_config_from_file(str(LAUNCH / "zero2.yaml"))
+    assert config.distributed_type == "DEEPSPEED" and config.mixed_precision == "no"
+    assert config.deepspeed_config["zero_stage"] == 2
+    # micro-batch, accumulation and clipping come from lpo's config (lpo.core.deepspeed_setup)
+    assert not {"gradient_accumulation_steps", "gradient_clipping"} & set(config.deepspeed_config)
+    assert "--config_file lpo/trainers/launch/zero2.yaml" in (LAUNCH / "zero2.yaml").read_text()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import List, Optional
 
@@ -67,6 +68,8 @@ def lrm_train(
     from lpo.reward.jobs import train_reward_job
 
     result = train_reward_job(model, pairs_path, preset, overrides, run_dir, resume, eval_pairs, console=stdout_console())
+    if int(os.environ.get("RANK", "0") or 0) != 0:  # under accelerate launch the main process reports
+        return
     # accuracy is None when the last log window held only ties (nothing to be right about)
     accuracy = "n/a (only ties)" if result.final_accuracy is None else f"{result.final_accuracy:.3f}"
     stdout_console().print(

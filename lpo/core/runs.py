@@ -44,6 +44,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from lpo.core.deepspeed_setup import save_state_kwargs
 from lpo.core.errors import LpoError
 from lpo.core.io import atomic_write_json, disk_errors, run_metadata
 
@@ -551,7 +552,7 @@ def write_checkpoint(
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
         accelerator.wait_for_everyone()
-        accelerator.save_state(str(tmp / "state"))
+        accelerator.save_state(str(tmp / "state"), **save_state_kwargs(accelerator))
         if accelerator.is_main_process:
             if save_model is not None:
                 save_model(tmp / CHECKPOINT_MODEL_DIR)

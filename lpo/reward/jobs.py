@@ -53,6 +53,7 @@ def train_reward_job(
     from lpo.core.config import apply_overrides
     from lpo.core.progress import stage_progress
     from lpo.reward.config import reward_training_preset
+    from lpo.reward.setup import make_reward_accelerator
     from lpo.reward.training import train_step_reward
     from lpo.core.runs import RunFolder, resume_mismatches
 
@@ -69,23 +70,27 @@ def train_reward_job(
     eval_pairs = None if eval_pairs_path is None else _pairs(eval_pairs_path, "eval pairs file").pairs
     reward_model, save_fn = build_reward_model(config, components)
     extra = {"base_model": model, "pairs": str(pairs_path), "reward_model": config.reward_model}
+    # One accelerator before the run folder: under `accelerate launch` only the main process writes it.
+    accelerator = make_reward_accelerator(config, None)
+    if not accelerator.is_main_process:
+        console = None
     if resume:
         from lpo.reward.setup import RESUME_FREE_FIELDS
 
-        run = RunFolder.resume(run_dir, config, resume_free=RESUME_FREE_FIELDS)
+        run = RunFolder.resume(run_dir, config, accelerator=accelerator, resume_free=RESUME_FREE_FIELDS)
         for mismatch in resume_mismatches(run, components.device):
             if console is not None:
                 console.print(f"[yellow]warning:[/] {mismatch}", highlight=False)
     elif run_dir is not None:
-        run = RunFolder.create(config, folder=run_dir, extra=extra)
+        run = RunFolder.create(config, folder=run_dir, accelerator=accelerator, extra=extra)
     else:
-        run = RunFolder.create(config, name=config.preset, extra=extra)
+        run = RunFolder.create(config, name=config.preset, accelerator=accelerator, extra=extra)
     if console is not None:
         console.print(f"run folder [bold]{run.path}[/]")
     # a diagnosed failure (divergence) before any checkpoint leaves nothing to resume: nothing stays
-    with run.discarded_on_error(errors=(LpoError,)), stage_progress(console) as progress:
+    with run.discarded_on_error(accelerator, errors=(LpoError,)), stage_progress(console) as progress:
         return train_step_reward(
-            reward_model, components, loaded.pairs, config, run,
+            reward_model, components, loaded.pairs, config, run, accelerator=accelerator,
             save_model=save_fn, progress=progress, eval_pairs=eval_pairs, resume=resume,
         )
 

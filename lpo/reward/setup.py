@@ -15,6 +15,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from lpo.core.deepspeed_setup import prepare_deepspeed_backend
 from lpo.core.errors import LpoError
 from lpo.core.finite import check_finite_module
 from lpo.reward.config import RewardTrainingConfig
@@ -62,6 +63,7 @@ def make_reward_accelerator(config: RewardTrainingConfig, accelerator: Any) -> A
         return accelerator
     from accelerate import Accelerator
 
+    prepare_deepspeed_backend()
     try:
         return Accelerator(
             mixed_precision=config.mixed_precision, gradient_accumulation_steps=config.gradient_accumulation_steps

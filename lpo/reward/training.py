@@ -59,6 +59,13 @@ from typing import Any, Callable, Iterator, Protocol, Sequence, runtime_checkabl
 import torch
 from torch import Tensor, nn
 
+from lpo.core.deepspeed_setup import (
+    configure_deepspeed,
+    deepspeed_step_nonfinite,
+    scalar_shapes,
+    uses_deepspeed,
+    vectorise_scalar_parameters,
+)
 from lpo.core.errors import LpoError
 from lpo.core.checkpoint_state import register_schedule_checkpointing
 from lpo.core.finite import check_finite_module, diverged, nonfinite_quantity
@@ -403,6 +410,8 @@ class RewardTrainingLoop(TrainingLoop):
         # optimiser, lr schedule, accelerate
         optimizer = reward_optimizer(self.model, config)
         self.lr_schedule = reward_lr_schedule(optimizer, config)
+        configure_deepspeed(acc, self.run_plan.micro_batch_size, config.gradient_accumulation_steps, config.grad_clip)
+        self.scalars = vectorise_scalar_parameters(acc, self.model)  # DeepSpeed only
         self.model, self.optimizer = acc.prepare(self.model, optimizer)
         register_schedule_checkpointing(acc, self.lr_schedule)  # as JSON: nothing pickled
         self.eval_history: list[dict[str, Any]] = []
@@ -443,11 +452,14 @@ class RewardTrainingLoop(TrainingLoop):
                 acc.backward(out.loss)
                 loss_finite = loss_finite and math.isfinite(float(out.loss.detach()))
                 if acc.sync_gradients:
-                    if config.grad_clip is not None:
-                        self.last_norm = float(acc.clip_grad_norm_(model.parameters(), config.grad_clip))
+                    if config.grad_clip is not None:  # under DeepSpeed: the norm its engine clipped with
+                        norm = acc.clip_grad_norm_(model.parameters(), config.grad_clip)
+                        self.last_norm = None if norm is None else float(norm)
                     self.last_lr = float(optimizer.param_groups[0]["lr"])  # the lr this update uses
                     # a NaN / inf loss or gradient must not reach the weights: stop before the update
-                    bad = nonfinite_quantity(acc, loss_finite, list(model.parameters()), self.last_norm)
+                    # (DeepSpeed has judged them already, inside the backward, and skipped the update)
+                    bad = nonfinite_quantity(acc, loss_finite, list(model.parameters()), self.last_norm,
+                                             deepspeed_skipped=deepspeed_step_nonfinite(acc) if uses_deepspeed(acc) else None)
                     if bad is not None:
                         raise diverged(f"step {step + 1}", bad, "lr", config.lr)
                     optimizer.step()
@@ -497,7 +509,12 @@ class RewardTrainingLoop(TrainingLoop):
             self.evaluate(done)
 
     def save_checkpoint(self, done: int, state: dict[str, Any]) -> Path:
-        return write_reward_checkpoint(self.accelerator, self.run, done, self.model, self.save_model, state,
+        save = self.save_model
+        if self.scalars and save is not None:  # DeepSpeed's own state keeps the engine's shapes
+            def save(model: Any, folder: Path, _save: SaveFn = self.save_model) -> Any:
+                with scalar_shapes(self.scalars):
+                    return _save(model, folder)
+        return write_reward_checkpoint(self.accelerator, self.run, done, self.model, save, state,
                                        self.config.keep_checkpoints)
 
     def end_units(self) -> None:
@@ -508,6 +525,8 @@ class RewardTrainingLoop(TrainingLoop):
         """The final model (``run/model``), its cost, ``metrics.jsonl`` and ``result.json``."""
         acc, run, meter = self.accelerator, self.run, self.meter
         unwrapped = acc.unwrap_model(self.model, keep_fp32_wrapper=False)
+        for param in self.scalars:  # the engine is done with them: their usual shape from here on
+            param.data = param.data.reshape(())
         result = TrainingResult(
             steps=self.config.max_steps, plan=self.run_plan, history=self.history, eval_history=self.eval_history,
             cost=meter.as_dict(), resumed_from=self.resumed_from, run_folder=None if run is None else run.path,

@@ -256,6 +256,9 @@ class DiffusionDPOTrainer(PolicyTrainer):
     def state_fields(self, done: int) -> dict[str, Any]:
         return {"method": self.method, "unit": "steps", "optimizer_steps": done}
 
+    def micro_batch_size(self) -> int:
+        return self.run_plan.micro_batch_size
+
     def begin_units(self) -> None:
         self.window_start = time.perf_counter()
         self.model.train()

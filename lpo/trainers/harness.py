@@ -41,6 +41,7 @@ import torch
 from torch import Tensor, nn
 
 from lpo.core.config import config_to_dict
+from lpo.core.deepspeed_setup import deepspeed_step_nonfinite, mark_boundary, prepare_deepspeed_backend, uses_deepspeed
 from lpo.core.errors import LpoError
 from lpo.core.finite import check_finite_weights, diverged, nonfinite_quantity
 from lpo.core.io import atomic_write_json
@@ -107,6 +108,7 @@ def make_accelerator(optim: OptimConfig, run: RunConfig, accelerator: Any = None
     from accelerate import Accelerator
 
     resolve_trackers(run.trackers)  # fail now, not after the model is loaded, when one is missing
+    prepare_deepspeed_backend()
     try:
         accelerator = Accelerator(mixed_precision=optim.mixed_precision)
     except ValueError as err:
@@ -347,9 +349,12 @@ def accumulated_step(
     scale = accelerator.num_processes / float(global_count)
     sums: dict[str, float] = {}
     count = 0
+    deepspeed = uses_deepspeed(accelerator)
     for j, micro in enumerate(micro_batches):
         last = j == len(micro_batches) - 1
-        with contextlib.nullcontext() if last else accelerator.no_sync(model):
+        if deepspeed:  # ZeRO-2 has no no_sync; its engine updates inside the boundary's backward
+            mark_boundary(accelerator, last)
+        with contextlib.nullcontext() if last or deepspeed else accelerator.no_sync(model):
             with accelerator.autocast():
                 losses, logs = loss_fn(micro)
             accelerator.backward(losses.sum() * scale)
@@ -357,11 +362,13 @@ def accumulated_step(
         for name, values in {"loss": losses, **logs}.items():
             sums[name] = sums.get(name, 0.0) + float(values.detach().float().sum())
     grad_norm = None
-    if grad_clip is not None:
-        grad_norm = float(accelerator.clip_grad_norm_(params, grad_clip))
+    if grad_clip is not None:  # under DeepSpeed: the norm its engine clipped with (None before its first step)
+        norm = accelerator.clip_grad_norm_(params, grad_clip)
+        grad_norm = None if norm is None else float(norm)
     lr = float(optimizer.param_groups[0]["lr"])
     # A NaN / inf loss or gradient must not reach the weights: no update, the caller stops the run.
-    nonfinite = nonfinite_quantity(accelerator, math.isfinite(sums.get("loss", 0.0)), params, grad_norm)
+    nonfinite = nonfinite_quantity(accelerator, math.isfinite(sums.get("loss", 0.0)), params, grad_norm,
+                                   deepspeed_skipped=deepspeed_step_nonfinite(accelerator) if deepspeed else None)
     if nonfinite is not None:
         optimizer.zero_grad(set_to_none=True)
         return StepLogs(sums=sums, count=count, grad_norm=grad_norm, lr=lr, nonfinite=nonfinite)

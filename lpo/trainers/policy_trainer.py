@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Callable, ClassVar, Literal, Sequence
 
 from lpo.core.checkpoint_state import register_schedule_checkpointing
+from lpo.core.deepspeed_setup import configure_deepspeed
 from lpo.core.training_loop import TrainingLoop
 from lpo.models.components import DiffusionComponents
 from lpo.core.runs import RunFolder
@@ -93,9 +94,15 @@ class PolicyTrainer(TrainingLoop):
         self.params = self.policy.trainable_parameters()
         optimizer = build_optimizer(self.params, self.config.optim)
         self.lr_schedule = self.build_schedule(optimizer, units)
+        # lpo scales every micro-batch's loss itself (accumulated_step): DeepSpeed accumulates 1
+        configure_deepspeed(acc, self.micro_batch_size(), 1, self.config.optim.grad_clip)
         self.model, self.optimizer = acc.prepare(self.policy.unet, optimizer)
         register_schedule_checkpointing(acc, self.lr_schedule)  # as JSON: nothing pickled
         start_trackers(acc, self.run, f"lpo-{self.method}", self.config, self.trackers)
+
+    def micro_batch_size(self) -> int:
+        """Samples per micro-batch on one process (DeepSpeed's bookkeeping; lpo batches itself)."""
+        raise NotImplementedError
 
     def build_schedule(self, optimizer: Any, units: int) -> Any:
         """The lr schedule over ``units`` optimiser steps (transformers' schedules)."""

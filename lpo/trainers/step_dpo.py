@@ -257,6 +257,9 @@ class StepDPOTrainer(PolicyTrainer):
     def state_fields(self, done: int) -> dict[str, Any]:
         return {"method": self.method, "unit": "rounds", "optimizer_steps": self.optimizer_steps}
 
+    def micro_batch_size(self) -> int:
+        return self.config.train.train_batch_size
+
     def build_schedule(self, optimizer: Any, units: int) -> StepRoundSchedule:
         return StepRoundSchedule(optimizer, self.config.optim, units)  # warmup in optimiser steps, decay in rounds
 

@@ -100,3 +100,62 @@ def test_to_pixel_values_is_totensor_then_normalize():
     pixels = to_pixel_values([gray], mean=(0.1, 0.2, 0.3), std=(0.5, 0.5, 0.25))
     assert pixels.shape == (1, 3, 2, 3) and pixels.dtype == torch.float32
     torch.testing.assert_close(pixels[0, :, 0, 0], torch.tensor([(0.2 - 0.1) / 0.5, (0.2 - 0.2) / 0.5, (0.2 - 0.3) / 0.25]))
+
+
+def test_shorter_side_resize_is_bicubic_and_truncates_the_longer_side():
+    """Against PIL directly: a bilinear resize, a rounded longer side or a moved crop all differ."""
+    rng = np.random.default_rng(3)
+    image = Image.fromarray(rng.integers(0, 256, size=(60, 100, 3), dtype=np.uint8))  # W=100, H=60
+    # 16 * 100 / 60 = 26.67: torchvision truncates to 26 (rounding would give 27); crop offset round(10 / 2) = 5
+    expected = image.resize((26, 16), Image.BICUBIC).crop((5, 0, 21, 16))
+    out = resize_shorter_center_crop(image, 16)
+    assert np.array_equal(np.asarray(out), np.asarray(expected))
+    bilinear = image.resize((26, 16), Image.BILINEAR).crop((5, 0, 21, 16))
+    assert not np.array_equal(np.asarray(out), np.asarray(bilinear))
+    tall = image.transpose(Image.Transpose.TRANSPOSE)  # W=60, H=100: the same along the other axis
+    expected_tall = tall.resize((16, 26), Image.BICUBIC).crop((0, 5, 16, 21))
+    assert np.array_equal(np.asarray(resize_shorter_center_crop(tall, 16)), np.asarray(expected_tall))
+
+
+class _Fetched(Exception):
+    """Raised by the stand-in loaders below: the first reference a metric asks for, nothing fetched."""
+
+
+# The published checkpoint each metric loads first when no --metric-weights is given:
+# a hub id (transformers folder) or (hub repo, official file name).
+DEFAULT_WEIGHTS = {
+    "pickscore": ("yuvalkirstain/PickScore_v1",),
+    "clip_score": ("openai/clip-vit-large-patch14",),
+    "clip_cosine_h14": ("laion/CLIP-ViT-H-14-laion2B-s32B-b79K",),
+    "laion_aesthetic": ("camenduru/improved-aesthetic-predictor", "sac+logos+ava1-l14-linearMSE.pth"),
+    "hpsv2": ("xswu/HPSv2", "HPS_v2_compressed.pt"),
+    "hpsv21": ("xswu/HPSv2", "HPS_v2.1_compressed.pt"),
+    "image_reward": ("THUDM/ImageReward", "ImageReward.pt"),
+    "hpsv3": ("MizzenAI/HPSv3", "HPSv3.safetensors"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(DEFAULT_WEIGHTS))
+def test_default_weights_are_the_published_checkpoints(name, monkeypatch):
+    """A wrong default (e.g. clip_score on the H/14 CLIP) would score every run with another model."""
+    asked = []
+
+    def fetch(*ref):
+        asked.append(ref)
+        raise _Fetched(ref)
+
+    monkeypatch.setattr(weights, "hub_download", lambda repo, filename: fetch(repo, filename))
+    monkeypatch.setattr(weights, "from_pretrained", lambda load, ref, **kwargs: fetch(ref))
+    with pytest.raises((_Fetched, LpoError)):
+        METRICS.get(name)(MetricSpec())
+    assert asked[:1] == [DEFAULT_WEIGHTS[name]]
+
+
+def test_default_processors_are_the_upstream_ones():
+    from lpo.evals.metrics import aesthetic, hps, hpsv3, image_reward, pickscore
+
+    assert pickscore.PICKSCORE_PROCESSOR == "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"  # not PickScore_v1's own folder
+    assert hps.HPS_TOKENIZER == "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"
+    assert aesthetic.AESTHETIC_CLIP == "openai/clip-vit-large-patch14"
+    assert image_reward.IMAGE_REWARD_TOKENIZER == "google-bert/bert-base-uncased"
+    assert hpsv3.HPSV3_BASE == "Qwen/Qwen2-VL-7B-Instruct"

@@ -101,3 +101,8 @@ def test_image_reward_key_errors_fail_loudly(ir_setup, tmp_path):
     torch.save({k: v for k, v in state.items() if not k.startswith("blip.visual_encoder.blocks.1.")}, tmp_path / "ImageReward.pt")
     with pytest.raises(LpoError, match=r"missing \(e\.g\. vision\.encoder\.layers\.1\."):
         build(tmp_path, arch)
+
+
+def test_normalisation_constants_are_image_rewards():
+    # ImageReward.py's self.mean / self.std; the reference above imports them, so they are pinned here
+    assert (REWARD_MEAN, REWARD_STD) == (0.16717362830052426, 1.0333394966054072)

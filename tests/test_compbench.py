@@ -736,3 +736,56 @@ def test_the_parser_is_chosen_by_what_is_installed_and_named_in_the_version(role
     (score,) = spacy_metric.score([image], ["a red book and a yellow vase"]).tolist()
     (probs,) = spacy_metric.scorer.model("blip").yes_probability([image], [["a red book?", "a yellow vase?"]])
     assert score == pytest.approx(phrase_product(probs), abs=1e-6)
+
+
+def test_blip_images_are_squashed_to_480_bicubic_with_clip_normalisation(roles):
+    vqa = BlipVqa(str(roles / "blip"), metric="t", fix="fix", device=CPU, dtype=torch.float32)
+    image = random_image(1, (40, 56))  # not square: a centre crop or a padding would differ
+    resized = np.asarray(image.resize((480, 480), Image.BICUBIC), dtype=np.float32) / 255
+    mean = np.array([0.48145466, 0.4578275, 0.40821073], dtype=np.float32)
+    std = np.array([0.26862954, 0.26130258, 0.27577711], dtype=np.float32)
+    expected = torch.from_numpy((resized - mean) / std).permute(2, 0, 1)
+    torch.testing.assert_close(vqa.pixel_values([image])[0], expected, atol=1e-5, rtol=0)
+
+
+def test_owlv2_detections_are_the_models_outputs_on_the_padded_image(roles):
+    """Independent statement of the preprocessing (pad bottom/right with 0, bilinear, CLIP
+    mean/std), the query text and the box decoding, against the detector's detections."""
+    detector = Owlv2Detector(str(roles / "detector"), metric="t", fix="fix", device=CPU, dtype=torch.float32,
+                             threshold=0.0, nms_iou=1.0)
+    image = random_image(5, (96, 60))  # W=96, H=60: 36 rows of padding below, then 96 -> 64 px
+    labels = ["cat", "dog"]
+    (got,) = detector.detect([image], [labels])
+    size = detector.image_size
+    square = np.zeros((96, 96, 3), dtype=np.float32)
+    square[:60] = np.asarray(image, dtype=np.float32) / 255
+    channels = [np.asarray(Image.fromarray(square[..., c]).resize((size, size), Image.BILINEAR)) for c in range(3)]
+    mean = np.array([0.48145466, 0.4578275, 0.40821073], dtype=np.float32).reshape(3, 1, 1)
+    std = np.array([0.26862954, 0.26130258, 0.27577711], dtype=np.float32).reshape(3, 1, 1)
+    pixels = torch.from_numpy((np.stack(channels) - mean) / std)[None]
+    tokens = detector.tokenizer(["a photo of a cat", "a photo of a dog"], padding="max_length", truncation=True,
+                                max_length=detector.max_length, return_tensors="pt")
+    with torch.no_grad():
+        out = detector.model(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"], pixel_values=pixels)
+    probs = torch.sigmoid(out.logits[0])  # (patches, 2)
+    scores, which = probs.max(dim=-1)
+    cx, cy, w, h = (out.pred_boxes[0] * 96).unbind(-1)  # relative to the padded 96x96 square
+    expected = sorted(
+        ((float(s), labels[int(k)], (float(x - bw / 2), float(y - bh / 2), float(x + bw / 2), float(y + bh / 2)))
+         for s, k, x, y, bw, bh in zip(scores, which, cx, cy, w, h)),
+        key=lambda e: -e[0],
+    )
+    assert len(got) == len(expected) == 16
+    assert [d.label for d in got] == [e[1] for e in expected]
+    assert [d.score for d in got] == pytest.approx([e[0] for e in expected], abs=1e-5)
+    for d, e in zip(got, expected):
+        assert (d.box.x_min, d.box.y_min, d.box.x_max, d.box.y_max) == pytest.approx(e[2], abs=1e-3)
+
+
+def test_owlv2_defaults_are_the_documented_ones(roles):
+    from lpo.evals.metrics import detection
+
+    # transformers' post_process_object_detection threshold for OWLv2, UniDet's per-class NMS IoU
+    assert (detection.OWLV2_THRESHOLD, detection.OWLV2_NMS_IOU, detection.QUERY_TEMPLATE) == (0.1, 0.5, "a photo of a {}")
+    detector = Owlv2Detector(str(roles / "detector"), metric="t", fix="fix", device=CPU, dtype=torch.float32)
+    assert (detector.threshold, detector.nms_iou, detector.template) == (0.1, 0.5, "a photo of a {}")

@@ -425,3 +425,58 @@ def test_harness_breaks_geneval_down_by_task(tmp_path, tiny_sd15_dir, roles):
     tasks = {entry["category"]: entry["value"] for entry in record.breakdown}
     assert tasks == {tag: v for tag, v in zip(rules.TAGS, direct)}
     assert rules.overall_score(tasks) == pytest.approx(float(np.mean(direct)))  # one image per task here
+
+
+def test_thresholds_are_genevals_at_their_boundaries():
+    candidates = {"cat": [Obj((0, 0, 10, 10), 0.31), Obj((20, 0, 30, 10), 0.29)],
+                  "dog": [Obj((0, 0, 10, 10), 0.91), Obj((20, 0, 30, 10), 0.89)]}
+    kept = rules.select_objects(candidates, counting=False)  # threshold 0.3
+    assert [o.score for o in kept["cat"]] == [0.31] and len(kept["dog"]) == 2
+    counting = rules.select_objects(candidates, counting=True)  # counting threshold 0.9
+    assert list(counting) == ["dog"] and [o.score for o in counting["dog"]] == [0.91]
+    # position: each offset shrinks by 0.1 x (10 + 10) = 2 px; a relation needs more than half the offset left
+    a = Obj((0, 0, 10, 10), 1.0)
+    assert rules.relative_position(a, Obj((6, 0, 16, 10), 1.0)) == {"left of"}  # (6 - 2) / 6 > 0.5 (0.2: 2 / 6)
+    assert rules.relative_position(a, Obj((0, 6, 10, 16), 1.0)) == {"above"}
+    assert rules.relative_position(a, Obj((3, 0, 13, 10), 1.0)) == set()  # (3 - 2) / 3 (0.05: 2 / 3)
+
+
+def test_mask2former_input_is_rgb_imagenet_normalised_and_padded_below_and_right(roles):
+    detector = ge.GenevalDetector(str(roles / "detector"), metric="t", fix="fix", device=CPU, dtype=torch.float32, scale=(96, 64))
+    image = random_image(1, (48, 40))
+    pixels, (width, height) = detector.pixel_values(image)
+    resized = ge.mmcv_bilinear_resize(image, (width, height)).astype(np.float32)  # (64, 77, 3) RGB
+    expected = (resized - np.array([123.675, 116.28, 103.53], dtype=np.float32)) / np.array([58.395, 57.12, 57.375], dtype=np.float32)
+    torch.testing.assert_close(pixels[0, :, :height, :width], torch.from_numpy(expected).permute(2, 0, 1))
+    assert torch.all(pixels[0, :, :, width:] == 0) and torch.all(pixels[0, :, height:, :] == 0)
+
+
+def test_masks_are_cropped_to_the_resized_image_before_upsampling(roles):
+    """The padding's mask logits must not reach the image: positive logits inside the resized
+    image and negative ones in the padding give masks covering the whole image."""
+    detector = ge.GenevalDetector(str(roles / "detector"), metric="t", fix="fix", device=CPU, dtype=torch.float32, scale=(96, 64))
+    image = random_image(1, (48, 40))
+    pixels, (width, height) = detector.pixel_values(image)
+    padded_h, padded_w = pixels.shape[-2:]
+    mask_logits = torch.full((1, 2, padded_h, padded_w), -5.0)
+    mask_logits[:, :, :height, :width] = 5.0
+    class_logits = torch.zeros(1, 2, len(rules.CLASSNAMES) + 1)
+    detector.model = lambda pixel_values: (class_logits, mask_logits)
+    objects = [o for objs in detector.detect(image).values() for o in objs]
+    assert objects and all(o.mask.all() for o in objects)
+    assert all(list(o.box) == [0, 0, 48, 40] for o in objects)
+
+
+def test_colour_crops_are_preprocessed_as_openai_clip(roles, monkeypatch):
+    clf = ge.ColorClassifier(str(roles / "clip"), metric="t", fix="fix", device=CPU, dtype=torch.float32)
+    image = random_image(4, (30, 20))
+    seen = []
+    real = ge.image_embeds
+    monkeypatch.setattr(ge, "image_embeds", lambda model, pixels: seen.append(pixels) or real(model, pixels))
+    clf.colors(image, "car", [Obj((0, 0, 30, 10), 0.9, None)])  # a 30x10 crop: shorter side 10
+    size = clf.model.config.vision_config.image_size  # 32: 30x10 -> 96x32 bicubic, centre crop at 32
+    crop = image.crop((0, 0, 30, 10)).resize((96, size), Image.BICUBIC).crop((32, 0, 64, size))
+    mean = np.array([0.48145466, 0.4578275, 0.40821073], dtype=np.float32)
+    std = np.array([0.26862954, 0.26130258, 0.27577711], dtype=np.float32)
+    expected = torch.from_numpy((np.asarray(crop, dtype=np.float32) / 255 - mean) / std).permute(2, 0, 1)
+    torch.testing.assert_close(seen[0][0], expected, atol=1e-5, rtol=0)

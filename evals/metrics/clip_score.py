@@ -42,7 +42,10 @@ class _ClipCosineMetric(BatchedMetric):
 class ClipScore(_ClipCosineMetric):
     name = "clip_score"
     version = "l14-100relucos+lpo1"
-    formula = "100·max(cos(image, prompt), 0), openai/clip-vit-large-patch14 (torchmetrics)"
+    # Hessel et al.'s CLIPScore per image with w = 100, as the torchmetrics number is reported.
+    # torchmetrics clamps the mean of a batch instead of each image: the two agree unless some
+    # image-prompt cosine is negative (CLIP ViT-L/14 cosines of captioned images sit near 0.2-0.35).
+    formula = "100·max(cos(image, prompt), 0) per image, openai/clip-vit-large-patch14"
     comparability = "published"
     default_weights = CLIP_L14
 

@@ -37,18 +37,47 @@ def test_configure_writes_lpo_values_into_the_plugin():
     assert acc.state.deepspeed_plugin.deepspeed_config["gradient_clipping"] == 0.0  # DeepSpeed's "no clipping"
 
 
-def test_zero3_is_refused_in_one_line_and_plain_accelerators_are_left_alone():
-    with pytest.raises(LpoError, match="ZeRO stage 3.*zero2.yaml"):
+def test_what_lpo_has_not_run_under_deepspeed_is_refused_in_one_line():
+    with pytest.raises(LpoError, match="ZeRO stage 3: ZeRO-3 partitions.*zero2.yaml"):
         configure_deepspeed(_accelerator(stage=3), 4, 1, 1.0)
-    plain = SimpleNamespace(distributed_type="MULTI_CPU")
+    with pytest.raises(LpoError, match="ZeRO stage 0: without ZeRO.*NaN"):
+        configure_deepspeed(_accelerator(stage=0), 4, 1, 1.0)
+    for precision in ("fp16", "bf16"):
+        with pytest.raises(LpoError, match=f"mixed precision {precision} under DeepSpeed.*mixed_precision=no"):
+            configure_deepspeed(_accelerator(precision=precision), 4, 1, 1.0)
+    for optimizer in ("adafactor", "adamw8bit"):
+        with pytest.raises(LpoError, match=f"optimizer {optimizer} under ZeRO.*optim.optimizer=adamw"):
+            configure_deepspeed(_accelerator(), 4, 1, 1.0, optimizer)
+    plain = SimpleNamespace(distributed_type="MULTI_CPU", mixed_precision="bf16")
     assert not uses_deepspeed(plain)
-    configure_deepspeed(plain, 4, 1, 1.0)  # nothing to write
+    configure_deepspeed(plain, 4, 1, 1.0, "adafactor")  # nothing to check or write without DeepSpeed
 
 
-def test_a_skipped_deepspeed_step_is_a_nonfinite_gradient_except_under_fp16():
+def test_a_checkpoint_resumes_only_under_the_launch_that_wrote_it(tmp_path):
+    from lpo.core.deepspeed_setup import refuse_other_launch
+
+    plain_state, zero_state = tmp_path / "plain", tmp_path / "zero"
+    plain_state.mkdir()
+    (zero_state / "pytorch_model").mkdir(parents=True)
+    (zero_state / "latest").write_text("pytorch_model")
+    for rank in (0, 1):
+        (zero_state / "pytorch_model" / f"zero_pp_rank_{rank}_mp_rank_00_optim_states.pt").write_bytes(b"")
+    plain = SimpleNamespace(distributed_type="MULTI_CPU", num_processes=2)
+    refuse_other_launch(plain, plain_state)
+    refuse_other_launch(_accelerator(processes=2), zero_state)
+    with pytest.raises(LpoError, match="written under DeepSpeed \\(ZeRO, 2 processes\\); resume with the launch"):
+        refuse_other_launch(plain, zero_state)
+    with pytest.raises(LpoError, match="written without DeepSpeed"):
+        refuse_other_launch(_accelerator(), plain_state)
+    with pytest.raises(LpoError, match="written by 2 DeepSpeed processes, this resume has 4"):
+        refuse_other_launch(_accelerator(processes=4), zero_state)
+
+
+def test_a_skipped_deepspeed_step_or_a_nonfinite_engine_norm_is_a_nonfinite_gradient():
     assert deepspeed_step_nonfinite(_accelerator(skipped=True))
     assert not deepspeed_step_nonfinite(_accelerator(skipped=False))
-    assert not deepspeed_step_nonfinite(_accelerator(skipped=True, precision="fp16"))  # the loss scaler's business
+    engine = SimpleNamespace(get_global_grad_norm=lambda: float("nan"))
+    assert deepspeed_step_nonfinite(SimpleNamespace(**vars(_accelerator()), deepspeed_engine_wrapped=engine))
     acc = _accelerator()
     param = torch.nn.Parameter(torch.ones(2))  # partitioned away: no .grad to inspect under ZeRO-2
     assert nonfinite_quantity(acc, True, [param], None, deepspeed_skipped=True) == GRADIENTS

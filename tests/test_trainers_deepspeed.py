@@ -186,8 +186,10 @@ def test_zero2_on_two_cpu_processes_trains_as_ddp_does(tiny_world_dir, pairs_fil
         _assert_same_training(_trained(tmp_path / "zero2" / job), _trained(tmp_path / "ddp" / job), lr)
     cost = json.loads((tmp_path / "zero2" / "lpo" / "cost.json").read_text())
     assert cost["device_count"] == 2 and cost["device_type"] == "cpu"
-    # a LoRA run's DeepSpeed checkpoint leaves the frozen base model out
+    # a LoRA run's DeepSpeed checkpoint leaves the frozen base model out: only the adapters are in it
     state = next((tmp_path / "zero2" / "dpo" / "checkpoints").iterdir()) / "state"
+    module = torch.load(state / "pytorch_model" / "mp_rank_00_model_states.pt", weights_only=True)["module"]
+    assert module and all("lora" in key for key in module), sorted(module)[:3]
     assert (state / "trainable.safetensors").is_file()
 
 

@@ -28,7 +28,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from lpo.core.deepspeed_setup import load_state_kwargs, weights_only_deepspeed_loads
+from lpo.core.deepspeed_setup import load_state_kwargs, refuse_other_launch, weights_only_deepspeed_loads
 from lpo.core.errors import LpoError
 from lpo.core.io import atomic_write_json, one_line
 
@@ -80,6 +80,7 @@ def schedule_state(schedule: Any) -> dict[str, Any]:
 def load_checkpoint_state(accelerator: Any, folder: Path) -> None:
     """``accelerator.load_state(folder)`` with every pickle read weights-only, refusals as one line."""
     refuse_custom_pickles(folder)
+    refuse_other_launch(accelerator, folder)
     try:
         with weights_only_deepspeed_loads(accelerator):
             accelerator.load_state(str(folder), load_kwargs={"weights_only": True}, **load_state_kwargs(accelerator))

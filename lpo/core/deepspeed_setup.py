@@ -21,6 +21,7 @@ one (that is how the test suite runs ZeRO-2 on two CPU processes).
 
 from __future__ import annotations
 
+import math
 import os
 from contextlib import contextmanager
 from typing import Any, Iterator
@@ -54,20 +55,41 @@ def prepare_deepspeed_backend() -> None:
     PartialState(backend="gloo")
 
 
-def configure_deepspeed(accelerator: Any, micro_batch_size: int, accumulation_steps: int, grad_clip: float | None) -> None:
-    """Write lpo's batch, accumulation and clipping values into the DeepSpeed plugin (no-op without it).
+def configure_deepspeed(accelerator: Any, micro_batch_size: int, accumulation_steps: int, grad_clip: float | None,
+                        optimizer: str = "adamw") -> None:
+    """Check what lpo supports under DeepSpeed and write lpo's batch, accumulation and clipping
+    values into the plugin (no-op without DeepSpeed).
 
     ``accumulation_steps``: micro-batches per optimiser step as DeepSpeed scales the loss
     (1 where lpo scales each micro-batch's loss itself, :func:`lpo.trainers.harness.accumulated_step`).
+
+    Supported: ZeRO stage 1 or 2, float32 (mixed_precision=no), AdamW. Refused in one line:
+    ZeRO-3 (it partitions the weights lpo's rollouts, sampling and saving read whole); stage 0
+    (DeepSpeed's plain optimiser does not skip a step with NaN gradients, which lpo's guard
+    reads); fp16 / bf16, because DeepSpeed then casts the whole module, frozen parts and
+    reference included, instead of autocasting as lpo's presets assume (its torch_autocast
+    mode has not been run with lpo); Adafactor and 8-bit AdamW, which would see ZeRO's flat
+    1-D partitions instead of each tensor (Adafactor's factored moments and per-tensor
+    clipping are per-shape).
     """
     if not uses_deepspeed(accelerator):
         return
     plugin = accelerator.state.deepspeed_plugin
     stage = int(plugin.zero_stage or 0)
-    if stage > 2:
+    if stage not in (1, 2):
+        why = ("ZeRO-3 partitions the weights that lpo's rollouts, sampling and saving read whole" if stage > 2 else
+               "without ZeRO, DeepSpeed's optimiser applies NaN gradients instead of skipping the step")
+        raise LpoError(f"the launch config asks for ZeRO stage {stage}: {why}; use lpo/trainers/launch/zero2.yaml")
+    if accelerator.mixed_precision != "no":
         raise LpoError(
-            f"the launch config asks for ZeRO stage {stage}; lpo's trainers read the whole model on every process "
-            "(rollouts, sampling, saving), which ZeRO-3 partitions: use lpo/trainers/launch/zero2.yaml (ZeRO-2) or FSDP"
+            f"mixed precision {accelerator.mixed_precision} under DeepSpeed casts the whole model to 16 bits (lpo's presets "
+            "autocast and keep float32 weights); set the preset's mixed precision to no (optim.mixed_precision=no for "
+            "lpo train, mixed_precision=no for lpo lrm train) or launch without DeepSpeed"
+        )
+    if optimizer != "adamw":
+        raise LpoError(
+            f"optimizer {optimizer} under ZeRO sees flat 1-D partitions instead of each weight tensor (a different "
+            "algorithm); use optim.optimizer=adamw or launch without DeepSpeed"
         )
     config = plugin.deepspeed_config
     config["train_micro_batch_size_per_gpu"] = int(micro_batch_size)
@@ -84,12 +106,16 @@ def mark_boundary(accelerator: Any, last: bool) -> None:
 
 
 def deepspeed_step_nonfinite(accelerator: Any) -> bool:
-    """After the boundary backward: whether DeepSpeed skipped the update for NaN / inf gradients.
+    """After the boundary backward: whether DeepSpeed met NaN / inf gradients (and so skipped the update).
 
-    Outside fp16 (whose loss scaler skips overflowing steps as a matter of course) a skipped
-    ZeRO step means the gradients were not finite.
+    ZeRO-1/2 skip a step whose gradient norm is not finite; lpo reads that verdict and, as a
+    second witness, the norm itself (float32 only: :func:`configure_deepspeed`).
     """
-    return accelerator.mixed_precision != "fp16" and bool(accelerator.optimizer_step_was_skipped)
+    if accelerator.optimizer_step_was_skipped:
+        return True
+    engine = getattr(accelerator, "deepspeed_engine_wrapped", None)
+    norm = engine.get_global_grad_norm() if engine is not None else None
+    return norm is not None and not math.isfinite(float(norm))
 
 
 def save_state_kwargs(accelerator: Any) -> dict[str, Any]:
@@ -100,8 +126,27 @@ def save_state_kwargs(accelerator: Any) -> dict[str, Any]:
 
 def load_state_kwargs(accelerator: Any) -> dict[str, Any]:
     """``accelerator.load_state`` keywords: the frozen weights a DeepSpeed checkpoint left out are the
-    base model's, already loaded (lpo's own hook checks the trainable ones strictly)."""
+    base model's, already loaded (a policy's trainable ones are also checked strictly by lpo's own hook)."""
     return {"load_module_strict": False} if uses_deepspeed(accelerator) else {}
+
+
+def refuse_other_launch(accelerator: Any, folder: Any) -> None:
+    """One line when a checkpoint's ``state/`` was written under another launch than this resume's:
+    DeepSpeed or not, or DeepSpeed with another number of processes (its optimiser state is
+    partitioned by process)."""
+    from pathlib import Path
+
+    folder = Path(folder)
+    partitions = len(list((folder / "pytorch_model").glob("zero_pp_rank_*_optim_states.pt")))
+    written_by_deepspeed = (folder / "latest").is_file()
+    fix = "resume with the launch it was written under, or start a new run"
+    if written_by_deepspeed and not uses_deepspeed(accelerator):
+        raise LpoError(f"{folder} was written under DeepSpeed (ZeRO, {partitions} processes); {fix}")
+    if uses_deepspeed(accelerator) and not written_by_deepspeed:
+        raise LpoError(f"{folder} was written without DeepSpeed; {fix}")
+    if written_by_deepspeed and partitions != accelerator.num_processes:
+        raise LpoError(f"{folder} was written by {partitions} DeepSpeed processes, this resume has "
+                       f"{accelerator.num_processes}; {fix}")
 
 
 @contextmanager
@@ -109,8 +154,8 @@ def weights_only_deepspeed_loads(accelerator: Any) -> Iterator[None]:
     """Within: DeepSpeed's engines read their checkpoint files with ``torch.load(weights_only=True)``.
 
     DeepSpeed's own loader unpickles without restriction. Its ZeRO-2 files hold tensors, plain
-    containers and three DeepSpeed types of plain data (the loss scaler's settings, the ZeRO
-    stage enum, a fragment's (numel, start) record), which are allowed besides torch's
+    containers and four DeepSpeed types of plain data (the two loss scalers' settings, the
+    ZeRO stage enum, a fragment's (numel, start) record), which are allowed besides torch's
     defaults. A file that needs more is refused by torch's unpickler
     (:func:`lpo.core.checkpoint_state.load_checkpoint_state` says so in one line).
     """

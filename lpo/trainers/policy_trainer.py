@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any, Callable, ClassVar, Literal, Sequence
 
 from lpo.core.checkpoint_state import register_schedule_checkpointing
-from lpo.core.deepspeed_setup import configure_deepspeed
+from lpo.core.deepspeed_setup import configure_deepspeed, uses_deepspeed
+from lpo.core.errors import LpoError
 from lpo.core.training_loop import TrainingLoop
 from lpo.models.components import DiffusionComponents
 from lpo.core.runs import RunFolder
@@ -94,15 +95,16 @@ class PolicyTrainer(TrainingLoop):
         self.params = self.policy.trainable_parameters()
         optimizer = build_optimizer(self.params, self.config.optim)
         self.lr_schedule = self.build_schedule(optimizer, units)
-        # lpo scales every micro-batch's loss itself (accumulated_step): DeepSpeed accumulates 1
-        configure_deepspeed(acc, self.micro_batch_size(), 1, self.config.optim.grad_clip)
+        if uses_deepspeed(acc):  # lpo scales every micro-batch's loss itself (accumulated_step): DeepSpeed accumulates 1
+            configure_deepspeed(acc, self.micro_batch_size(), 1, self.config.optim.grad_clip, self.config.optim.optimizer)
         self.model, self.optimizer = acc.prepare(self.policy.unet, optimizer)
         register_schedule_checkpointing(acc, self.lr_schedule)  # as JSON: nothing pickled
         start_trackers(acc, self.run, f"lpo-{self.method}", self.config, self.trackers)
 
     def micro_batch_size(self) -> int:
-        """Samples per micro-batch on one process (DeepSpeed's bookkeeping; lpo batches itself)."""
-        raise NotImplementedError
+        """Samples per micro-batch on one process (DeepSpeed's bookkeeping; lpo batches itself).
+        Asked only under DeepSpeed; a trainer that supports it says."""
+        raise LpoError(f"{self.method} does not support DeepSpeed yet; launch it without DeepSpeed's config")
 
     def build_schedule(self, optimizer: Any, units: int) -> Any:
         """The lr schedule over ``units`` optimiser steps (transformers' schedules)."""

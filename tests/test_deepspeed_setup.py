@@ -78,13 +78,13 @@ def test_a_skipped_deepspeed_step_or_a_nonfinite_engine_norm_is_a_nonfinite_grad
     assert not deepspeed_step_nonfinite(_accelerator(skipped=False))
     engine = SimpleNamespace(get_global_grad_norm=lambda: float("nan"))
     assert deepspeed_step_nonfinite(SimpleNamespace(**vars(_accelerator()), deepspeed_engine_wrapped=engine))
-    acc = _accelerator()
     param = torch.nn.Parameter(torch.ones(2))  # partitioned away: no .grad to inspect under ZeRO-2
-    assert nonfinite_quantity(acc, True, [param], None, deepspeed_skipped=True) == GRADIENTS
-    assert nonfinite_quantity(acc, True, [param], None, deepspeed_skipped=False) is None
-    assert nonfinite_quantity(acc, False, [param], None, deepspeed_skipped=False) == LOSS
+    assert nonfinite_quantity(_accelerator(skipped=True), True, [param], None) == GRADIENTS
+    assert nonfinite_quantity(_accelerator(skipped=False), True, [param], None) is None
+    assert nonfinite_quantity(_accelerator(skipped=False), False, [param], None) == LOSS
     param.grad = torch.tensor([float("nan"), 0.0])  # without DeepSpeed's verdict the gradients are read
-    assert nonfinite_quantity(acc, True, [param], None) == GRADIENTS
+    plain = SimpleNamespace(**{**vars(_accelerator()), "distributed_type": "MULTI_CPU"})
+    assert nonfinite_quantity(plain, True, [param], None) == GRADIENTS
 
 
 def test_scalar_parameters_are_shaped_1_for_the_engine_and_0_dim_when_saved():

@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 import os
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, Iterator
 
 from lpo.core.errors import LpoError
@@ -134,8 +135,6 @@ def refuse_other_launch(accelerator: Any, folder: Any) -> None:
     """One line when a checkpoint's ``state/`` was written under another launch than this resume's:
     DeepSpeed or not, or DeepSpeed with another number of processes (its optimiser state is
     partitioned by process)."""
-    from pathlib import Path
-
     folder = Path(folder)
     partitions = len(list((folder / "pytorch_model").glob("zero_pp_rank_*_optim_states.pt")))
     written_by_deepspeed = (folder / "latest").is_file()
@@ -200,11 +199,16 @@ def vectorise_scalar_parameters(accelerator: Any, model: Any) -> list[Any]:
     return scalars
 
 
+def restore_scalar_shapes(params: list[Any]) -> None:
+    """The parameters :func:`vectorise_scalar_parameters` reshaped, 0-dim again."""
+    for param in params:
+        param.data = param.data.reshape(())
+
+
 @contextmanager
 def scalar_shapes(params: list[Any]) -> Iterator[None]:
     """Within: the parameters :func:`vectorise_scalar_parameters` reshaped are 0-dim again (to save them)."""
-    for param in params:
-        param.data = param.data.reshape(())
+    restore_scalar_shapes(params)
     try:
         yield
     finally:

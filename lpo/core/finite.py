@@ -22,6 +22,7 @@ from typing import Any, Iterable, Sequence
 import torch
 from torch import Tensor, nn
 
+from lpo.core.deepspeed_setup import deepspeed_step_nonfinite, uses_deepspeed
 from lpo.core.errors import LpoError
 
 LOSS = "the loss"
@@ -70,19 +71,19 @@ def any_process(accelerator: Any, flag: bool) -> bool:
 
 
 def nonfinite_quantity(accelerator: Any, loss_finite: bool, params: Sequence[nn.Parameter],
-                       grad_norm: float | None, deepspeed_skipped: bool | None = None) -> str | None:
+                       grad_norm: float | None) -> str | None:
     """Which quantity of this optimiser step is not finite on some process (None: all finite).
 
     Call after the last backward of the step and before ``optimizer.step``. Under fp16 loss
-    scaling (``accelerator.scaler``) non-finite gradients are the scaler's business.
-    ``deepspeed_skipped``: under DeepSpeed, whose engine has already judged the gradients
-    (it skips the update when they are NaN / inf) and keeps them partitioned, its verdict
+    scaling (``accelerator.scaler``) non-finite gradients are the scaler's business. Under
+    DeepSpeed, whose engine has already judged the gradients inside the backward (it skips
+    the update when they are NaN / inf) and keeps them partitioned, its verdict is read
     (:func:`lpo.core.deepspeed_setup.deepspeed_step_nonfinite`).
     """
     if any_process(accelerator, not loss_finite):
         return LOSS
-    if deepspeed_skipped is not None:
-        return GRADIENTS if deepspeed_skipped else None
+    if uses_deepspeed(accelerator):
+        return GRADIENTS if deepspeed_step_nonfinite(accelerator) else None
     if accelerator.scaler is not None:
         return None
     ok = math.isfinite(grad_norm) if grad_norm is not None else grads_finite(params)

@@ -59,13 +59,7 @@ from typing import Any, Callable, Iterator, Protocol, Sequence, runtime_checkabl
 import torch
 from torch import Tensor, nn
 
-from lpo.core.deepspeed_setup import (
-    configure_deepspeed,
-    deepspeed_step_nonfinite,
-    scalar_shapes,
-    uses_deepspeed,
-    vectorise_scalar_parameters,
-)
+from lpo.core.deepspeed_setup import configure_deepspeed, restore_scalar_shapes, scalar_shapes, vectorise_scalar_parameters
 from lpo.core.errors import LpoError
 from lpo.core.checkpoint_state import register_schedule_checkpointing
 from lpo.core.finite import check_finite_module, diverged, nonfinite_quantity
@@ -457,9 +451,7 @@ class RewardTrainingLoop(TrainingLoop):
                         self.last_norm = None if norm is None else float(norm)
                     self.last_lr = float(optimizer.param_groups[0]["lr"])  # the lr this update uses
                     # a NaN / inf loss or gradient must not reach the weights: stop before the update
-                    # (DeepSpeed has judged them already, inside the backward, and skipped the update)
-                    bad = nonfinite_quantity(acc, loss_finite, list(model.parameters()), self.last_norm,
-                                             deepspeed_skipped=deepspeed_step_nonfinite(acc) if uses_deepspeed(acc) else None)
+                    bad = nonfinite_quantity(acc, loss_finite, list(model.parameters()), self.last_norm)
                     if bad is not None:
                         raise diverged(f"step {step + 1}", bad, "lr", config.lr)
                     optimizer.step()
@@ -525,8 +517,7 @@ class RewardTrainingLoop(TrainingLoop):
         """The final model (``run/model``), its cost, ``metrics.jsonl`` and ``result.json``."""
         acc, run, meter = self.accelerator, self.run, self.meter
         unwrapped = acc.unwrap_model(self.model, keep_fp32_wrapper=False)
-        for param in self.scalars:  # the engine is done with them: their usual shape from here on
-            param.data = param.data.reshape(())
+        restore_scalar_shapes(self.scalars)  # the engine is done with them: their usual shape from here on
         result = TrainingResult(
             steps=self.config.max_steps, plan=self.run_plan, history=self.history, eval_history=self.eval_history,
             cost=meter.as_dict(), resumed_from=self.resumed_from, run_folder=None if run is None else run.path,

@@ -41,7 +41,7 @@ import torch
 from torch import Tensor, nn
 
 from lpo.core.config import config_to_dict
-from lpo.core.deepspeed_setup import deepspeed_step_nonfinite, mark_boundary, prepare_deepspeed_backend, uses_deepspeed
+from lpo.core.deepspeed_setup import mark_boundary, prepare_deepspeed_backend, uses_deepspeed
 from lpo.core.errors import LpoError
 from lpo.core.finite import check_finite_weights, diverged, nonfinite_quantity
 from lpo.core.io import atomic_write_json
@@ -367,8 +367,7 @@ def accumulated_step(
         grad_norm = None if norm is None else float(norm)
     lr = float(optimizer.param_groups[0]["lr"])
     # A NaN / inf loss or gradient must not reach the weights: no update, the caller stops the run.
-    nonfinite = nonfinite_quantity(accelerator, math.isfinite(sums.get("loss", 0.0)), params, grad_norm,
-                                   deepspeed_skipped=deepspeed_step_nonfinite(accelerator) if deepspeed else None)
+    nonfinite = nonfinite_quantity(accelerator, math.isfinite(sums.get("loss", 0.0)), params, grad_norm)
     if nonfinite is not None:
         optimizer.zero_grad(set_to_none=True)
         return StepLogs(sums=sums, count=count, grad_norm=grad_norm, lr=lr, nonfinite=nonfinite)

@@ -98,7 +98,7 @@ def test_rerun_skips_finished_stages_and_refuses_another_config(micro_bench, tin
 
 
 def test_presets_and_config_errors():
-    assert bench_preset("quick").preset == "quick" and bench_preset("full").seeds >= 3 and bench_preset("full").eval_images_per_prompt > bench_preset("quick").eval_images_per_prompt
+    assert bench_preset("quick").preset == "quick" and bench_preset("full").seeds >= 3 and bench_preset("full").eval_prompts > bench_preset("quick").eval_prompts
     with pytest.raises(LpoError, match="unknown bench preset"):
         bench_preset("huge")
     with pytest.raises(LpoError, match="unknown bench methods"):

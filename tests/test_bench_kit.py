@@ -11,6 +11,7 @@ import torch
 from lpo.bench.config import BenchConfig, bench_preset
 from lpo.bench.kit import KIT_FIELD_DEFAULTS, KIT_FILE, SHIPPED_KITS, export_kit, install_kit, kit_fields, read_kit, resolve_kit
 from lpo.core.errors import LpoError
+from lpo.world.grammar import WORLD_VERSION
 
 
 def test_the_shipped_quick_kit_is_whole_and_built_with_the_quick_presets_values(tmp_path):
@@ -18,11 +19,14 @@ def test_the_shipped_quick_kit_is_whole_and_built_with_the_quick_presets_values(
     assert folder == SHIPPED_KITS / "quick"
     kit = read_kit(folder)
     assert {**KIT_FIELD_DEFAULTS, **kit["fields"]} == kit_fields(bench_preset("quick"))  # built before pair_model
-    assert kit["command"].startswith("lpo bench --preset quick") and "--build-kit" in kit["command"]
+    # built by the full preset, whose kit values (validation set included) are the quick preset's
+    assert kit["command"].startswith("lpo bench --preset full") and "--build-kit" in kit["command"]
+    assert kit_fields(bench_preset("full")) == kit_fields(bench_preset("quick"))
+    assert kit["world_version"] == WORLD_VERSION
     # every stage's measured seconds travel with it (booked as the bench's own)
     assert set(kit["stage_seconds"]) == {"pairs", "mpcf", "reward-lrm", "reward-pixel", "reward-eval"}
     assert all(s > 0 for s in kit["stage_seconds"].values())
-    installed, read = install_kit(folder, tmp_path, bench_preset("quick"))  # checks every file's SHA-256
+    installed, read = install_kit(folder, tmp_path, bench_preset("quick"), WORLD_VERSION)  # checks every file's SHA-256
     assert installed == kit["stages"] and read == kit
     marker = json.loads((tmp_path / "stages" / "reward-lrm.json").read_text())
     assert marker["output"]["model"] == str(tmp_path.resolve() / "rewards" / "lrm" / "model")
@@ -55,25 +59,34 @@ def test_export_then_install_round_trips_and_refuses_another_config_or_a_damaged
     config = BenchConfig(train_prompts=8, val_prompts=4)
     built = tmp_path / "built"
     _fake_bench(built)
-    kit = export_kit(built, config, tmp_path / "kit", "lpo bench --build-kit kit")
+    kit = export_kit(built, config, tmp_path / "kit", "lpo bench --build-kit kit", "2")
     data = json.loads((kit / KIT_FILE).read_text())
     assert "rewards/lrm/checkpoints/step-000002/x" not in data["files"]  # resumable state stays behind
     assert data["stage_seconds"]["reward-lrm"] == 2.5
     assert resolve_kit(str(kit)) == kit
 
     bench = tmp_path / "bench"
-    assert install_kit(kit, bench, config)[0] == ["pairs", "mpcf", "reward-lrm", "reward-pixel", "reward-eval"]
+    assert install_kit(kit, bench, config, "2")[0] == ["pairs", "mpcf", "reward-lrm", "reward-pixel", "reward-eval"]
     marker = json.loads((bench / "stages" / "mpcf.json").read_text())
     assert marker["output"]["model"] == str(bench.resolve() / "rewards" / "lrm" / "model")  # moved to this bench
     assert marker["output"]["other"] == "/elsewhere/x" and marker["timing"]["seconds"] == 2.5
     assert marker["kit"]["command"] == "lpo bench --build-kit kit"
-    assert install_kit(kit, bench, config)[0] == []  # done stages are left alone
+    assert install_kit(kit, bench, config, "2")[0] == []  # done stages are left alone
 
     with pytest.raises(LpoError, match=r"built with train_prompts=8, this bench has 9; use --set reward_kit=none"):
-        install_kit(kit, tmp_path / "other", replace(config, train_prompts=9))
+        install_kit(kit, tmp_path / "other", replace(config, train_prompts=9), "2")
+    with pytest.raises(LpoError, match=r"was built in world 2, this lpo's world is 3; rebuild it with `lpo bench --build-kit`"):
+        install_kit(kit, tmp_path / "other", config, "3")
+    unversioned = json.loads((kit / KIT_FILE).read_text())
+    unversioned.pop("world_version")
+    (kit / KIT_FILE).write_text(json.dumps(unversioned))  # a kit from before the field: world 1's
+    with pytest.raises(LpoError, match="built in world 1, this lpo's world is 2"):
+        install_kit(kit, tmp_path / "other", config, "2")
+    assert not (tmp_path / "other" / "stages").exists()
+    (kit / KIT_FILE).write_text(json.dumps({**unversioned, "world_version": "2"}))
     (kit / "rewards" / "lrm" / "cost.json").write_text("tampered")
     with pytest.raises(LpoError, match="missing or damaged"):
-        install_kit(kit, tmp_path / "third", config)
+        install_kit(kit, tmp_path / "third", config, "2")
     assert not (tmp_path / "third" / "stages").exists()  # nothing marked done from a damaged kit
 
 
@@ -82,7 +95,7 @@ def test_kit_names_and_unfinished_benches_give_one_line_errors(tmp_path):
         resolve_kit("nope")
     assert resolve_kit("none") is None
     with pytest.raises(LpoError, match="has not finished pairs"):
-        export_kit(tmp_path, BenchConfig(), tmp_path / "kit", "x")
+        export_kit(tmp_path, BenchConfig(), tmp_path / "kit", "x", "2")
 
 
 def test_curve_protocol_values_are_checked():
@@ -111,10 +124,10 @@ def test_the_eval_plan_scores_the_curve_on_a_subset_of_the_final_images(tmp_path
     config = replace(bench_preset("quick"), methods=("lpo",))
     plan = {key: (benchmark, prompts, images) for key, _, _, benchmark, prompts, images in eval_plan(Bench(tmp_path, config))}
     assert plan == {
-        "eval-world-base": ("world", 128, 4), "eval-world-curve-base": ("world", 48, 2),
-        "eval-world-heldout-base": ("world-heldout", 128, 1),
-        "eval-world-lpo": ("world", 128, 4), "eval-world-curve-lpo": ("world", 48, 2),
-        "eval-world-heldout-lpo": ("world-heldout", 128, 1),
+        "eval-world-base": ("world", 320, 2), "eval-world-curve-base": ("world", 48, 2),
+        "eval-world-heldout-base": ("world-heldout", 320, 1),
+        "eval-world-lpo": ("world", 320, 2), "eval-world-curve-lpo": ("world", 48, 2),
+        "eval-world-heldout-lpo": ("world-heldout", 320, 1),
     }
 
 
@@ -151,10 +164,10 @@ def test_a_kit_says_where_its_stages_ran_not_where_it_was_exported(tmp_path):
     _fake_bench(built)
     # bench.json as a later rerun of the finished bench leaves it: another commit and machine
     (built / "bench.json").write_text(json.dumps({"meta": {"git": {"commit": "b" * 40}, "hardware": {"cpu": "later"}}}))
-    kit = export_kit(built, config, tmp_path / "kit-old", "x")
+    kit = export_kit(built, config, tmp_path / "kit-old", "x", "2")
     assert json.loads((kit / KIT_FILE).read_text())["git"]["commit"] == "b" * 40  # a bench without stage records
     pairs = json.loads((built / "stages" / "pairs.json").read_text())
     pairs["ran"] = {"git": {"commit": "a" * 40, "dirty": False}, "hardware": {"cpu": "first"}}
     (built / "stages" / "pairs.json").write_text(json.dumps(pairs))
-    data = json.loads((export_kit(built, config, tmp_path / "kit", "x") / KIT_FILE).read_text())
+    data = json.loads((export_kit(built, config, tmp_path / "kit", "x", "2") / KIT_FILE).read_text())
     assert data["git"] == {"commit": "a" * 40, "dirty": False} and data["hardware"] == {"cpu": "first"}

@@ -360,7 +360,7 @@ def test_report_html_and_markdown(tmp_path):
     assert "| DPO − base | +0.070 ± 0.008 | 1 | — (1 seed) | better (1 seed, spread unknown) |" in summary
     assert "| SPO − DPO | -0.005 ± 0.010 | 1 vs 1 | — (1 seed) | no detectable difference |" in summary
     assert "### On world-heldout" in summary
-    assert "| LPO | 64 × 2 | 0.010 | 0.000 | ±0.003 |" in summary  # minimum detectable Δ
+    assert "| LPO | 64 × 2 | 0.010 | 0.000 | ±0.003 | — |" in summary  # minimum detectable Δ
     assert "| quick: ±0.02 |" in summary and "| full: ±0.01 |" in summary
     # the leaderboard's paired Δ column and the efficiency curve's (lpo@2: 0.575 − 0.5)
     assert "| +0.090 ± 0.003 (better) |" in summary
@@ -386,7 +386,9 @@ def test_training_seeds_pool_per_prompt_and_need_the_seed_spread_too(tmp_path):
     assert "| LPO − SPO | +0.025 ± 0.005 | 3 vs 3 | +0.025 ± 0.022 (0.056) | no detectable difference |" in summary
     # DPO trained one seed: against it nothing is significant
     assert "| LPO − DPO | +0.020 ± 0.005 | 3 vs 1 | — (1 seed) | better (1 seed, spread unknown) |" in summary
-    assert "| LPO (3 seeds, widest) | 64 × 2 |" in summary
+    # the minimum detectable Δ of the pooled comparison (per prompt 0.09 ± 0.01 alternating in each
+    # seed: pooled SD 0.01·√(64/63), half 1.9983·SD/8 = 0.003), and the widest single seed's beside it
+    assert "| LPO (3 seeds, pooled) | 64 × 2 | 0.010 | 0.000 | ±0.003 | ±0.003 |" in summary
     # the leaderboard shows every seed's final model; the efficiency view keeps seed 0's curves
     leaderboard_md = summary.split("## Leaderboard")[1].split("## Efficiency")[0]
     assert "| lpo-seed-1 | lpo |" in leaderboard_md and "| +0.100 ± 0.003 (better) |" in leaderboard_md
@@ -464,7 +466,7 @@ def test_final_models_also_scored_on_the_curve_protocol_raise_no_note():
     from lpo.bench.headline import final_records
     from lpo.evals.store import load_records
 
-    records = load_records(Path(__file__).resolve().parents[1] / "results" / "bench-quick" / "results")
+    records = load_records(Path(__file__).resolve().parents[1] / "results" / "bench-quick-test128" / "results")
     base, finals, notes = final_records(records, "world", "world_utility")
     assert base.n_prompts == 128 and set(finals) == {"lpo", "spo", "diffusion-dpo"} and notes == []
     without = [r for r in records if not (r.method == "lpo" and r.n_prompts == 128)]

@@ -15,7 +15,7 @@ from lpo.core.errors import LpoError
 from lpo.pairs.gap_scores import GAP_SCORERS, ROLES, GapScorer, GapScores, compute_gap_scores
 from lpo.pairs.mpcf import STRATEGIES, MPCFConfig, build_gap_scorers, filter_pairs, mpcf_preset
 from lpo.pairs.format import TIE, PreferencePair
-from lpo.world.grammar import WORLD_VERSION, parse_prompt
+from lpo.world.grammar import RENDER_WORLD_VERSION, parse_prompt
 from lpo.world.render import IMAGE_SIZE, SceneObject, render_prompt, render_scene
 
 PAPER = MPCFConfig()  # thresholds 0 / −0.5 / −1, 0, 0; ties 0.2, 0.03, 0.07
@@ -347,7 +347,7 @@ def test_world_scorers_are_registered_and_versioned_by_the_world():
     assert {"world-aesthetic", "world-clip", "world-vqa"} <= set(GAP_SCORERS.names())
     scorers = build_gap_scorers(mpcf_preset("world"))
     assert {r: s.name for r, s in scorers.items()} == {"aesthetic": "world-aesthetic", "clip": "world-clip", "vqa": "world-vqa"}
-    assert all(f"world{WORLD_VERSION}" in s.version for s in scorers.values())
+    assert all(f"world{RENDER_WORLD_VERSION}" in s.version for s in scorers.values())
     assert scorers["vqa"].judge_field == "soft_alignment"
 
 

@@ -10,6 +10,7 @@ from lpo.world.grammar import (
     enumerate_prompts,
     make_splits,
     parse_prompt,
+    pretraining_splits,
 )
 from lpo.core.hashing import prompt_set_hash
 
@@ -53,6 +54,20 @@ def test_heldout_combinations_never_reach_training_or_validation():
     for spec in splits.train + splits.val + splits.test:
         assert not spec.combos & HELDOUT_COMBOS
     assert splits.test_heldout and all(spec.combos & HELDOUT_COMBOS for spec in splits.test_heldout)
+
+
+def test_world_2_moves_train_prompts_to_test_and_keeps_world_1s_val_test_and_pretraining_corpus():
+    world1, world2 = pretraining_splits(), make_splits()
+    texts = {name: ([s.text() for s in world1.get(name)], [s.text() for s in world2.get(name)]) for name in SPLIT_NAMES}
+    assert [len(texts[n][0]) for n in SPLIT_NAMES] == [5948, 86, 128, 48]  # world 1, as its results were made
+    assert [len(texts[n][1]) for n in SPLIT_NAMES] == [5226, 86, 850, 48]
+    for name in ("val", "test_heldout"):
+        assert texts[name][0] == texts[name][1], name
+    assert set(texts["test"][0]) < set(texts["test"][1])
+    moved = set(texts["test"][1]) - set(texts["test"][0])
+    assert moved == set(texts["train"][0]) - set(texts["train"][1])  # the new test prompts come from train only
+    per_category = {c: sum(s.category == c for s in world2.test) for c in CATEGORIES}
+    assert per_category == {"colour": 42, "shape": 8, "texture": 200, "spatial": 200, "numeracy": 200, "complex": 200}
 
 
 def test_unknown_split_is_a_user_error():

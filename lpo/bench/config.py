@@ -130,34 +130,38 @@ class BenchConfig:
         return {"lpo": self.lpo_overrides, "spo": self.spo_overrides, "diffusion-dpo": self.dpo_overrides}[method]
 
 
-# Quick: ten minutes on two CPU cores. The reward models learn from a pool of 17,844 pairs
-# (every one of the world's 5,948 train prompts × 3; results/world/study rows 7a-7b: the
+# Quick: ten minutes on two CPU cores. The reward models learn from a pool of 15,678 pairs
+# (every one of the world's 5,226 train prompts × 3; results/world/study rows 7a-7b: the
 # LRM reads the labels at 0.56 from 2,000 pairs and 0.62 from 17,844, so data is the lever)
 # and both train 1,500 steps × 32 pairs (the same number of pairs seen). The policies train
 # on the part of that pool that belongs to its first 1,000 prompts (Diffusion-DPO's pairs,
 # LPO's and SPO's prompts). The pairs, MPCF, the reward models and their accuracy table
-# (86 × 4 val pairs, ~300 decisive) come from the shipped reward kit "quick"
-# (lpo.bench.kit; rebuilt by `lpo bench --build-kit DIR`), which books their measured
-# cost. The final models are evaluated on all 128 test prompts × 4 images, so that a
-# paired difference of about 0.02 in utility is visible (bench summary: MDE); the
-# quality-vs-compute curve (one checkpoint halfway through each run) on the first 48 × 2
-# of those images, the held-out combinations at 1 image per prompt. Measured here (2-core
-# AMD EPYC, idle): training 334 s, final evaluations 190 s; each intermediate checkpoint
-# at 64 × 2 took 13 s and the held-out set at 2 images 10 s per model.
+# come from the shipped reward kit "quick" (lpo.bench.kit; rebuilt by `lpo bench --build-kit
+# DIR`), which books their measured cost; the kit holds the full preset's stages (the same
+# values, the validation set included), so its accuracy table is the full preset's. The
+# final models are evaluated on 320 test prompts × 2 images: world 1's bench showed
+# LPO's gain over the base model varying across prompts with an SD of ~0.11 (prompt
+# heterogeneity, not image noise: 128 prompts × 32 images would still give ±0.019), so
+# the minimum detectable paired difference of 0.02 needs prompts, and 2 images per prompt
+# is where the half-width per image generated is smallest (power analysis of the world-1
+# per-image records: ±0.02 needs ~260 prompts × 2, ~190 × 4). The quality-vs-compute curve
+# (one checkpoint halfway through each run) uses the first 48 × 2 of those images, the
+# held-out combinations 1 image per prompt.
 REWARD_DATA = dict(
     train_prompts=1000,
     pairs_per_prompt=3,
-    reward_train_prompts=5948,
+    reward_train_prompts=5226,
+    val_prompts=86,
+    val_pairs_per_prompt=14,
     lrm_overrides=("max_steps=1500",),
     pixel_overrides=("max_steps=1500",),
 )
 QUICK = BenchConfig(
     preset="quick",
     **REWARD_DATA,
-    val_pairs_per_prompt=4,
     reward_kit="quick",
-    eval_prompts=128,
-    eval_images_per_prompt=4,
+    eval_prompts=320,
+    eval_images_per_prompt=2,
     curve_prompts=48,
     curve_images_per_prompt=2,
     heldout_images_per_prompt=1,
@@ -169,20 +173,17 @@ QUICK = BenchConfig(
 )
 # Full: the quick preset's data and training, made from scratch (no reward kit) and
 # repeated over 3 training seeds per method (a verdict needs the seed spread), judged on a
-# validation set of ~1,050 decisive pairs (86 prompts × 14) and on 128 test prompts × 8
-# images. It runs past the 75-minute budget that the first, 2,000-pair pool kept to:
-# measured here (results/bench-full/COMMAND.md) pairs 1,783 s, MPCF 164 s, LRM 350 s, pixel
-# model 975 s and accuracy table 571 s (both under load), training 573 s for the 9 runs,
-# evaluations ~60 s per final model when alone; about 117 min under load, ~80–85 idle.
+# validation set of ~1,050 decisive pairs (86 prompts × 14) and on all 850 test prompts × 2
+# images per seed (pooled over the 3 seeds, the power analysis of world 1's records puts the
+# paired half-width of LPO − base at ~0.0095; 0.01 is the target). World 1's full bench took
+# about 86 min idle (results/bench-full-test128/COMMAND.md): pairs ~30 min, evaluations ~21 min.
 FULL = BenchConfig(
     preset="full",
     **REWARD_DATA,
-    val_prompts=86,
-    val_pairs_per_prompt=14,
-    eval_prompts=128,
-    eval_images_per_prompt=8,
-    curve_prompts=64,
-    curve_images_per_prompt=4,
+    eval_prompts=850,
+    eval_images_per_prompt=2,
+    curve_prompts=128,
+    curve_images_per_prompt=2,
     heldout_images_per_prompt=2,
     checkpoints_per_run=2,
     guided_prompts=32,

@@ -10,7 +10,8 @@ From the result records of a bench (and their per-prompt side files) this builds
   the pooled paired interval and the seed spread must exclude 0", is
   :func:`lpo.evals.paired.seeded_difference`'s;
 - the minimum detectable difference of each method's final models against the base model:
-  the paired 95% half-width, from the per-prompt difference SD the bench observed;
+  the paired 95% half-width of the headline's comparison (pooled over the training seeds),
+  from the per-prompt difference SD the bench observed, with the widest single seed's beside it;
 - the power table: prompts × images needed for the quick and full presets' target
   half-widths (:data:`TARGET_HALF_WIDTHS`), from the largest per-prompt SD observed
   (:func:`lpo.evals.paired.required_eval_size`).
@@ -135,14 +136,17 @@ def headline(records: Sequence[Any], results_dir: Path, benchmark: str = "world"
         if a in per_seed and b in per_seed:
             diff = seeded_difference(per_seed[a], against=per_seed[b])
             out["rows"].append(_row(f"{METHOD_NAMES[a]} − {METHOD_NAMES[b]}", diff, "methods"))
-    # 2. minimum detectable difference of the final models vs base (one model: its own paired half-width)
+    # 2. minimum detectable difference of the final models vs base: the half-width of the
+    # comparison the headline makes (pooled over seeds), and beside it the widest single seed's
     for method, diffs in per_seed.items():
         halves = [d.half_width for d in diffs if d.half_width is not None]
+        pooled = seeded_difference(diffs).pooled
         out["mde"].append({
             "method": METHOD_NAMES[method], "seeds": len(diffs), "n_prompts": diffs[0].n_prompts,
             "images_per_prompt": diffs[0].images_per_prompt,
-            "per_prompt_sd": max(d.sd or 0.0 for d in diffs), "within_sd": diffs[0].within_sd,
-            "half_width": max(halves) if halves else None,
+            "per_prompt_sd": pooled.sd or 0.0, "within_sd": diffs[0].within_sd,
+            "half_width": pooled.half_width,
+            "per_seed_half_width": max(halves) if halves else None,
         })
     # 3. power: the eval size each preset's target needs at the largest per-prompt SD observed
     measured = [d for diffs in per_seed.values() for d in diffs if d.sd is not None]
@@ -182,11 +186,13 @@ def headline_table(data: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
 
 def mde_table(data: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     header = ["final model vs base", "prompts × images", "per-prompt Δ SD", "within-prompt image SD",
-              "minimum detectable Δ (paired 95% half-width)"]
-    rows = [[m["method"] + (f" ({m['seeds']} seeds, widest)" if m["seeds"] > 1 else ""),
+              "minimum detectable Δ (paired 95% half-width)", "widest single seed"]
+    rows = [[m["method"] + (f" ({m['seeds']} seeds, pooled)" if m["seeds"] > 1 else ""),
              f"{m['n_prompts']} × {m['images_per_prompt']}", f"{m['per_prompt_sd']:.3f}",
              "—" if m["within_sd"] is None else f"{m['within_sd']:.3f}",
-             "—" if m["half_width"] is None else f"±{m['half_width']:.3f}"] for m in data["mde"]]
+             "—" if m["half_width"] is None else f"±{m['half_width']:.3f}",
+             "—" if m["seeds"] == 1 or m.get("per_seed_half_width") is None else f"±{m['per_seed_half_width']:.3f}"]
+            for m in data["mde"]]
     return header, rows
 
 
@@ -206,7 +212,7 @@ def power_notes(data: dict[str, Any]) -> list[str]:
         return []
     p = data["power"][0]
     within = "unknown" if p["within_sd"] is None else f"{p['within_sd']:.3f}"
-    return [f"from the widest observed per-prompt Δ SD ({p['per_prompt_sd']:.3f}, {p['from']}, "
+    return [f"for one training seed (pooling seeds narrows the interval), from the widest observed per-prompt Δ SD ({p['per_prompt_sd']:.3f}, {p['from']}, "
             f"{data['images_per_prompt']} images per prompt; within-prompt image SD {within}); "
             f"model: {p['sizes'][0]['assumption'] if p['sizes'] else '—'}; lpo.evals.paired.required_eval_size"]
 
@@ -220,10 +226,11 @@ def console_lines(data: dict[str, Any]) -> list[str]:
         lines.append(f"  {row['comparison']}: {_pm(pooled['mean'], pooled['half_width'])}{spread} → {row['word']}")
     for m in data["mde"]:
         if m["half_width"] is not None:
+            seeds = "" if m["seeds"] == 1 else f", pooled over {m['seeds']} seeds; one seed ±{m['per_seed_half_width']:.3f}"
             lines.append(f"  minimum detectable Δ, {m['method']} vs base: ±{m['half_width']:.3f} "
-                         f"({m['n_prompts']} prompts × {m['images_per_prompt']} images, per-prompt SD {m['per_prompt_sd']:.3f})")
+                         f"({m['n_prompts']} prompts × {m['images_per_prompt']} images, per-prompt SD {m['per_prompt_sd']:.3f}{seeds})")
     for p in data["power"]:
         options = ", ".join(f"{s['prompts']} × {s['images_per_prompt']}" for s in p["sizes"])
         if options:
-            lines.append(f"  for ±{p['target_half_width']:g} ({p['preset']} target) it needs prompts × images: {options}")
+            lines.append(f"  for ±{p['target_half_width']:g} ({p['preset']} target) one training seed needs prompts × images: {options}")
     return lines

@@ -125,7 +125,7 @@ def _bench_meta(bench_folder: Path) -> dict[str, Any] | None:
         return None
 
 
-def export_kit(bench_folder: Path, config: Any, out: Path, command: str) -> Path:
+def export_kit(bench_folder: Path, config: Any, out: Path, command: str, world_version: str) -> Path:
     """Write the kit of a bench whose kit stages are done to ``out`` (replaced whole, atomically)."""
     bench_folder, out = Path(bench_folder).resolve(), Path(out)
     stages = [s for s in KIT_STAGES if s != "reward-pixel" or "spo" in config.methods]
@@ -155,7 +155,7 @@ def export_kit(bench_folder: Path, config: Any, out: Path, command: str) -> Path
     first = json.loads((bench_folder / "stages" / f"{stages[0]}.json").read_text()).get("ran")
     built = first or _bench_meta(bench_folder) or meta
     atomic_write_json(tmp / KIT_FILE, {
-        "kit_version": KIT_VERSION, "fields": kit_fields(config), "stages": stages, "stage_seconds": seconds,
+        "kit_version": KIT_VERSION, "world_version": world_version, "fields": kit_fields(config), "stages": stages, "stage_seconds": seconds,
         "command": command, "built_from": str(bench_folder), "git": built.get("git"), "hardware": built.get("hardware"),
         "exported_with": meta["git"], "files": files,
     })
@@ -165,7 +165,7 @@ def export_kit(bench_folder: Path, config: Any, out: Path, command: str) -> Path
     return out
 
 
-def install_kit(kit_folder: Path, bench_folder: Path, config: Any) -> tuple[list[str], dict[str, Any]]:
+def install_kit(kit_folder: Path, bench_folder: Path, config: Any, world_version: str) -> tuple[list[str], dict[str, Any]]:
     """Copy a matching kit into a bench folder and mark its stages done; returns the stages
     installed and the kit's ``kit.json``.
 
@@ -175,6 +175,10 @@ def install_kit(kit_folder: Path, bench_folder: Path, config: Any) -> tuple[list
     rerun) reads no kit file but ``kit.json``.
     """
     kit = read_kit(kit_folder)
+    # kits built before the field were built in world 1
+    if str(kit.get("world_version", "1")) != world_version:
+        raise LpoError(f"reward kit {kit_folder} was built in world {kit.get('world_version', '1')}, this lpo's world is "
+                       f"{world_version}; rebuild it with `lpo bench --build-kit` or use --set reward_kit=none")
     check_kit_matches(kit, config, kit_folder)
     bench_folder = Path(bench_folder)
     installed = [stage for stage in kit["stages"] if not (bench_folder / "stages" / f"{stage}.json").is_file()]

@@ -500,9 +500,10 @@ def _kit_stages(bench: Bench, reward_eval: bool = True) -> None:
 
 def _install_kit(bench: Bench) -> None:
     from lpo.bench.kit import install_kit, resolve_kit
+    from lpo.world.grammar import WORLD_VERSION
 
     folder = resolve_kit(bench.config.reward_kit)
-    installed, kit = install_kit(folder, bench.folder, bench.config)
+    installed, kit = install_kit(folder, bench.folder, bench.config, WORLD_VERSION)
     if installed:
         seconds = sum(s or 0.0 for s in kit.get("stage_seconds", {}).values())
         bench.say(f"reward kit [bold]{bench.config.reward_kit}[/]: {', '.join(installed)} from {folder} "
@@ -524,12 +525,13 @@ def build_kit(folder: Path, config: BenchConfig, out: Path, command: str, consol
     from dataclasses import replace
 
     from lpo.bench.kit import export_kit
+    from lpo.world.grammar import WORLD_VERSION
 
     config = replace(config, reward_kit="none")
     bench = Bench(Path(folder), config, console)
     _check_same_bench(bench.folder, config, kit_only=True)
     _kit_stages(bench)
-    return export_kit(bench.folder, config, out, command)
+    return export_kit(bench.folder, config, out, command, WORLD_VERSION)
 
 
 def _run_ablation(main: Bench, name: str) -> dict[str, Any]:

@@ -76,14 +76,14 @@ class WorldJudgeMetric:
     comparability_note = "the embedded world's exact judge"
 
     def __init__(self, name: str, score_key: str) -> None:
-        from lpo.world.grammar import WORLD_VERSION
+        from lpo.world.grammar import RENDER_WORLD_VERSION
         from lpo.world.judges import JUDGES_VERSION
 
         self.name = name
         self.score_key = score_key
         self.weights: dict[str, str] = {}  # exact judges: nothing loaded
-        # The judges' version and the world's (a new grammar or renderer is a new metric version too).
-        self.version = f"{WORLD_VERSION}.{JUDGES_VERSION}"
+        # The judges' version and the world's renderer (new prompts are a new benchmark version, not metric).
+        self.version = f"{RENDER_WORLD_VERSION}.{JUDGES_VERSION}"
 
     def score(self, images: Sequence[Image.Image], prompts: Sequence[str]) -> torch.Tensor:
         if len(images) != len(prompts):
@@ -139,10 +139,10 @@ class WorldDiversity(SetMetric):
 
     def __init__(self, spec: MetricSpec) -> None:
         from lpo.world.judges import JUDGES_VERSION
-        from lpo.world.grammar import WORLD_VERSION
+        from lpo.world.grammar import RENDER_WORLD_VERSION
 
         super().__init__(spec)
-        self.version = f"{WORLD_VERSION}.{JUDGES_VERSION}+div1"
+        self.version = f"{RENDER_WORLD_VERSION}.{JUDGES_VERSION}+div1"
 
     def vectors(self, images: list[Image.Image]) -> np.ndarray:
         from lpo.world.render import IMAGE_SIZE

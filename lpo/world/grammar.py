@@ -28,9 +28,21 @@ RELATIONS: tuple[str, ...] = ("left of", "right of", "above", "below")
 CATEGORIES: tuple[str, ...] = ("colour", "shape", "texture", "spatial", "numeracy", "complex")
 NUMBER_WORDS: dict[int, str] = {1: "a", 2: "two", 3: "three", 4: "four"}
 MAX_OBJECTS = 4
-# Bump on any change to prompts, rendering or judging: it is part of every world
-# model's cache key and of every world result.
-WORLD_VERSION = "1"
+# Bump on any change to the prompts or their splits: it is part of every world benchmark's
+# version, of the pairs' metadata and of every reward kit. World 2 enlarged the test split
+# (see make_splits).
+WORLD_VERSION = "2"
+# Bump on any change to rendering, judging or the base models' pretraining corpus: part of
+# the world metrics' versions and of the world base models' cache keys. World 2 changed
+# neither, so its metrics are world 1's and the shipped base models stay valid (their
+# pretraining saw the prompts that world 2 moved to the test split, as SD1.5's LAION
+# holds captions like the evaluation prompts; no preference stage sees them).
+RENDER_WORLD_VERSION = "1"
+# Test prompts per category: world 1 had 24 (128 in all), too few to see a paired utility
+# difference of 0.01 (the per-prompt spread of LPO's gain over the base model is ~0.11,
+# results/bench-full, world 1); world 2 has 200 (850 in all).
+TEST_PER_CATEGORY = 200
+WORLD1_TEST_PER_CATEGORY = 24
 
 # (colour, shape) pairs withheld from training prompts.
 HELDOUT_COMBOS: frozenset[tuple[str, str]] = frozenset(
@@ -220,12 +232,17 @@ SPLIT_NAMES = ("train", "val", "test", "test_heldout")
 
 def make_splits(
     val_per_category: int = 16,
-    test_per_category: int = 24,
+    test_per_category: int = TEST_PER_CATEGORY,
     heldout_per_category: int = 8,
     max_train_per_category: int | None = None,
     seed: int = 0,
 ) -> PromptSplits:
-    """Deterministic splits: per category, shuffle with ``seed``, carve val and test first."""
+    """Deterministic splits: per category, shuffle with ``seed``, carve test and val first.
+
+    The first 24 test prompts of a category are world 1's test prompts and validation
+    follows them as in world 1, so a larger ``test_per_category`` moves prompts out of the
+    train split only (world 1's splits are ``test_per_category=24``).
+    """
     splits = PromptSplits()
     for category in CATEGORIES:
         specs = enumerate_prompts(category)
@@ -235,13 +252,20 @@ def make_splits(
         # Small categories (shape has 24 seen prompts) give at most a third to test and
         # a quarter to validation so that training still sees the category.
         n_test = min(test_per_category, len(seen) // 3)
+        n_first = min(n_test, WORLD1_TEST_PER_CATEGORY)
         n_val = min(val_per_category, len(seen) // 4)
         splits.test_heldout += heldout[:heldout_per_category]
-        splits.test += seen[:n_test]
-        splits.val += seen[n_test : n_test + n_val]
-        train = seen[n_test + n_val :]
+        rest_start = n_first + n_val + (n_test - n_first)
+        splits.test += seen[:n_first] + seen[n_first + n_val : rest_start]
+        splits.val += seen[n_first : n_first + n_val]
+        train = seen[rest_start:]
         splits.train += train if max_train_per_category is None else train[:max_train_per_category]
     return splits
+
+
+def pretraining_splits() -> PromptSplits:
+    """World 1's splits: the base models' pretraining corpus is their train split."""
+    return make_splits(test_per_category=WORLD1_TEST_PER_CATEGORY, seed=0)
 
 
 def vocabulary() -> list[str]:

@@ -38,11 +38,11 @@ class WorldJudgeScorer:
     """An MPCF ``GapScorer`` reading one score of the world's exact judges (lpo.world.judges)."""
 
     def __init__(self, name: str, judge_field: str):
-        from lpo.world.grammar import WORLD_VERSION
+        from lpo.world.grammar import RENDER_WORLD_VERSION
         from lpo.world.judges import JUDGES_VERSION
 
         self.name = name
-        self.version = f"{_WORLD_SCORER_REVISION}-world{WORLD_VERSION}.{JUDGES_VERSION}"
+        self.version = f"{_WORLD_SCORER_REVISION}-world{RENDER_WORLD_VERSION}.{JUDGES_VERSION}"
         self.judge_field = judge_field
 
     def score(self, images: list[np.ndarray], prompts: list[str]) -> np.ndarray:

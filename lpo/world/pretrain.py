@@ -31,7 +31,7 @@ from lpo.core.config import config_to_dict
 from lpo.core.errors import LpoError
 from lpo.core.io import atomic_directory, atomic_write_json, run_metadata
 from lpo.models.components import SD15_SCHEDULER_CONFIG, WORLD_MARKER
-from lpo.world.grammar import WORLD_VERSION
+from lpo.world.grammar import RENDER_WORLD_VERSION
 from lpo.world.render import IMAGE_SIZE
 from lpo.world.pretrain_common import (
     encode_dataset,
@@ -101,7 +101,7 @@ class WorldPretrainConfig:
 
     def fingerprint(self) -> str:
         """Hash of everything that changes the weights (names the cache folder)."""
-        payload = json.dumps({"world": WORLD_VERSION, **config_to_dict(self)}, sort_keys=True)
+        payload = json.dumps({"world": RENDER_WORLD_VERSION, **config_to_dict(self)}, sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:10]
 
 

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from lpo.core.paths import lpo_home
-from lpo.world.grammar import CATEGORIES, PromptSpec, make_splits
+from lpo.world.grammar import CATEGORIES, PromptSpec, pretraining_splits
 from lpo.world.render import IMAGE_SIZE, render_prompt
 
 
@@ -26,7 +26,7 @@ def world_model_dir(config: Any) -> Path:
 
 def render_training_set(num_images: int, seed: int) -> tuple[np.ndarray, list[str]]:
     """(N, H, W, 3) uint8 images and their prompts; category first, then prompt, uniformly."""
-    splits = make_splits(seed=0)
+    splits = pretraining_splits()
     by_category: dict[str, list[PromptSpec]] = {c: [s for s in splits.train if s.category == c] for c in CATEGORIES}
     rng = np.random.default_rng(seed)
     images = np.empty((num_images, IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)

@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from lpo.core.config import config_to_dict
 from lpo.core.io import atomic_directory, atomic_write_json, run_metadata
 from lpo.models.components import WORLD_MARKER
-from lpo.world.grammar import WORLD_VERSION
+from lpo.world.grammar import RENDER_WORLD_VERSION
 from lpo.world.pretrain_common import (
     encode_dataset,
     images_to_tensor,
@@ -83,7 +83,7 @@ class WorldFlowPretrainConfig:
 
     def fingerprint(self) -> str:
         """Hash of everything that changes the weights (names the cache folder)."""
-        payload = json.dumps({"world": WORLD_VERSION, "kind": FLOW_MARKER_KIND, **config_to_dict(self)}, sort_keys=True)
+        payload = json.dumps({"world": RENDER_WORLD_VERSION, "kind": FLOW_MARKER_KIND, **config_to_dict(self)}, sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:10]
 
 

@@ -142,9 +142,9 @@ class BenchConfig:
 # final models are evaluated on 320 test prompts × 2 images: world 1's bench showed
 # LPO's gain over the base model varying across prompts with an SD of ~0.11 (prompt
 # heterogeneity, not image noise: 128 prompts × 32 images would still give ±0.019), so
-# the minimum detectable paired difference of 0.02 needs prompts, and 2 images per prompt
-# is where the half-width per image generated is smallest (power analysis of the world-1
-# per-image records: ±0.02 needs ~260 prompts × 2, ~190 × 4). The quality-vs-compute curve
+# the minimum detectable paired difference of 0.02 needs prompts (power analysis of the
+# world-1 per-image records: ±0.02 needs ~260 prompts × 2 or ~190 × 4; per image generated,
+# fewer images per prompt are cheaper, as long as the split has the prompts). The quality-vs-compute curve
 # (one checkpoint halfway through each run) uses the first 48 × 2 of those images, the
 # held-out combinations 1 image per prompt.
 REWARD_DATA = dict(

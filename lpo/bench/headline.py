@@ -130,8 +130,9 @@ def headline(records: Sequence[Any], results_dir: Path, benchmark: str = "world"
         if diffs:
             per_seed[method] = diffs
     # 1. each method vs base, then each pair of methods
-    for method, diffs in per_seed.items():
-        out["rows"].append(_row(f"{METHOD_NAMES[method]} − base", seeded_difference(diffs), "vs base"))
+    vs_base = {method: seeded_difference(diffs) for method, diffs in per_seed.items()}
+    for method, diff in vs_base.items():
+        out["rows"].append(_row(f"{METHOD_NAMES[method]} − base", diff, "vs base"))
     for a, b in METHOD_PAIRS:
         if a in per_seed and b in per_seed:
             diff = seeded_difference(per_seed[a], against=per_seed[b])
@@ -140,7 +141,7 @@ def headline(records: Sequence[Any], results_dir: Path, benchmark: str = "world"
     # comparison the headline makes (pooled over seeds), and beside it the widest single seed's
     for method, diffs in per_seed.items():
         halves = [d.half_width for d in diffs if d.half_width is not None]
-        pooled = seeded_difference(diffs).pooled
+        pooled = vs_base[method].pooled
         out["mde"].append({
             "method": METHOD_NAMES[method], "seeds": len(diffs), "n_prompts": diffs[0].n_prompts,
             "images_per_prompt": diffs[0].images_per_prompt,

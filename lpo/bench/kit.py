@@ -88,8 +88,12 @@ def read_kit(folder: Path) -> dict[str, Any]:
     return data
 
 
-def check_kit_matches(kit: dict[str, Any], config: Any, folder: Path) -> None:
-    """LpoError naming the first bench value that differs from the kit's."""
+def check_kit_matches(kit: dict[str, Any], config: Any, folder: Path, world_version: str) -> None:
+    """LpoError when the kit was built in another world, or naming the first bench value that differs from the kit's."""
+    built_in = str(kit.get("world_version", "1"))  # kits built before the field were built in world 1
+    if built_in != world_version:
+        raise LpoError(f"reward kit {folder} was built in world {built_in}, this lpo's world is {world_version}; "
+                       "rebuild it with `lpo bench --build-kit` or use --set reward_kit=none")
     wanted = kit_fields(config)
     for name in KIT_FIELDS:
         built = kit["fields"].get(name, KIT_FIELD_DEFAULTS.get(name))
@@ -175,11 +179,7 @@ def install_kit(kit_folder: Path, bench_folder: Path, config: Any, world_version
     rerun) reads no kit file but ``kit.json``.
     """
     kit = read_kit(kit_folder)
-    # kits built before the field were built in world 1
-    if str(kit.get("world_version", "1")) != world_version:
-        raise LpoError(f"reward kit {kit_folder} was built in world {kit.get('world_version', '1')}, this lpo's world is "
-                       f"{world_version}; rebuild it with `lpo bench --build-kit` or use --set reward_kit=none")
-    check_kit_matches(kit, config, kit_folder)
+    check_kit_matches(kit, config, kit_folder, world_version)
     bench_folder = Path(bench_folder)
     installed = [stage for stage in kit["stages"] if not (bench_folder / "stages" / f"{stage}.json").is_file()]
     if not installed:

@@ -40,7 +40,7 @@ WORLD_VERSION = "2"
 RENDER_WORLD_VERSION = "1"
 # Test prompts per category: world 1 had 24 (128 in all), too few to see a paired utility
 # difference of 0.01 (the per-prompt spread of LPO's gain over the base model is ~0.11,
-# results/bench-full, world 1); world 2 has 200 (850 in all).
+# results/bench-full-test128, world 1); world 2 has 200 (850 in all).
 TEST_PER_CATEGORY = 200
 WORLD1_TEST_PER_CATEGORY = 24
 
@@ -255,10 +255,10 @@ def make_splits(
         n_first = min(n_test, WORLD1_TEST_PER_CATEGORY)
         n_val = min(val_per_category, len(seen) // 4)
         splits.test_heldout += heldout[:heldout_per_category]
-        rest_start = n_first + n_val + (n_test - n_first)
-        splits.test += seen[:n_first] + seen[n_first + n_val : rest_start]
+        train_start = n_test + n_val
+        splits.test += seen[:n_first] + seen[n_first + n_val : train_start]
         splits.val += seen[n_first : n_first + n_val]
-        train = seen[rest_start:]
+        train = seen[train_start:]
         splits.train += train if max_train_per_category is None else train[:max_train_per_category]
     return splits
 
